@@ -42,7 +42,13 @@ impl fmt::Display for ConfigError {
             if i > 0 {
                 writeln!(f)?;
             }
-            write!(f, "{}:{}:{}: ", self.file.display(), issue.line, issue.column)?;
+            write!(
+                f,
+                "{}:{}:{}: ",
+                self.file.display(),
+                issue.line,
+                issue.column
+            )?;
             if !issue.field.is_empty() {
                 write!(f, "field `{}`: ", issue.field)?;
             }

@@ -4,8 +4,20 @@
 //! channels carrying `Data`, `Watermark` and `Barrier` messages; results fan out to sinks by
 //! named port. See `ARCHITECTURE.md` in the repository for the design.
 
+pub mod alerts;
+pub mod bench;
+pub mod config;
+pub mod dead_letter;
 pub mod error;
+pub mod explain;
+pub mod format;
+pub mod http;
+pub mod metrics;
 pub mod operators;
+pub mod runtime;
+pub mod sinks;
+pub mod sources;
+pub mod status;
 pub mod testing;
 pub mod time;
 pub mod types;

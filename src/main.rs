@@ -1,1 +1,265 @@
-fn main(){}
+//! The `watershed` command line: run, validate and explain pipelines, and benchmark.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use watershed::config::{self, Overrides};
+use watershed::runtime::{self, RunContext, RunSummary};
+use watershed::status::{Role, StatusRegistry, StatusReport};
+use watershed::time::SystemClock;
+
+#[derive(Parser)]
+#[command(
+    name = "watershed",
+    version,
+    about = "CDC-driven stateful stream enrichment in one binary",
+    long_about = "Runs dataflow pipelines described in a YAML file: sources with per-partition \
+                  event time and idleness, windows with allowed lateness and a `late` port, \
+                  fan-out to sinks, Prometheus metrics and built-in alerts."
+)]
+struct Cli {
+    /// Log filter (e.g. `info`, `warn`, `watershed=debug`); `RUST_LOG` also works.
+    #[arg(long, global = true, default_value = "info")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a pipeline until its sources end (or forever, for followed files and unbounded
+    /// generators).
+    Run {
+        /// The pipeline file (YAML).
+        pipeline: PathBuf,
+        /// Instances per operator (default: the file's `parallelism`, else the CPU cores).
+        #[arg(long)]
+        parallelism: Option<usize>,
+        /// Serve `/metrics` and `/status` here (`off` to disable).
+        #[arg(long, default_value = "127.0.0.1:9464")]
+        metrics_addr: String,
+    },
+    /// Check a pipeline file: syntax, unknown fields, types, durations, references. Exits
+    /// with 2 if anything is wrong, naming the file, line and field.
+    Validate {
+        /// The pipeline file (YAML).
+        pipeline: PathBuf,
+    },
+    /// Explain a pipeline: its plan and, if it is running, where each node's watermark is and
+    /// which source partition holds it back.
+    Explain {
+        /// The pipeline file (YAML).
+        pipeline: PathBuf,
+        /// Where the running pipeline serves `/status` (default: the file's `metrics.addr`,
+        /// else 127.0.0.1:9464).
+        #[arg(long)]
+        addr: Option<SocketAddr>,
+    },
+    /// Measure throughput against the plain-loop ceiling (see BENCHMARKS.md).
+    Bench(watershed::bench::BenchArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cli.log));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    match dispatch(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            if let Some(ce) = e.downcast_ref::<watershed::error::ConfigError>() {
+                eprintln!("{ce}");
+                return ExitCode::from(2);
+            }
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
+    match cmd {
+        Command::Run {
+            pipeline,
+            parallelism,
+            metrics_addr,
+        } => run(&pipeline, parallelism, &metrics_addr),
+        Command::Validate { pipeline } => validate(&pipeline),
+        Command::Explain { pipeline, addr } => explain(&pipeline, addr),
+        Command::Bench(args) => {
+            watershed::bench::run(&args)?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn validate(path: &Path) -> anyhow::Result<ExitCode> {
+    let compiled = config::load_and_compile(path, &Overrides::default())?;
+    for w in &compiled.warnings {
+        eprintln!("warning: {w}");
+    }
+    let plan = &compiled.plan;
+    println!(
+        "{}: ok — pipeline `{}`: {} nodes",
+        path.display(),
+        plan.name,
+        plan.nodes.len()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn explain(path: &Path, addr: Option<SocketAddr>) -> anyhow::Result<ExitCode> {
+    let compiled = config::load_and_compile(path, &Overrides::default())?;
+    let plan = &compiled.plan;
+    println!("plan of `{}`:", plan.name);
+    for n in &plan.nodes {
+        let inputs: Vec<String> = n
+            .inputs
+            .iter()
+            .map(|r| {
+                let up = &plan.nodes[r.node];
+                format!("{}.{}", up.name, up.ports[r.port].name)
+            })
+            .collect();
+        let role = match n.role() {
+            Role::Source => "source",
+            Role::Operator => "operator",
+            Role::Sink => "sink",
+        };
+        let mut line = format!("  {role} {} x{}", n.name, n.parallelism);
+        if !inputs.is_empty() {
+            line.push_str(&format!(" <- {}", inputs.join(", ")));
+        }
+        if let runtime::NodeKind::Source { watermark, .. } = &n.kind {
+            line.push_str(&format!(
+                "; watermark: max_out_of_orderness {}, idle_timeout {}",
+                humantime::format_duration(watermark.max_out_of_orderness),
+                watermark
+                    .idle_timeout
+                    .map_or("none".into(), |d| humantime::format_duration(d).to_string())
+            ));
+        }
+        println!("{line}");
+    }
+    let addr = addr
+        .or(compiled.metrics_addr)
+        .unwrap_or_else(|| "127.0.0.1:9464".parse().expect("address"));
+    match watershed::http::get_local(addr, "/status") {
+        Ok(body) => {
+            let report: StatusReport = serde_json::from_str(&body)
+                .context("the /status answer is not a status document")?;
+            println!();
+            print!("{}", watershed::explain::render(&report));
+        }
+        Err(e) => println!("\nno running pipeline answers at {addr} ({e}); showing the plan only"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run(path: &Path, parallelism: Option<usize>, metrics_addr: &str) -> anyhow::Result<ExitCode> {
+    let overrides = Overrides {
+        parallelism,
+        metrics_addr: (metrics_addr != "off").then(|| metrics_addr.to_string()),
+    };
+    let compiled = config::load_and_compile(path, &overrides)?;
+    for w in &compiled.warnings {
+        tracing::warn!("{w}");
+    }
+    let clock = SystemClock::shared();
+    let status = StatusRegistry::new(&compiled.plan.name);
+    if let Some(addr) = compiled.metrics_addr {
+        let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
+            .install_recorder()
+            .ok();
+        match watershed::http::serve(addr, prometheus, status.clone(), clock.clone()) {
+            Ok(bound) => tracing::info!(%bound, "serving /metrics and /status"),
+            Err(e) => tracing::warn!(%addr, error = %e, "metrics endpoint not started"),
+        }
+    }
+    let outputs = compiled.outputs.clone();
+    tracing::info!(pipeline = %compiled.plan.name, "starting");
+    let summary = runtime::run(
+        compiled.plan,
+        RunContext {
+            clock,
+            status,
+            shutdown: Arc::new(AtomicBool::new(false)),
+        },
+    )?;
+    print_summary(&summary, &outputs);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_summary(s: &RunSummary, outputs: &[(String, String)]) {
+    let r = &s.report;
+    let secs = (s.elapsed_ms.max(1)) as f64 / 1000.0;
+    let read: u64 = r
+        .instances
+        .iter()
+        .filter(|i| i.role == Role::Source)
+        .map(|i| i.records_in)
+        .sum();
+    let port_total = |port: &str| -> u64 {
+        r.instances
+            .iter()
+            .flat_map(|i| i.records_out.iter())
+            .filter(|(p, _)| p == port)
+            .map(|(_, n)| *n)
+            .sum()
+    };
+    eprintln!(
+        "done in {secs:.2}s: {read} records read ({:.0}/s), {} late, {} dead letters, {} checkpoints, {} alerts",
+        read as f64 / secs,
+        port_total("late"),
+        port_total("dead_letter"),
+        s.checkpoints_completed,
+        s.alerts_fired.len()
+    );
+    // Totals per node over its instances, in plan order.
+    struct Totals<'a> {
+        node: &'a str,
+        input: u64,
+        ports: Vec<(String, u64)>,
+    }
+    let mut nodes: Vec<Totals> = Vec::new();
+    for i in &r.instances {
+        match nodes.iter_mut().find(|t| t.node == i.node) {
+            Some(t) => {
+                t.input += i.records_in;
+                for (p, n) in &i.records_out {
+                    if let Some(x) = t.ports.iter_mut().find(|(q, _)| q == p) {
+                        x.1 += n;
+                    }
+                }
+            }
+            None => nodes.push(Totals {
+                node: &i.node,
+                input: i.records_in,
+                ports: i.records_out.clone(),
+            }),
+        }
+    }
+    for t in nodes {
+        let outs: Vec<String> = t.ports.iter().map(|(p, n)| format!("{p}={n}")).collect();
+        eprintln!(
+            "  {}: in {}{}{}",
+            t.node,
+            t.input,
+            if outs.is_empty() { "" } else { ", out " },
+            outs.join(" ")
+        );
+    }
+    for (name, target) in outputs {
+        eprintln!("  output {name} -> {target}");
+    }
+}

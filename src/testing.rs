@@ -64,9 +64,9 @@ impl<O: Operator> Harness<O> {
         self.op.snapshot().expect("snapshot")
     }
 
-    /// Restores `snapshot` into `fresh` and returns a harness around it, keeping this
-    /// harness's merged watermark position (as a restarted pipeline replaying from the
-    /// barrier would re-establish it) but none of its collected output.
+    /// Restores `snapshot` into `fresh` and returns a harness around it with a fresh input
+    /// watermark tracker, as after a restart: the operator's own watermark is part of its
+    /// snapshot, and the inputs re-establish theirs as they replay from the barrier.
     pub fn restore(fresh: O, snapshot: &[u8], inputs: usize) -> Harness<O> {
         let mut h = Harness::new(fresh, inputs);
         h.op.restore(snapshot).expect("restore");
@@ -75,7 +75,10 @@ impl<O: Operator> Harness<O> {
 
     fn collect(&mut self) {
         for (port, batch) in self.out.drain() {
-            let rows = self.emitted.entry(self.port_names[port].clone()).or_default();
+            let rows = self
+                .emitted
+                .entry(self.port_names[port].clone())
+                .or_default();
             rows.extend(batch.rows().map(|(r, t)| (r.to_vec(), t)));
         }
     }

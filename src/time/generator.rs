@@ -27,8 +27,10 @@ impl BoundedOutOfOrderness {
     }
 
     pub fn current(&self) -> Option<EventTime> {
-        self.max_seen
-            .map(|m| m.saturating_sub(self.max_out_of_orderness_ms).saturating_sub(1))
+        self.max_seen.map(|m| {
+            m.saturating_sub(self.max_out_of_orderness_ms)
+                .saturating_sub(1)
+        })
     }
 }
 

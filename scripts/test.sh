@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Runs the whole test suite on a fresh machine: checks formatting and lints, builds, and runs
+# every test (unit, property, golden pipelines through the binary).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Tools the suite needs. Rust (cargo, rustfmt, clippy) comes with the machine's toolchain.
+if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
+  rustup component add rustfmt clippy
+fi
+if ! cargo nextest --version >/dev/null 2>&1; then
+  cargo install cargo-nextest --locked
+fi
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets --locked -- -D warnings
+echo "== cargo nextest run"
+cargo nextest run --all-targets --locked --no-fail-fast
+echo "== doc tests"
+cargo test --doc --locked

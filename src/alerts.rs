@@ -1,0 +1,217 @@
+//! Built-in alert rules, evaluated on status snapshots against the injected clock, so that a
+//! stalled watermark or a silent source is announced, never silent:
+//! - `watermark_lag`: a node's watermark is further behind the clock than a threshold;
+//! - `watermark_stall`: a node keeps receiving records but its watermark has not advanced
+//!   for longer than a threshold (the multi-speed stall: a quiet input holds it);
+//! - `source_silent`: a source partition has had no record for longer than the source's
+//!   `expected_interval`.
+//!
+//! Each alert fires once when it starts (a WARN line naming the source and partition that
+//! hold the watermark, and `watershed_alert_active = 1`) and resolves once when it ends.
+
+use std::collections::BTreeMap;
+
+use crate::status::{InstanceReport, Role, StatusReport};
+
+/// Thresholds; `None` disables a rule.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AlertRules {
+    pub watermark_lag_ms: Option<i64>,
+    pub watermark_stall_ms: Option<i64>,
+}
+
+impl Default for AlertRules {
+    fn default() -> AlertRules {
+        AlertRules {
+            watermark_lag_ms: None,
+            watermark_stall_ms: Some(60_000),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum AlertKind {
+    WatermarkLag,
+    WatermarkStall,
+    SourceSilent,
+}
+
+impl AlertKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            AlertKind::WatermarkLag => "watermark_lag",
+            AlertKind::WatermarkStall => "watermark_stall",
+            AlertKind::SourceSilent => "source_silent",
+        }
+    }
+}
+
+/// An alert starting (`firing`) or ending.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AlertEvent {
+    pub kind: AlertKind,
+    /// The node (or `source/partition`) the alert is about.
+    pub subject: String,
+    pub firing: bool,
+    pub message: String,
+}
+
+/// Remembers which alerts are active, to report only starts and ends.
+#[derive(Debug, Default)]
+pub struct AlertEvaluator {
+    rules: AlertRules,
+    active: BTreeMap<(AlertKind, String), String>,
+}
+
+pub fn format_ms(ms: i64) -> String {
+    let d = std::time::Duration::from_millis(ms.max(0) as u64 / 1000 * 1000);
+    humantime::format_duration(d).to_string()
+}
+
+fn describe_holder(report: &StatusReport, inst: &InstanceReport) -> String {
+    match report.root_holder(inst) {
+        Some((src, p)) => {
+            let idle_timeout = report
+                .sources
+                .iter()
+                .find(|s| s.source == src.node)
+                .and_then(|s| s.idle_timeout_ms);
+            format!(
+                "held by source `{}` partition `{}` (last record {} ago, {})",
+                src.node,
+                p.label,
+                format_ms(report.now_ms - p.last_activity_ms),
+                match idle_timeout {
+                    Some(t) => format!("idle_timeout {}", format_ms(t)),
+                    None => "no idle_timeout".to_string(),
+                }
+            )
+        }
+        None => match &inst.holder {
+            Some(h) => format!("held by input `{h}`"),
+            None => "no active input".to_string(),
+        },
+    }
+}
+
+impl AlertEvaluator {
+    pub fn new(rules: AlertRules) -> AlertEvaluator {
+        AlertEvaluator {
+            rules,
+            active: BTreeMap::new(),
+        }
+    }
+
+    /// Evaluates every rule on `report` and returns the alerts that started or ended.
+    pub fn evaluate(&mut self, report: &StatusReport) -> Vec<AlertEvent> {
+        let now = report.now_ms;
+        let mut firing: BTreeMap<(AlertKind, String), String> = BTreeMap::new();
+
+        // Per node: the worst instance decides.
+        let mut nodes: BTreeMap<&str, Vec<&InstanceReport>> = BTreeMap::new();
+        for i in &report.instances {
+            if i.role != Role::Source && !i.finished {
+                nodes.entry(i.node.as_str()).or_default().push(i);
+            }
+        }
+        for (node, insts) in nodes {
+            let active: Vec<&&InstanceReport> = insts.iter().filter(|i| !i.idle).collect();
+            if let Some(limit) = self.rules.watermark_lag_ms {
+                let worst = active
+                    .iter()
+                    .filter_map(|i| i.watermark.map(|w| (now.saturating_sub(w), i)))
+                    .max_by_key(|(lag, _)| *lag);
+                if let Some((lag, inst)) = worst.filter(|(lag, _)| *lag > limit) {
+                    firing.insert(
+                        (AlertKind::WatermarkLag, node.to_string()),
+                        format!(
+                            "watermark of node `{node}` lags the clock by {} (threshold {}), {}",
+                            format_ms(lag),
+                            format_ms(limit),
+                            describe_holder(report, inst)
+                        ),
+                    );
+                }
+            }
+            if let Some(limit) = self.rules.watermark_stall_ms {
+                let worst = active
+                    .iter()
+                    .filter(|i| i.last_record_ms.is_some_and(|r| r > i.advanced_at_ms))
+                    .map(|i| (now - i.advanced_at_ms, i))
+                    .max_by_key(|(stall, _)| *stall);
+                if let Some((stall, inst)) = worst.filter(|(s, _)| *s > limit) {
+                    firing.insert(
+                        (AlertKind::WatermarkStall, node.to_string()),
+                        format!(
+                            "watermark of node `{node}` has not advanced for {} while records \
+                             keep arriving ({} records in), {}",
+                            format_ms(stall),
+                            inst.records_in,
+                            describe_holder(report, inst)
+                        ),
+                    );
+                }
+            }
+        }
+
+        for src in &report.sources {
+            let Some(limit) = src.expected_interval_ms else {
+                continue;
+            };
+            for inst in report.instances.iter().filter(|i| i.node == src.source) {
+                for p in inst.partitions.iter().filter(|p| !p.ended) {
+                    let silent = now - p.last_activity_ms;
+                    if silent > limit {
+                        firing.insert(
+                            (
+                                AlertKind::SourceSilent,
+                                format!("{}/{}", src.source, p.label),
+                            ),
+                            format!(
+                                "source `{}` partition `{}` has been silent for {} \
+                                 (expected_interval {}){}",
+                                src.source,
+                                p.label,
+                                format_ms(silent),
+                                format_ms(limit),
+                                if p.idle {
+                                    "; it is idle and no longer holds the watermark"
+                                } else {
+                                    ""
+                                }
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+
+        let mut events = Vec::new();
+        for (key, message) in &firing {
+            if !self.active.contains_key(key) {
+                events.push(AlertEvent {
+                    kind: key.0,
+                    subject: key.1.clone(),
+                    firing: true,
+                    message: message.clone(),
+                });
+            }
+        }
+        for key in self.active.keys() {
+            if !firing.contains_key(key) {
+                events.push(AlertEvent {
+                    kind: key.0,
+                    subject: key.1.clone(),
+                    firing: false,
+                    message: format!("{} resolved for `{}`", key.0.name(), key.1),
+                });
+            }
+        }
+        self.active = firing;
+        events
+    }
+
+    pub fn active(&self) -> impl Iterator<Item = (AlertKind, &str)> {
+        self.active.keys().map(|(k, s)| (*k, s.as_str()))
+    }
+}

@@ -1,0 +1,156 @@
+//! The pipeline file as written: strict serde structures (unknown fields are errors) whose
+//! values keep their line and column, so that every later check can point at the YAML.
+
+use indexmap::IndexMap;
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+pub type S<T> = Spanned<T>;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineFile {
+    pub name: Option<String>,
+    /// Default parallelism of operators (`--parallelism` overrides; default: CPU cores).
+    pub parallelism: Option<S<usize>>,
+    /// Records per batch read by sources.
+    pub batch_size: Option<S<usize>>,
+    /// Batches buffered per task input.
+    pub channel_capacity: Option<S<usize>>,
+    pub checkpoint: Option<CheckpointYaml>,
+    pub alerts: Option<AlertsYaml>,
+    pub metrics: Option<MetricsYaml>,
+    #[serde(default)]
+    pub sources: IndexMap<String, S<SourceYaml>>,
+    #[serde(default)]
+    pub operators: IndexMap<String, S<OperatorYaml>>,
+    #[serde(default)]
+    pub sinks: IndexMap<String, S<SinkYaml>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointYaml {
+    /// Barrier interval, or `off`.
+    pub interval: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertsYaml {
+    /// Alert when a node's watermark is further behind the clock than this (or `off`).
+    pub watermark_lag: Option<S<String>>,
+    /// Alert when a node's watermark has not advanced for this long while records arrive.
+    pub watermark_stall: Option<S<String>>,
+    /// How often rules are evaluated.
+    pub check_interval: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsYaml {
+    /// `host:port` for `/metrics` and `/status`.
+    pub addr: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceYaml {
+    pub generator: Option<S<GeneratorYaml>>,
+    pub file: Option<S<FileYaml>>,
+    /// Column name -> type, in order.
+    pub schema: Option<S<IndexMap<String, S<String>>>>,
+    pub event_time: Option<S<EventTimeYaml>>,
+    pub idle_timeout: Option<S<String>>,
+    pub expected_interval: Option<S<String>>,
+    pub parallelism: Option<S<usize>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventTimeYaml {
+    pub field: Option<S<String>>,
+    pub max_out_of_orderness: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GeneratorYaml {
+    pub count: Option<u64>,
+    pub rate: Option<S<f64>>,
+    pub interval: Option<S<String>>,
+    pub hosts: Option<S<u32>>,
+    pub skew: Option<S<f64>>,
+    pub jitter: Option<S<String>>,
+    /// RFC 3339 event time of the first record.
+    pub start: Option<S<String>>,
+    #[serde(default)]
+    pub quiet: Vec<S<QuietYaml>>,
+    pub partitions: Option<S<u32>>,
+    pub seed: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuietYaml {
+    pub at: S<String>,
+    #[serde(rename = "for")]
+    pub duration: S<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileYaml {
+    /// Files or glob patterns, relative to the pipeline file's directory.
+    pub paths: Vec<S<String>>,
+    #[serde(default)]
+    pub follow: bool,
+    pub rate: Option<S<f64>>,
+    pub poll_interval: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OperatorYaml {
+    pub inputs: Vec<S<String>>,
+    pub parallelism: Option<S<usize>>,
+    pub window: Option<S<WindowYaml>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WindowYaml {
+    #[serde(default)]
+    pub key: Vec<S<String>>,
+    pub tumbling: Option<S<String>>,
+    pub sliding: Option<S<SlidingYaml>>,
+    pub session: Option<S<SessionYaml>>,
+    pub allowed_lateness: Option<S<String>>,
+    /// Output column -> `count`, `count(field)`, `sum(field)`, `min(field)`, `max(field)`,
+    /// `avg(field)` or `count_distinct(field)`.
+    pub aggregates: S<IndexMap<String, S<String>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlidingYaml {
+    pub size: S<String>,
+    pub slide: S<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionYaml {
+    pub gap: S<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkYaml {
+    pub input: Option<S<String>>,
+    #[serde(default)]
+    pub inputs: Vec<S<String>>,
+    /// Path of the JSON-lines file, relative to the working directory.
+    pub file: Option<S<String>>,
+    pub stdout: Option<S<bool>>,
+}

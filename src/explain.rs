@@ -1,0 +1,118 @@
+//! `watershed explain`: says, for every node of a running pipeline, where its watermark is,
+//! whether it is idle, how long since it last advanced, and which input — down to the source
+//! partition — holds it back and why.
+
+use std::fmt::Write;
+
+use chrono::{TimeZone, Utc};
+
+use crate::alerts::format_ms;
+use crate::status::{InstanceReport, Role, StatusReport};
+use crate::types::EventTime;
+
+pub fn format_time(t: EventTime) -> String {
+    if t == EventTime::MAX {
+        return "end of input".into();
+    }
+    match Utc.timestamp_millis_opt(t).single() {
+        Some(d) => d.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
+        None => t.to_string(),
+    }
+}
+
+fn watermark_line(r: &StatusReport, i: &InstanceReport) -> String {
+    let wm = match (i.watermark, i.idle) {
+        (_, true) => "idle (does not hold back consumers)".to_string(),
+        (None, false) => "none yet".to_string(),
+        (Some(w), false) if w == EventTime::MAX => "end of input".to_string(),
+        (Some(w), false) => format!(
+            "{} (lag {})",
+            format_time(w),
+            format_ms(r.now_ms.saturating_sub(w))
+        ),
+    };
+    let mut s = format!("{}  watermark {wm}", i.label());
+    if i.finished {
+        s.push_str(", finished");
+    } else if !i.idle && i.watermark != Some(EventTime::MAX) {
+        let _ = write!(
+            s,
+            ", last advanced {} ago",
+            format_ms(r.now_ms - i.advanced_at_ms)
+        );
+    }
+    s
+}
+
+/// Renders the status document as text for people.
+pub fn render(r: &StatusReport) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "pipeline `{}` at {}",
+        r.pipeline,
+        format_time(r.now_ms)
+    );
+    for (role, title) in [
+        (Role::Source, "sources"),
+        (Role::Operator, "operators"),
+        (Role::Sink, "sinks"),
+    ] {
+        let insts: Vec<&InstanceReport> = r.instances.iter().filter(|i| i.role == role).collect();
+        if insts.is_empty() {
+            continue;
+        }
+        let _ = writeln!(out, "{title}:");
+        for i in insts {
+            let _ = writeln!(out, "  {}", watermark_line(r, i));
+            let _ = writeln!(
+                out,
+                "    records in {}, out {}",
+                i.records_in,
+                i.records_out
+                    .iter()
+                    .map(|(p, n)| format!("{p}={n}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            );
+            for p in &i.partitions {
+                let _ = writeln!(
+                    out,
+                    "    partition {}: watermark {}, last record {} ago{}{}",
+                    p.label,
+                    p.watermark.map_or("none yet".into(), format_time),
+                    format_ms(r.now_ms - p.last_activity_ms),
+                    if p.idle { ", IDLE" } else { "" },
+                    if p.ended { ", ended" } else { "" },
+                );
+            }
+            if role != Role::Source && !i.idle && !i.finished {
+                let chain = r.holder_chain(i);
+                if !chain.is_empty() {
+                    let mut line = format!("    held by {}", chain.join(" -> "));
+                    if let Some((src, p)) = r.root_holder(i) {
+                        let idle_timeout = r
+                            .sources
+                            .iter()
+                            .find(|s| s.source == src.node)
+                            .and_then(|s| s.idle_timeout_ms);
+                        let _ = write!(
+                            line,
+                            " (source `{}` partition `{}`: last record {} ago, {})",
+                            src.node,
+                            p.label,
+                            format_ms(r.now_ms - p.last_activity_ms),
+                            match idle_timeout {
+                                Some(t) => format!("becomes idle after {}", format_ms(t)),
+                                None =>
+                                    "no idle_timeout, so it holds the watermark while quiet".into(),
+                            }
+                        );
+                    }
+                    let _ = writeln!(out, "{line}");
+                }
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,24 @@
+//! Metric names (Prometheus style: `watershed_<name>_<unit>[_total]`) and the label keys
+//! used with them. Components take handles once at start and update them per batch.
+
+pub const RECORDS_IN: &str = "watershed_records_in_total";
+pub const RECORDS_OUT: &str = "watershed_records_out_total";
+pub const NODE_WATERMARK: &str = "watershed_node_watermark_milliseconds";
+pub const NODE_WATERMARK_LAG: &str = "watershed_node_watermark_lag_milliseconds";
+pub const NODE_IDLE: &str = "watershed_node_idle";
+pub const PARTITION_WATERMARK: &str = "watershed_source_partition_watermark_milliseconds";
+pub const PARTITION_IDLE: &str = "watershed_source_partition_idle";
+pub const PARTITION_SILENT: &str = "watershed_source_partition_silent_milliseconds";
+pub const LATE_RECORDS: &str = "watershed_late_records_total";
+pub const DEAD_LETTER_RECORDS: &str = "watershed_dead_letter_records_total";
+pub const IDLE_TRANSITIONS: &str = "watershed_source_idle_transitions_total";
+pub const ALERTS_FIRED: &str = "watershed_alerts_fired_total";
+pub const ALERT_ACTIVE: &str = "watershed_alert_active";
+pub const BARRIERS_COMPLETED: &str = "watershed_checkpoint_epochs_completed_total";
+pub const LAST_EPOCH: &str = "watershed_checkpoint_last_completed_epoch";
+
+pub const LABEL_NODE: &str = "node";
+pub const LABEL_PORT: &str = "port";
+pub const LABEL_SOURCE: &str = "source";
+pub const LABEL_PARTITION: &str = "partition";
+pub const LABEL_ALERT: &str = "alert";

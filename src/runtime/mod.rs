@@ -1,0 +1,30 @@
+//! The dataflow runtime: a DAG of source, operator and sink instances, each on its own
+//! thread, connected by bounded channels that carry `Message`s. Data is batched; watermarks,
+//! barriers and `End` follow the data in order on every channel. Keyed edges shuffle rows by
+//! a fixed hash of the key columns across the consumer's instances.
+//!
+//! This module never imports `sources` or `sinks` implementations: it runs whatever the plan
+//! gives it through the `Source`, `Operator` and `Sink` traits.
+
+pub mod exec;
+pub mod gate;
+pub mod plan;
+pub mod route;
+pub mod task;
+
+use crate::time::Watermark;
+use crate::types::{Batch, Epoch};
+
+pub use exec::{CompletedCheckpoint, RunContext, RunSummary, run};
+pub use plan::{InputRef, NodeKind, Plan, PlanNode, RuntimeOptions, WatermarkSpec};
+
+/// What flows on a channel.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Message {
+    Data(Batch),
+    Watermark(Watermark),
+    /// Everything before this belongs to checkpoint `epoch`.
+    Barrier(Epoch),
+    /// The sender has no more messages: its watermark is the end of time.
+    End,
+}

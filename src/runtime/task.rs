@@ -1,0 +1,394 @@
+//! What one task instance does with its messages, written as deterministic drivers that take
+//! the processing time as an argument: `SourceDriver` (read, generate watermarks, inject
+//! barriers), `OperatorDriver` (gate → operator → ports) and `SinkDriver` (gate → sink). The
+//! threads in `exec` only move messages between channels and these drivers, so tests can run
+//! whole pipelines step by step on a manual clock.
+
+use std::sync::Arc;
+
+use crate::dead_letter;
+use crate::error::RunError;
+use crate::operators::{Operator, Output};
+use crate::runtime::Message;
+use crate::runtime::gate::{GateEvent, InputGate};
+use crate::runtime::plan::WatermarkSpec;
+use crate::sinks::Sink;
+use crate::sources::{ReadBuffers, ReadStatus, Source};
+use crate::status::InstanceStatus;
+use crate::time::{PartitionWatermarks, Watermark};
+use crate::types::{Batch, Epoch, SourcePosition};
+
+/// What a driver asks to be sent downstream.
+#[derive(Debug, PartialEq)]
+pub enum Emit {
+    /// A batch on output port `port`.
+    Port(usize, Batch),
+    /// A watermark, barrier or end, for every consumer.
+    Control(Message),
+}
+
+/// What a task reports to the checkpoint coordinator at a barrier.
+#[derive(Debug, PartialEq)]
+pub enum BarrierAck {
+    Source {
+        epoch: Epoch,
+        positions: Vec<SourcePosition>,
+    },
+    Operator {
+        epoch: Epoch,
+        state: Vec<u8>,
+    },
+    Sink {
+        epoch: Epoch,
+    },
+}
+
+/// What a source asks of its thread after a step.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SourceStep {
+    /// Step again at once.
+    Continue,
+    /// Nothing to read before this processing time.
+    WaitUntil(i64),
+    /// Every partition has ended; `End` has been emitted.
+    Finished,
+}
+
+pub struct SourceDriver {
+    source: Box<dyn Source>,
+    watermarks: PartitionWatermarks,
+    bufs: ReadBuffers,
+    batch_size: usize,
+    status: Arc<InstanceStatus>,
+    idle: Vec<bool>,
+    ended: Vec<bool>,
+    idle_transitions: metrics::Counter,
+    /// Longest wait between watermark polls, so idleness is noticed in time.
+    poll_every_ms: i64,
+}
+
+impl SourceDriver {
+    pub fn new(
+        source: Box<dyn Source>,
+        spec: &WatermarkSpec,
+        batch_size: usize,
+        status: Arc<InstanceStatus>,
+        now_ms: i64,
+    ) -> SourceDriver {
+        let n = source.partitions().len();
+        let schema = source.schema();
+        let poll_every_ms = spec
+            .idle_timeout
+            .map_or(200, |t| (t.as_millis() as i64 / 4).clamp(1, 200));
+        let labels = [(crate::metrics::LABEL_NODE, status.node.clone())];
+        SourceDriver {
+            watermarks: PartitionWatermarks::new(
+                n,
+                spec.max_out_of_orderness,
+                spec.idle_timeout,
+                now_ms,
+            ),
+            bufs: ReadBuffers {
+                records: Batch::with_capacity(schema, batch_size),
+                dead_letters: Batch::new(dead_letter::schema()),
+            },
+            batch_size,
+            idle: vec![false; n],
+            ended: vec![false; n],
+            idle_transitions: metrics::counter!(crate::metrics::IDLE_TRANSITIONS, &labels),
+            status,
+            source,
+            poll_every_ms,
+        }
+    }
+
+    pub fn positions(&self) -> Vec<SourcePosition> {
+        self.source.positions()
+    }
+
+    pub fn seek(&mut self, positions: &[SourcePosition]) -> Result<(), RunError> {
+        self.source.seek(positions)
+    }
+
+    /// Emits a barrier after everything read so far, and returns the positions it covers.
+    pub fn barrier(
+        &mut self,
+        epoch: Epoch,
+        emit: &mut impl FnMut(Emit) -> Result<(), RunError>,
+    ) -> Result<BarrierAck, RunError> {
+        let positions = self.source.positions();
+        emit(Emit::Control(Message::Barrier(epoch)))?;
+        Ok(BarrierAck::Source { epoch, positions })
+    }
+
+    /// Reads one batch (or learns there is nothing to read) and emits records, dead letters
+    /// and watermark changes.
+    pub fn step(
+        &mut self,
+        now_ms: i64,
+        emit: &mut impl FnMut(Emit) -> Result<(), RunError>,
+    ) -> Result<SourceStep, RunError> {
+        let status = self.source.read(&mut self.bufs, self.batch_size, now_ms)?;
+        let step = match status {
+            ReadStatus::Data { partition } => {
+                for &t in self.bufs.records.event_times() {
+                    self.watermarks.on_event(partition, t);
+                }
+                let n = self.bufs.records.len() + self.bufs.dead_letters.len();
+                self.watermarks.on_activity(partition, now_ms);
+                self.status.add_records_in(n as u64, now_ms);
+                if !self.bufs.records.is_empty() {
+                    emit(Emit::Port(0, self.bufs.records.take()))?;
+                }
+                if !self.bufs.dead_letters.is_empty() {
+                    emit(Emit::Port(1, self.bufs.dead_letters.take()))?;
+                }
+                SourceStep::Continue
+            }
+            ReadStatus::PartitionEnded { partition } => {
+                self.watermarks.on_partition_end(partition);
+                self.ended[partition] = true;
+                SourceStep::Continue
+            }
+            ReadStatus::Pending { retry_at_ms } => {
+                SourceStep::WaitUntil(retry_at_ms.min(now_ms + self.poll_every_ms))
+            }
+            ReadStatus::Finished => {
+                for p in 0..self.ended.len() {
+                    self.watermarks.on_partition_end(p);
+                    self.ended[p] = true;
+                }
+                SourceStep::Finished
+            }
+        };
+        self.poll_watermark(now_ms, emit)?;
+        if step == SourceStep::Finished {
+            emit(Emit::Control(Message::End))?;
+            self.status.set_finished();
+        }
+        Ok(step)
+    }
+
+    /// Re-evaluates idleness and emits the watermark if it changed.
+    pub fn poll_watermark(
+        &mut self,
+        now_ms: i64,
+        emit: &mut impl FnMut(Emit) -> Result<(), RunError>,
+    ) -> Result<(), RunError> {
+        let changed = self.watermarks.poll(now_ms);
+        for (p, was_idle) in self.idle.iter_mut().enumerate() {
+            let idle = self.watermarks.partition_is_idle(p);
+            if idle && !*was_idle {
+                self.idle_transitions.increment(1);
+                tracing::info!(
+                    source = %self.status.node,
+                    partition = %self.status.partitions[p].label,
+                    "partition idle: no longer holds the watermark"
+                );
+            }
+            *was_idle = idle;
+            self.status.partitions[p].set(
+                self.watermarks.partition_watermark(p),
+                idle,
+                self.ended[p],
+                self.watermarks.last_activity_ms(p),
+            );
+        }
+        let emitted = self.watermarks.emitted();
+        self.status.set_watermark(
+            match emitted {
+                Some(Watermark::EventTime(t)) => Some(t),
+                _ => None,
+            },
+            emitted == Some(Watermark::Idle),
+            self.watermarks.holder(),
+            self.watermarks.advanced_at_ms(),
+        );
+        if let Some(wm) = changed {
+            emit(Emit::Control(Message::Watermark(wm)))?;
+        }
+        Ok(())
+    }
+}
+
+/// Gate → operator → ports.
+pub struct OperatorDriver {
+    op: Box<dyn Operator>,
+    gate: InputGate,
+    out: Output,
+    status: Arc<InstanceStatus>,
+    events: Vec<GateEvent>,
+}
+
+impl OperatorDriver {
+    pub fn new(
+        op: Box<dyn Operator>,
+        slot_input: Vec<usize>,
+        status: Arc<InstanceStatus>,
+        now_ms: i64,
+    ) -> OperatorDriver {
+        let out = Output::new(op.ports());
+        OperatorDriver {
+            op,
+            gate: InputGate::new(slot_input, now_ms),
+            out,
+            status,
+            events: Vec::new(),
+        }
+    }
+
+    pub fn operator(&self) -> &dyn Operator {
+        self.op.as_ref()
+    }
+
+    pub fn restore(&mut self, state: &[u8]) -> Result<(), RunError> {
+        Ok(self.op.restore(state)?)
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.gate.is_finished()
+    }
+
+    /// Handles one message from `slot`; barrier acks go to `ack`.
+    pub fn on_message(
+        &mut self,
+        slot: usize,
+        msg: Message,
+        now_ms: i64,
+        emit: &mut impl FnMut(Emit) -> Result<(), RunError>,
+        ack: &mut impl FnMut(BarrierAck),
+    ) -> Result<(), RunError> {
+        let control = !matches!(msg, Message::Data(_));
+        let mut events = std::mem::take(&mut self.events);
+        self.gate.accept(slot, msg, now_ms, &mut |e| events.push(e));
+        let result = self.handle(&mut events, now_ms, emit, ack);
+        events.clear();
+        self.events = events;
+        if control {
+            // Which input holds the watermark can change without the watermark changing.
+            self.publish_watermark();
+        }
+        result
+    }
+
+    fn handle(
+        &mut self,
+        events: &mut Vec<GateEvent>,
+        now_ms: i64,
+        emit: &mut impl FnMut(Emit) -> Result<(), RunError>,
+        ack: &mut impl FnMut(BarrierAck),
+    ) -> Result<(), RunError> {
+        for event in events.drain(..) {
+            match event {
+                GateEvent::Data { input, batch } => {
+                    self.status.add_records_in(batch.len() as u64, now_ms);
+                    self.op.process(input, batch, &mut self.out);
+                    self.flush(emit)?;
+                }
+                GateEvent::Watermark(wm) => {
+                    if let Watermark::EventTime(t) = wm {
+                        self.op.on_watermark(t, &mut self.out);
+                        self.flush(emit)?;
+                    }
+                    self.publish_watermark();
+                    emit(Emit::Control(Message::Watermark(wm)))?;
+                }
+                GateEvent::Barrier(epoch) => {
+                    let state = self.op.snapshot()?;
+                    ack(BarrierAck::Operator { epoch, state });
+                    emit(Emit::Control(Message::Barrier(epoch)))?;
+                }
+                GateEvent::End => {
+                    self.status.set_finished();
+                    emit(Emit::Control(Message::End))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn publish_watermark(&self) {
+        let w = self.gate.watermarks();
+        self.status
+            .set_watermark(w.current(), w.is_idle(), w.holder(), w.advanced_at_ms());
+    }
+
+    fn flush(
+        &mut self,
+        emit: &mut impl FnMut(Emit) -> Result<(), RunError>,
+    ) -> Result<(), RunError> {
+        for (port, batch) in self.out.drain() {
+            emit(Emit::Port(port, batch))?;
+        }
+        Ok(())
+    }
+}
+
+/// Gate → sink.
+pub struct SinkDriver {
+    sink: Box<dyn Sink>,
+    gate: InputGate,
+    status: Arc<InstanceStatus>,
+    events: Vec<GateEvent>,
+}
+
+impl SinkDriver {
+    pub fn new(
+        sink: Box<dyn Sink>,
+        slot_input: Vec<usize>,
+        status: Arc<InstanceStatus>,
+        now_ms: i64,
+    ) -> SinkDriver {
+        SinkDriver {
+            sink,
+            gate: InputGate::new(slot_input, now_ms),
+            status,
+            events: Vec::new(),
+        }
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.gate.is_finished()
+    }
+
+    pub fn on_message(
+        &mut self,
+        slot: usize,
+        msg: Message,
+        now_ms: i64,
+        ack: &mut impl FnMut(BarrierAck),
+    ) -> Result<(), RunError> {
+        let control = !matches!(msg, Message::Data(_));
+        let mut events = std::mem::take(&mut self.events);
+        self.gate.accept(slot, msg, now_ms, &mut |e| events.push(e));
+        let mut result = Ok(());
+        for event in events.drain(..) {
+            let r = match event {
+                GateEvent::Data { batch, .. } => {
+                    self.status.add_records_in(batch.len() as u64, now_ms);
+                    self.sink.write(&batch)
+                }
+                GateEvent::Watermark(_) => Ok(()),
+                GateEvent::Barrier(epoch) => self.sink.on_barrier(epoch).map(|()| {
+                    ack(BarrierAck::Sink { epoch });
+                }),
+                GateEvent::End => {
+                    self.status.set_finished();
+                    self.sink.finish()
+                }
+            };
+            if r.is_err() {
+                result = r;
+                break;
+            }
+        }
+        events.clear();
+        self.events = events;
+        if control {
+            let w = self.gate.watermarks();
+            self.status
+                .set_watermark(w.current(), w.is_idle(), w.holder(), w.advanced_at_ms());
+        }
+        result
+    }
+}

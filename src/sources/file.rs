@@ -1,0 +1,399 @@
+//! The file source: JSON lines from one or many files, each file its own partition with its
+//! own watermark. Reads as fast as possible or at a given `rate`; in `follow` mode it tails
+//! files that are still growing (a line counts once its newline arrives). Undecodable lines
+//! go to `dead_letter` with the file, line number and reason.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Seek, SeekFrom};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::dead_letter;
+use crate::error::RunError;
+use crate::format::json::JsonDecoder;
+use crate::sources::{ReadBuffers, ReadStatus, Source};
+use crate::types::{Position, SchemaRef, SourcePosition};
+
+/// How a file source instance reads.
+#[derive(Clone, Debug)]
+pub struct FileSourceSpec {
+    /// Files this instance reads, already expanded from globs; one partition each.
+    pub paths: Vec<PathBuf>,
+    /// Keep reading as the files grow, never end.
+    pub follow: bool,
+    /// Records per second across this instance; `None` = as fast as possible.
+    pub rate: Option<f64>,
+    /// How long to wait before looking again at a file with no new data (follow mode).
+    pub poll_interval: Duration,
+    /// Partitions are named by their path relative to this directory (the pipeline file's),
+    /// so names and dead-letter positions do not depend on where the pipeline is installed.
+    pub base_dir: Option<PathBuf>,
+}
+
+struct Partition {
+    path: PathBuf,
+    label: String,
+    reader: Option<BufReader<File>>,
+    offset: u64,
+    line: u64,
+    /// Bytes of a line whose newline has not arrived yet (follow mode).
+    partial: Vec<u8>,
+    ended: bool,
+}
+
+/// A file source instance.
+pub struct FileSource {
+    node: String,
+    spec: FileSourceSpec,
+    partitions: Vec<Partition>,
+    decoder: JsonDecoder,
+    next: usize,
+    line_buf: Vec<u8>,
+    started_at_ms: Option<i64>,
+    emitted: u64,
+}
+
+impl FileSource {
+    pub fn new(node: &str, spec: FileSourceSpec, decoder: JsonDecoder) -> FileSource {
+        let partitions = spec
+            .paths
+            .iter()
+            .map(|p| Partition {
+                path: p.clone(),
+                label: spec
+                    .base_dir
+                    .as_ref()
+                    .and_then(|b| p.strip_prefix(b).ok())
+                    .unwrap_or(p)
+                    .display()
+                    .to_string(),
+                reader: None,
+                offset: 0,
+                line: 0,
+                partial: Vec::new(),
+                ended: false,
+            })
+            .collect();
+        FileSource {
+            node: node.to_string(),
+            spec,
+            partitions,
+            decoder,
+            next: 0,
+            line_buf: Vec::with_capacity(4096),
+            started_at_ms: None,
+            emitted: 0,
+        }
+    }
+
+    fn open(p: &mut Partition) -> Result<(), RunError> {
+        if p.reader.is_none() {
+            let mut f = File::open(&p.path)
+                .map_err(|e| RunError::io(format!("cannot open {}", p.path.display()), e))?;
+            if p.offset > 0 {
+                f.seek(SeekFrom::Start(p.offset))
+                    .map_err(|e| RunError::io(format!("cannot seek {}", p.path.display()), e))?;
+            }
+            p.reader = Some(BufReader::with_capacity(256 * 1024, f));
+        }
+        Ok(())
+    }
+
+    /// How many records the rate limit allows now, or the time to retry.
+    fn allowance(&mut self, max: usize, now_ms: i64) -> Result<usize, i64> {
+        let Some(rate) = self.spec.rate else {
+            return Ok(max);
+        };
+        let start = *self.started_at_ms.get_or_insert(now_ms);
+        let due = (((now_ms - start) as f64 / 1000.0) * rate) as u64 + 1;
+        if due > self.emitted {
+            Ok(((due - self.emitted) as usize).min(max))
+        } else {
+            let next_ms = start + ((self.emitted as f64 / rate) * 1000.0).ceil() as i64;
+            Err(next_ms.max(now_ms + 1))
+        }
+    }
+
+    /// Reads up to `max` lines of partition `i`. Returns the number of lines consumed and
+    /// whether the end of the file was reached.
+    fn read_partition(
+        &mut self,
+        i: usize,
+        out: &mut ReadBuffers,
+        max: usize,
+        now_ms: i64,
+    ) -> Result<(usize, bool), RunError> {
+        let p = &mut self.partitions[i];
+        Self::open(p)?;
+        let reader = p.reader.as_mut().expect("opened");
+        let mut lines = 0;
+        while lines < max {
+            self.line_buf.clear();
+            let n = reader
+                .read_until(b'\n', &mut self.line_buf)
+                .map_err(|e| RunError::io(format!("cannot read {}", p.path.display()), e))?;
+            if n == 0 {
+                return Ok((lines, true));
+            }
+            let complete = self.line_buf.last() == Some(&b'\n');
+            if !complete && self.spec.follow {
+                // The writer has not finished this line yet: keep it for later.
+                p.partial.extend_from_slice(&self.line_buf);
+                return Ok((lines, true));
+            }
+            let record_offset = p.offset;
+            p.offset += (p.partial.len() + n) as u64;
+            let line: &[u8] = if p.partial.is_empty() {
+                &self.line_buf
+            } else {
+                p.partial.extend_from_slice(&self.line_buf);
+                &p.partial
+            };
+            let mut body = line;
+            while let Some((&last, rest)) = body.split_last() {
+                if last == b'\n' || last == b'\r' {
+                    body = rest;
+                } else {
+                    break;
+                }
+            }
+            p.line += 1;
+            lines += 1;
+            if body.iter().all(|b| b.is_ascii_whitespace()) {
+                p.partial.clear();
+                continue;
+            }
+            if let Err(e) = self.decoder.decode_into(body, &mut out.records, now_ms) {
+                let position = format!("{}:{} (byte {})", p.label, p.line, record_offset);
+                dead_letter::push(
+                    &mut out.dead_letters,
+                    &self.node,
+                    &p.label,
+                    &position,
+                    &e.to_string(),
+                    body,
+                    now_ms,
+                );
+            }
+            p.partial.clear();
+        }
+        Ok((lines, false))
+    }
+}
+
+impl Source for FileSource {
+    fn schema(&self) -> SchemaRef {
+        self.decoder.schema().clone()
+    }
+
+    fn partitions(&self) -> Vec<String> {
+        self.partitions.iter().map(|p| p.label.clone()).collect()
+    }
+
+    fn read(
+        &mut self,
+        out: &mut ReadBuffers,
+        max_records: usize,
+        now_ms: i64,
+    ) -> Result<ReadStatus, RunError> {
+        let max = match self.allowance(max_records, now_ms) {
+            Ok(n) => n,
+            Err(retry_at_ms) => return Ok(ReadStatus::Pending { retry_at_ms }),
+        };
+        let n = self.partitions.len();
+        for k in 0..n {
+            let i = (self.next + k) % n;
+            if self.partitions[i].ended {
+                continue;
+            }
+            let (lines, at_end) = self.read_partition(i, out, max, now_ms)?;
+            let _ = at_end;
+            if lines > 0 {
+                self.emitted += lines as u64;
+                // Round-robin over partitions, so their watermarks advance together.
+                self.next = (i + 1) % n;
+                return Ok(ReadStatus::Data { partition: i });
+            }
+            if at_end && !self.spec.follow {
+                let p = &mut self.partitions[i];
+                p.ended = true;
+                p.reader = None;
+                return Ok(ReadStatus::PartitionEnded { partition: i });
+            }
+        }
+        if self.partitions.iter().all(|p| p.ended) {
+            Ok(ReadStatus::Finished)
+        } else {
+            Ok(ReadStatus::Pending {
+                retry_at_ms: now_ms + self.spec.poll_interval.as_millis() as i64,
+            })
+        }
+    }
+
+    fn positions(&self) -> Vec<SourcePosition> {
+        self.partitions
+            .iter()
+            .map(|p| SourcePosition {
+                source: self.node.clone(),
+                partition: p.label.clone(),
+                position: Position::File {
+                    offset: p.offset,
+                    line: p.line,
+                },
+            })
+            .collect()
+    }
+
+    fn seek(&mut self, positions: &[SourcePosition]) -> Result<(), RunError> {
+        for p in &mut self.partitions {
+            let found = positions
+                .iter()
+                .find(|sp| sp.source == self.node && sp.partition == p.label);
+            let (offset, line) = match found.map(|sp| &sp.position) {
+                Some(Position::File { offset, line }) => (*offset, *line),
+                _ => (0, 0),
+            };
+            p.offset = offset;
+            p.line = line;
+            p.reader = None;
+            p.partial.clear();
+            p.ended = false;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::json::EventTimeSource;
+    use crate::types::{Batch, DataType, Field, Schema, Value};
+    use std::io::Write;
+    use std::sync::Arc;
+
+    fn source(paths: Vec<PathBuf>, follow: bool) -> FileSource {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::String),
+            Field::new("ts", DataType::Int),
+        ]));
+        let decoder = JsonDecoder::new(schema, EventTimeSource::Field(1));
+        FileSource::new(
+            "src",
+            FileSourceSpec {
+                paths,
+                follow,
+                rate: None,
+                poll_interval: Duration::from_millis(50),
+                base_dir: None,
+            },
+            decoder,
+        )
+    }
+
+    fn buffers(s: &FileSource) -> ReadBuffers {
+        ReadBuffers {
+            records: Batch::new(s.schema()),
+            dead_letters: Batch::new(dead_letter::schema()),
+        }
+    }
+
+    #[test]
+    fn reads_lines_and_dead_letters_bad_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.jsonl");
+        std::fs::write(
+            &path,
+            "{\"k\":\"a\",\"ts\":1}\nnot json\n\n{\"k\":\"b\",\"ts\":2}\r\n{\"k\":\"c\"}",
+        )
+        .unwrap();
+        let mut s = source(vec![path.clone()], false);
+        let mut out = buffers(&s);
+        assert_eq!(
+            s.read(&mut out, 100, 0).unwrap(),
+            ReadStatus::Data { partition: 0 }
+        );
+        assert_eq!(out.records.len(), 2);
+        assert_eq!(out.records.row(1)[0], Value::from("b"));
+        assert_eq!(out.records.event_time(1), 2);
+        // `not json` and the record without its event-time field.
+        assert_eq!(out.dead_letters.len(), 2);
+        let pos = out.dead_letters.row(0)[2].as_str().unwrap().to_string();
+        assert!(pos.ends_with("a.jsonl:2 (byte 17)"), "{pos}");
+        assert!(
+            out.dead_letters.row(1)[3]
+                .as_str()
+                .unwrap()
+                .contains("event-time"),
+        );
+        assert_eq!(
+            s.read(&mut out, 100, 0).unwrap(),
+            ReadStatus::PartitionEnded { partition: 0 }
+        );
+        assert_eq!(s.read(&mut out, 100, 0).unwrap(), ReadStatus::Finished);
+    }
+
+    #[test]
+    fn follow_waits_for_complete_lines_and_seek_resumes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.jsonl");
+        let mut f = std::fs::File::create(&path).unwrap();
+        write!(f, "{{\"k\":\"a\",\"ts\":1}}\n{{\"k\":\"b\",").unwrap();
+        f.flush().unwrap();
+        let mut s = source(vec![path.clone()], true);
+        let mut out = buffers(&s);
+        assert_eq!(
+            s.read(&mut out, 100, 0).unwrap(),
+            ReadStatus::Data { partition: 0 }
+        );
+        assert_eq!(out.records.len(), 1);
+        assert_eq!(
+            s.read(&mut out, 100, 0).unwrap(),
+            ReadStatus::Pending { retry_at_ms: 50 }
+        );
+        writeln!(f, "\"ts\":2}}").unwrap();
+        f.flush().unwrap();
+        assert_eq!(
+            s.read(&mut out, 100, 60).unwrap(),
+            ReadStatus::Data { partition: 0 }
+        );
+        assert_eq!(out.records.len(), 2);
+        assert_eq!(out.records.row(1)[0], Value::from("b"));
+
+        // A fresh instance rewound to the first record's end reads only the second.
+        let positions = s.positions();
+        let mut again = source(vec![path], true);
+        let mut first = positions.clone();
+        first[0].position = Position::File {
+            offset: 17,
+            line: 1,
+        };
+        again.seek(&first).unwrap();
+        let mut out2 = buffers(&again);
+        again.read(&mut out2, 100, 0).unwrap();
+        assert_eq!(out2.records.len(), 1);
+        assert_eq!(out2.records.row(0)[0], Value::from("b"));
+        assert_eq!(again.positions(), positions);
+    }
+
+    #[test]
+    fn rate_limit_paces_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.jsonl");
+        let mut text = String::new();
+        for i in 0..100 {
+            text.push_str(&format!("{{\"k\":\"a\",\"ts\":{i}}}\n"));
+        }
+        std::fs::write(&path, text).unwrap();
+        let mut s = source(vec![path], false);
+        s.spec.rate = Some(10.0);
+        let mut out = buffers(&s);
+        s.read(&mut out, 1000, 0).unwrap();
+        assert_eq!(out.records.len(), 1);
+        assert!(matches!(
+            s.read(&mut out, 1000, 0).unwrap(),
+            ReadStatus::Pending { retry_at_ms: 100 }
+        ));
+        s.read(&mut out, 1000, 1000).unwrap();
+        assert_eq!(out.records.len(), 11);
+    }
+}

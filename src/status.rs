@@ -1,0 +1,322 @@
+//! Live status of a running pipeline: per node instance its watermark, idleness, which input
+//! holds its watermark and since when, and record counts; per source partition its watermark,
+//! idleness and last activity. Tasks write it when something changes (atomics, no locks on
+//! the per-record path); `/status`, `watershed explain` and the alert rules read snapshots.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+
+use crate::types::EventTime;
+
+const NONE: i64 = i64::MIN;
+
+fn load_opt(a: &AtomicI64) -> Option<i64> {
+    match a.load(Ordering::Relaxed) {
+        NONE => None,
+        v => Some(v),
+    }
+}
+
+/// The role of a node in the graph.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Source,
+    Operator,
+    Sink,
+}
+
+/// Live status of one source partition.
+#[derive(Debug)]
+pub struct PartitionStatus {
+    pub label: String,
+    watermark: AtomicI64,
+    idle: AtomicBool,
+    ended: AtomicBool,
+    last_activity_ms: AtomicI64,
+}
+
+impl PartitionStatus {
+    pub fn set(&self, watermark: Option<EventTime>, idle: bool, ended: bool, last_ms: i64) {
+        self.watermark
+            .store(watermark.unwrap_or(NONE), Ordering::Relaxed);
+        self.idle.store(idle, Ordering::Relaxed);
+        self.ended.store(ended, Ordering::Relaxed);
+        self.last_activity_ms.store(last_ms, Ordering::Relaxed);
+    }
+}
+
+/// Live status of one node instance.
+#[derive(Debug)]
+pub struct InstanceStatus {
+    pub node: String,
+    pub instance: usize,
+    pub role: Role,
+    /// Labels of the inputs, `node#instance` (operators, sinks) or partition names (sources).
+    pub inputs: Vec<String>,
+    watermark: AtomicI64,
+    idle: AtomicBool,
+    advanced_at_ms: AtomicI64,
+    holder: AtomicI64,
+    records_in: AtomicU64,
+    last_record_ms: AtomicI64,
+    ports_out: Vec<(String, AtomicU64)>,
+    pub partitions: Vec<PartitionStatus>,
+    finished: AtomicBool,
+}
+
+impl InstanceStatus {
+    pub fn new(
+        node: &str,
+        instance: usize,
+        role: Role,
+        inputs: Vec<String>,
+        ports: &[String],
+        now_ms: i64,
+    ) -> InstanceStatus {
+        let partitions = if role == Role::Source {
+            inputs
+                .iter()
+                .map(|l| PartitionStatus {
+                    label: l.clone(),
+                    watermark: AtomicI64::new(NONE),
+                    idle: AtomicBool::new(false),
+                    ended: AtomicBool::new(false),
+                    last_activity_ms: AtomicI64::new(now_ms),
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        InstanceStatus {
+            node: node.to_string(),
+            instance,
+            role,
+            inputs,
+            watermark: AtomicI64::new(NONE),
+            idle: AtomicBool::new(false),
+            advanced_at_ms: AtomicI64::new(now_ms),
+            holder: AtomicI64::new(NONE),
+            records_in: AtomicU64::new(0),
+            last_record_ms: AtomicI64::new(NONE),
+            ports_out: ports
+                .iter()
+                .map(|p| (p.clone(), AtomicU64::new(0)))
+                .collect(),
+            partitions,
+            finished: AtomicBool::new(false),
+        }
+    }
+
+    pub fn label(&self) -> String {
+        format!("{}#{}", self.node, self.instance)
+    }
+
+    pub fn set_watermark(
+        &self,
+        watermark: Option<EventTime>,
+        idle: bool,
+        holder: Option<usize>,
+        advanced_at_ms: i64,
+    ) {
+        self.watermark
+            .store(watermark.unwrap_or(NONE), Ordering::Relaxed);
+        self.idle.store(idle, Ordering::Relaxed);
+        self.holder
+            .store(holder.map_or(NONE, |h| h as i64), Ordering::Relaxed);
+        self.advanced_at_ms.store(advanced_at_ms, Ordering::Relaxed);
+    }
+
+    pub fn add_records_in(&self, n: u64, now_ms: i64) {
+        self.records_in.fetch_add(n, Ordering::Relaxed);
+        self.last_record_ms.store(now_ms, Ordering::Relaxed);
+    }
+
+    pub fn add_records_out(&self, port: usize, n: u64) {
+        self.ports_out[port].1.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn set_finished(&self) {
+        self.finished.store(true, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> InstanceReport {
+        InstanceReport {
+            node: self.node.clone(),
+            instance: self.instance,
+            role: self.role,
+            watermark: load_opt(&self.watermark),
+            idle: self.idle.load(Ordering::Relaxed),
+            advanced_at_ms: self.advanced_at_ms.load(Ordering::Relaxed),
+            holder: load_opt(&self.holder).map(|h| self.inputs[h as usize].clone()),
+            records_in: self.records_in.load(Ordering::Relaxed),
+            last_record_ms: load_opt(&self.last_record_ms),
+            records_out: self
+                .ports_out
+                .iter()
+                .map(|(p, c)| (p.clone(), c.load(Ordering::Relaxed)))
+                .collect(),
+            partitions: self
+                .partitions
+                .iter()
+                .map(|p| PartitionReport {
+                    label: p.label.clone(),
+                    watermark: load_opt(&p.watermark),
+                    idle: p.idle.load(Ordering::Relaxed),
+                    ended: p.ended.load(Ordering::Relaxed),
+                    last_activity_ms: p.last_activity_ms.load(Ordering::Relaxed),
+                })
+                .collect(),
+            finished: self.finished.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Per-source settings the alert rules need.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct SourceExpectations {
+    pub source: String,
+    /// Alert when a partition has had no record for longer than this.
+    pub expected_interval_ms: Option<i64>,
+    pub idle_timeout_ms: Option<i64>,
+}
+
+/// All instances of a running pipeline.
+#[derive(Debug, Default)]
+pub struct StatusRegistry {
+    pub pipeline: String,
+    instances: Mutex<Vec<Arc<InstanceStatus>>>,
+    pub sources: Mutex<Vec<SourceExpectations>>,
+}
+
+impl StatusRegistry {
+    pub fn new(pipeline: &str) -> Arc<StatusRegistry> {
+        Arc::new(StatusRegistry {
+            pipeline: pipeline.to_string(),
+            ..StatusRegistry::default()
+        })
+    }
+
+    pub fn register(&self, status: InstanceStatus) -> Arc<InstanceStatus> {
+        let s = Arc::new(status);
+        self.instances
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(s.clone());
+        s
+    }
+
+    pub fn expect_source(&self, e: SourceExpectations) {
+        self.sources
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(e);
+    }
+
+    pub fn snapshot(&self, now_ms: i64) -> StatusReport {
+        let instances = self
+            .instances
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|i| i.snapshot())
+            .collect();
+        StatusReport {
+            pipeline: self.pipeline.clone(),
+            now_ms,
+            instances,
+            sources: self
+                .sources
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct PartitionReport {
+    pub label: String,
+    pub watermark: Option<EventTime>,
+    pub idle: bool,
+    pub ended: bool,
+    pub last_activity_ms: i64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct InstanceReport {
+    pub node: String,
+    pub instance: usize,
+    pub role: Role,
+    pub watermark: Option<EventTime>,
+    pub idle: bool,
+    pub advanced_at_ms: i64,
+    /// The input holding this instance's watermark back.
+    pub holder: Option<String>,
+    pub records_in: u64,
+    pub last_record_ms: Option<i64>,
+    pub records_out: Vec<(String, u64)>,
+    pub partitions: Vec<PartitionReport>,
+    pub finished: bool,
+}
+
+impl InstanceReport {
+    pub fn label(&self) -> String {
+        format!("{}#{}", self.node, self.instance)
+    }
+}
+
+/// A point-in-time view of the whole pipeline (the `/status` document).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct StatusReport {
+    pub pipeline: String,
+    pub now_ms: i64,
+    pub instances: Vec<InstanceReport>,
+    pub sources: Vec<SourceExpectations>,
+}
+
+impl StatusReport {
+    pub fn instance(&self, label: &str) -> Option<&InstanceReport> {
+        self.instances.iter().find(|i| i.label() == label)
+    }
+
+    /// Follows the chain of watermark holders from `start` down to a source partition:
+    /// each step is `(instance label, holder label)`.
+    pub fn holder_chain(&self, start: &InstanceReport) -> Vec<String> {
+        let mut chain = Vec::new();
+        let mut cur = start;
+        for _ in 0..64 {
+            let Some(h) = &cur.holder else { break };
+            chain.push(h.clone());
+            match self.instance(h) {
+                Some(next) => cur = next,
+                None => break,
+            }
+        }
+        chain
+    }
+
+    /// Where the watermark of `inst` is held: the source partition at the end of its chain,
+    /// if there is one, as `(source instance, partition)`.
+    pub fn root_holder<'a>(
+        &'a self,
+        inst: &'a InstanceReport,
+    ) -> Option<(&'a InstanceReport, &'a PartitionReport)> {
+        let chain = self.holder_chain(inst);
+        let mut owner = inst;
+        for label in &chain {
+            if let Some(next) = self.instance(label) {
+                owner = next;
+            } else {
+                return owner
+                    .partitions
+                    .iter()
+                    .find(|p| &p.label == label)
+                    .map(|p| (owner, p));
+            }
+        }
+        None
+    }
+}

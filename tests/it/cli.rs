@@ -1,0 +1,186 @@
+//! The command line as people use it: `validate` errors with file, line and field and exit
+//! code 2; `explain` against a running pipeline; `/metrics` while running.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+fn watershed() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_watershed"))
+}
+
+fn validate(yaml: &str) -> (i32, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    std::fs::write(dir.path().join("in.jsonl"), "").unwrap();
+    let out = watershed().arg("validate").arg(&path).output().unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code().unwrap(), text)
+}
+
+const GOOD: &str = "sources:
+  s:
+    file:
+      paths: [in.jsonl]
+    schema:
+      ts: timestamp
+      k: string
+    event_time:
+      field: ts
+operators:
+  w:
+    inputs: [s]
+    window:
+      key: [k]
+      tumbling: 1m
+      aggregates:
+        n: count
+sinks:
+  out:
+    input: w
+    file: out.jsonl
+";
+
+#[test]
+fn validate_accepts_a_good_pipeline() {
+    let (code, text) = validate(GOOD);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("ok"), "{text}");
+}
+
+#[test]
+fn validate_names_line_and_field_of_an_unknown_field() {
+    let (code, text) = validate(&GOOD.replace(
+        "      k: string\n",
+        "      k: string\n    idle_timout: 30s\n",
+    ));
+    assert_eq!(code, 2, "{text}");
+    assert!(
+        text.contains("p.yaml:8:5: field `sources.s.idle_timout`: unknown field `idle_timout`"),
+        "{text}"
+    );
+}
+
+#[test]
+fn validate_rejects_bad_durations_types_and_dangling_references() {
+    let yaml = GOOD
+        .replace("tumbling: 1m", "tumbling: 1 fortnight")
+        .replace("k: string", "k: strng");
+    let (code, text) = validate(&yaml);
+    assert_eq!(code, 2, "{text}");
+    assert!(
+        text.contains("p.yaml:7:10: field `sources.s.schema.k`: unknown type `strng`"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "p.yaml:15:17: field `operators.w.window.tumbling`: invalid duration `1 fortnight`"
+        ),
+        "{text}"
+    );
+    let (code, text) = validate(&GOOD.replace("input: w", "input: w.lates"));
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("p.yaml:20:12: field `sinks.out.input[0]`: `w` has no output port `lates`; its ports are main, late"), "{text}");
+    let (code, text) = validate(&GOOD.replace("inputs: [s]", "inputs: [nope]"));
+    assert_eq!(code, 2);
+    assert!(
+        text.contains("no source or operator named `nope`"),
+        "{text}"
+    );
+}
+
+#[test]
+fn validate_rejects_wrong_value_types() {
+    let (code, text) = validate(&format!("parallelism: lots\n{GOOD}"));
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("p.yaml:1:14: field `parallelism`"), "{text}");
+}
+
+#[test]
+fn validate_warns_about_unrouted_ports() {
+    let (code, text) = validate(GOOD);
+    assert_eq!(code, 0);
+    assert!(
+        text.contains("output `s.dead_letter` is not routed"),
+        "{text}"
+    );
+}
+
+#[test]
+fn explain_and_metrics_of_a_running_pipeline() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("live.yaml");
+    // A followed file never ends: the pipeline runs until killed.
+    std::fs::write(
+        dir.path().join("in.jsonl"),
+        "{\"ts\":\"2026-01-01T00:00:00Z\",\"k\":\"a\"}\nnot json\n",
+    )
+    .unwrap();
+    std::fs::write(
+        &path,
+        GOOD.replace("paths: [in.jsonl]", "paths: [in.jsonl]\n      follow: true")
+            .replace(
+                "sinks:\n",
+                "sinks:\n  errors:\n    input: s.dead_letter\n    file: dl.jsonl\n",
+            ),
+    )
+    .unwrap();
+    let mut child = watershed()
+        .args(["run", "--metrics-addr", "127.0.0.1:0"])
+        .arg(&path)
+        .current_dir(dir.path())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let _ = tx.send(line.unwrap_or_default());
+        }
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let addr = loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let Ok(line) = rx.recv_timeout(left) else {
+            child.kill().unwrap();
+            panic!("the pipeline did not report its metrics address");
+        };
+        if let Some(i) = line.find("bound=") {
+            break line[i + 6..].split_whitespace().next().unwrap().to_string();
+        }
+    };
+    let addr: std::net::SocketAddr = addr.parse().unwrap();
+    // Wait (bounded) until the bad line has been counted.
+    let mut metrics = String::new();
+    for _ in 0..100 {
+        metrics = watershed::http::get_local(addr, "/metrics").unwrap_or_default();
+        if metrics.contains("watershed_dead_letter_records_total") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let explain = watershed()
+        .args(["explain", "--addr"])
+        .arg(addr.to_string())
+        .arg(&path)
+        .output()
+        .unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        metrics.contains("watershed_dead_letter_records_total{node=\"s\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("watershed_records_out_total{node=\"s\",port=\"main\"} 1"),
+        "{metrics}"
+    );
+    let text = String::from_utf8_lossy(&explain.stdout);
+    assert!(text.contains("source s x1"), "{text}");
+    assert!(text.contains("w#0  watermark"), "{text}");
+    assert!(text.contains("partition "), "{text}");
+    assert!(Path::new(&dir.path().join("dl.jsonl")).exists());
+}

@@ -1,0 +1,7 @@
+//! Integration tests: whole pipelines, driven step by step on a manual clock or run through
+//! the `watershed` binary.
+
+mod cli;
+mod golden;
+mod multi_speed;
+mod runtime;
