@@ -413,6 +413,31 @@ impl Batch {
         self.event_times.clear();
     }
 
+    /// Splits the batch into `parts` batches, moving (not cloning) each row into the part
+    /// `part_of(row)` names; parts keep the row order. Used by keyed shuffles.
+    pub fn split_by(
+        self,
+        parts: usize,
+        mut part_of: impl FnMut(&[Value]) -> usize,
+    ) -> Vec<Batch> {
+        let w = self.width();
+        let owners: Vec<usize> = if w == 0 {
+            vec![0; self.len()]
+        } else {
+            self.values.chunks_exact(w).map(&mut part_of).collect()
+        };
+        let mut out: Vec<Batch> = (0..parts)
+            .map(|_| Batch::with_capacity(self.schema.clone(), self.len() / parts + 1))
+            .collect();
+        let mut values = self.values.into_iter();
+        for (owner, t) in owners.into_iter().zip(self.event_times) {
+            let b = &mut out[owner];
+            b.values.extend(values.by_ref().take(w));
+            b.event_times.push(t);
+        }
+        out
+    }
+
     /// Takes the rows out, leaving an empty batch with the same schema and capacity hint.
     pub fn take(&mut self) -> Batch {
         let cap = self.len();
@@ -467,6 +492,17 @@ mod tests {
         assert_eq!(b.row(1), &[Value::from("b"), Value::Int(2)]);
         let times: Vec<_> = b.rows().map(|(_, t)| t).collect();
         assert_eq!(times, vec![10, 20]);
+    }
+
+    #[test]
+    fn split_by_moves_rows_in_order() {
+        let mut b = Batch::new(schema());
+        for i in 0..5 {
+            b.push_row([Value::from("h"), Value::Int(i)], i);
+        }
+        let parts = b.split_by(2, |r| (r[1].as_i64().unwrap() % 2) as usize);
+        assert_eq!(parts[0].event_times(), &[0, 2, 4]);
+        assert_eq!(parts[1].row(1), &[Value::from("h"), Value::Int(3)]);
     }
 
     #[test]

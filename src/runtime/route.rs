@@ -79,7 +79,6 @@ pub fn owner_of(hasher: &ahash::RandomState, row: &[Value], cols: &[usize], n: u
 pub struct Router {
     ports: Vec<Vec<EdgeOut>>,
     hasher: ahash::RandomState,
-    scratch: Vec<Batch>,
     /// Per port: the counters its records move.
     counters: Vec<Vec<metrics::Counter>>,
     status: std::sync::Arc<InstanceStatus>,
@@ -94,7 +93,6 @@ impl Router {
         Router {
             ports,
             hasher: shuffle_hasher(),
-            scratch: Vec::new(),
             counters,
             status,
         }
@@ -144,17 +142,9 @@ impl Router {
                 if n == 1 {
                     0
                 } else {
-                    let cols = cols.clone();
-                    self.scratch.clear();
-                    self.scratch.extend((0..n).map(|_| {
-                        Batch::with_capacity(batch.schema().clone(), batch.len() / n + 1)
-                    }));
-                    for (row, t) in batch.rows() {
-                        let i = owner_of(&self.hasher, row, &cols, n);
-                        self.scratch[i].push_row_from(row, t);
-                    }
-                    let edge = &self.ports[port][e];
-                    for (i, part) in self.scratch.drain(..).enumerate() {
+                    let hasher = &self.hasher;
+                    let parts = batch.split_by(n, |row| owner_of(hasher, row, cols, n));
+                    for (i, part) in parts.into_iter().enumerate() {
                         if !part.is_empty() {
                             edge.senders[i]
                                 .send((edge.slot, Message::Data(part)))
