@@ -187,13 +187,24 @@ fn run(path: &Path, parallelism: Option<usize>, metrics_addr: &str) -> anyhow::R
         }
     }
     let outputs = compiled.outputs.clone();
+    // Ctrl-C / SIGTERM: sources end their input, windows fire, sinks flush, then exit.
+    let shutdown = Arc::new(AtomicBool::new(false));
+    let flag = shutdown.clone();
+    ctrlc::set_handler(move || {
+        if flag.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            eprintln!("second interrupt: exiting at once");
+            std::process::exit(130);
+        }
+        eprintln!("stopping: draining sources (interrupt again to exit at once)");
+    })
+    .context("cannot install the interrupt handler")?;
     tracing::info!(pipeline = %compiled.plan.name, "starting");
     let summary = runtime::run(
         compiled.plan,
         RunContext {
             clock,
             status,
-            shutdown: Arc::new(AtomicBool::new(false)),
+            shutdown,
         },
     )?;
     print_summary(&summary, &outputs);

@@ -415,11 +415,7 @@ impl Batch {
 
     /// Splits the batch into `parts` batches, moving (not cloning) each row into the part
     /// `part_of(row)` names; parts keep the row order. Used by keyed shuffles.
-    pub fn split_by(
-        self,
-        parts: usize,
-        mut part_of: impl FnMut(&[Value]) -> usize,
-    ) -> Vec<Batch> {
+    pub fn split_by(self, parts: usize, mut part_of: impl FnMut(&[Value]) -> usize) -> Vec<Batch> {
         let w = self.width();
         let owners: Vec<usize> = if w == 0 {
             vec![0; self.len()]

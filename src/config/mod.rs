@@ -18,12 +18,14 @@ use crate::alerts::AlertRules;
 use crate::dead_letter;
 use crate::error::{ConfigError, ConfigIssue};
 use crate::format::json::{EventTimeSource, JsonDecoder};
+use crate::operators::route::{RouteOperator, RoutePort};
 use crate::operators::window::{
     AggregateFn, AggregateSpec, WindowKind, WindowOperator, WindowSpec,
 };
 use crate::operators::{DEAD_LETTER_PORT, MAIN_PORT, Operator, PortSpec};
 use crate::runtime::plan::{
-    InputRef, NodeKind, Plan, PlanNode, RuntimeOptions, SinkFactory, SourceFactory, WatermarkSpec,
+    InputRef, NodeKind, OperatorFactory, Plan, PlanNode, RuntimeOptions, SinkFactory,
+    SourceFactory, WatermarkSpec,
 };
 use crate::sinks::Sink;
 use crate::sinks::file::JsonLinesSink;
@@ -591,37 +593,32 @@ pub fn compile(
                 }
             }
         }
-        let Some(w) = &o.window else {
-            issues.at(
-                loc,
-                field.clone(),
-                "an operator needs a kind block: `window`",
-            );
-            continue;
-        };
         let Some(schema) = input_schemas.first().cloned() else {
             continue;
         };
-        let Some(spec) = window_spec(
-            &mut issues,
-            &format!("{field}.window"),
-            &w.value,
-            &w.referenced,
-        ) else {
-            continue;
-        };
-        let key_columns: Vec<usize> = spec.key.iter().filter_map(|k| schema.index_of(k)).collect();
-        let probe = match WindowOperator::new(&name, spec.clone(), schema.clone()) {
-            Ok(op) => op,
-            Err(e) => {
-                let (at, name) = locate_spec_field(&w.value, &e.field)
-                    .unwrap_or((w.referenced, e.field.clone()));
-                issues.at(&at, format!("{field}.window.{name}"), e.message);
-                continue;
+        let built = match (&o.window, &o.route) {
+            (Some(w), None) => window_operator(&mut issues, &field, &name, w, schema),
+            (None, Some(r)) => route_operator(&mut issues, &field, r, schema),
+            (None, None) => {
+                issues.at(
+                    loc,
+                    field.clone(),
+                    "an operator needs one kind block: `window` or `route`",
+                );
+                None
+            }
+            (Some(_), Some(_)) => {
+                issues.at(
+                    loc,
+                    field.clone(),
+                    "an operator has exactly one kind block: `window` or `route`, not both",
+                );
+                None
             }
         };
-        let ports = probe.ports();
-        let node_name = name.clone();
+        let Some((ports, factory, key_columns)) = built else {
+            continue;
+        };
         infos.insert(
             name.clone(),
             NodeInfo {
@@ -634,15 +631,8 @@ pub fn compile(
             name: name.clone(),
             parallelism,
             kind: NodeKind::Operator {
-                factory: Arc::new(move |_| {
-                    let op = WindowOperator::new(&node_name, spec.clone(), schema.clone())
-                        .map_err(|e| crate::error::RunError::Task {
-                            task: node_name.clone(),
-                            message: e.message,
-                        })?;
-                    Ok(Box::new(op) as Box<dyn Operator>)
-                }),
-                key_columns: Some(key_columns),
+                factory,
+                key_columns,
             },
             inputs: inputs.iter().map(|(r, _)| *r).collect(),
             ports,
@@ -777,6 +767,105 @@ pub fn compile(
         metrics_addr,
         outputs,
     })
+}
+
+/// What compiling an operator block gives: its ports, its factory and the key columns rows
+/// are shuffled by (`None`: no shuffle needed).
+type BuiltOperator = (Vec<PortSpec>, OperatorFactory, Option<Vec<usize>>);
+
+fn window_operator(
+    issues: &mut Issues,
+    field: &str,
+    name: &str,
+    w: &S<yaml::WindowYaml>,
+    schema: SchemaRef,
+) -> Option<BuiltOperator> {
+    let spec = window_spec(issues, &format!("{field}.window"), &w.value, &w.referenced)?;
+    let key_columns: Vec<usize> = spec.key.iter().filter_map(|k| schema.index_of(k)).collect();
+    let probe = match WindowOperator::new(name, spec.clone(), schema.clone()) {
+        Ok(op) => op,
+        Err(e) => {
+            let (at, path) =
+                locate_spec_field(&w.value, &e.field).unwrap_or((w.referenced, e.field.clone()));
+            issues.at(&at, format!("{field}.window.{path}"), e.message);
+            return None;
+        }
+    };
+    let node = name.to_string();
+    let factory: OperatorFactory = Arc::new(move |_| {
+        let op = WindowOperator::new(&node, spec.clone(), schema.clone()).map_err(|e| {
+            crate::error::RunError::Task {
+                task: node.clone(),
+                message: e.message,
+            }
+        })?;
+        Ok(Box::new(op) as Box<dyn Operator>)
+    });
+    Some((probe.ports(), factory, Some(key_columns)))
+}
+
+fn route_operator(
+    issues: &mut Issues,
+    field: &str,
+    r: &S<yaml::RouteYaml>,
+    schema: SchemaRef,
+) -> Option<BuiltOperator> {
+    let column = &r.value.field;
+    let Some(ty) = schema
+        .index_of(&column.value)
+        .map(|i| schema.field(i).data_type)
+    else {
+        issues.at(
+            &column.referenced,
+            format!("{field}.route.field"),
+            format!("`{}` is not a column of the input", column.value),
+        );
+        return None;
+    };
+    let mut ports = Vec::new();
+    for (port, values) in &r.value.ports {
+        let mut vs = Vec::new();
+        for v in &values.value {
+            match RouteOperator::value_of(&v.value, ty) {
+                Some(x) => vs.push(x),
+                None => issues.at(&v.referenced, format!("{field}.route.ports.{port}"), format!("`{}` is not a {ty} value (routing works on string, int, float and bool columns)", v.value)),
+            }
+        }
+        ports.push(RoutePort {
+            name: port.clone(),
+            values: vs,
+        });
+    }
+    if ports.is_empty() {
+        issues.at(
+            &r.referenced,
+            format!("{field}.route.ports"),
+            "list at least one port: `NAME: [value, ...]`",
+        );
+        return None;
+    }
+    let probe = match RouteOperator::new(&column.value, ports.clone(), schema.clone()) {
+        Ok(op) => op,
+        Err(e) => {
+            issues.at(
+                &r.referenced,
+                format!("{field}.route.{}", e.field),
+                e.message,
+            );
+            return None;
+        }
+    };
+    let column = column.value.clone();
+    let factory: OperatorFactory = Arc::new(move |_| {
+        let op = RouteOperator::new(&column, ports.clone(), schema.clone()).map_err(|e| {
+            crate::error::RunError::Task {
+                task: "route".into(),
+                message: e.message,
+            }
+        })?;
+        Ok(Box::new(op) as Box<dyn Operator>)
+    });
+    Some((probe.ports(), factory, None))
 }
 
 fn generator_spec(issues: &mut Issues, field: &str, g: &yaml::GeneratorYaml) -> GeneratorSpec {

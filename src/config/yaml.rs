@@ -115,6 +115,16 @@ pub struct OperatorYaml {
     pub inputs: Vec<S<String>>,
     pub parallelism: Option<S<usize>>,
     pub window: Option<S<WindowYaml>>,
+    pub route: Option<S<RouteYaml>>,
+}
+
+/// Side outputs by value: each row goes to the first port listing its `field` value, else to
+/// `main`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteYaml {
+    pub field: S<String>,
+    pub ports: IndexMap<String, S<Vec<S<String>>>>,
 }
 
 #[derive(Debug, Deserialize)]

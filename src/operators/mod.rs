@@ -3,6 +3,7 @@
 //! emits to named output ports, and can snapshot and restore its state. Operators never do
 //! I/O and never read the system time.
 
+pub mod route;
 pub mod window;
 
 use crate::error::StateError;
