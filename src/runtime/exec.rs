@@ -61,7 +61,8 @@ enum Control {
 
 enum Report {
     Ack(String, BarrierAck),
-    Finished(String),
+    /// A task ended normally; a source gives its final positions.
+    Finished(String, Vec<SourcePosition>),
     Failed(String, RunError),
 }
 
@@ -189,9 +190,15 @@ pub fn run(plan: Plan, ctx: RunContext) -> Result<RunSummary, RunError> {
             let rtx = report_tx.clone();
             let fail_flag = failed.clone();
             let name = label.clone();
-            let report_failure = move |e: RunError| {
-                fail_flag.store(true, Ordering::SeqCst);
-                let _ = rtx.send(Report::Failed(name.clone(), e));
+            // How a task's thread reports its end to the supervisor.
+            let report_end = move |result: Result<Vec<SourcePosition>, RunError>| match result {
+                Ok(positions) => {
+                    let _ = rtx.send(Report::Finished(name.clone(), positions));
+                }
+                Err(e) => {
+                    fail_flag.store(true, Ordering::SeqCst);
+                    let _ = rtx.send(Report::Failed(name.clone(), e));
+                }
             };
             let rtx = report_tx.clone();
             let name = label.clone();
@@ -218,7 +225,7 @@ pub fn run(plan: Plan, ctx: RunContext) -> Result<RunSummary, RunError> {
                             Emit::Port(p, b) => router.send(p, b),
                             Emit::Control(msg) => router.broadcast(&msg),
                         };
-                        let result = (|| -> Result<(), RunError> {
+                        let result = (|| -> Result<Vec<SourcePosition>, RunError> {
                             loop {
                                 while let Ok(c) = ctl_rx.try_recv() {
                                     match c {
@@ -234,16 +241,16 @@ pub fn run(plan: Plan, ctx: RunContext) -> Result<RunSummary, RunError> {
                                     }
                                 }
                                 if failed.load(Ordering::Relaxed) {
-                                    return Ok(());
+                                    return Ok(driver.positions());
                                 }
                                 if shutdown.load(Ordering::Relaxed) {
                                     emit(Emit::Control(Message::End))?;
-                                    return Ok(());
+                                    return Ok(driver.positions());
                                 }
                                 let now = clock_t.now_ms();
                                 match driver.step(now, &mut emit)? {
                                     SourceStep::Continue => {}
-                                    SourceStep::Finished => return Ok(()),
+                                    SourceStep::Finished => return Ok(driver.positions()),
                                     SourceStep::WaitUntil(t) => {
                                         let now = clock_t.sleep_until(t, Duration::from_millis(50));
                                         driver.poll_watermark(now, &mut emit)?;
@@ -251,12 +258,7 @@ pub fn run(plan: Plan, ctx: RunContext) -> Result<RunSummary, RunError> {
                                 }
                             }
                         })();
-                        match result {
-                            Ok(()) => {
-                                let _ = rtx.send(Report::Finished(name));
-                            }
-                            Err(e) => report_failure(e),
-                        }
+                        report_end(result);
                     });
                     instances.push(Instance {
                         label,
@@ -286,30 +288,11 @@ pub fn run(plan: Plan, ctx: RunContext) -> Result<RunSummary, RunError> {
                         let mut ack = |a: BarrierAck| {
                             let _ = rtx.send(Report::Ack(name.clone(), a));
                         };
-                        let result = (|| -> Result<(), RunError> {
-                            while !driver.is_finished() {
-                                let Ok((slot, msg)) = rx.recv() else {
-                                    return Err(RunError::Task {
-                                        task: name.clone(),
-                                        message: "an upstream task stopped".into(),
-                                    });
-                                };
-                                driver.on_message(
-                                    slot as usize,
-                                    msg,
-                                    clock_t.now_ms(),
-                                    &mut emit,
-                                    &mut ack,
-                                )?;
-                            }
-                            Ok(())
-                        })();
-                        match result {
-                            Ok(()) => {
-                                let _ = rtx.send(Report::Finished(name.clone()));
-                            }
-                            Err(e) => report_failure(e),
-                        }
+                        let result = drain_inbound(&name, &rx, |slot, msg| {
+                            driver.on_message(slot, msg, clock_t.now_ms(), &mut emit, &mut ack)?;
+                            Ok(driver.is_finished())
+                        });
+                        report_end(result.map(|()| Vec::new()));
                     });
                     instances.push(Instance {
                         label,
@@ -334,29 +317,11 @@ pub fn run(plan: Plan, ctx: RunContext) -> Result<RunSummary, RunError> {
                         let mut ack = |a: BarrierAck| {
                             let _ = rtx.send(Report::Ack(name.clone(), a));
                         };
-                        let result = (|| -> Result<(), RunError> {
-                            while !driver.is_finished() {
-                                let Ok((slot, msg)) = rx.recv() else {
-                                    return Err(RunError::Task {
-                                        task: name.clone(),
-                                        message: "an upstream task stopped".into(),
-                                    });
-                                };
-                                driver.on_message(
-                                    slot as usize,
-                                    msg,
-                                    clock_t.now_ms(),
-                                    &mut ack,
-                                )?;
-                            }
-                            Ok(())
-                        })();
-                        match result {
-                            Ok(()) => {
-                                let _ = rtx.send(Report::Finished(name.clone()));
-                            }
-                            Err(e) => report_failure(e),
-                        }
+                        let result = drain_inbound(&name, &rx, |slot, msg| {
+                            driver.on_message(slot, msg, clock_t.now_ms(), &mut ack)?;
+                            Ok(driver.is_finished())
+                        });
+                        report_end(result.map(|()| Vec::new()));
                     });
                     instances.push(Instance {
                         label,
@@ -377,6 +342,25 @@ pub fn run(plan: Plan, ctx: RunContext) -> Result<RunSummary, RunError> {
         let _ = inst.handle.join();
     }
     summary
+}
+
+/// Feeds a task's inbound messages to `step` until it says the task has finished.
+fn drain_inbound(
+    name: &str,
+    rx: &Receiver<Envelope>,
+    mut step: impl FnMut(usize, Message) -> Result<bool, RunError>,
+) -> Result<(), RunError> {
+    loop {
+        let Ok((slot, msg)) = rx.recv() else {
+            return Err(RunError::Task {
+                task: name.to_string(),
+                message: "an upstream task stopped".into(),
+            });
+        };
+        if step(slot as usize, msg)? {
+            return Ok(());
+        }
+    }
 }
 
 fn spawn(label: &str, f: impl FnOnce() + Send + 'static) -> JoinHandle<()> {
@@ -404,6 +388,8 @@ fn supervise(
     let mut evaluator = AlertEvaluator::new(opts.alerts.clone());
     let mut alerts_fired = Vec::new();
     let mut finished: BTreeMap<String, ()> = BTreeMap::new();
+    // Where finished sources stopped: part of every later checkpoint.
+    let mut final_positions: BTreeMap<String, Vec<SourcePosition>> = BTreeMap::new();
     let mut first_error: Option<RunError> = None;
     let mut pending: BTreeMap<Epoch, PendingCheckpoint> = BTreeMap::new();
     let mut last_checkpoint: Option<CompletedCheckpoint> = None;
@@ -416,7 +402,8 @@ fn supervise(
 
     while finished.len() < instances.len() {
         match reports.recv_timeout(Duration::from_millis(20)) {
-            Ok(Report::Finished(label)) => {
+            Ok(Report::Finished(label, positions)) => {
+                final_positions.insert(label.clone(), positions);
                 finished.insert(label, ());
             }
             Ok(Report::Failed(label, e)) => {
@@ -461,7 +448,12 @@ fn supervise(
             .map(|(e, _)| *e)
             .collect();
         for epoch in done {
-            let p = pending.remove(&epoch).expect("pending");
+            let mut p = pending.remove(&epoch).expect("pending");
+            for (label, positions) in &final_positions {
+                if !p.acked.contains_key(label) {
+                    p.positions.extend(positions.iter().cloned());
+                }
+            }
             let bytes: usize = p.states.values().map(Vec::len).sum();
             tracing::info!(epoch, state_bytes = bytes, "checkpoint completed");
             metrics::counter!(m::BARRIERS_COMPLETED).increment(1);

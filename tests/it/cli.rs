@@ -184,3 +184,22 @@ fn explain_and_metrics_of_a_running_pipeline() {
     assert!(text.contains("partition "), "{text}");
     assert!(Path::new(&dir.path().join("dl.jsonl")).exists());
 }
+
+#[test]
+fn readme_pipeline_example_is_valid() {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let start = readme.find("```yaml\n").expect("a yaml block in README.md") + 8;
+    let end = start + readme[start..].find("```").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("data")).unwrap();
+    std::fs::write(dir.path().join("data/a.jsonl"), "").unwrap();
+    let path = dir.path().join("p.yaml");
+    std::fs::write(&path, &readme[start..end]).unwrap();
+    let out = watershed().arg("validate").arg(&path).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

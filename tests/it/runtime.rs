@@ -45,10 +45,11 @@ sinks:
         shutdown: Arc::new(AtomicBool::new(false)),
     };
     let run = std::thread::spawn(move || runtime::run(compiled.plan, ctx));
-    // Move simulated time forward until the run ends (bounded: 60 s of simulated time).
+    // Move simulated time forward (5 ms per real ms) until the run ends (bounded: 60 s of
+    // simulated time). The run needs 3 s of simulated time; barriers are due every 500 ms.
     let mut steps = 0;
-    while !run.is_finished() && steps < 6_000 {
-        clock.advance(Duration::from_millis(10));
+    while !run.is_finished() && steps < 12_000 {
+        clock.advance(Duration::from_millis(5));
         std::thread::sleep(Duration::from_millis(1));
         steps += 1;
     }
