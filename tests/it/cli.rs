@@ -157,7 +157,8 @@ fn explain_and_metrics_of_a_running_pipeline() {
     let mut metrics = String::new();
     for _ in 0..100 {
         metrics = watershed::http::get_local(addr, "/metrics").unwrap_or_default();
-        if metrics.contains("watershed_dead_letter_records_total") {
+        // Counters exist (at 0) from the start: wait for the value.
+        if metrics.contains("watershed_dead_letter_records_total{node=\"s\"} 1") {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
