@@ -142,6 +142,12 @@ pub fn run(plan: Plan, ctx: RunContext) -> Result<RunSummary, RunError> {
     let mut instances: Vec<Instance> = Vec::new();
     let failed = Arc::new(AtomicBool::new(false));
 
+    // A node that cannot be built stops the tasks already started: they see `failed`, or
+    // their channels close, and end.
+    let stop_started = |e: RunError| {
+        failed.store(true, Ordering::SeqCst);
+        e
+    };
     for (ni, node) in nodes.iter().enumerate() {
         if let NodeKind::Source { watermark, .. } = &node.kind {
             ctx.status.expect_source(SourceExpectations {
@@ -205,7 +211,7 @@ pub fn run(plan: Plan, ctx: RunContext) -> Result<RunSummary, RunError> {
             let clock_t = clock.clone();
             match &node.kind {
                 NodeKind::Source { factory, watermark } => {
-                    let source = factory(inst, node.parallelism)?;
+                    let source = factory(inst, node.parallelism).map_err(stop_started)?;
                     let status = ctx.status.register(InstanceStatus::new(
                         &node.name,
                         inst,
@@ -268,7 +274,7 @@ pub fn run(plan: Plan, ctx: RunContext) -> Result<RunSummary, RunError> {
                     });
                 }
                 NodeKind::Operator { factory, .. } => {
-                    let op = factory(inst)?;
+                    let op = factory(inst).map_err(stop_started)?;
                     let status = ctx.status.register(InstanceStatus::new(
                         &node.name,
                         inst,
@@ -302,7 +308,7 @@ pub fn run(plan: Plan, ctx: RunContext) -> Result<RunSummary, RunError> {
                     });
                 }
                 NodeKind::Sink { factory } => {
-                    let sink = factory(inst)?;
+                    let sink = factory(inst).map_err(stop_started)?;
                     let status = ctx.status.register(InstanceStatus::new(
                         &node.name,
                         inst,

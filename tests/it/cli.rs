@@ -204,3 +204,25 @@ fn readme_pipeline_example_is_valid() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn run_fails_clearly_when_a_sink_cannot_be_created() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("in.jsonl"), "{\"ts\":1,\"k\":\"a\"}\n").unwrap();
+    // The sink's path is a directory.
+    std::fs::create_dir(dir.path().join("out.jsonl")).unwrap();
+    let path = dir.path().join("p.yaml");
+    std::fs::write(&path, GOOD).unwrap();
+    let out = watershed()
+        .args(["run", "--metrics-addr", "off"])
+        .arg(&path)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("error: cannot create out.jsonl"),
+        "{stderr}"
+    );
+}
