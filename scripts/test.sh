@@ -18,5 +18,3 @@ echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --locked -- -D warnings
 echo "== cargo nextest run"
 cargo nextest run --all-targets --locked --no-fail-fast
-echo "== doc tests"
-cargo test --doc --locked
