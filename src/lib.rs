@@ -17,6 +17,7 @@ pub mod operators;
 pub mod runtime;
 pub mod sinks;
 pub mod sources;
+pub mod state;
 pub mod status;
 pub mod testing;
 pub mod time;

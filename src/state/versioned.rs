@@ -1,0 +1,340 @@
+//! `VersionedTable`: the materialized state of one reference table — the latest row per key
+//! plus a bounded history of earlier versions per key, for event-time (as-of) lookups.
+//!
+//! Every change carries a version (for CDC: commit LSN and ordinal in the transaction) and the
+//! event time from which it is valid. A change whose version is not newer than the version
+//! the table holds for its key is **stale** and ignored, so replays after a restart are
+//! harmless. A delete is kept as a tombstone version (the key reads as absent from then on)
+//! until retention drops it.
+//!
+//! Retention (`retention_ms`): `expire(watermark)` drops history entries that no lookup at or
+//! after `watermark - retention_ms` can see any more — every version older than the newest
+//! one valid at that cutoff — and forgets keys whose only remaining version is an expired
+//! tombstone. Without retention only the latest version per key is kept.
+//!
+//! Generic over the version type so that it does not depend on where versions come from.
+
+use std::collections::VecDeque;
+use std::hash::BuildHasherDefault;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::StateError;
+use crate::types::{EventTime, Value};
+
+type Map<K, V> = std::collections::HashMap<K, V, BuildHasherDefault<ahash::AHasher>>;
+
+/// One version of a key: valid from `valid_from`; `row: None` is a delete.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct Version<V> {
+    version: V,
+    valid_from: EventTime,
+    row: Option<Box<[Value]>>,
+}
+
+/// What `apply` did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Applied {
+    Inserted,
+    Updated,
+    Deleted,
+    /// Not newer than the version held: ignored.
+    Stale,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct VersionedTable<V> {
+    /// Per key, versions in increasing version order (the last is the latest).
+    keys: Map<Box<[Value]>, VecDeque<Version<V>>>,
+    retention_ms: Option<i64>,
+    /// Keys whose latest version is a row (not a delete).
+    live: usize,
+}
+
+impl<V> VersionedTable<V>
+where
+    V: Ord + Copy + Serialize + for<'de> Deserialize<'de>,
+{
+    /// A table keeping history for `retention_ms` of event time (`None`: latest only).
+    pub fn new(retention_ms: Option<i64>) -> VersionedTable<V> {
+        VersionedTable {
+            keys: Map::default(),
+            retention_ms,
+            live: 0,
+        }
+    }
+
+    /// Rows currently present (deleted keys excluded).
+    pub fn len(&self) -> usize {
+        self.live
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.live == 0
+    }
+
+    /// Applies a change: `row: None` deletes the key.
+    pub fn apply(
+        &mut self,
+        key: &[Value],
+        version: V,
+        valid_from: EventTime,
+        row: Option<Box<[Value]>>,
+    ) -> Applied {
+        let deleting = row.is_none();
+        let new = Version {
+            version,
+            valid_from,
+            row,
+        };
+        match self.keys.get_mut(key) {
+            None => {
+                if deleting {
+                    // A delete of an unknown key: remember it, so an older insert replayed
+                    // later stays ignored.
+                    self.keys.insert(key.into(), VecDeque::from([new]));
+                    return Applied::Deleted;
+                }
+                self.keys.insert(key.into(), VecDeque::from([new]));
+                self.live += 1;
+                Applied::Inserted
+            }
+            Some(versions) => {
+                let latest = versions.back().expect("a key has at least one version");
+                if version <= latest.version {
+                    return Applied::Stale;
+                }
+                let was_live = latest.row.is_some();
+                if self.retention_ms.is_none() {
+                    versions.clear();
+                }
+                versions.push_back(new);
+                match (was_live, deleting) {
+                    (true, true) => {
+                        self.live -= 1;
+                        Applied::Deleted
+                    }
+                    (true, false) => Applied::Updated,
+                    (false, true) => Applied::Deleted,
+                    (false, false) => {
+                        self.live += 1;
+                        Applied::Inserted
+                    }
+                }
+            }
+        }
+    }
+
+    /// The latest row of `key`, if present.
+    pub fn get(&self, key: &[Value]) -> Option<&[Value]> {
+        self.keys.get(key)?.back()?.row.as_deref()
+    }
+
+    /// The latest version held for `key` (also for a deleted key).
+    pub fn version_of(&self, key: &[Value]) -> Option<V> {
+        self.keys.get(key)?.back().map(|v| v.version)
+    }
+
+    /// The row of `key` valid at event time `t`: the newest version with `valid_from <= t`.
+    pub fn get_as_of(&self, key: &[Value], t: EventTime) -> Option<&[Value]> {
+        let versions = self.keys.get(key)?;
+        versions
+            .iter()
+            .rev()
+            .find(|v| v.valid_from <= t)
+            .and_then(|v| v.row.as_deref())
+    }
+
+    /// Drops history no lookup at or after `watermark - retention` can see.
+    pub fn expire(&mut self, watermark: EventTime) {
+        let Some(retention) = self.retention_ms else {
+            // Latest-only tables drop tombstones at once.
+            self.keys
+                .retain(|_, v| v.back().is_some_and(|x| x.row.is_some()));
+            return;
+        };
+        let cutoff = watermark.saturating_sub(retention);
+        self.keys.retain(|_, versions| {
+            // Keep the newest version valid at the cutoff and everything after it.
+            let keep_from = versions
+                .iter()
+                .rposition(|v| v.valid_from <= cutoff)
+                .unwrap_or(0);
+            versions.drain(..keep_from);
+            !(versions.len() == 1 && versions[0].row.is_none() && versions[0].valid_from <= cutoff)
+        });
+    }
+
+    /// Versions held in total (rows and tombstones, current and historical).
+    pub fn versions_held(&self) -> usize {
+        self.keys.values().map(VecDeque::len).sum()
+    }
+
+    /// An estimate of the memory used, in bytes: keys, rows and per-version overhead.
+    pub fn estimated_bytes(&self) -> usize {
+        let value_bytes = |vs: &[Value]| -> usize {
+            vs.iter()
+                .map(|v| {
+                    std::mem::size_of::<Value>()
+                        + match v {
+                            Value::Str(s) if s.is_heap_allocated() => s.len(),
+                            Value::Bytes(b) => b.len(),
+                            Value::Json(j) => j.len(),
+                            _ => 0,
+                        }
+                })
+                .sum()
+        };
+        self.keys
+            .iter()
+            .map(|(k, versions)| {
+                // Hash-map slot: key pointer + deque header, plus control byte.
+                let slot = std::mem::size_of::<Box<[Value]>>()
+                    + std::mem::size_of::<VecDeque<Version<V>>>()
+                    + 1;
+                slot + value_bytes(k)
+                    + versions
+                        .iter()
+                        .map(|v| {
+                            std::mem::size_of::<Version<V>>()
+                                + v.row.as_deref().map_or(0, value_bytes)
+                        })
+                        .sum::<usize>()
+            })
+            .sum()
+    }
+
+    pub fn snapshot(&self) -> Result<Vec<u8>, StateError> {
+        postcard::to_allocvec(self).map_err(|e| StateError::Encode {
+            operator: "versioned table".into(),
+            reason: e.to_string(),
+        })
+    }
+
+    pub fn restore(bytes: &[u8]) -> Result<VersionedTable<V>, StateError> {
+        postcard::from_bytes(bytes).map_err(|e| StateError::Decode {
+            operator: "versioned table".into(),
+            reason: e.to_string(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+
+    fn k(i: i64) -> Vec<Value> {
+        vec![Value::Int(i)]
+    }
+
+    fn row(v: i64) -> Option<Box<[Value]>> {
+        Some(vec![Value::Int(v)].into_boxed_slice())
+    }
+
+    #[test]
+    fn stale_versions_are_ignored_and_deletes_honoured() {
+        let mut t: VersionedTable<(u64, u64)> = VersionedTable::new(None);
+        assert_eq!(t.apply(&k(1), (10, 0), 0, row(1)), Applied::Inserted);
+        assert_eq!(t.apply(&k(1), (10, 0), 0, row(1)), Applied::Stale);
+        assert_eq!(t.apply(&k(1), (20, 0), 5, row(2)), Applied::Updated);
+        assert_eq!(t.apply(&k(1), (15, 0), 3, row(9)), Applied::Stale);
+        assert_eq!(t.get(&k(1)), Some(&[Value::Int(2)][..]));
+        // A primary-key change at one LSN: delete old key, insert new key, by ordinal.
+        assert_eq!(t.apply(&k(1), (30, 0), 9, None), Applied::Deleted);
+        assert_eq!(t.apply(&k(2), (30, 1), 9, row(2)), Applied::Inserted);
+        assert_eq!(t.get(&k(1)), None);
+        assert_eq!(t.len(), 1);
+        // A replayed older insert of the deleted key stays ignored.
+        assert_eq!(t.apply(&k(1), (20, 0), 5, row(2)), Applied::Stale);
+        t.expire(100);
+        assert_eq!(t.version_of(&k(1)), None, "tombstone dropped");
+    }
+
+    #[test]
+    fn as_of_lookups_follow_validity_and_retention() {
+        let mut t: VersionedTable<u64> = VersionedTable::new(Some(1_000));
+        t.apply(&k(1), 1, 100, row(1));
+        t.apply(&k(1), 2, 200, row(2));
+        t.apply(&k(1), 3, 300, None);
+        assert_eq!(t.get_as_of(&k(1), 50), None);
+        assert_eq!(t.get_as_of(&k(1), 150), Some(&[Value::Int(1)][..]));
+        assert_eq!(t.get_as_of(&k(1), 250), Some(&[Value::Int(2)][..]));
+        assert_eq!(t.get_as_of(&k(1), 350), None);
+        // At watermark 1250 the cutoff is 250: the version valid then (2) must stay.
+        t.expire(1_250);
+        assert_eq!(t.get_as_of(&k(1), 250), Some(&[Value::Int(2)][..]));
+        assert_eq!(t.versions_held(), 2);
+        t.expire(5_000);
+        assert_eq!(t.versions_held(), 0, "expired tombstone forgotten");
+    }
+
+    #[test]
+    fn snapshot_restores_the_same_table() {
+        let mut t: VersionedTable<u64> = VersionedTable::new(Some(10));
+        for i in 0..100 {
+            t.apply(
+                &k(i % 7),
+                i as u64,
+                i,
+                if i % 5 == 0 { None } else { row(i) },
+            );
+        }
+        let r = VersionedTable::<u64>::restore(&t.snapshot().unwrap()).unwrap();
+        for key in 0..7 {
+            assert_eq!(r.get(&k(key)), t.get(&k(key)));
+            assert_eq!(r.get_as_of(&k(key), 50), t.get_as_of(&k(key), 50));
+        }
+        assert_eq!(r.len(), t.len());
+    }
+
+    proptest! {
+        /// Oracle: a random change history delivered in commit order with random replays of
+        /// earlier changes gives, per key, the row of its highest version (absent if that is
+        /// a delete), and as-of lookups give the newest version valid at the time.
+        #[test]
+        fn replays_do_not_change_the_table(
+            changes in prop::collection::vec((0i64..8, 0i64..100, prop::bool::weighted(0.2)), 1..120),
+            replays in prop::collection::vec((0usize..1000, 0usize..120), 0..60),
+        ) {
+            let history: Vec<(i64, u64, i64, Option<i64>)> = changes
+                .iter()
+                .enumerate()
+                .map(|(i, (key, v, del))| (*key, i as u64 + 1, i as i64 * 10, (!del).then_some(*v)))
+                .collect();
+            // Delivery: the history in order, with earlier changes re-sent at random points.
+            let mut delivery = Vec::new();
+            for (i, c) in history.iter().enumerate() {
+                delivery.push(*c);
+                for (at, which) in &replays {
+                    if at % history.len() == i {
+                        delivery.push(history[which % (i + 1)]);
+                    }
+                }
+            }
+            let mut t: VersionedTable<u64> = VersionedTable::new(Some(i64::MAX / 2));
+            for (key, version, valid_from, value) in &delivery {
+                t.apply(&k(*key), *version, *valid_from, value.and_then(row));
+            }
+            let mut latest: BTreeMap<i64, Option<i64>> = BTreeMap::new();
+            for (key, _, _, value) in &history {
+                latest.insert(*key, *value);
+            }
+            for key in 0..8 {
+                let expected = latest.get(&key).copied().flatten().map(|v| vec![Value::Int(v)]);
+                prop_assert_eq!(t.get(&k(key)).map(<[Value]>::to_vec), expected);
+                for probe in (0..history.len() as i64 * 10).step_by(7) {
+                    let want = history
+                        .iter()
+                        .rev()
+                        .find(|(kk, _, from, _)| *kk == key && *from <= probe)
+                        .and_then(|(_, _, _, v)| *v)
+                        .map(|v| vec![Value::Int(v)]);
+                    prop_assert_eq!(t.get_as_of(&k(key), probe).map(<[Value]>::to_vec), want);
+                }
+            }
+            prop_assert_eq!(t.len(), latest.values().filter(|v| v.is_some()).count());
+        }
+    }
+}
