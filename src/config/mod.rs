@@ -734,7 +734,15 @@ pub fn compile(
         .flat_map(|n| n.inputs.iter().map(|r| (r.node, r.port)))
         .collect();
     for (name, info) in &infos {
+        // A generator never produces a record it cannot decode.
+        let generated = file
+            .sources
+            .get(name)
+            .is_some_and(|s| s.value.generator.is_some());
         for (p, port) in info.ports.iter().enumerate() {
+            if generated && port.name == DEAD_LETTER_PORT {
+                continue;
+            }
             if !consumed.contains(&(info.index, p)) {
                 warnings.push(format!(
                     "{}:{}: output `{name}.{}` is not routed to any sink or operator: its records \

@@ -185,6 +185,12 @@ impl SourceDriver {
                     partition = %self.status.partitions[p].label,
                     "partition idle: no longer holds the watermark"
                 );
+            } else if !idle && *was_idle {
+                tracing::info!(
+                    source = %self.status.node,
+                    partition = %self.status.partitions[p].label,
+                    "partition active again: its watermark counts again"
+                );
             }
             *was_idle = idle;
             self.status.partitions[p].set(
