@@ -6,6 +6,7 @@
 
 pub mod alerts;
 pub mod bench;
+pub mod cdc;
 pub mod config;
 pub mod dead_letter;
 pub mod error;

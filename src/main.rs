@@ -63,6 +63,21 @@ enum Command {
     },
     /// Measure throughput against the plain-loop ceiling (see BENCHMARKS.md).
     Bench(watershed::bench::BenchArgs),
+    /// Tools for change-data-capture streams.
+    #[command(subcommand)]
+    Cdc(CdcCommand),
+}
+
+#[derive(Subcommand)]
+enum CdcCommand {
+    /// Decode a file of Debezium records (JSON lines or pretty-printed, with or without the
+    /// schema envelope, bare values or `{key, value}` records) and print one normalized change
+    /// per line: table, op, key, before, after, version, snapshot. Undecodable records go to
+    /// stderr with their line number; the exit code is 1 if there were any.
+    Decode {
+        /// The file to read (`-` for standard input).
+        file: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -100,7 +115,32 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             watershed::bench::run(&args)?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Cdc(CdcCommand::Decode { file }) => cdc_decode(&file),
     }
+}
+
+fn cdc_decode(file: &Path) -> anyhow::Result<ExitCode> {
+    use std::io::Read;
+    let mut input = Vec::new();
+    if file == Path::new("-") {
+        std::io::stdin().read_to_end(&mut input)?;
+    } else {
+        input = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    }
+    let decoder = watershed::cdc::DebeziumDecoder::new([])?;
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let counts =
+        watershed::cdc::inspect::decode_all(&input, &decoder, &mut out, &mut std::io::stderr())?;
+    std::io::Write::flush(&mut out)?;
+    if counts.failed > 0 {
+        eprintln!(
+            "{} records decoded, {} could not be decoded",
+            counts.decoded, counts.failed
+        );
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn validate(path: &Path) -> anyhow::Result<ExitCode> {

@@ -536,7 +536,7 @@ fn is_integral_type(t: DataType) -> bool {
 
 /// The text of a JSON value without insignificant whitespace (`Value::Json` holds compact
 /// text). Whitespace inside strings is kept; input without whitespace is copied as is.
-fn compact_json(raw: &str) -> Box<str> {
+pub(crate) fn compact_json(raw: &str) -> Box<str> {
     let is_ws = |b: &u8| matches!(b, b' ' | b'\t' | b'\n' | b'\r');
     if !raw.as_bytes().iter().any(is_ws) {
         return raw.into();

@@ -226,3 +226,45 @@ fn run_fails_clearly_when_a_sink_cannot_be_created() {
         "{stderr}"
     );
 }
+
+#[test]
+fn cdc_decode_prints_normalized_changes_of_real_debezium_events() {
+    let captured =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/debezium/captured-3.6.3");
+    if !captured.exists() {
+        eprintln!("skipped: {} is absent", captured.display());
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // Real captures (pretty-printed, with and without the schema envelope) one after another,
+    // and a broken record between them.
+    let mut input = String::new();
+    for f in [
+        "schema-06-customers-u.json",
+        "noschema-10-orders-tombstone.json",
+    ] {
+        input.push_str(&std::fs::read_to_string(captured.join(f)).unwrap());
+        input.push('\n');
+    }
+    input.push_str("{\"value\": {\"op\": \"c\", \"after\": 3}}\n");
+    let path = dir.path().join("changes.json");
+    std::fs::write(&path, &input).unwrap();
+    let out = watershed()
+        .args(["cdc", "decode"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    assert!(lines[0].starts_with(r#"{"table":"public.customers","op":"u","key":{"id":1},"before":null,"after":{"id":1,"name":"alice","email":"alice@new","#), "{}", lines[0]);
+    assert!(lines[0].ends_with(r#""snapshot":"false"}"#), "{}", lines[0]);
+    assert_eq!(
+        lines[1],
+        r#"{"table":"public.orders","op":"tombstone","key":{"id":101},"before":null,"after":null,"version":null,"snapshot":null}"#
+    );
+    let bad_line = input.lines().count();
+    assert!(stderr.contains(&format!("line {bad_line}: ")), "{stderr}");
+}

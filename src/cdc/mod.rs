@@ -1,0 +1,229 @@
+//! Change data capture: the typed change record every CDC source produces (`Change`), its
+//! ordering key (`Version`), snapshot markers, and the Debezium JSON decoder (`debezium.rs`).
+//!
+//! Owns decoding of change events into typed rows; it does no I/O (sources hand it bytes) and
+//! does not materialize anything (the materializer consumes `Change`s).
+//!
+//! # Versions and commit order (Debezium Postgres)
+//!
+//! A `Version` is `(commit_lsn, ordinal)`, compared lexicographically:
+//! - `commit_lsn`: the first element of `source.sequence` when it is not null, else
+//!   `source.lsn`. In Debezium 3.6.3 with pgoutput the first element is the end LSN of the
+//!   last commit the connector saw before this transaction: it is the same for every change
+//!   of one transaction and strictly increases from one transaction to the next in commit
+//!   order (pgoutput sends transactions in commit order). It is *not* the LSN of this
+//!   transaction's own commit record, which a change event does not carry.
+//! - `ordinal`: `source.lsn` of the change (else the second element of `source.sequence`):
+//!   WAL order, which is statement order inside one transaction.
+//!
+//! Caveats, for the materializer:
+//! - The first transaction after a connector (re)start has `sequence[0] = null`; it falls
+//!   back to its change LSN, which is after every commit that preceded it in serial
+//!   workloads but can be *lower* than a concurrent transaction that committed earlier. A
+//!   replay right after a restart may therefore compare slightly wrong for that one
+//!   transaction; keyed upserts with the version still converge once later changes arrive.
+//! - A primary-key change arrives as `d` (old key) and `c` (new key) with the *same* version:
+//!   they touch different keys, so per key the version stays unique.
+//! - Snapshot (`r`) events all share one version: the snapshot's consistent LSN (every one
+//!   has `sequence = [null, lsn]`). They are distinct per key, and every streamed change
+//!   after the snapshot has a larger version. The materializer applies an `r` row only when
+//!   the key has no row with a version `>=` it (so a replayed snapshot never overwrites newer
+//!   streamed state) and treats equal versions for a key as duplicates (at-least-once replay).
+//! - Incremental-snapshot reads (`snapshot = incremental`) carry no `lsn`: their ordinal is
+//!   0 and, without a `sequence` either, their version is `Version::UNKNOWN` (0, 0); apply
+//!   them only when the key is absent.
+//! - `m` (logical message) events carry no table: `TableId` is empty there.
+
+pub mod debezium;
+pub mod inspect;
+
+use compact_str::CompactString;
+
+use crate::types::{SchemaRef, Value};
+
+pub use debezium::{DebeziumDecoder, TableConfig, UNAVAILABLE_VALUE};
+
+/// The operation of a change event (`op`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Op {
+    Create,
+    Update,
+    Delete,
+    /// A snapshot read.
+    Read,
+    Truncate,
+    /// A logical decoding message (`pg_logical_emit_message`).
+    Message,
+}
+
+impl Op {
+    /// The Debezium code of the operation: `c u d r t m`.
+    pub fn code(self) -> &'static str {
+        match self {
+            Op::Create => "c",
+            Op::Update => "u",
+            Op::Delete => "d",
+            Op::Read => "r",
+            Op::Truncate => "t",
+            Op::Message => "m",
+        }
+    }
+
+    pub fn from_code(code: &str) -> Option<Op> {
+        Some(match code {
+            "c" => Op::Create,
+            "u" => Op::Update,
+            "d" => Op::Delete,
+            "r" => Op::Read,
+            "t" => Op::Truncate,
+            "m" => Op::Message,
+            _ => return None,
+        })
+    }
+}
+
+/// `source.snapshot`: where an event stands in the initial snapshot.
+/// `Last` marks the end of the whole snapshot (what a gated pipeline waits for).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum SnapshotMarker {
+    First,
+    True,
+    FirstInDataCollection,
+    LastInDataCollection,
+    Last,
+    /// Streaming (also when the field is absent or null).
+    #[default]
+    False,
+    Incremental,
+}
+
+impl SnapshotMarker {
+    /// The marker's text as Debezium writes it in `source.snapshot`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SnapshotMarker::First => "first",
+            SnapshotMarker::True => "true",
+            SnapshotMarker::FirstInDataCollection => "first_in_data_collection",
+            SnapshotMarker::LastInDataCollection => "last_in_data_collection",
+            SnapshotMarker::Last => "last",
+            SnapshotMarker::False => "false",
+            SnapshotMarker::Incremental => "incremental",
+        }
+    }
+
+    /// From the marker's text; old connectors wrote a boolean, given here as `true`/`false`.
+    pub fn parse(text: &str) -> Option<SnapshotMarker> {
+        Some(match text {
+            "first" => SnapshotMarker::First,
+            "true" => SnapshotMarker::True,
+            "first_in_data_collection" => SnapshotMarker::FirstInDataCollection,
+            "last_in_data_collection" => SnapshotMarker::LastInDataCollection,
+            "last" => SnapshotMarker::Last,
+            "false" => SnapshotMarker::False,
+            "incremental" => SnapshotMarker::Incremental,
+            _ => return None,
+        })
+    }
+
+    /// True for every marker except `False` (streaming).
+    pub fn is_snapshot(self) -> bool {
+        self != SnapshotMarker::False
+    }
+}
+
+/// Orders changes of one Postgres database in commit order; see the module docs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Version {
+    pub commit_lsn: u64,
+    pub ordinal: u64,
+}
+
+impl Version {
+    /// An event that carries no position (incremental snapshot reads).
+    pub const UNKNOWN: Version = Version {
+        commit_lsn: 0,
+        ordinal: 0,
+    };
+}
+
+/// A table: Postgres schema and table name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TableId {
+    pub schema: String,
+    pub table: String,
+}
+
+impl TableId {
+    pub fn new(schema: &str, table: &str) -> TableId {
+        TableId {
+            schema: schema.to_owned(),
+            table: table.to_owned(),
+        }
+    }
+}
+
+impl std::fmt::Display for TableId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.schema, self.table)
+    }
+}
+
+/// A primary key: column names and values, in the order of the event's key.
+pub type Key = Vec<(CompactString, Value)>;
+
+/// One decoded row change.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Change {
+    pub table: TableId,
+    pub op: Op,
+    /// The columns of `before` and `after`: the configured schema of the table, or one
+    /// built from the event (schema block or the JSON itself) for tables not configured.
+    pub columns: SchemaRef,
+    /// The record key; for a bare envelope (no key given) the table's configured key
+    /// columns taken from `after` (or `before`), else empty.
+    pub key: Key,
+    /// The old row: on `u`/`d` with default replica identity only the key columns are real
+    /// (Debezium fills NOT NULL columns with `""`/epoch); `None` on `c`/`r` and on `u`
+    /// without `REPLICA IDENTITY FULL`.
+    pub before: Option<Vec<Value>>,
+    pub after: Option<Vec<Value>>,
+    /// Indices into `after` of columns that arrived as the unchanged-TOAST placeholder
+    /// (`__debezium_unavailable_value`): their value in `after` is `Null` and the
+    /// materializer must keep the column's previous value. Ascending. (The same placeholder
+    /// in `before` is simply `Null`.)
+    pub unavailable: Vec<usize>,
+    pub version: Version,
+    pub snapshot: SnapshotMarker,
+    pub tx_id: Option<i64>,
+    /// `source.ts_ms`: commit time of the change in the database (event time).
+    pub source_ts_ms: Option<i64>,
+}
+
+/// `BEGIN` or `END` of a transaction (transaction metadata topic).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TxStatus {
+    Begin,
+    End,
+}
+
+/// One record read from a change topic or file.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Decoded {
+    Change(Change),
+    /// A key with a null value, sent after each delete. The table comes from the record's
+    /// `topic` (`<prefix>.<schema>.<table>`) or the key schema's name, when either is given.
+    Tombstone {
+        key: Key,
+        table: Option<TableId>,
+    },
+    /// A heartbeat (`{"ts_ms": …}`): the connector is alive at this wall-clock time.
+    Heartbeat {
+        ts_ms: i64,
+    },
+    /// Transaction metadata (`provide.transaction.metadata=true`); `id` is `"<txId>:<lsn>"`.
+    Transaction {
+        status: TxStatus,
+        id: String,
+        event_count: Option<u64>,
+    },
+}
