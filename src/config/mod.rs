@@ -208,6 +208,24 @@ struct NodeInfo {
     location: Location,
 }
 
+/// Adds a source or operator to the plan and makes its ports referable by name.
+fn add_node(
+    nodes: &mut Vec<PlanNode>,
+    infos: &mut HashMap<String, NodeInfo>,
+    location: Location,
+    node: PlanNode,
+) {
+    infos.insert(
+        node.name.clone(),
+        NodeInfo {
+            index: nodes.len(),
+            ports: node.ports.clone(),
+            location,
+        },
+    );
+    nodes.push(node);
+}
+
 fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name
@@ -533,25 +551,23 @@ pub fn compile(
                 schema: dead_letter::schema(),
             },
         ];
-        infos.insert(
-            name.clone(),
-            NodeInfo {
-                index: nodes.len(),
-                ports: ports.clone(),
-                location: *loc,
+        add_node(
+            &mut nodes,
+            &mut infos,
+            *loc,
+            PlanNode {
+                name: name.clone(),
+                parallelism,
+                kind: NodeKind::Source {
+                    factory: factory.unwrap_or_else(|| {
+                        Arc::new(|_, _| unreachable!("invalid plans never run"))
+                    }),
+                    watermark,
+                },
+                inputs: Vec::new(),
+                ports,
             },
         );
-        nodes.push(PlanNode {
-            name: name.clone(),
-            parallelism,
-            kind: NodeKind::Source {
-                factory: factory
-                    .unwrap_or_else(|| Arc::new(|_, _| unreachable!("invalid plans never run"))),
-                watermark,
-            },
-            inputs: Vec::new(),
-            ports,
-        });
     }
 
     // Operators, in dependency order.
@@ -619,24 +635,21 @@ pub fn compile(
         let Some((ports, factory, key_columns)) = built else {
             continue;
         };
-        infos.insert(
-            name.clone(),
-            NodeInfo {
-                index: nodes.len(),
-                ports: ports.clone(),
-                location: *loc,
+        add_node(
+            &mut nodes,
+            &mut infos,
+            *loc,
+            PlanNode {
+                name: name.clone(),
+                parallelism,
+                kind: NodeKind::Operator {
+                    factory,
+                    key_columns,
+                },
+                inputs: inputs.iter().map(|(r, _)| *r).collect(),
+                ports,
             },
         );
-        nodes.push(PlanNode {
-            name: name.clone(),
-            parallelism,
-            kind: NodeKind::Operator {
-                factory,
-                key_columns,
-            },
-            inputs: inputs.iter().map(|(r, _)| *r).collect(),
-            ports,
-        });
     }
 
     // Sinks.
