@@ -15,14 +15,13 @@ use anyhow::Context;
 use serde::Deserialize;
 
 use crate::config::{self, Overrides};
-use crate::dead_letter;
 use crate::format::json::JsonEncoder;
 use crate::runtime::{self, RunContext};
 use crate::sources::generator::{GeneratorSource, GeneratorSpec};
 use crate::sources::{ReadBuffers, ReadStatus, Source};
 use crate::status::StatusRegistry;
 use crate::time::SystemClock;
-use crate::types::{Batch, DataType, Field, Schema, SchemaRef, Value};
+use crate::types::{DataType, Field, Schema, SchemaRef, Value};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct BenchArgs {
@@ -146,10 +145,7 @@ fn generator_spec(records: u64, partitions: u32) -> GeneratorSpec {
 /// The ceiling for the generator case: generate, count per (host, minute), write.
 fn generator_ceiling(records: u64, out: &Path) -> anyhow::Result<()> {
     let mut g = GeneratorSource::new("obs", generator_spec(records, 1), 0, 1);
-    let mut bufs = ReadBuffers {
-        records: Batch::new(g.schema()),
-        dead_letters: Batch::new(dead_letter::schema()),
-    };
+    let mut bufs = ReadBuffers::for_source(&g);
     let mut windows: HashMap<(Value, i64), (i64, i64)> = HashMap::new();
     loop {
         match g.read(&mut bufs, 1024, 0)? {
@@ -215,10 +211,7 @@ fn input_files(dir: &Path) -> Vec<PathBuf> {
 /// included, as in real scan data), alternating between the files.
 fn write_input(records: u64, paths: &[PathBuf]) -> anyhow::Result<()> {
     let mut g = GeneratorSource::new("obs", generator_spec(records, 1), 0, 1);
-    let mut bufs = ReadBuffers {
-        records: Batch::new(g.schema()),
-        dead_letters: Batch::new(dead_letter::schema()),
-    };
+    let mut bufs = ReadBuffers::for_source(&g);
     let mut outs = paths
         .iter()
         .map(|p| Ok(BufWriter::new(std::fs::File::create(p)?)))

@@ -36,6 +36,7 @@
 
 pub mod debezium;
 pub mod inspect;
+pub mod rows;
 
 use compact_str::CompactString;
 
@@ -132,7 +133,19 @@ impl SnapshotMarker {
 }
 
 /// Orders changes of one Postgres database in commit order; see the module docs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 pub struct Version {
     pub commit_lsn: u64,
     pub ordinal: u64,

@@ -518,6 +518,8 @@ pub fn compile(
                             rate,
                             poll_interval,
                             base_dir: Some(base.clone()),
+                            sequential: false,
+                            paced_from: 0,
                         },
                         decoder,
                     )) as Box<dyn Source>)

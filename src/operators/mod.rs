@@ -3,7 +3,9 @@
 //! emits to named output ports, and can snapshot and restore its state. Operators never do
 //! I/O and never read the system time.
 
+pub mod enrich;
 pub mod route;
+pub mod version_range;
 pub mod window;
 
 use crate::error::StateError;
@@ -13,6 +15,8 @@ use crate::types::{Batch, EventTime, SchemaRef};
 pub const MAIN_PORT: &str = "main";
 /// Records too late even for `allowed_lateness`.
 pub const LATE_PORT: &str = "late";
+/// Events an enrichment found no reference row for (with `miss: port`).
+pub const MISS_PORT: &str = "miss";
 /// Records that could not be decoded or processed, with the reason.
 pub const DEAD_LETTER_PORT: &str = "dead_letter";
 
@@ -85,4 +89,11 @@ pub trait Operator: Send {
 
     /// Replaces the operator's state with a snapshot taken by `snapshot`.
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), StateError>;
+
+    /// The event time below which the operator may still emit records (it buffers older
+    /// ones): the runtime forwards no watermark above it, so buffered records are never late
+    /// downstream. `None`: nothing buffered.
+    fn watermark_hold(&self) -> Option<EventTime> {
+        None
+    }
 }

@@ -211,7 +211,11 @@ pub fn run(plan: Plan, ctx: RunContext) -> Result<RunSummary, RunError> {
             let clock_t = clock.clone();
             match &node.kind {
                 NodeKind::Source { factory, watermark } => {
-                    let source = factory(inst, node.parallelism).map_err(stop_started)?;
+                    let mut source = factory(inst, node.parallelism).map_err(stop_started)?;
+                    let consumed: Vec<bool> = (0..node.ports.len())
+                        .map(|p| consumers.contains_key(&(ni, p)))
+                        .collect();
+                    source.connect_ports(&consumed);
                     let status = ctx.status.register(InstanceStatus::new(
                         &node.name,
                         inst,

@@ -6,7 +6,6 @@
 
 use std::sync::Arc;
 
-use crate::dead_letter;
 use crate::error::RunError;
 use crate::operators::{Operator, Output};
 use crate::runtime::Message;
@@ -76,7 +75,6 @@ impl SourceDriver {
         now_ms: i64,
     ) -> SourceDriver {
         let n = source.partitions().len();
-        let schema = source.schema();
         let poll_every_ms = spec
             .idle_timeout
             .map_or(200, |t| (t.as_millis() as i64 / 4).clamp(1, 200));
@@ -88,10 +86,7 @@ impl SourceDriver {
                 spec.idle_timeout,
                 now_ms,
             ),
-            bufs: ReadBuffers {
-                records: Batch::with_capacity(schema, batch_size),
-                dead_letters: Batch::new(dead_letter::schema()),
-            },
+            bufs: ReadBuffers::for_source(source.as_ref()),
             batch_size,
             idle: vec![false; n],
             ended: vec![false; n],
@@ -131,21 +126,14 @@ impl SourceDriver {
         let status = self.source.read(&mut self.bufs, self.batch_size, now_ms)?;
         let step = match status {
             ReadStatus::Data { partition } => {
-                for &t in self.bufs.records.event_times() {
-                    self.watermarks.on_event(partition, t);
-                }
-                let n = self.bufs.records.len() + self.bufs.dead_letters.len();
+                self.status.add_records_in(self.bufs_len() as u64, now_ms);
                 self.watermarks.on_activity(partition, now_ms);
-                self.status.add_records_in(n as u64, now_ms);
-                if !self.bufs.records.is_empty() {
-                    emit(Emit::Port(0, self.bufs.records.take()))?;
-                }
-                if !self.bufs.dead_letters.is_empty() {
-                    emit(Emit::Port(1, self.bufs.dead_letters.take()))?;
-                }
+                self.flush(partition, emit)?;
                 SourceStep::Continue
             }
             ReadStatus::PartitionEnded { partition } => {
+                // A source may hand over what it emits at the end (e.g. snapshot markers).
+                self.flush(partition, emit)?;
                 self.watermarks.on_partition_end(partition);
                 self.ended[partition] = true;
                 SourceStep::Continue
@@ -167,6 +155,44 @@ impl SourceDriver {
             self.status.set_finished();
         }
         Ok(step)
+    }
+
+    fn bufs_len(&self) -> usize {
+        self.bufs.records.len()
+            + self.bufs.dead_letters.len()
+            + self.bufs.extra.iter().map(Batch::len).sum::<usize>()
+    }
+
+    /// Moves partition `p`'s watermark by what was read and emits every non-empty buffer on
+    /// its port (records, dead letters, extra ports).
+    fn flush(
+        &mut self,
+        p: usize,
+        emit: &mut impl FnMut(Emit) -> Result<(), RunError>,
+    ) -> Result<(), RunError> {
+        for &t in self.bufs.records.event_times() {
+            self.watermarks.on_event(p, t);
+        }
+        for b in &self.bufs.extra {
+            for &t in b.event_times() {
+                self.watermarks.on_event(p, t);
+            }
+        }
+        if let Some(t) = self.bufs.progress.take() {
+            self.watermarks.on_event(p, t);
+        }
+        if !self.bufs.records.is_empty() {
+            emit(Emit::Port(0, self.bufs.records.take()))?;
+        }
+        if !self.bufs.dead_letters.is_empty() {
+            emit(Emit::Port(1, self.bufs.dead_letters.take()))?;
+        }
+        for i in 0..self.bufs.extra.len() {
+            if !self.bufs.extra[i].is_empty() {
+                emit(Emit::Port(2 + i, self.bufs.extra[i].take()))?;
+            }
+        }
+        Ok(())
     }
 
     /// Re-evaluates idleness and emits the watermark if it changed.
@@ -224,6 +250,10 @@ pub struct OperatorDriver {
     out: Output,
     status: Arc<InstanceStatus>,
     events: Vec<GateEvent>,
+    /// The watermark last forwarded downstream, and whether the operator held it back.
+    forwarded: Option<Watermark>,
+    forwarded_time: Option<crate::types::EventTime>,
+    holding: bool,
 }
 
 impl OperatorDriver {
@@ -240,6 +270,9 @@ impl OperatorDriver {
             out,
             status,
             events: Vec::new(),
+            forwarded: None,
+            forwarded_time: None,
+            holding: false,
         }
     }
 
@@ -290,6 +323,9 @@ impl OperatorDriver {
                     self.status.add_records_in(batch.len() as u64, now_ms);
                     self.op.process(input, batch, &mut self.out);
                     self.flush(emit)?;
+                    if self.holding {
+                        self.forward_watermark(emit)?;
+                    }
                 }
                 GateEvent::Watermark(wm) => {
                     if let Watermark::EventTime(t) = wm {
@@ -297,7 +333,7 @@ impl OperatorDriver {
                         self.flush(emit)?;
                     }
                     self.publish_watermark();
-                    emit(Emit::Control(Message::Watermark(wm)))?;
+                    self.forward_watermark(emit)?;
                 }
                 GateEvent::Barrier(epoch) => {
                     let state = self.op.snapshot()?;
@@ -309,6 +345,38 @@ impl OperatorDriver {
                     emit(Emit::Control(Message::End))?;
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Forwards the merged watermark, capped by what the operator still holds back; never
+    /// backwards, and idle only when nothing is held back.
+    fn forward_watermark(
+        &mut self,
+        emit: &mut impl FnMut(Emit) -> Result<(), RunError>,
+    ) -> Result<(), RunError> {
+        let hold = self.op.watermark_hold();
+        self.holding = hold.is_some();
+        let merged = self.gate.watermarks();
+        let next = if merged.is_idle() && hold.is_none() {
+            Some(Watermark::Idle)
+        } else {
+            merged.current().map(|t| {
+                let capped = hold.map_or(t, |h| t.min(h));
+                Watermark::EventTime(self.forwarded_time.map_or(capped, |f| f.max(capped)))
+            })
+        };
+        let Some(next) = next else {
+            return Ok(());
+        };
+        // An unchanged time is forwarded again after idleness: downstream learns the input
+        // is active again.
+        if Some(next) != self.forwarded {
+            self.forwarded = Some(next);
+            if let Watermark::EventTime(t) = next {
+                self.forwarded_time = Some(t);
+            }
+            emit(Emit::Control(Message::Watermark(next)))?;
         }
         Ok(())
     }

@@ -2,6 +2,9 @@
 //! own watermark. Reads as fast as possible or at a given `rate`; in `follow` mode it tails
 //! files that are still growing (a line counts once its newline arrives). Undecodable lines
 //! go to `dead_letter` with the file, line number and reason.
+//!
+//! What a line becomes is the `LineDecoder`'s business: typed rows of one schema
+//! (`JsonDecoder`) or change rows of several tables (`sources::cdc::ChangeDecoder`).
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Seek, SeekFrom};
@@ -10,9 +13,57 @@ use std::time::Duration;
 
 use crate::dead_letter;
 use crate::error::RunError;
+use crate::format::DecodeError;
 use crate::format::json::JsonDecoder;
+use crate::operators::PortSpec;
 use crate::sources::{ReadBuffers, ReadStatus, Source};
 use crate::types::{Position, SchemaRef, SourcePosition};
+
+/// Turns one line of a file into records on the source's ports.
+pub trait LineDecoder: Send {
+    /// Schema of `main`.
+    fn schema(&self) -> SchemaRef;
+
+    /// Ports after `main` and `dead_letter`.
+    fn extra_ports(&self) -> Vec<PortSpec> {
+        Vec::new()
+    }
+
+    fn connect_ports(&mut self, consumed: &[bool]) {
+        let _ = consumed;
+    }
+
+    /// Decodes one line of partition `partition` into `out`; an error sends the line to
+    /// `dead_letter` with the reason.
+    fn decode_line(
+        &mut self,
+        partition: usize,
+        line: &[u8],
+        out: &mut ReadBuffers,
+        now_ms: i64,
+    ) -> Result<(), DecodeError>;
+
+    /// Partition `partition` has been read to its end (never called in follow mode).
+    fn partition_ended(&mut self, partition: usize, out: &mut ReadBuffers) {
+        let _ = (partition, out);
+    }
+}
+
+impl LineDecoder for JsonDecoder {
+    fn schema(&self) -> SchemaRef {
+        JsonDecoder::schema(self).clone()
+    }
+
+    fn decode_line(
+        &mut self,
+        _partition: usize,
+        line: &[u8],
+        out: &mut ReadBuffers,
+        now_ms: i64,
+    ) -> Result<(), DecodeError> {
+        self.decode_into(line, &mut out.records, now_ms).map(|_| ())
+    }
+}
 
 /// How a file source instance reads.
 #[derive(Clone, Debug)]
@@ -28,6 +79,12 @@ pub struct FileSourceSpec {
     /// Partitions are named by their path relative to this directory (the pipeline file's),
     /// so names and dead-letter positions do not depend on where the pipeline is installed.
     pub base_dir: Option<PathBuf>,
+    /// Read the files one after another, as segments of one log (a change stream), instead
+    /// of round-robin.
+    pub sequential: bool,
+    /// Partitions before this index are read without the `rate` limit (a change stream's
+    /// snapshot files).
+    pub paced_from: usize,
 }
 
 struct Partition {
@@ -42,19 +99,19 @@ struct Partition {
 }
 
 /// A file source instance.
-pub struct FileSource {
+pub struct FileSource<D = JsonDecoder> {
     node: String,
     spec: FileSourceSpec,
     partitions: Vec<Partition>,
-    decoder: JsonDecoder,
+    decoder: D,
     next: usize,
     line_buf: Vec<u8>,
     started_at_ms: Option<i64>,
     emitted: u64,
 }
 
-impl FileSource {
-    pub fn new(node: &str, spec: FileSourceSpec, decoder: JsonDecoder) -> FileSource {
+impl<D: LineDecoder> FileSource<D> {
+    pub fn new(node: &str, spec: FileSourceSpec, decoder: D) -> FileSource<D> {
         let partitions = spec
             .paths
             .iter()
@@ -163,7 +220,7 @@ impl FileSource {
                 p.partial.clear();
                 continue;
             }
-            if let Err(e) = self.decoder.decode_into(body, &mut out.records, now_ms) {
+            if let Err(e) = self.decoder.decode_line(i, body, out, now_ms) {
                 let position = format!("{}:{} (byte {})", p.label, p.line, record_offset);
                 dead_letter::push(
                     &mut out.dead_letters,
@@ -181,9 +238,17 @@ impl FileSource {
     }
 }
 
-impl Source for FileSource {
+impl<D: LineDecoder> Source for FileSource<D> {
     fn schema(&self) -> SchemaRef {
-        self.decoder.schema().clone()
+        self.decoder.schema()
+    }
+
+    fn extra_ports(&self) -> Vec<PortSpec> {
+        self.decoder.extra_ports()
+    }
+
+    fn connect_ports(&mut self, consumed: &[bool]) {
+        self.decoder.connect_ports(consumed);
     }
 
     fn partitions(&self) -> Vec<String> {
@@ -196,20 +261,33 @@ impl Source for FileSource {
         max_records: usize,
         now_ms: i64,
     ) -> Result<ReadStatus, RunError> {
-        let max = match self.allowance(max_records, now_ms) {
-            Ok(n) => n,
-            Err(retry_at_ms) => return Ok(ReadStatus::Pending { retry_at_ms }),
-        };
         let n = self.partitions.len();
-        for k in 0..n {
-            let i = (self.next + k) % n;
+        let order: Vec<usize> = if self.spec.sequential {
+            self.partitions
+                .iter()
+                .position(|p| !p.ended)
+                .into_iter()
+                .collect()
+        } else {
+            (0..n).map(|k| (self.next + k) % n).collect()
+        };
+        for i in order {
             if self.partitions[i].ended {
                 continue;
             }
+            let max = if i < self.spec.paced_from {
+                max_records
+            } else {
+                match self.allowance(max_records, now_ms) {
+                    Ok(n) => n,
+                    Err(retry_at_ms) => return Ok(ReadStatus::Pending { retry_at_ms }),
+                }
+            };
             let (lines, at_end) = self.read_partition(i, out, max, now_ms)?;
-            let _ = at_end;
             if lines > 0 {
-                self.emitted += lines as u64;
+                if i >= self.spec.paced_from {
+                    self.emitted += lines as u64;
+                }
                 // Round-robin over partitions, so their watermarks advance together.
                 self.next = (i + 1) % n;
                 return Ok(ReadStatus::Data { partition: i });
@@ -218,6 +296,7 @@ impl Source for FileSource {
                 let p = &mut self.partitions[i];
                 p.ended = true;
                 p.reader = None;
+                self.decoder.partition_ended(i, out);
                 return Ok(ReadStatus::PartitionEnded { partition: i });
             }
         }
@@ -267,7 +346,7 @@ impl Source for FileSource {
 mod tests {
     use super::*;
     use crate::format::json::EventTimeSource;
-    use crate::types::{Batch, DataType, Field, Schema, Value};
+    use crate::types::{DataType, Field, Schema, Value};
     use std::io::Write;
     use std::sync::Arc;
 
@@ -285,16 +364,15 @@ mod tests {
                 rate: None,
                 poll_interval: Duration::from_millis(50),
                 base_dir: None,
+                sequential: false,
+                paced_from: 0,
             },
             decoder,
         )
     }
 
     fn buffers(s: &FileSource) -> ReadBuffers {
-        ReadBuffers {
-            records: Batch::new(s.schema()),
-            dead_letters: Batch::new(dead_letter::schema()),
-        }
+        ReadBuffers::for_source(s)
     }
 
     #[test]

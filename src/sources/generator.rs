@@ -325,14 +325,11 @@ impl Source for GeneratorSource {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dead_letter;
+
     use crate::types::Batch;
 
     fn buffers(s: &GeneratorSource) -> ReadBuffers {
-        ReadBuffers {
-            records: Batch::new(s.schema()),
-            dead_letters: Batch::new(dead_letter::schema()),
-        }
+        ReadBuffers::for_source(s)
     }
 
     fn drain(s: &mut GeneratorSource, now: i64) -> Batch {

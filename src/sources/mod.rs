@@ -5,11 +5,13 @@
 //! event times a source assigns; sources never read the system time except through the
 //! clock they are given.
 
+pub mod cdc;
 pub mod file;
 pub mod generator;
 
 use crate::error::RunError;
-use crate::types::{Batch, SchemaRef, SourcePosition};
+use crate::operators::PortSpec;
+use crate::types::{Batch, EventTime, SchemaRef, SourcePosition};
 
 /// What one `read` call produced.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -26,8 +28,31 @@ pub enum ReadStatus {
 
 /// Output buffers for one `read` call.
 pub struct ReadBuffers {
+    /// Port 0 (`main`).
     pub records: Batch,
+    /// Port 1 (`dead_letter`).
     pub dead_letters: Batch,
+    /// Ports 2.. (`Source::extra_ports`, e.g. one per table of a change stream).
+    pub extra: Vec<Batch>,
+    /// The partition promises no record with an event time below this any more (a CDC
+    /// heartbeat): it moves the partition's watermark like a record with this time would.
+    pub progress: Option<EventTime>,
+}
+
+impl ReadBuffers {
+    /// Empty buffers for `source`'s ports.
+    pub fn for_source(source: &dyn Source) -> ReadBuffers {
+        ReadBuffers {
+            records: Batch::new(source.schema()),
+            dead_letters: Batch::new(crate::dead_letter::schema()),
+            extra: source
+                .extra_ports()
+                .into_iter()
+                .map(|p| Batch::new(p.schema))
+                .collect(),
+            progress: None,
+        }
+    }
 }
 
 /// A source instance reading a fixed set of partitions.
@@ -37,6 +62,17 @@ pub trait Source: Send {
 
     /// Names of the partitions this instance reads, e.g. file paths.
     fn partitions(&self) -> Vec<String>;
+
+    /// Output ports after `main` and `dead_letter`, in order (ports 2..).
+    fn extra_ports(&self) -> Vec<PortSpec> {
+        Vec::new()
+    }
+
+    /// Which output ports have consumers (by port index), told once before the first read,
+    /// so that a source can skip building what nobody reads.
+    fn connect_ports(&mut self, consumed: &[bool]) {
+        let _ = consumed;
+    }
 
     /// Reads up to `max_records` records of one partition into `out`, at processing time
     /// `now_ms`. Event times are set on each record.

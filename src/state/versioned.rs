@@ -165,6 +165,20 @@ where
         });
     }
 
+    /// Every key held (also deleted keys whose tombstone is kept).
+    pub fn keys(&self) -> impl Iterator<Item = &[Value]> {
+        self.keys.keys().map(|k| &**k)
+    }
+
+    /// Every row held, current and historical, with its key (tombstones excluded).
+    pub fn rows(&self) -> impl Iterator<Item = (&[Value], &[Value])> {
+        self.keys.iter().flat_map(|(k, versions)| {
+            versions
+                .iter()
+                .filter_map(move |v| v.row.as_deref().map(|r| (&**k, r)))
+        })
+    }
+
     /// Versions held in total (rows and tombstones, current and historical).
     pub fn versions_held(&self) -> usize {
         self.keys.values().map(VecDeque::len).sum()

@@ -1,0 +1,916 @@
+//! The enrichment join: events (input 0) looked up in a reference table materialized from a
+//! change stream (input 1, change rows as `cdc::rows` lays them out, broadcast to every
+//! instance). Owns the materialized table (a `VersionedTable` keyed by the table's primary
+//! key), a secondary index by join key, the event buffers of the gate, of as-of waiting and
+//! of held misses, and their checkpoints. No I/O, no clock.
+//!
+//! # Materializing
+//! Each change row carries its version (commit LSN, ordinal); a change not newer than the
+//! version held for its key is stale and ignored, so replays are harmless and a primary-key
+//! change (delete of the old key, insert of the new one at one LSN) lands right. A change is
+//! valid from its commit time; snapshot rows (`r`) are valid from the beginning of time (they
+//! are the state before streaming began). Unchanged-TOAST columns keep the previous value.
+//! Truncate deletes every row.
+//!
+//! # Joining
+//! An event matches every reference row whose join columns equal the event's and, with a
+//! `version_range`, whose NVD version rule admits the event's version: 1:N, one output row
+//! per match, the event's columns then the selected reference columns then
+//! `<table>_matched`. `lookup` joins the latest rows at once; `as_of` waits until the
+//! watermark (the minimum over both inputs, so the reference side's progress counts) passes
+//! the event's time and joins the rows valid at that time. A miss is emitted with null
+//! reference columns and `<table>_matched = false` (`emit`), sent to the `miss` port (`port`),
+//! or held until its join key gets a row or the watermark passes its time plus the timeout
+//! (`hold`), then emitted as a miss.
+//!
+//! # Gating
+//! With `gated`, events wait (in arrival order) until the reference table's snapshot is
+//! complete (its `snapshot_end` row), so no event is enriched against a half-loaded table.
+//! Buffered and held events hold back the watermark the runtime forwards, so they are never
+//! late downstream. The gate's buffer is bounded by `max_buffered` rows; beyond it the
+//! oldest buffered rows are joined against the partial table and emitted (counted), so
+//! memory stays bounded and nothing is dropped.
+//!
+//! # Hot path
+//! Results of a probe (join key + version) are memoized against the latest table and reused
+//! until the next reference change, so a stream of repeated products costs one hash lookup
+//! per event; the version rule runs only on a memo miss.
+
+use std::collections::VecDeque;
+use std::hash::BuildHasherDefault;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::cdc::Version;
+use crate::cdc::rows::{self, META_COLUMNS, RowOp};
+use crate::error::StateError;
+use crate::operators::version_range::VersionRange;
+use crate::operators::{MAIN_PORT, MISS_PORT, Operator, Output, PortSpec};
+use crate::state::VersionedTable;
+use crate::types::{Batch, DataType, EventTime, Field, Schema, SchemaRef, Value};
+
+type Map<K, V> = std::collections::HashMap<K, V, BuildHasherDefault<ahash::AHasher>>;
+
+/// Which version of the reference rows an event is joined with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JoinMode {
+    /// The latest rows, at once.
+    Lookup,
+    /// The rows valid at the event's time, once the watermark has passed it; history older
+    /// than `retention_ms` behind the watermark is dropped.
+    AsOf { retention_ms: Option<i64> },
+}
+
+/// What happens to an event without a matching reference row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MissPolicy {
+    /// Emit it with null reference columns and `matched = false`.
+    Emit,
+    /// Send it to the `miss` port, unchanged.
+    Port,
+    /// Wait for a row with its join key until the watermark passes its time plus
+    /// `timeout_ms`, then emit it as a miss.
+    Hold { timeout_ms: i64 },
+}
+
+/// When enrichment starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Strategy {
+    /// At once, against whatever the table holds.
+    Gradual,
+    /// After the table's snapshot is complete; at most `max_buffered` events wait.
+    Gated { max_buffered: usize },
+}
+
+/// The NVD version rule: which columns hold the observed version and the row's bounds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VersionRangeSpec {
+    /// Event column with the observed version.
+    pub version: String,
+    /// Reference columns: the CPE version field and the four bounds (`None`: not present).
+    pub exact: Option<String>,
+    pub start_including: Option<String>,
+    pub start_excluding: Option<String>,
+    pub end_including: Option<String>,
+    pub end_excluding: Option<String>,
+}
+
+impl VersionRangeSpec {
+    /// The columns NVD's `cpe_match` data uses, for an event column `version`.
+    pub fn nvd(version: &str) -> VersionRangeSpec {
+        VersionRangeSpec {
+            version: version.to_string(),
+            exact: Some("version".into()),
+            start_including: Some("version_start_including".into()),
+            start_excluding: Some("version_start_excluding".into()),
+            end_including: Some("version_end_including".into()),
+            end_excluding: Some("version_end_excluding".into()),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct EnrichSpec {
+    /// The reference table's name: names `<table>_matched` and the metrics.
+    pub table: String,
+    /// The reference table's primary key columns.
+    pub primary_key: Vec<String>,
+    /// Join columns: (event column, reference column).
+    pub key: Vec<(String, String)>,
+    /// Reference columns added to the output; `None`: all not already in the event.
+    pub columns: Option<Vec<String>>,
+    pub version_range: Option<VersionRangeSpec>,
+    pub mode: JoinMode,
+    pub miss: MissPolicy,
+    pub strategy: Strategy,
+}
+
+/// A problem with the spec; `field` is relative (`key`, `columns[1]`, …).
+#[derive(Clone, Debug, PartialEq)]
+pub struct EnrichError {
+    pub field: String,
+    pub message: String,
+}
+
+fn spec_err(field: impl Into<String>, message: impl Into<String>) -> EnrichError {
+    EnrichError {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// Column positions resolved from the spec.
+#[derive(Clone, Debug)]
+struct Layout {
+    /// Event columns of the join key.
+    event_key: Vec<usize>,
+    /// Table columns (not change-row columns) of the join key.
+    table_key: Vec<usize>,
+    primary_key: Vec<usize>,
+    /// Table columns copied to the output.
+    selected: Vec<usize>,
+    /// Event column of the observed version, and table columns of the rule.
+    version: Option<(usize, [Option<usize>; 5])>,
+    table_schema: Schema,
+}
+
+/// One matched reference row, projected to the selected columns.
+type Projected = Box<[Value]>;
+
+/// An event waiting somewhere in the operator.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct Pending {
+    row: Vec<Value>,
+    time: EventTime,
+}
+
+pub struct EnrichOperator {
+    name: String,
+    spec: EnrichSpec,
+    layout: Layout,
+    event_schema: SchemaRef,
+    out_schema: SchemaRef,
+    table: VersionedTable<Version>,
+    /// Join key -> primary keys that have had a row with it.
+    index: Map<Box<[Value]>, Vec<Box<[Value]>>>,
+    /// (Join key, version) -> matches in the latest table.
+    memo: Map<Box<[Value]>, Arc<[Projected]>>,
+    /// The latest `valid_from` of any applied change: at or after it, as-of equals latest.
+    latest_valid_from: EventTime,
+    snapshot_done: bool,
+    watermark: Option<EventTime>,
+    gate: VecDeque<Pending>,
+    /// As-of events waiting for the watermark.
+    waiting: Vec<Pending>,
+    /// Held misses by join key.
+    held: Map<Box<[Value]>, Vec<Pending>>,
+    held_count: usize,
+    /// Events let through a shut gate because its buffer was full.
+    overflowed: u64,
+    /// Event times of `gate` and `held`.
+    gate_times: TimeSet,
+    held_times: TimeSet,
+    probe_key: Vec<Value>,
+    counters: Counters,
+}
+
+struct Counters {
+    lookups: metrics::Counter,
+    matched: metrics::Counter,
+    misses: metrics::Counter,
+    gate_buffered: metrics::Gauge,
+    gate_open: metrics::Gauge,
+    rows: metrics::Gauge,
+    state_bytes: metrics::Gauge,
+}
+
+impl Counters {
+    fn new(node: &str) -> Counters {
+        use crate::metrics as m;
+        let labels = [(m::LABEL_NODE, node.to_string())];
+        Counters {
+            lookups: metrics::counter!(m::ENRICH_LOOKUPS, &labels),
+            matched: metrics::counter!(m::ENRICH_MATCHED, &labels),
+            misses: metrics::counter!(m::ENRICH_MISSES, &labels),
+            gate_buffered: metrics::gauge!(m::ENRICH_GATE_BUFFERED, &labels),
+            gate_open: metrics::gauge!(m::ENRICH_GATE_OPEN, &labels),
+            rows: metrics::gauge!(m::REFERENCE_ROWS, &labels),
+            state_bytes: metrics::gauge!(m::REFERENCE_STATE_BYTES, &labels),
+        }
+    }
+}
+
+/// A multiset of event times with a cheap minimum (what buffered events hold back).
+#[derive(Clone, Debug, Default)]
+struct TimeSet(std::collections::BTreeMap<EventTime, usize>);
+
+impl TimeSet {
+    fn insert(&mut self, t: EventTime) {
+        *self.0.entry(t).or_default() += 1;
+    }
+
+    fn remove(&mut self, t: EventTime) {
+        if let Some(n) = self.0.get_mut(&t) {
+            *n -= 1;
+            if *n == 0 {
+                self.0.remove(&t);
+            }
+        }
+    }
+
+    fn min(&self) -> Option<EventTime> {
+        self.0.keys().next().copied()
+    }
+
+    fn clear(&mut self) {
+        self.0.clear();
+    }
+}
+
+/// Most memoized probes kept; beyond it the memo starts over.
+const MEMO_LIMIT: usize = 1 << 18;
+
+impl EnrichOperator {
+    /// `reference` is the schema of the change rows on input 1.
+    pub fn new(
+        name: &str,
+        spec: EnrichSpec,
+        event_schema: SchemaRef,
+        reference: &Schema,
+    ) -> Result<EnrichOperator, EnrichError> {
+        if !rows::is_change_schema(reference) {
+            return Err(spec_err(
+                "inputs[1]",
+                "the second input must be a table port of a `cdc` source",
+            ));
+        }
+        let table_schema = rows::table_schema(reference);
+        let table_col = |field: &str, name: &str| {
+            table_schema.index_of(name).ok_or_else(|| {
+                spec_err(
+                    field,
+                    format!("`{name}` is not a column of table `{}`", spec.table),
+                )
+            })
+        };
+        let event_col = |field: &str, name: &str| {
+            event_schema
+                .index_of(name)
+                .ok_or_else(|| spec_err(field, format!("`{name}` is not a column of the events")))
+        };
+        if spec.key.is_empty() {
+            return Err(spec_err(
+                "key",
+                "name at least one join column: `event_column: table_column`",
+            ));
+        }
+        let mut event_key = Vec::new();
+        let mut table_key = Vec::new();
+        for (e, t) in &spec.key {
+            event_key.push(event_col(&format!("key.{e}"), e)?);
+            table_key.push(table_col(&format!("key.{e}"), t)?);
+        }
+        if spec.primary_key.is_empty() {
+            return Err(spec_err(
+                "inputs[1]",
+                format!(
+                    "table `{}` has no primary key (`key` in its cdc table)",
+                    spec.table
+                ),
+            ));
+        }
+        let primary_key = spec
+            .primary_key
+            .iter()
+            .map(|c| table_col("inputs[1]", c))
+            .collect::<Result<Vec<_>, _>>()?;
+        let selected: Vec<usize> = match &spec.columns {
+            Some(cols) => cols
+                .iter()
+                .enumerate()
+                .map(|(i, c)| table_col(&format!("columns[{i}]"), c))
+                .collect::<Result<_, _>>()?,
+            None => (0..table_schema.len())
+                .filter(|&i| event_schema.index_of(&table_schema.field(i).name).is_none())
+                .collect(),
+        };
+        let matched_name = format!("{}_matched", spec.table);
+        let mut fields = event_schema.fields.clone();
+        for (n, &i) in selected.iter().enumerate() {
+            let f = table_schema.field(i);
+            if event_schema.index_of(&f.name).is_some() || f.name == matched_name {
+                return Err(spec_err(
+                    format!("columns[{n}]"),
+                    format!(
+                        "`{}` is also a column of the events; leave it out of `columns`",
+                        f.name
+                    ),
+                ));
+            }
+            fields.push(f.clone());
+        }
+        if event_schema.index_of(&matched_name).is_some() {
+            return Err(spec_err(
+                "table",
+                format!("the events already have a column `{matched_name}`"),
+            ));
+        }
+        fields.push(Field::new(&matched_name, DataType::Bool));
+        let version = match &spec.version_range {
+            None => None,
+            Some(v) => {
+                let ev = event_col("version_range.version", &v.version)?;
+                let col =
+                    |name: &Option<String>, field: &str| -> Result<Option<usize>, EnrichError> {
+                        name.as_ref()
+                            .map(|n| table_col(&format!("version_range.{field}"), n))
+                            .transpose()
+                    };
+                Some((
+                    ev,
+                    [
+                        col(&v.exact, "exact")?,
+                        col(&v.start_including, "start_including")?,
+                        col(&v.start_excluding, "start_excluding")?,
+                        col(&v.end_including, "end_including")?,
+                        col(&v.end_excluding, "end_excluding")?,
+                    ],
+                ))
+            }
+        };
+        let retention = match spec.mode {
+            JoinMode::Lookup => None,
+            JoinMode::AsOf { retention_ms } => Some(retention_ms.unwrap_or(i64::MAX / 4)),
+        };
+        let counters = Counters::new(name);
+        counters
+            .gate_open
+            .set(if matches!(spec.strategy, Strategy::Gated { .. }) {
+                0.0
+            } else {
+                1.0
+            });
+        Ok(EnrichOperator {
+            name: name.to_string(),
+            layout: Layout {
+                event_key,
+                table_key,
+                primary_key,
+                selected,
+                version,
+                table_schema,
+            },
+            spec,
+            event_schema,
+            out_schema: Arc::new(Schema::new(fields)),
+            table: VersionedTable::new(retention),
+            index: Map::default(),
+            memo: Map::default(),
+            latest_valid_from: EventTime::MIN,
+            snapshot_done: false,
+            watermark: None,
+            gate: VecDeque::new(),
+            waiting: Vec::new(),
+            held: Map::default(),
+            held_count: 0,
+            overflowed: 0,
+            gate_times: TimeSet::default(),
+            held_times: TimeSet::default(),
+            probe_key: Vec::new(),
+            counters,
+        })
+    }
+
+    /// Rows the table holds now.
+    pub fn reference_rows(&self) -> usize {
+        self.table.len()
+    }
+
+    /// Estimated bytes of the materialized table and its index.
+    pub fn state_bytes(&self) -> usize {
+        let index: usize = self
+            .index
+            .iter()
+            .map(|(k, pks)| {
+                std::mem::size_of_val(&**k)
+                    + pks
+                        .iter()
+                        .map(|p| std::mem::size_of::<Box<[Value]>>() + std::mem::size_of_val(&**p))
+                        .sum::<usize>()
+                    + 48
+            })
+            .sum();
+        self.table.estimated_bytes() + index
+    }
+
+    /// Events let through the shut gate because its buffer was full.
+    pub fn overflowed(&self) -> u64 {
+        self.overflowed
+    }
+
+    /// Whether the gate is open (always, for `gradual`).
+    pub fn gate_open(&self) -> bool {
+        !self.gated_shut()
+    }
+
+    fn gated_shut(&self) -> bool {
+        matches!(self.spec.strategy, Strategy::Gated { .. }) && !self.snapshot_done
+    }
+
+    fn join_key_of_table_row(&self, row: &[Value]) -> Box<[Value]> {
+        self.layout
+            .table_key
+            .iter()
+            .map(|&i| row[i].clone())
+            .collect()
+    }
+
+    /// Applies one change row (table columns after `META_COLUMNS`).
+    fn apply_change(&mut self, change: &[Value], time: EventTime, out: &mut Output) {
+        let op = rows::row_op(change);
+        let version = rows::row_version(change);
+        let cols = &change[META_COLUMNS..];
+        match op {
+            RowOp::SnapshotEnd => {
+                if !self.snapshot_done {
+                    self.snapshot_done = true;
+                    self.counters.gate_open.set(1.0);
+                    tracing::info!(node = %self.name, table = %self.spec.table, rows = self.table.len(), "reference snapshot complete: gate open");
+                }
+            }
+            RowOp::Unknown => {}
+            RowOp::Truncate => {
+                let keys: Vec<Box<[Value]>> = self.table.keys().map(Box::from).collect();
+                for k in keys {
+                    self.table.apply(&k, version, time, None);
+                }
+                self.changed(time);
+            }
+            RowOp::Delete => {
+                let pk: Box<[Value]> = self
+                    .layout
+                    .primary_key
+                    .iter()
+                    .map(|&i| cols[i].clone())
+                    .collect();
+                if self.table.apply(&pk, version, time, None) != crate::state::Applied::Stale {
+                    self.changed(time);
+                }
+            }
+            RowOp::Upsert { snapshot } => {
+                let pk: Box<[Value]> = self
+                    .layout
+                    .primary_key
+                    .iter()
+                    .map(|&i| cols[i].clone())
+                    .collect();
+                let mut row: Box<[Value]> = cols.into();
+                let unavailable = rows::row_unavailable(change);
+                let previous = self.table.get(&pk);
+                if !unavailable.is_empty()
+                    && let Some(prev) = previous
+                {
+                    for name in &unavailable {
+                        if let Some(i) = self.layout.table_schema.index_of(name) {
+                            row[i] = prev[i].clone();
+                        }
+                    }
+                }
+                let old_key = previous.map(|p| self.join_key_of_table_row(p));
+                let known = self.table.version_of(&pk).is_some();
+                let new_key = self.join_key_of_table_row(&row);
+                let valid_from = if snapshot { EventTime::MIN } else { time };
+                if self.table.apply(&pk, version, valid_from, Some(row))
+                    == crate::state::Applied::Stale
+                {
+                    return;
+                }
+                if old_key.as_ref() != Some(&new_key) {
+                    // In as-of mode the old association stays: earlier versions still have it.
+                    if matches!(self.spec.mode, JoinMode::Lookup)
+                        && let Some(old) = &old_key
+                        && let Some(pks) = self.index.get_mut(old)
+                    {
+                        pks.retain(|p| *p != pk);
+                    }
+                    let pks = self.index.entry(new_key.clone()).or_default();
+                    // A key the table never held cannot be listed yet.
+                    if !known || !pks.contains(&pk) {
+                        pks.push(pk);
+                    }
+                }
+                self.changed(valid_from);
+                if matches!(self.spec.miss, MissPolicy::Hold { .. }) {
+                    self.release_held(&new_key, out);
+                }
+            }
+        }
+    }
+
+    fn changed(&mut self, valid_from: EventTime) {
+        self.memo.clear();
+        self.latest_valid_from = self.latest_valid_from.max(valid_from);
+    }
+
+    /// Projects a table row to the selected columns.
+    fn project(&self, row: &[Value]) -> Projected {
+        self.layout
+            .selected
+            .iter()
+            .map(|&i| row[i].clone())
+            .collect()
+    }
+
+    fn version_admits(&self, version: &Value, row: &[Value]) -> bool {
+        let Some((_, cols)) = &self.layout.version else {
+            return true;
+        };
+        let text = |c: &Option<usize>| -> Option<String> {
+            c.and_then(|i| match &row[i] {
+                Value::Str(s) => Some(s.to_string()),
+                _ => None,
+            })
+        };
+        let range = VersionRange {
+            exact: text(&cols[0]),
+            start_including: text(&cols[1]),
+            start_excluding: text(&cols[2]),
+            end_including: text(&cols[3]),
+            end_excluding: text(&cols[4]),
+        };
+        match version {
+            Value::Str(v) => range.matches(v),
+            Value::Null => range.matches(""),
+            Value::Int(n) => range.matches(&n.to_string()),
+            _ => false,
+        }
+    }
+
+    /// The matches of the event whose join key (and version) is in `self.probe_key`, as of
+    /// `at` (`None`: latest).
+    fn matches(&mut self, at: Option<EventTime>) -> Arc<[Projected]> {
+        let memoizable = at.is_none_or(|t| t >= self.latest_valid_from);
+        if memoizable && let Some(hit) = self.memo.get(&self.probe_key[..]) {
+            return hit.clone();
+        }
+        let key_len = self.layout.event_key.len();
+        let (join_key, version) = self.probe_key.split_at(key_len);
+        let mut found: Vec<Projected> = Vec::new();
+        if let Some(pks) = self.index.get(join_key) {
+            for pk in pks {
+                let row = match at {
+                    Some(t) if !memoizable => self.table.get_as_of(pk, t),
+                    _ => self.table.get(pk),
+                };
+                let Some(row) = row else { continue };
+                let same_key = self
+                    .layout
+                    .table_key
+                    .iter()
+                    .zip(join_key)
+                    .all(|(&i, v)| row[i] == *v);
+                if same_key && version.first().is_none_or(|v| self.version_admits(v, row)) {
+                    found.push(self.project(row));
+                }
+            }
+        }
+        let found: Arc<[Projected]> = found.into();
+        if memoizable {
+            if self.memo.len() >= MEMO_LIMIT {
+                self.memo.clear();
+            }
+            self.memo.insert(self.probe_key[..].into(), found.clone());
+        }
+        found
+    }
+
+    fn set_probe_key(&mut self, event: &[Value]) {
+        self.probe_key.clear();
+        for &i in &self.layout.event_key {
+            self.probe_key.push(event[i].clone());
+        }
+        if let Some((v, _)) = &self.layout.version {
+            self.probe_key.push(event[*v].clone());
+        }
+    }
+
+    /// Joins one event and emits the result. `final_attempt`: a held miss is not held again.
+    fn join(&mut self, event: &[Value], time: EventTime, out: &mut Output, final_attempt: bool) {
+        self.counters.lookups.increment(1);
+        self.set_probe_key(event);
+        let at = match self.spec.mode {
+            JoinMode::Lookup => None,
+            JoinMode::AsOf { .. } => Some(time),
+        };
+        let found = self.matches(at);
+        if !found.is_empty() {
+            self.counters.matched.increment(1);
+            let batch = out.port(0);
+            for m in found.iter() {
+                for v in event {
+                    batch.push_value(v.clone());
+                }
+                for v in m.iter() {
+                    batch.push_value(v.clone());
+                }
+                batch.push_value(Value::Bool(true));
+                batch.finish_row(time);
+            }
+            return;
+        }
+        match self.spec.miss {
+            MissPolicy::Hold { .. } if !final_attempt => {
+                let key: Box<[Value]> = self.probe_key[..self.layout.event_key.len()].into();
+                self.held.entry(key).or_default().push(Pending {
+                    row: event.to_vec(),
+                    time,
+                });
+                self.held_count += 1;
+                self.held_times.insert(time);
+            }
+            MissPolicy::Port => {
+                self.counters.misses.increment(1);
+                out.port(1).push_row_from(event, time);
+            }
+            _ => {
+                self.counters.misses.increment(1);
+                let batch = out.port(0);
+                for v in event {
+                    batch.push_value(v.clone());
+                }
+                for _ in &self.layout.selected {
+                    batch.push_value(Value::Null);
+                }
+                batch.push_value(Value::Bool(false));
+                batch.finish_row(time);
+            }
+        }
+    }
+
+    /// A row arrived for `join_key`: its held events are joined again (in as-of mode at
+    /// their own time, so a row valid only later still leaves them held until the timeout).
+    fn release_held(&mut self, join_key: &[Value], out: &mut Output) {
+        if let Some(list) = self.held.remove(join_key) {
+            self.held_count -= list.len();
+            for p in &list {
+                self.held_times.remove(p.time);
+            }
+            for p in list {
+                self.join(&p.row, p.time, out, false);
+            }
+        }
+    }
+
+    /// Held misses whose timeout the watermark passed are emitted as misses.
+    fn expire_held(&mut self, watermark: EventTime, out: &mut Output) {
+        let MissPolicy::Hold { timeout_ms } = self.spec.miss else {
+            return;
+        };
+        if self.held_count == 0 {
+            return;
+        }
+        let mut due: Vec<Pending> = Vec::new();
+        self.held.retain(|_, list| {
+            list.retain(|p| {
+                let expired = p.time.saturating_add(timeout_ms) <= watermark;
+                if expired {
+                    due.push(p.clone());
+                }
+                !expired
+            });
+            !list.is_empty()
+        });
+        self.held_count -= due.len();
+        for p in &due {
+            self.held_times.remove(p.time);
+        }
+        due.sort_by_key(|p| p.time);
+        for p in due {
+            self.join(&p.row, p.time, out, true);
+        }
+    }
+
+    /// Emits or buffers one event that passed the gate.
+    fn admit(&mut self, event: Vec<Value>, time: EventTime, out: &mut Output) {
+        match self.spec.mode {
+            JoinMode::Lookup => self.join(&event, time, out, false),
+            JoinMode::AsOf { .. } => {
+                if self.watermark.is_some_and(|w| time <= w) {
+                    // Already behind the watermark: everything it can match is known.
+                    self.join(&event, time, out, false);
+                } else {
+                    self.waiting.push(Pending { row: event, time });
+                }
+            }
+        }
+    }
+
+    fn open_gate(&mut self, out: &mut Output) {
+        self.gate_times.clear();
+        while let Some(p) = self.gate.pop_front() {
+            self.admit(p.row, p.time, out);
+        }
+        self.counters.gate_buffered.set(0.0);
+    }
+}
+
+impl Operator for EnrichOperator {
+    fn ports(&self) -> Vec<PortSpec> {
+        let mut ports = vec![PortSpec {
+            name: MAIN_PORT.into(),
+            schema: self.out_schema.clone(),
+        }];
+        if self.spec.miss == MissPolicy::Port {
+            ports.push(PortSpec {
+                name: MISS_PORT.into(),
+                schema: self.event_schema.clone(),
+            });
+        }
+        ports
+    }
+
+    fn process(&mut self, input: usize, batch: Batch, out: &mut Output) {
+        if input == 1 {
+            for (row, t) in batch.rows() {
+                self.apply_change(row, t, out);
+            }
+            if self.snapshot_done && !self.gate.is_empty() {
+                self.open_gate(out);
+            }
+            return;
+        }
+        if self.gated_shut() {
+            let Strategy::Gated { max_buffered } = self.spec.strategy else {
+                unreachable!("gated_shut implies gated");
+            };
+            for (row, t) in batch.rows() {
+                self.gate.push_back(Pending {
+                    row: row.to_vec(),
+                    time: t,
+                });
+                self.gate_times.insert(t);
+            }
+            // Bounded: the oldest go through against the partial table.
+            while self.gate.len() > max_buffered {
+                let p = self.gate.pop_front().expect("non-empty");
+                self.gate_times.remove(p.time);
+                self.overflowed += 1;
+                self.admit(p.row, p.time, out);
+            }
+            self.counters.gate_buffered.set(self.gate.len() as f64);
+            return;
+        }
+        if self.spec.mode == JoinMode::Lookup {
+            for (row, t) in batch.rows() {
+                self.join(row, t, out, false);
+            }
+        } else {
+            for (row, t) in batch.rows() {
+                self.admit(row.to_vec(), t, out);
+            }
+        }
+    }
+
+    fn on_watermark(&mut self, watermark: EventTime, out: &mut Output) {
+        self.watermark = Some(self.watermark.map_or(watermark, |w| w.max(watermark)));
+        if watermark == crate::time::watermark::END_OF_TIME && self.gated_shut() {
+            // Every input has ended: no snapshot end will come any more.
+            tracing::warn!(node = %self.name, table = %self.spec.table, buffered = self.gate.len(), "input ended before the reference snapshot completed: buffered events are joined against the partial table");
+            self.snapshot_done = true;
+            self.open_gate(out);
+        }
+        if !self.waiting.is_empty() {
+            // In event-time order (stable: arrival order among equal times).
+            self.waiting.sort_by_key(|p| p.time);
+            let n = self.waiting.partition_point(|p| p.time <= watermark);
+            let due: Vec<Pending> = self.waiting.drain(..n).collect();
+            for p in due {
+                self.join(&p.row, p.time, out, false);
+            }
+        }
+        self.expire_held(watermark, out);
+        if let JoinMode::AsOf {
+            retention_ms: Some(_),
+        } = self.spec.mode
+        {
+            self.table.expire(watermark);
+        }
+        self.counters.rows.set(self.table.len() as f64);
+    }
+
+    fn watermark_hold(&self) -> Option<EventTime> {
+        [self.gate_times.min(), self.held_times.min()]
+            .into_iter()
+            .flatten()
+            .min()
+            .map(|t| t.saturating_sub(1))
+    }
+
+    fn snapshot(&self) -> Result<Vec<u8>, StateError> {
+        self.counters.state_bytes.set(self.state_bytes() as f64);
+        let image = Image {
+            version: SNAPSHOT_VERSION,
+            table: self.table.snapshot()?,
+            latest_valid_from: self.latest_valid_from,
+            snapshot_done: self.snapshot_done,
+            watermark: self.watermark,
+            gate: self.gate.iter().cloned().collect(),
+            waiting: self.waiting.clone(),
+            held: {
+                let mut held: Vec<Pending> = self.held.values().flatten().cloned().collect();
+                held.sort_by_key(|p| p.time);
+                held
+            },
+            overflowed: self.overflowed,
+        };
+        postcard::to_allocvec(&image).map_err(|e| StateError::Encode {
+            operator: self.name.clone(),
+            reason: e.to_string(),
+        })
+    }
+
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), StateError> {
+        let fail = |reason: String| StateError::Decode {
+            operator: self.name.clone(),
+            reason,
+        };
+        if snapshot.first().copied() != Some(SNAPSHOT_VERSION) {
+            return Err(fail(format!(
+                "unknown snapshot version {:?} (this build reads {SNAPSHOT_VERSION})",
+                snapshot.first()
+            )));
+        }
+        let image: Image = postcard::from_bytes(snapshot).map_err(|e| fail(e.to_string()))?;
+        self.table = VersionedTable::restore(&image.table)?;
+        self.index.clear();
+        self.memo.clear();
+        let mut index: Map<Box<[Value]>, Vec<Box<[Value]>>> = Map::default();
+        for (pk, row) in self.table.rows() {
+            let key = self.join_key_of_table_row(row);
+            let pks = index.entry(key).or_default();
+            if !pks.iter().any(|p| **p == *pk) {
+                pks.push(pk.into());
+            }
+        }
+        self.index = index;
+        self.latest_valid_from = image.latest_valid_from;
+        self.snapshot_done = image.snapshot_done;
+        self.watermark = image.watermark;
+        self.gate = image.gate.into();
+        self.gate_times.clear();
+        for p in &self.gate {
+            self.gate_times.insert(p.time);
+        }
+        self.held_times.clear();
+        self.waiting = image.waiting;
+        self.held.clear();
+        self.held_count = image.held.len();
+        for p in image.held {
+            self.set_probe_key(&p.row);
+            let key: Box<[Value]> = self.probe_key[..self.layout.event_key.len()].into();
+            self.held_times.insert(p.time);
+            self.held.entry(key).or_default().push(p);
+        }
+        self.overflowed = image.overflowed;
+        self.counters
+            .gate_open
+            .set(if self.gated_shut() { 0.0 } else { 1.0 });
+        Ok(())
+    }
+}
+
+const SNAPSHOT_VERSION: u8 = 1;
+
+#[derive(Serialize, Deserialize)]
+struct Image {
+    version: u8,
+    table: Vec<u8>,
+    latest_valid_from: EventTime,
+    snapshot_done: bool,
+    watermark: Option<EventTime>,
+    gate: Vec<Pending>,
+    waiting: Vec<Pending>,
+    held: Vec<Pending>,
+    overflowed: u64,
+}
