@@ -76,7 +76,7 @@ pub enum MissPolicy {
 
 /// When enrichment starts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Strategy {
+pub enum EnrichStrategy {
     /// At once, against whatever the table holds.
     Gradual,
     /// After the table's snapshot is complete; at most `max_buffered` events wait.
@@ -123,7 +123,7 @@ pub struct EnrichSpec {
     pub version_range: Option<VersionRangeSpec>,
     pub mode: JoinMode,
     pub miss: MissPolicy,
-    pub strategy: Strategy,
+    pub strategy: EnrichStrategy,
 }
 
 /// A problem with the spec; `field` is relative (`key`, `columns[1]`, …).
@@ -163,6 +163,8 @@ type Projected = Box<[Value]>;
 struct Pending {
     row: Vec<Value>,
     time: EventTime,
+    /// Order of arrival where it matters (held misses across join keys).
+    seq: u64,
 }
 
 pub struct EnrichOperator {
@@ -188,6 +190,7 @@ pub struct EnrichOperator {
     held_count: usize,
     /// Events let through a shut gate because its buffer was full.
     overflowed: u64,
+    next_seq: u64,
     /// Event times of `gate` and `held`.
     gate_times: TimeSet,
     held_times: TimeSet,
@@ -219,6 +222,14 @@ impl Counters {
             state_bytes: metrics::gauge!(m::REFERENCE_STATE_BYTES, &labels),
         }
     }
+}
+
+fn cmp_values(a: &[Value], b: &[Value]) -> std::cmp::Ordering {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| x.total_cmp(y))
+        .find(|o| o.is_ne())
+        .unwrap_or_else(|| a.len().cmp(&b.len()))
 }
 
 /// A multiset of event times with a cheap minimum (what buffered events hold back).
@@ -366,7 +377,7 @@ impl EnrichOperator {
         let counters = Counters::new(name);
         counters
             .gate_open
-            .set(if matches!(spec.strategy, Strategy::Gated { .. }) {
+            .set(if matches!(spec.strategy, EnrichStrategy::Gated { .. }) {
                 0.0
             } else {
                 1.0
@@ -395,6 +406,7 @@ impl EnrichOperator {
             held: Map::default(),
             held_count: 0,
             overflowed: 0,
+            next_seq: 0,
             gate_times: TimeSet::default(),
             held_times: TimeSet::default(),
             probe_key: Vec::new(),
@@ -435,7 +447,7 @@ impl EnrichOperator {
     }
 
     fn gated_shut(&self) -> bool {
-        matches!(self.spec.strategy, Strategy::Gated { .. }) && !self.snapshot_done
+        matches!(self.spec.strategy, EnrichStrategy::Gated { .. }) && !self.snapshot_done
     }
 
     fn join_key_of_table_row(&self, row: &[Value]) -> Box<[Value]> {
@@ -576,7 +588,7 @@ impl EnrichOperator {
         }
         let key_len = self.layout.event_key.len();
         let (join_key, version) = self.probe_key.split_at(key_len);
-        let mut found: Vec<Projected> = Vec::new();
+        let mut found: Vec<(&[Value], Projected)> = Vec::new();
         if let Some(pks) = self.index.get(join_key) {
             for pk in pks {
                 let row = match at {
@@ -591,11 +603,13 @@ impl EnrichOperator {
                     .zip(join_key)
                     .all(|(&i, v)| row[i] == *v);
                 if same_key && version.first().is_none_or(|v| self.version_admits(v, row)) {
-                    found.push(self.project(row));
+                    found.push((pk, self.project(row)));
                 }
             }
         }
-        let found: Arc<[Projected]> = found.into();
+        // In primary-key order, so that output does not depend on arrival or restore order.
+        found.sort_by(|a, b| cmp_values(a.0, b.0));
+        let found: Arc<[Projected]> = found.into_iter().map(|(_, p)| p).collect();
         if memoizable {
             if self.memo.len() >= MEMO_LIMIT {
                 self.memo.clear();
@@ -639,12 +653,18 @@ impl EnrichOperator {
             }
             return;
         }
+        let timed_out = |timeout_ms: i64| {
+            self.watermark
+                .is_some_and(|w| time.saturating_add(timeout_ms) <= w)
+        };
         match self.spec.miss {
-            MissPolicy::Hold { .. } if !final_attempt => {
+            MissPolicy::Hold { timeout_ms } if !final_attempt && !timed_out(timeout_ms) => {
                 let key: Box<[Value]> = self.probe_key[..self.layout.event_key.len()].into();
+                self.next_seq += 1;
                 self.held.entry(key).or_default().push(Pending {
                     row: event.to_vec(),
                     time,
+                    seq: self.next_seq,
                 });
                 self.held_count += 1;
                 self.held_times.insert(time);
@@ -705,7 +725,7 @@ impl EnrichOperator {
         for p in &due {
             self.held_times.remove(p.time);
         }
-        due.sort_by_key(|p| p.time);
+        due.sort_by_key(|p| (p.time, p.seq));
         for p in due {
             self.join(&p.row, p.time, out, true);
         }
@@ -720,7 +740,11 @@ impl EnrichOperator {
                     // Already behind the watermark: everything it can match is known.
                     self.join(&event, time, out, false);
                 } else {
-                    self.waiting.push(Pending { row: event, time });
+                    self.waiting.push(Pending {
+                        row: event,
+                        time,
+                        seq: 0,
+                    });
                 }
             }
         }
@@ -761,13 +785,14 @@ impl Operator for EnrichOperator {
             return;
         }
         if self.gated_shut() {
-            let Strategy::Gated { max_buffered } = self.spec.strategy else {
+            let EnrichStrategy::Gated { max_buffered } = self.spec.strategy else {
                 unreachable!("gated_shut implies gated");
             };
             for (row, t) in batch.rows() {
                 self.gate.push_back(Pending {
                     row: row.to_vec(),
                     time: t,
+                    seq: 0,
                 });
                 self.gate_times.insert(t);
             }
@@ -814,7 +839,16 @@ impl Operator for EnrichOperator {
             retention_ms: Some(_),
         } = self.spec.mode
         {
+            let before = self.table.key_count();
             self.table.expire(watermark);
+            if self.table.key_count() < before {
+                // Forgotten keys leave the index too (a key that comes back is listed anew).
+                let table = &self.table;
+                self.index.retain(|_, pks| {
+                    pks.retain(|pk| table.version_of(pk).is_some());
+                    !pks.is_empty()
+                });
+            }
         }
         self.counters.rows.set(self.table.len() as f64);
     }
@@ -839,9 +873,10 @@ impl Operator for EnrichOperator {
             waiting: self.waiting.clone(),
             held: {
                 let mut held: Vec<Pending> = self.held.values().flatten().cloned().collect();
-                held.sort_by_key(|p| p.time);
+                held.sort_by_key(|p| p.seq);
                 held
             },
+            next_seq: self.next_seq,
             overflowed: self.overflowed,
         };
         postcard::to_allocvec(&image).map_err(|e| StateError::Encode {
@@ -865,12 +900,12 @@ impl Operator for EnrichOperator {
         self.table = VersionedTable::restore(&image.table)?;
         self.index.clear();
         self.memo.clear();
+        let mut seen: ahash::AHashSet<(Box<[Value]>, &[Value])> = ahash::AHashSet::new();
         let mut index: Map<Box<[Value]>, Vec<Box<[Value]>>> = Map::default();
         for (pk, row) in self.table.rows() {
             let key = self.join_key_of_table_row(row);
-            let pks = index.entry(key).or_default();
-            if !pks.iter().any(|p| **p == *pk) {
-                pks.push(pk.into());
+            if seen.insert((key.clone(), pk)) {
+                index.entry(key).or_default().push(pk.into());
             }
         }
         self.index = index;
@@ -893,6 +928,7 @@ impl Operator for EnrichOperator {
             self.held.entry(key).or_default().push(p);
         }
         self.overflowed = image.overflowed;
+        self.next_seq = image.next_seq;
         self.counters
             .gate_open
             .set(if self.gated_shut() { 0.0 } else { 1.0 });
@@ -913,4 +949,567 @@ struct Image {
     waiting: Vec<Pending>,
     held: Vec<Pending>,
     overflowed: u64,
+    next_seq: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::Harness;
+    use crate::time::Watermark;
+    use proptest::prelude::*;
+
+    fn s(v: &str) -> Value {
+        Value::from(v)
+    }
+
+    fn events_schema() -> SchemaRef {
+        Arc::new(Schema::new(vec![
+            Field::new("host", DataType::String),
+            Field::new("product", DataType::String),
+            Field::new("version", DataType::String),
+        ]))
+    }
+
+    /// cpe_match-like table: id, product, cve, version, start_including, end_excluding.
+    fn table_schema() -> Schema {
+        Schema::new(vec![
+            Field::new("id", DataType::Int),
+            Field::new("product", DataType::String),
+            Field::new("cve", DataType::String),
+            Field::new("version", DataType::String),
+            Field::new("version_start_including", DataType::String),
+            Field::new("version_end_excluding", DataType::String),
+        ])
+    }
+
+    fn change_schema() -> SchemaRef {
+        rows::change_schema(&table_schema())
+    }
+
+    fn spec(mode: JoinMode, miss: MissPolicy, strategy: EnrichStrategy) -> EnrichSpec {
+        EnrichSpec {
+            table: "cpe".into(),
+            primary_key: vec!["id".into()],
+            key: vec![("product".into(), "product".into())],
+            columns: Some(vec!["cve".into()]),
+            version_range: Some(VersionRangeSpec {
+                version: "version".into(),
+                exact: Some("version".into()),
+                start_including: Some("version_start_including".into()),
+                start_excluding: None,
+                end_including: None,
+                end_excluding: Some("version_end_excluding".into()),
+            }),
+            mode,
+            miss,
+            strategy,
+        }
+    }
+
+    fn op(spec: EnrichSpec) -> EnrichOperator {
+        EnrichOperator::new("enrich", spec, events_schema(), &change_schema()).unwrap()
+    }
+
+    /// One reference change: `(op, lsn, id, product, cve, version, start, end)`.
+    type Ch<'a> = (
+        &'a str,
+        i64,
+        i64,
+        &'a str,
+        &'a str,
+        &'a str,
+        &'a str,
+        &'a str,
+    );
+
+    fn opt(v: &str) -> Value {
+        if v.is_empty() { Value::Null } else { s(v) }
+    }
+
+    fn changes(list: &[(Ch<'_>, EventTime)]) -> Batch {
+        let mut b = Batch::new(change_schema());
+        for ((o, lsn, id, product, cve, version, start, end), t) in list {
+            if *o == rows::SNAPSHOT_END {
+                rows::push_snapshot_end(&mut b, *t);
+                continue;
+            }
+            b.push_row(
+                [
+                    s(o),
+                    Value::Int(*lsn),
+                    Value::Int(0),
+                    s(if *o == "r" { "true" } else { "false" }),
+                    Value::Null,
+                    Value::Int(*id),
+                    opt(product),
+                    opt(cve),
+                    opt(version),
+                    opt(start),
+                    opt(end),
+                ],
+                *t,
+            );
+        }
+        b
+    }
+
+    fn events(list: &[(&str, &str, &str, EventTime)]) -> Batch {
+        let mut b = Batch::new(events_schema());
+        for (h, p, v, t) in list {
+            b.push_row([s(h), s(p), s(v)], *t);
+        }
+        b
+    }
+
+    fn cves(rows: &[(Vec<Value>, EventTime)]) -> Vec<(String, String, bool)> {
+        rows.iter()
+            .map(|(r, _)| {
+                (
+                    r[0].as_str().unwrap().to_string(),
+                    r[3].as_str().unwrap_or("-").to_string(),
+                    r[4] == Value::Bool(true),
+                )
+            })
+            .collect()
+    }
+
+    const END: &str = rows::SNAPSHOT_END;
+
+    #[test]
+    fn lookup_finds_every_matching_row_by_key_and_version_range() {
+        let mut h = Harness::new(
+            op(spec(
+                JoinMode::Lookup,
+                MissPolicy::Emit,
+                EnrichStrategy::Gradual,
+            )),
+            2,
+        );
+        h.data(
+            1,
+            changes(&[
+                (("r", 5, 1, "openssl", "CVE-A", "1.0.2k", "", ""), 0),
+                (("r", 5, 2, "openssl", "CVE-B", "*", "1.0.0", "1.0.2l"), 0),
+                (("r", 5, 3, "openssl", "CVE-C", "*", "1.1.0", "1.1.1"), 0),
+                (("r", 5, 4, "openssh", "CVE-D", "7.4", "", ""), 0),
+            ]),
+        );
+        h.data(
+            0,
+            events(&[
+                ("h1", "openssl", "1.0.2k", 10),
+                ("h2", "openssl", "1.1.1", 11),
+                ("h3", "nginx", "1.0", 12),
+            ]),
+        );
+        let out = cves(&h.take("main"));
+        assert_eq!(
+            out,
+            vec![
+                ("h1".into(), "CVE-A".into(), true),
+                ("h1".into(), "CVE-B".into(), true),
+                ("h2".into(), "-".into(), false),
+                ("h3".into(), "-".into(), false),
+            ]
+        );
+        let op = h.operator();
+        assert_eq!(op.reference_rows(), 4);
+        assert!(op.state_bytes() > 0);
+    }
+
+    #[test]
+    fn stale_replays_deletes_and_key_changes_are_applied_by_version() {
+        let mut h = Harness::new(
+            op(spec(
+                JoinMode::Lookup,
+                MissPolicy::Emit,
+                EnrichStrategy::Gradual,
+            )),
+            2,
+        );
+        h.data(
+            1,
+            changes(&[
+                (("c", 10, 1, "openssl", "CVE-A", "*", "", ""), 1),
+                (("u", 20, 1, "openssl", "CVE-A2", "*", "", ""), 2),
+                // A replay of the older version is ignored.
+                (("c", 10, 1, "openssl", "CVE-A", "*", "", ""), 3),
+                // Primary-key change: delete id 1, create id 9, one LSN.
+                (("d", 30, 1, "openssl", "", "", "", ""), 4),
+                (("c", 30, 9, "openssh", "CVE-A2", "*", "", ""), 4),
+            ]),
+        );
+        h.data(
+            0,
+            events(&[("h", "openssl", "1", 5), ("h", "openssh", "1", 5)]),
+        );
+        assert_eq!(
+            cves(&h.take("main")),
+            vec![
+                ("h".into(), "-".into(), false),
+                ("h".into(), "CVE-A2".into(), true)
+            ]
+        );
+    }
+
+    #[test]
+    fn gated_events_wait_for_the_snapshot_and_hold_the_watermark() {
+        let mut h = Harness::new(
+            op(spec(
+                JoinMode::Lookup,
+                MissPolicy::Emit,
+                EnrichStrategy::Gated { max_buffered: 100 },
+            )),
+            2,
+        );
+        h.data(0, events(&[("h1", "openssl", "1.0.2k", 10)]));
+        h.data(
+            1,
+            changes(&[(("r", 5, 1, "openssl", "CVE-A", "1.0.2k", "", ""), 0)]),
+        );
+        assert!(h.take("main").is_empty(), "the gate is shut");
+        assert_eq!(h.operator().watermark_hold(), Some(9));
+        assert!(!h.operator().gate_open());
+        h.data(1, changes(&[((END, 0, 0, "", "", "", "", ""), 0)]));
+        assert_eq!(
+            cves(&h.take("main")),
+            vec![("h1".into(), "CVE-A".into(), true)]
+        );
+        assert_eq!(h.operator().watermark_hold(), None);
+    }
+
+    #[test]
+    fn a_full_gate_lets_the_oldest_through_and_input_end_opens_it() {
+        let mut h = Harness::new(
+            op(spec(
+                JoinMode::Lookup,
+                MissPolicy::Emit,
+                EnrichStrategy::Gated { max_buffered: 1 },
+            )),
+            2,
+        );
+        h.data(
+            0,
+            events(&[("h1", "openssl", "1", 10), ("h2", "openssl", "1", 11)]),
+        );
+        assert_eq!(h.take("main").len(), 1);
+        assert_eq!(h.operator().overflowed(), 1);
+        h.watermark_all(crate::time::watermark::END_OF_TIME);
+        assert_eq!(
+            cves(&h.take("main")),
+            vec![("h2".into(), "-".into(), false)]
+        );
+    }
+
+    #[test]
+    fn as_of_joins_the_version_valid_at_the_event_time() {
+        let mut h = Harness::new(
+            op(spec(
+                JoinMode::AsOf { retention_ms: None },
+                MissPolicy::Emit,
+                EnrichStrategy::Gradual,
+            )),
+            2,
+        );
+        h.data(
+            1,
+            changes(&[
+                (("r", 5, 1, "openssl", "CVE-OLD", "*", "", ""), 1_000),
+                (("u", 10, 1, "openssl", "CVE-NEW", "*", "", ""), 100),
+            ]),
+        );
+        h.data(
+            0,
+            events(&[("early", "openssl", "1", 50), ("late", "openssl", "1", 150)]),
+        );
+        assert!(h.take("main").is_empty(), "as-of waits for the watermark");
+        h.watermark(0, Watermark::EventTime(200));
+        assert!(
+            h.take("main").is_empty(),
+            "the reference side has not passed"
+        );
+        h.watermark(1, Watermark::EventTime(200));
+        assert_eq!(
+            cves(&h.take("main")),
+            vec![
+                ("early".into(), "CVE-OLD".into(), true),
+                ("late".into(), "CVE-NEW".into(), true)
+            ]
+        );
+    }
+
+    #[test]
+    fn misses_go_to_the_miss_port_or_are_held_until_the_row_or_the_timeout() {
+        let mut h = Harness::new(
+            op(spec(
+                JoinMode::Lookup,
+                MissPolicy::Port,
+                EnrichStrategy::Gradual,
+            )),
+            2,
+        );
+        h.data(0, events(&[("h", "nginx", "1", 5)]));
+        assert!(h.take("main").is_empty());
+        assert_eq!(h.take("miss").len(), 1);
+
+        let mut h = Harness::new(
+            op(spec(
+                JoinMode::Lookup,
+                MissPolicy::Hold { timeout_ms: 100 },
+                EnrichStrategy::Gradual,
+            )),
+            2,
+        );
+        h.data(0, events(&[("a", "nginx", "1", 5), ("b", "redis", "1", 6)]));
+        assert!(h.take("main").is_empty());
+        assert_eq!(h.operator().watermark_hold(), Some(4));
+        h.data(
+            1,
+            changes(&[(("c", 9, 1, "nginx", "CVE-N", "*", "", ""), 50)]),
+        );
+        assert_eq!(
+            cves(&h.take("main")),
+            vec![("a".into(), "CVE-N".into(), true)]
+        );
+        h.watermark_all(105);
+        assert!(h.take("main").is_empty());
+        h.watermark_all(106);
+        assert_eq!(cves(&h.take("main")), vec![("b".into(), "-".into(), false)]);
+        assert_eq!(h.operator().watermark_hold(), None);
+    }
+
+    #[test]
+    fn spec_errors_name_the_field() {
+        let mut bad = spec(JoinMode::Lookup, MissPolicy::Emit, EnrichStrategy::Gradual);
+        bad.key = vec![("product".into(), "nope".into())];
+        let e = EnrichOperator::new("e", bad, events_schema(), &change_schema())
+            .err()
+            .unwrap();
+        assert_eq!(e.field, "key.product");
+        let mut bad = spec(JoinMode::Lookup, MissPolicy::Emit, EnrichStrategy::Gradual);
+        bad.columns = Some(vec!["version".into()]);
+        let e = EnrichOperator::new("e", bad, events_schema(), &change_schema())
+            .err()
+            .unwrap();
+        assert_eq!(e.field, "columns[0]");
+        let e = EnrichOperator::new(
+            "e",
+            spec(JoinMode::Lookup, MissPolicy::Emit, EnrichStrategy::Gradual),
+            events_schema(),
+            &events_schema(),
+        )
+        .err()
+        .unwrap();
+        assert_eq!(e.field, "inputs[1]");
+    }
+
+    /// A random script: reference changes (ids 0..4, products p0..p2, increasing LSNs with
+    /// replays), events (products p0..p3), watermarks.
+    #[derive(Clone, Debug)]
+    enum Step {
+        Change {
+            id: i64,
+            product: u8,
+            cve: u8,
+            delete: bool,
+            lsn_back: u8,
+            t: i64,
+        },
+        Event {
+            product: u8,
+            t: i64,
+        },
+        Watermark(i64),
+        SnapshotEnd,
+    }
+
+    fn arb_steps() -> impl Strategy<Value = Vec<Step>> {
+        let step = prop_oneof![
+            3 => (0i64..4, 0u8..3, 0u8..5, prop::bool::weighted(0.2), prop_oneof![4 => Just(0u8), 1 => 1u8..4], 0i64..100)
+                .prop_map(|(id, product, cve, delete, lsn_back, t)| Step::Change { id, product, cve, delete, lsn_back, t }),
+            4 => (0u8..4, 0i64..100).prop_map(|(product, t)| Step::Event { product, t }),
+            1 => (0i64..100).prop_map(Step::Watermark),
+            1 => Just(Step::SnapshotEnd),
+        ];
+        prop::collection::vec(step, 1..60)
+    }
+
+    /// The steps with every reference change after the watermark (as a source's watermark
+    /// promises); events may still be late.
+    fn lawful(steps: &[Step]) -> Vec<Step> {
+        let mut wm = i64::MIN;
+        steps
+            .iter()
+            .map(|st| match st {
+                Step::Watermark(t) => {
+                    wm = wm.max(*t);
+                    st.clone()
+                }
+                Step::Change {
+                    id,
+                    product,
+                    cve,
+                    delete,
+                    lsn_back,
+                    t,
+                } => Step::Change {
+                    id: *id,
+                    product: *product,
+                    cve: *cve,
+                    delete: *delete,
+                    lsn_back: *lsn_back,
+                    t: (*t).max(wm.saturating_add(1)),
+                },
+                _ => st.clone(),
+            })
+            .collect()
+    }
+
+    /// Turns steps into batches: changes get increasing LSNs (or replay an earlier one).
+    fn script(steps: &[Step]) -> Vec<(usize, Option<Batch>, Option<i64>)> {
+        let mut lsn = 0i64;
+        let mut out = Vec::new();
+        let mut wm = 0;
+        for st in steps {
+            match st {
+                Step::Change {
+                    id,
+                    product,
+                    cve,
+                    delete,
+                    lsn_back,
+                    t,
+                } => {
+                    lsn += 1;
+                    let l = (lsn - *lsn_back as i64).max(1);
+                    let p = format!("p{product}");
+                    let c = format!("CVE-{cve}");
+                    let o = if *delete { "d" } else { "u" };
+                    out.push((
+                        1,
+                        Some(changes(&[((o, l, *id, &p, &c, "*", "", ""), *t)])),
+                        None,
+                    ));
+                }
+                Step::Event { product, t } => {
+                    let p = format!("p{product}");
+                    out.push((0, Some(events(&[("h", &p, "1", *t)])), None));
+                }
+                Step::Watermark(t) => {
+                    wm = wm.max(*t);
+                    out.push((0, None, Some(wm)));
+                }
+                Step::SnapshotEnd => out.push((
+                    1,
+                    Some(changes(&[((END, 0, 0, "", "", "", "", ""), 0)])),
+                    None,
+                )),
+            }
+        }
+        out
+    }
+
+    fn drive(
+        spec: &EnrichSpec,
+        steps: &[(usize, Option<Batch>, Option<i64>)],
+        restore_after: Option<usize>,
+    ) -> Vec<(Vec<Value>, EventTime)> {
+        let mut h = Harness::new(op(spec.clone()), 2);
+        let mut all = Vec::new();
+        for (n, (input, batch, wm)) in steps.iter().enumerate() {
+            if let Some(b) = batch {
+                h.data(*input, b.clone());
+            }
+            if let Some(w) = wm {
+                h.watermark_all(*w);
+            }
+            all.extend(h.take("main"));
+            if restore_after == Some(n) {
+                let snap = h.barrier();
+                h = Harness::restore(op(spec.clone()), &snap, 2);
+                if let Some(w) = steps[..=n].iter().filter_map(|s| s.2).max() {
+                    h.watermark_all(w);
+                    all.extend(h.take("main"));
+                }
+            }
+        }
+        h.watermark_all(crate::time::watermark::END_OF_TIME);
+        all.extend(h.take("main"));
+        all
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        /// Oracle: as-of enrichment equals a nested loop over the reference history, per
+        /// event: the rows whose latest version (by LSN, replays ignored) with a
+        /// `valid_from <= t` is live and has the event's product.
+        #[test]
+        fn as_of_join_equals_a_nested_loop_over_the_history(steps in arb_steps()) {
+            let steps = lawful(&steps);
+            let spec = spec(JoinMode::AsOf { retention_ms: None }, MissPolicy::Emit, EnrichStrategy::Gradual);
+            let got = drive(&spec, &script(&steps), None);
+            // The history as the materializer sees it: per id, versions in LSN order.
+            let mut lsn = 0i64;
+            // (id, lsn, valid_from, live row as (product, cve)).
+            type Version = (i64, i64, i64, Option<(String, String)>);
+            let mut history: Vec<Version> = Vec::new();
+            let mut expected = Vec::new();
+            for st in &steps {
+                match st {
+                    Step::Change { id, product, cve, delete, lsn_back, t } => {
+                        lsn += 1;
+                        let l = (lsn - *lsn_back as i64).max(1);
+                        let newest = history.iter().filter(|h| h.0 == *id).map(|h| h.1).max();
+                        if newest.is_none_or(|n| l > n) {
+                            history.push((*id, l, *t, (!delete).then(|| (format!("p{product}"), format!("CVE-{cve}")))));
+                        }
+                    }
+                    Step::Event { product, t } => expected.push((format!("p{product}"), *t)),
+                    _ => {}
+                }
+            }
+            // Every event is joined at end of input at the latest; against the full history.
+            let mut want: Vec<(i64, String, String)> = Vec::new();
+            for (p, t) in &expected {
+                let mut matches = Vec::new();
+                for id in 0..4 {
+                    let v = history.iter().filter(|h| h.0 == id && h.2 <= *t).max_by_key(|h| h.1);
+                    if let Some((_, _, _, Some((prod, cve)))) = v && prod == p {
+                        matches.push(cve.clone());
+                    }
+                }
+                if matches.is_empty() {
+                    want.push((*t, p.clone(), "-".into()));
+                }
+                for c in matches {
+                    want.push((*t, p.clone(), c));
+                }
+            }
+            let mut got: Vec<(i64, String, String)> = got
+                .iter()
+                .map(|(r, t)| (*t, r[1].as_str().unwrap().to_string(), r[3].as_str().unwrap_or("-").to_string()))
+                .collect();
+            got.sort();
+            want.sort();
+            prop_assert_eq!(got, want);
+        }
+
+        /// Checkpoint after any step, restore into a fresh instance, continue: the same
+        /// output as an uninterrupted run, for every mode, miss policy and strategy.
+        #[test]
+        fn restore_anywhere_matches_uninterrupted(steps in arb_steps(), cut in 0usize..60, which in 0usize..4) {
+            let spec = match which {
+                0 => spec(JoinMode::Lookup, MissPolicy::Emit, EnrichStrategy::Gated { max_buffered: 5 }),
+                1 => spec(JoinMode::AsOf { retention_ms: Some(30) }, MissPolicy::Emit, EnrichStrategy::Gradual),
+                2 => spec(JoinMode::Lookup, MissPolicy::Hold { timeout_ms: 20 }, EnrichStrategy::Gradual),
+                _ => spec(JoinMode::AsOf { retention_ms: None }, MissPolicy::Hold { timeout_ms: 20 }, EnrichStrategy::Gated { max_buffered: 100 }),
+            };
+            let s = script(&lawful(&steps));
+            let straight = drive(&spec, &s, None);
+            let restored = drive(&spec, &s, Some(cut % s.len()));
+            prop_assert_eq!(straight, restored);
+        }
+    }
 }

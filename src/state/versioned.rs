@@ -165,6 +165,11 @@ where
         });
     }
 
+    /// Keys held, deleted keys whose tombstone is kept included.
+    pub fn key_count(&self) -> usize {
+        self.keys.len()
+    }
+
     /// Every key held (also deleted keys whose tombstone is kept).
     pub fn keys(&self) -> impl Iterator<Item = &[Value]> {
         self.keys.keys().map(|k| &**k)
