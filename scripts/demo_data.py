@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime as dt
+import functools
 import glob
 import io
 import json
@@ -145,12 +146,62 @@ def cve_sort_key(cve_id: str):
     return (int(m.group(1)), int(m.group(2))) if m else (0, 0, cve_id)
 
 
-def version_key(v: str):
-    """Orders version strings: numeric runs by value, letter runs below numbers."""
-    key = []
-    for tok in re.findall(r"\d+|[A-Za-z]+", v):
-        key.append((1, int(tok), "") if tok.isdigit() else (0, 0, tok.lower()))
-    return tuple(key)
+# Version order of the NVD match rule: a version splits into runs of ASCII digits and of ASCII
+# letters (anything else separates); each run is a pre-release marker, a zero (0, `final`,
+# `ga`, `release`), a word (patch tags, letter releases) or a nonzero number, ranked in that
+# order; versions compare run by run, the shorter padded with zeros.
+_PRE = {"dev": 0, "snapshot": 0, "alpha": 1, "beta": 2, "pre": 3, "preview": 3, "rc": 4}
+_RELEASE_WORDS = {"final", "ga", "release"}
+_ZERO = (1, 0)
+
+
+@functools.lru_cache(maxsize=None)
+def version_keys(v: str) -> tuple:
+    keys = []
+    for m in re.finditer(r"[0-9]+|[A-Za-z]+", v):
+        run = m.group(0)
+        if run[0].isdigit():
+            n = int(run)
+            keys.append((3, n) if n else _ZERO)
+            continue
+        word = run.lower()
+        digit_follows = m.end() < len(v) and v[m.end()] in "0123456789"
+        if word in _PRE:
+            keys.append((0, _PRE[word]))
+        elif digit_follows and word in ("a", "b"):
+            keys.append((0, 1 if word == "a" else 2))
+        elif word in _RELEASE_WORDS:
+            keys.append(_ZERO)
+        else:
+            keys.append((2, word))
+    return tuple(keys)
+
+
+def _cmp_keys(ka: tuple, kb: tuple) -> int:
+    n = max(len(ka), len(kb))
+    ka = ka + (_ZERO,) * (n - len(ka))
+    kb = kb + (_ZERO,) * (n - len(kb))
+    return (ka > kb) - (ka < kb)
+
+
+def compare_versions(a: str, b: str) -> int:
+    return _cmp_keys(version_keys(a), version_keys(b))
+
+
+@functools.lru_cache(maxsize=None)
+def normal_keys(v: str) -> tuple:
+    """The keys without trailing zeros: equal versions have equal normal keys."""
+    k = version_keys(v)
+    while k and k[-1] == _ZERO:
+        k = k[:-1]
+    return k
+
+
+version_key = functools.cmp_to_key(compare_versions)
+
+
+def has_version_content(v: str) -> bool:
+    return any(c.isascii() and c.isalnum() for c in v)
 
 
 def nvd_time_to_zoned(value: str) -> str:
@@ -298,25 +349,71 @@ def read_cve5_scores(cve5_dir: str):
 
 
 def row_matches(version: str, row) -> bool:
+    """The NVD match rule: bounds, when present, decide; else `*` matches any version, `-`
+    only a missing one, and an exact version an equal one (trailing zeros insignificant)."""
     _, v, si, se, ei, ee = row
-    if v not in ("*", "-"):
-        return v == version
+    if si or se or ei or ee:
+        return (
+            has_version_content(version)
+            and (not si or compare_versions(version, si) >= 0)
+            and (not se or compare_versions(version, se) > 0)
+            and (not ei or compare_versions(version, ei) <= 0)
+            and (not ee or compare_versions(version, ee) < 0)
+        )
+    v = (v or "").strip()
+    if v in ("", "*"):
+        return True
     if v == "-":
-        return False
-    k = version_key(version)
-    if si and not k >= version_key(si):
-        return False
-    if se and not k > version_key(se):
-        return False
-    if ei and not k <= version_key(ei):
-        return False
-    if ee and not k < version_key(ee):
-        return False
-    return True
+        return version.strip() in ("", "-")
+    return has_version_content(version) and has_version_content(v) and compare_versions(version, v) == 0
+
+
+class Matcher:
+    """The CVEs of one product's rows that an observed version matches (see `row_matches`),
+    with exact rows looked up by their normal keys."""
+
+    def __init__(self, rows):
+        self.exact: dict[tuple, set] = {}
+        self.ranges = []
+        self.any: set = set()
+        self.dash: set = set()
+        for row in rows:
+            cve, v, si, se, ei, ee = row
+            if si or se or ei or ee:
+                keys = tuple(normal_keys(b) if b else None for b in (si, se, ei, ee))
+                self.ranges.append((cve, keys))
+                continue
+            v = (v or "").strip()
+            if v in ("", "*"):
+                self.any.add(cve)
+            elif v == "-":
+                self.dash.add(cve)
+            elif has_version_content(v):
+                self.exact.setdefault(normal_keys(v), set()).add(cve)
+
+    def cves(self, version: str) -> set:
+        out = set(self.any)
+        if version.strip() in ("", "-"):
+            out |= self.dash
+        if not has_version_content(version):
+            return out
+        k = normal_keys(version)
+        out |= self.exact.get(k, set())
+        for cve, (si, se, ei, ee) in self.ranges:
+            if cve in out:
+                continue
+            if (
+                (si is None or _cmp_keys(k, si) >= 0)
+                and (se is None or _cmp_keys(k, se) > 0)
+                and (ei is None or _cmp_keys(k, ei) <= 0)
+                and (ee is None or _cmp_keys(k, ee) < 0)
+            ):
+                out.add(cve)
+        return out
 
 
 def matched_cves(version, rows):
-    return {r[0] for r in rows if row_matches(version, r)}
+    return Matcher(rows).cves(version)
 
 
 def pick_versions(rows, kev_ids):
@@ -329,14 +426,15 @@ def pick_versions(rows, kev_ids):
             if x and x not in ("*", "-"):
                 names.add(x)
     stats = {}
+    matcher = Matcher(rows)
     for v in names:
-        cves = matched_cves(v, rows)
+        cves = matcher.cves(v)
         if cves:
             stats[v] = (len(cves & kev_ids), len(cves))
     ranked = sorted(stats.items(), key=lambda kv: (-kv[1][0], -kv[1][1], version_key(kv[0]), kv[0]))
 
     def series(v):
-        return version_key(v)[:2]
+        return (version_keys(v) + (_ZERO, _ZERO))[:2]
 
     picked: list[str] = []
     per_series: dict = {}
@@ -345,7 +443,7 @@ def pick_versions(rows, kev_ids):
         for v, st in ranked:
             if len(picked) == VERSIONS_PER_PRODUCT:
                 return picked
-            if v in picked or not accept(st) or per_series.get(series(v), 0) >= limit:
+            if any(compare_versions(v, q) == 0 for q in picked) or not accept(st) or per_series.get(series(v), 0) >= limit:
                 continue
             picked.append(v)
             per_series[series(v)] = per_series.get(series(v), 0) + 1
@@ -370,11 +468,8 @@ def unmatched_versions(rows):
     else:
         rest = [0] * (len(nums) - 2)
         candidates = [".".join(map(str, [nums[0] + 1, minor] + rest)) for minor in (0, 1)]
-    out = []
-    for c in candidates:
-        if c not in out and not any(row_matches(c, r) for r in rows):
-            out.append(c)
-    return out
+    matcher = Matcher(rows)
+    return [c for i, c in enumerate(candidates) if c not in candidates[:i] and not matcher.cves(c)]
 
 
 _VERSIONS_CACHE: dict = {}
@@ -877,8 +972,9 @@ def generate(products, scan_rows, cpe_rows, nvd, kev, cve5_scores, kev_catalog, 
     all_kev = {r["cve_id"] for r in tables["kev"]} | {r["cve_id"] for r in held}
     vocab_hit = vocab_kev = 0
     kev_hit = set()
+    matchers = {vp: Matcher(rows) for vp, rows in by_vp.items()}
     for v, p, ver, _, _ in vocab:
-        m = matched_cves(ver, by_vp.get((v, p), []))
+        m = matchers[(v, p)].cves(ver) if (v, p) in matchers else set()
         vocab_hit += bool(m)
         vocab_kev += bool(m & kev_ids)
         kev_hit |= m & all_kev

@@ -15,9 +15,13 @@ use std::time::Duration;
 use serde_saphyr::Location;
 
 use crate::alerts::AlertRules;
+use crate::cdc::{TableConfig, TableId};
 use crate::dead_letter;
 use crate::error::{ConfigError, ConfigIssue};
 use crate::format::json::{EventTimeSource, JsonDecoder};
+use crate::operators::enrich::{
+    EnrichOperator, EnrichSpec, EnrichStrategy, JoinMode, MissPolicy, VersionRangeSpec,
+};
 use crate::operators::route::{RouteOperator, RoutePort};
 use crate::operators::window::{
     AggregateFn, AggregateSpec, WindowKind, WindowOperator, WindowSpec,
@@ -30,6 +34,7 @@ use crate::runtime::plan::{
 use crate::sinks::Sink;
 use crate::sinks::file::JsonLinesSink;
 use crate::sources::Source;
+use crate::sources::cdc::{CdcTable, ChangeDecoder};
 use crate::sources::file::{FileSource, FileSourceSpec};
 use crate::sources::generator::{GeneratorSource, GeneratorSpec, QuietPeriod, observation_schema};
 use crate::types::{DataType, Field, Schema, SchemaRef};
@@ -370,6 +375,9 @@ pub fn compile(
 
     let mut nodes: Vec<PlanNode> = Vec::new();
     let mut infos: HashMap<String, NodeInfo> = HashMap::new();
+    // Primary keys of cdc table ports, by (node, port).
+    let mut cdc_keys: HashMap<(usize, usize), Vec<String>> = HashMap::new();
+    let enrichment = enrichment_defaults(&mut issues, file.enrichment.as_ref());
 
     // Sources.
     let multi_source = file.sources.len() > 1;
@@ -415,7 +423,50 @@ pub fn compile(
             idle_timeout,
             expected_interval,
         };
+        let mut extra_ports: Vec<PortSpec> = Vec::new();
+        let connectors = [s.generator.is_some(), s.file.is_some(), s.cdc.is_some()]
+            .iter()
+            .filter(|c| **c)
+            .count();
         let (schema, factory): (SchemaRef, Option<SourceFactory>) = match (&s.generator, &s.file) {
+            _ if connectors > 1 => {
+                issues.at(
+                    loc,
+                    field.clone(),
+                    "a source has exactly one connector block: `generator`, `file` or `cdc`",
+                );
+                (Arc::new(Schema::default()), None)
+            }
+            (None, None) if s.cdc.is_some() => {
+                let c = s.cdc.as_ref().expect("checked");
+                if let Some(sc) = &s.schema {
+                    issues.at(
+                        &sc.referenced,
+                        format!("{field}.schema"),
+                        "a cdc source types its tables under `cdc.tables`; remove `schema`",
+                    );
+                }
+                if let Some(f) = et.and_then(|e| e.field.as_ref()) {
+                    issues.at(&f.referenced, format!("{field}.event_time.field"), "a cdc source's event time is the commit time (`source.ts_ms`); remove `field`");
+                }
+                match cdc_source(
+                    &mut issues,
+                    &field,
+                    name,
+                    &base_dir,
+                    &c.value,
+                    &c.referenced,
+                ) {
+                    Some((factory, tables, keys)) => {
+                        extra_ports = ChangeDecoder::table_ports(&tables);
+                        for (port, key) in keys {
+                            cdc_keys.insert((nodes.len(), port), key);
+                        }
+                        (crate::sources::cdc::main_schema(), Some(factory))
+                    }
+                    None => (Arc::new(Schema::default()), None),
+                }
+            }
             (Some(g), None) => {
                 if let Some(sc) = &s.schema {
                     issues.at(&sc.referenced, format!("{field}.schema"), "a generator has a fixed schema (ts, host, port, product, version, bytes); remove `schema`");
@@ -530,20 +581,13 @@ pub fn compile(
                 issues.at(
                     loc,
                     field.clone(),
-                    "a source needs one connector block: `generator` or `file`",
+                    "a source needs one connector block: `generator`, `file` or `cdc`",
                 );
                 (Arc::new(Schema::default()), None)
             }
-            (Some(_), Some(_)) => {
-                issues.at(
-                    loc,
-                    field.clone(),
-                    "a source has exactly one connector block: `generator` or `file`, not both",
-                );
-                (Arc::new(Schema::default()), None)
-            }
+            (Some(_), Some(_)) => unreachable!("more than one connector is reported above"),
         };
-        let ports = vec![
+        let mut ports = vec![
             PortSpec {
                 name: MAIN_PORT.into(),
                 schema,
@@ -553,6 +597,19 @@ pub fn compile(
                 schema: dead_letter::schema(),
             },
         ];
+        for p in extra_ports {
+            if ports.iter().any(|q| q.name == p.name) {
+                issues.at(
+                    loc,
+                    format!("{field}.cdc.tables.{}", p.name),
+                    format!(
+                        "`{}` is the name of a built-in port; name the table otherwise",
+                        p.name
+                    ),
+                );
+            }
+            ports.push(p);
+        }
         add_node(
             &mut nodes,
             &mut infos,
@@ -604,7 +661,9 @@ pub fn compile(
             .iter()
             .map(|(r, _)| nodes[r.node].ports[r.port].schema.clone())
             .collect();
-        if let Some(first) = input_schemas.first() {
+        if let Some(first) = input_schemas.first()
+            && o.enrich.is_none()
+        {
             for (i, s) in input_schemas.iter().enumerate().skip(1) {
                 if s != first {
                     issues.at(&inputs[i].1, format!("{field}.inputs[{i}]"), format!("schema differs from `{}`'s: every input of an operator must have the same columns", o.inputs[0].value));
@@ -614,22 +673,59 @@ pub fn compile(
         let Some(schema) = input_schemas.first().cloned() else {
             continue;
         };
-        let built = match (&o.window, &o.route) {
-            (Some(w), None) => window_operator(&mut issues, &field, &name, w, schema),
-            (None, Some(r)) => route_operator(&mut issues, &field, r, schema),
-            (None, None) => {
+        let kinds = [o.window.is_some(), o.route.is_some(), o.enrich.is_some()]
+            .iter()
+            .filter(|k| **k)
+            .count();
+        let mut broadcast_inputs = Vec::new();
+        let built = match (&o.window, &o.route, &o.enrich) {
+            _ if kinds > 1 => {
                 issues.at(
                     loc,
                     field.clone(),
-                    "an operator needs one kind block: `window` or `route`",
+                    "an operator has exactly one kind block: `window`, `route` or `enrich`",
                 );
                 None
             }
-            (Some(_), Some(_)) => {
+            (Some(w), None, None) => window_operator(&mut issues, &field, &name, w, schema),
+            (None, Some(r), None) => route_operator(&mut issues, &field, r, schema),
+            (None, None, Some(e)) => {
+                broadcast_inputs.push(1);
+                let reference = inputs.get(1).map(|(r, _)| {
+                    let port = &nodes[r.node].ports[r.port];
+                    (
+                        port.schema.clone(),
+                        port.name.clone(),
+                        cdc_keys.get(&(r.node, r.port)).cloned(),
+                    )
+                });
+                if inputs.len() != 2 {
+                    issues.at(
+                        loc,
+                        format!("{field}.inputs"),
+                        "an enrich operator has two inputs: the events, then a cdc table port (`source.table`)",
+                    );
+                    None
+                } else {
+                    let (reference, table, key) = reference.expect("two inputs");
+                    enrich_operator(
+                        &mut issues,
+                        &field,
+                        &name,
+                        e,
+                        &enrichment,
+                        schema,
+                        reference,
+                        table,
+                        key.unwrap_or_default(),
+                    )
+                }
+            }
+            _ => {
                 issues.at(
                     loc,
                     field.clone(),
-                    "an operator has exactly one kind block: `window` or `route`, not both",
+                    "an operator needs one kind block: `window`, `route` or `enrich`",
                 );
                 None
             }
@@ -647,6 +743,7 @@ pub fn compile(
                 kind: NodeKind::Operator {
                     factory,
                     key_columns,
+                    broadcast_inputs,
                 },
                 inputs: inputs.iter().map(|(r, _)| *r).collect(),
                 ports,
@@ -889,6 +986,414 @@ fn route_operator(
         Ok(Box::new(op) as Box<dyn Operator>)
     });
     Some((probe.ports(), factory, None))
+}
+
+/// What compiling a `cdc` block gives: the factory, the tables (ports 2..) and the primary
+/// key of each table port.
+type BuiltCdc = (SourceFactory, Vec<CdcTable>, Vec<(usize, Vec<String>)>);
+
+fn cdc_source(
+    issues: &mut Issues,
+    field: &str,
+    name: &str,
+    base_dir: &Path,
+    c: &yaml::CdcYaml,
+    loc: &Location,
+) -> Option<BuiltCdc> {
+    if let Some(f) = &c.format
+        && f.value != "debezium"
+    {
+        issues.at(
+            &f.referenced,
+            format!("{field}.cdc.format"),
+            format!("unknown format `{}`; the one format is `debezium`", f.value),
+        );
+    }
+    let files = |issues: &mut Issues, list: &[S<String>], what: &str| {
+        expand_paths(
+            issues,
+            &format!("{field}.cdc.{what}"),
+            base_dir,
+            &yaml::FileYaml {
+                paths: list.to_vec(),
+                follow: c.follow,
+                rate: None,
+                poll_interval: None,
+            },
+        )
+    };
+    if c.snapshot.is_empty() && c.changes.is_empty() {
+        issues.at(
+            loc,
+            format!("{field}.cdc"),
+            "list the change files: `snapshot: [...]` (read first) and/or `changes: [...]`",
+        );
+        return None;
+    }
+    let snapshot = if c.snapshot.is_empty() {
+        Vec::new()
+    } else {
+        files(issues, &c.snapshot, "snapshot")
+    };
+    let changes = if c.changes.is_empty() {
+        Vec::new()
+    } else {
+        files(issues, &c.changes, "changes")
+    };
+    if let Some(r) = &c.rate
+        && r.value <= 0.0
+    {
+        issues.at(
+            &r.referenced,
+            format!("{field}.cdc.rate"),
+            "must be positive",
+        );
+    }
+    let poll_interval = c
+        .poll_interval
+        .as_ref()
+        .and_then(|d| issues.duration(d, &format!("{field}.cdc.poll_interval")))
+        .unwrap_or(Duration::from_millis(100));
+    if c.tables.value.is_empty() {
+        issues.at(
+            &c.tables.referenced,
+            format!("{field}.cdc.tables"),
+            "configure at least one table: `NAME: {key: [...], columns: {...}}`",
+        );
+    }
+    let mut tables = Vec::new();
+    let mut keys = Vec::new();
+    for (port, t) in &c.tables.value {
+        let tf = format!("{field}.cdc.tables.{port}");
+        if !valid_name(port) {
+            issues.at(
+                &t.referenced,
+                &tf,
+                "names may use only letters, digits, `_` and `-`",
+            );
+        }
+        let id = match &t.value.table {
+            Some(q) => match q.value.split_once('.') {
+                Some((schema, table)) if !schema.is_empty() && !table.is_empty() => {
+                    TableId::new(schema, table)
+                }
+                _ => {
+                    issues.at(
+                        &q.referenced,
+                        format!("{tf}.table"),
+                        format!("`{}`: write `schema.table`", q.value),
+                    );
+                    continue;
+                }
+            },
+            None => TableId::new("public", port),
+        };
+        let schema = schema_of(issues, &format!("{tf}.columns"), &t.value.columns);
+        if t.value.key.is_empty() {
+            issues.at(
+                &t.referenced,
+                format!("{tf}.key"),
+                "name the primary key columns",
+            );
+        }
+        let mut key = Vec::new();
+        for (i, k) in t.value.key.iter().enumerate() {
+            if schema.index_of(&k.value).is_none() {
+                issues.at(
+                    &k.referenced,
+                    format!("{tf}.key[{i}]"),
+                    format!("`{}` is not one of the table's columns", k.value),
+                );
+            }
+            key.push(k.value.clone());
+        }
+        let mut config = TableConfig::new(schema.clone());
+        config.key_columns = key.iter().map(|k| k.as_str().into()).collect();
+        for (col, scale) in &t.value.decimal_scales {
+            match schema.index_of(col).map(|i| schema.field(i).data_type) {
+                Some(DataType::Decimal) if scale.value <= 28 => {
+                    config = config.with_decimal_scale(col, scale.value);
+                }
+                Some(DataType::Decimal) => issues.at(
+                    &scale.referenced,
+                    format!("{tf}.decimal_scales.{col}"),
+                    "a decimal scale is at most 28",
+                ),
+                _ => issues.at(
+                    &scale.referenced,
+                    format!("{tf}.decimal_scales.{col}"),
+                    format!("`{col}` is not a decimal column of the table"),
+                ),
+            }
+        }
+        keys.push((2 + tables.len(), key));
+        tables.push(CdcTable {
+            port: port.clone(),
+            id,
+            config,
+        });
+    }
+    if let Err(e) = ChangeDecoder::new(name, tables.clone(), 0) {
+        issues.at(loc, format!("{field}.cdc.tables"), e.reason);
+        return None;
+    }
+    let snapshot_files = snapshot.len();
+    let mut paths = snapshot;
+    paths.extend(changes);
+    let rate = c.rate.as_ref().map(|r| r.value);
+    let follow = c.follow;
+    let node = name.to_string();
+    let base = base_dir.to_path_buf();
+    let built_tables = tables.clone();
+    let factory: SourceFactory = Arc::new(move |inst, _par| {
+        // A change stream is one log: one instance reads every file, in order.
+        let paths = if inst == 0 { paths.clone() } else { Vec::new() };
+        let decoder =
+            ChangeDecoder::new(&node, built_tables.clone(), snapshot_files).map_err(|e| {
+                crate::error::RunError::Task {
+                    task: node.clone(),
+                    message: e.reason,
+                }
+            })?;
+        Ok(Box::new(FileSource::new(
+            &node,
+            FileSourceSpec {
+                paths,
+                follow,
+                rate,
+                poll_interval,
+                base_dir: Some(base.clone()),
+                sequential: true,
+                paced_from: snapshot_files,
+            },
+            decoder,
+        )) as Box<dyn Source>)
+    });
+    Some((factory, tables, keys))
+}
+
+/// Pipeline-wide enrichment settings.
+#[derive(Clone, Copy, Debug)]
+struct EnrichmentDefaults {
+    strategy: EnrichStrategy,
+}
+
+const DEFAULT_MAX_BUFFERED: usize = 1_000_000;
+
+fn strategy_of(
+    issues: &mut Issues,
+    field: &str,
+    name: Option<&S<String>>,
+    max: Option<&S<usize>>,
+    default: EnrichStrategy,
+) -> EnrichStrategy {
+    let max_buffered = match (max, default) {
+        (Some(m), _) => {
+            if m.value == 0 {
+                issues.at(
+                    &m.referenced,
+                    format!("{field}.max_buffered"),
+                    "must be at least 1",
+                );
+            }
+            m.value.max(1)
+        }
+        (None, EnrichStrategy::Gated { max_buffered }) => max_buffered,
+        (None, EnrichStrategy::Gradual) => DEFAULT_MAX_BUFFERED,
+    };
+    match name.map(|n| n.value.as_str()) {
+        None => match default {
+            EnrichStrategy::Gated { .. } => EnrichStrategy::Gated { max_buffered },
+            g => g,
+        },
+        Some("gradual") => EnrichStrategy::Gradual,
+        Some("gated") => EnrichStrategy::Gated { max_buffered },
+        Some(other) => {
+            let n = name.expect("some");
+            issues.at(
+                &n.referenced,
+                format!("{field}.strategy"),
+                format!("unknown strategy `{other}`; expected `gradual` or `gated`"),
+            );
+            default
+        }
+    }
+}
+
+fn enrichment_defaults(
+    issues: &mut Issues,
+    e: Option<&S<yaml::EnrichmentYaml>>,
+) -> EnrichmentDefaults {
+    let strategy = match e {
+        None => EnrichStrategy::Gradual,
+        Some(e) => strategy_of(
+            issues,
+            "enrichment",
+            e.value.strategy.as_ref(),
+            e.value.max_buffered.as_ref(),
+            EnrichStrategy::Gradual,
+        ),
+    };
+    EnrichmentDefaults { strategy }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn enrich_operator(
+    issues: &mut Issues,
+    field: &str,
+    name: &str,
+    e: &S<yaml::EnrichYaml>,
+    defaults: &EnrichmentDefaults,
+    events: SchemaRef,
+    reference: SchemaRef,
+    table: String,
+    primary_key: Vec<String>,
+) -> Option<BuiltOperator> {
+    let y = &e.value;
+    let f = format!("{field}.enrich");
+    let mode = match y.mode.as_ref().map(|m| m.value.as_str()) {
+        None | Some("lookup") => {
+            if let Some(r) = &y.retention {
+                issues.at(
+                    &r.referenced,
+                    format!("{f}.retention"),
+                    "`retention` applies to `mode: as_of`",
+                );
+            }
+            JoinMode::Lookup
+        }
+        Some("as_of") => JoinMode::AsOf {
+            retention_ms: y
+                .retention
+                .as_ref()
+                .and_then(|r| issues.duration(r, &format!("{f}.retention")))
+                .map(|d| d.as_millis() as i64),
+        },
+        Some(other) => {
+            let m = y.mode.as_ref().expect("some");
+            issues.at(
+                &m.referenced,
+                format!("{f}.mode"),
+                format!("unknown mode `{other}`; expected `lookup` or `as_of`"),
+            );
+            return None;
+        }
+    };
+    let miss = match y.miss.as_ref().map(|m| m.value.as_str()) {
+        None | Some("emit") => MissPolicy::Emit,
+        Some("port") => MissPolicy::Port,
+        Some("hold") => match &y.hold_timeout {
+            Some(t) => MissPolicy::Hold {
+                timeout_ms: issues
+                    .duration(t, &format!("{f}.hold_timeout"))?
+                    .as_millis() as i64,
+            },
+            None => {
+                issues.at(
+                    &e.referenced,
+                    format!("{f}.hold_timeout"),
+                    "`miss: hold` needs a `hold_timeout` (event time), e.g. `30s`",
+                );
+                return None;
+            }
+        },
+        Some(other) => {
+            let m = y.miss.as_ref().expect("some");
+            issues.at(
+                &m.referenced,
+                format!("{f}.miss"),
+                format!("unknown miss policy `{other}`; expected `emit`, `port` or `hold`"),
+            );
+            return None;
+        }
+    };
+    if y.hold_timeout.is_some() && !matches!(miss, MissPolicy::Hold { .. }) {
+        issues.at(
+            &e.referenced,
+            format!("{f}.hold_timeout"),
+            "`hold_timeout` applies to `miss: hold`",
+        );
+    }
+    let strategy = strategy_of(
+        issues,
+        &f,
+        y.strategy.as_ref(),
+        y.max_buffered.as_ref(),
+        defaults.strategy,
+    );
+    let version_range = y.version_range.as_ref().map(|v| {
+        let v = &v.value;
+        let nvd = VersionRangeSpec::nvd(&v.version.value);
+        // NVD's column names are defaults only where the table has them.
+        let table_has = |c: &String| reference.index_of(c).is_some();
+        let pick = |o: &Option<S<String>>, d: Option<String>| {
+            o.as_ref().map(|x| x.value.clone()).or(d.filter(table_has))
+        };
+        VersionRangeSpec {
+            version: v.version.value.clone(),
+            exact: pick(&v.exact, nvd.exact),
+            start_including: pick(&v.start_including, nvd.start_including),
+            start_excluding: pick(&v.start_excluding, nvd.start_excluding),
+            end_including: pick(&v.end_including, nvd.end_including),
+            end_excluding: pick(&v.end_excluding, nvd.end_excluding),
+        }
+    });
+    let spec = EnrichSpec {
+        table,
+        primary_key,
+        key: y
+            .key
+            .value
+            .iter()
+            .map(|(ev, t)| (ev.clone(), t.value.clone()))
+            .collect(),
+        columns: y
+            .columns
+            .as_ref()
+            .map(|c| c.iter().map(|x| x.value.clone()).collect()),
+        version_range,
+        mode,
+        miss,
+        strategy,
+    };
+    let probe = match EnrichOperator::new(name, spec.clone(), events.clone(), &reference) {
+        Ok(op) => op,
+        Err(err) => {
+            let at = locate_enrich_field(y, &err.field).unwrap_or(e.referenced);
+            issues.at(&at, format!("{f}.{}", err.field), err.message);
+            return None;
+        }
+    };
+    let node = name.to_string();
+    let factory: OperatorFactory = Arc::new(move |_| {
+        let op =
+            EnrichOperator::new(&node, spec.clone(), events.clone(), &reference).map_err(|e| {
+                crate::error::RunError::Task {
+                    task: node.clone(),
+                    message: e.message,
+                }
+            })?;
+        Ok(Box::new(op) as Box<dyn Operator>)
+    });
+    Some((probe.ports(), factory, None))
+}
+
+/// The location of an enrich spec field named like `key.x` or `columns[2]`.
+fn locate_enrich_field(y: &yaml::EnrichYaml, field: &str) -> Option<Location> {
+    if let Some(k) = field.strip_prefix("key.") {
+        return y.key.value.get(k).map(|v| v.referenced);
+    }
+    if let Some(i) = field
+        .strip_prefix("columns[")
+        .and_then(|r| r.split(']').next())
+        .and_then(|n| n.parse::<usize>().ok())
+    {
+        return y.columns.as_ref()?.get(i).map(|c| c.referenced);
+    }
+    if field.starts_with("version_range") {
+        return y.version_range.as_ref().map(|v| v.referenced);
+    }
+    None
 }
 
 fn generator_spec(issues: &mut Issues, field: &str, g: &yaml::GeneratorYaml) -> GeneratorSpec {

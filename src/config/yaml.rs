@@ -18,6 +18,8 @@ pub struct PipelineFile {
     /// Batches buffered per task input.
     pub channel_capacity: Option<S<usize>>,
     pub checkpoint: Option<CheckpointYaml>,
+    /// Defaults for every `enrich` operator.
+    pub enrichment: Option<S<EnrichmentYaml>>,
     pub alerts: Option<AlertsYaml>,
     pub metrics: Option<MetricsYaml>,
     #[serde(default)]
@@ -58,6 +60,7 @@ pub struct MetricsYaml {
 pub struct SourceYaml {
     pub generator: Option<S<GeneratorYaml>>,
     pub file: Option<S<FileYaml>>,
+    pub cdc: Option<S<CdcYaml>>,
     /// Column name -> type, in order.
     pub schema: Option<S<IndexMap<String, S<String>>>>,
     pub event_time: Option<S<EventTimeYaml>>,
@@ -88,6 +91,8 @@ pub struct GeneratorYaml {
     pub quiet: Vec<S<QuietYaml>>,
     pub partitions: Option<S<u32>>,
     pub seed: Option<u64>,
+    /// CSV `vendor,product,version,port,weight` of what hosts run (adds a `vendor` column).
+    pub vocabulary: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -116,6 +121,84 @@ pub struct OperatorYaml {
     pub parallelism: Option<S<usize>>,
     pub window: Option<S<WindowYaml>>,
     pub route: Option<S<RouteYaml>>,
+    pub enrich: Option<S<EnrichYaml>>,
+}
+
+/// A change stream in files: Debezium records, one per line; the snapshot files are read
+/// first (unpaced), then the change files (paced by `rate`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CdcYaml {
+    #[serde(default)]
+    pub format: Option<S<String>>,
+    #[serde(default)]
+    pub snapshot: Vec<S<String>>,
+    #[serde(default)]
+    pub changes: Vec<S<String>>,
+    /// Change records per second; omit to read as fast as possible.
+    pub rate: Option<S<f64>>,
+    /// Keep tailing the last change file.
+    #[serde(default)]
+    pub follow: bool,
+    pub poll_interval: Option<S<String>>,
+    /// Tables by port name.
+    pub tables: S<IndexMap<String, S<CdcTableYaml>>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CdcTableYaml {
+    /// `schema.table` in the database (default `public.<name>`).
+    pub table: Option<S<String>>,
+    /// Primary key columns.
+    pub key: Vec<S<String>>,
+    /// Column name -> type, in order.
+    pub columns: S<IndexMap<String, S<String>>>,
+    /// Scale of decimal columns sent as base64 unscaled bytes without a schema.
+    #[serde(default)]
+    pub decimal_scales: IndexMap<String, S<u32>>,
+}
+
+/// Enrichment defaults of the pipeline.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrichmentYaml {
+    /// `gradual` or `gated`.
+    pub strategy: Option<S<String>>,
+    /// Events a shut gate buffers at most.
+    pub max_buffered: Option<S<usize>>,
+}
+
+/// An enrichment join: events (first input) with a `cdc` table port (second input).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrichYaml {
+    /// Event column -> table column.
+    pub key: S<IndexMap<String, S<String>>>,
+    pub columns: Option<Vec<S<String>>>,
+    pub version_range: Option<S<VersionRangeYaml>>,
+    /// `lookup` (latest rows) or `as_of` (rows valid at the event's time).
+    pub mode: Option<S<String>>,
+    /// `as_of` history kept behind the watermark.
+    pub retention: Option<S<String>>,
+    /// `emit`, `port` or `hold`.
+    pub miss: Option<S<String>>,
+    pub hold_timeout: Option<S<String>>,
+    pub strategy: Option<S<String>>,
+    pub max_buffered: Option<S<usize>>,
+}
+
+/// The NVD version rule; table columns default to NVD's `cpe_match` names.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VersionRangeYaml {
+    /// Event column with the observed version.
+    pub version: S<String>,
+    pub exact: Option<S<String>>,
+    pub start_including: Option<S<String>>,
+    pub start_excluding: Option<S<String>>,
+    pub end_including: Option<S<String>>,
+    pub end_excluding: Option<S<String>>,
 }
 
 /// Side outputs by value: each row goes to the first port listing its `field` value, else to

@@ -125,10 +125,13 @@ pub fn run(plan: Plan, ctx: RunContext) -> Result<RunSummary, RunError> {
                 .push((d, j));
         }
     }
-    let partitioning = |up: usize, down: usize| -> Partitioning {
+    let partitioning = |up: usize, down: usize, edge: usize| -> Partitioning {
         let (u, d) = (&nodes[up], &nodes[down]);
         match &d.kind {
             _ if d.parallelism == 1 => Partitioning::Single,
+            NodeKind::Operator {
+                broadcast_inputs, ..
+            } if broadcast_inputs.contains(&edge) => Partitioning::Broadcast,
             NodeKind::Operator {
                 key_columns: Some(cols),
                 ..
@@ -169,7 +172,7 @@ pub fn run(plan: Plan, ctx: RunContext) -> Result<RunSummary, RunError> {
                         cs.iter()
                             .map(|&(d, j)| {
                                 EdgeOut::new(
-                                    partitioning(ni, d),
+                                    partitioning(ni, d, j),
                                     (slot_offsets[d][j] + inst) as u32,
                                     senders[d].clone(),
                                     inst,

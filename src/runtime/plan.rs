@@ -37,6 +37,8 @@ pub enum NodeKind {
         factory: OperatorFactory,
         /// Columns (of every input) that rows are shuffled by, so equal keys meet.
         key_columns: Option<Vec<usize>>,
+        /// Input edges every instance receives in full (a reference table's changes).
+        broadcast_inputs: Vec<usize>,
     },
     Sink {
         factory: SinkFactory,

@@ -22,6 +22,8 @@ pub enum Partitioning {
     RoundRobin,
     /// By hash of these columns.
     Hash(Vec<usize>),
+    /// Every row to every instance.
+    Broadcast,
 }
 
 pub type Envelope = (u32, Message);
@@ -136,6 +138,14 @@ impl Router {
             Partitioning::RoundRobin => {
                 edge.next = (edge.next + 1) % edge.senders.len();
                 edge.next
+            }
+            Partitioning::Broadcast => {
+                let last = edge.senders.len() - 1;
+                for s in &edge.senders[..last] {
+                    s.send((edge.slot, Message::Data(batch.clone())))
+                        .map_err(|_| Self::closed(&self.status))?;
+                }
+                last
             }
             Partitioning::Hash(cols) => {
                 let n = edge.senders.len();
