@@ -348,29 +348,11 @@ def read_cve5_scores(cve5_dir: str):
 # --------------------------------------------------------------------------------------------
 
 
-def row_matches(version: str, row) -> bool:
-    """The NVD match rule: bounds, when present, decide; else `*` matches any version, `-`
-    only a missing one, and an exact version an equal one (trailing zeros insignificant)."""
-    _, v, si, se, ei, ee = row
-    if si or se or ei or ee:
-        return (
-            has_version_content(version)
-            and (not si or compare_versions(version, si) >= 0)
-            and (not se or compare_versions(version, se) > 0)
-            and (not ei or compare_versions(version, ei) <= 0)
-            and (not ee or compare_versions(version, ee) < 0)
-        )
-    v = (v or "").strip()
-    if v in ("", "*"):
-        return True
-    if v == "-":
-        return version.strip() in ("", "-")
-    return has_version_content(version) and has_version_content(v) and compare_versions(version, v) == 0
-
-
 class Matcher:
-    """The CVEs of one product's rows that an observed version matches (see `row_matches`),
-    with exact rows looked up by their normal keys."""
+    """The CVEs of one product's rows that an observed version matches, by the NVD match rule:
+    bounds, when present, decide; else `*` matches any version, `-` only a missing one, and an
+    exact version an equal one (trailing zeros insignificant). Exact rows are looked up by
+    their normal keys."""
 
     def __init__(self, rows):
         self.exact: dict[tuple, set] = {}
@@ -410,10 +392,6 @@ class Matcher:
             ):
                 out.add(cve)
         return out
-
-
-def matched_cves(version, rows):
-    return Matcher(rows).cves(version)
 
 
 def pick_versions(rows, kev_ids):
@@ -1073,7 +1051,7 @@ def main(argv=None):
         with open(path, "w", encoding="utf-8", newline="") as f:
             f.write(files[name])
     sizes = {name: len(files[name].encode("utf-8")) for name in sorted(files)}
-    print(f"scanned CPEs from {len([f for f in scan_files])} nmap reports: {scan_rows}")
+    print(f"scanned CPEs from {len(scan_files)} nmap reports: {scan_rows}")
     print(f"products ({len(products)}): {', '.join(v + ':' + p for v, p in sorted(products))}")
     print(f"left out: {', '.join(v + ':' + p for v, p in dropped) or 'none'}")
     print(f"rows: {summary['rows']}, vocabulary {summary['vocab_rows']}")

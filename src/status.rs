@@ -65,6 +65,9 @@ pub struct InstanceStatus {
     ports_out: Vec<(String, AtomicU64)>,
     pub partitions: Vec<PartitionStatus>,
     finished: AtomicBool,
+    /// Counters and gauges the component reports about itself (an enrichment's lookups and
+    /// gate, a source's idleness transitions), by name.
+    stats: std::sync::Mutex<Vec<(String, u64)>>,
 }
 
 impl InstanceStatus {
@@ -107,7 +110,15 @@ impl InstanceStatus {
                 .collect(),
             partitions,
             finished: AtomicBool::new(false),
+            stats: std::sync::Mutex::new(Vec::new()),
         }
+    }
+
+    /// Replaces the component's own stats.
+    pub fn set_stats(&self, stats: &[(&str, u64)]) {
+        let mut s = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+        s.clear();
+        s.extend(stats.iter().map(|(k, v)| (k.to_string(), *v)));
     }
 
     pub fn label(&self) -> String {
@@ -170,6 +181,11 @@ impl InstanceStatus {
                 })
                 .collect(),
             finished: self.finished.load(Ordering::Relaxed),
+            stats: self
+                .stats
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
         }
     }
 }
@@ -260,11 +276,30 @@ pub struct InstanceReport {
     pub records_out: Vec<(String, u64)>,
     pub partitions: Vec<PartitionReport>,
     pub finished: bool,
+    /// The component's own counters and gauges.
+    #[serde(default)]
+    pub stats: Vec<(String, u64)>,
 }
 
 impl InstanceReport {
     pub fn label(&self) -> String {
         format!("{}#{}", self.node, self.instance)
+    }
+
+    /// One of the component's own stats.
+    pub fn stat(&self, name: &str) -> Option<u64> {
+        self.stats.iter().find(|(k, _)| k == name).map(|(_, v)| *v)
+    }
+}
+
+impl StatusReport {
+    /// A stat summed over every instance of `node`.
+    pub fn node_stat(&self, node: &str, name: &str) -> u64 {
+        self.instances
+            .iter()
+            .filter(|i| i.node == node)
+            .filter_map(|i| i.stat(name))
+            .sum()
     }
 }
 

@@ -36,7 +36,7 @@ use crate::sinks::file::JsonLinesSink;
 use crate::sources::Source;
 use crate::sources::cdc::{CdcTable, ChangeDecoder};
 use crate::sources::file::{FileSource, FileSourceSpec};
-use crate::sources::generator::{GeneratorSource, GeneratorSpec, QuietPeriod, observation_schema};
+use crate::sources::generator::{GeneratorSource, GeneratorSpec, QuietPeriod};
 use crate::types::{DataType, Field, Schema, SchemaRef};
 use yaml::{PipelineFile, S};
 
@@ -480,7 +480,8 @@ pub fn compile(
                         "a generator's event time is its `ts` column",
                     );
                 }
-                let spec = generator_spec(&mut issues, &field, &g.value);
+                let spec = generator_spec(&mut issues, &field, &g.value, &base_dir);
+                let schema = crate::sources::generator::schema_for(&spec);
                 let node = name.clone();
                 let f: SourceFactory = Arc::new(move |inst, par| {
                     Ok(
@@ -488,7 +489,7 @@ pub fn compile(
                             as Box<dyn Source>,
                     )
                 });
-                (observation_schema(), Some(f))
+                (schema, Some(f))
             }
             (None, Some(f)) => {
                 let schema = match &s.schema {
@@ -787,20 +788,42 @@ pub fn compile(
             }
         }
         let schema = schemas.first().cloned().unwrap_or_default();
+        let columns: Option<Vec<usize>> = s.columns.as_ref().map(|cols| {
+            cols.iter()
+                .enumerate()
+                .filter_map(|(i, c)| {
+                    let found = schema.index_of(&c.value);
+                    if found.is_none() && !schemas.is_empty() {
+                        issues.at(
+                            &c.referenced,
+                            format!("{field}.columns[{i}]"),
+                            format!("`{}` is not a column of the input", c.value),
+                        );
+                    }
+                    found
+                })
+                .collect()
+        });
         let factory: Option<SinkFactory> = match (&s.file, &s.stdout) {
             (Some(f), None) => {
                 let p = PathBuf::from(&f.value);
                 outputs.push((name.clone(), p.display().to_string()));
                 let schema = schema.clone();
                 Some(Arc::new(move |_| {
-                    Ok(Box::new(JsonLinesSink::create(&p, schema.clone())?) as Box<dyn Sink>)
+                    Ok(
+                        Box::new(JsonLinesSink::create(&p, schema.clone(), columns.clone())?)
+                            as Box<dyn Sink>,
+                    )
                 }))
             }
             (None, Some(b)) if b.value => {
                 outputs.push((name.clone(), "stdout".into()));
                 let schema = schema.clone();
                 Some(Arc::new(move |_| {
-                    Ok(Box::new(JsonLinesSink::stdout(schema.clone())) as Box<dyn Sink>)
+                    Ok(
+                        Box::new(JsonLinesSink::stdout(schema.clone(), columns.clone()))
+                            as Box<dyn Sink>,
+                    )
                 }))
             }
             (None, Some(b)) => {
@@ -851,8 +874,10 @@ pub fn compile(
             .sources
             .get(name)
             .is_some_and(|s| s.value.generator.is_some());
+        // A change source's `main` is a debugging view of its table ports.
+        let changes = file.sources.get(name).is_some_and(|s| s.value.cdc.is_some());
         for (p, port) in info.ports.iter().enumerate() {
-            if generated && port.name == DEAD_LETTER_PORT {
+            if generated && port.name == DEAD_LETTER_PORT || changes && port.name == MAIN_PORT {
                 continue;
             }
             if !consumed.contains(&(info.index, p)) {
@@ -1282,6 +1307,7 @@ fn enrich_operator(
     let miss = match y.miss.as_ref().map(|m| m.value.as_str()) {
         None | Some("emit") => MissPolicy::Emit,
         Some("port") => MissPolicy::Port,
+        Some("drop") => MissPolicy::Drop,
         Some("hold") => match &y.hold_timeout {
             Some(t) => MissPolicy::Hold {
                 timeout_ms: issues
@@ -1302,7 +1328,7 @@ fn enrich_operator(
             issues.at(
                 &m.referenced,
                 format!("{f}.miss"),
-                format!("unknown miss policy `{other}`; expected `emit`, `port` or `hold`"),
+                format!("unknown miss policy `{other}`; expected `emit`, `port`, `drop` or `hold`"),
             );
             return None;
         }
@@ -1396,7 +1422,12 @@ fn locate_enrich_field(y: &yaml::EnrichYaml, field: &str) -> Option<Location> {
     None
 }
 
-fn generator_spec(issues: &mut Issues, field: &str, g: &yaml::GeneratorYaml) -> GeneratorSpec {
+fn generator_spec(
+    issues: &mut Issues,
+    field: &str,
+    g: &yaml::GeneratorYaml,
+    base_dir: &Path,
+) -> GeneratorSpec {
     let mut spec = GeneratorSpec {
         count: g.count,
         seed: g.seed.unwrap_or(1),
@@ -1471,6 +1502,12 @@ fn generator_spec(issues: &mut Issues, field: &str, g: &yaml::GeneratorYaml) -> 
         }
     }
     spec.quiet.sort_by_key(|q| q.at);
+    if let Some(v) = &g.vocabulary {
+        match crate::sources::generator::load_vocabulary(&base_dir.join(&v.value)) {
+            Ok(entries) => spec.vocabulary = Some(entries.into()),
+            Err(e) => issues.at(&v.referenced, format!("{field}.generator.vocabulary"), e),
+        }
+    }
     spec
 }
 

@@ -181,7 +181,7 @@ pub struct EnrichYaml {
     pub mode: Option<S<String>>,
     /// `as_of` history kept behind the watermark.
     pub retention: Option<S<String>>,
-    /// `emit`, `port` or `hold`.
+    /// `emit`, `port`, `drop` or `hold`.
     pub miss: Option<S<String>>,
     pub hold_timeout: Option<S<String>>,
     pub strategy: Option<S<String>>,
@@ -246,4 +246,6 @@ pub struct SinkYaml {
     /// Path of the JSON-lines file, relative to the working directory.
     pub file: Option<S<String>>,
     pub stdout: Option<S<bool>>,
+    /// Columns written, in order (default: all).
+    pub columns: Option<Vec<S<String>>>,
 }

@@ -567,15 +567,25 @@ pub(crate) fn compact_json(raw: &str) -> Box<str> {
 #[derive(Clone, Debug)]
 pub struct JsonEncoder {
     schema: SchemaRef,
-    /// Per field, the escaped `"name":` (with a leading `,` after the first field).
+    /// Per written field, the escaped `"name":` (with a leading `,` after the first field).
     prefixes: Box<[Box<[u8]>]>,
+    /// The columns written, in order; `None`: all, in schema order.
+    columns: Option<Box<[usize]>>,
 }
 
 impl JsonEncoder {
     pub fn new(schema: SchemaRef) -> JsonEncoder {
-        let prefixes = schema
-            .fields
-            .iter()
+        JsonEncoder::with_columns(schema, None)
+    }
+
+    /// An encoder writing only `columns` (indices into the schema), in that order.
+    pub fn with_columns(schema: SchemaRef, columns: Option<Vec<usize>>) -> JsonEncoder {
+        let names: Vec<&crate::types::Field> = match &columns {
+            Some(cols) => cols.iter().map(|&c| schema.field(c)).collect(),
+            None => schema.fields.iter().collect(),
+        };
+        let prefixes = names
+            .into_iter()
             .enumerate()
             .map(|(i, f)| {
                 let mut p = Vec::with_capacity(f.name.len() + 4);
@@ -587,7 +597,11 @@ impl JsonEncoder {
                 p.into_boxed_slice()
             })
             .collect();
-        JsonEncoder { schema, prefixes }
+        JsonEncoder {
+            schema,
+            prefixes,
+            columns: columns.map(Vec::into_boxed_slice),
+        }
     }
 
     pub fn schema(&self) -> &SchemaRef {
@@ -600,13 +614,23 @@ impl JsonEncoder {
     pub fn encode_row(&self, row: &[Value], out: &mut Vec<u8>) {
         debug_assert_eq!(
             row.len(),
-            self.prefixes.len(),
+            self.schema.len(),
             "row width does not match schema"
         );
         out.push(b'{');
-        for (prefix, value) in self.prefixes.iter().zip(row) {
-            out.extend_from_slice(prefix);
-            write_value(value, out);
+        match &self.columns {
+            None => {
+                for (prefix, value) in self.prefixes.iter().zip(row) {
+                    out.extend_from_slice(prefix);
+                    write_value(value, out);
+                }
+            }
+            Some(cols) => {
+                for (prefix, &c) in self.prefixes.iter().zip(cols.iter()) {
+                    out.extend_from_slice(prefix);
+                    write_value(&row[c], out);
+                }
+            }
         }
         out.push(b'}');
     }

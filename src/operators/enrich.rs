@@ -20,7 +20,7 @@
 //! watermark (the minimum over both inputs, so the reference side's progress counts) passes
 //! the event's time and joins the rows valid at that time. A miss is emitted with null
 //! reference columns and `<table>_matched = false` (`emit`), sent to the `miss` port (`port`),
-//! or held until its join key gets a row or the watermark passes its time plus the timeout
+//! counted and dropped (`drop`, an inner join), or held until its join key gets a row or the watermark passes its time plus the timeout
 //! (`hold`), then emitted as a miss.
 //!
 //! # Gating
@@ -69,6 +69,8 @@ pub enum MissPolicy {
     Emit,
     /// Send it to the `miss` port, unchanged.
     Port,
+    /// Count it and emit nothing (an inner join, for fan-out tables of matches only).
+    Drop,
     /// Wait for a row with its join key until the watermark passes its time plus
     /// `timeout_ms`, then emit it as a miss.
     Hold { timeout_ms: i64 },
@@ -196,6 +198,15 @@ pub struct EnrichOperator {
     held_times: TimeSet,
     probe_key: Vec<Value>,
     counters: Counters,
+    stats: JoinStats,
+}
+
+/// What the join did, for `/status` (and kept across restores).
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+struct JoinStats {
+    lookups: u64,
+    matched: u64,
+    misses: u64,
 }
 
 struct Counters {
@@ -411,6 +422,7 @@ impl EnrichOperator {
             held_times: TimeSet::default(),
             probe_key: Vec::new(),
             counters,
+            stats: JoinStats::default(),
         })
     }
 
@@ -632,6 +644,7 @@ impl EnrichOperator {
     /// Joins one event and emits the result. `final_attempt`: a held miss is not held again.
     fn join(&mut self, event: &[Value], time: EventTime, out: &mut Output, final_attempt: bool) {
         self.counters.lookups.increment(1);
+        self.stats.lookups += 1;
         self.set_probe_key(event);
         let at = match self.spec.mode {
             JoinMode::Lookup => None,
@@ -640,6 +653,7 @@ impl EnrichOperator {
         let found = self.matches(at);
         if !found.is_empty() {
             self.counters.matched.increment(1);
+            self.stats.matched += 1;
             let batch = out.port(0);
             for m in found.iter() {
                 for v in event {
@@ -671,10 +685,16 @@ impl EnrichOperator {
             }
             MissPolicy::Port => {
                 self.counters.misses.increment(1);
+                self.stats.misses += 1;
                 out.port(1).push_row_from(event, time);
+            }
+            MissPolicy::Drop => {
+                self.counters.misses.increment(1);
+                self.stats.misses += 1;
             }
             _ => {
                 self.counters.misses.increment(1);
+                self.stats.misses += 1;
                 let batch = out.port(0);
                 for v in event {
                     batch.push_value(v.clone());
@@ -861,6 +881,20 @@ impl Operator for EnrichOperator {
             .map(|t| t.saturating_sub(1))
     }
 
+    fn stats(&self) -> Vec<(&'static str, u64)> {
+        vec![
+            ("lookups", self.stats.lookups),
+            ("matched", self.stats.matched),
+            ("misses", self.stats.misses),
+            ("gate_open", u64::from(self.gate_open())),
+            ("gate_buffered", self.gate.len() as u64),
+            ("gate_overflowed", self.overflowed),
+            ("held", self.held_count as u64),
+            ("reference_rows", self.table.len() as u64),
+            ("reference_versions", self.table.versions_held() as u64),
+        ]
+    }
+
     fn snapshot(&self) -> Result<Vec<u8>, StateError> {
         self.counters.state_bytes.set(self.state_bytes() as f64);
         let image = Image {
@@ -878,6 +912,7 @@ impl Operator for EnrichOperator {
             },
             next_seq: self.next_seq,
             overflowed: self.overflowed,
+            stats: self.stats,
         };
         postcard::to_allocvec(&image).map_err(|e| StateError::Encode {
             operator: self.name.clone(),
@@ -929,6 +964,7 @@ impl Operator for EnrichOperator {
         }
         self.overflowed = image.overflowed;
         self.next_seq = image.next_seq;
+        self.stats = image.stats;
         self.counters
             .gate_open
             .set(if self.gated_shut() { 0.0 } else { 1.0 });
@@ -950,6 +986,7 @@ struct Image {
     held: Vec<Pending>,
     overflowed: u64,
     next_seq: u64,
+    stats: JoinStats,
 }
 
 #[cfg(test)]

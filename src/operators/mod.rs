@@ -96,4 +96,10 @@ pub trait Operator: Send {
     fn watermark_hold(&self) -> Option<EventTime> {
         None
     }
+
+    /// Counters and gauges about the operator's work, shown in `/status` (the runtime reads
+    /// them at watermarks, barriers and the end).
+    fn stats(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
 }

@@ -62,6 +62,7 @@ pub struct SourceDriver {
     idle: Vec<bool>,
     ended: Vec<bool>,
     idle_transitions: metrics::Counter,
+    idle_transition_count: u64,
     /// Longest wait between watermark polls, so idleness is noticed in time.
     poll_every_ms: i64,
 }
@@ -91,6 +92,7 @@ impl SourceDriver {
             idle: vec![false; n],
             ended: vec![false; n],
             idle_transitions: metrics::counter!(crate::metrics::IDLE_TRANSITIONS, &labels),
+            idle_transition_count: 0,
             status,
             source,
             poll_every_ms,
@@ -206,6 +208,9 @@ impl SourceDriver {
             let idle = self.watermarks.partition_is_idle(p);
             if idle && !*was_idle {
                 self.idle_transitions.increment(1);
+                self.idle_transition_count += 1;
+                self.status
+                    .set_stats(&[("idle_transitions", self.idle_transition_count)]);
                 tracing::info!(
                     source = %self.status.node,
                     partition = %self.status.partitions[p].label,
@@ -334,13 +339,16 @@ impl OperatorDriver {
                     }
                     self.publish_watermark();
                     self.forward_watermark(emit)?;
+                    self.status.set_stats(&self.op.stats());
                 }
                 GateEvent::Barrier(epoch) => {
+                    self.status.set_stats(&self.op.stats());
                     let state = self.op.snapshot()?;
                     ack(BarrierAck::Operator { epoch, state });
                     emit(Emit::Control(Message::Barrier(epoch)))?;
                 }
                 GateEvent::End => {
+                    self.status.set_stats(&self.op.stats());
                     self.status.set_finished();
                     emit(Emit::Control(Message::End))?;
                 }

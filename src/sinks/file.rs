@@ -11,6 +11,7 @@ use crate::format::json::JsonEncoder;
 use crate::sinks::{Guarantee, Sink};
 use crate::types::{Batch, Epoch, SchemaRef};
 
+
 /// Writes JSON lines to a file or to standard output.
 pub struct JsonLinesSink {
     target: String,
@@ -20,8 +21,13 @@ pub struct JsonLinesSink {
 }
 
 impl JsonLinesSink {
-    /// A sink writing to `path` (created or truncated; parent directories are created).
-    pub fn create(path: &Path, schema: SchemaRef) -> Result<JsonLinesSink, RunError> {
+    /// A sink writing to `path` (created or truncated; parent directories are created),
+    /// only `columns` (indices into the schema) when given.
+    pub fn create(
+        path: &Path,
+        schema: SchemaRef,
+        columns: Option<Vec<usize>>,
+    ) -> Result<JsonLinesSink, RunError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
                 .map_err(|e| RunError::io(format!("cannot create {}", dir.display()), e))?;
@@ -30,23 +36,23 @@ impl JsonLinesSink {
             .map_err(|e| RunError::io(format!("cannot create {}", path.display()), e))?;
         Ok(JsonLinesSink::new(
             path.display().to_string(),
-            schema,
+            JsonEncoder::with_columns(schema, columns),
             Box::new(BufWriter::with_capacity(1 << 20, f)),
         ))
     }
 
-    pub fn stdout(schema: SchemaRef) -> JsonLinesSink {
+    pub fn stdout(schema: SchemaRef, columns: Option<Vec<usize>>) -> JsonLinesSink {
         JsonLinesSink::new(
             "stdout".into(),
-            schema,
+            JsonEncoder::with_columns(schema, columns),
             Box::new(BufWriter::new(std::io::stdout())),
         )
     }
 
-    fn new(target: String, schema: SchemaRef, writer: Box<dyn Write + Send>) -> JsonLinesSink {
+    fn new(target: String, encoder: JsonEncoder, writer: Box<dyn Write + Send>) -> JsonLinesSink {
         JsonLinesSink {
             target,
-            encoder: JsonEncoder::new(schema),
+            encoder,
             writer,
             buf: Vec::with_capacity(1 << 16),
         }

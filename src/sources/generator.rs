@@ -43,6 +43,61 @@ pub struct GeneratorSpec {
     pub quiet: Vec<QuietPeriod>,
     pub partitions: u32,
     pub seed: u64,
+    /// What hosts run, instead of the built-in list; adds a `vendor` column.
+    pub vocabulary: Option<Arc<[VocabularyEntry]>>,
+}
+
+/// One product a host can run, with its relative frequency.
+#[derive(Clone, Debug, PartialEq)]
+pub struct VocabularyEntry {
+    pub vendor: CompactString,
+    pub product: CompactString,
+    pub version: CompactString,
+    pub port: i64,
+    pub weight: u32,
+}
+
+/// Reads a vocabulary CSV with the header `vendor,product,version,port,weight` (no quoting);
+/// errors name the line.
+pub fn load_vocabulary(path: &std::path::Path) -> Result<Vec<VocabularyEntry>, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut lines = text.lines().enumerate();
+    match lines.next() {
+        Some((_, h)) if h.trim() == "vendor,product,version,port,weight" => {}
+        _ => {
+            return Err(format!(
+                "{}:1: the header must be `vendor,product,version,port,weight`",
+                path.display()
+            ));
+        }
+    }
+    let mut out = Vec::new();
+    for (i, line) in lines {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let f: Vec<&str> = line.split(',').map(str::trim).collect();
+        let bad = |what: &str| format!("{}:{}: {what}", path.display(), i + 1);
+        if f.len() != 5 {
+            return Err(bad("expected 5 fields: vendor,product,version,port,weight"));
+        }
+        let port = f[3].parse().map_err(|_| bad("port is not an integer"))?;
+        let weight: u32 = f[4]
+            .parse()
+            .map_err(|_| bad("weight is not a non-negative integer"))?;
+        out.push(VocabularyEntry {
+            vendor: f[0].into(),
+            product: f[1].into(),
+            version: f[2].into(),
+            port,
+            weight,
+        });
+    }
+    if out.iter().all(|e| e.weight == 0) {
+        return Err(format!("{}: no entry with a positive weight", path.display()));
+    }
+    Ok(out)
 }
 
 impl Default for GeneratorSpec {
@@ -58,6 +113,7 @@ impl Default for GeneratorSpec {
             quiet: Vec::new(),
             partitions: 1,
             seed: 1,
+            vocabulary: None,
         }
     }
 }
@@ -98,6 +154,28 @@ pub fn observation_schema() -> SchemaRef {
     ]))
 }
 
+/// The schema of a generator with a vocabulary: `vendor` after `port`.
+pub fn vendor_observation_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("ts", DataType::Timestamp),
+        Field::new("host", DataType::String),
+        Field::new("port", DataType::Int),
+        Field::new("vendor", DataType::String),
+        Field::new("product", DataType::String),
+        Field::new("version", DataType::String),
+        Field::new("bytes", DataType::Int),
+    ]))
+}
+
+/// The schema a generator with `spec` produces.
+pub fn schema_for(spec: &GeneratorSpec) -> SchemaRef {
+    if spec.vocabulary.is_some() {
+        vendor_observation_schema()
+    } else {
+        observation_schema()
+    }
+}
+
 /// SplitMix64: a tiny, well-known mixing function; record `i`'s randomness is `mix(seed, i)`
 /// so output is stable across platforms and crate versions.
 fn mix(mut z: u64) -> u64 {
@@ -127,7 +205,10 @@ pub struct GeneratorSource {
     hosts: Vec<CompactString>,
     /// Cumulative Zipf distribution over hosts.
     cdf: Vec<f64>,
-    products: Vec<(CompactString, CompactString, i64)>,
+    /// (vendor, product, version, port); vendor only with a vocabulary.
+    products: Vec<(Option<CompactString>, CompactString, CompactString, i64)>,
+    /// Cumulative weights of `products`.
+    product_cdf: Vec<u64>,
     interval_us: f64,
     partitions: Vec<Partition>,
     next_partition: usize,
@@ -179,15 +260,41 @@ impl GeneratorSource {
                 next: u64::from(p),
             })
             .collect();
+        let (products, weights): (Vec<_>, Vec<u64>) = match &spec.vocabulary {
+            Some(vocabulary) => vocabulary
+                .iter()
+                .map(|e| {
+                    (
+                        (
+                            Some(e.vendor.clone()),
+                            e.product.clone(),
+                            e.version.clone(),
+                            e.port,
+                        ),
+                        u64::from(e.weight),
+                    )
+                })
+                .unzip(),
+            None => PRODUCTS
+                .iter()
+                .map(|(p, v, port)| ((None, (*p).into(), (*v).into(), *port), 1))
+                .unzip(),
+        };
+        let mut acc = 0u64;
+        let product_cdf = weights
+            .iter()
+            .map(|w| {
+                acc += w;
+                acc
+            })
+            .collect();
         GeneratorSource {
             node: node.to_string(),
-            schema: observation_schema(),
+            schema: schema_for(&spec),
             hosts,
             cdf,
-            products: PRODUCTS
-                .iter()
-                .map(|(p, v, port)| ((*p).into(), (*v).into(), *port))
-                .collect(),
+            products,
+            product_cdf,
             interval_us,
             partitions,
             next_partition: 0,
@@ -208,6 +315,18 @@ impl GeneratorSource {
         offset
     }
 
+    /// Processing-time offset (ms from the start) at which record `i` is due when paced:
+    /// `rate` records per second, quiet periods scaled by the same factor, so with an
+    /// `interval` other than `1 / rate` event time runs faster (or slower) than the clock.
+    fn due_offset_ms(&self, i: u64) -> i64 {
+        let Some(rate) = self.spec.rate.filter(|r| *r > 0.0) else {
+            return self.offset_ms(i);
+        };
+        let per_record_us = 1_000_000.0 / rate;
+        let speed = per_record_us / self.interval_us.max(f64::MIN_POSITIVE);
+        (self.offset_ms(i) as f64 * speed) as i64
+    }
+
     fn exhausted(&self, i: u64) -> bool {
         self.spec.count.is_some_and(|c| i >= c)
     }
@@ -220,7 +339,10 @@ impl GeneratorSource {
             .partition_point(|&c| c < u)
             .min(self.hosts.len() - 1);
         let r2 = mix(r);
-        let (product, version, port) = &self.products[(r2 % self.products.len() as u64) as usize];
+        let total = self.product_cdf.last().copied().unwrap_or(1).max(1);
+        let pick = r2 % total;
+        let (vendor, product, version, port) =
+            &self.products[self.product_cdf.partition_point(|&c| c <= pick)];
         let jitter_ms = self.spec.jitter.as_millis() as u64;
         let jitter = if jitter_ms == 0 {
             0
@@ -228,17 +350,17 @@ impl GeneratorSource {
             (mix(r2) % (jitter_ms + 1)) as i64
         };
         let event_time = start_ms + self.offset_ms(i) - jitter;
-        out.records.push_row(
-            [
-                Value::Timestamp(event_time * 1000),
-                Value::Str(self.hosts[host].clone()),
-                Value::Int(*port),
-                Value::Str(product.clone()),
-                Value::Str(version.clone()),
-                Value::Int((r2 >> 48) as i64 % 1500 + 40),
-            ],
-            event_time,
-        );
+        let batch = &mut out.records;
+        batch.push_value(Value::Timestamp(event_time * 1000));
+        batch.push_value(Value::Str(self.hosts[host].clone()));
+        batch.push_value(Value::Int(*port));
+        if let Some(v) = vendor {
+            batch.push_value(Value::Str(v.clone()));
+        }
+        batch.push_value(Value::Str(product.clone()));
+        batch.push_value(Value::Str(version.clone()));
+        batch.push_value(Value::Int((r2 >> 48) as i64 % 1500 + 40));
+        batch.finish_row(event_time);
     }
 }
 
@@ -271,7 +393,7 @@ impl Source for GeneratorSource {
             let mut n = 0;
             while n < max_records && !self.exhausted(i) {
                 if self.spec.rate.is_some() {
-                    let due = started_at + self.offset_ms(i);
+                    let due = started_at + self.due_offset_ms(i);
                     if due > now_ms {
                         earliest_due = Some(earliest_due.map_or(due, |d: i64| d.min(due)));
                         break;
