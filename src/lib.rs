@@ -9,6 +9,7 @@ pub mod bench;
 pub mod cdc;
 pub mod config;
 pub mod dead_letter;
+pub mod demo;
 pub mod error;
 pub mod explain;
 pub mod format;

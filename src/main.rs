@@ -24,15 +24,33 @@ use watershed::time::SystemClock;
                   fan-out to sinks, Prometheus metrics and built-in alerts."
 )]
 struct Cli {
-    /// Log filter (e.g. `info`, `warn`, `watershed=debug`); `RUST_LOG` also works.
-    #[arg(long, global = true, default_value = "info")]
-    log: String,
+    /// Log filter (e.g. `info`, `warn`, `watershed=debug`; default `info`, `warn` for
+    /// `demo`); `RUST_LOG` also works.
+    #[arg(long, global = true)]
+    log: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the CVE enrichment pipeline on shipped real data (NVD, CISA KEV, vendor
+    /// recommendations as Debezium change events; generated observations), with progress
+    /// and a summary. Its pipeline file is `examples/demo.yaml`.
+    Demo {
+        /// Where the outputs go.
+        #[arg(long, default_value = "watershed-out")]
+        out: PathBuf,
+        /// Another pipeline file to run the same way.
+        #[arg(long)]
+        pipeline: Option<PathBuf>,
+        /// Instances per operator (default: the file's `parallelism`).
+        #[arg(long)]
+        parallelism: Option<usize>,
+        /// Serve `/metrics` and `/status` here while it runs (`off` to disable).
+        #[arg(long, default_value = "off")]
+        metrics_addr: String,
+    },
     /// Run a pipeline until its sources end (or forever, for followed files and unbounded
     /// generators).
     Run {
@@ -82,8 +100,13 @@ enum CdcCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let default_log = match cli.command {
+        Command::Demo { .. } => "warn",
+        _ => "info",
+    };
+    let log = cli.log.as_deref().unwrap_or(default_log);
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cli.log));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(log));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -104,6 +127,19 @@ fn main() -> ExitCode {
 
 fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
     match cmd {
+        Command::Demo {
+            out,
+            pipeline,
+            parallelism,
+            metrics_addr,
+        } => demo(
+            pipeline
+                .as_deref()
+                .unwrap_or(Path::new(watershed::demo::PIPELINE)),
+            &out,
+            parallelism,
+            &metrics_addr,
+        ),
         Command::Run {
             pipeline,
             parallelism,
@@ -210,11 +246,55 @@ fn run(path: &Path, parallelism: Option<usize>, metrics_addr: &str) -> anyhow::R
     let overrides = Overrides {
         parallelism,
         metrics_addr: (metrics_addr != "off").then(|| metrics_addr.to_string()),
+        output_dir: None,
     };
     let compiled = config::load_and_compile(path, &overrides)?;
     for w in &compiled.warnings {
         tracing::warn!("{w}");
     }
+    let outputs = compiled.outputs.clone();
+    let summary = start(compiled, |_, _| {})?;
+    print_summary(&summary, &outputs);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn demo(
+    path: &Path,
+    out: &Path,
+    parallelism: Option<usize>,
+    metrics_addr: &str,
+) -> anyhow::Result<ExitCode> {
+    let overrides = Overrides {
+        parallelism,
+        metrics_addr: (metrics_addr != "off").then(|| metrics_addr.to_string()),
+        output_dir: Some(out.to_path_buf()),
+    };
+    let compiled = config::load_and_compile(path, &overrides)?;
+    let outputs = compiled.outputs.clone();
+    eprintln!(
+        "demo: pipeline `{}` ({}), outputs under {}",
+        compiled.plan.name,
+        path.display(),
+        out.display()
+    );
+    let summary = start(compiled, |report, elapsed_ms| {
+        let totals = watershed::demo::DemoTotals::from_report(report);
+        eprintln!("{}", watershed::demo::progress_line(&totals, elapsed_ms));
+    })?;
+    let totals = watershed::demo::DemoTotals::from_report(&summary.report);
+    eprint!(
+        "{}",
+        watershed::demo::summary(&totals, summary.elapsed_ms, &outputs)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs a compiled pipeline to its end: metrics endpoint, Ctrl-C draining, and `progress`
+/// called about once a second with the live status.
+fn start(
+    compiled: config::Compiled,
+    mut progress: impl FnMut(&StatusReport, i64),
+) -> anyhow::Result<RunSummary> {
     let clock = SystemClock::shared();
     let status = StatusRegistry::new(&compiled.plan.name);
     if let Some(addr) = compiled.metrics_addr {
@@ -226,7 +306,6 @@ fn run(path: &Path, parallelism: Option<usize>, metrics_addr: &str) -> anyhow::R
             Err(e) => tracing::warn!(%addr, error = %e, "metrics endpoint not started"),
         }
     }
-    let outputs = compiled.outputs.clone();
     // Ctrl-C / SIGTERM: sources end their input, windows fire, sinks flush, then exit.
     let shutdown = Arc::new(AtomicBool::new(false));
     let flag = shutdown.clone();
@@ -239,16 +318,29 @@ fn run(path: &Path, parallelism: Option<usize>, metrics_addr: &str) -> anyhow::R
     })
     .context("cannot install the interrupt handler")?;
     tracing::info!(pipeline = %compiled.plan.name, "starting");
-    let summary = runtime::run(
-        compiled.plan,
-        RunContext {
-            clock,
-            status,
-            shutdown,
-        },
-    )?;
-    print_summary(&summary, &outputs);
-    Ok(ExitCode::SUCCESS)
+    let ctx = RunContext {
+        clock: clock.clone(),
+        status: status.clone(),
+        shutdown,
+    };
+    let started = clock.now_ms();
+    let runner = std::thread::Builder::new()
+        .name("pipeline".into())
+        .spawn(move || runtime::run(compiled.plan, ctx))
+        .context("cannot start the pipeline")?;
+    let mut next = started + 1000;
+    while !runner.is_finished() {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let now = clock.now_ms();
+        if now >= next {
+            next = now + 1000;
+            progress(&status.snapshot(now), now - started);
+        }
+    }
+    let summary = runner
+        .join()
+        .map_err(|_| anyhow::anyhow!("the pipeline thread panicked"))??;
+    Ok(summary)
 }
 
 fn print_summary(s: &RunSummary, outputs: &[(String, String)]) {

@@ -181,11 +181,7 @@ impl InstanceStatus {
                 })
                 .collect(),
             finished: self.finished.load(Ordering::Relaxed),
-            stats: self
-                .stats
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone(),
+            stats: self.stats.lock().unwrap_or_else(|e| e.into_inner()).clone(),
         }
     }
 }

@@ -45,6 +45,19 @@ use yaml::{PipelineFile, S};
 pub struct Overrides {
     pub parallelism: Option<usize>,
     pub metrics_addr: Option<String>,
+    /// Sink files under `watershed-out/` in the file are written under this directory.
+    pub output_dir: Option<PathBuf>,
+}
+
+/// The default output directory that `Overrides::output_dir` replaces.
+pub const DEFAULT_OUTPUT_DIR: &str = "watershed-out";
+
+fn output_path(path: &str, overrides: &Overrides) -> PathBuf {
+    let p = PathBuf::from(path);
+    match (&overrides.output_dir, p.strip_prefix(DEFAULT_OUTPUT_DIR)) {
+        (Some(dir), Ok(rest)) => dir.join(rest),
+        _ => p,
+    }
 }
 
 /// A compiled pipeline, ready to run.
@@ -806,7 +819,7 @@ pub fn compile(
         });
         let factory: Option<SinkFactory> = match (&s.file, &s.stdout) {
             (Some(f), None) => {
-                let p = PathBuf::from(&f.value);
+                let p = output_path(&f.value, overrides);
                 outputs.push((name.clone(), p.display().to_string()));
                 let schema = schema.clone();
                 Some(Arc::new(move |_| {
@@ -875,7 +888,10 @@ pub fn compile(
             .get(name)
             .is_some_and(|s| s.value.generator.is_some());
         // A change source's `main` is a debugging view of its table ports.
-        let changes = file.sources.get(name).is_some_and(|s| s.value.cdc.is_some());
+        let changes = file
+            .sources
+            .get(name)
+            .is_some_and(|s| s.value.cdc.is_some());
         for (p, port) in info.ports.iter().enumerate() {
             if generated && port.name == DEAD_LETTER_PORT || changes && port.name == MAIN_PORT {
                 continue;

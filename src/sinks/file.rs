@@ -11,7 +11,6 @@ use crate::format::json::JsonEncoder;
 use crate::sinks::{Guarantee, Sink};
 use crate::types::{Batch, Epoch, SchemaRef};
 
-
 /// Writes JSON lines to a file or to standard output.
 pub struct JsonLinesSink {
     target: String,

@@ -95,7 +95,10 @@ pub fn load_vocabulary(path: &std::path::Path) -> Result<Vec<VocabularyEntry>, S
         });
     }
     if out.iter().all(|e| e.weight == 0) {
-        return Err(format!("{}: no entry with a positive weight", path.display()));
+        return Err(format!(
+            "{}: no entry with a positive weight",
+            path.display()
+        ));
     }
     Ok(out)
 }

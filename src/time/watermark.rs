@@ -87,9 +87,16 @@ impl InputWatermarks {
                 min = Some((i, s.watermark));
             }
         }
+        // Inputs that ended make no promise for the idle ones: if every input still
+        // reporting has ended, an idle input may yet resume, so the node is idle rather than
+        // at the end of time (everything the idle input sends later would be late).
+        let any_idle = self.inputs.iter().any(|s| s.idle);
+        if any_idle && min.is_some_and(|(_, w)| w == Some(END_OF_TIME)) {
+            min = None;
+        }
         match min {
             None => {
-                // Every input is idle.
+                // Every input is idle (or ended, with some idle).
                 self.holder = None;
                 if self.idle {
                     None
@@ -150,6 +157,27 @@ impl InputWatermarks {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn ended_input_does_not_release_an_idle_one() {
+        let mut w = InputWatermarks::new(2, 0);
+        w.update(0, Watermark::EventTime(10), 0);
+        w.update(1, Watermark::EventTime(5), 0);
+        assert_eq!(w.current(), Some(5));
+        // Input 0 ends, input 1 goes quiet: nothing promises that 1 will not send time 6.
+        w.update(0, Watermark::EventTime(END_OF_TIME), 1);
+        assert_eq!(w.update(1, Watermark::Idle, 2), Some(Watermark::Idle));
+        assert_eq!(w.current(), Some(5));
+        // It resumes: its own watermark counts again, below the ended input's.
+        assert_eq!(
+            w.update(1, Watermark::EventTime(7), 3),
+            Some(Watermark::EventTime(7))
+        );
+        assert_eq!(
+            w.update(1, Watermark::EventTime(END_OF_TIME), 4),
+            Some(Watermark::EventTime(END_OF_TIME))
+        );
+    }
+
     use super::*;
     use Watermark::*;
 
