@@ -187,22 +187,38 @@ fn explain_and_metrics_of_a_running_pipeline() {
 }
 
 #[test]
-fn readme_pipeline_example_is_valid() {
+fn readme_pipeline_examples_are_valid() {
     let readme =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
-    let start = readme.find("```yaml\n").expect("a yaml block in README.md") + 8;
-    let end = start + readme[start..].find("```").unwrap();
     let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir(dir.path().join("data")).unwrap();
-    std::fs::write(dir.path().join("data/a.jsonl"), "").unwrap();
-    let path = dir.path().join("p.yaml");
-    std::fs::write(&path, &readme[start..end]).unwrap();
-    let out = watershed().arg("validate").arg(&path).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    for d in ["data", "ref"] {
+        std::fs::create_dir(dir.path().join(d)).unwrap();
+    }
+    for f in ["data/a.jsonl", "ref/snapshot.jsonl", "ref/changes.jsonl"] {
+        std::fs::write(dir.path().join(f), "").unwrap();
+    }
+    std::fs::write(
+        dir.path().join("vocabulary.csv"),
+        "vendor,product,version,port,weight\nopenbsd,openssh,7.4,22,1\n",
+    )
+    .unwrap();
+    let mut rest = readme.as_str();
+    let mut checked = 0;
+    while let Some(at) = rest.find("```yaml\n") {
+        let block = &rest[at + 8..];
+        let end = block.find("```").unwrap();
+        let path = dir.path().join(format!("p{checked}.yaml"));
+        std::fs::write(&path, &block[..end]).unwrap();
+        let out = watershed().arg("validate").arg(&path).output().unwrap();
+        assert!(
+            out.status.success(),
+            "README yaml block {checked}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        checked += 1;
+        rest = &block[end..];
+    }
+    assert_eq!(checked, 2, "both README pipeline examples are checked");
 }
 
 #[test]
@@ -267,4 +283,52 @@ fn cdc_decode_prints_normalized_changes_of_real_debezium_events() {
     );
     let bad_line = input.lines().count();
     assert!(stderr.contains(&format!("line {bad_line}: ")), "{stderr}");
+}
+
+#[test]
+fn shipped_demo_pipeline_is_valid() {
+    let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/demo.yaml");
+    let out = watershed().arg("validate").arg(&demo).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn demo_prints_progress_and_a_summary_and_writes_under_out() {
+    let small = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/pipelines/cve_demo_small");
+    // A copy whose sinks write under `watershed-out/`, which `--out` relocates.
+    let work = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(small.join("pipeline.yaml"))
+        .unwrap()
+        .replace("file: out/", "file: watershed-out/")
+        .replace("reference/", &format!("{}/reference/", small.display()))
+        .replace(
+            "vocabulary.csv",
+            &format!("{}/vocabulary.csv", small.display()),
+        );
+    let pipeline = work.path().join("demo.yaml");
+    std::fs::write(&pipeline, text).unwrap();
+    let out = watershed()
+        .args(["demo", "--out", "results", "--pipeline"])
+        .arg(&pipeline)
+        .current_dir(work.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    for want in [
+        "demo finished",
+        "events in        1000",
+        "hit rate",
+        "KEV matches      1121",
+        "late records     0",
+        "dead letters     0",
+    ] {
+        assert!(stderr.contains(want), "missing `{want}` in:\n{stderr}");
+    }
+    let flags = std::fs::read_to_string(work.path().join("results/kev_flags.jsonl")).unwrap();
+    assert_eq!(flags.lines().count(), 1121);
 }
