@@ -1476,6 +1476,177 @@ mod tests {
         all
     }
 
+    /// One database operation of the materialization oracle.
+    #[derive(Clone, Debug)]
+    enum DbOp {
+        Upsert {
+            id: i64,
+            product: u8,
+        },
+        Delete {
+            id: i64,
+        },
+        /// A primary-key change: the row moves from `id` to `to`.
+        Rekey {
+            id: i64,
+            to: i64,
+        },
+    }
+
+    fn arb_history() -> impl Strategy<Value = Vec<Vec<DbOp>>> {
+        let op = prop_oneof![
+            4 => (0i64..6, 0u8..4).prop_map(|(id, product)| DbOp::Upsert { id, product }),
+            1 => (0i64..6).prop_map(|id| DbOp::Delete { id }),
+            1 => (0i64..6, 0i64..6).prop_map(|(id, to)| DbOp::Rekey { id, to }),
+        ];
+        prop::collection::vec(prop::collection::vec(op, 1..4), 1..25)
+    }
+
+    /// A change row of the oracle's table (`id`, `product`) at `(lsn, ordinal)`.
+    fn oracle_change(
+        b: &mut Batch,
+        op: &str,
+        lsn: i64,
+        ordinal: i64,
+        id: i64,
+        product: Option<String>,
+    ) {
+        b.push_row(
+            [
+                s(op),
+                Value::Int(lsn),
+                Value::Int(ordinal),
+                s(if op == "r" { "true" } else { "false" }),
+                Value::Null,
+                Value::Int(id),
+                product.map_or(Value::Null, |p| s(&p)),
+                Value::Null,
+                Value::Null,
+                Value::Null,
+                Value::Null,
+            ],
+            lsn,
+        );
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        /// Oracle: a random database history (upserts, deletes, primary-key changes), seen as a
+        /// snapshot at a random point whose rows arrive shuffled and interleaved with the
+        /// streaming changes after it, with streaming changes replayed at random (at-least-once
+        /// delivery), materializes into exactly the final database state.
+        #[test]
+        fn materialized_table_equals_the_final_database_state(
+            history in arb_history(),
+            snapshot_after in 0usize..25,
+            shuffle in prop::collection::vec(0usize..1000, 0..40),
+            replays in prop::collection::vec((0usize..1000, 0usize..1000), 0..15),
+        ) {
+            use std::collections::BTreeMap;
+            let mut db: BTreeMap<i64, String> = BTreeMap::new();
+            // Streaming change rows after the snapshot, as (op, lsn, ordinal, id, product).
+            type Row = (&'static str, i64, i64, i64, Option<String>);
+            let mut streamed: Vec<Row> = Vec::new();
+            let snapshot_after = snapshot_after % (history.len() + 1);
+            let mut snapshot: Vec<Row> = Vec::new();
+            for (tx, ops) in history.iter().enumerate() {
+                if tx == snapshot_after {
+                    let lsn = tx as i64 * 100 + 50;
+                    snapshot = db.iter().map(|(id, p)| ("r", lsn, 0, *id, Some(p.clone()))).collect();
+                }
+                let commit = tx as i64 * 100 + 100;
+                let mut changes: Vec<Row> = Vec::new();
+                for op in ops {
+                    let ordinal = changes.len() as i64 + 1;
+                    match op {
+                        DbOp::Upsert { id, product } => {
+                            let o = if db.contains_key(id) { "u" } else { "c" };
+                            let p = format!("p{product}");
+                            db.insert(*id, p.clone());
+                            changes.push((o, commit, ordinal, *id, Some(p)));
+                        }
+                        DbOp::Delete { id } => {
+                            if db.remove(id).is_some() {
+                                changes.push(("d", commit, ordinal, *id, None));
+                            }
+                        }
+                        DbOp::Rekey { id, to } => {
+                            if id != to && db.contains_key(id) && !db.contains_key(to) {
+                                let p = db.remove(id).expect("present");
+                                db.insert(*to, p.clone());
+                                changes.push(("d", commit, ordinal, *id, None));
+                                changes.push(("c", commit, ordinal + 1, *to, Some(p)));
+                            }
+                        }
+                    }
+                }
+                if tx >= snapshot_after {
+                    streamed.extend(changes);
+                }
+            }
+            if snapshot_after == history.len() {
+                let lsn = history.len() as i64 * 100 + 50;
+                snapshot = db.iter().map(|(id, p)| ("r", lsn, 0, *id, Some(p.clone()))).collect();
+            }
+            // Shuffle the snapshot rows, then interleave them with the streamed changes.
+            for (k, j) in shuffle.iter().enumerate() {
+                if !snapshot.is_empty() {
+                    let a = k % snapshot.len();
+                    let b = j % snapshot.len();
+                    snapshot.swap(a, b);
+                }
+            }
+            let mut delivery: Vec<Row> = Vec::new();
+            let mut si = snapshot.into_iter();
+            for (n, c) in streamed.iter().enumerate() {
+                if shuffle.get(n).is_some_and(|x| x % 2 == 0)
+                    && let Some(r) = si.next()
+                {
+                    delivery.push(r);
+                }
+                delivery.push(c.clone());
+                for (at, which) in &replays {
+                    if at % (streamed.len().max(1)) == n {
+                        delivery.push(streamed[which % (n + 1)].clone());
+                    }
+                }
+            }
+            delivery.extend(si);
+
+            let spec = EnrichSpec {
+                table: "t".into(),
+                primary_key: vec!["id".into()],
+                key: vec![("id".into(), "id".into())],
+                columns: Some(vec!["product".into()]),
+                version_range: None,
+                mode: JoinMode::Lookup,
+                miss: MissPolicy::Emit,
+                strategy: EnrichStrategy::Gradual,
+            };
+            let events = Arc::new(Schema::new(vec![Field::new("id", DataType::Int)]));
+            let op = EnrichOperator::new("oracle", spec, events.clone(), &change_schema()).unwrap();
+            let mut h = Harness::new(op, 2);
+            let mut b = Batch::new(change_schema());
+            for (o, lsn, ordinal, id, p) in &delivery {
+                oracle_change(&mut b, o, *lsn, *ordinal, *id, p.clone());
+            }
+            h.data(1, b);
+            let mut probe = Batch::new(events);
+            for id in 0..6 {
+                probe.push_row([Value::Int(id)], 0);
+            }
+            h.data(0, probe);
+            let got: BTreeMap<i64, String> = h
+                .take("main")
+                .into_iter()
+                .filter_map(|(r, _)| Some((r[0].as_i64()?, r[1].as_str()?.to_string())))
+                .collect();
+            prop_assert_eq!(got, db);
+            prop_assert_eq!(h.operator().reference_rows(), h.operator().table.len());
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(200))]
 
