@@ -155,6 +155,9 @@ struct Layout {
     /// Event column of the observed version, and table columns of the rule.
     version: Option<(usize, [Option<usize>; 5])>,
     table_schema: Schema,
+    /// The join key is the primary key and there is no version rule: an event's match is
+    /// one table lookup, with no secondary index and no memo.
+    direct: bool,
 }
 
 /// One matched reference row, projected to the selected columns.
@@ -396,6 +399,7 @@ impl EnrichOperator {
         Ok(EnrichOperator {
             name: name.to_string(),
             layout: Layout {
+                direct: version.is_none() && table_key == primary_key,
                 event_key,
                 table_key,
                 primary_key,
@@ -530,7 +534,7 @@ impl EnrichOperator {
                 {
                     return;
                 }
-                if old_key.as_ref() != Some(&new_key) {
+                if !self.layout.direct && old_key.as_ref() != Some(&new_key) {
                     // In as-of mode the old association stays: earlier versions still have it.
                     if matches!(self.spec.mode, JoinMode::Lookup)
                         && let Some(old) = &old_key
@@ -641,6 +645,33 @@ impl EnrichOperator {
         }
     }
 
+    /// The direct path: the probe key is the primary key; emits the match, if any.
+    fn join_direct(
+        &self,
+        event: &[Value],
+        time: EventTime,
+        at: Option<EventTime>,
+        out: &mut Output,
+    ) -> bool {
+        let row = match at {
+            Some(t) if t < self.latest_valid_from => self.table.get_as_of(&self.probe_key, t),
+            _ => self.table.get(&self.probe_key),
+        };
+        let Some(row) = row else {
+            return false;
+        };
+        let batch = out.port(0);
+        for v in event {
+            batch.push_value(v.clone());
+        }
+        for &i in &self.layout.selected {
+            batch.push_value(row[i].clone());
+        }
+        batch.push_value(Value::Bool(true));
+        batch.finish_row(time);
+        true
+    }
+
     /// Joins one event and emits the result. `final_attempt`: a held miss is not held again.
     fn join(&mut self, event: &[Value], time: EventTime, out: &mut Output, final_attempt: bool) {
         self.counters.lookups.increment(1);
@@ -650,8 +681,15 @@ impl EnrichOperator {
             JoinMode::Lookup => None,
             JoinMode::AsOf { .. } => Some(time),
         };
-        let found = self.matches(at);
-        if !found.is_empty() {
+        if self.layout.direct {
+            if self.join_direct(event, time, at, out) {
+                self.counters.matched.increment(1);
+                self.stats.matched += 1;
+                return;
+            }
+        } else if let found = self.matches(at)
+            && !found.is_empty()
+        {
             self.counters.matched.increment(1);
             self.stats.matched += 1;
             let batch = out.port(0);
@@ -861,7 +899,7 @@ impl Operator for EnrichOperator {
         {
             let before = self.table.key_count();
             self.table.expire(watermark);
-            if self.table.key_count() < before {
+            if self.table.key_count() < before && !self.layout.direct {
                 // Forgotten keys leave the index too (a key that comes back is listed anew).
                 let table = &self.table;
                 self.index.retain(|_, pks| {
@@ -891,7 +929,6 @@ impl Operator for EnrichOperator {
             ("gate_overflowed", self.overflowed),
             ("held", self.held_count as u64),
             ("reference_rows", self.table.len() as u64),
-            ("reference_versions", self.table.versions_held() as u64),
         ]
     }
 
@@ -937,7 +974,12 @@ impl Operator for EnrichOperator {
         self.memo.clear();
         let mut seen: ahash::AHashSet<(Box<[Value]>, &[Value])> = ahash::AHashSet::new();
         let mut index: Map<Box<[Value]>, Vec<Box<[Value]>>> = Map::default();
-        for (pk, row) in self.table.rows() {
+        let rows = if self.layout.direct {
+            None
+        } else {
+            Some(self.table.rows())
+        };
+        for (pk, row) in rows.into_iter().flatten() {
             let key = self.join_key_of_table_row(row);
             if seen.insert((key.clone(), pk)) {
                 index.entry(key).or_default().push(pk.into());

@@ -259,7 +259,13 @@ pub struct OperatorDriver {
     forwarded: Option<Watermark>,
     forwarded_time: Option<crate::types::EventTime>,
     holding: bool,
+    /// When the operator's stats are next published (at watermarks; always at barriers and
+    /// the end).
+    stats_due_ms: i64,
 }
+
+/// How often an operator's stats are published at most, in processing time.
+const STATS_EVERY_MS: i64 = 250;
 
 impl OperatorDriver {
     pub fn new(
@@ -278,6 +284,7 @@ impl OperatorDriver {
             forwarded: None,
             forwarded_time: None,
             holding: false,
+            stats_due_ms: now_ms,
         }
     }
 
@@ -339,7 +346,10 @@ impl OperatorDriver {
                     }
                     self.publish_watermark();
                     self.forward_watermark(emit)?;
-                    self.status.set_stats(&self.op.stats());
+                    if now_ms >= self.stats_due_ms {
+                        self.stats_due_ms = now_ms + STATS_EVERY_MS;
+                        self.status.set_stats(&self.op.stats());
+                    }
                 }
                 GateEvent::Barrier(epoch) => {
                     self.status.set_stats(&self.op.stats());
