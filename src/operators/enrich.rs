@@ -1014,7 +1014,7 @@ impl Operator for EnrichOperator {
     }
 }
 
-const SNAPSHOT_VERSION: u8 = 1;
+const SNAPSHOT_VERSION: u8 = 2;
 
 #[derive(Serialize, Deserialize)]
 struct Image {

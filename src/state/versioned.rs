@@ -13,9 +13,15 @@
 //! tombstone. Without retention only the latest version per key is kept.
 //!
 //! Generic over the version type so that it does not depend on where versions come from.
+//!
+//! Layout, for lookups that touch as little memory as possible: a single-column key lives in
+//! the hash table's slot (no heap box), and so does a key's only version (the common case,
+//! and the only case without retention), so a lookup reads the slot and then the row.
 
-use std::collections::VecDeque;
-use std::hash::BuildHasherDefault;
+use std::borrow::Borrow;
+use std::hash::{BuildHasherDefault, Hash, Hasher};
+
+use smallvec::SmallVec;
 
 use serde::{Deserialize, Serialize};
 
@@ -32,6 +38,53 @@ struct Version<V> {
     row: Option<Box<[Value]>>,
 }
 
+/// A key: one value inline, or several boxed. Hashes and compares as the slice of its
+/// values, so maps keyed by it are probed with a plain `&[Value]`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+enum RowKey {
+    One(Value),
+    Many(Box<[Value]>),
+}
+
+impl RowKey {
+    fn of(values: &[Value]) -> RowKey {
+        match values {
+            [v] => RowKey::One(v.clone()),
+            _ => RowKey::Many(values.into()),
+        }
+    }
+
+    fn as_slice(&self) -> &[Value] {
+        match self {
+            RowKey::One(v) => std::slice::from_ref(v),
+            RowKey::Many(vs) => vs,
+        }
+    }
+}
+
+impl Borrow<[Value]> for RowKey {
+    fn borrow(&self) -> &[Value] {
+        self.as_slice()
+    }
+}
+
+impl PartialEq for RowKey {
+    fn eq(&self, other: &RowKey) -> bool {
+        self.as_slice() == other.as_slice()
+    }
+}
+
+impl Eq for RowKey {}
+
+impl Hash for RowKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.as_slice().hash(state);
+    }
+}
+
+/// The versions of one key, oldest first; one of them fits in place.
+type Versions<V> = SmallVec<[Version<V>; 1]>;
+
 /// What `apply` did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Applied {
@@ -45,7 +98,7 @@ pub enum Applied {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct VersionedTable<V> {
     /// Per key, versions in increasing version order (the last is the latest).
-    keys: Map<Box<[Value]>, VecDeque<Version<V>>>,
+    keys: Map<RowKey, Versions<V>>,
     retention_ms: Option<i64>,
     /// Keys whose latest version is a row (not a delete).
     live: usize,
@@ -92,15 +145,15 @@ where
                 if deleting {
                     // A delete of an unknown key: remember it, so an older insert replayed
                     // later stays ignored.
-                    self.keys.insert(key.into(), VecDeque::from([new]));
+                    self.keys.insert(RowKey::of(key), smallvec::smallvec![new]);
                     return Applied::Deleted;
                 }
-                self.keys.insert(key.into(), VecDeque::from([new]));
+                self.keys.insert(RowKey::of(key), smallvec::smallvec![new]);
                 self.live += 1;
                 Applied::Inserted
             }
             Some(versions) => {
-                let latest = versions.back().expect("a key has at least one version");
+                let latest = versions.last().expect("a key has at least one version");
                 if version <= latest.version {
                     return Applied::Stale;
                 }
@@ -108,7 +161,7 @@ where
                 if self.retention_ms.is_none() {
                     versions.clear();
                 }
-                versions.push_back(new);
+                versions.push(new);
                 match (was_live, deleting) {
                     (true, true) => {
                         self.live -= 1;
@@ -127,12 +180,12 @@ where
 
     /// The latest row of `key`, if present.
     pub fn get(&self, key: &[Value]) -> Option<&[Value]> {
-        self.keys.get(key)?.back()?.row.as_deref()
+        self.keys.get(key)?.last()?.row.as_deref()
     }
 
     /// The latest version held for `key` (also for a deleted key).
     pub fn version_of(&self, key: &[Value]) -> Option<V> {
-        self.keys.get(key)?.back().map(|v| v.version)
+        self.keys.get(key)?.last().map(|v| v.version)
     }
 
     /// The row of `key` valid at event time `t`: the newest version with `valid_from <= t`.
@@ -150,7 +203,7 @@ where
         let Some(retention) = self.retention_ms else {
             // Latest-only tables drop tombstones at once.
             self.keys
-                .retain(|_, v| v.back().is_some_and(|x| x.row.is_some()));
+                .retain(|_, v| v.last().is_some_and(|x| x.row.is_some()));
             return;
         };
         let cutoff = watermark.saturating_sub(retention);
@@ -172,7 +225,7 @@ where
 
     /// Every key held (also deleted keys whose tombstone is kept).
     pub fn keys(&self) -> impl Iterator<Item = &[Value]> {
-        self.keys.keys().map(|k| &**k)
+        self.keys.keys().map(RowKey::as_slice)
     }
 
     /// Every row held, current and historical, with its key (tombstones excluded).
@@ -180,47 +233,49 @@ where
         self.keys.iter().flat_map(|(k, versions)| {
             versions
                 .iter()
-                .filter_map(move |v| v.row.as_deref().map(|r| (&**k, r)))
+                .filter_map(move |v| v.row.as_deref().map(|r| (k.as_slice(), r)))
         })
     }
 
     /// Versions held in total (rows and tombstones, current and historical).
     pub fn versions_held(&self) -> usize {
-        self.keys.values().map(VecDeque::len).sum()
+        self.keys.values().map(|v| v.len()).sum()
     }
 
-    /// An estimate of the memory used, in bytes: keys, rows and per-version overhead.
+    /// An estimate of the memory used, in bytes: the hash table's slots (all allocated
+    /// ones), boxed keys, spilled version lists, rows and their heap strings.
     pub fn estimated_bytes(&self) -> usize {
-        let value_bytes = |vs: &[Value]| -> usize {
-            vs.iter()
-                .map(|v| {
-                    std::mem::size_of::<Value>()
-                        + match v {
-                            Value::Str(s) if s.is_heap_allocated() => s.len(),
-                            Value::Bytes(b) => b.len(),
-                            Value::Json(j) => j.len(),
-                            _ => 0,
-                        }
-                })
-                .sum()
+        let heap = |v: &Value| match v {
+            Value::Str(s) if s.is_heap_allocated() => s.len(),
+            Value::Bytes(b) => b.len(),
+            Value::Json(j) => j.len(),
+            _ => 0,
         };
-        self.keys
+        let boxed = |vs: &[Value]| -> usize {
+            vs.len() * std::mem::size_of::<Value>() + vs.iter().map(heap).sum::<usize>()
+        };
+        let slots = self.keys.capacity() * (std::mem::size_of::<(RowKey, Versions<V>)>() + 1);
+        let contents: usize = self
+            .keys
             .iter()
             .map(|(k, versions)| {
-                // Hash-map slot: key pointer + deque header, plus control byte.
-                let slot = std::mem::size_of::<Box<[Value]>>()
-                    + std::mem::size_of::<VecDeque<Version<V>>>()
-                    + 1;
-                slot + value_bytes(k)
+                let key = match k {
+                    RowKey::One(v) => heap(v),
+                    RowKey::Many(vs) => boxed(vs),
+                };
+                let spilled = if versions.spilled() {
+                    versions.capacity() * std::mem::size_of::<Version<V>>()
+                } else {
+                    0
+                };
+                key + spilled
                     + versions
                         .iter()
-                        .map(|v| {
-                            std::mem::size_of::<Version<V>>()
-                                + v.row.as_deref().map_or(0, value_bytes)
-                        })
+                        .map(|v| v.row.as_deref().map_or(0, boxed))
                         .sum::<usize>()
             })
-            .sum()
+            .sum();
+        slots + contents
     }
 
     pub fn snapshot(&self) -> Result<Vec<u8>, StateError> {
