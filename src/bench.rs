@@ -417,7 +417,13 @@ fn write_reference(rows: u64, path: &Path) -> anyhow::Result<()> {
     let mut out = BufWriter::new(std::fs::File::create(path)?);
     for i in 0..rows {
         let (host, owner, criticality, site) = reference_row(i);
-        let marker = if i + 1 == rows { "last" } else if i == 0 { "first" } else { "true" };
+        let marker = if i + 1 == rows {
+            "last"
+        } else if i == 0 {
+            "first"
+        } else {
+            "true"
+        };
         writeln!(
             out,
             "{{\"before\":null,\"after\":{{\"host\":\"{host}\",\"owner\":\"{owner}\",\"criticality\":{criticality},\"site\":\"{site}\"}},\
@@ -522,7 +528,9 @@ fn enrich_output_schema() -> SchemaRef {
 fn reference_state_bytes(rows: u64) -> anyhow::Result<(f64, f64, f64)> {
     use crate::cdc::rows::change_schema;
     use crate::operators::Operator;
-    use crate::operators::enrich::{EnrichOperator, EnrichSpec, EnrichStrategy, JoinMode, MissPolicy};
+    use crate::operators::enrich::{
+        EnrichOperator, EnrichSpec, EnrichStrategy, JoinMode, MissPolicy,
+    };
     let table = Schema::new(vec![
         Field::new("host", DataType::String),
         Field::new("owner", DataType::String),
@@ -618,7 +626,9 @@ fn enrich_case(records: u64, rows: u64, dir: &Path) -> anyhow::Result<usize> {
     let (state, raw, json) = reference_state_bytes(rows)?;
     let per_cpu = |n: u64, cpu: f64| n as f64 / cpu.max(1e-9);
     let enrich_cpu = (full.cpu - load.cpu).max(1e-9);
-    println!("\n## enrich: file (JSON lines) → lookup in a {rows}-row CDC table → file ({records} events)");
+    println!(
+        "\n## enrich: file (JSON lines) → lookup in a {rows}-row CDC table → file ({records} events)"
+    );
     println!("| run | events/CPU-s | CPU s | wall s | output equals ceiling |");
     println!("|---|---:|---:|---:|---|");
     println!(

@@ -252,7 +252,7 @@ where
             _ => 0,
         };
         let boxed = |vs: &[Value]| -> usize {
-            vs.len() * std::mem::size_of::<Value>() + vs.iter().map(heap).sum::<usize>()
+            std::mem::size_of_val(vs) + vs.iter().map(heap).sum::<usize>()
         };
         let slots = self.keys.capacity() * (std::mem::size_of::<(RowKey, Versions<V>)>() + 1);
         let contents: usize = self
