@@ -4,7 +4,9 @@
 //! - `watermark_stall`: a node keeps receiving records but its watermark has not advanced
 //!   for longer than a threshold (the multi-speed stall: a quiet input holds it);
 //! - `source_silent`: a source partition has had no record for longer than the source's
-//!   `expected_interval`.
+//!   `expected_interval`;
+//! - `enrichment_gate`: a gated enrichment has been waiting for its reference table's
+//!   snapshot for longer than a threshold (events pile up behind it).
 //!
 //! Each alert fires once when it starts (a WARN line naming the source and partition that
 //! hold the watermark, and `watershed_alert_active = 1`) and resolves once when it ends.
@@ -18,6 +20,7 @@ use crate::status::{InstanceReport, Role, StatusReport};
 pub struct AlertRules {
     pub watermark_lag_ms: Option<i64>,
     pub watermark_stall_ms: Option<i64>,
+    pub enrichment_gate_ms: Option<i64>,
 }
 
 impl Default for AlertRules {
@@ -25,6 +28,7 @@ impl Default for AlertRules {
         AlertRules {
             watermark_lag_ms: None,
             watermark_stall_ms: Some(60_000),
+            enrichment_gate_ms: Some(300_000),
         }
     }
 }
@@ -34,6 +38,7 @@ pub enum AlertKind {
     WatermarkLag,
     WatermarkStall,
     SourceSilent,
+    EnrichmentGate,
 }
 
 impl AlertKind {
@@ -42,6 +47,7 @@ impl AlertKind {
             AlertKind::WatermarkLag => "watermark_lag",
             AlertKind::WatermarkStall => "watermark_stall",
             AlertKind::SourceSilent => "source_silent",
+            AlertKind::EnrichmentGate => "enrichment_gate",
         }
     }
 }
@@ -61,6 +67,8 @@ pub struct AlertEvent {
 pub struct AlertEvaluator {
     rules: AlertRules,
     active: BTreeMap<(AlertKind, String), String>,
+    /// Since when each gated instance (by label) has been seen shut.
+    gate_shut_since: BTreeMap<String, i64>,
 }
 
 pub fn format_ms(ms: i64) -> String {
@@ -99,6 +107,7 @@ impl AlertEvaluator {
         AlertEvaluator {
             rules,
             active: BTreeMap::new(),
+            gate_shut_since: BTreeMap::new(),
         }
     }
 
@@ -186,6 +195,30 @@ impl AlertEvaluator {
             }
         }
 
+        let mut shut_now = BTreeMap::new();
+        for inst in report.instances.iter().filter(|i| !i.finished) {
+            if inst.stat("gate_open") != Some(0) {
+                continue;
+            }
+            let label = inst.label();
+            let since = self.gate_shut_since.get(&label).copied().unwrap_or(now);
+            shut_now.insert(label, since);
+            if let Some(limit) = self.rules.enrichment_gate_ms
+                && now - since > limit
+            {
+                firing.insert(
+                    (AlertKind::EnrichmentGate, inst.node.clone()),
+                    format!(
+                        "enrichment `{}` has waited {} for its reference table's snapshot to                          complete ({} events buffered); is the change stream's snapshot running?",
+                        inst.node,
+                        format_ms(now - since),
+                        inst.stat("gate_buffered").unwrap_or(0)
+                    ),
+                );
+            }
+        }
+        self.gate_shut_since = shut_now;
+
         let mut events = Vec::new();
         for (key, message) in &firing {
             if !self.active.contains_key(key) {
@@ -213,5 +246,60 @@ impl AlertEvaluator {
 
     pub fn active(&self) -> impl Iterator<Item = (AlertKind, &str)> {
         self.active.keys().map(|(k, s)| (*k, s.as_str()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gated(now_ms: i64, open: bool) -> StatusReport {
+        StatusReport {
+            pipeline: "p".into(),
+            now_ms,
+            instances: vec![InstanceReport {
+                node: "cves".into(),
+                instance: 0,
+                role: Role::Operator,
+                watermark: None,
+                idle: false,
+                advanced_at_ms: 0,
+                holder: None,
+                records_in: 0,
+                last_record_ms: None,
+                records_out: Vec::new(),
+                partitions: Vec::new(),
+                finished: false,
+                stats: vec![
+                    ("gate_open".into(), u64::from(open)),
+                    ("gate_buffered".into(), 42),
+                ],
+            }],
+            sources: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_gate_shut_too_long_is_alerted_once_and_resolves_when_it_opens() {
+        let mut e = AlertEvaluator::new(AlertRules {
+            enrichment_gate_ms: Some(60_000),
+            ..AlertRules::default()
+        });
+        assert!(e.evaluate(&gated(0, false)).is_empty());
+        assert!(e.evaluate(&gated(60_000, false)).is_empty());
+        let fired = e.evaluate(&gated(60_001, false));
+        assert_eq!(fired.len(), 1);
+        assert!(fired[0].firing && fired[0].kind == AlertKind::EnrichmentGate);
+        assert!(
+            fired[0].message.contains("42 events buffered"),
+            "{}",
+            fired[0].message
+        );
+        assert!(e.evaluate(&gated(70_000, false)).is_empty(), "fires once");
+        let resolved = e.evaluate(&gated(80_000, true));
+        assert_eq!(resolved.len(), 1);
+        assert!(!resolved[0].firing);
+        // Shut again: the clock starts over.
+        assert!(e.evaluate(&gated(90_000, false)).is_empty());
     }
 }

@@ -308,6 +308,11 @@ pub fn compile(
         {
             rules.watermark_stall_ms = d.map(|d| d.as_millis() as i64);
         }
+        if let Some(v) = &a.enrichment_gate
+            && let Some(d) = issues.duration_or_off(v, "alerts.enrichment_gate")
+        {
+            rules.enrichment_gate_ms = d.map(|d| d.as_millis() as i64);
+        }
         if let Some(v) = &a.check_interval
             && let Some(d) = issues.duration(v, "alerts.check_interval")
         {

@@ -44,6 +44,8 @@ pub struct AlertsYaml {
     pub watermark_lag: Option<S<String>>,
     /// Alert when a node's watermark has not advanced for this long while records arrive.
     pub watermark_stall: Option<S<String>>,
+    /// Alert when a gated enrichment waits this long for its reference snapshot (or `off`).
+    pub enrichment_gate: Option<S<String>>,
     /// How often rules are evaluated.
     pub check_interval: Option<S<String>>,
 }
@@ -165,7 +167,7 @@ pub struct CdcTableYaml {
 pub struct EnrichmentYaml {
     /// `gradual` or `gated`.
     pub strategy: Option<S<String>>,
-    /// Events a shut gate buffers at most.
+    /// Events a shut gate keeps in memory; more are spilled to a local file.
     pub max_buffered: Option<S<usize>>,
 }
 

@@ -27,16 +27,15 @@
 //! With `gated`, events wait (in arrival order) until the reference table's snapshot is
 //! complete (its `snapshot_end` row), so no event is enriched against a half-loaded table.
 //! Buffered and held events hold back the watermark the runtime forwards, so they are never
-//! late downstream. The gate's buffer is bounded by `max_buffered` rows; beyond it the
-//! oldest buffered rows are joined against the partial table and emitted (counted), so
-//! memory stays bounded and nothing is dropped.
+//! late downstream. The gate keeps `max_buffered` events in memory and spills the rest to a
+//! local file (`state::SpillQueue`), so memory stays bounded and nothing is dropped or
+//! enriched early.
 //!
 //! # Hot path
 //! Results of a probe (join key + version) are memoized against the latest table and reused
 //! until the next reference change, so a stream of repeated products costs one hash lookup
 //! per event; the version rule runs only on a memo miss.
 
-use std::collections::VecDeque;
 use std::hash::BuildHasherDefault;
 use std::sync::Arc;
 
@@ -47,7 +46,7 @@ use crate::cdc::rows::{self, META_COLUMNS, RowOp};
 use crate::error::StateError;
 use crate::operators::version_range::VersionRange;
 use crate::operators::{MAIN_PORT, MISS_PORT, Operator, Output, PortSpec};
-use crate::state::VersionedTable;
+use crate::state::{SpillQueue, VersionedTable};
 use crate::types::{Batch, DataType, EventTime, Field, Schema, SchemaRef, Value};
 
 type Map<K, V> = std::collections::HashMap<K, V, BuildHasherDefault<ahash::AHasher>>;
@@ -187,17 +186,18 @@ pub struct EnrichOperator {
     latest_valid_from: EventTime,
     snapshot_done: bool,
     watermark: Option<EventTime>,
-    gate: VecDeque<Pending>,
+    /// Events waiting for the snapshot: the first `max_buffered` in memory, the rest spilled.
+    gate: SpillQueue<Pending>,
+    /// The earliest event time in `gate`.
+    gate_min: Option<EventTime>,
     /// As-of events waiting for the watermark.
     waiting: Vec<Pending>,
     /// Held misses by join key.
     held: Map<Box<[Value]>, Vec<Pending>>,
     held_count: usize,
-    /// Events let through a shut gate because its buffer was full.
-    overflowed: u64,
+
     next_seq: u64,
-    /// Event times of `gate` and `held`.
-    gate_times: TimeSet,
+    /// Event times of `held`.
     held_times: TimeSet,
     probe_key: Vec<Value>,
     counters: Counters,
@@ -388,6 +388,10 @@ impl EnrichOperator {
             JoinMode::Lookup => None,
             JoinMode::AsOf { retention_ms } => Some(retention_ms.unwrap_or(i64::MAX / 4)),
         };
+        let gate_memory = match spec.strategy {
+            EnrichStrategy::Gated { max_buffered } => max_buffered,
+            EnrichStrategy::Gradual => 1,
+        };
         let counters = Counters::new(name);
         counters
             .gate_open
@@ -416,13 +420,12 @@ impl EnrichOperator {
             latest_valid_from: EventTime::MIN,
             snapshot_done: false,
             watermark: None,
-            gate: VecDeque::new(),
+            gate: SpillQueue::new(gate_memory),
+            gate_min: None,
             waiting: Vec::new(),
             held: Map::default(),
             held_count: 0,
-            overflowed: 0,
             next_seq: 0,
-            gate_times: TimeSet::default(),
             held_times: TimeSet::default(),
             probe_key: Vec::new(),
             counters,
@@ -452,9 +455,9 @@ impl EnrichOperator {
         self.table.estimated_bytes() + index
     }
 
-    /// Events let through the shut gate because its buffer was full.
-    pub fn overflowed(&self) -> u64 {
-        self.overflowed
+    /// Events the shut gate has spilled to a local file (beyond `max_buffered`).
+    pub fn spilled(&self) -> usize {
+        self.gate.spilled()
     }
 
     /// Whether the gate is open (always, for `gradual`).
@@ -809,8 +812,16 @@ impl EnrichOperator {
     }
 
     fn open_gate(&mut self, out: &mut Output) {
-        self.gate_times.clear();
-        while let Some(p) = self.gate.pop_front() {
+        self.gate_min = None;
+        let waiting = match self.gate.drain() {
+            Ok(w) => w,
+            Err(e) => {
+                // The spill file is gone or corrupt: nothing else can be done with it.
+                tracing::error!(node = %self.name, error = %e, "cannot read back the events the gate spilled");
+                Vec::new()
+            }
+        };
+        for p in waiting {
             self.admit(p.row, p.time, out);
         }
         self.counters.gate_buffered.set(0.0);
@@ -843,23 +854,13 @@ impl Operator for EnrichOperator {
             return;
         }
         if self.gated_shut() {
-            let EnrichStrategy::Gated { max_buffered } = self.spec.strategy else {
-                unreachable!("gated_shut implies gated");
-            };
             for (row, t) in batch.rows() {
-                self.gate.push_back(Pending {
+                self.gate.push(Pending {
                     row: row.to_vec(),
                     time: t,
                     seq: 0,
                 });
-                self.gate_times.insert(t);
-            }
-            // Bounded: the oldest go through against the partial table.
-            while self.gate.len() > max_buffered {
-                let p = self.gate.pop_front().expect("non-empty");
-                self.gate_times.remove(p.time);
-                self.overflowed += 1;
-                self.admit(p.row, p.time, out);
+                self.gate_min = Some(self.gate_min.map_or(t, |m| m.min(t)));
             }
             self.counters.gate_buffered.set(self.gate.len() as f64);
             return;
@@ -912,7 +913,7 @@ impl Operator for EnrichOperator {
     }
 
     fn watermark_hold(&self) -> Option<EventTime> {
-        [self.gate_times.min(), self.held_times.min()]
+        [self.gate_min, self.held_times.min()]
             .into_iter()
             .flatten()
             .min()
@@ -926,7 +927,7 @@ impl Operator for EnrichOperator {
             ("misses", self.stats.misses),
             ("gate_open", u64::from(self.gate_open())),
             ("gate_buffered", self.gate.len() as u64),
-            ("gate_overflowed", self.overflowed),
+            ("gate_spilled", self.gate.spilled() as u64),
             ("held", self.held_count as u64),
             ("reference_rows", self.table.len() as u64),
         ]
@@ -940,7 +941,10 @@ impl Operator for EnrichOperator {
             latest_valid_from: self.latest_valid_from,
             snapshot_done: self.snapshot_done,
             watermark: self.watermark,
-            gate: self.gate.iter().cloned().collect(),
+            gate: self.gate.to_vec().map_err(|e| StateError::Encode {
+                operator: self.name.clone(),
+                reason: format!("cannot read the gate's spilled events: {e}"),
+            })?,
             waiting: self.waiting.clone(),
             held: {
                 let mut held: Vec<Pending> = self.held.values().flatten().cloned().collect();
@@ -948,7 +952,6 @@ impl Operator for EnrichOperator {
                 held
             },
             next_seq: self.next_seq,
-            overflowed: self.overflowed,
             stats: self.stats,
         };
         postcard::to_allocvec(&image).map_err(|e| StateError::Encode {
@@ -989,10 +992,13 @@ impl Operator for EnrichOperator {
         self.latest_valid_from = image.latest_valid_from;
         self.snapshot_done = image.snapshot_done;
         self.watermark = image.watermark;
-        self.gate = image.gate.into();
-        self.gate_times.clear();
-        for p in &self.gate {
-            self.gate_times.insert(p.time);
+        self.gate = SpillQueue::new(match self.spec.strategy {
+            EnrichStrategy::Gated { max_buffered } => max_buffered,
+            EnrichStrategy::Gradual => 1,
+        });
+        self.gate_min = image.gate.iter().map(|p| p.time).min();
+        for p in image.gate {
+            self.gate.push(p);
         }
         self.held_times.clear();
         self.waiting = image.waiting;
@@ -1004,7 +1010,6 @@ impl Operator for EnrichOperator {
             self.held_times.insert(p.time);
             self.held.entry(key).or_default().push(p);
         }
-        self.overflowed = image.overflowed;
         self.next_seq = image.next_seq;
         self.stats = image.stats;
         self.counters
@@ -1026,7 +1031,6 @@ struct Image {
     gate: Vec<Pending>,
     waiting: Vec<Pending>,
     held: Vec<Pending>,
-    overflowed: u64,
     next_seq: u64,
     stats: JoinStats,
 }
@@ -1259,7 +1263,7 @@ mod tests {
     }
 
     #[test]
-    fn a_full_gate_lets_the_oldest_through_and_input_end_opens_it() {
+    fn a_full_gate_spills_and_input_end_opens_it() {
         let mut h = Harness::new(
             op(spec(
                 JoinMode::Lookup,
@@ -1272,12 +1276,34 @@ mod tests {
             0,
             events(&[("h1", "openssl", "1", 10), ("h2", "openssl", "1", 11)]),
         );
-        assert_eq!(h.take("main").len(), 1);
-        assert_eq!(h.operator().overflowed(), 1);
+        assert!(
+            h.take("main").is_empty(),
+            "nothing goes through a shut gate"
+        );
+        assert_eq!(h.operator().spilled(), 1);
+        // A checkpoint holds the spilled events too.
+        let snap = h.barrier();
+        let mut h = Harness::restore(
+            op(spec(
+                JoinMode::Lookup,
+                MissPolicy::Emit,
+                EnrichStrategy::Gated { max_buffered: 1 },
+            )),
+            &snap,
+            2,
+        );
+        assert_eq!(h.operator().watermark_hold(), Some(9));
+        h.data(
+            1,
+            changes(&[(("r", 5, 1, "openssl", "CVE-A", "*", "", ""), 0)]),
+        );
         h.watermark_all(crate::time::watermark::END_OF_TIME);
         assert_eq!(
             cves(&h.take("main")),
-            vec![("h2".into(), "-".into(), false)]
+            vec![
+                ("h1".into(), "CVE-A".into(), true),
+                ("h2".into(), "CVE-A".into(), true)
+            ]
         );
     }
 

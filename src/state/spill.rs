@@ -1,0 +1,175 @@
+//! `SpillQueue`: a first-in first-out buffer that keeps its oldest items in memory, up to a
+//! limit, and appends the rest to an anonymous local file (removed when the queue is
+//! dropped), so an operator that must hold many records (an enrichment gate waiting for a
+//! snapshot) stays bounded in memory and loses nothing.
+//!
+//! Items are written length-prefixed in postcard. The file is only read back by `drain`
+//! (and `to_vec`, for checkpoints). An I/O error while spilling keeps the item in memory
+//! (logged once): memory grows, but nothing is lost.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::os::unix::fs::FileExt;
+use std::sync::Mutex;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+pub struct SpillQueue<T> {
+    memory_limit: usize,
+    memory: VecDeque<T>,
+    /// The spill file (behind a lock so that a snapshot, which only reads, can flush it).
+    file: Option<Mutex<BufWriter<File>>>,
+    /// Bytes written to the spill file.
+    file_len: u64,
+    spilled: usize,
+    /// Items that could not be spilled (kept in memory after the spilled ones).
+    overflow: Vec<T>,
+    io_error_logged: bool,
+}
+
+impl<T: Serialize + DeserializeOwned> SpillQueue<T> {
+    /// A queue keeping at most `memory_limit` items in memory.
+    pub fn new(memory_limit: usize) -> SpillQueue<T> {
+        SpillQueue {
+            memory_limit: memory_limit.max(1),
+            memory: VecDeque::new(),
+            file: None,
+            file_len: 0,
+            spilled: 0,
+            overflow: Vec::new(),
+            io_error_logged: false,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.memory.len() + self.spilled + self.overflow.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Items written to the spill file so far.
+    pub fn spilled(&self) -> usize {
+        self.spilled
+    }
+
+    pub fn push(&mut self, item: T) {
+        if self.spilled == 0 && self.overflow.is_empty() && self.memory.len() < self.memory_limit {
+            self.memory.push_back(item);
+            return;
+        }
+        if self.overflow.is_empty() {
+            match self.spill(&item) {
+                Ok(()) => {
+                    self.spilled += 1;
+                    return;
+                }
+                Err(e) => {
+                    if !self.io_error_logged {
+                        self.io_error_logged = true;
+                        tracing::error!(error = %e, "cannot spill to a local file: buffering in memory");
+                    }
+                }
+            }
+        }
+        self.overflow.push(item);
+    }
+
+    fn spill(&mut self, item: &T) -> std::io::Result<()> {
+        if self.file.is_none() {
+            self.file = Some(Mutex::new(BufWriter::with_capacity(
+                1 << 20,
+                tempfile::tempfile()?,
+            )));
+        }
+        let bytes = postcard::to_allocvec(item).map_err(std::io::Error::other)?;
+        let mut w = self
+            .file
+            .as_ref()
+            .expect("created")
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        w.write_all(&(bytes.len() as u32).to_le_bytes())?;
+        w.write_all(&bytes)?;
+        self.file_len += 4 + bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Reads every spilled item back, in order, without moving the write position.
+    fn read_spilled(&self) -> std::io::Result<Vec<T>> {
+        let Some(file) = &self.file else {
+            return Ok(Vec::new());
+        };
+        let mut w = file.lock().unwrap_or_else(|e| e.into_inner());
+        w.flush()?;
+        let mut bytes = vec![0u8; self.file_len as usize];
+        w.get_ref().read_exact_at(&mut bytes, 0)?;
+        let mut out = Vec::with_capacity(self.spilled);
+        let mut rest = &bytes[..];
+        for _ in 0..self.spilled {
+            let (len, tail) = rest
+                .split_first_chunk::<4>()
+                .ok_or_else(|| std::io::Error::other("spill file is truncated"))?;
+            let len = u32::from_le_bytes(*len) as usize;
+            if tail.len() < len {
+                return Err(std::io::Error::other("spill file is truncated"));
+            }
+            out.push(postcard::from_bytes(&tail[..len]).map_err(std::io::Error::other)?);
+            rest = &tail[len..];
+        }
+        Ok(out)
+    }
+
+    /// Takes every item out, in order, and empties the queue (the spill file is dropped).
+    pub fn drain(&mut self) -> std::io::Result<Vec<T>> {
+        let spilled = self.read_spilled()?;
+        let mut all: Vec<T> = self.memory.drain(..).collect();
+        all.extend(spilled);
+        all.append(&mut self.overflow);
+        self.file = None;
+        self.file_len = 0;
+        self.spilled = 0;
+        Ok(all)
+    }
+
+    /// Every item, in order, leaving the queue as it is (for checkpoints).
+    pub fn to_vec(&self) -> std::io::Result<Vec<T>>
+    where
+        T: Clone,
+    {
+        let mut all: Vec<T> = self.memory.iter().cloned().collect();
+        all.extend(self.read_spilled()?);
+        all.extend(self.overflow.iter().cloned());
+        Ok(all)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_order_across_memory_and_file() {
+        let mut q: SpillQueue<(u64, String)> = SpillQueue::new(3);
+        for i in 0..10 {
+            q.push((i, format!("row-{i}")));
+        }
+        assert_eq!(q.len(), 10);
+        assert_eq!(q.spilled(), 7);
+        let copy = q.to_vec().unwrap();
+        assert_eq!(copy.len(), 10);
+        q.push((10, "row-10".into()));
+        let all = q.drain().unwrap();
+        assert_eq!(
+            all.iter().map(|x| x.0).collect::<Vec<_>>(),
+            (0..11).collect::<Vec<_>>()
+        );
+        assert_eq!(copy[..], all[..10]);
+        assert!(q.is_empty());
+        q.push((1, "again".into()));
+        assert_eq!(q.drain().unwrap(), vec![(1, "again".to_string())]);
+    }
+}
