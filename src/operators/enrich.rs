@@ -1094,6 +1094,14 @@ mod tests {
         EnrichOperator::new("enrich", spec, events_schema(), &change_schema()).unwrap()
     }
 
+    fn harness(
+        mode: JoinMode,
+        miss: MissPolicy,
+        strategy: EnrichStrategy,
+    ) -> Harness<EnrichOperator> {
+        Harness::new(op(spec(mode, miss, strategy)), 2)
+    }
+
     /// One reference change: `(op, lsn, id, product, cve, version, start, end)`.
     type Ch<'a> = (
         &'a str,
@@ -1161,14 +1169,7 @@ mod tests {
 
     #[test]
     fn lookup_finds_every_matching_row_by_key_and_version_range() {
-        let mut h = Harness::new(
-            op(spec(
-                JoinMode::Lookup,
-                MissPolicy::Emit,
-                EnrichStrategy::Gradual,
-            )),
-            2,
-        );
+        let mut h = harness(JoinMode::Lookup, MissPolicy::Emit, EnrichStrategy::Gradual);
         h.data(
             1,
             changes(&[
@@ -1203,14 +1204,7 @@ mod tests {
 
     #[test]
     fn stale_replays_deletes_and_key_changes_are_applied_by_version() {
-        let mut h = Harness::new(
-            op(spec(
-                JoinMode::Lookup,
-                MissPolicy::Emit,
-                EnrichStrategy::Gradual,
-            )),
-            2,
-        );
+        let mut h = harness(JoinMode::Lookup, MissPolicy::Emit, EnrichStrategy::Gradual);
         h.data(
             1,
             changes(&[
@@ -1238,13 +1232,10 @@ mod tests {
 
     #[test]
     fn gated_events_wait_for_the_snapshot_and_hold_the_watermark() {
-        let mut h = Harness::new(
-            op(spec(
-                JoinMode::Lookup,
-                MissPolicy::Emit,
-                EnrichStrategy::Gated { max_buffered: 100 },
-            )),
-            2,
+        let mut h = harness(
+            JoinMode::Lookup,
+            MissPolicy::Emit,
+            EnrichStrategy::Gated { max_buffered: 100 },
         );
         h.data(0, events(&[("h1", "openssl", "1.0.2k", 10)]));
         h.data(
@@ -1264,13 +1255,10 @@ mod tests {
 
     #[test]
     fn a_full_gate_spills_and_input_end_opens_it() {
-        let mut h = Harness::new(
-            op(spec(
-                JoinMode::Lookup,
-                MissPolicy::Emit,
-                EnrichStrategy::Gated { max_buffered: 1 },
-            )),
-            2,
+        let mut h = harness(
+            JoinMode::Lookup,
+            MissPolicy::Emit,
+            EnrichStrategy::Gated { max_buffered: 1 },
         );
         h.data(
             0,
@@ -1309,13 +1297,10 @@ mod tests {
 
     #[test]
     fn as_of_joins_the_version_valid_at_the_event_time() {
-        let mut h = Harness::new(
-            op(spec(
-                JoinMode::AsOf { retention_ms: None },
-                MissPolicy::Emit,
-                EnrichStrategy::Gradual,
-            )),
-            2,
+        let mut h = harness(
+            JoinMode::AsOf { retention_ms: None },
+            MissPolicy::Emit,
+            EnrichStrategy::Gradual,
         );
         h.data(
             1,
@@ -1346,25 +1331,15 @@ mod tests {
 
     #[test]
     fn misses_go_to_the_miss_port_or_are_held_until_the_row_or_the_timeout() {
-        let mut h = Harness::new(
-            op(spec(
-                JoinMode::Lookup,
-                MissPolicy::Port,
-                EnrichStrategy::Gradual,
-            )),
-            2,
-        );
+        let mut h = harness(JoinMode::Lookup, MissPolicy::Port, EnrichStrategy::Gradual);
         h.data(0, events(&[("h", "nginx", "1", 5)]));
         assert!(h.take("main").is_empty());
         assert_eq!(h.take("miss").len(), 1);
 
-        let mut h = Harness::new(
-            op(spec(
-                JoinMode::Lookup,
-                MissPolicy::Hold { timeout_ms: 100 },
-                EnrichStrategy::Gradual,
-            )),
-            2,
+        let mut h = harness(
+            JoinMode::Lookup,
+            MissPolicy::Hold { timeout_ms: 100 },
+            EnrichStrategy::Gradual,
         );
         h.data(0, events(&[("a", "nginx", "1", 5), ("b", "redis", "1", 6)]));
         assert!(h.take("main").is_empty());

@@ -159,15 +159,9 @@ pub fn observation_schema() -> SchemaRef {
 
 /// The schema of a generator with a vocabulary: `vendor` after `port`.
 pub fn vendor_observation_schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        Field::new("ts", DataType::Timestamp),
-        Field::new("host", DataType::String),
-        Field::new("port", DataType::Int),
-        Field::new("vendor", DataType::String),
-        Field::new("product", DataType::String),
-        Field::new("version", DataType::String),
-        Field::new("bytes", DataType::Int),
-    ]))
+    let mut fields = observation_schema().fields.clone();
+    fields.insert(3, Field::new("vendor", DataType::String));
+    Arc::new(Schema::new(fields))
 }
 
 /// The schema a generator with `spec` produces.
