@@ -39,6 +39,8 @@ pub struct JoinTotals {
     pub gate_open: bool,
     pub gate_buffered: u64,
     pub reference_rows: u64,
+    /// Bytes of one instance's copy of the table (the largest).
+    pub reference_bytes: u64,
 }
 
 impl DemoTotals {
@@ -90,6 +92,11 @@ impl DemoTotals {
                 reference_rows: instances
                     .iter()
                     .filter_map(|i| i.stat("reference_rows"))
+                    .max()
+                    .unwrap_or(0),
+                reference_bytes: instances
+                    .iter()
+                    .filter_map(|i| i.stat("reference_bytes"))
                     .max()
                     .unwrap_or(0),
             });
@@ -164,8 +171,12 @@ pub fn summary(t: &DemoTotals, elapsed_ms: i64, outputs: &[(String, String)]) ->
     for j in &t.joins {
         let _ = writeln!(
             s,
-            "    {:<14} {} lookups, {} matched, {} reference rows",
-            j.node, j.lookups, j.matched, j.reference_rows
+            "    {:<14} {} lookups, {} matched, {} reference rows ({} bytes each)",
+            j.node,
+            j.lookups,
+            j.matched,
+            j.reference_rows,
+            j.reference_bytes / j.reference_rows.max(1)
         );
     }
     if let Some(k) = t.kev_matches {

@@ -202,6 +202,8 @@ pub struct EnrichOperator {
     probe_key: Vec<Value>,
     counters: Counters,
     stats: JoinStats,
+    /// `state_bytes()` as of the last barrier or the end of input (it walks the table).
+    measured_bytes: std::cell::Cell<u64>,
 }
 
 /// What the join did, for `/status` (and kept across restores).
@@ -430,6 +432,7 @@ impl EnrichOperator {
             probe_key: Vec::new(),
             counters,
             stats: JoinStats::default(),
+            measured_bytes: std::cell::Cell::new(0),
         })
     }
 
@@ -458,6 +461,13 @@ impl EnrichOperator {
     /// Events the shut gate has spilled to a local file (beyond `max_buffered`).
     pub fn spilled(&self) -> usize {
         self.gate.spilled()
+    }
+
+    /// Measures the state's size for `/status` and the metric (walks the whole table).
+    fn measure_state(&self) {
+        let bytes = self.state_bytes();
+        self.measured_bytes.set(bytes as u64);
+        self.counters.state_bytes.set(bytes as f64);
     }
 
     /// Whether the gate is open (always, for `gradual`).
@@ -894,6 +904,9 @@ impl Operator for EnrichOperator {
             }
         }
         self.expire_held(watermark, out);
+        if watermark == crate::time::watermark::END_OF_TIME {
+            self.measure_state();
+        }
         if let JoinMode::AsOf {
             retention_ms: Some(_),
         } = self.spec.mode
@@ -930,11 +943,12 @@ impl Operator for EnrichOperator {
             ("gate_spilled", self.gate.spilled() as u64),
             ("held", self.held_count as u64),
             ("reference_rows", self.table.len() as u64),
+            ("reference_bytes", self.measured_bytes.get()),
         ]
     }
 
     fn snapshot(&self) -> Result<Vec<u8>, StateError> {
-        self.counters.state_bytes.set(self.state_bytes() as f64);
+        self.measure_state();
         let image = Image {
             version: SNAPSHOT_VERSION,
             table: self.table.snapshot()?,
