@@ -202,6 +202,8 @@ pub struct EnrichOperator {
     probe_key: Vec<Value>,
     counters: Counters,
     stats: JoinStats,
+    /// `stats` as last added to the metric counters.
+    published: JoinStats,
     /// `state_bytes()` as of the last barrier or the end of input (it walks the table).
     measured_bytes: std::cell::Cell<u64>,
 }
@@ -432,6 +434,7 @@ impl EnrichOperator {
             probe_key: Vec::new(),
             counters,
             stats: JoinStats::default(),
+            published: JoinStats::default(),
             measured_bytes: std::cell::Cell::new(0),
         })
     }
@@ -461,6 +464,16 @@ impl EnrichOperator {
     /// Events the shut gate has spilled to a local file (beyond `max_buffered`).
     pub fn spilled(&self) -> usize {
         self.gate.spilled()
+    }
+
+    /// Moves the metric counters up to the join's own counts (once per call, not per event).
+    fn publish_counts(&mut self) {
+        let s = self.stats;
+        let p = &mut self.published;
+        self.counters.lookups.increment(s.lookups - p.lookups);
+        self.counters.matched.increment(s.matched - p.matched);
+        self.counters.misses.increment(s.misses - p.misses);
+        *p = s;
     }
 
     /// Measures the state's size for `/status` and the metric (walks the whole table).
@@ -666,9 +679,13 @@ impl EnrichOperator {
         at: Option<EventTime>,
         out: &mut Output,
     ) -> bool {
+        let key: &[Value] = match self.layout.event_key.as_slice() {
+            [one] => std::slice::from_ref(&event[*one]),
+            _ => &self.probe_key,
+        };
         let row = match at {
-            Some(t) if t < self.latest_valid_from => self.table.get_as_of(&self.probe_key, t),
-            _ => self.table.get(&self.probe_key),
+            Some(t) if t < self.latest_valid_from => self.table.get_as_of(key, t),
+            _ => self.table.get(key),
         };
         let Some(row) = row else {
             return false;
@@ -687,23 +704,22 @@ impl EnrichOperator {
 
     /// Joins one event and emits the result. `final_attempt`: a held miss is not held again.
     fn join(&mut self, event: &[Value], time: EventTime, out: &mut Output, final_attempt: bool) {
-        self.counters.lookups.increment(1);
         self.stats.lookups += 1;
-        self.set_probe_key(event);
+        if !(self.layout.direct && self.layout.event_key.len() == 1) {
+            self.set_probe_key(event);
+        }
         let at = match self.spec.mode {
             JoinMode::Lookup => None,
             JoinMode::AsOf { .. } => Some(time),
         };
         if self.layout.direct {
             if self.join_direct(event, time, at, out) {
-                self.counters.matched.increment(1);
                 self.stats.matched += 1;
                 return;
             }
         } else if let found = self.matches(at)
             && !found.is_empty()
         {
-            self.counters.matched.increment(1);
             self.stats.matched += 1;
             let batch = out.port(0);
             for m in found.iter() {
@@ -724,7 +740,12 @@ impl EnrichOperator {
         };
         match self.spec.miss {
             MissPolicy::Hold { timeout_ms } if !final_attempt && !timed_out(timeout_ms) => {
-                let key: Box<[Value]> = self.probe_key[..self.layout.event_key.len()].into();
+                let key: Box<[Value]> = self
+                    .layout
+                    .event_key
+                    .iter()
+                    .map(|&i| event[i].clone())
+                    .collect();
                 self.next_seq += 1;
                 self.held.entry(key).or_default().push(Pending {
                     row: event.to_vec(),
@@ -735,16 +756,13 @@ impl EnrichOperator {
                 self.held_times.insert(time);
             }
             MissPolicy::Port => {
-                self.counters.misses.increment(1);
                 self.stats.misses += 1;
                 out.port(1).push_row_from(event, time);
             }
             MissPolicy::Drop => {
-                self.counters.misses.increment(1);
                 self.stats.misses += 1;
             }
             _ => {
-                self.counters.misses.increment(1);
                 self.stats.misses += 1;
                 let batch = out.port(0);
                 for v in event {
@@ -884,6 +902,7 @@ impl Operator for EnrichOperator {
                 self.admit(row.to_vec(), t, out);
             }
         }
+        self.publish_counts();
     }
 
     fn on_watermark(&mut self, watermark: EventTime, out: &mut Output) {
@@ -907,6 +926,7 @@ impl Operator for EnrichOperator {
         if watermark == crate::time::watermark::END_OF_TIME {
             self.measure_state();
         }
+        self.publish_counts();
         if let JoinMode::AsOf {
             retention_ms: Some(_),
         } = self.spec.mode
