@@ -1150,6 +1150,8 @@ fn cdc_source(
                     format!("{tf}.key[{i}]"),
                     format!("`{}` is not one of the table's columns", k.value),
                 );
+                // Left out, so that the table's port still exists for what reads it.
+                continue;
             }
             key.push(k.value.clone());
         }

@@ -1394,6 +1394,39 @@ mod tests {
     }
 
     #[test]
+    fn held_misses_on_a_primary_key_join_are_released_by_their_row() {
+        // Joined by the primary key: the direct path, with no probe key built.
+        let mut spec = spec(
+            JoinMode::Lookup,
+            MissPolicy::Hold { timeout_ms: 100 },
+            EnrichStrategy::Gradual,
+        );
+        spec.key = vec![("version".into(), "cve".into())];
+        spec.primary_key = vec!["cve".into()];
+        spec.columns = Some(vec!["product".into()]);
+        spec.version_range = None;
+        let events = Arc::new(Schema::new(vec![
+            Field::new("host", DataType::String),
+            Field::new("version", DataType::String),
+        ]));
+        let op = EnrichOperator::new("e", spec, events.clone(), &change_schema()).unwrap();
+        assert!(op.layout.direct);
+        let mut h = Harness::new(op, 2);
+        let mut b = Batch::new(events);
+        b.push_row([s("h1"), s("CVE-1")], 5);
+        h.data(0, b);
+        assert!(h.take("main").is_empty());
+        h.data(
+            1,
+            changes(&[(("c", 9, 1, "openssl", "CVE-1", "", "", ""), 6)]),
+        );
+        let out = h.take("main");
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].0[2], s("openssl"));
+        assert_eq!(h.operator().watermark_hold(), None);
+    }
+
+    #[test]
     fn spec_errors_name_the_field() {
         let mut bad = spec(JoinMode::Lookup, MissPolicy::Emit, EnrichStrategy::Gradual);
         bad.key = vec![("product".into(), "nope".into())];

@@ -80,7 +80,7 @@ pub struct FileSourceSpec {
     /// so names and dead-letter positions do not depend on where the pipeline is installed.
     pub base_dir: Option<PathBuf>,
     /// Read the files one after another, as segments of one log (a change stream), instead
-    /// of round-robin.
+    /// of round-robin; with `follow`, only the last one is tailed.
     pub sequential: bool,
     /// Partitions before this index are read without the `rate` limit (a change stream's
     /// snapshot files).
@@ -156,6 +156,12 @@ impl<D: LineDecoder> FileSource<D> {
         Ok(())
     }
 
+    /// Whether partition `i` is tailed at its end: every file in follow mode, or only the
+    /// last one when files are read in sequence (earlier segments of a log are complete).
+    fn follows(&self, i: usize) -> bool {
+        self.spec.follow && (!self.spec.sequential || i + 1 == self.partitions.len())
+    }
+
     /// How many records the rate limit allows now, or the time to retry.
     fn allowance(&mut self, max: usize, now_ms: i64) -> Result<usize, i64> {
         let Some(rate) = self.spec.rate else {
@@ -180,6 +186,7 @@ impl<D: LineDecoder> FileSource<D> {
         max: usize,
         now_ms: i64,
     ) -> Result<(usize, bool), RunError> {
+        let follows = self.follows(i);
         let p = &mut self.partitions[i];
         Self::open(p)?;
         let reader = p.reader.as_mut().expect("opened");
@@ -193,7 +200,7 @@ impl<D: LineDecoder> FileSource<D> {
                 return Ok((lines, true));
             }
             let complete = self.line_buf.last() == Some(&b'\n');
-            if !complete && self.spec.follow {
+            if !complete && follows {
                 // The writer has not finished this line yet: keep it for later.
                 p.partial.extend_from_slice(&self.line_buf);
                 return Ok((lines, true));
@@ -292,7 +299,7 @@ impl<D: LineDecoder> Source for FileSource<D> {
                 self.next = (i + 1) % n;
                 return Ok(ReadStatus::Data { partition: i });
             }
-            if at_end && !self.spec.follow {
+            if at_end && !self.follows(i) {
                 let p = &mut self.partitions[i];
                 p.ended = true;
                 p.reader = None;
@@ -451,6 +458,40 @@ mod tests {
         assert_eq!(out2.records.len(), 1);
         assert_eq!(out2.records.row(0)[0], Value::from("b"));
         assert_eq!(again.positions(), positions);
+    }
+
+    #[test]
+    fn sequential_follow_tails_only_the_last_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.jsonl"), dir.path().join("b.jsonl"));
+        std::fs::write(&a, "{\"k\":\"a\",\"ts\":1}\n").unwrap();
+        std::fs::write(&b, "{\"k\":\"b\",\"ts\":2}\n").unwrap();
+        let mut s = source(vec![a, b.clone()], true);
+        s.spec.sequential = true;
+        let mut out = buffers(&s);
+        assert_eq!(
+            s.read(&mut out, 10, 0).unwrap(),
+            ReadStatus::Data { partition: 0 }
+        );
+        assert_eq!(
+            s.read(&mut out, 10, 0).unwrap(),
+            ReadStatus::PartitionEnded { partition: 0 },
+            "an earlier segment ends even in follow mode"
+        );
+        assert_eq!(
+            s.read(&mut out, 10, 0).unwrap(),
+            ReadStatus::Data { partition: 1 }
+        );
+        assert!(matches!(
+            s.read(&mut out, 10, 0).unwrap(),
+            ReadStatus::Pending { .. }
+        ));
+        std::fs::write(&b, "{\"k\":\"b\",\"ts\":2}\n{\"k\":\"c\",\"ts\":3}\n").unwrap();
+        assert_eq!(
+            s.read(&mut out, 10, 60).unwrap(),
+            ReadStatus::Data { partition: 1 }
+        );
+        assert_eq!(out.records.len(), 3);
     }
 
     #[test]

@@ -332,3 +332,36 @@ fn demo_prints_progress_and_a_summary_and_writes_under_out() {
     let flags = std::fs::read_to_string(work.path().join("results/kev_flags.jsonl")).unwrap();
     assert_eq!(flags.lines().count(), 1121);
 }
+
+#[test]
+fn validate_names_the_field_of_cdc_and_enrich_mistakes() {
+    let yaml = "sources:
+  ref:
+    cdc:
+      snapshot: [in.jsonl]
+      tables:
+        kev:
+          key: [cve]
+          columns: {cve_id: string, added: dat}
+  obs:
+    file: {paths: [in.jsonl]}
+    schema: {ts: timestamp, cve_id: string}
+    event_time: {field: ts}
+operators:
+  j:
+    inputs: [obs, ref.kev]
+    enrich: {key: {cve_id: cve_id}, mode: latest, miss: hold}
+sinks:
+  out: {input: j, file: out.jsonl}
+";
+    let (code, text) = validate(yaml);
+    assert_eq!(code, 2, "{text}");
+    for want in [
+        ":8:44: field `sources.ref.cdc.tables.kev.columns.added`: unknown type `dat`",
+        ":7:17: field `sources.ref.cdc.tables.kev.key[0]`: `cve` is not one of the table's columns",
+        ":16:43: field `operators.j.enrich.mode`: unknown mode `latest`",
+    ] {
+        assert!(text.contains(want), "missing `{want}` in:\n{text}");
+    }
+    assert!(!text.contains("has no output port"), "no cascade: {text}");
+}
