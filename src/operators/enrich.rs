@@ -541,9 +541,9 @@ impl EnrichOperator {
                     .collect();
                 let mut row: Box<[Value]> = cols.into();
                 let unavailable = rows::row_unavailable(change);
-                let previous = self.table.get(&pk);
+                let previous = self.table.get(&pk).map(|r| r.values());
                 if !unavailable.is_empty()
-                    && let Some(prev) = previous
+                    && let Some(prev) = &previous
                 {
                     for name in &unavailable {
                         if let Some(i) = self.layout.table_schema.index_of(name) {
@@ -551,11 +551,11 @@ impl EnrichOperator {
                         }
                     }
                 }
-                let old_key = previous.map(|p| self.join_key_of_table_row(p));
+                let old_key = previous.as_deref().map(|p| self.join_key_of_table_row(p));
                 let known = self.table.version_of(&pk).is_some();
                 let new_key = self.join_key_of_table_row(&row);
                 let valid_from = if snapshot { EventTime::MIN } else { time };
-                if self.table.apply(&pk, version, valid_from, Some(row))
+                if self.table.apply(&pk, version, valid_from, Some(&row))
                     == crate::state::Applied::Stale
                 {
                     return;
@@ -637,7 +637,10 @@ impl EnrichOperator {
                     Some(t) if !memoizable => self.table.get_as_of(pk, t),
                     _ => self.table.get(pk),
                 };
-                let Some(row) = row else { continue };
+                let Some(row) = row.map(|r| r.values()) else {
+                    continue;
+                };
+                let row = &row[..];
                 let same_key = self
                     .layout
                     .table_key
@@ -690,6 +693,7 @@ impl EnrichOperator {
         let Some(row) = row else {
             return false;
         };
+        let row = row.values();
         let batch = out.port(0);
         for v in event {
             batch.push_value(v.clone());
@@ -1017,7 +1021,7 @@ impl Operator for EnrichOperator {
             Some(self.table.rows())
         };
         for (pk, row) in rows.into_iter().flatten() {
-            let key = self.join_key_of_table_row(row);
+            let key = self.join_key_of_table_row(&row.values());
             if seen.insert((key.clone(), pk)) {
                 index.entry(key).or_default().push(pk.into());
             }
@@ -1053,7 +1057,7 @@ impl Operator for EnrichOperator {
     }
 }
 
-const SNAPSHOT_VERSION: u8 = 2;
+const SNAPSHOT_VERSION: u8 = 3;
 
 #[derive(Serialize, Deserialize)]
 struct Image {

@@ -16,7 +16,9 @@
 //!
 //! Layout, for lookups that touch as little memory as possible: a single-column key lives in
 //! the hash table's slot (no heap box), and so does a key's only version (the common case,
-//! and the only case without retention), so a lookup reads the slot and then the row.
+//! and the only case without retention), so a lookup reads the slot and then the row. Rows
+//! are stored compactly (postcard: varint integers, length-prefixed strings) and decoded on
+//! lookup (`RowRef::values`).
 
 use std::borrow::Borrow;
 use std::hash::{BuildHasherDefault, Hash, Hasher};
@@ -35,7 +37,34 @@ type Map<K, V> = std::collections::HashMap<K, V, BuildHasherDefault<ahash::AHash
 struct Version<V> {
     version: V,
     valid_from: EventTime,
-    row: Option<Box<[Value]>>,
+    /// The row's values, encoded.
+    row: Option<Box<[u8]>>,
+}
+
+/// The values of a row up to this many columns decode without allocating.
+pub type RowValues = SmallVec<[Value; 8]>;
+
+/// A stored row.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RowRef<'a>(&'a [u8]);
+
+impl RowRef<'_> {
+    /// The row's values.
+    pub fn values(&self) -> RowValues {
+        // Rows are encoded by `apply` from values: they always decode.
+        postcard::from_bytes(self.0).expect("a stored row decodes")
+    }
+
+    /// Bytes the row takes, encoded.
+    pub fn encoded_len(&self) -> usize {
+        self.0.len()
+    }
+}
+
+fn encode(row: &[Value]) -> Box<[u8]> {
+    postcard::to_allocvec(row)
+        .expect("values always encode")
+        .into_boxed_slice()
 }
 
 /// A key: one value inline, or several boxed. Hashes and compares as the slice of its
@@ -132,23 +161,25 @@ where
         key: &[Value],
         version: V,
         valid_from: EventTime,
-        row: Option<Box<[Value]>>,
+        row: Option<&[Value]>,
     ) -> Applied {
         let deleting = row.is_none();
-        let new = Version {
+        let new = |row: Option<&[Value]>| Version {
             version,
             valid_from,
-            row,
+            row: row.map(encode),
         };
         match self.keys.get_mut(key) {
             None => {
                 if deleting {
                     // A delete of an unknown key: remember it, so an older insert replayed
                     // later stays ignored.
-                    self.keys.insert(RowKey::of(key), smallvec::smallvec![new]);
+                    self.keys
+                        .insert(RowKey::of(key), smallvec::smallvec![new(None)]);
                     return Applied::Deleted;
                 }
-                self.keys.insert(RowKey::of(key), smallvec::smallvec![new]);
+                self.keys
+                    .insert(RowKey::of(key), smallvec::smallvec![new(row)]);
                 self.live += 1;
                 Applied::Inserted
             }
@@ -161,7 +192,7 @@ where
                 if self.retention_ms.is_none() {
                     versions.clear();
                 }
-                versions.push(new);
+                versions.push(new(row));
                 match (was_live, deleting) {
                     (true, true) => {
                         self.live -= 1;
@@ -179,8 +210,8 @@ where
     }
 
     /// The latest row of `key`, if present.
-    pub fn get(&self, key: &[Value]) -> Option<&[Value]> {
-        self.keys.get(key)?.last()?.row.as_deref()
+    pub fn get(&self, key: &[Value]) -> Option<RowRef<'_>> {
+        self.keys.get(key)?.last()?.row.as_deref().map(RowRef)
     }
 
     /// The latest version held for `key` (also for a deleted key).
@@ -189,13 +220,14 @@ where
     }
 
     /// The row of `key` valid at event time `t`: the newest version with `valid_from <= t`.
-    pub fn get_as_of(&self, key: &[Value], t: EventTime) -> Option<&[Value]> {
+    pub fn get_as_of(&self, key: &[Value], t: EventTime) -> Option<RowRef<'_>> {
         let versions = self.keys.get(key)?;
         versions
             .iter()
             .rev()
             .find(|v| v.valid_from <= t)
             .and_then(|v| v.row.as_deref())
+            .map(RowRef)
     }
 
     /// Drops history no lookup at or after `watermark - retention` can see.
@@ -229,11 +261,11 @@ where
     }
 
     /// Every row held, current and historical, with its key (tombstones excluded).
-    pub fn rows(&self) -> impl Iterator<Item = (&[Value], &[Value])> {
+    pub fn rows(&self) -> impl Iterator<Item = (&[Value], RowRef<'_>)> {
         self.keys.iter().flat_map(|(k, versions)| {
             versions
                 .iter()
-                .filter_map(move |v| v.row.as_deref().map(|r| (k.as_slice(), r)))
+                .filter_map(move |v| v.row.as_deref().map(|r| (k.as_slice(), RowRef(r))))
         })
     }
 
@@ -271,7 +303,7 @@ where
                 key + spilled
                     + versions
                         .iter()
-                        .map(|v| v.row.as_deref().map_or(0, boxed))
+                        .map(|v| v.row.as_deref().map_or(0, <[u8]>::len))
                         .sum::<usize>()
             })
             .sum();
@@ -303,25 +335,47 @@ mod tests {
         vec![Value::Int(i)]
     }
 
-    fn row(v: i64) -> Option<Box<[Value]>> {
-        Some(vec![Value::Int(v)].into_boxed_slice())
+    fn row(v: i64) -> Option<Vec<Value>> {
+        Some(vec![Value::Int(v)])
+    }
+
+    fn got(r: Option<RowRef<'_>>) -> Option<Vec<Value>> {
+        r.map(|r| r.values().to_vec())
     }
 
     #[test]
     fn stale_versions_are_ignored_and_deletes_honoured() {
         let mut t: VersionedTable<(u64, u64)> = VersionedTable::new(None);
-        assert_eq!(t.apply(&k(1), (10, 0), 0, row(1)), Applied::Inserted);
-        assert_eq!(t.apply(&k(1), (10, 0), 0, row(1)), Applied::Stale);
-        assert_eq!(t.apply(&k(1), (20, 0), 5, row(2)), Applied::Updated);
-        assert_eq!(t.apply(&k(1), (15, 0), 3, row(9)), Applied::Stale);
-        assert_eq!(t.get(&k(1)), Some(&[Value::Int(2)][..]));
+        assert_eq!(
+            t.apply(&k(1), (10, 0), 0, row(1).as_deref()),
+            Applied::Inserted
+        );
+        assert_eq!(
+            t.apply(&k(1), (10, 0), 0, row(1).as_deref()),
+            Applied::Stale
+        );
+        assert_eq!(
+            t.apply(&k(1), (20, 0), 5, row(2).as_deref()),
+            Applied::Updated
+        );
+        assert_eq!(
+            t.apply(&k(1), (15, 0), 3, row(9).as_deref()),
+            Applied::Stale
+        );
+        assert_eq!(got(t.get(&k(1))), Some(vec![Value::Int(2)]));
         // A primary-key change at one LSN: delete old key, insert new key, by ordinal.
         assert_eq!(t.apply(&k(1), (30, 0), 9, None), Applied::Deleted);
-        assert_eq!(t.apply(&k(2), (30, 1), 9, row(2)), Applied::Inserted);
-        assert_eq!(t.get(&k(1)), None);
+        assert_eq!(
+            t.apply(&k(2), (30, 1), 9, row(2).as_deref()),
+            Applied::Inserted
+        );
+        assert_eq!(got(t.get(&k(1))), None);
         assert_eq!(t.len(), 1);
         // A replayed older insert of the deleted key stays ignored.
-        assert_eq!(t.apply(&k(1), (20, 0), 5, row(2)), Applied::Stale);
+        assert_eq!(
+            t.apply(&k(1), (20, 0), 5, row(2).as_deref()),
+            Applied::Stale
+        );
         t.expire(100);
         assert_eq!(t.version_of(&k(1)), None, "tombstone dropped");
     }
@@ -329,16 +383,16 @@ mod tests {
     #[test]
     fn as_of_lookups_follow_validity_and_retention() {
         let mut t: VersionedTable<u64> = VersionedTable::new(Some(1_000));
-        t.apply(&k(1), 1, 100, row(1));
-        t.apply(&k(1), 2, 200, row(2));
+        t.apply(&k(1), 1, 100, row(1).as_deref());
+        t.apply(&k(1), 2, 200, row(2).as_deref());
         t.apply(&k(1), 3, 300, None);
-        assert_eq!(t.get_as_of(&k(1), 50), None);
-        assert_eq!(t.get_as_of(&k(1), 150), Some(&[Value::Int(1)][..]));
-        assert_eq!(t.get_as_of(&k(1), 250), Some(&[Value::Int(2)][..]));
-        assert_eq!(t.get_as_of(&k(1), 350), None);
+        assert_eq!(got(t.get_as_of(&k(1), 50)), None);
+        assert_eq!(got(t.get_as_of(&k(1), 150)), Some(vec![Value::Int(1)]));
+        assert_eq!(got(t.get_as_of(&k(1), 250)), Some(vec![Value::Int(2)]));
+        assert_eq!(got(t.get_as_of(&k(1), 350)), None);
         // At watermark 1250 the cutoff is 250: the version valid then (2) must stay.
         t.expire(1_250);
-        assert_eq!(t.get_as_of(&k(1), 250), Some(&[Value::Int(2)][..]));
+        assert_eq!(got(t.get_as_of(&k(1), 250)), Some(vec![Value::Int(2)]));
         assert_eq!(t.versions_held(), 2);
         t.expire(5_000);
         assert_eq!(t.versions_held(), 0, "expired tombstone forgotten");
@@ -352,13 +406,13 @@ mod tests {
                 &k(i % 7),
                 i as u64,
                 i,
-                if i % 5 == 0 { None } else { row(i) },
+                if i % 5 == 0 { None } else { row(i) }.as_deref(),
             );
         }
         let r = VersionedTable::<u64>::restore(&t.snapshot().unwrap()).unwrap();
         for key in 0..7 {
-            assert_eq!(r.get(&k(key)), t.get(&k(key)));
-            assert_eq!(r.get_as_of(&k(key), 50), t.get_as_of(&k(key), 50));
+            assert_eq!(got(r.get(&k(key))), got(t.get(&k(key))));
+            assert_eq!(got(r.get_as_of(&k(key), 50)), got(t.get_as_of(&k(key), 50)));
         }
         assert_eq!(r.len(), t.len());
     }
@@ -389,7 +443,7 @@ mod tests {
             }
             let mut t: VersionedTable<u64> = VersionedTable::new(Some(i64::MAX / 2));
             for (key, version, valid_from, value) in &delivery {
-                t.apply(&k(*key), *version, *valid_from, value.and_then(row));
+                t.apply(&k(*key), *version, *valid_from, value.and_then(row).as_deref());
             }
             let mut latest: BTreeMap<i64, Option<i64>> = BTreeMap::new();
             for (key, _, _, value) in &history {
@@ -397,7 +451,7 @@ mod tests {
             }
             for key in 0..8 {
                 let expected = latest.get(&key).copied().flatten().map(|v| vec![Value::Int(v)]);
-                prop_assert_eq!(t.get(&k(key)).map(<[Value]>::to_vec), expected);
+                prop_assert_eq!(got(t.get(&k(key))), expected);
                 for probe in (0..history.len() as i64 * 10).step_by(7) {
                     let want = history
                         .iter()
@@ -405,7 +459,7 @@ mod tests {
                         .find(|(kk, _, from, _)| *kk == key && *from <= probe)
                         .and_then(|(_, _, _, v)| *v)
                         .map(|v| vec![Value::Int(v)]);
-                    prop_assert_eq!(t.get_as_of(&k(key), probe).map(<[Value]>::to_vec), want);
+                    prop_assert_eq!(got(t.get_as_of(&k(key), probe)), want);
                 }
             }
             prop_assert_eq!(t.len(), latest.values().filter(|v| v.is_some()).count());
