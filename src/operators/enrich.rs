@@ -162,6 +162,13 @@ struct Layout {
 /// One matched reference row, projected to the selected columns.
 type Projected = Box<[Value]>;
 
+/// A batch of events waiting at the gate, row-major as in `Batch`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+struct GateRows {
+    values: Vec<Value>,
+    times: Vec<EventTime>,
+}
+
 /// An event waiting somewhere in the operator.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 struct Pending {
@@ -187,7 +194,9 @@ pub struct EnrichOperator {
     snapshot_done: bool,
     watermark: Option<EventTime>,
     /// Events waiting for the snapshot: the first `max_buffered` in memory, the rest spilled.
-    gate: SpillQueue<Pending>,
+    gate: SpillQueue<GateRows>,
+    /// Events in `gate`.
+    gate_events: usize,
     /// The earliest event time in `gate`.
     gate_min: Option<EventTime>,
     /// As-of events waiting for the watermark.
@@ -425,6 +434,7 @@ impl EnrichOperator {
             snapshot_done: false,
             watermark: None,
             gate: SpillQueue::new(gate_memory),
+            gate_events: 0,
             gate_min: None,
             waiting: Vec::new(),
             held: Map::default(),
@@ -463,7 +473,7 @@ impl EnrichOperator {
 
     /// Events the shut gate has spilled to a local file (beyond `max_buffered`).
     pub fn spilled(&self) -> usize {
-        self.gate.spilled()
+        self.gate.spilled_weight()
     }
 
     /// Moves the metric counters up to the join's own counts (once per call, not per event).
@@ -845,6 +855,7 @@ impl EnrichOperator {
 
     fn open_gate(&mut self, out: &mut Output) {
         self.gate_min = None;
+        self.gate_events = 0;
         let waiting = match self.gate.drain() {
             Ok(w) => w,
             Err(e) => {
@@ -853,10 +864,37 @@ impl EnrichOperator {
                 Vec::new()
             }
         };
-        for p in waiting {
-            self.admit(p.row, p.time, out);
+        let width = self.event_schema.len();
+        for rows in waiting {
+            let mut values = rows.values.into_iter();
+            for time in rows.times {
+                let row: Vec<Value> = values.by_ref().take(width).collect();
+                match self.spec.mode {
+                    JoinMode::Lookup => self.join(&row, time, out, false),
+                    JoinMode::AsOf { .. } => self.admit(row, time, out),
+                }
+            }
         }
         self.counters.gate_buffered.set(0.0);
+    }
+
+    /// Puts a batch of events behind the shut gate.
+    fn wait_at_gate(&mut self, batch: Batch) {
+        let n = batch.len();
+        if n == 0 {
+            return;
+        }
+        let times = batch.event_times().to_vec();
+        if let Some(&min) = times.iter().min() {
+            self.gate_min = Some(self.gate_min.map_or(min, |m| m.min(min)));
+        }
+        let mut values = Vec::with_capacity(n * batch.width());
+        for (row, _) in batch.rows() {
+            values.extend_from_slice(row);
+        }
+        self.gate.push(GateRows { values, times }, n);
+        self.gate_events += n;
+        self.counters.gate_buffered.set(self.gate_events as f64);
     }
 }
 
@@ -886,15 +924,7 @@ impl Operator for EnrichOperator {
             return;
         }
         if self.gated_shut() {
-            for (row, t) in batch.rows() {
-                self.gate.push(Pending {
-                    row: row.to_vec(),
-                    time: t,
-                    seq: 0,
-                });
-                self.gate_min = Some(self.gate_min.map_or(t, |m| m.min(t)));
-            }
-            self.counters.gate_buffered.set(self.gate.len() as f64);
+            self.wait_at_gate(batch);
             return;
         }
         if self.spec.mode == JoinMode::Lookup {
@@ -913,7 +943,7 @@ impl Operator for EnrichOperator {
         self.watermark = Some(self.watermark.map_or(watermark, |w| w.max(watermark)));
         if watermark == crate::time::watermark::END_OF_TIME && self.gated_shut() {
             // Every input has ended: no snapshot end will come any more.
-            tracing::warn!(node = %self.name, table = %self.spec.table, buffered = self.gate.len(), "input ended before the reference snapshot completed: buffered events are joined against the partial table");
+            tracing::warn!(node = %self.name, table = %self.spec.table, buffered = self.gate_events, "input ended before the reference snapshot completed: buffered events are joined against the partial table");
             self.snapshot_done = true;
             self.open_gate(out);
         }
@@ -963,8 +993,8 @@ impl Operator for EnrichOperator {
             ("matched", self.stats.matched),
             ("misses", self.stats.misses),
             ("gate_open", u64::from(self.gate_open())),
-            ("gate_buffered", self.gate.len() as u64),
-            ("gate_spilled", self.gate.spilled() as u64),
+            ("gate_buffered", self.gate_events as u64),
+            ("gate_spilled", self.gate.spilled_weight() as u64),
             ("held", self.held_count as u64),
             ("reference_rows", self.table.len() as u64),
             ("reference_bytes", self.measured_bytes.get()),
@@ -1034,9 +1064,16 @@ impl Operator for EnrichOperator {
             EnrichStrategy::Gated { max_buffered } => max_buffered,
             EnrichStrategy::Gradual => 1,
         });
-        self.gate_min = image.gate.iter().map(|p| p.time).min();
-        for p in image.gate {
-            self.gate.push(p);
+        self.gate_min = image
+            .gate
+            .iter()
+            .flat_map(|g| g.times.iter().copied())
+            .min();
+        self.gate_events = 0;
+        for g in image.gate {
+            let n = g.times.len();
+            self.gate_events += n;
+            self.gate.push(g, n);
         }
         self.held_times.clear();
         self.waiting = image.waiting;
@@ -1057,7 +1094,7 @@ impl Operator for EnrichOperator {
     }
 }
 
-const SNAPSHOT_VERSION: u8 = 3;
+const SNAPSHOT_VERSION: u8 = 4;
 
 #[derive(Serialize, Deserialize)]
 struct Image {
@@ -1066,7 +1103,7 @@ struct Image {
     latest_valid_from: EventTime,
     snapshot_done: bool,
     watermark: Option<EventTime>,
-    gate: Vec<Pending>,
+    gate: Vec<GateRows>,
     waiting: Vec<Pending>,
     held: Vec<Pending>,
     next_seq: u64,
@@ -1298,10 +1335,9 @@ mod tests {
             MissPolicy::Emit,
             EnrichStrategy::Gated { max_buffered: 1 },
         );
-        h.data(
-            0,
-            events(&[("h1", "openssl", "1", 10), ("h2", "openssl", "1", 11)]),
-        );
+        // Batches wait whole: the first fills the memory allowance, the second is spilled.
+        h.data(0, events(&[("h1", "openssl", "1", 10)]));
+        h.data(0, events(&[("h2", "openssl", "1", 11)]));
         assert!(
             h.take("main").is_empty(),
             "nothing goes through a shut gate"

@@ -1,5 +1,5 @@
 //! `SpillQueue`: a first-in first-out buffer that keeps its oldest items in memory, up to a
-//! limit, and appends the rest to an anonymous local file (removed when the queue is
+//! limit of their weights (e.g. rows of a batch), and appends the rest to an anonymous local file (removed when the queue is
 //! dropped), so an operator that must hold many records (an enrichment gate waiting for a
 //! snapshot) stays bounded in memory and loses nothing.
 //!
@@ -19,6 +19,8 @@ use serde::de::DeserializeOwned;
 pub struct SpillQueue<T> {
     memory_limit: usize,
     memory: VecDeque<T>,
+    memory_weight: usize,
+    spilled_weight: usize,
     /// The spill file (behind a lock so that a snapshot, which only reads, can flush it).
     file: Option<Mutex<BufWriter<File>>>,
     /// Bytes written to the spill file.
@@ -30,11 +32,14 @@ pub struct SpillQueue<T> {
 }
 
 impl<T: Serialize + DeserializeOwned> SpillQueue<T> {
-    /// A queue keeping at most `memory_limit` items in memory.
+    /// A queue keeping items of at most `memory_limit` total weight in memory (and always
+    /// at least one item).
     pub fn new(memory_limit: usize) -> SpillQueue<T> {
         SpillQueue {
             memory_limit: memory_limit.max(1),
             memory: VecDeque::new(),
+            memory_weight: 0,
+            spilled_weight: 0,
             file: None,
             file_len: 0,
             spilled: 0,
@@ -51,13 +56,19 @@ impl<T: Serialize + DeserializeOwned> SpillQueue<T> {
         self.len() == 0
     }
 
-    /// Items written to the spill file so far.
-    pub fn spilled(&self) -> usize {
-        self.spilled
+    /// Weight of the items written to the spill file so far.
+    pub fn spilled_weight(&self) -> usize {
+        self.spilled_weight
     }
 
-    pub fn push(&mut self, item: T) {
-        if self.spilled == 0 && self.overflow.is_empty() && self.memory.len() < self.memory_limit {
+    /// Appends an item of `weight` (at least 1).
+    pub fn push(&mut self, item: T, weight: usize) {
+        let weight = weight.max(1);
+        if self.spilled == 0
+            && self.overflow.is_empty()
+            && (self.memory.is_empty() || self.memory_weight + weight <= self.memory_limit)
+        {
+            self.memory_weight += weight;
             self.memory.push_back(item);
             return;
         }
@@ -65,6 +76,7 @@ impl<T: Serialize + DeserializeOwned> SpillQueue<T> {
             match self.spill(&item) {
                 Ok(()) => {
                     self.spilled += 1;
+                    self.spilled_weight += weight;
                     return;
                 }
                 Err(e) => {
@@ -132,6 +144,8 @@ impl<T: Serialize + DeserializeOwned> SpillQueue<T> {
         self.file = None;
         self.file_len = 0;
         self.spilled = 0;
+        self.spilled_weight = 0;
+        self.memory_weight = 0;
         Ok(all)
     }
 
@@ -155,13 +169,13 @@ mod tests {
     fn keeps_order_across_memory_and_file() {
         let mut q: SpillQueue<(u64, String)> = SpillQueue::new(3);
         for i in 0..10 {
-            q.push((i, format!("row-{i}")));
+            q.push((i, format!("row-{i}")), 1);
         }
         assert_eq!(q.len(), 10);
-        assert_eq!(q.spilled(), 7);
+        assert_eq!(q.spilled_weight(), 7);
         let copy = q.to_vec().unwrap();
         assert_eq!(copy.len(), 10);
-        q.push((10, "row-10".into()));
+        q.push((10, "row-10".into()), 1);
         let all = q.drain().unwrap();
         assert_eq!(
             all.iter().map(|x| x.0).collect::<Vec<_>>(),
@@ -169,7 +183,9 @@ mod tests {
         );
         assert_eq!(copy[..], all[..10]);
         assert!(q.is_empty());
-        q.push((1, "again".into()));
-        assert_eq!(q.drain().unwrap(), vec![(1, "again".to_string())]);
+        q.push((1, "again".into()), 5);
+        q.push((2, "heavy".into()), 5);
+        assert_eq!(q.spilled_weight(), 5, "weights count against the limit");
+        assert_eq!(q.drain().unwrap().len(), 2);
     }
 }
