@@ -545,6 +545,7 @@ fn reference_state_bytes(rows: u64) -> anyhow::Result<(f64, f64, f64)> {
         key: vec![("host".into(), "host".into())],
         columns: None,
         version_range: None,
+        conditions: Vec::new(),
         mode: JoinMode::Lookup,
         miss: MissPolicy::Emit,
         strategy: EnrichStrategy::Gradual,

@@ -1387,6 +1387,20 @@ fn enrich_operator(
             end_excluding: pick(&v.end_excluding, nvd.end_excluding),
         }
     });
+    let mut conditions = Vec::new();
+    for (i, c) in y.conditions.iter().enumerate() {
+        match parse_condition(&c.value) {
+            Some(cond) => conditions.push(cond),
+            None => issues.at(
+                &c.referenced,
+                format!("{f}.where[{i}]"),
+                format!(
+                    "`{}`: write `event_column OP table_column` with OP one of = != < <= > >=",
+                    c.value
+                ),
+            ),
+        }
+    }
     let spec = EnrichSpec {
         table,
         primary_key,
@@ -1401,6 +1415,7 @@ fn enrich_operator(
             .as_ref()
             .map(|c| c.iter().map(|x| x.value.clone()).collect()),
         version_range,
+        conditions,
         mode,
         miss,
         strategy,
@@ -1427,6 +1442,21 @@ fn enrich_operator(
     Some((probe.ports(), factory, None))
 }
 
+/// `event_column OP table_column`.
+fn parse_condition(text: &str) -> Option<crate::operators::enrich::Condition> {
+    use crate::operators::enrich::{CmpOp, Condition};
+    let mut parts = text.split_whitespace();
+    let (event, op, table) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() {
+        return None;
+    }
+    Some(Condition {
+        event: event.to_string(),
+        op: CmpOp::parse(op)?,
+        table: table.to_string(),
+    })
+}
+
 /// The location of an enrich spec field named like `key.x` or `columns[2]`.
 fn locate_enrich_field(y: &yaml::EnrichYaml, field: &str) -> Option<Location> {
     if let Some(k) = field.strip_prefix("key.") {
@@ -1438,6 +1468,13 @@ fn locate_enrich_field(y: &yaml::EnrichYaml, field: &str) -> Option<Location> {
         .and_then(|n| n.parse::<usize>().ok())
     {
         return y.columns.as_ref()?.get(i).map(|c| c.referenced);
+    }
+    if let Some(i) = field
+        .strip_prefix("where[")
+        .and_then(|r| r.split(']').next())
+        .and_then(|n| n.parse::<usize>().ok())
+    {
+        return y.conditions.get(i).map(|c| c.referenced);
     }
     if field.starts_with("version_range") {
         return y.version_range.as_ref().map(|v| v.referenced);

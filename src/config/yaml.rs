@@ -179,6 +179,10 @@ pub struct EnrichYaml {
     pub key: S<IndexMap<String, S<String>>>,
     pub columns: Option<Vec<S<String>>>,
     pub version_range: Option<S<VersionRangeYaml>>,
+    /// Residual conditions, each `event_column OP table_column` with OP one of
+    /// `= != < <= > >=`.
+    #[serde(default, rename = "where")]
+    pub conditions: Vec<S<String>>,
     /// `lookup` (latest rows) or `as_of` (rows valid at the event's time).
     pub mode: Option<S<String>>,
     /// `as_of` history kept behind the watermark.

@@ -13,8 +13,9 @@
 //! Truncate deletes every row.
 //!
 //! # Joining
-//! An event matches every reference row whose join columns equal the event's and, with a
-//! `version_range`, whose NVD version rule admits the event's version: 1:N, one output row
+//! An event matches every reference row whose join columns equal the event's, that meets
+//! the residual conditions (`event column OP table column`) and, with a `version_range`,
+//! whose NVD version rule admits the event's version: 1:N, one output row
 //! per match, the event's columns then the selected reference columns then
 //! `<table>_matched`. `lookup` joins the latest rows at once; `as_of` waits until the
 //! watermark (the minimum over both inputs, so the reference side's progress counts) passes
@@ -111,6 +112,56 @@ impl VersionRangeSpec {
     }
 }
 
+/// A comparison of the residual predicate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CmpOp {
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+}
+
+impl CmpOp {
+    /// From its symbol: `= != < <= > >=`.
+    pub fn parse(symbol: &str) -> Option<CmpOp> {
+        Some(match symbol {
+            "=" | "==" => CmpOp::Eq,
+            "!=" => CmpOp::Ne,
+            "<" => CmpOp::Lt,
+            "<=" => CmpOp::Le,
+            ">" => CmpOp::Gt,
+            ">=" => CmpOp::Ge,
+            _ => return None,
+        })
+    }
+
+    /// Whether `a op b` holds; a comparison with null never holds (as in SQL).
+    fn holds(self, a: &Value, b: &Value) -> bool {
+        if a.is_null() || b.is_null() {
+            return false;
+        }
+        let o = a.total_cmp(b);
+        match self {
+            CmpOp::Eq => o.is_eq(),
+            CmpOp::Ne => o.is_ne(),
+            CmpOp::Lt => o.is_lt(),
+            CmpOp::Le => o.is_le(),
+            CmpOp::Gt => o.is_gt(),
+            CmpOp::Ge => o.is_ge(),
+        }
+    }
+}
+
+/// One condition of the residual predicate: `event column OP table column`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Condition {
+    pub event: String,
+    pub op: CmpOp,
+    pub table: String,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct EnrichSpec {
     /// The reference table's name: names `<table>_matched` and the metrics.
@@ -122,6 +173,8 @@ pub struct EnrichSpec {
     /// Reference columns added to the output; `None`: all not already in the event.
     pub columns: Option<Vec<String>>,
     pub version_range: Option<VersionRangeSpec>,
+    /// More conditions every match must meet, besides the join key.
+    pub conditions: Vec<Condition>,
     pub mode: JoinMode,
     pub miss: MissPolicy,
     pub strategy: EnrichStrategy,
@@ -154,8 +207,10 @@ struct Layout {
     /// Event column of the observed version, and table columns of the rule.
     version: Option<(usize, [Option<usize>; 5])>,
     table_schema: Schema,
-    /// The join key is the primary key and there is no version rule: an event's match is
-    /// one table lookup, with no secondary index and no memo.
+    /// Residual conditions: (event column, op, table column).
+    conditions: Vec<(usize, CmpOp, usize)>,
+    /// The join key is the primary key and there is no version rule nor condition: an
+    /// event's match is one table lookup, with no secondary index and no memo.
     direct: bool,
 }
 
@@ -397,6 +452,27 @@ impl EnrichOperator {
                 ))
             }
         };
+        let mut conditions = Vec::new();
+        for (n, c) in spec.conditions.iter().enumerate() {
+            let field = format!("where[{n}]");
+            let e = event_col(&field, &c.event)?;
+            let t = table_col(&field, &c.table)?;
+            let (et, tt) = (
+                event_schema.field(e).data_type,
+                table_schema.field(t).data_type,
+            );
+            let numeric = |d: DataType| matches!(d, DataType::Int | DataType::Float);
+            if et != tt && !(numeric(et) && numeric(tt)) {
+                return Err(spec_err(
+                    field,
+                    format!(
+                        "`{}` is {et} and `{}` is {tt}: a condition compares values of one type",
+                        c.event, c.table
+                    ),
+                ));
+            }
+            conditions.push((e, c.op, t));
+        }
         let retention = match spec.mode {
             JoinMode::Lookup => None,
             JoinMode::AsOf { retention_ms } => Some(retention_ms.unwrap_or(i64::MAX / 4)),
@@ -416,7 +492,8 @@ impl EnrichOperator {
         Ok(EnrichOperator {
             name: name.to_string(),
             layout: Layout {
-                direct: version.is_none() && table_key == primary_key,
+                direct: version.is_none() && conditions.is_empty() && table_key == primary_key,
+                conditions,
                 event_key,
                 table_key,
                 primary_key,
@@ -639,7 +716,8 @@ impl EnrichOperator {
             return hit.clone();
         }
         let key_len = self.layout.event_key.len();
-        let (join_key, version) = self.probe_key.split_at(key_len);
+        let (join_key, rest) = self.probe_key.split_at(key_len);
+        let (version, conditions) = rest.split_at(usize::from(self.layout.version.is_some()));
         let mut found: Vec<(&[Value], Projected)> = Vec::new();
         if let Some(pks) = self.index.get(join_key) {
             for pk in pks {
@@ -657,7 +735,16 @@ impl EnrichOperator {
                     .iter()
                     .zip(join_key)
                     .all(|(&i, v)| row[i] == *v);
-                if same_key && version.first().is_none_or(|v| self.version_admits(v, row)) {
+                let conditions_hold = self
+                    .layout
+                    .conditions
+                    .iter()
+                    .zip(conditions)
+                    .all(|((_, op, t), v)| op.holds(v, &row[*t]));
+                if same_key
+                    && conditions_hold
+                    && version.first().is_none_or(|v| self.version_admits(v, row))
+                {
                     found.push((pk, self.project(row)));
                 }
             }
@@ -681,6 +768,9 @@ impl EnrichOperator {
         }
         if let Some((v, _)) = &self.layout.version {
             self.probe_key.push(event[*v].clone());
+        }
+        for (e, _, _) in &self.layout.conditions {
+            self.probe_key.push(event[*e].clone());
         }
     }
 
@@ -1159,6 +1249,7 @@ mod tests {
                 end_including: None,
                 end_excluding: Some("version_end_excluding".into()),
             }),
+            conditions: Vec::new(),
             mode,
             miss,
             strategy,
@@ -1431,6 +1522,63 @@ mod tests {
         h.watermark_all(106);
         assert_eq!(cves(&h.take("main")), vec![("b".into(), "-".into(), false)]);
         assert_eq!(h.operator().watermark_hold(), None);
+    }
+
+    #[test]
+    fn residual_conditions_filter_matches_and_key_the_memo() {
+        let mut spec = spec(JoinMode::Lookup, MissPolicy::Emit, EnrichStrategy::Gradual);
+        spec.version_range = None;
+        // Only rows whose `version` column is above the event's `version`.
+        spec.conditions = vec![Condition {
+            event: "version".into(),
+            op: CmpOp::Lt,
+            table: "version".into(),
+        }];
+        let mut h = Harness::new(op(spec), 2);
+        h.data(
+            1,
+            changes(&[
+                (("r", 5, 1, "openssl", "CVE-A", "2", "", ""), 0),
+                (("r", 5, 2, "openssl", "CVE-B", "5", "", ""), 0),
+            ]),
+        );
+        h.data(
+            0,
+            events(&[
+                ("h1", "openssl", "1", 10),
+                ("h2", "openssl", "3", 11),
+                ("h3", "openssl", "1", 12),
+                ("h4", "openssl", "9", 13),
+            ]),
+        );
+        assert_eq!(
+            cves(&h.take("main")),
+            vec![
+                ("h1".into(), "CVE-A".into(), true),
+                ("h1".into(), "CVE-B".into(), true),
+                ("h2".into(), "CVE-B".into(), true),
+                ("h3".into(), "CVE-A".into(), true),
+                ("h3".into(), "CVE-B".into(), true),
+                ("h4".into(), "-".into(), false),
+            ]
+        );
+        let mut bad = spec_for_conditions();
+        bad.conditions[0].table = "id".into();
+        let e = EnrichOperator::new("e", bad, events_schema(), &change_schema())
+            .err()
+            .unwrap();
+        assert_eq!(e.field, "where[0]");
+        assert!(e.message.contains("one type"), "{}", e.message);
+    }
+
+    fn spec_for_conditions() -> EnrichSpec {
+        let mut s = spec(JoinMode::Lookup, MissPolicy::Emit, EnrichStrategy::Gradual);
+        s.conditions = vec![Condition {
+            event: "version".into(),
+            op: CmpOp::Lt,
+            table: "version".into(),
+        }];
+        s
     }
 
     #[test]
@@ -1770,6 +1918,7 @@ mod tests {
                 key: vec![("id".into(), "id".into())],
                 columns: Some(vec!["product".into()]),
                 version_range: None,
+                conditions: Vec::new(),
                 mode: JoinMode::Lookup,
                 miss: MissPolicy::Emit,
                 strategy: EnrichStrategy::Gradual,
