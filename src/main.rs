@@ -199,12 +199,24 @@ fn explain(path: &Path, addr: Option<SocketAddr>) -> anyhow::Result<ExitCode> {
     let plan = &compiled.plan;
     println!("plan of `{}`:", plan.name);
     for n in &plan.nodes {
+        let broadcast: &[usize] = match &n.kind {
+            runtime::NodeKind::Operator {
+                broadcast_inputs, ..
+            } => broadcast_inputs,
+            _ => &[],
+        };
         let inputs: Vec<String> = n
             .inputs
             .iter()
-            .map(|r| {
+            .enumerate()
+            .map(|(j, r)| {
                 let up = &plan.nodes[r.node];
-                format!("{}.{}", up.name, up.ports[r.port].name)
+                let whole = if broadcast.contains(&j) && n.parallelism > 1 {
+                    " (broadcast)"
+                } else {
+                    ""
+                };
+                format!("{}.{}{whole}", up.name, up.ports[r.port].name)
             })
             .collect();
         let role = match n.role() {
