@@ -14,7 +14,7 @@ pub type EmittedRow = (Vec<Value>, EventTime);
 /// Drives one operator instance as the runtime would, without threads or time.
 pub struct Harness<O: Operator> {
     op: O,
-    out: Output,
+    out: Output<'static>,
     watermarks: InputWatermarks,
     port_names: Vec<String>,
     emitted: BTreeMap<String, Vec<EmittedRow>>,

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use crate::error::RunError;
-use crate::operators::{Operator, Output};
+use crate::operators::{Operator, Output, PortSpec};
 use crate::runtime::Message;
 use crate::runtime::gate::{GateEvent, InputGate};
 use crate::runtime::plan::WatermarkSpec;
@@ -252,7 +252,8 @@ impl SourceDriver {
 pub struct OperatorDriver {
     op: Box<dyn Operator>,
     gate: InputGate,
-    out: Output,
+    /// The operator's ports and pending batches (an `Output` between calls).
+    out: Option<(Vec<PortSpec>, Vec<Batch>)>,
     status: Arc<InstanceStatus>,
     events: Vec<GateEvent>,
     /// The watermark last forwarded downstream, and whether the operator held it back.
@@ -274,7 +275,7 @@ impl OperatorDriver {
         status: Arc<InstanceStatus>,
         now_ms: i64,
     ) -> OperatorDriver {
-        let out = Output::new(op.ports());
+        let out = Some(Output::new(op.ports()).into_parts());
         OperatorDriver {
             op,
             gate: InputGate::new(slot_input, now_ms),
@@ -333,7 +334,7 @@ impl OperatorDriver {
             match event {
                 GateEvent::Data { input, batch } => {
                     self.status.add_records_in(batch.len() as u64, now_ms);
-                    self.op.process(input, batch, &mut self.out);
+                    self.call(emit, |op, out| op.process(input, batch, out))?;
                     self.flush(emit)?;
                     if self.holding {
                         self.forward_watermark(emit)?;
@@ -341,7 +342,7 @@ impl OperatorDriver {
                 }
                 GateEvent::Watermark(wm) => {
                     if let Watermark::EventTime(t) = wm {
-                        self.op.on_watermark(t, &mut self.out);
+                        self.call(emit, |op, out| op.on_watermark(t, out))?;
                         self.flush(emit)?;
                     }
                     self.publish_watermark();
@@ -365,6 +366,34 @@ impl OperatorDriver {
             }
         }
         Ok(())
+    }
+
+    /// Runs one operator call whose full batches are sent on as the call goes (bounded memory
+    /// for bursts); what is left is sent by `flush` afterwards.
+    fn call(
+        &mut self,
+        emit: &mut impl FnMut(Emit) -> Result<(), RunError>,
+        f: impl FnOnce(&mut dyn Operator, &mut Output<'_>),
+    ) -> Result<(), RunError> {
+        let mut failed: Option<RunError> = None;
+        let mut send = |port: usize, batch: Batch| {
+            if failed.is_none()
+                && let Err(e) = emit(Emit::Port(port, batch))
+            {
+                failed = Some(e);
+            }
+        };
+        let parts = self
+            .out
+            .take()
+            .expect("parts are put back after every call");
+        let mut out = Output::with_flush(parts, &mut send);
+        f(self.op.as_mut(), &mut out);
+        self.out = Some(out.into_parts());
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
     /// Forwards the merged watermark, capped by what the operator still holds back; never
@@ -409,8 +438,14 @@ impl OperatorDriver {
         &mut self,
         emit: &mut impl FnMut(Emit) -> Result<(), RunError>,
     ) -> Result<(), RunError> {
-        for (port, batch) in self.out.drain() {
-            emit(Emit::Port(port, batch))?;
+        let (_, batches) = self
+            .out
+            .as_mut()
+            .expect("parts are put back after every call");
+        for (port, batch) in batches.iter_mut().enumerate() {
+            if !batch.is_empty() {
+                emit(Emit::Port(port, batch.take()))?;
+            }
         }
         Ok(())
     }
