@@ -207,6 +207,10 @@ struct Layout {
     /// Event column of the observed version, and table columns of the rule.
     version: Option<(usize, [Option<usize>; 5])>,
     table_schema: Schema,
+    /// The table's columns the join reads (key, primary key, selected, rule and condition
+    /// columns), as indices into the change rows' table columns: only these are stored, and
+    /// every other index of the layout points into a stored row.
+    stored: Vec<usize>,
     /// Residual conditions: (event column, op, table column).
     conditions: Vec<(usize, CmpOp, usize)>,
     /// The join key is the primary key and there is no version rule nor condition: an
@@ -473,6 +477,36 @@ impl EnrichOperator {
             }
             conditions.push((e, c.op, t));
         }
+        // Keep only the columns the join reads, and point the layout into the kept row.
+        let mut stored: Vec<usize> = table_key
+            .iter()
+            .chain(&primary_key)
+            .chain(&selected)
+            .chain(version.iter().flat_map(|(_, cols)| cols.iter().flatten()))
+            .chain(conditions.iter().map(|(_, _, t)| t))
+            .copied()
+            .collect();
+        stored.sort_unstable();
+        stored.dedup();
+        let at = |i: usize| {
+            stored
+                .binary_search(&i)
+                .expect("every used column is stored")
+        };
+        let table_key: Vec<usize> = table_key.into_iter().map(at).collect();
+        let primary_key: Vec<usize> = primary_key.into_iter().map(at).collect();
+        let selected: Vec<usize> = selected.into_iter().map(at).collect();
+        let version = version.map(|(e, cols)| (e, cols.map(|c| c.map(at))));
+        let conditions: Vec<(usize, CmpOp, usize)> = conditions
+            .into_iter()
+            .map(|(e, op, t)| (e, op, at(t)))
+            .collect();
+        let table_schema = Schema::new(
+            stored
+                .iter()
+                .map(|&i| table_schema.field(i).clone())
+                .collect(),
+        );
         let retention = match spec.mode {
             JoinMode::Lookup => None,
             JoinMode::AsOf { retention_ms } => Some(retention_ms.unwrap_or(i64::MAX / 4)),
@@ -500,6 +534,7 @@ impl EnrichOperator {
                 selected,
                 version,
                 table_schema,
+                stored,
             },
             spec,
             event_schema,
@@ -591,7 +626,13 @@ impl EnrichOperator {
     fn apply_change(&mut self, change: &[Value], time: EventTime, out: &mut Output) {
         let op = rows::row_op(change);
         let version = rows::row_version(change);
-        let cols = &change[META_COLUMNS..];
+        let all = &change[META_COLUMNS..];
+        let kept: Vec<Value> = if matches!(op, RowOp::Upsert { .. } | RowOp::Delete) {
+            self.layout.stored.iter().map(|&i| all[i].clone()).collect()
+        } else {
+            Vec::new()
+        };
+        let cols = &kept[..];
         match op {
             RowOp::SnapshotEnd => {
                 if !self.snapshot_done {
@@ -626,7 +667,7 @@ impl EnrichOperator {
                     .iter()
                     .map(|&i| cols[i].clone())
                     .collect();
-                let mut row: Box<[Value]> = cols.into();
+                let mut row: Vec<Value> = kept;
                 let unavailable = rows::row_unavailable(change);
                 let previous = self.table.get(&pk).map(|r| r.values());
                 if !unavailable.is_empty()
@@ -1599,6 +1640,8 @@ mod tests {
         ]));
         let op = EnrichOperator::new("e", spec, events.clone(), &change_schema()).unwrap();
         assert!(op.layout.direct);
+        // Only the columns the join reads are stored: product and cve, of six.
+        assert_eq!(op.layout.stored, vec![1, 2]);
         let mut h = Harness::new(op, 2);
         let mut b = Batch::new(events);
         b.push_row([s("h1"), s("CVE-1")], 5);
