@@ -270,6 +270,8 @@ pub struct EnrichOperator {
     probe_key: Vec<Value>,
     counters: Counters,
     stats: JoinStats,
+    /// The watermark at the last tombstone sweep (latest-only tables).
+    last_sweep: Option<EventTime>,
     /// `stats` as last added to the metric counters.
     published: JoinStats,
     /// `state_bytes()` as of the last barrier or the end of input (it walks the table).
@@ -344,6 +346,12 @@ impl TimeSet {
         self.0.clear();
     }
 }
+
+/// How long (event time) a latest-only table remembers a delete, so that a replayed older
+/// insert of the key stays ignored.
+const TOMBSTONE_RETENTION_MS: i64 = 3_600_000;
+/// How often (event time) those tombstones are swept.
+const TOMBSTONE_SWEEP_MS: i64 = 600_000;
 
 /// Most memoized probes kept; beyond it the memo starts over.
 const MEMO_LIMIT: usize = 1 << 18;
@@ -557,6 +565,7 @@ impl EnrichOperator {
             counters,
             stats: JoinStats::default(),
             published: JoinStats::default(),
+            last_sweep: None,
             measured_bytes: std::cell::Cell::new(0),
         })
     }
@@ -1092,12 +1101,26 @@ impl Operator for EnrichOperator {
             self.measure_state();
         }
         self.publish_counts();
-        if let JoinMode::AsOf {
-            retention_ms: Some(_),
-        } = self.spec.mode
-        {
+        let cutoff = match self.spec.mode {
+            JoinMode::AsOf {
+                retention_ms: Some(_),
+            } => Some(watermark),
+            // Latest rows only: forget tombstones an hour (event time) after their delete,
+            // sweeping every ten minutes while there are any.
+            JoinMode::Lookup
+                if self.table.key_count() > self.table.len()
+                    && self
+                        .last_sweep
+                        .is_none_or(|s| watermark.saturating_sub(s) >= TOMBSTONE_SWEEP_MS) =>
+            {
+                self.last_sweep = Some(watermark);
+                Some(watermark.saturating_sub(TOMBSTONE_RETENTION_MS))
+            }
+            _ => None,
+        };
+        if let Some(cutoff) = cutoff {
             let before = self.table.key_count();
-            self.table.expire(watermark);
+            self.table.expire(cutoff);
             if self.table.key_count() < before && !self.layout.direct {
                 // Forgotten keys leave the index too (a key that comes back is listed anew).
                 let table = &self.table;
@@ -1152,6 +1175,7 @@ impl Operator for EnrichOperator {
             },
             next_seq: self.next_seq,
             stats: self.stats,
+            last_sweep: self.last_sweep,
         };
         postcard::to_allocvec(&image).map_err(|e| StateError::Encode {
             operator: self.name.clone(),
@@ -1218,6 +1242,7 @@ impl Operator for EnrichOperator {
         }
         self.next_seq = image.next_seq;
         self.stats = image.stats;
+        self.last_sweep = image.last_sweep;
         self.counters
             .gate_open
             .set(if self.gated_shut() { 0.0 } else { 1.0 });
@@ -1225,7 +1250,7 @@ impl Operator for EnrichOperator {
     }
 }
 
-const SNAPSHOT_VERSION: u8 = 4;
+const SNAPSHOT_VERSION: u8 = 5;
 
 #[derive(Serialize, Deserialize)]
 struct Image {
@@ -1239,6 +1264,7 @@ struct Image {
     held: Vec<Pending>,
     next_seq: u64,
     stats: JoinStats,
+    last_sweep: Option<EventTime>,
 }
 
 #[cfg(test)]
@@ -1434,6 +1460,32 @@ mod tests {
                 ("h".into(), "-".into(), false),
                 ("h".into(), "CVE-A2".into(), true)
             ]
+        );
+    }
+
+    #[test]
+    fn tombstones_of_a_latest_only_table_are_kept_for_an_hour_then_forgotten() {
+        let mut h = harness(JoinMode::Lookup, MissPolicy::Emit, EnrichStrategy::Gradual);
+        h.data(
+            1,
+            changes(&[
+                (("c", 10, 1, "openssl", "CVE-A", "*", "", ""), 1_000),
+                (("d", 20, 1, "openssl", "", "", "", ""), 2_000),
+            ]),
+        );
+        h.watermark_all(2_000);
+        // A replay of the insert, within the hour: ignored.
+        h.data(
+            1,
+            changes(&[(("c", 10, 1, "openssl", "CVE-A", "*", "", ""), 1_000)]),
+        );
+        assert_eq!(h.operator().reference_rows(), 0);
+        assert_eq!(h.operator().table.key_count(), 1, "the tombstone is kept");
+        h.watermark_all(2_000 + TOMBSTONE_RETENTION_MS + TOMBSTONE_SWEEP_MS);
+        assert_eq!(
+            h.operator().table.key_count(),
+            0,
+            "and forgotten after the hour"
         );
     }
 

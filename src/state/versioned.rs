@@ -10,7 +10,9 @@
 //! Retention (`retention_ms`): `expire(watermark)` drops history entries that no lookup at or
 //! after `watermark - retention_ms` can see any more — every version older than the newest
 //! one valid at that cutoff — and forgets keys whose only remaining version is an expired
-//! tombstone. Without retention only the latest version per key is kept.
+//! tombstone. Without retention only the latest version per key is kept, and `expire(t)`
+//! forgets the tombstones of deletes valid from `t` or earlier (after that, a replay of an
+//! older insert of the key would apply again: callers pass a cutoff older than any replay).
 //!
 //! Generic over the version type so that it does not depend on where versions come from.
 //!
@@ -233,9 +235,10 @@ where
     /// Drops history no lookup at or after `watermark - retention` can see.
     pub fn expire(&mut self, watermark: EventTime) {
         let Some(retention) = self.retention_ms else {
-            // Latest-only tables drop tombstones at once.
-            self.keys
-                .retain(|_, v| v.last().is_some_and(|x| x.row.is_some()));
+            self.keys.retain(|_, v| {
+                v.last()
+                    .is_some_and(|x| x.row.is_some() || x.valid_from > watermark)
+            });
             return;
         };
         let cutoff = watermark.saturating_sub(retention);
