@@ -652,8 +652,7 @@ impl EnrichOperator {
             }
             RowOp::Unknown => {}
             RowOp::Truncate => {
-                let keys: Vec<Box<[Value]>> = self.table.keys().map(Box::from).collect();
-                for k in keys {
+                for k in self.table.keys() {
                     self.table.apply(&k, version, time, None);
                 }
                 self.changed(time);
@@ -1198,17 +1197,18 @@ impl Operator for EnrichOperator {
         self.table = VersionedTable::restore(&image.table)?;
         self.index.clear();
         self.memo.clear();
-        let mut seen: ahash::AHashSet<(Box<[Value]>, &[Value])> = ahash::AHashSet::new();
+        // (join key, primary key) pairs already listed.
+        let mut seen: ahash::AHashSet<(Projected, Projected)> = ahash::AHashSet::new();
         let mut index: Map<Box<[Value]>, Vec<Box<[Value]>>> = Map::default();
         let rows = if self.layout.direct {
-            None
+            Vec::new()
         } else {
-            Some(self.table.rows())
+            self.table.rows()
         };
-        for (pk, row) in rows.into_iter().flatten() {
+        for (pk, row) in rows {
             let key = self.join_key_of_table_row(&row.values());
-            if seen.insert((key.clone(), pk)) {
-                index.entry(key).or_default().push(pk.into());
+            if seen.insert((key.clone(), pk.clone())) {
+                index.entry(key).or_default().push(pk);
             }
         }
         self.index = index;
@@ -1250,7 +1250,7 @@ impl Operator for EnrichOperator {
     }
 }
 
-const SNAPSHOT_VERSION: u8 = 5;
+const SNAPSHOT_VERSION: u8 = 6;
 
 #[derive(Serialize, Deserialize)]
 struct Image {

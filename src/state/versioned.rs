@@ -16,32 +16,22 @@
 //!
 //! Generic over the version type so that it does not depend on where versions come from.
 //!
-//! Layout, for lookups that touch as little memory as possible: a single-column key lives in
-//! the hash table's slot (no heap box), and so does a key's only version (the common case,
-//! and the only case without retention), so a lookup reads the slot and then the row. Rows
-//! are stored compactly (postcard: varint integers, length-prefixed strings) and decoded on
-//! lookup (`RowRef::values`).
+//! # Layout
+//! Versions are records appended to one byte arena; a hash table of 4-byte offsets points at
+//! each key's latest record, and a record points at the key's previous one (history). A record
+//! is `prev: u32 | meta length, key length, row length (varints) | meta | key | row`, where
+//! meta is `(version, valid_from)`, and key and row are postcard-encoded values (a row of
+//! length 0 is a delete). A lookup reads a few bytes of the hash table and one record; a row is
+//! decoded only when it is read (`RowRef::values`). Superseded records are garbage until the
+//! arena is compacted (when they are half of it, and at every `expire`).
 
-use std::borrow::Borrow;
-use std::hash::{BuildHasherDefault, Hash, Hasher};
-
-use smallvec::SmallVec;
+use std::marker::PhantomData;
 
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 
 use crate::error::StateError;
 use crate::types::{EventTime, Value};
-
-type Map<K, V> = std::collections::HashMap<K, V, BuildHasherDefault<ahash::AHasher>>;
-
-/// One version of a key: valid from `valid_from`; `row: None` is a delete.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-struct Version<V> {
-    version: V,
-    valid_from: EventTime,
-    /// The row's values, encoded.
-    row: Option<Box<[u8]>>,
-}
 
 /// The values of a row up to this many columns decode without allocating.
 pub type RowValues = SmallVec<[Value; 8]>;
@@ -63,59 +53,6 @@ impl RowRef<'_> {
     }
 }
 
-fn encode(row: &[Value]) -> Box<[u8]> {
-    postcard::to_allocvec(row)
-        .expect("values always encode")
-        .into_boxed_slice()
-}
-
-/// A key: one value inline, or several boxed. Hashes and compares as the slice of its
-/// values, so maps keyed by it are probed with a plain `&[Value]`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-enum RowKey {
-    One(Value),
-    Many(Box<[Value]>),
-}
-
-impl RowKey {
-    fn of(values: &[Value]) -> RowKey {
-        match values {
-            [v] => RowKey::One(v.clone()),
-            _ => RowKey::Many(values.into()),
-        }
-    }
-
-    fn as_slice(&self) -> &[Value] {
-        match self {
-            RowKey::One(v) => std::slice::from_ref(v),
-            RowKey::Many(vs) => vs,
-        }
-    }
-}
-
-impl Borrow<[Value]> for RowKey {
-    fn borrow(&self) -> &[Value] {
-        self.as_slice()
-    }
-}
-
-impl PartialEq for RowKey {
-    fn eq(&self, other: &RowKey) -> bool {
-        self.as_slice() == other.as_slice()
-    }
-}
-
-impl Eq for RowKey {}
-
-impl Hash for RowKey {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        self.as_slice().hash(state);
-    }
-}
-
-/// The versions of one key, oldest first; one of them fits in place.
-type Versions<V> = SmallVec<[Version<V>; 1]>;
-
 /// What `apply` did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Applied {
@@ -126,13 +63,94 @@ pub enum Applied {
     Stale,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+/// No previous record.
+const NONE: u32 = u32::MAX;
+
+fn put_varint(out: &mut Vec<u8>, mut v: usize) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn get_varint(bytes: &[u8], at: &mut usize) -> usize {
+    let mut v = 0usize;
+    let mut shift = 0;
+    loop {
+        let b = bytes[*at];
+        *at += 1;
+        v |= usize::from(b & 0x7f) << shift;
+        if b & 0x80 == 0 {
+            return v;
+        }
+        shift += 7;
+    }
+}
+
+/// One record, parsed (borrowing the arena).
+struct Record<'a> {
+    prev: u32,
+    meta: &'a [u8],
+    key: &'a [u8],
+    /// Empty for a delete.
+    row: &'a [u8],
+    /// Bytes the record takes in the arena.
+    len: usize,
+}
+
+fn record(arena: &[u8], offset: u32) -> Record<'_> {
+    let start = offset as usize;
+    let prev = u32::from_le_bytes(arena[start..start + 4].try_into().expect("4 bytes"));
+    let mut at = start + 4;
+    let meta_len = get_varint(arena, &mut at);
+    let key_len = get_varint(arena, &mut at);
+    let row_len = get_varint(arena, &mut at);
+    let meta = &arena[at..at + meta_len];
+    let key = &arena[at + meta_len..at + meta_len + key_len];
+    let row = &arena[at + meta_len + key_len..at + meta_len + key_len + row_len];
+    Record {
+        prev,
+        meta,
+        key,
+        row,
+        len: at + meta_len + key_len + row_len - start,
+    }
+}
+
+fn key_values(bytes: &[u8]) -> RowValues {
+    postcard::from_bytes(bytes).expect("a stored key decodes")
+}
+
+/// The table's hasher: fixed seeds, so snapshots restore into the same layout anywhere.
+fn hasher() -> ahash::RandomState {
+    ahash::RandomState::with_seeds(
+        0x7665_7273_696f_6e65,
+        0x645f_7461_626c_6531,
+        0x6b65_7973_5f61_7265,
+        0x5f73_6c69_6365_7321,
+    )
+}
+
 pub struct VersionedTable<V> {
-    /// Per key, versions in increasing version order (the last is the latest).
-    keys: Map<RowKey, Versions<V>>,
+    arena: Vec<u8>,
+    /// Offset of each key's latest record.
+    index: hashbrown::HashTable<u32>,
+    hasher: ahash::RandomState,
     retention_ms: Option<i64>,
     /// Keys whose latest version is a row (not a delete).
     live: usize,
+    /// Bytes of records no version chain reaches any more.
+    garbage: usize,
+    _version: PhantomData<V>,
+}
+
+/// What a snapshot holds: the live records, compacted, and the settings.
+#[derive(Serialize, Deserialize)]
+struct Image {
+    retention_ms: Option<i64>,
+    live: usize,
+    arena: Vec<u8>,
 }
 
 impl<V> VersionedTable<V>
@@ -142,9 +160,13 @@ where
     /// A table keeping history for `retention_ms` of event time (`None`: latest only).
     pub fn new(retention_ms: Option<i64>) -> VersionedTable<V> {
         VersionedTable {
-            keys: Map::default(),
+            arena: Vec::new(),
+            index: hashbrown::HashTable::new(),
+            hasher: hasher(),
             retention_ms,
             live: 0,
+            garbage: 0,
+            _version: PhantomData,
         }
     }
 
@@ -157,6 +179,40 @@ where
         self.live == 0
     }
 
+    fn meta(bytes: &[u8]) -> (V, EventTime) {
+        postcard::from_bytes(bytes).expect("stored metadata decodes")
+    }
+
+    /// The offset of `key`'s latest record.
+    fn find(&self, key: &[Value]) -> Option<u32> {
+        let hash = self.hasher.hash_one(key);
+        let arena = &self.arena;
+        self.index
+            .find(hash, |&off| key_values(record(arena, off).key)[..] == *key)
+            .copied()
+    }
+
+    /// Appends a record and returns its offset.
+    fn append(
+        arena: &mut Vec<u8>,
+        prev: u32,
+        meta: &[u8],
+        key: &[u8],
+        row: Option<&[Value]>,
+    ) -> u32 {
+        let offset = u32::try_from(arena.len()).expect("a table's arena stays below 4 GiB");
+        let row = row.map(|r| postcard::to_allocvec(r).expect("values always encode"));
+        let row = row.as_deref().unwrap_or(&[]);
+        arena.extend_from_slice(&prev.to_le_bytes());
+        put_varint(arena, meta.len());
+        put_varint(arena, key.len());
+        put_varint(arena, row.len());
+        arena.extend_from_slice(meta);
+        arena.extend_from_slice(key);
+        arena.extend_from_slice(row);
+        offset
+    }
+
     /// Applies a change: `row: None` deletes the key.
     pub fn apply(
         &mut self,
@@ -166,35 +222,47 @@ where
         row: Option<&[Value]>,
     ) -> Applied {
         let deleting = row.is_none();
-        let new = |row: Option<&[Value]>| Version {
-            version,
-            valid_from,
-            row: row.map(encode),
-        };
-        match self.keys.get_mut(key) {
+        let meta = postcard::to_allocvec(&(version, valid_from)).expect("metadata encodes");
+        let hash = self.hasher.hash_one(key);
+        let Self {
+            arena,
+            index,
+            hasher,
+            retention_ms,
+            ..
+        } = self;
+        let found = index.find_mut(hash, |&off| key_values(record(arena, off).key)[..] == *key);
+        let applied = match found {
             None => {
+                let key_bytes = postcard::to_allocvec(key).expect("values always encode");
+                // A delete of an unknown key is remembered too, so that an older insert
+                // replayed later stays ignored.
+                let off = Self::append(arena, NONE, &meta, &key_bytes, row);
+                index.insert_unique(hash, off, |&o| {
+                    hasher.hash_one(&key_values(record(arena, o).key)[..])
+                });
                 if deleting {
-                    // A delete of an unknown key: remember it, so an older insert replayed
-                    // later stays ignored.
-                    self.keys
-                        .insert(RowKey::of(key), smallvec::smallvec![new(None)]);
-                    return Applied::Deleted;
+                    Applied::Deleted
+                } else {
+                    self.live += 1;
+                    Applied::Inserted
                 }
-                self.keys
-                    .insert(RowKey::of(key), smallvec::smallvec![new(row)]);
-                self.live += 1;
-                Applied::Inserted
             }
-            Some(versions) => {
-                let latest = versions.last().expect("a key has at least one version");
-                if version <= latest.version {
+            Some(slot) => {
+                let latest = record(arena, *slot);
+                let (held, _) = Self::meta(latest.meta);
+                if version <= held {
                     return Applied::Stale;
                 }
-                let was_live = latest.row.is_some();
-                if self.retention_ms.is_none() {
-                    versions.clear();
-                }
-                versions.push(new(row));
+                let was_live = !latest.row.is_empty();
+                let (latest_len, key_bytes) = (latest.len, latest.key.to_vec());
+                let prev = if retention_ms.is_some() {
+                    *slot
+                } else {
+                    self.garbage += latest_len;
+                    NONE
+                };
+                *slot = Self::append(arena, prev, &meta, &key_bytes, row);
                 match (was_live, deleting) {
                     (true, true) => {
                         self.live -= 1;
@@ -208,123 +276,234 @@ where
                     }
                 }
             }
+        };
+        if self.garbage > 1 << 16 && self.garbage * 2 > self.arena.len() {
+            self.compact(|_| true);
         }
+        applied
     }
 
     /// The latest row of `key`, if present.
     pub fn get(&self, key: &[Value]) -> Option<RowRef<'_>> {
-        self.keys.get(key)?.last()?.row.as_deref().map(RowRef)
+        let r = record(&self.arena, self.find(key)?);
+        (!r.row.is_empty()).then_some(RowRef(r.row))
     }
 
     /// The latest version held for `key` (also for a deleted key).
     pub fn version_of(&self, key: &[Value]) -> Option<V> {
-        self.keys.get(key)?.last().map(|v| v.version)
+        let r = record(&self.arena, self.find(key)?);
+        Some(Self::meta(r.meta).0)
     }
 
     /// The row of `key` valid at event time `t`: the newest version with `valid_from <= t`.
     pub fn get_as_of(&self, key: &[Value], t: EventTime) -> Option<RowRef<'_>> {
-        let versions = self.keys.get(key)?;
-        versions
-            .iter()
-            .rev()
-            .find(|v| v.valid_from <= t)
-            .and_then(|v| v.row.as_deref())
-            .map(RowRef)
+        let mut off = self.find(key)?;
+        loop {
+            let r = record(&self.arena, off);
+            if Self::meta(r.meta).1 <= t {
+                return (!r.row.is_empty()).then_some(RowRef(r.row));
+            }
+            if r.prev == NONE {
+                return None;
+            }
+            off = r.prev;
+        }
+    }
+
+    /// The offsets of a key's versions, oldest first.
+    fn chain(&self, latest: u32) -> SmallVec<[u32; 4]> {
+        let mut chain: SmallVec<[u32; 4]> = SmallVec::new();
+        let mut off = latest;
+        loop {
+            chain.push(off);
+            let prev = record(&self.arena, off).prev;
+            if prev == NONE {
+                break;
+            }
+            off = prev;
+        }
+        chain.reverse();
+        chain
+    }
+
+    /// Rewrites the arena with only what each key's chain still needs: `keep` gets a key's
+    /// versions (oldest first, as offsets) and returns how many of the newest to keep (0
+    /// forgets the key).
+    fn compact_with(&mut self, mut keep: impl FnMut(&[u8], &[u32]) -> usize) {
+        let mut arena = Vec::with_capacity(self.arena.len() - self.garbage);
+        let mut index = hashbrown::HashTable::with_capacity(self.index.len());
+        let mut live = 0;
+        for &latest in &self.index {
+            let chain = self.chain(latest);
+            let n = keep(&self.arena, &chain).min(chain.len());
+            if n == 0 {
+                continue;
+            }
+            let mut prev = NONE;
+            let mut key_hash = 0;
+            for (i, &off) in chain[chain.len() - n..].iter().enumerate() {
+                let r = record(&self.arena, off);
+                if i == 0 {
+                    key_hash = self.hasher.hash_one(&key_values(r.key)[..]);
+                }
+                let at = u32::try_from(arena.len()).expect("a table's arena stays below 4 GiB");
+                arena.extend_from_slice(&prev.to_le_bytes());
+                arena.extend_from_slice(&self.arena[off as usize + 4..off as usize + r.len]);
+                prev = at;
+            }
+            if !record(&arena, prev).row.is_empty() {
+                live += 1;
+            }
+            let hasher = &self.hasher;
+            let new_arena = &arena;
+            index.insert_unique(key_hash, prev, |&o| {
+                hasher.hash_one(&key_values(record(new_arena, o).key)[..])
+            });
+        }
+        self.arena = arena;
+        self.index = index;
+        self.live = live;
+        self.garbage = 0;
+    }
+
+    /// Compaction that keeps every version `keep` accepts (by the latest record).
+    fn compact(&mut self, keep_key: impl Fn(&Record<'_>) -> bool) {
+        self.compact_with(|arena, chain| {
+            if keep_key(&record(
+                arena,
+                *chain.last().expect("a chain has a version"),
+            )) {
+                chain.len()
+            } else {
+                0
+            }
+        });
     }
 
     /// Drops history no lookup at or after `watermark - retention` can see.
     pub fn expire(&mut self, watermark: EventTime) {
         let Some(retention) = self.retention_ms else {
-            self.keys.retain(|_, v| {
-                v.last()
-                    .is_some_and(|x| x.row.is_some() || x.valid_from > watermark)
-            });
+            self.compact(|r| !r.row.is_empty() || Self::meta(r.meta).1 > watermark);
             return;
         };
         let cutoff = watermark.saturating_sub(retention);
-        self.keys.retain(|_, versions| {
+        self.compact_with(|arena, chain| {
             // Keep the newest version valid at the cutoff and everything after it.
-            let keep_from = versions
+            let from = chain
                 .iter()
-                .rposition(|v| v.valid_from <= cutoff)
+                .rposition(|&o| Self::meta(record(arena, o).meta).1 <= cutoff)
                 .unwrap_or(0);
-            versions.drain(..keep_from);
-            !(versions.len() == 1 && versions[0].row.is_none() && versions[0].valid_from <= cutoff)
+            let kept = chain.len() - from;
+            let only = record(arena, chain[from]);
+            if kept == 1 && only.row.is_empty() && Self::meta(only.meta).1 <= cutoff {
+                0
+            } else {
+                kept
+            }
         });
     }
 
     /// Keys held, deleted keys whose tombstone is kept included.
     pub fn key_count(&self) -> usize {
-        self.keys.len()
+        self.index.len()
     }
 
-    /// Every key held (also deleted keys whose tombstone is kept).
-    pub fn keys(&self) -> impl Iterator<Item = &[Value]> {
-        self.keys.keys().map(RowKey::as_slice)
+    /// Every key held (also deleted keys whose tombstone is kept), decoded.
+    pub fn keys(&self) -> Vec<Box<[Value]>> {
+        self.index
+            .iter()
+            .map(|&o| {
+                key_values(record(&self.arena, o).key)
+                    .into_vec()
+                    .into_boxed_slice()
+            })
+            .collect()
     }
 
     /// Every row held, current and historical, with its key (tombstones excluded).
-    pub fn rows(&self) -> impl Iterator<Item = (&[Value], RowRef<'_>)> {
-        self.keys.iter().flat_map(|(k, versions)| {
-            versions
-                .iter()
-                .filter_map(move |v| v.row.as_deref().map(|r| (k.as_slice(), RowRef(r))))
-        })
+    pub fn rows(&self) -> Vec<(Box<[Value]>, RowRef<'_>)> {
+        let mut out = Vec::new();
+        for &latest in &self.index {
+            let chain = self.chain(latest);
+            let key: Box<[Value]> = key_values(record(&self.arena, latest).key)
+                .into_vec()
+                .into_boxed_slice();
+            for off in chain {
+                let r = record(&self.arena, off);
+                if !r.row.is_empty() {
+                    out.push((key.clone(), RowRef(r.row)));
+                }
+            }
+        }
+        out
     }
 
     /// Versions held in total (rows and tombstones, current and historical).
     pub fn versions_held(&self) -> usize {
-        self.keys.values().map(|v| v.len()).sum()
+        self.index.iter().map(|&o| self.chain(o).len()).sum()
     }
 
-    /// An estimate of the memory used, in bytes: the hash table's slots (all allocated
-    /// ones), boxed keys, spilled version lists, rows and their heap strings.
+    /// The memory used, in bytes: the arena's allocation and the hash table's slots.
     pub fn estimated_bytes(&self) -> usize {
-        let heap = |v: &Value| match v {
-            Value::Str(s) if s.is_heap_allocated() => s.len(),
-            Value::Bytes(b) => b.len(),
-            Value::Json(j) => j.len(),
-            _ => 0,
-        };
-        let boxed = |vs: &[Value]| -> usize {
-            std::mem::size_of_val(vs) + vs.iter().map(heap).sum::<usize>()
-        };
-        let slots = self.keys.capacity() * (std::mem::size_of::<(RowKey, Versions<V>)>() + 1);
-        let contents: usize = self
-            .keys
-            .iter()
-            .map(|(k, versions)| {
-                let key = match k {
-                    RowKey::One(v) => heap(v),
-                    RowKey::Many(vs) => boxed(vs),
-                };
-                let spilled = if versions.spilled() {
-                    versions.capacity() * std::mem::size_of::<Version<V>>()
-                } else {
-                    0
-                };
-                key + spilled
-                    + versions
-                        .iter()
-                        .map(|v| v.row.as_deref().map_or(0, <[u8]>::len))
-                        .sum::<usize>()
-            })
-            .sum();
-        slots + contents
+        self.arena.capacity() + self.index.capacity() * (std::mem::size_of::<u32>() + 1)
     }
 
     pub fn snapshot(&self) -> Result<Vec<u8>, StateError> {
-        postcard::to_allocvec(self).map_err(|e| StateError::Encode {
+        let mut compact = VersionedTable::<V> {
+            arena: self.arena.clone(),
+            index: self.index.clone(),
+            hasher: self.hasher.clone(),
+            retention_ms: self.retention_ms,
+            live: self.live,
+            garbage: self.garbage,
+            _version: PhantomData,
+        };
+        if compact.garbage > 0 {
+            compact.compact(|_| true);
+        }
+        postcard::to_allocvec(&Image {
+            retention_ms: compact.retention_ms,
+            live: compact.live,
+            arena: compact.arena,
+        })
+        .map_err(|e| StateError::Encode {
             operator: "versioned table".into(),
             reason: e.to_string(),
         })
     }
 
     pub fn restore(bytes: &[u8]) -> Result<VersionedTable<V>, StateError> {
-        postcard::from_bytes(bytes).map_err(|e| StateError::Decode {
+        let image: Image = postcard::from_bytes(bytes).map_err(|e| StateError::Decode {
             operator: "versioned table".into(),
             reason: e.to_string(),
-        })
+        })?;
+        let mut t = VersionedTable::new(image.retention_ms);
+        t.arena = image.arena;
+        t.live = image.live;
+        // A compacted arena holds each chain oldest first: the last record of a key is its
+        // latest; records that an index slot replaces are older versions of that key.
+        let mut off = 0usize;
+        while off < t.arena.len() {
+            let r = record(&t.arena, off as u32);
+            let len = r.len;
+            let key = key_values(r.key);
+            let hash = t.hasher.hash_one(&key[..]);
+            let arena = &t.arena;
+            match t
+                .index
+                .find_mut(hash, |&o| key_values(record(arena, o).key)[..] == key[..])
+            {
+                Some(slot) => *slot = off as u32,
+                None => {
+                    let hasher = &t.hasher;
+                    t.index.insert_unique(hash, off as u32, |&o| {
+                        hasher.hash_one(&key_values(record(arena, o).key)[..])
+                    });
+                }
+            }
+            off += len;
+        }
+        Ok(t)
     }
 }
 
@@ -399,6 +578,37 @@ mod tests {
         assert_eq!(t.versions_held(), 2);
         t.expire(5_000);
         assert_eq!(t.versions_held(), 0, "expired tombstone forgotten");
+    }
+
+    #[test]
+    fn superseded_versions_are_compacted_away() {
+        // Latest only: a million updates of a hundred two-column keys keep the arena small.
+        let mut t: VersionedTable<u64> = VersionedTable::new(None);
+        let key = |i: u64| vec![Value::from("k"), Value::Int((i % 100) as i64)];
+        for i in 0..100_000u64 {
+            let row = [
+                Value::Int(i as i64),
+                Value::from("a longer string value, 40 bytes"),
+            ];
+            t.apply(&key(i), i + 1, i as i64, Some(&row));
+        }
+        assert_eq!(t.len(), 100);
+        assert!(
+            t.estimated_bytes() < 1 << 20,
+            "{} bytes",
+            t.estimated_bytes()
+        );
+        assert_eq!(
+            got(t.get(&key(99_999))),
+            Some(vec![
+                Value::Int(99_999),
+                Value::from("a longer string value, 40 bytes")
+            ])
+        );
+        let r = VersionedTable::<u64>::restore(&t.snapshot().unwrap()).unwrap();
+        assert_eq!(r.len(), 100);
+        assert_eq!(got(r.get(&key(5))), got(t.get(&key(5))));
+        assert_eq!(r.version_of(&key(5)), Some(99_906));
     }
 
     #[test]
