@@ -581,6 +581,8 @@ fn reference_state_bytes(rows: u64) -> anyhow::Result<(f64, f64, f64)> {
             op.process(1, batch.take(), &mut out);
         }
     }
+    // The snapshot ends, as the change stream's `snapshot_end` row says.
+    crate::cdc::rows::push_snapshot_end(&mut batch, START_MS);
     op.process(1, batch, &mut out);
     Ok((
         op.state_bytes() as f64 / rows as f64,

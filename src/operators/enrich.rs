@@ -646,6 +646,7 @@ impl EnrichOperator {
             RowOp::SnapshotEnd => {
                 if !self.snapshot_done {
                     self.snapshot_done = true;
+                    self.table.shrink_to_fit();
                     self.counters.gate_open.set(1.0);
                     tracing::info!(node = %self.name, table = %self.spec.table, rows = self.table.len(), "reference snapshot complete: gate open");
                 }

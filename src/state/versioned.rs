@@ -19,9 +19,9 @@
 //! # Layout
 //! Versions are records appended to one byte arena; a hash table of 4-byte offsets points at
 //! each key's latest record, and a record points at the key's previous one (history). A record
-//! is `prev: u32 | meta length, key length, row length (varints) | meta | key | row`, where
-//! meta is `(version, valid_from)`, and key and row are postcard-encoded values (a row of
-//! length 0 is a delete). A lookup reads a few bytes of the hash table and one record; a row is
+//! is `prev + 1 (0: none), meta length, key length, row length (varints) | meta | key | row`,
+//! where meta is `(version, valid_from)` (`None` for the beginning of time, as snapshot rows
+//! are), and key and row are postcard-encoded values (a row of length 0 is a delete). A lookup reads a few bytes of the hash table and one record; a row is
 //! decoded only when it is read (`RowRef::values`). Superseded records are garbage until the
 //! arena is compacted (when they are half of it, and at every `expire`).
 
@@ -91,6 +91,8 @@ fn get_varint(bytes: &[u8], at: &mut usize) -> usize {
 /// One record, parsed (borrowing the arena).
 struct Record<'a> {
     prev: u32,
+    /// Where the record's bytes after `prev` start (an absolute arena offset).
+    body: usize,
     meta: &'a [u8],
     key: &'a [u8],
     /// Empty for a delete.
@@ -101,8 +103,12 @@ struct Record<'a> {
 
 fn record(arena: &[u8], offset: u32) -> Record<'_> {
     let start = offset as usize;
-    let prev = u32::from_le_bytes(arena[start..start + 4].try_into().expect("4 bytes"));
-    let mut at = start + 4;
+    let mut at = start;
+    let prev = match get_varint(arena, &mut at) {
+        0 => NONE,
+        p => (p - 1) as u32,
+    };
+    let body = at;
     let meta_len = get_varint(arena, &mut at);
     let key_len = get_varint(arena, &mut at);
     let row_len = get_varint(arena, &mut at);
@@ -111,6 +117,7 @@ fn record(arena: &[u8], offset: u32) -> Record<'_> {
     let row = &arena[at + meta_len + key_len..at + meta_len + key_len + row_len];
     Record {
         prev,
+        body,
         meta,
         key,
         row,
@@ -120,6 +127,41 @@ fn record(arena: &[u8], offset: u32) -> Record<'_> {
 
 fn key_values(bytes: &[u8]) -> RowValues {
     postcard::from_bytes(bytes).expect("a stored key decodes")
+}
+
+/// A key's bytes: postcard, with decimals normalized, so that equal keys (`Value::eq`) have
+/// equal bytes and lookups compare bytes.
+fn key_bytes<'b>(key: &[Value], buf: &'b mut [u8; 256]) -> KeyBytes<'b> {
+    let normalized: Option<Vec<Value>> =
+        key.iter().any(|v| matches!(v, Value::Decimal(_))).then(|| {
+            key.iter()
+                .map(|v| match v {
+                    Value::Decimal(d) => Value::Decimal(d.normalize()),
+                    other => other.clone(),
+                })
+                .collect()
+        });
+    let key = normalized.as_deref().unwrap_or(key);
+    match postcard::to_slice(key, buf) {
+        Ok(bytes) => KeyBytes::Stack(bytes),
+        Err(_) => KeyBytes::Heap(postcard::to_allocvec(key).expect("values always encode")),
+    }
+}
+
+enum KeyBytes<'a> {
+    Stack(&'a mut [u8]),
+    Heap(Vec<u8>),
+}
+
+impl std::ops::Deref for KeyBytes<'_> {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            KeyBytes::Stack(b) => b,
+            KeyBytes::Heap(v) => v,
+        }
+    }
 }
 
 /// The table's hasher: fixed seeds, so snapshots restore into the same layout anywhere.
@@ -180,15 +222,28 @@ where
     }
 
     fn meta(bytes: &[u8]) -> (V, EventTime) {
-        postcard::from_bytes(bytes).expect("stored metadata decodes")
+        let (v, from): (V, Option<EventTime>) =
+            postcard::from_bytes(bytes).expect("stored metadata decodes");
+        (v, from.unwrap_or(EventTime::MIN))
+    }
+
+    fn encode_meta(version: V, valid_from: EventTime) -> Vec<u8> {
+        let from = (valid_from != EventTime::MIN).then_some(valid_from);
+        postcard::to_allocvec(&(version, from)).expect("metadata encodes")
+    }
+
+    fn put_prev(arena: &mut Vec<u8>, prev: u32) {
+        put_varint(arena, if prev == NONE { 0 } else { prev as usize + 1 });
     }
 
     /// The offset of `key`'s latest record.
     fn find(&self, key: &[Value]) -> Option<u32> {
         let hash = self.hasher.hash_one(key);
+        let mut buf = [0u8; 256];
+        let probe = key_bytes(key, &mut buf);
         let arena = &self.arena;
         self.index
-            .find(hash, |&off| key_values(record(arena, off).key)[..] == *key)
+            .find(hash, |&off| record(arena, off).key == &*probe)
             .copied()
     }
 
@@ -203,7 +258,7 @@ where
         let offset = u32::try_from(arena.len()).expect("a table's arena stays below 4 GiB");
         let row = row.map(|r| postcard::to_allocvec(r).expect("values always encode"));
         let row = row.as_deref().unwrap_or(&[]);
-        arena.extend_from_slice(&prev.to_le_bytes());
+        Self::put_prev(arena, prev);
         put_varint(arena, meta.len());
         put_varint(arena, key.len());
         put_varint(arena, row.len());
@@ -222,8 +277,10 @@ where
         row: Option<&[Value]>,
     ) -> Applied {
         let deleting = row.is_none();
-        let meta = postcard::to_allocvec(&(version, valid_from)).expect("metadata encodes");
+        let meta = Self::encode_meta(version, valid_from);
         let hash = self.hasher.hash_one(key);
+        let mut buf = [0u8; 256];
+        let probe = key_bytes(key, &mut buf);
         let Self {
             arena,
             index,
@@ -231,13 +288,12 @@ where
             retention_ms,
             ..
         } = self;
-        let found = index.find_mut(hash, |&off| key_values(record(arena, off).key)[..] == *key);
+        let found = index.find_mut(hash, |&off| record(arena, off).key == &*probe);
         let applied = match found {
             None => {
-                let key_bytes = postcard::to_allocvec(key).expect("values always encode");
                 // A delete of an unknown key is remembered too, so that an older insert
                 // replayed later stays ignored.
-                let off = Self::append(arena, NONE, &meta, &key_bytes, row);
+                let off = Self::append(arena, NONE, &meta, &probe, row);
                 index.insert_unique(hash, off, |&o| {
                     hasher.hash_one(&key_values(record(arena, o).key)[..])
                 });
@@ -347,8 +403,8 @@ where
                     key_hash = self.hasher.hash_one(&key_values(r.key)[..]);
                 }
                 let at = u32::try_from(arena.len()).expect("a table's arena stays below 4 GiB");
-                arena.extend_from_slice(&prev.to_le_bytes());
-                arena.extend_from_slice(&self.arena[off as usize + 4..off as usize + r.len]);
+                Self::put_prev(&mut arena, prev);
+                arena.extend_from_slice(&self.arena[r.body..off as usize + r.len]);
                 prev = at;
             }
             if !record(&arena, prev).row.is_empty() {
@@ -401,6 +457,18 @@ where
                 kept
             }
         });
+    }
+
+    /// Gives back the arena's spare capacity (after a bulk load, such as a snapshot).
+    pub fn shrink_to_fit(&mut self) {
+        if self.garbage > 0 {
+            self.compact(|_| true);
+        }
+        self.arena.shrink_to_fit();
+        let hasher = &self.hasher;
+        let arena = &self.arena;
+        self.index
+            .shrink_to_fit(|&o| hasher.hash_one(&key_values(record(arena, o).key)[..]));
     }
 
     /// Keys held, deleted keys whose tombstone is kept included.
@@ -486,13 +554,10 @@ where
         while off < t.arena.len() {
             let r = record(&t.arena, off as u32);
             let len = r.len;
-            let key = key_values(r.key);
+            let (key, key_raw) = (key_values(r.key), r.key);
             let hash = t.hasher.hash_one(&key[..]);
             let arena = &t.arena;
-            match t
-                .index
-                .find_mut(hash, |&o| key_values(record(arena, o).key)[..] == key[..])
-            {
+            match t.index.find_mut(hash, |&o| record(arena, o).key == key_raw) {
                 Some(slot) => *slot = off as u32,
                 None => {
                     let hasher = &t.hasher;
