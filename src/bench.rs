@@ -300,6 +300,8 @@ fn report(name: &str, records: u64, ceiling: &Measure, runs: &[(usize, Measure, 
 
 /// Runs the selected benchmarks and prints markdown tables.
 pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    // Without `--dir`, everything is written to a temporary directory removed at the end
+    // (also on errors): the inputs take gigabytes.
     let tmp;
     let dir = match &args.dir {
         Some(d) => {
@@ -307,8 +309,10 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             d.clone()
         }
         None => {
-            tmp = tempdir()?;
-            tmp.clone()
+            tmp = tempfile::Builder::new()
+                .prefix("watershed-bench-")
+                .tempdir()?;
+            tmp.path().to_path_buf()
         }
     };
     let n = args.records;
@@ -390,12 +394,6 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
         anyhow::bail!("{failures} pipeline run(s) produced output different from the ceiling loop");
     }
     Ok(())
-}
-
-fn tempdir() -> anyhow::Result<PathBuf> {
-    let d = std::env::temp_dir().join(format!("watershed-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&d)?;
-    Ok(d)
 }
 
 /// The reference row of host `i` in the enrich case: (host, owner, criticality, site).
@@ -644,6 +642,18 @@ fn enrich_case(records: u64, rows: u64, dir: &Path) -> anyhow::Result<usize> {
         )
     })?;
     let steady_cpu = (twice.cpu - full.cpu).max(1e-9);
+    // The case's files are gigabytes: gone before the next case.
+    for f in [
+        &input,
+        &copy,
+        &ceiling_out,
+        &plain_out,
+        &enrich_out,
+        &twice_out,
+        &reference,
+    ] {
+        let _ = std::fs::remove_file(f);
+    }
     let (state, raw, json) = reference_state_bytes(rows)?;
     let per_cpu = |n: u64, cpu: f64| n as f64 / cpu.max(1e-9);
     let enrich_cpu = (full.cpu - load.cpu).max(1e-9);
