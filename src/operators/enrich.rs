@@ -486,19 +486,25 @@ impl EnrichOperator {
             conditions.push((e, c.op, t));
         }
         // Keep only the columns the join reads, and point the layout into the kept row.
-        let mut stored: Vec<usize> = table_key
+        // The primary key first, so that the table stores the key only once (as the row's
+        // start), then the other columns the join reads, in table order.
+        let mut rest: Vec<usize> = table_key
             .iter()
-            .chain(&primary_key)
             .chain(&selected)
             .chain(version.iter().flat_map(|(_, cols)| cols.iter().flatten()))
             .chain(conditions.iter().map(|(_, _, t)| t))
             .copied()
+            .filter(|i| !primary_key.contains(i))
             .collect();
-        stored.sort_unstable();
+        rest.sort_unstable();
+        rest.dedup();
+        let mut stored = primary_key.clone();
         stored.dedup();
+        stored.extend(rest);
         let at = |i: usize| {
             stored
-                .binary_search(&i)
+                .iter()
+                .position(|&c| c == i)
                 .expect("every used column is stored")
         };
         let table_key: Vec<usize> = table_key.into_iter().map(at).collect();
@@ -1251,7 +1257,7 @@ impl Operator for EnrichOperator {
     }
 }
 
-const SNAPSHOT_VERSION: u8 = 6;
+const SNAPSHOT_VERSION: u8 = 7;
 
 #[derive(Serialize, Deserialize)]
 struct Image {
@@ -1693,8 +1699,9 @@ mod tests {
         ]));
         let op = EnrichOperator::new("e", spec, events.clone(), &change_schema()).unwrap();
         assert!(op.layout.direct);
-        // Only the columns the join reads are stored: product and cve, of six.
-        assert_eq!(op.layout.stored, vec![1, 2]);
+        // Only the columns the join reads are stored, the primary key first: cve and
+        // product, of six.
+        assert_eq!(op.layout.stored, vec![2, 1]);
         let mut h = Harness::new(op, 2);
         let mut b = Batch::new(events);
         b.push_row([s("h1"), s("CVE-1")], 5);

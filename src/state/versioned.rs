@@ -94,11 +94,35 @@ struct Record<'a> {
     /// Where the record's bytes after `prev` start (an absolute arena offset).
     body: usize,
     meta: &'a [u8],
-    key: &'a [u8],
+    /// The key's encoded values (without the count), stored apart or as the row's start.
+    key_body: &'a [u8],
     /// Empty for a delete.
     row: &'a [u8],
     /// Bytes the record takes in the arena.
     len: usize,
+}
+
+impl Record<'_> {
+    /// The key's values.
+    fn key_values(&self) -> RowValues {
+        let mut out = RowValues::new();
+        let mut rest = self.key_body;
+        while !rest.is_empty() {
+            let (v, tail): (Value, &[u8]) =
+                postcard::take_from_bytes(rest).expect("a stored key decodes");
+            out.push(v);
+            rest = tail;
+        }
+        out
+    }
+}
+
+/// Bytes of the varint at the start of `bytes`.
+fn varint_len(bytes: &[u8]) -> usize {
+    bytes
+        .iter()
+        .position(|b| b & 0x80 == 0)
+        .map_or(bytes.len(), |i| i + 1)
 }
 
 fn record(arena: &[u8], offset: u32) -> Record<'_> {
@@ -110,23 +134,33 @@ fn record(arena: &[u8], offset: u32) -> Record<'_> {
     };
     let body = at;
     let meta_len = get_varint(arena, &mut at);
-    let key_len = get_varint(arena, &mut at);
+    // Even: a key stored apart, of this many bytes / 2; odd: the key is the first
+    // (this / 2) bytes of the row's values.
+    let key_field = get_varint(arena, &mut at);
     let row_len = get_varint(arena, &mut at);
+    let (key_len, prefix) = if key_field & 1 == 0 {
+        (key_field >> 1, None)
+    } else {
+        (0, Some(key_field >> 1))
+    };
     let meta = &arena[at..at + meta_len];
     let key = &arena[at + meta_len..at + meta_len + key_len];
     let row = &arena[at + meta_len + key_len..at + meta_len + key_len + row_len];
+    let key_body = match prefix {
+        None => &key[varint_len(key)..],
+        Some(n) => {
+            let h = varint_len(row);
+            &row[h..h + n]
+        }
+    };
     Record {
         prev,
         body,
         meta,
-        key,
+        key_body,
         row,
         len: at + meta_len + key_len + row_len - start,
     }
-}
-
-fn key_values(bytes: &[u8]) -> RowValues {
-    postcard::from_bytes(bytes).expect("a stored key decodes")
 }
 
 /// A key's bytes: postcard, with decimals normalized, so that equal keys (`Value::eq`) have
@@ -241,13 +275,15 @@ where
         let hash = self.hasher.hash_one(key);
         let mut buf = [0u8; 256];
         let probe = key_bytes(key, &mut buf);
+        let body = &probe[varint_len(&probe)..];
         let arena = &self.arena;
         self.index
-            .find(hash, |&off| record(arena, off).key == &*probe)
+            .find(hash, |&off| record(arena, off).key_body == body)
             .copied()
     }
 
-    /// Appends a record and returns its offset.
+    /// Appends a record and returns its offset. `key` is the key's encoding; when the row's
+    /// encoded values start with the key's, the key is not stored a second time.
     fn append(
         arena: &mut Vec<u8>,
         prev: u32,
@@ -258,12 +294,20 @@ where
         let offset = u32::try_from(arena.len()).expect("a table's arena stays below 4 GiB");
         let row = row.map(|r| postcard::to_allocvec(r).expect("values always encode"));
         let row = row.as_deref().unwrap_or(&[]);
+        let key_body = &key[varint_len(key)..];
+        let in_row = !row.is_empty() && row[varint_len(row)..].starts_with(key_body);
         Self::put_prev(arena, prev);
         put_varint(arena, meta.len());
-        put_varint(arena, key.len());
+        if in_row {
+            put_varint(arena, (key_body.len() << 1) | 1);
+        } else {
+            put_varint(arena, key.len() << 1);
+        }
         put_varint(arena, row.len());
         arena.extend_from_slice(meta);
-        arena.extend_from_slice(key);
+        if !in_row {
+            arena.extend_from_slice(key);
+        }
         arena.extend_from_slice(row);
         offset
     }
@@ -281,6 +325,7 @@ where
         let hash = self.hasher.hash_one(key);
         let mut buf = [0u8; 256];
         let probe = key_bytes(key, &mut buf);
+        let probe_body = &probe[varint_len(&probe)..];
         let Self {
             arena,
             index,
@@ -288,14 +333,14 @@ where
             retention_ms,
             ..
         } = self;
-        let found = index.find_mut(hash, |&off| record(arena, off).key == &*probe);
+        let found = index.find_mut(hash, |&off| record(arena, off).key_body == probe_body);
         let applied = match found {
             None => {
                 // A delete of an unknown key is remembered too, so that an older insert
                 // replayed later stays ignored.
                 let off = Self::append(arena, NONE, &meta, &probe, row);
                 index.insert_unique(hash, off, |&o| {
-                    hasher.hash_one(&key_values(record(arena, o).key)[..])
+                    hasher.hash_one(&record(arena, o).key_values()[..])
                 });
                 if deleting {
                     Applied::Deleted
@@ -311,14 +356,14 @@ where
                     return Applied::Stale;
                 }
                 let was_live = !latest.row.is_empty();
-                let (latest_len, key_bytes) = (latest.len, latest.key.to_vec());
+                let latest_len = latest.len;
                 let prev = if retention_ms.is_some() {
                     *slot
                 } else {
                     self.garbage += latest_len;
                     NONE
                 };
-                *slot = Self::append(arena, prev, &meta, &key_bytes, row);
+                *slot = Self::append(arena, prev, &meta, &probe, row);
                 match (was_live, deleting) {
                     (true, true) => {
                         self.live -= 1;
@@ -400,7 +445,7 @@ where
             for (i, &off) in chain[chain.len() - n..].iter().enumerate() {
                 let r = record(&self.arena, off);
                 if i == 0 {
-                    key_hash = self.hasher.hash_one(&key_values(r.key)[..]);
+                    key_hash = self.hasher.hash_one(&r.key_values()[..]);
                 }
                 let at = u32::try_from(arena.len()).expect("a table's arena stays below 4 GiB");
                 Self::put_prev(&mut arena, prev);
@@ -413,7 +458,7 @@ where
             let hasher = &self.hasher;
             let new_arena = &arena;
             index.insert_unique(key_hash, prev, |&o| {
-                hasher.hash_one(&key_values(record(new_arena, o).key)[..])
+                hasher.hash_one(&record(new_arena, o).key_values()[..])
             });
         }
         self.arena = arena;
@@ -468,7 +513,7 @@ where
         let hasher = &self.hasher;
         let arena = &self.arena;
         self.index
-            .shrink_to_fit(|&o| hasher.hash_one(&key_values(record(arena, o).key)[..]));
+            .shrink_to_fit(|&o| hasher.hash_one(&record(arena, o).key_values()[..]));
     }
 
     /// Keys held, deleted keys whose tombstone is kept included.
@@ -481,7 +526,8 @@ where
         self.index
             .iter()
             .map(|&o| {
-                key_values(record(&self.arena, o).key)
+                record(&self.arena, o)
+                    .key_values()
                     .into_vec()
                     .into_boxed_slice()
             })
@@ -493,7 +539,8 @@ where
         let mut out = Vec::new();
         for &latest in &self.index {
             let chain = self.chain(latest);
-            let key: Box<[Value]> = key_values(record(&self.arena, latest).key)
+            let key: Box<[Value]> = record(&self.arena, latest)
+                .key_values()
                 .into_vec()
                 .into_boxed_slice();
             for off in chain {
@@ -554,15 +601,18 @@ where
         while off < t.arena.len() {
             let r = record(&t.arena, off as u32);
             let len = r.len;
-            let (key, key_raw) = (key_values(r.key), r.key);
+            let (key, key_raw) = (r.key_values(), r.key_body);
             let hash = t.hasher.hash_one(&key[..]);
             let arena = &t.arena;
-            match t.index.find_mut(hash, |&o| record(arena, o).key == key_raw) {
+            match t
+                .index
+                .find_mut(hash, |&o| record(arena, o).key_body == key_raw)
+            {
                 Some(slot) => *slot = off as u32,
                 None => {
                     let hasher = &t.hasher;
                     t.index.insert_unique(hash, off as u32, |&o| {
-                        hasher.hash_one(&key_values(record(arena, o).key)[..])
+                        hasher.hash_one(&record(arena, o).key_values()[..])
                     });
                 }
             }
@@ -643,6 +693,35 @@ mod tests {
         assert_eq!(t.versions_held(), 2);
         t.expire(5_000);
         assert_eq!(t.versions_held(), 0, "expired tombstone forgotten");
+    }
+
+    #[test]
+    fn a_key_at_the_start_of_its_row_is_stored_once() {
+        use rust_decimal::Decimal;
+        let mut t: VersionedTable<u64> = VersionedTable::new(None);
+        let prefix = [Value::Int(1), Value::from("a")];
+        let apart = [Value::from("x"), Value::Int(2)];
+        t.apply(&k(1), 1, 0, Some(&prefix));
+        let one = t.arena.len();
+        t.apply(&k(2), 2, 0, Some(&apart));
+        assert!(t.arena.len() - one > one, "a key apart takes its own bytes");
+        // Decimal keys compare normalized: 1.0 finds 1.00, whatever the row holds.
+        let d = |s: &str| Value::Decimal(s.parse::<Decimal>().unwrap());
+        t.apply(&[d("1.00")], 3, 0, Some(&[d("1.00"), Value::Int(7)]));
+        t.apply(&k(3), 4, 0, None);
+        let r = VersionedTable::<u64>::restore(&t.snapshot().unwrap()).unwrap();
+        for table in [&t, &r] {
+            assert_eq!(got(table.get(&k(1))), Some(prefix.to_vec()));
+            assert_eq!(got(table.get(&k(2))), Some(apart.to_vec()));
+            assert_eq!(
+                got(table.get(&[d("1.0")])),
+                Some(vec![d("1.00"), Value::Int(7)])
+            );
+            assert_eq!(table.version_of(&k(3)), Some(4));
+            let mut keys = table.keys();
+            keys.sort_by(|a, b| format!("{a:?}").cmp(&format!("{b:?}")));
+            assert_eq!(keys.len(), 4);
+        }
     }
 
     #[test]
