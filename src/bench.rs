@@ -506,19 +506,18 @@ fn enrich_ceiling(rows: u64, input: &Path, out: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The observation columns the pipeline reads, then the table's and `hosts_matched`.
 fn enrich_output_schema() -> SchemaRef {
-    Arc::new(Schema::new(vec![
-        Field::new("ts", DataType::Timestamp),
-        Field::new("host", DataType::String),
-        Field::new("port", DataType::Int),
-        Field::new("product", DataType::String),
-        Field::new("version", DataType::String),
-        Field::new("bytes", DataType::Int),
+    let mut fields = crate::sources::generator::observation_schema()
+        .fields
+        .clone();
+    fields.extend([
         Field::new("owner", DataType::String),
         Field::new("criticality", DataType::Int),
         Field::new("site", DataType::String),
         Field::new("hosts_matched", DataType::Bool),
-    ]))
+    ]);
+    Arc::new(Schema::new(fields))
 }
 
 /// State bytes per reference row, the raw bytes of the rows' values and of the rows as JSON

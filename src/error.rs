@@ -67,6 +67,22 @@ pub enum StateError {
     Decode { operator: String, reason: String },
 }
 
+impl StateError {
+    pub fn encode(operator: &str, reason: impl std::fmt::Display) -> StateError {
+        StateError::Encode {
+            operator: operator.to_string(),
+            reason: reason.to_string(),
+        }
+    }
+
+    pub fn decode(operator: &str, reason: impl std::fmt::Display) -> StateError {
+        StateError::Decode {
+            operator: operator.to_string(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
 /// Errors that stop a running pipeline.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {

@@ -1169,9 +1169,11 @@ impl Operator for EnrichOperator {
             latest_valid_from: self.latest_valid_from,
             snapshot_done: self.snapshot_done,
             watermark: self.watermark,
-            gate: self.gate.to_vec().map_err(|e| StateError::Encode {
-                operator: self.name.clone(),
-                reason: format!("cannot read the gate's spilled events: {e}"),
+            gate: self.gate.to_vec().map_err(|e| {
+                StateError::encode(
+                    &self.name,
+                    format!("cannot read the gate's spilled events: {e}"),
+                )
             })?,
             waiting: self.waiting.clone(),
             held: {
@@ -1183,17 +1185,11 @@ impl Operator for EnrichOperator {
             stats: self.stats,
             last_sweep: self.last_sweep,
         };
-        postcard::to_allocvec(&image).map_err(|e| StateError::Encode {
-            operator: self.name.clone(),
-            reason: e.to_string(),
-        })
+        postcard::to_allocvec(&image).map_err(|e| StateError::encode(&self.name, e))
     }
 
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), StateError> {
-        let fail = |reason: String| StateError::Decode {
-            operator: self.name.clone(),
-            reason,
-        };
+        let fail = |reason: String| StateError::decode(&self.name, reason);
         if snapshot.first().copied() != Some(SNAPSHOT_VERSION) {
             return Err(fail(format!(
                 "unknown snapshot version {:?} (this build reads {SNAPSHOT_VERSION})",

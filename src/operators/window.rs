@@ -1287,17 +1287,11 @@ impl Operator for WindowOperator {
                 WindowState::Session(st) => StateOut::Session(LiveKeys(&st.keys)),
             },
         };
-        postcard::to_stdvec(&image).map_err(|e| StateError::Encode {
-            operator: self.name.clone(),
-            reason: e.to_string(),
-        })
+        postcard::to_stdvec(&image).map_err(|e| StateError::encode(&self.name, e))
     }
 
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), StateError> {
-        let fail = |reason: String| StateError::Decode {
-            operator: self.name.clone(),
-            reason,
-        };
+        let fail = |reason: String| StateError::decode(&self.name, reason);
         let version = snapshot.first().copied();
         if version != Some(SNAPSHOT_VERSION) {
             return Err(fail(format!(

@@ -581,17 +581,12 @@ where
             live: compact.live,
             arena: compact.arena,
         })
-        .map_err(|e| StateError::Encode {
-            operator: "versioned table".into(),
-            reason: e.to_string(),
-        })
+        .map_err(|e| StateError::encode("versioned table", e))
     }
 
     pub fn restore(bytes: &[u8]) -> Result<VersionedTable<V>, StateError> {
-        let image: Image = postcard::from_bytes(bytes).map_err(|e| StateError::Decode {
-            operator: "versioned table".into(),
-            reason: e.to_string(),
-        })?;
+        let image: Image =
+            postcard::from_bytes(bytes).map_err(|e| StateError::decode("versioned table", e))?;
         let mut t = VersionedTable::new(image.retention_ms);
         t.arena = image.arena;
         t.live = image.live;
