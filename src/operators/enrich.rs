@@ -47,6 +47,7 @@ use crate::cdc::rows::{self, META_COLUMNS, RowOp};
 use crate::error::StateError;
 use crate::operators::version_range::VersionRange;
 use crate::operators::{MAIN_PORT, MISS_PORT, Operator, Output, PortSpec};
+use crate::state::versioned::{Located, RowRef};
 use crate::state::{SpillQueue, VersionedTable};
 use crate::types::{Batch, DataType, EventTime, Field, Schema, SchemaRef, Value};
 
@@ -268,6 +269,8 @@ pub struct EnrichOperator {
     /// Event times of `held`.
     held_times: TimeSet,
     probe_key: Vec<Value>,
+    /// Scratch for `join_rows`: where each key of a chunk is in the table.
+    located: Vec<Option<Located>>,
     counters: Counters,
     stats: JoinStats,
     /// The watermark at the last tombstone sweep (latest-only tables).
@@ -355,6 +358,10 @@ const TOMBSTONE_SWEEP_MS: i64 = 600_000;
 
 /// Most memoized probes kept; beyond it the memo starts over.
 const MEMO_LIMIT: usize = 1 << 18;
+
+/// Events whose lookups `join_rows` does together: enough for their memory reads to overlap,
+/// few enough that the prefetched records are still in the cache when they are read.
+const LOCATE_CHUNK: usize = 32;
 
 impl EnrichOperator {
     /// `reference` is the schema of the change rows on input 1.
@@ -568,6 +575,7 @@ impl EnrichOperator {
             next_seq: 0,
             held_times: TimeSet::default(),
             probe_key: Vec::new(),
+            located: Vec::new(),
             counters,
             stats: JoinStats::default(),
             published: JoinStats::default(),
@@ -849,17 +857,72 @@ impl EnrichOperator {
         let Some(row) = row else {
             return false;
         };
-        let row = row.values();
+        self.emit_direct(event, row, time, out);
+        true
+    }
+
+    /// Emits `event` joined with the stored `row` (the direct path's match).
+    fn emit_direct(&self, event: &[Value], row: RowRef<'_>, time: EventTime, out: &mut Output) {
         let batch = out.port(0);
         for v in event {
             batch.push_value(v.clone());
         }
-        for &i in &self.layout.selected {
-            batch.push_value(row[i].clone());
+        let selected = &self.layout.selected;
+        if selected.windows(2).all(|w| w[0] < w[1]) {
+            // Decoded straight into the output, in one pass over the stored row.
+            let mut next = selected.iter().peekable();
+            for (i, v) in row.iter().enumerate() {
+                if next.next_if_eq(&&i).is_some() {
+                    batch.push_value(v);
+                }
+                if next.peek().is_none() {
+                    break;
+                }
+            }
+        } else {
+            let row = row.values();
+            for &i in selected {
+                batch.push_value(row[i].clone());
+            }
         }
         batch.push_value(Value::Bool(true));
         batch.finish_row(time);
-        true
+    }
+
+    /// Joins events in lookup mode. On the direct path with a one-column key, the lookups of
+    /// up to `LOCATE_CHUNK` events are done together (`VersionedTable::locate_many`), so that
+    /// their memory reads overlap; otherwise one event after another.
+    fn join_rows(&mut self, rows: &[(&[Value], EventTime)], out: &mut Output) {
+        let [key] = self.layout.event_key[..] else {
+            for &(row, t) in rows {
+                self.join(row, t, out, false);
+            }
+            return;
+        };
+        if !self.layout.direct || self.spec.mode != JoinMode::Lookup {
+            for &(row, t) in rows {
+                self.join(row, t, out, false);
+            }
+            return;
+        }
+        let mut located = std::mem::take(&mut self.located);
+        for chunk in rows.chunks(LOCATE_CHUNK) {
+            self.table.locate_many(
+                chunk.iter().map(|(r, _)| std::slice::from_ref(&r[key])),
+                &mut located,
+            );
+            for (&(row, t), at) in chunk.iter().zip(&located) {
+                self.stats.lookups += 1;
+                match at.and_then(|at| self.table.row_at(at)) {
+                    Some(found) => {
+                        self.stats.matched += 1;
+                        self.emit_direct(row, found, t, out);
+                    }
+                    None => self.on_miss(row, t, out, false),
+                }
+            }
+        }
+        self.located = located;
     }
 
     /// Joins one event and emits the result. `final_attempt`: a held miss is not held again.
@@ -894,6 +957,11 @@ impl EnrichOperator {
             }
             return;
         }
+        self.on_miss(event, time, out, final_attempt);
+    }
+
+    /// What the miss policy does with an event that matched nothing.
+    fn on_miss(&mut self, event: &[Value], time: EventTime, out: &mut Output, final_attempt: bool) {
         let timed_out = |timeout_ms: i64| {
             self.watermark
                 .is_some_and(|w| time.saturating_add(timeout_ms) <= w)
@@ -1012,13 +1080,19 @@ impl EnrichOperator {
         };
         let width = self.event_schema.len();
         for rows in waiting {
+            if self.spec.mode == JoinMode::Lookup {
+                let list: Vec<(&[Value], EventTime)> = rows
+                    .values
+                    .chunks(width.max(1))
+                    .zip(rows.times.iter().copied())
+                    .collect();
+                self.join_rows(&list, out);
+                continue;
+            }
             let mut values = rows.values.into_iter();
             for time in rows.times {
                 let row: Vec<Value> = values.by_ref().take(width).collect();
-                match self.spec.mode {
-                    JoinMode::Lookup => self.join(&row, time, out, false),
-                    JoinMode::AsOf { .. } => self.admit(row, time, out),
-                }
+                self.admit(row, time, out);
             }
         }
         self.counters.gate_buffered.set(0.0);
@@ -1074,9 +1148,8 @@ impl Operator for EnrichOperator {
             return;
         }
         if self.spec.mode == JoinMode::Lookup {
-            for (row, t) in batch.rows() {
-                self.join(row, t, out, false);
-            }
+            let rows: Vec<(&[Value], EventTime)> = batch.rows().collect();
+            self.join_rows(&rows, out);
         } else {
             for (row, t) in batch.rows() {
                 self.admit(row.to_vec(), t, out);
