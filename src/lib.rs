@@ -7,11 +7,13 @@
 pub mod alerts;
 pub mod bench;
 pub mod cdc;
+pub mod checkpoint;
 pub mod config;
 pub mod dead_letter;
 pub mod demo;
 pub mod error;
 pub mod explain;
+pub mod failpoint;
 pub mod format;
 pub mod http;
 pub mod metrics;

@@ -62,7 +62,21 @@ enum Command {
         /// Serve `/metrics` and `/status` here (`off` to disable).
         #[arg(long, default_value = "127.0.0.1:9464")]
         metrics_addr: String,
+        /// Keep checkpoints here (replaces the file's `checkpoint.dir`); the run restarts
+        /// from the latest complete one and file sinks become transactional.
+        #[arg(long)]
+        checkpoint_dir: Option<PathBuf>,
+        /// Start from this checkpoint directory (`<checkpoint dir>/chk-<epoch>`) instead of
+        /// the latest one.
+        #[arg(long, conflicts_with = "from_savepoint")]
+        from_checkpoint: Option<PathBuf>,
+        /// Start from this savepoint directory.
+        #[arg(long)]
+        from_savepoint: Option<PathBuf>,
     },
+    /// Show the checkpoints of a checkpoint directory, or one checkpoint in detail.
+    #[command(subcommand)]
+    Checkpoints(CheckpointsCommand),
     /// Check a pipeline file: syntax, unknown fields, types, durations, references. Exits
     /// with 2 if anything is wrong, naming the file, line and field.
     Validate {
@@ -84,6 +98,15 @@ enum Command {
     /// Tools for change-data-capture streams.
     #[command(subcommand)]
     Cdc(CdcCommand),
+}
+
+#[derive(Subcommand)]
+enum CheckpointsCommand {
+    /// Every checkpoint in DIR, newest first: epoch, time, size, whether it verifies.
+    List { dir: PathBuf },
+    /// One checkpoint (a `chk-<epoch>` or savepoint directory): source positions,
+    /// watermark state, and the state size of every operator and sink.
+    Inspect { path: PathBuf },
 }
 
 #[derive(Subcommand)]
@@ -144,7 +167,21 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             pipeline,
             parallelism,
             metrics_addr,
-        } => run(&pipeline, parallelism, &metrics_addr),
+            checkpoint_dir,
+            from_checkpoint,
+            from_savepoint,
+        } => run(
+            &pipeline,
+            Overrides {
+                parallelism,
+                metrics_addr: (metrics_addr != "off").then(|| metrics_addr.to_string()),
+                output_dir: None,
+                checkpoint_dir,
+            },
+            from_checkpoint.or(from_savepoint),
+        ),
+        Command::Checkpoints(CheckpointsCommand::List { dir }) => checkpoints_list(&dir),
+        Command::Checkpoints(CheckpointsCommand::Inspect { path }) => checkpoints_inspect(&path),
         Command::Validate { pipeline } => validate(&pipeline),
         Command::Explain { pipeline, addr } => explain(&pipeline, addr),
         Command::Bench(args) => {
@@ -254,19 +291,83 @@ fn explain(path: &Path, addr: Option<SocketAddr>) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn run(path: &Path, parallelism: Option<usize>, metrics_addr: &str) -> anyhow::Result<ExitCode> {
-    let overrides = Overrides {
-        parallelism,
-        metrics_addr: (metrics_addr != "off").then(|| metrics_addr.to_string()),
-        output_dir: None,
-    };
+fn run(
+    path: &Path,
+    overrides: Overrides,
+    restore_from: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
     let compiled = config::load_and_compile(path, &overrides)?;
     for w in &compiled.warnings {
         tracing::warn!("{w}");
     }
     let outputs = compiled.outputs.clone();
-    let summary = start(compiled, |_, _| {})?;
+    let summary = start(compiled, restore_from, |_, _| {})?;
     print_summary(&summary, &outputs);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn checkpoints_list(dir: &Path) -> anyhow::Result<ExitCode> {
+    let store = watershed::checkpoint::CheckpointStore::open(dir, usize::MAX)?;
+    let listed = store.list();
+    if listed.is_empty() {
+        println!("no checkpoints in {}", dir.display());
+    }
+    for l in listed {
+        match l.manifest {
+            Ok(m) => println!(
+                "epoch {:>6}  {}  {:>12} bytes  {} sources, {} operators, {} sinks{}  {}",
+                m.epoch,
+                watershed::explain::format_time(m.created_at_ms),
+                m.state_bytes(),
+                m.sources.len(),
+                m.operators.len(),
+                m.sinks.len(),
+                if m.finished { "  (end of input)" } else { "" },
+                l.path.display()
+            ),
+            Err(e) => println!("epoch {:>6}  BROKEN: {e}", l.epoch),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn checkpoints_inspect(path: &Path) -> anyhow::Result<ExitCode> {
+    let r = watershed::checkpoint::store::read(path)?;
+    let m = &r.manifest;
+    println!("checkpoint {} of pipeline `{}`", path.display(), m.pipeline);
+    println!(
+        "epoch {}, written {}, barrier to last acknowledgement {} ms, alignment {} ms{}",
+        m.epoch,
+        watershed::explain::format_time(m.created_at_ms),
+        m.duration_ms,
+        m.alignment_ms,
+        if m.finished {
+            ", taken at the end of the input"
+        } else {
+            ""
+        }
+    );
+    println!("sources:");
+    for (label, s) in &m.sources {
+        println!("  {label}");
+        for (i, p) in s.positions.iter().enumerate() {
+            let max = s.max_event_times.get(i).copied().flatten();
+            println!(
+                "    {}: {:?}, highest event time {}",
+                p.partition,
+                p.position,
+                max.map_or("none".into(), watershed::explain::format_time)
+            );
+        }
+    }
+    println!("operator state:");
+    for (label, f) in &m.operators {
+        println!("  {label}: {} bytes ({})", f.bytes, f.file);
+    }
+    println!("sink pre-commits:");
+    for (label, f) in &m.sinks {
+        println!("  {label}: {} bytes ({})", f.bytes, f.file);
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -280,6 +381,7 @@ fn demo(
         parallelism,
         metrics_addr: (metrics_addr != "off").then(|| metrics_addr.to_string()),
         output_dir: Some(out.to_path_buf()),
+        checkpoint_dir: None,
     };
     let compiled = config::load_and_compile(path, &overrides)?;
     let outputs = compiled.outputs.clone();
@@ -289,7 +391,7 @@ fn demo(
         path.display(),
         out.display()
     );
-    let summary = start(compiled, |report, elapsed_ms| {
+    let summary = start(compiled, None, |report, elapsed_ms| {
         let totals = watershed::demo::DemoTotals::from_report(report);
         eprintln!("{}", watershed::demo::progress_line(&totals, elapsed_ms));
     })?;
@@ -305,6 +407,7 @@ fn demo(
 /// called about once a second with the live status.
 fn start(
     compiled: config::Compiled,
+    restore_from: Option<PathBuf>,
     mut progress: impl FnMut(&StatusReport, i64),
 ) -> anyhow::Result<RunSummary> {
     let clock = SystemClock::shared();
@@ -334,6 +437,7 @@ fn start(
         clock: clock.clone(),
         status: status.clone(),
         shutdown,
+        restore_from,
     };
     let started = clock.now_ms();
     let runner = std::thread::Builder::new()
@@ -380,6 +484,12 @@ fn print_summary(s: &RunSummary, outputs: &[(String, String)]) {
         s.checkpoints_completed,
         s.alerts_fired.len()
     );
+    if let Some((epoch, path)) = &s.restored_from {
+        eprintln!("  restored from checkpoint {epoch} ({})", path.display());
+    }
+    if s.checkpoint_failures > 0 {
+        eprintln!("  {} checkpoints failed", s.checkpoint_failures);
+    }
     // Totals per node over its instances, in plan order.
     struct Totals<'a> {
         node: &'a str,

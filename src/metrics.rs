@@ -24,6 +24,10 @@ pub const ALERTS_FIRED: &str = "watershed_alerts_fired_total";
 pub const ALERT_ACTIVE: &str = "watershed_alert_active";
 pub const BARRIERS_COMPLETED: &str = "watershed_checkpoint_epochs_completed_total";
 pub const LAST_EPOCH: &str = "watershed_checkpoint_last_completed_epoch";
+pub const CHECKPOINT_FAILURES: &str = "watershed_checkpoint_failures_total";
+pub const CHECKPOINT_BYTES: &str = "watershed_checkpoint_last_bytes";
+pub const CHECKPOINT_DURATION_MS: &str = "watershed_checkpoint_last_duration_ms";
+pub const CHECKPOINT_ALIGNMENT_MS: &str = "watershed_checkpoint_last_alignment_ms";
 
 pub const LABEL_NODE: &str = "node";
 pub const LABEL_PORT: &str = "port";

@@ -31,8 +31,8 @@ use crate::runtime::plan::{
     InputRef, NodeKind, OperatorFactory, Plan, PlanNode, RuntimeOptions, SinkFactory,
     SourceFactory, WatermarkSpec,
 };
-use crate::sinks::Sink;
 use crate::sinks::file::JsonLinesSink;
+use crate::sinks::{Guarantee, Sink};
 use crate::sources::Source;
 use crate::sources::cdc::{CdcTable, ChangeDecoder};
 use crate::sources::file::{FileSource, FileSourceSpec};
@@ -47,6 +47,8 @@ pub struct Overrides {
     pub metrics_addr: Option<String>,
     /// Sink files under `watershed-out/` in the file are written under this directory.
     pub output_dir: Option<PathBuf>,
+    /// Replaces the file's `checkpoint.dir`.
+    pub checkpoint_dir: Option<PathBuf>,
 }
 
 /// The default output directory that `Overrides::output_dir` replaces.
@@ -290,12 +292,40 @@ pub fn compile(
         }
         options.channel_capacity = c.value.max(1);
     }
-    if let Some(cp) = &file.checkpoint
-        && let Some(i) = &cp.interval
-        && let Some(d) = issues.duration_or_off(i, "checkpoint.interval")
-    {
-        options.checkpoint_interval = d;
+    let mut wanted_guarantee: Option<(Guarantee, Location)> = None;
+    if let Some(cp) = &file.checkpoint {
+        if let Some(i) = &cp.interval
+            && let Some(d) = issues.duration_or_off(i, "checkpoint.interval")
+        {
+            options.checkpoint_interval = d;
+        }
+        if let Some(d) = &cp.dir {
+            options.checkpoint_dir = Some(PathBuf::from(&d.value));
+        }
+        if let Some(r) = &cp.retain {
+            if r.value == 0 {
+                issues.at(&r.referenced, "checkpoint.retain", "must be at least 1");
+            }
+            options.checkpoint_retain = r.value.max(1);
+        }
+        if let Some(g) = &cp.guarantee {
+            match Guarantee::parse(&g.value) {
+                Some(want) => wanted_guarantee = Some((want, g.referenced)),
+                None => issues.at(
+                    &g.referenced,
+                    "checkpoint.guarantee",
+                    format!(
+                        "unknown guarantee `{}`: use exactly_once, idempotent or at_least_once",
+                        g.value
+                    ),
+                ),
+            }
+        }
     }
+    if let Some(d) = &overrides.checkpoint_dir {
+        options.checkpoint_dir = Some(d.clone());
+    }
+    let transactional = options.checkpoint_dir.is_some();
     let mut rules = AlertRules::default();
     if let Some(a) = &file.alerts {
         if let Some(v) = &a.watermark_lag
@@ -772,6 +802,7 @@ pub fn compile(
 
     // Sinks.
     let mut outputs = Vec::new();
+    let mut sink_guarantees: Vec<(String, Guarantee)> = Vec::new();
     for (name, sink) in &file.sinks {
         let field = format!("sinks.{name}");
         let loc = &sink.referenced;
@@ -827,15 +858,26 @@ pub fn compile(
                 let p = output_path(&f.value, overrides);
                 outputs.push((name.clone(), p.display().to_string()));
                 let schema = schema.clone();
+                sink_guarantees.push((
+                    name.clone(),
+                    if transactional {
+                        Guarantee::ExactlyOnce
+                    } else {
+                        Guarantee::AtLeastOnce
+                    },
+                ));
                 Some(Arc::new(move |_| {
-                    Ok(
-                        Box::new(JsonLinesSink::create(&p, schema.clone(), columns.clone())?)
-                            as Box<dyn Sink>,
-                    )
+                    Ok(Box::new(JsonLinesSink::create(
+                        &p,
+                        schema.clone(),
+                        columns.clone(),
+                        transactional,
+                    )?) as Box<dyn Sink>)
                 }))
             }
             (None, Some(b)) if b.value => {
                 outputs.push((name.clone(), "stdout".into()));
+                sink_guarantees.push((name.clone(), Guarantee::AtLeastOnce));
                 let schema = schema.clone();
                 Some(Arc::new(move |_| {
                     Ok(
@@ -916,6 +958,31 @@ pub fn compile(
                 ));
             }
         }
+    }
+    if let Some((want, loc)) = wanted_guarantee {
+        for (sink, has) in &sink_guarantees {
+            if *has < want {
+                let why = if transactional {
+                    "stdout cannot take back what it printed"
+                } else {
+                    "without `checkpoint.dir` a file sink writes straight through"
+                };
+                warnings.push(format!(
+                    "{}:{}: the pipeline asks for {} but sink `{sink}` gives {} ({why})",
+                    path.display(),
+                    loc.line(),
+                    want.name(),
+                    has.name()
+                ));
+            }
+        }
+    }
+    if transactional && options.checkpoint_interval.is_none() {
+        warnings.push(format!(
+            "{}: checkpoint.interval is off: file sinks commit only when the input ends, and a \
+             restart begins from the start",
+            path.display()
+        ));
     }
     warnings.sort();
 

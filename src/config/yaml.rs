@@ -35,6 +35,14 @@ pub struct PipelineFile {
 pub struct CheckpointYaml {
     /// Barrier interval, or `off`.
     pub interval: Option<S<String>>,
+    /// Where checkpoints are kept; with it a run restarts from the latest one and file sinks
+    /// are transactional.
+    pub dir: Option<S<String>>,
+    /// How many complete checkpoints to keep.
+    pub retain: Option<S<usize>>,
+    /// The delivery guarantee the pipeline needs end to end: `exactly_once`, `idempotent`
+    /// or `at_least_once`; `validate` warns when its sinks give less.
+    pub guarantee: Option<S<String>>,
 }
 
 #[derive(Debug, Deserialize)]

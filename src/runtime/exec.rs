@@ -10,9 +10,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
+use crossbeam_channel::{Receiver, Sender, bounded, never, select, unbounded};
 
 use crate::alerts::{AlertEvaluator, AlertKind};
+use crate::checkpoint::{Checkpoint, CheckpointStore, Restored, SourceCheckpoint, store};
 use crate::error::RunError;
 use crate::metrics as m;
 use crate::operators::{DEAD_LETTER_PORT, LATE_PORT};
@@ -20,11 +21,11 @@ use crate::runtime::Message;
 use crate::runtime::plan::{NodeKind, Plan};
 use crate::runtime::route::{EdgeOut, Envelope, Partitioning, Router};
 use crate::runtime::task::{
-    BarrierAck, Emit, OperatorDriver, SinkDriver, SourceDriver, SourceStep,
+    BarrierAck, Emit, FINAL_EPOCH, OperatorDriver, SinkDriver, SourceDriver, SourceStep,
 };
 use crate::status::{InstanceStatus, Role, SourceExpectations, StatusRegistry, StatusReport};
 use crate::time::ClockRef;
-use crate::types::{Epoch, SourcePosition};
+use crate::types::Epoch;
 
 /// What the caller provides besides the plan.
 #[derive(Clone)]
@@ -33,15 +34,20 @@ pub struct RunContext {
     pub status: Arc<StatusRegistry>,
     /// Set to stop: sources end their input (windows then fire as at the end of a file).
     pub shutdown: Arc<AtomicBool>,
+    /// Start from this checkpoint or savepoint directory instead of the latest checkpoint
+    /// in the pipeline's checkpoint directory.
+    pub restore_from: Option<std::path::PathBuf>,
 }
 
-/// The last checkpoint every task acknowledged.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct CompletedCheckpoint {
-    pub epoch: Epoch,
-    pub positions: Vec<SourcePosition>,
-    /// Operator state snapshots by instance label.
-    pub states: BTreeMap<String, Vec<u8>>,
+impl RunContext {
+    pub fn new(clock: ClockRef, status: Arc<StatusRegistry>) -> RunContext {
+        RunContext {
+            clock,
+            status,
+            shutdown: Arc::new(AtomicBool::new(false)),
+            restore_from: None,
+        }
+    }
 }
 
 /// How a run ended.
@@ -50,19 +56,25 @@ pub struct RunSummary {
     pub elapsed_ms: i64,
     pub report: StatusReport,
     pub checkpoints_completed: u64,
-    pub last_checkpoint: Option<CompletedCheckpoint>,
+    pub checkpoint_failures: u64,
+    pub last_checkpoint: Option<Checkpoint>,
+    /// The checkpoint the run started from: its epoch and directory.
+    pub restored_from: Option<(Epoch, std::path::PathBuf)>,
     pub alerts_fired: Vec<(AlertKind, String, String)>,
 }
 
 enum Control {
     Barrier(Epoch),
+    /// The checkpoint of this epoch is durable (`FINAL_EPOCH`: the run's last one).
     CheckpointDone(Epoch),
+    /// The run is failing: stop without committing.
+    Stop,
 }
 
 enum Report {
     Ack(String, BarrierAck),
-    /// A task ended normally; a source gives its final positions.
-    Finished(String, Vec<SourcePosition>),
+    /// A task ended normally; a source gives where it stopped.
+    Finished(String, Option<SourceCheckpoint>),
     Failed(String, RunError),
 }
 
@@ -73,12 +85,41 @@ struct Instance {
     handle: JoinHandle<()>,
 }
 
+/// The checkpoint a run starts from: the one asked for (it must verify), else the latest
+/// complete one in the checkpoint directory.
+fn checkpoint_to_restore(
+    ctx: &RunContext,
+    store: Option<&CheckpointStore>,
+) -> Result<Option<Restored>, RunError> {
+    if let Some(path) = &ctx.restore_from {
+        return store::read(path).map(Some).map_err(|e| RunError::Task {
+            task: "restore".into(),
+            message: e.to_string(),
+        });
+    }
+    Ok(store.and_then(CheckpointStore::latest))
+}
+
 /// Runs the plan to completion (every source ended, or `shutdown` set).
 pub fn run(plan: Plan, ctx: RunContext) -> Result<RunSummary, RunError> {
     let clock = ctx.clock.clone();
     let start_ms = clock.now_ms();
     let opts = plan.options.clone();
     let nodes = &plan.nodes;
+    let store = match &opts.checkpoint_dir {
+        Some(dir) => Some(
+            CheckpointStore::open(dir, opts.checkpoint_retain).map_err(|e| RunError::Task {
+                task: "checkpoints".into(),
+                message: e.to_string(),
+            })?,
+        ),
+        None => None,
+    };
+    let restored = checkpoint_to_restore(&ctx, store.as_ref())?;
+    if let Some(r) = &restored {
+        check_restorable(&plan, r)?;
+        tracing::info!(epoch = r.manifest.epoch, path = %r.path.display(), "restoring from checkpoint");
+    }
 
     // Channels: one bounded inbound channel per instance.
     let mut senders: Vec<Vec<Sender<Envelope>>> = Vec::new();
@@ -200,9 +241,10 @@ pub fn run(plan: Plan, ctx: RunContext) -> Result<RunSummary, RunError> {
             let fail_flag = failed.clone();
             let name = label.clone();
             // How a task's thread reports its end to the supervisor.
-            let report_end = move |result: Result<Vec<SourcePosition>, RunError>| match result {
-                Ok(positions) => {
-                    let _ = rtx.send(Report::Finished(name.clone(), positions));
+            let report_end = move |result: Result<Option<SourceCheckpoint>, RunError>| match result
+            {
+                Ok(at) => {
+                    let _ = rtx.send(Report::Finished(name.clone(), at));
                 }
                 Err(e) => {
                     fail_flag.store(true, Ordering::SeqCst);
@@ -230,6 +272,14 @@ pub fn run(plan: Plan, ctx: RunContext) -> Result<RunSummary, RunError> {
                     let mut router = Router::new(ports, counters, status.clone());
                     let mut driver =
                         SourceDriver::new(source, watermark, opts.batch_size, status, now);
+                    if let Some(r) = &restored {
+                        match r.manifest.sources.get(&label) {
+                            Some(at) => driver.restore(at).map_err(stop_started)?,
+                            None => {
+                                tracing::warn!(source = %label, "not in the checkpoint: reads from the start")
+                            }
+                        }
+                    }
                     let (ctl_tx, ctl_rx) = unbounded::<Control>();
                     let shutdown = ctx.shutdown.clone();
                     let failed = failed.clone();
@@ -238,7 +288,7 @@ pub fn run(plan: Plan, ctx: RunContext) -> Result<RunSummary, RunError> {
                             Emit::Port(p, b) => router.send(p, b),
                             Emit::Control(msg) => router.broadcast(&msg),
                         };
-                        let result = (|| -> Result<Vec<SourcePosition>, RunError> {
+                        let result = (|| -> Result<Option<SourceCheckpoint>, RunError> {
                             loop {
                                 while let Ok(c) = ctl_rx.try_recv() {
                                     match c {
@@ -251,19 +301,20 @@ pub fn run(plan: Plan, ctx: RunContext) -> Result<RunSummary, RunError> {
                                             // offsets, Postgres LSNs) do it here.
                                             tracing::debug!(epoch, task = %name, "checkpoint durable");
                                         }
+                                        Control::Stop => {}
                                     }
                                 }
                                 if failed.load(Ordering::Relaxed) {
-                                    return Ok(driver.positions());
+                                    return Ok(Some(driver.checkpoint()));
                                 }
                                 if shutdown.load(Ordering::Relaxed) {
                                     emit(Emit::Control(Message::End))?;
-                                    return Ok(driver.positions());
+                                    return Ok(Some(driver.checkpoint()));
                                 }
                                 let now = clock_t.now_ms();
                                 match driver.step(now, &mut emit)? {
                                     SourceStep::Continue => {}
-                                    SourceStep::Finished => return Ok(driver.positions()),
+                                    SourceStep::Finished => return Ok(Some(driver.checkpoint())),
                                     SourceStep::WaitUntil(t) => {
                                         let now = clock_t.sleep_until(t, Duration::from_millis(50));
                                         driver.poll_watermark(now, &mut emit)?;
@@ -292,6 +343,9 @@ pub fn run(plan: Plan, ctx: RunContext) -> Result<RunSummary, RunError> {
                     ));
                     let mut router = Router::new(ports, counters, status.clone());
                     let mut driver = OperatorDriver::new(op, slot_inputs[ni].clone(), status, now);
+                    if let Some(state) = restored.as_ref().and_then(|r| r.operators.get(&label)) {
+                        driver.restore(state).map_err(stop_started)?;
+                    }
                     let rx = inbound.expect("receiver");
                     let handle = spawn(&label, move || {
                         let mut emit = |e: Emit| match e {
@@ -305,7 +359,7 @@ pub fn run(plan: Plan, ctx: RunContext) -> Result<RunSummary, RunError> {
                             driver.on_message(slot, msg, clock_t.now_ms(), &mut emit, &mut ack)?;
                             Ok(driver.is_finished())
                         });
-                        report_end(result.map(|()| Vec::new()));
+                        report_end(result.map(|()| None));
                     });
                     instances.push(Instance {
                         label,
@@ -325,21 +379,55 @@ pub fn run(plan: Plan, ctx: RunContext) -> Result<RunSummary, RunError> {
                         now,
                     ));
                     let mut driver = SinkDriver::new(sink, slot_inputs[ni].clone(), status, now);
+                    let recover_state =
+                        restored.as_ref().and_then(|r| r.sinks.get(&label).cloned());
                     let rx = inbound.expect("receiver");
+                    let (ctl_tx, ctl_rx) = unbounded::<Control>();
                     let handle = spawn(&label, move || {
                         let mut ack = |a: BarrierAck| {
                             let _ = rtx.send(Report::Ack(name.clone(), a));
                         };
-                        let result = drain_inbound(&name, &rx, |slot, msg| {
-                            driver.on_message(slot, msg, clock_t.now_ms(), &mut ack)?;
-                            Ok(driver.is_finished())
-                        });
-                        report_end(result.map(|()| Vec::new()));
+                        let result = (|| -> Result<(), RunError> {
+                            driver.recover(recover_state.as_deref())?;
+                            let none = never();
+                            loop {
+                                // Once its input has ended the sink only waits for its
+                                // last commit.
+                                let inbound = if driver.is_finished() { &none } else { &rx };
+                                select! {
+                                    recv(inbound) -> m => {
+                                        let Ok((slot, msg)) = m else {
+                                            return Err(RunError::Task {
+                                                task: name.clone(),
+                                                message: "an upstream task stopped".into(),
+                                            });
+                                        };
+                                        driver.on_message(slot as usize, msg, clock_t.now_ms(), &mut ack)?;
+                                    }
+                                    recv(ctl_rx) -> c => match c {
+                                        Ok(Control::CheckpointDone(epoch)) => {
+                                            driver.commit(epoch)?;
+                                            if epoch == FINAL_EPOCH {
+                                                return driver.finish();
+                                            }
+                                        }
+                                        Ok(Control::Barrier(_)) => {}
+                                        Ok(Control::Stop) | Err(_) => {
+                                            return Err(RunError::Task {
+                                                task: name.clone(),
+                                                message: "stopped before its last commit".into(),
+                                            });
+                                        }
+                                    },
+                                }
+                            }
+                        })();
+                        report_end(result.map(|()| None));
                     });
                     instances.push(Instance {
                         label,
                         role: Role::Sink,
-                        control: None,
+                        control: Some(ctl_tx),
                         handle,
                     });
                 }
@@ -350,7 +438,15 @@ pub fn run(plan: Plan, ctx: RunContext) -> Result<RunSummary, RunError> {
     drop(senders);
     drop(report_tx);
 
-    let summary = supervise(&plan, &ctx, &instances, report_rx, start_ms);
+    let summary = supervise(
+        &plan,
+        &ctx,
+        &instances,
+        report_rx,
+        start_ms,
+        store.as_ref(),
+        restored.as_ref(),
+    );
     for inst in instances {
         let _ = inst.handle.join();
     }
@@ -383,31 +479,194 @@ fn spawn(label: &str, f: impl FnOnce() + Send + 'static) -> JoinHandle<()> {
         .expect("cannot spawn a task thread")
 }
 
-struct PendingCheckpoint {
-    acked: BTreeMap<String, ()>,
-    positions: Vec<SourcePosition>,
-    states: BTreeMap<String, Vec<u8>>,
+/// Checks that a checkpoint fits the plan: every operator state it holds has an instance to
+/// go to (a different parallelism would lose or misplace keyed state).
+fn check_restorable(plan: &Plan, r: &Restored) -> Result<(), RunError> {
+    let labels: Vec<String> = plan
+        .nodes
+        .iter()
+        .flat_map(|n| (0..n.parallelism).map(move |i| format!("{}#{i}", n.name)))
+        .collect();
+    for label in r.operators.keys().chain(r.sinks.keys()) {
+        if !labels.contains(label) {
+            return Err(RunError::Task {
+                task: "restore".into(),
+                message: format!(
+                    "checkpoint {} holds state for `{label}`, which this pipeline does not have \
+                     (was it taken with another parallelism or another pipeline file?)",
+                    r.path.display()
+                ),
+            });
+        }
+    }
+    if r.manifest.pipeline != plan.name {
+        tracing::warn!(checkpoint = %r.manifest.pipeline, pipeline = %plan.name, "restoring a checkpoint taken by a pipeline of another name");
+    }
+    Ok(())
 }
 
+/// A checkpoint whose barrier is on its way.
+struct PendingCheckpoint {
+    cp: Checkpoint,
+    acked: BTreeMap<String, ()>,
+}
+
+impl PendingCheckpoint {
+    fn new(epoch: Epoch, started_ms: i64) -> PendingCheckpoint {
+        PendingCheckpoint {
+            cp: Checkpoint {
+                epoch,
+                started_ms,
+                ..Checkpoint::default()
+            },
+            acked: BTreeMap::new(),
+        }
+    }
+}
+
+/// Checkpoint bookkeeping of the supervisor.
+struct Coordinator<'a> {
+    pipeline: String,
+    store: Option<&'a CheckpointStore>,
+    pending: BTreeMap<Epoch, PendingCheckpoint>,
+    /// The run's last checkpoint: every operator and sink acknowledged the end of its input.
+    last: PendingCheckpoint,
+    completed: u64,
+    failures: u64,
+    last_checkpoint: Option<Checkpoint>,
+    /// Where finished sources stopped: part of every later checkpoint.
+    source_ends: BTreeMap<String, SourceCheckpoint>,
+}
+
+impl Coordinator<'_> {
+    fn ack(&mut self, label: String, ack: BarrierAck, now_ms: i64) {
+        let epoch = match &ack {
+            BarrierAck::Source { epoch, .. }
+            | BarrierAck::Operator { epoch, .. }
+            | BarrierAck::Sink { epoch, .. } => *epoch,
+        };
+        let p = if epoch == FINAL_EPOCH {
+            &mut self.last
+        } else {
+            self.pending
+                .entry(epoch)
+                .or_insert_with(|| PendingCheckpoint::new(epoch, now_ms))
+        };
+        match ack {
+            BarrierAck::Source { checkpoint, .. } => {
+                p.cp.sources.insert(label.clone(), checkpoint);
+            }
+            BarrierAck::Operator {
+                state,
+                alignment_ms,
+                ..
+            } => {
+                p.cp.operators.insert(label.clone(), state);
+                p.cp.alignment_ms = p.cp.alignment_ms.max(alignment_ms);
+            }
+            BarrierAck::Sink { state, .. } => {
+                p.cp.sinks.insert(label.clone(), state);
+            }
+        }
+        p.cp.acknowledged_ms = now_ms;
+        p.acked.insert(label, ());
+    }
+
+    /// Whether `p` has everything: each source acknowledged it or had finished before it,
+    /// each operator and sink acknowledged it.
+    fn is_complete(&self, p: &PendingCheckpoint, instances: &[Instance]) -> bool {
+        instances.iter().all(|i| {
+            p.acked.contains_key(&i.label)
+                || (i.role == Role::Source && self.source_ends.contains_key(&i.label))
+        })
+    }
+
+    /// Whether a barrier can no longer reach every task: an operator or sink has seen the
+    /// end of its input without it.
+    fn is_abandoned(&self, p: &PendingCheckpoint, instances: &[Instance]) -> bool {
+        instances.iter().any(|i| {
+            i.role != Role::Source
+                && !p.acked.contains_key(&i.label)
+                && self.last.acked.contains_key(&i.label)
+        })
+    }
+
+    /// Makes a complete checkpoint durable (when there is a store) and tells the sinks and
+    /// sources; returns whether it was.
+    fn complete(&mut self, mut p: PendingCheckpoint, instances: &[Instance], now_ms: i64) -> bool {
+        for (label, at) in &self.source_ends {
+            if !p.acked.contains_key(label) {
+                p.cp.sources.insert(label.clone(), at.clone());
+            }
+        }
+        let cp = p.cp;
+        let epoch = cp.epoch;
+        let bytes = cp.state_bytes();
+        if let Some(store) = self.store {
+            match store.write(&self.pipeline, &cp, now_ms) {
+                Ok(path) => {
+                    tracing::info!(epoch, state_bytes = bytes, path = %path.display(), finished = cp.finished, "checkpoint completed");
+                }
+                Err(e) => {
+                    self.failures += 1;
+                    metrics::counter!(m::CHECKPOINT_FAILURES).increment(1);
+                    tracing::error!(epoch, error = %e, "checkpoint failed: nothing is committed for it");
+                    return false;
+                }
+            }
+        } else {
+            tracing::debug!(
+                epoch,
+                state_bytes = bytes,
+                "checkpoint completed (not kept: no checkpoint.dir)"
+            );
+        }
+        metrics::counter!(m::BARRIERS_COMPLETED).increment(1);
+        metrics::gauge!(m::LAST_EPOCH).set(epoch as f64);
+        metrics::gauge!(m::CHECKPOINT_BYTES).set(bytes as f64);
+        metrics::gauge!(m::CHECKPOINT_DURATION_MS)
+            .set((cp.acknowledged_ms - cp.started_ms).max(0) as f64);
+        metrics::gauge!(m::CHECKPOINT_ALIGNMENT_MS).set(cp.alignment_ms as f64);
+        self.completed += 1;
+        let done = if cp.finished { FINAL_EPOCH } else { epoch };
+        for i in instances.iter().filter(|i| i.role != Role::Operator) {
+            if let Some(c) = &i.control {
+                let _ = c.send(Control::CheckpointDone(done));
+            }
+        }
+        self.last_checkpoint = Some(cp);
+        true
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 fn supervise(
     plan: &Plan,
     ctx: &RunContext,
     instances: &[Instance],
     reports: Receiver<Report>,
     start_ms: i64,
+    store: Option<&CheckpointStore>,
+    restored: Option<&Restored>,
 ) -> Result<RunSummary, RunError> {
     let clock = &ctx.clock;
     let opts = &plan.options;
     let mut evaluator = AlertEvaluator::new(opts.alerts.clone());
     let mut alerts_fired = Vec::new();
     let mut finished: BTreeMap<String, ()> = BTreeMap::new();
-    // Where finished sources stopped: part of every later checkpoint.
-    let mut final_positions: BTreeMap<String, Vec<SourcePosition>> = BTreeMap::new();
     let mut first_error: Option<RunError> = None;
-    let mut pending: BTreeMap<Epoch, PendingCheckpoint> = BTreeMap::new();
-    let mut last_checkpoint: Option<CompletedCheckpoint> = None;
-    let mut completed = 0u64;
-    let mut next_epoch: Epoch = 1;
+    let mut next_epoch: Epoch = restored.map_or(1, |r| r.manifest.epoch + 1);
+    let mut co = Coordinator {
+        pipeline: plan.name.clone(),
+        store,
+        pending: BTreeMap::new(),
+        last: PendingCheckpoint::new(0, start_ms),
+        completed: 0,
+        failures: 0,
+        last_checkpoint: None,
+        source_ends: BTreeMap::new(),
+    };
+    let mut last_done = false;
     let interval_ms = opts.checkpoint_interval.map(|d| d.as_millis() as i64);
     let mut next_barrier_ms = interval_ms.map(|i| start_ms + i);
     let monitor_ms = opts.monitor_interval.as_millis().max(1) as i64;
@@ -415,8 +674,10 @@ fn supervise(
 
     while finished.len() < instances.len() {
         match reports.recv_timeout(Duration::from_millis(20)) {
-            Ok(Report::Finished(label, positions)) => {
-                final_positions.insert(label.clone(), positions);
+            Ok(Report::Finished(label, at)) => {
+                if let Some(at) = at {
+                    co.source_ends.insert(label.clone(), at);
+                }
                 finished.insert(label, ());
             }
             Ok(Report::Failed(label, e)) => {
@@ -424,64 +685,56 @@ fn supervise(
                 finished.insert(label, ());
                 if first_error.is_none() {
                     first_error = Some(e);
-                }
-            }
-            Ok(Report::Ack(label, ack)) => {
-                let epoch = match &ack {
-                    BarrierAck::Source { epoch, .. }
-                    | BarrierAck::Operator { epoch, .. }
-                    | BarrierAck::Sink { epoch } => *epoch,
-                };
-                let p = pending.entry(epoch).or_insert_with(|| PendingCheckpoint {
-                    acked: BTreeMap::new(),
-                    positions: Vec::new(),
-                    states: BTreeMap::new(),
-                });
-                match ack {
-                    BarrierAck::Source { positions, .. } => p.positions.extend(positions),
-                    BarrierAck::Operator { state, .. } => {
-                        p.states.insert(label.clone(), state);
+                    // Sinks waiting for their last commit would wait forever.
+                    for i in instances.iter().filter(|i| i.role == Role::Sink) {
+                        if let Some(c) = &i.control {
+                            let _ = c.send(Control::Stop);
+                        }
                     }
-                    BarrierAck::Sink { .. } => {}
                 }
-                p.acked.insert(label, ());
             }
+            Ok(Report::Ack(label, ack)) => co.ack(label, ack, clock.now_ms()),
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
             Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
         }
 
-        // Complete checkpoints every live task acknowledged.
-        let done: Vec<Epoch> = pending
-            .iter()
-            .filter(|(_, p)| {
-                instances
-                    .iter()
-                    .all(|i| p.acked.contains_key(&i.label) || finished.contains_key(&i.label))
-            })
-            .map(|(e, _)| *e)
-            .collect();
-        for epoch in done {
-            let mut p = pending.remove(&epoch).expect("pending");
-            for (label, positions) in &final_positions {
-                if !p.acked.contains_key(label) {
-                    p.positions.extend(positions.iter().cloned());
+        if first_error.is_none() {
+            // Complete checkpoints in epoch order; drop those that can no longer complete.
+            let epochs: Vec<Epoch> = co.pending.keys().copied().collect();
+            for epoch in epochs {
+                let p = &co.pending[&epoch];
+                if co.is_complete(p, instances) {
+                    let p = co.pending.remove(&epoch).expect("pending");
+                    co.complete(p, instances, clock.now_ms());
+                } else if co.is_abandoned(p, instances) {
+                    tracing::debug!(epoch, "barrier overtaken by the end of the input");
+                    co.pending.remove(&epoch);
+                } else {
+                    break;
                 }
             }
-            let bytes: usize = p.states.values().map(Vec::len).sum();
-            tracing::info!(epoch, state_bytes = bytes, "checkpoint completed");
-            metrics::counter!(m::BARRIERS_COMPLETED).increment(1);
-            metrics::gauge!(m::LAST_EPOCH).set(epoch as f64);
-            completed += 1;
-            for i in instances.iter().filter(|i| i.role == Role::Source) {
-                if let Some(c) = &i.control {
-                    let _ = c.send(Control::CheckpointDone(epoch));
+            // Every source has ended and every operator and sink has acknowledged the end:
+            // the run's last checkpoint commits everything that is left.
+            if !last_done && co.pending.is_empty() && co.is_complete(&co.last, instances) {
+                last_done = true;
+                let mut last = std::mem::replace(&mut co.last, PendingCheckpoint::new(0, 0));
+                last.cp.epoch = next_epoch;
+                last.cp.finished = true;
+                next_epoch += 1;
+                // Keep the acks: `is_abandoned` still reads them.
+                co.last.acked = last.acked.clone();
+                if !co.complete(last, instances, clock.now_ms()) {
+                    first_error = Some(RunError::Task {
+                        task: "checkpoints".into(),
+                        message: "the run's last checkpoint could not be written: its output is not committed".into(),
+                    });
+                    for i in instances.iter().filter(|i| i.role == Role::Sink) {
+                        if let Some(c) = &i.control {
+                            let _ = c.send(Control::Stop);
+                        }
+                    }
                 }
             }
-            last_checkpoint = Some(CompletedCheckpoint {
-                epoch,
-                positions: p.positions,
-                states: p.states,
-            });
         }
 
         let now = clock.now_ms();
@@ -489,6 +742,8 @@ fn supervise(
             && let (Some(at), Some(every)) = (next_barrier_ms, interval_ms)
             && now >= at
         {
+            co.pending
+                .insert(next_epoch, PendingCheckpoint::new(next_epoch, now));
             for i in instances.iter().filter(|i| i.role == Role::Source) {
                 if let Some(c) = &i.control {
                     let _ = c.send(Control::Barrier(next_epoch));
@@ -524,8 +779,10 @@ fn supervise(
     Ok(RunSummary {
         elapsed_ms: now - start_ms,
         report,
-        checkpoints_completed: completed,
-        last_checkpoint,
+        checkpoints_completed: co.completed,
+        checkpoint_failures: co.failures,
+        last_checkpoint: co.last_checkpoint,
+        restored_from: restored.map(|r| (r.manifest.epoch, r.path.clone())),
         alerts_fired,
     })
 }

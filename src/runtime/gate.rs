@@ -30,6 +30,9 @@ pub struct InputGate {
     blocked: Vec<bool>,
     ended: Vec<bool>,
     aligning: Option<Epoch>,
+    /// When the barrier being aligned first arrived, and how long the last alignment took.
+    aligning_since_ms: i64,
+    last_alignment_ms: i64,
     buffered: VecDeque<(usize, Message)>,
     finished: bool,
 }
@@ -43,6 +46,8 @@ impl InputGate {
             blocked: vec![false; n],
             ended: vec![false; n],
             aligning: None,
+            aligning_since_ms: now_ms,
+            last_alignment_ms: 0,
             buffered: VecDeque::new(),
             finished: n == 0,
         }
@@ -54,6 +59,11 @@ impl InputGate {
 
     pub fn is_finished(&self) -> bool {
         self.finished
+    }
+
+    /// Processing time from the first to the last slot's delivery of the last barrier.
+    pub fn last_alignment_ms(&self) -> i64 {
+        self.last_alignment_ms
     }
 
     /// Messages held back by an alignment in progress.
@@ -92,6 +102,9 @@ impl InputGate {
                     }
                     _ => {}
                 }
+                if self.aligning.is_none() {
+                    self.aligning_since_ms = now_ms;
+                }
                 self.aligning = Some(epoch);
                 self.blocked[slot] = true;
                 self.try_complete_alignment(now_ms, emit);
@@ -129,6 +142,7 @@ impl InputGate {
             return;
         }
         self.aligning = None;
+        self.last_alignment_ms = (now_ms - self.aligning_since_ms).max(0);
         self.blocked.iter_mut().for_each(|b| *b = false);
         emit(GateEvent::Barrier(epoch));
         let replay = std::mem::take(&mut self.buffered);

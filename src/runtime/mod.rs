@@ -15,7 +15,7 @@ pub mod task;
 use crate::time::Watermark;
 use crate::types::{Batch, Epoch};
 
-pub use exec::{CompletedCheckpoint, RunContext, RunSummary, run};
+pub use exec::{RunContext, RunSummary, run};
 pub use plan::{InputRef, NodeKind, Plan, PlanNode, RuntimeOptions, WatermarkSpec};
 
 /// What flows on a channel.

@@ -79,6 +79,10 @@ pub struct RuntimeOptions {
     pub channel_capacity: usize,
     /// Inject a barrier every interval; `None` = no checkpoints.
     pub checkpoint_interval: Option<Duration>,
+    /// Where completed checkpoints are written (`None`: they are not kept).
+    pub checkpoint_dir: Option<std::path::PathBuf>,
+    /// Complete checkpoints kept in `checkpoint_dir`.
+    pub checkpoint_retain: usize,
     pub alerts: AlertRules,
     /// How often alert rules and status gauges are evaluated.
     pub monitor_interval: Duration,
@@ -90,6 +94,8 @@ impl Default for RuntimeOptions {
             batch_size: 1024,
             channel_capacity: 16,
             checkpoint_interval: Some(Duration::from_secs(10)),
+            checkpoint_dir: None,
+            checkpoint_retain: 3,
             alerts: AlertRules::default(),
             monitor_interval: Duration::from_secs(1),
         }

@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+use crate::checkpoint::SourceCheckpoint;
 use crate::error::RunError;
 use crate::operators::{Operator, Output, PortSpec};
 use crate::runtime::Message;
@@ -31,16 +32,22 @@ pub enum Emit {
 pub enum BarrierAck {
     Source {
         epoch: Epoch,
-        positions: Vec<SourcePosition>,
+        checkpoint: SourceCheckpoint,
     },
     Operator {
         epoch: Epoch,
         state: Vec<u8>,
+        /// How long the operator waited for this barrier on its other inputs.
+        alignment_ms: i64,
     },
-    Sink {
-        epoch: Epoch,
-    },
+    /// A sink's pre-commit of everything before the barrier; at the end of the stream,
+    /// `epoch` is `FINAL_EPOCH` and covers everything.
+    Sink { epoch: Epoch, state: Vec<u8> },
 }
+
+/// The epoch a sink's last pre-commit, at the end of its input, is acknowledged under: the
+/// checkpoint completing the run commits it.
+pub const FINAL_EPOCH: Epoch = Epoch::MAX;
 
 /// What a source asks of its thread after a step.
 #[derive(Debug, PartialEq, Eq)]
@@ -107,15 +114,32 @@ impl SourceDriver {
         self.source.seek(positions)
     }
 
-    /// Emits a barrier after everything read so far, and returns the positions it covers.
+    /// Continues from a checkpoint: the source rewinds to its positions and the watermark
+    /// generators take up their state.
+    pub fn restore(&mut self, checkpoint: &SourceCheckpoint) -> Result<(), RunError> {
+        self.source.seek(&checkpoint.positions)?;
+        self.watermarks
+            .restore_max_event_times(&checkpoint.max_event_times);
+        Ok(())
+    }
+
+    /// What a checkpoint keeps of this source now.
+    pub fn checkpoint(&self) -> SourceCheckpoint {
+        SourceCheckpoint {
+            positions: self.source.positions(),
+            max_event_times: self.watermarks.max_event_times(),
+        }
+    }
+
+    /// Emits a barrier after everything read so far, and returns what it covers.
     pub fn barrier(
         &mut self,
         epoch: Epoch,
         emit: &mut impl FnMut(Emit) -> Result<(), RunError>,
     ) -> Result<BarrierAck, RunError> {
-        let positions = self.source.positions();
+        let checkpoint = self.checkpoint();
         emit(Emit::Control(Message::Barrier(epoch)))?;
-        Ok(BarrierAck::Source { epoch, positions })
+        Ok(BarrierAck::Source { epoch, checkpoint })
     }
 
     /// Reads one batch (or learns there is nothing to read) and emits records, dead letters
@@ -355,13 +379,25 @@ impl OperatorDriver {
                 GateEvent::Barrier(epoch) => {
                     self.status.set_stats(&self.op.stats());
                     let state = self.op.snapshot()?;
-                    ack(BarrierAck::Operator { epoch, state });
+                    ack(BarrierAck::Operator {
+                        epoch,
+                        state,
+                        alignment_ms: self.gate.last_alignment_ms(),
+                    });
                     emit(Emit::Control(Message::Barrier(epoch)))?;
                 }
                 GateEvent::End => {
                     self.status.set_stats(&self.op.stats());
                     self.status.set_finished();
                     emit(Emit::Control(Message::End))?;
+                    // The state after the end of the input goes into the run's last
+                    // checkpoint: restored, it has nothing left to emit.
+                    let state = self.op.snapshot()?;
+                    ack(BarrierAck::Operator {
+                        epoch: FINAL_EPOCH,
+                        state,
+                        alignment_ms: 0,
+                    });
                 }
             }
         }
@@ -474,8 +510,27 @@ impl SinkDriver {
         }
     }
 
+    /// Every input has ended (its final pre-commit is acknowledged; `commit(FINAL_EPOCH)`
+    /// then `finish` end it).
     pub fn is_finished(&self) -> bool {
         self.gate.is_finished()
+    }
+
+    /// Restarting from a checkpoint (`state`: the sink's pre-commit in it; `None`: from the
+    /// beginning).
+    pub fn recover(&mut self, state: Option<&[u8]>) -> Result<(), RunError> {
+        self.sink.recover(state)
+    }
+
+    /// Checkpoint `epoch` is durable: its output becomes visible.
+    pub fn commit(&mut self, epoch: Epoch) -> Result<(), RunError> {
+        self.sink.commit(epoch)
+    }
+
+    /// The final commit is done: close.
+    pub fn finish(&mut self) -> Result<(), RunError> {
+        self.status.set_finished();
+        self.sink.finish()
     }
 
     pub fn on_message(
@@ -496,13 +551,15 @@ impl SinkDriver {
                     self.sink.write(&batch)
                 }
                 GateEvent::Watermark(_) => Ok(()),
-                GateEvent::Barrier(epoch) => self.sink.on_barrier(epoch).map(|()| {
-                    ack(BarrierAck::Sink { epoch });
+                GateEvent::Barrier(epoch) => self.sink.pre_commit(epoch).map(|state| {
+                    ack(BarrierAck::Sink { epoch, state });
                 }),
-                GateEvent::End => {
-                    self.status.set_finished();
-                    self.sink.finish()
-                }
+                GateEvent::End => self.sink.pre_commit(FINAL_EPOCH).map(|state| {
+                    ack(BarrierAck::Sink {
+                        epoch: FINAL_EPOCH,
+                        state,
+                    });
+                }),
             };
             if r.is_err() {
                 result = r;

@@ -153,6 +153,22 @@ impl PartitionWatermarks {
         }
     }
 
+    /// The highest event time seen per partition: what a checkpoint keeps of the
+    /// generators, so that a restored run computes the same watermarks.
+    pub fn max_event_times(&self) -> Vec<Option<EventTime>> {
+        self.partitions
+            .iter()
+            .map(|p| p.generator.max_seen)
+            .collect()
+    }
+
+    /// Restores what `max_event_times` returned (partitions beyond it keep theirs).
+    pub fn restore_max_event_times(&mut self, times: &[Option<EventTime>]) {
+        for (p, t) in self.partitions.iter_mut().zip(times) {
+            p.generator.max_seen = *t;
+        }
+    }
+
     /// The watermark last returned by `poll`.
     pub fn emitted(&self) -> Option<Watermark> {
         self.emitted

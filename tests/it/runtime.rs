@@ -1,8 +1,6 @@
 //! The threaded runtime on a manual clock: paced sources wait for simulated time, barriers
 //! are injected by the supervisor every checkpoint interval, and every task acknowledges them.
 
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use watershed::config::{self, Overrides};
@@ -39,11 +37,7 @@ sinks:
     std::fs::write(&path, yaml).unwrap();
     let compiled = config::load_and_compile(&path, &Overrides::default()).unwrap();
     let clock = ManualClock::new(T0);
-    let ctx = RunContext {
-        clock: clock.clone(),
-        status: StatusRegistry::new("paced"),
-        shutdown: Arc::new(AtomicBool::new(false)),
-    };
+    let ctx = RunContext::new(clock.clone(), StatusRegistry::new("paced"));
     let run = std::thread::spawn(move || runtime::run(compiled.plan, ctx));
     // Move simulated time forward (5 ms per real ms) until the run ends (bounded: 60 s of
     // simulated time). The run needs 3 s of simulated time; barriers are due every 500 ms.
@@ -60,17 +54,23 @@ sinks:
         summary.checkpoints_completed
     );
     let cp = summary.last_checkpoint.unwrap();
-    assert_eq!(
-        cp.positions.len(),
-        2,
-        "one position per generator partition"
-    );
     assert!(
-        cp.positions
+        cp.finished,
+        "the last checkpoint is the one at the end of the input"
+    );
+    let positions: Vec<_> = cp.sources.values().flat_map(|s| &s.positions).collect();
+    assert_eq!(positions.len(), 2, "one position per generator partition");
+    assert!(
+        positions
             .iter()
             .all(|p| matches!(p.position, Position::Sequence { .. }))
     );
-    assert_eq!(cp.states.len(), 2, "a snapshot from each window instance");
+    assert_eq!(
+        cp.operators.len(),
+        2,
+        "a snapshot from each window instance"
+    );
+    assert_eq!(cp.sinks.len(), 1, "the sink's pre-commit");
 
     let text = std::fs::read_to_string(&out).unwrap();
     let total: i64 = text
