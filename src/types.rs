@@ -447,15 +447,20 @@ impl Batch {
 pub enum Position {
     /// A byte offset into a file, and the number of lines before it.
     File { offset: u64, line: u64 },
-    /// The number of records a deterministic generator has produced.
-    Sequence { emitted: u64 },
+    /// A deterministic generator's next record (its index in the whole sequence), and the
+    /// event time its sequence started at (taken from the clock when the file sets none).
+    Sequence {
+        next: u64,
+        #[serde(default)]
+        start_ms: Option<i64>,
+    },
 }
 
 impl fmt::Display for Position {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Position::File { offset, line } => write!(f, "line {line} (byte {offset})"),
-            Position::Sequence { emitted } => write!(f, "record {emitted}"),
+            Position::Sequence { next, .. } => write!(f, "record {next}"),
         }
     }
 }

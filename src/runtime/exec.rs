@@ -572,22 +572,16 @@ impl Coordinator<'_> {
         p.acked.insert(label, ());
     }
 
-    /// Whether `p` has everything: each source acknowledged it or had finished before it,
-    /// each operator and sink acknowledged it.
+    /// Whether `p` has everything: each task acknowledged it, or had seen the end of its
+    /// input before the barrier could reach it (a source that finished, an operator or sink
+    /// all of whose inputs ended): what it acknowledged at its end stands for it.
     fn is_complete(&self, p: &PendingCheckpoint, instances: &[Instance]) -> bool {
         instances.iter().all(|i| {
             p.acked.contains_key(&i.label)
-                || (i.role == Role::Source && self.source_ends.contains_key(&i.label))
-        })
-    }
-
-    /// Whether a barrier can no longer reach every task: an operator or sink has seen the
-    /// end of its input without it.
-    fn is_abandoned(&self, p: &PendingCheckpoint, instances: &[Instance]) -> bool {
-        instances.iter().any(|i| {
-            i.role != Role::Source
-                && !p.acked.contains_key(&i.label)
-                && self.last.acked.contains_key(&i.label)
+                || match i.role {
+                    Role::Source => self.source_ends.contains_key(&i.label),
+                    _ => self.last.acked.contains_key(&i.label),
+                }
         })
     }
 
@@ -597,6 +591,16 @@ impl Coordinator<'_> {
         for (label, at) in &self.source_ends {
             if !p.acked.contains_key(label) {
                 p.cp.sources.insert(label.clone(), at.clone());
+            }
+        }
+        for (label, state) in &self.last.cp.operators {
+            if !p.acked.contains_key(label) {
+                p.cp.operators.insert(label.clone(), state.clone());
+            }
+        }
+        for (label, state) in &self.last.cp.sinks {
+            if !p.acked.contains_key(label) {
+                p.cp.sinks.insert(label.clone(), state.clone());
             }
         }
         let cp = p.cp;
@@ -706,9 +710,6 @@ fn supervise(
                 if co.is_complete(p, instances) {
                     let p = co.pending.remove(&epoch).expect("pending");
                     co.complete(p, instances, clock.now_ms());
-                } else if co.is_abandoned(p, instances) {
-                    tracing::debug!(epoch, "barrier overtaken by the end of the input");
-                    co.pending.remove(&epoch);
                 } else {
                     break;
                 }
@@ -717,12 +718,13 @@ fn supervise(
             // the run's last checkpoint commits everything that is left.
             if !last_done && co.pending.is_empty() && co.is_complete(&co.last, instances) {
                 last_done = true;
-                let mut last = std::mem::replace(&mut co.last, PendingCheckpoint::new(0, 0));
-                last.cp.epoch = next_epoch;
+                let mut last = PendingCheckpoint::new(next_epoch, co.last.cp.started_ms);
+                last.acked = co.last.acked.clone();
+                last.cp.operators = co.last.cp.operators.clone();
+                last.cp.sinks = co.last.cp.sinks.clone();
+                last.cp.acknowledged_ms = co.last.cp.acknowledged_ms;
                 last.cp.finished = true;
                 next_epoch += 1;
-                // Keep the acks: `is_abandoned` still reads them.
-                co.last.acked = last.acked.clone();
                 if !co.complete(last, instances, clock.now_ms()) {
                     first_error = Some(RunError::Task {
                         task: "checkpoints".into(),
@@ -738,7 +740,11 @@ fn supervise(
         }
 
         let now = clock.now_ms();
+        let sources_live = instances
+            .iter()
+            .any(|i| i.role == Role::Source && !co.source_ends.contains_key(&i.label));
         if first_error.is_none()
+            && sources_live
             && let (Some(at), Some(every)) = (next_barrier_ms, interval_ms)
             && now >= at
         {

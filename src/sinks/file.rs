@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::RunError;
+use crate::failpoint;
 use crate::format::json::JsonEncoder;
 use crate::sinks::{Guarantee, Sink};
 use crate::types::{Batch, Epoch, SchemaRef};
@@ -180,6 +181,7 @@ impl Transactions {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(e),
         };
+        failpoint::hit("sink-commit-before-append");
         self.output.set_len(at)?;
         self.output.seek(SeekFrom::Start(at))?;
         let copied = std::io::copy(&mut pending, &mut self.output)?;
@@ -191,6 +193,7 @@ impl Transactions {
             )));
         }
         self.output.sync_data()?;
+        failpoint::hit("sink-commit-before-remove");
         std::fs::remove_file(&path)
     }
 

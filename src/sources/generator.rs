@@ -211,6 +211,8 @@ pub struct GeneratorSource {
     next_partition: usize,
     start_ms: Option<i64>,
     started_at_ms: Option<i64>,
+    /// The record pacing counts from (after a restore, where the run resumed).
+    paced_from: u64,
 }
 
 impl GeneratorSource {
@@ -297,6 +299,7 @@ impl GeneratorSource {
             next_partition: 0,
             start_ms: spec.start_ms,
             started_at_ms: None,
+            paced_from: 0,
             spec,
         }
     }
@@ -390,7 +393,8 @@ impl Source for GeneratorSource {
             let mut n = 0;
             while n < max_records && !self.exhausted(i) {
                 if self.spec.rate.is_some() {
-                    let due = started_at + self.due_offset_ms(i);
+                    let due =
+                        started_at + self.due_offset_ms(i) - self.due_offset_ms(self.paced_from);
                     if due > now_ms {
                         earliest_due = Some(earliest_due.map_or(due, |d: i64| d.min(due)));
                         break;
@@ -421,22 +425,31 @@ impl Source for GeneratorSource {
             .map(|p| SourcePosition {
                 source: self.node.clone(),
                 partition: p.label.clone(),
-                position: Position::Sequence { emitted: p.next },
+                position: Position::Sequence {
+                    next: p.next,
+                    start_ms: self.start_ms,
+                },
             })
             .collect()
     }
 
     fn seek(&mut self, positions: &[SourcePosition]) -> Result<(), RunError> {
         for p in &mut self.partitions {
-            p.next = positions
+            let at = positions
                 .iter()
                 .find(|sp| sp.source == self.node && sp.partition == p.label)
                 .and_then(|sp| match sp.position {
-                    Position::Sequence { emitted } => Some(emitted),
+                    Position::Sequence { next, start_ms } => Some((next, start_ms)),
                     _ => None,
-                })
-                .unwrap_or(p.first);
+                });
+            p.next = at.map_or(p.first, |(next, _)| next);
+            if let Some((_, Some(start))) = at {
+                // The same event times as before the restart.
+                self.start_ms = Some(start);
+            }
         }
+        // Pacing goes on from here, not from the first record.
+        self.paced_from = self.partitions.iter().map(|p| p.next).min().unwrap_or(0);
         Ok(())
     }
 }

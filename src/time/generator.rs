@@ -182,6 +182,18 @@ mod tests {
     const S: Duration = Duration::from_secs(1);
 
     #[test]
+    fn restored_generators_give_the_same_watermark() {
+        let mut w = PartitionWatermarks::new(2, 2 * S, None, 0);
+        w.on_event(0, 10_000);
+        w.on_event(1, 7_000);
+        let before = w.poll(0);
+        let mut r = PartitionWatermarks::new(2, 2 * S, None, 0);
+        r.restore_max_event_times(&w.max_event_times());
+        assert_eq!(r.poll(0), before);
+        assert_eq!(before, Some(Watermark::EventTime(4_999)));
+    }
+
+    #[test]
     fn bounded_out_of_orderness_lags_by_the_bound() {
         let mut g = BoundedOutOfOrderness::new(5 * S);
         assert_eq!(g.current(), None);
