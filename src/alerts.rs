@@ -6,7 +6,9 @@
 //! - `source_silent`: a source partition has had no record for longer than the source's
 //!   `expected_interval`;
 //! - `enrichment_gate`: a gated enrichment has been waiting for its reference table's
-//!   snapshot for longer than a threshold (events pile up behind it).
+//!   snapshot for longer than a threshold (events pile up behind it);
+//! - `checkpoint`: checkpoints keep failing (3 in a row), or the last complete one is older
+//!   than a threshold (a crash would replay that much).
 //!
 //! Each alert fires once when it starts (a WARN line naming the source and partition that
 //! hold the watermark, and `watershed_alert_active = 1`) and resolves once when it ends.
@@ -21,7 +23,13 @@ pub struct AlertRules {
     pub watermark_lag_ms: Option<i64>,
     pub watermark_stall_ms: Option<i64>,
     pub enrichment_gate_ms: Option<i64>,
+    /// Alert when the last complete checkpoint is older than this (checkpoints kept in a
+    /// directory only).
+    pub checkpoint_age_ms: Option<i64>,
 }
+
+/// Consecutive failed checkpoints that fire the `checkpoint` alert at once.
+pub const CHECKPOINT_FAILURES_ALERT: u64 = 3;
 
 impl Default for AlertRules {
     fn default() -> AlertRules {
@@ -29,6 +37,7 @@ impl Default for AlertRules {
             watermark_lag_ms: None,
             watermark_stall_ms: Some(60_000),
             enrichment_gate_ms: Some(300_000),
+            checkpoint_age_ms: Some(600_000),
         }
     }
 }
@@ -39,6 +48,7 @@ pub enum AlertKind {
     WatermarkStall,
     SourceSilent,
     EnrichmentGate,
+    Checkpoint,
 }
 
 impl AlertKind {
@@ -48,6 +58,7 @@ impl AlertKind {
             AlertKind::WatermarkStall => "watermark_stall",
             AlertKind::SourceSilent => "source_silent",
             AlertKind::EnrichmentGate => "enrichment_gate",
+            AlertKind::Checkpoint => "checkpoint",
         }
     }
 }
@@ -209,7 +220,8 @@ impl AlertEvaluator {
                 firing.insert(
                     (AlertKind::EnrichmentGate, inst.node.clone()),
                     format!(
-                        "enrichment `{}` has waited {} for its reference table's snapshot to                          complete ({} events buffered); is the change stream's snapshot running?",
+                        "enrichment `{}` has waited {} for its reference table's snapshot to \
+                         complete ({} events buffered); is the change stream's snapshot running?",
                         inst.node,
                         format_ms(now - since),
                         inst.stat("gate_buffered").unwrap_or(0)
@@ -218,6 +230,33 @@ impl AlertEvaluator {
             }
         }
         self.gate_shut_since = shut_now;
+
+        if let Some(cp) = &report.checkpoints {
+            let age = now - cp.last_completed_ms.unwrap_or(cp.since_ms);
+            if cp.consecutive_failures >= CHECKPOINT_FAILURES_ALERT {
+                firing.insert(
+                    (AlertKind::Checkpoint, report.pipeline.clone()),
+                    format!(
+                        "the last {} checkpoints failed ({}); the last complete one is {} old",
+                        cp.consecutive_failures,
+                        cp.last_error.as_deref().unwrap_or("no reason given"),
+                        format_ms(age)
+                    ),
+                );
+            } else if let Some(limit) = self.rules.checkpoint_age_ms
+                && age > limit
+            {
+                firing.insert(
+                    (AlertKind::Checkpoint, report.pipeline.clone()),
+                    format!(
+                        "no checkpoint has completed for {} (threshold {}): a crash now would \
+                         replay that much; is a barrier stuck behind a slow operator?",
+                        format_ms(age),
+                        format_ms(limit)
+                    ),
+                );
+            }
+        }
 
         let mut events = Vec::new();
         for (key, message) in &firing {
@@ -276,7 +315,51 @@ mod tests {
                 ],
             }],
             sources: Vec::new(),
+            checkpoints: None,
         }
+    }
+
+    fn checkpointing(now_ms: i64, last_ms: Option<i64>, failures: u64) -> StatusReport {
+        StatusReport {
+            pipeline: "p".into(),
+            now_ms,
+            instances: Vec::new(),
+            sources: Vec::new(),
+            checkpoints: Some(crate::status::CheckpointReport {
+                since_ms: 0,
+                last_completed_ms: last_ms,
+                consecutive_failures: failures,
+                last_error: (failures > 0).then(|| "disk full".to_string()),
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn old_or_failing_checkpoints_are_alerted() {
+        let mut e = AlertEvaluator::new(AlertRules {
+            checkpoint_age_ms: Some(60_000),
+            ..AlertRules::default()
+        });
+        assert!(e.evaluate(&checkpointing(50_000, None, 0)).is_empty());
+        let fired = e.evaluate(&checkpointing(61_000, None, 0));
+        assert_eq!(fired.len(), 1);
+        assert!(fired[0].firing && fired[0].kind == AlertKind::Checkpoint);
+        let resolved = e.evaluate(&checkpointing(62_000, Some(61_500), 0));
+        assert!(resolved.len() == 1 && !resolved[0].firing);
+        assert!(
+            e.evaluate(&checkpointing(63_000, Some(61_500), 2))
+                .is_empty()
+        );
+        let fired = e.evaluate(&checkpointing(64_000, Some(61_500), 3));
+        assert_eq!(fired.len(), 1);
+        assert!(
+            fired[0]
+                .message
+                .contains("3 checkpoints failed (disk full)"),
+            "{}",
+            fired[0].message
+        );
     }
 
     #[test]

@@ -259,6 +259,7 @@ mod tests {
                 instance("kev_flags", Role::Sink, &[], &[]),
             ],
             sources: Vec::new(),
+            checkpoints: None,
         };
         let t = DemoTotals::from_report(&report);
         assert_eq!(t.events_in, 100);

@@ -353,7 +353,7 @@ fn checkpoints_inspect(path: &Path) -> anyhow::Result<ExitCode> {
         for (i, p) in s.positions.iter().enumerate() {
             let max = s.max_event_times.get(i).copied().flatten();
             println!(
-                "    {}: {:?}, highest event time {}",
+                "    {}: {}, highest event time {}",
                 p.partition,
                 p.position,
                 max.map_or("none".into(), watershed::explain::format_time)

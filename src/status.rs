@@ -201,6 +201,7 @@ pub struct StatusRegistry {
     pub pipeline: String,
     instances: Mutex<Vec<Arc<InstanceStatus>>>,
     pub sources: Mutex<Vec<SourceExpectations>>,
+    checkpoints: Mutex<Option<CheckpointReport>>,
 }
 
 impl StatusRegistry {
@@ -209,6 +210,11 @@ impl StatusRegistry {
             pipeline: pipeline.to_string(),
             ..StatusRegistry::default()
         })
+    }
+
+    /// Publishes how checkpointing goes.
+    pub fn set_checkpoints(&self, report: CheckpointReport) {
+        *self.checkpoints.lock().unwrap_or_else(|e| e.into_inner()) = Some(report);
     }
 
     pub fn register(&self, status: InstanceStatus) -> Arc<InstanceStatus> {
@@ -241,6 +247,11 @@ impl StatusRegistry {
             instances,
             sources: self
                 .sources
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+            checkpoints: self
+                .checkpoints
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .clone(),
@@ -299,6 +310,22 @@ impl StatusReport {
     }
 }
 
+/// How checkpointing goes (pipelines with a checkpoint directory).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct CheckpointReport {
+    /// When the run started checkpointing (processing time).
+    pub since_ms: i64,
+    pub last_epoch: Option<u64>,
+    pub last_completed_ms: Option<i64>,
+    pub last_duration_ms: Option<i64>,
+    pub last_alignment_ms: Option<i64>,
+    pub last_bytes: Option<u64>,
+    pub completed: u64,
+    pub failures: u64,
+    pub consecutive_failures: u64,
+    pub last_error: Option<String>,
+}
+
 /// A point-in-time view of the whole pipeline (the `/status` document).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct StatusReport {
@@ -306,6 +333,8 @@ pub struct StatusReport {
     pub now_ms: i64,
     pub instances: Vec<InstanceReport>,
     pub sources: Vec<SourceExpectations>,
+    #[serde(default)]
+    pub checkpoints: Option<CheckpointReport>,
 }
 
 impl StatusReport {

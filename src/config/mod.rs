@@ -343,6 +343,11 @@ pub fn compile(
         {
             rules.enrichment_gate_ms = d.map(|d| d.as_millis() as i64);
         }
+        if let Some(v) = &a.checkpoint_age
+            && let Some(d) = issues.duration_or_off(v, "alerts.checkpoint_age")
+        {
+            rules.checkpoint_age_ms = d.map(|d| d.as_millis() as i64);
+        }
         if let Some(v) = &a.check_interval
             && let Some(d) = issues.duration(v, "alerts.check_interval")
         {

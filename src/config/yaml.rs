@@ -54,6 +54,8 @@ pub struct AlertsYaml {
     pub watermark_stall: Option<S<String>>,
     /// Alert when a gated enrichment waits this long for its reference snapshot (or `off`).
     pub enrichment_gate: Option<S<String>>,
+    /// Alert when the last complete checkpoint is older than this (or `off`).
+    pub checkpoint_age: Option<S<String>>,
     /// How often rules are evaluated.
     pub check_interval: Option<S<String>>,
 }

@@ -23,7 +23,9 @@ use crate::runtime::route::{EdgeOut, Envelope, Partitioning, Router};
 use crate::runtime::task::{
     BarrierAck, Emit, FINAL_EPOCH, OperatorDriver, SinkDriver, SourceDriver, SourceStep,
 };
-use crate::status::{InstanceStatus, Role, SourceExpectations, StatusRegistry, StatusReport};
+use crate::status::{
+    CheckpointReport, InstanceStatus, Role, SourceExpectations, StatusRegistry, StatusReport,
+};
 use crate::time::ClockRef;
 use crate::types::Epoch;
 
@@ -526,6 +528,8 @@ impl PendingCheckpoint {
 
 /// Checkpoint bookkeeping of the supervisor.
 struct Coordinator<'a> {
+    status: &'a StatusRegistry,
+    report: CheckpointReport,
     pipeline: String,
     store: Option<&'a CheckpointStore>,
     pending: BTreeMap<Epoch, PendingCheckpoint>,
@@ -613,6 +617,10 @@ impl Coordinator<'_> {
                 }
                 Err(e) => {
                     self.failures += 1;
+                    self.report.failures += 1;
+                    self.report.consecutive_failures += 1;
+                    self.report.last_error = Some(e.to_string());
+                    self.status.set_checkpoints(self.report.clone());
                     metrics::counter!(m::CHECKPOINT_FAILURES).increment(1);
                     tracing::error!(epoch, error = %e, "checkpoint failed: nothing is committed for it");
                     return false;
@@ -632,6 +640,17 @@ impl Coordinator<'_> {
             .set((cp.acknowledged_ms - cp.started_ms).max(0) as f64);
         metrics::gauge!(m::CHECKPOINT_ALIGNMENT_MS).set(cp.alignment_ms as f64);
         self.completed += 1;
+        if self.store.is_some() {
+            let r = &mut self.report;
+            r.last_epoch = Some(epoch);
+            r.last_completed_ms = Some(now_ms);
+            r.last_duration_ms = Some((cp.acknowledged_ms - cp.started_ms).max(0));
+            r.last_alignment_ms = Some(cp.alignment_ms);
+            r.last_bytes = Some(bytes as u64);
+            r.completed += 1;
+            r.consecutive_failures = 0;
+            self.status.set_checkpoints(r.clone());
+        }
         let done = if cp.finished { FINAL_EPOCH } else { epoch };
         for i in instances.iter().filter(|i| i.role != Role::Operator) {
             if let Some(c) = &i.control {
@@ -661,6 +680,11 @@ fn supervise(
     let mut first_error: Option<RunError> = None;
     let mut next_epoch: Epoch = restored.map_or(1, |r| r.manifest.epoch + 1);
     let mut co = Coordinator {
+        status: &ctx.status,
+        report: CheckpointReport {
+            since_ms: start_ms,
+            ..CheckpointReport::default()
+        },
         pipeline: plan.name.clone(),
         store,
         pending: BTreeMap::new(),
@@ -670,6 +694,9 @@ fn supervise(
         last_checkpoint: None,
         source_ends: BTreeMap::new(),
     };
+    if store.is_some() {
+        ctx.status.set_checkpoints(co.report.clone());
+    }
     let mut last_done = false;
     let interval_ms = opts.checkpoint_interval.map(|d| d.as_millis() as i64);
     let mut next_barrier_ms = interval_ms.map(|i| start_ms + i);

@@ -365,3 +365,118 @@ sinks:
     }
     assert!(!text.contains("has no output port"), "no cascade: {text}");
 }
+
+#[test]
+fn validate_warns_when_sinks_give_less_than_the_pipeline_asks() {
+    let asks = "checkpoint: {guarantee: exactly_once}\n".to_string() + GOOD;
+    let (code, text) = validate(&asks);
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("asks for exactly_once but sink `out` gives at_least_once")
+            && text.contains("without `checkpoint.dir`"),
+        "{text}"
+    );
+    let kept = "checkpoint: {guarantee: exactly_once, dir: cp}\n".to_string() + GOOD;
+    let (code, text) = validate(&kept);
+    assert_eq!(code, 0, "{text}");
+    assert!(!text.contains("asks for"), "{text}");
+    let (code, text) = validate(&("checkpoint: {guarantee: twice}\n".to_string() + GOOD));
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("field `checkpoint.guarantee`"), "{text}");
+}
+
+/// A broken checkpoint (a flipped byte in a state file) is reported by `checkpoints list`
+/// and skipped at restart for the previous complete one, with a message naming what is
+/// wrong; the output is the same.
+#[test]
+fn a_corrupt_checkpoint_is_skipped_for_the_previous_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let lines: String = (0..500)
+        .map(|i| {
+            format!(
+                "{{\"ts\":\"2026-01-01T00:{:02}:{:02}Z\",\"k\":\"k{}\"}}\n",
+                i / 60,
+                i % 60,
+                i % 7
+            )
+        })
+        .collect();
+    std::fs::write(dir.path().join("in.jsonl"), lines).unwrap();
+    let yaml = format!(
+        "checkpoint: {{dir: \"{}\"}}\n{}",
+        dir.path().join("cp").display(),
+        GOOD.replace(
+            "file: out.jsonl",
+            &format!("file: \"{}\"", dir.path().join("out.jsonl").display())
+        )
+        .replace(
+            "paths: [in.jsonl]",
+            &format!("paths: [\"{}\"]", dir.path().join("in.jsonl").display())
+        )
+    );
+    let path = dir.path().join("p.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let run = || {
+        let out = watershed()
+            .args(["run", "--metrics-addr", "off"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    run();
+    let first = std::fs::read_to_string(dir.path().join("out.jsonl")).unwrap();
+    assert_eq!(first.lines().count(), 9 * 7, "9 minutes, 7 keys: {first}");
+    let second = run();
+    assert!(second.contains("restored from checkpoint 1"), "{second}");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("out.jsonl")).unwrap(),
+        first
+    );
+    // Break checkpoint 2 (the second run's last).
+    let chk2 = dir.path().join("cp/chk-000000000002");
+    let state = std::fs::read_dir(&chk2)
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with("operator"))
+        .unwrap()
+        .path();
+    let mut bytes = std::fs::read(&state).unwrap();
+    bytes[0] ^= 0x55;
+    std::fs::write(&state, bytes).unwrap();
+    let list = watershed()
+        .args(["checkpoints", "list"])
+        .arg(dir.path().join("cp"))
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&list.stdout);
+    assert!(
+        listed.contains("epoch      2  BROKEN") && listed.contains("checksum mismatch"),
+        "{listed}"
+    );
+    let third = run();
+    assert!(
+        third.contains("skipping a broken checkpoint") && third.contains("checksum mismatch"),
+        "{third}"
+    );
+    assert!(third.contains("restored from checkpoint 1"), "{third}");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("out.jsonl")).unwrap(),
+        first
+    );
+    let inspect = watershed()
+        .args(["checkpoints", "inspect"])
+        .arg(dir.path().join("cp/chk-000000000001"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&inspect.stdout);
+    assert!(
+        text.contains("epoch 1") && text.contains("w#0:") && text.contains("line 500"),
+        "{text}"
+    );
+}

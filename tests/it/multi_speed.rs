@@ -118,6 +118,7 @@ fn simulate(quiet_idle_timeout: Option<Duration>, duration: Duration) -> Outcome
         watermark_lag_ms: None,
         watermark_stall_ms: Some(60_000),
         enrichment_gate_ms: None,
+        checkpoint_age_ms: None,
     });
     let mut out = Outcome {
         fired: Vec::new(),
