@@ -19,6 +19,7 @@ pub mod http;
 pub mod metrics;
 pub mod operators;
 pub mod runtime;
+pub mod savepoint;
 pub mod sinks;
 pub mod sources;
 pub mod state;

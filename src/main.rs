@@ -74,6 +74,35 @@ enum Command {
         #[arg(long)]
         from_savepoint: Option<PathBuf>,
     },
+    /// Take a savepoint of a running pipeline (through its `/savepoint` endpoint) and stop
+    /// it there, without draining; `run --from-savepoint DIR` continues exactly there.
+    Savepoint {
+        /// The pipeline file (YAML) of the running pipeline.
+        pipeline: PathBuf,
+        /// Where to write the savepoint.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Where the running pipeline serves its endpoint (default: the file's
+        /// `metrics.addr`, else 127.0.0.1:9464).
+        #[arg(long)]
+        addr: Option<SocketAddr>,
+        /// Keep the pipeline running after the savepoint.
+        #[arg(long)]
+        keep_running: bool,
+    },
+    /// Read only the reference data of a pipeline (its change streams' snapshots), as fast
+    /// as it can, into the pipeline's state and write it as a savepoint, then stop: `run
+    /// --from-savepoint DIR` then starts live with complete reference tables.
+    Bootstrap {
+        /// The pipeline file (YAML).
+        pipeline: PathBuf,
+        /// Where to write the savepoint.
+        #[arg(long)]
+        savepoint: PathBuf,
+        /// Instances per operator (default: the file's `parallelism`, else the CPU cores).
+        #[arg(long)]
+        parallelism: Option<usize>,
+    },
     /// Show the checkpoints of a checkpoint directory, or one checkpoint in detail.
     #[command(subcommand)]
     Checkpoints(CheckpointsCommand),
@@ -180,6 +209,17 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             },
             from_checkpoint.or(from_savepoint),
         ),
+        Command::Savepoint {
+            pipeline,
+            dir,
+            addr,
+            keep_running,
+        } => savepoint(&pipeline, &dir, addr, !keep_running),
+        Command::Bootstrap {
+            pipeline,
+            savepoint,
+            parallelism,
+        } => bootstrap(&pipeline, &savepoint, parallelism),
         Command::Checkpoints(CheckpointsCommand::List { dir }) => checkpoints_list(&dir),
         Command::Checkpoints(CheckpointsCommand::Inspect { path }) => checkpoints_inspect(&path),
         Command::Validate { pipeline } => validate(&pipeline),
@@ -306,6 +346,65 @@ fn run(
     Ok(ExitCode::SUCCESS)
 }
 
+fn savepoint(
+    path: &Path,
+    dir: &Path,
+    addr: Option<SocketAddr>,
+    stop: bool,
+) -> anyhow::Result<ExitCode> {
+    let compiled = config::load_and_compile(path, &Overrides::default())?;
+    let addr = addr
+        .or(compiled.metrics_addr)
+        .unwrap_or_else(|| "127.0.0.1:9464".parse().expect("address"));
+    let dir = std::path::absolute(dir)?;
+    let answer = watershed::http::request_savepoint(addr, &dir, stop)
+        .with_context(|| format!("no savepoint from the pipeline at {addr}"))?;
+    println!("savepoint written to {answer}");
+    if stop {
+        println!(
+            "the pipeline stops; continue it with `watershed run {} --from-savepoint {answer}`",
+            path.display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn bootstrap(path: &Path, dir: &Path, parallelism: Option<usize>) -> anyhow::Result<ExitCode> {
+    let overrides = Overrides {
+        parallelism,
+        metrics_addr: None,
+        output_dir: None,
+        checkpoint_dir: None,
+    };
+    let compiled = config::load_and_compile(path, &overrides)?;
+    let clock = SystemClock::shared();
+    let status = StatusRegistry::new(&compiled.plan.name);
+    let mut ctx = RunContext::new(clock, status);
+    ctx.bootstrap = Some(std::path::absolute(dir)?);
+    let summary = runtime::run(compiled.plan, ctx)?;
+    let Some(written) = summary.savepoints.first() else {
+        anyhow::bail!("the bootstrap ended without a savepoint (did a source fail?)");
+    };
+    let rows: u64 = summary
+        .report
+        .instances
+        .iter()
+        .filter(|i| i.role == Role::Source)
+        .map(|i| i.records_in)
+        .sum();
+    eprintln!(
+        "bootstrap: {rows} reference records read in {:.2}s; savepoint written to {}",
+        summary.elapsed_ms as f64 / 1000.0,
+        written.display()
+    );
+    eprintln!(
+        "start live with `watershed run {} --from-savepoint {}`",
+        path.display(),
+        written.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 fn checkpoints_list(dir: &Path) -> anyhow::Result<ExitCode> {
     let store = watershed::checkpoint::CheckpointStore::open(dir, usize::MAX)?;
     let listed = store.list();
@@ -412,11 +511,18 @@ fn start(
 ) -> anyhow::Result<RunSummary> {
     let clock = SystemClock::shared();
     let status = StatusRegistry::new(&compiled.plan.name);
+    let savepoints = Arc::new(watershed::savepoint::SavepointRequests::default());
     if let Some(addr) = compiled.metrics_addr {
         let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
             .install_recorder()
             .ok();
-        match watershed::http::serve(addr, prometheus, status.clone(), clock.clone()) {
+        match watershed::http::serve(
+            addr,
+            prometheus,
+            status.clone(),
+            clock.clone(),
+            savepoints.clone(),
+        ) {
             Ok(bound) => tracing::info!(%bound, "serving /metrics and /status"),
             Err(e) => tracing::warn!(%addr, error = %e, "metrics endpoint not started"),
         }
@@ -438,6 +544,8 @@ fn start(
         status: status.clone(),
         shutdown,
         restore_from,
+        savepoints,
+        bootstrap: None,
     };
     let started = clock.now_ms();
     let runner = std::thread::Builder::new()
@@ -486,6 +594,12 @@ fn print_summary(s: &RunSummary, outputs: &[(String, String)]) {
     );
     if let Some((epoch, path)) = &s.restored_from {
         eprintln!("  restored from checkpoint {epoch} ({})", path.display());
+    }
+    for p in &s.savepoints {
+        eprintln!("  savepoint written to {}", p.display());
+    }
+    if s.stopped_at_savepoint {
+        eprintln!("  stopped at the savepoint (input not drained)");
     }
     if s.checkpoint_failures > 0 {
         eprintln!("  {} checkpoints failed", s.checkpoint_failures);

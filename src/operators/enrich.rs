@@ -1331,6 +1331,7 @@ const SNAPSHOT_VERSION: u8 = 7;
 #[derive(Serialize, Deserialize)]
 struct Image {
     version: u8,
+    #[serde(with = "serde_bytes")]
     table: Vec<u8>,
     latest_valid_from: EventTime,
     snapshot_done: bool,

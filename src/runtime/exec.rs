@@ -23,6 +23,8 @@ use crate::runtime::route::{EdgeOut, Envelope, Partitioning, Router};
 use crate::runtime::task::{
     BarrierAck, Emit, FINAL_EPOCH, OperatorDriver, SinkDriver, SourceDriver, SourceStep,
 };
+use crate::savepoint::{SavepointRequest, SavepointRequests};
+use crate::sinks::{Guarantee, Sink};
 use crate::status::{
     CheckpointReport, InstanceStatus, Role, SourceExpectations, StatusRegistry, StatusReport,
 };
@@ -39,6 +41,11 @@ pub struct RunContext {
     /// Start from this checkpoint or savepoint directory instead of the latest checkpoint
     /// in the pipeline's checkpoint directory.
     pub restore_from: Option<std::path::PathBuf>,
+    /// Savepoints asked for while the pipeline runs.
+    pub savepoints: Arc<SavepointRequests>,
+    /// Bootstrap instead of running: read only the change streams' snapshots, write a
+    /// savepoint here, stop. Sinks write nothing.
+    pub bootstrap: Option<std::path::PathBuf>,
 }
 
 impl RunContext {
@@ -48,6 +55,8 @@ impl RunContext {
             status,
             shutdown: Arc::new(AtomicBool::new(false)),
             restore_from: None,
+            savepoints: Arc::default(),
+            bootstrap: None,
         }
     }
 }
@@ -62,6 +71,10 @@ pub struct RunSummary {
     pub last_checkpoint: Option<Checkpoint>,
     /// The checkpoint the run started from: its epoch and directory.
     pub restored_from: Option<(Epoch, std::path::PathBuf)>,
+    /// Savepoints written during the run.
+    pub savepoints: Vec<std::path::PathBuf>,
+    /// The run stopped after a savepoint, without draining its input.
+    pub stopped_at_savepoint: bool,
     pub alerts_fired: Vec<(AlertKind, String, String)>,
 }
 
@@ -75,6 +88,8 @@ enum Control {
 
 enum Report {
     Ack(String, BarrierAck),
+    /// A source has read what a bootstrap needs.
+    Bootstrapped(String),
     /// A task ended normally; a source gives where it stopped.
     Finished(String, Option<SourceCheckpoint>),
     Failed(String, RunError),
@@ -109,6 +124,7 @@ pub fn run(plan: Plan, ctx: RunContext) -> Result<RunSummary, RunError> {
     let opts = plan.options.clone();
     let nodes = &plan.nodes;
     let store = match &opts.checkpoint_dir {
+        Some(_) if ctx.bootstrap.is_some() => None,
         Some(dir) => Some(
             CheckpointStore::open(dir, opts.checkpoint_retain).map_err(|e| RunError::Task {
                 task: "checkpoints".into(),
@@ -117,7 +133,15 @@ pub fn run(plan: Plan, ctx: RunContext) -> Result<RunSummary, RunError> {
         ),
         None => None,
     };
-    let restored = checkpoint_to_restore(&ctx, store.as_ref())?;
+    let restored = if ctx.bootstrap.is_some() {
+        None
+    } else {
+        checkpoint_to_restore(&ctx, store.as_ref())?
+    };
+    // Set when the run stops after a savepoint: tasks end without draining, and an input
+    // closing under them is not an error.
+    let stopping = Arc::new(AtomicBool::new(false));
+    let bootstrap = ctx.bootstrap.is_some();
     if let Some(r) = &restored {
         check_restorable(&plan, r)?;
         tracing::info!(epoch = r.manifest.epoch, path = %r.path.display(), "restoring from checkpoint");
@@ -285,6 +309,10 @@ pub fn run(plan: Plan, ctx: RunContext) -> Result<RunSummary, RunError> {
                     let (ctl_tx, ctl_rx) = unbounded::<Control>();
                     let shutdown = ctx.shutdown.clone();
                     let failed = failed.clone();
+                    // In a bootstrap a source reads only what it needs (a change stream's
+                    // snapshot), others nothing; both still pass barriers on.
+                    let mut reading = !bootstrap || driver.start_bootstrap();
+                    let mut bootstrapped = false;
                     let handle = spawn(&label, move || {
                         let mut emit = |e: Emit| match e {
                             Emit::Port(p, b) => router.send(p, b),
@@ -303,11 +331,23 @@ pub fn run(plan: Plan, ctx: RunContext) -> Result<RunSummary, RunError> {
                                             // offsets, Postgres LSNs) do it here.
                                             tracing::debug!(epoch, task = %name, "checkpoint durable");
                                         }
-                                        Control::Stop => {}
+                                        Control::Stop => return Ok(Some(driver.checkpoint())),
                                     }
                                 }
                                 if failed.load(Ordering::Relaxed) {
                                     return Ok(Some(driver.checkpoint()));
+                                }
+                                if bootstrap
+                                    && !bootstrapped
+                                    && (!reading || driver.bootstrap_done())
+                                {
+                                    bootstrapped = true;
+                                    reading = false;
+                                    let _ = rtx.send(Report::Bootstrapped(name.clone()));
+                                }
+                                if !reading {
+                                    std::thread::sleep(Duration::from_millis(5));
+                                    continue;
                                 }
                                 if shutdown.load(Ordering::Relaxed) {
                                     emit(Emit::Control(Message::End))?;
@@ -349,6 +389,7 @@ pub fn run(plan: Plan, ctx: RunContext) -> Result<RunSummary, RunError> {
                         driver.restore(state).map_err(stop_started)?;
                     }
                     let rx = inbound.expect("receiver");
+                    let stopping_t = stopping.clone();
                     let handle = spawn(&label, move || {
                         let mut emit = |e: Emit| match e {
                             Emit::Port(p, b) => router.send(p, b),
@@ -357,7 +398,7 @@ pub fn run(plan: Plan, ctx: RunContext) -> Result<RunSummary, RunError> {
                         let mut ack = |a: BarrierAck| {
                             let _ = rtx.send(Report::Ack(name.clone(), a));
                         };
-                        let result = drain_inbound(&name, &rx, |slot, msg| {
+                        let result = drain_inbound(&name, &rx, &stopping_t, |slot, msg| {
                             driver.on_message(slot, msg, clock_t.now_ms(), &mut emit, &mut ack)?;
                             Ok(driver.is_finished())
                         });
@@ -371,7 +412,11 @@ pub fn run(plan: Plan, ctx: RunContext) -> Result<RunSummary, RunError> {
                     });
                 }
                 NodeKind::Sink { factory } => {
-                    let sink = factory(inst).map_err(stop_started)?;
+                    let sink: Box<dyn Sink> = if bootstrap {
+                        Box::new(Discard)
+                    } else {
+                        factory(inst).map_err(stop_started)?
+                    };
                     let status = ctx.status.register(InstanceStatus::new(
                         &node.name,
                         inst,
@@ -385,12 +430,15 @@ pub fn run(plan: Plan, ctx: RunContext) -> Result<RunSummary, RunError> {
                         restored.as_ref().and_then(|r| r.sinks.get(&label).cloned());
                     let rx = inbound.expect("receiver");
                     let (ctl_tx, ctl_rx) = unbounded::<Control>();
+                    let stopping_t = stopping.clone();
                     let handle = spawn(&label, move || {
                         let mut ack = |a: BarrierAck| {
                             let _ = rtx.send(Report::Ack(name.clone(), a));
                         };
                         let result = (|| -> Result<(), RunError> {
-                            driver.recover(recover_state.as_deref())?;
+                            if !bootstrap {
+                                driver.recover(recover_state.as_deref())?;
+                            }
                             let none = never();
                             loop {
                                 // Once its input has ended the sink only waits for its
@@ -399,6 +447,14 @@ pub fn run(plan: Plan, ctx: RunContext) -> Result<RunSummary, RunError> {
                                 select! {
                                     recv(inbound) -> m => {
                                         let Ok((slot, msg)) = m else {
+                                            if stopping_t.load(Ordering::SeqCst) {
+                                                // Stopped after a savepoint: its commit
+                                                // may still be queued.
+                                                while let Ok(Control::CheckpointDone(e)) = ctl_rx.try_recv() {
+                                                    driver.commit(e)?;
+                                                }
+                                                return Ok(());
+                                            }
                                             return Err(RunError::Task {
                                                 task: name.clone(),
                                                 message: "an upstream task stopped".into(),
@@ -414,6 +470,11 @@ pub fn run(plan: Plan, ctx: RunContext) -> Result<RunSummary, RunError> {
                                             }
                                         }
                                         Ok(Control::Barrier(_)) => {}
+                                        Ok(Control::Stop) if stopping_t.load(Ordering::SeqCst) => {
+                                            // Stopped after a savepoint while waiting for
+                                            // the last commit, which will not come.
+                                            return Ok(());
+                                        }
                                         Ok(Control::Stop) | Err(_) => {
                                             return Err(RunError::Task {
                                                 task: name.clone(),
@@ -448,6 +509,7 @@ pub fn run(plan: Plan, ctx: RunContext) -> Result<RunSummary, RunError> {
         start_ms,
         store.as_ref(),
         restored.as_ref(),
+        &stopping,
     );
     for inst in instances {
         let _ = inst.handle.join();
@@ -459,10 +521,14 @@ pub fn run(plan: Plan, ctx: RunContext) -> Result<RunSummary, RunError> {
 fn drain_inbound(
     name: &str,
     rx: &Receiver<Envelope>,
+    stopping: &AtomicBool,
     mut step: impl FnMut(usize, Message) -> Result<bool, RunError>,
 ) -> Result<(), RunError> {
     loop {
         let Ok((slot, msg)) = rx.recv() else {
+            if stopping.load(Ordering::SeqCst) {
+                return Ok(());
+            }
             return Err(RunError::Task {
                 task: name.to_string(),
                 message: "an upstream task stopped".into(),
@@ -471,6 +537,30 @@ fn drain_inbound(
         if step(slot as usize, msg)? {
             return Ok(());
         }
+    }
+}
+
+/// The sink of a bootstrap run: it receives nothing worth keeping and writes nothing.
+struct Discard;
+
+impl Sink for Discard {
+    fn guarantee(&self) -> Guarantee {
+        Guarantee::ExactlyOnce
+    }
+    fn write(&mut self, _: &crate::types::Batch) -> Result<(), RunError> {
+        Ok(())
+    }
+    fn pre_commit(&mut self, _: Epoch) -> Result<Vec<u8>, RunError> {
+        Ok(Vec::new())
+    }
+    fn commit(&mut self, _: Epoch) -> Result<(), RunError> {
+        Ok(())
+    }
+    fn recover(&mut self, _: Option<&[u8]>) -> Result<(), RunError> {
+        Ok(())
+    }
+    fn finish(&mut self) -> Result<(), RunError> {
+        Ok(())
     }
 }
 
@@ -671,6 +761,7 @@ fn supervise(
     start_ms: i64,
     store: Option<&CheckpointStore>,
     restored: Option<&Restored>,
+    stopping: &AtomicBool,
 ) -> Result<RunSummary, RunError> {
     let clock = &ctx.clock;
     let opts = &plan.options;
@@ -698,6 +789,11 @@ fn supervise(
         ctx.status.set_checkpoints(co.report.clone());
     }
     let mut last_done = false;
+    let mut savepoints: BTreeMap<Epoch, SavepointRequest> = BTreeMap::new();
+    let mut written_savepoints = Vec::new();
+    let mut bootstrapped: BTreeMap<String, ()> = BTreeMap::new();
+    let mut bootstrap_asked = false;
+    let mut stopped_at_savepoint = false;
     let interval_ms = opts.checkpoint_interval.map(|d| d.as_millis() as i64);
     let mut next_barrier_ms = interval_ms.map(|i| start_ms + i);
     let monitor_ms = opts.monitor_interval.as_millis().max(1) as i64;
@@ -725,6 +821,10 @@ fn supervise(
                 }
             }
             Ok(Report::Ack(label, ack)) => co.ack(label, ack, clock.now_ms()),
+            Ok(Report::Bootstrapped(label)) => {
+                tracing::info!(source = %label, "bootstrap: read what it needs");
+                bootstrapped.insert(label, ());
+            }
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
             Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
         }
@@ -736,7 +836,37 @@ fn supervise(
                 let p = &co.pending[&epoch];
                 if co.is_complete(p, instances) {
                     let p = co.pending.remove(&epoch).expect("pending");
-                    co.complete(p, instances, clock.now_ms());
+                    let done = co.complete(p, instances, clock.now_ms());
+                    if let Some(req) = savepoints.remove(&epoch) {
+                        let written = match (&co.last_checkpoint, done) {
+                            (Some(cp), true) if cp.epoch == epoch => {
+                                store::write_dir(&req.dir, &co.pipeline, cp, clock.now_ms())
+                                    .map(|()| req.dir.clone())
+                                    .map_err(|e| e.to_string())
+                            }
+                            _ => Err(format!("checkpoint {epoch} could not be written")),
+                        };
+                        match &written {
+                            Ok(dir) => {
+                                tracing::info!(epoch, dir = %dir.display(), "savepoint written");
+                                written_savepoints.push(dir.clone());
+                            }
+                            Err(e) => tracing::error!(epoch, error = %e, "savepoint failed"),
+                        }
+                        let ok = written.is_ok();
+                        let _ = req.reply.send(written);
+                        if ok && req.stop {
+                            // Stop without draining: nothing after the savepoint commits.
+                            tracing::info!(epoch, "stopping after the savepoint");
+                            stopped_at_savepoint = true;
+                            stopping.store(true, Ordering::SeqCst);
+                            for i in instances.iter().filter(|i| i.role == Role::Source) {
+                                if let Some(c) = &i.control {
+                                    let _ = c.send(Control::Stop);
+                                }
+                            }
+                        }
+                    }
                 } else {
                     break;
                 }
@@ -766,23 +896,73 @@ fn supervise(
             }
         }
 
+        if stopping.load(Ordering::SeqCst) {
+            // Sinks whose input has ended wait for a last commit that will not come.
+            for i in instances.iter().filter(|i| i.role == Role::Sink) {
+                if co.last.acked.contains_key(&i.label)
+                    && !finished.contains_key(&i.label)
+                    && let Some(c) = &i.control
+                {
+                    let _ = c.send(Control::Stop);
+                }
+            }
+        }
         let now = clock.now_ms();
         let sources_live = instances
             .iter()
             .any(|i| i.role == Role::Source && !co.source_ends.contains_key(&i.label));
-        if first_error.is_none()
-            && sources_live
+        let can_inject = first_error.is_none() && sources_live && !stopping.load(Ordering::SeqCst);
+        let inject = |co: &mut Coordinator, next_epoch: &mut Epoch| {
+            co.pending
+                .insert(*next_epoch, PendingCheckpoint::new(*next_epoch, now));
+            for i in instances.iter().filter(|i| i.role == Role::Source) {
+                if let Some(c) = &i.control {
+                    let _ = c.send(Control::Barrier(*next_epoch));
+                }
+            }
+            *next_epoch += 1;
+            *next_epoch - 1
+        };
+        for req in ctx.savepoints.take() {
+            if can_inject {
+                let epoch = inject(&mut co, &mut next_epoch);
+                tracing::info!(epoch, dir = %req.dir.display(), "savepoint requested");
+                savepoints.insert(epoch, req);
+            } else {
+                let _ = req.reply.send(Err(
+                    "the pipeline is ending or failing: no savepoint can be taken now".into(),
+                ));
+            }
+        }
+        if let Some(dir) = &ctx.bootstrap
+            && !bootstrap_asked
+            && can_inject
+            && instances
+                .iter()
+                .filter(|i| i.role == Role::Source)
+                .all(|i| bootstrapped.contains_key(&i.label))
+        {
+            bootstrap_asked = true;
+            let epoch = inject(&mut co, &mut next_epoch);
+            let (reply, _) = crossbeam_channel::bounded(1);
+            savepoints.insert(
+                epoch,
+                SavepointRequest {
+                    dir: dir.clone(),
+                    stop: true,
+                    reply,
+                },
+            );
+        }
+        // One periodic checkpoint at a time: when snapshots take longer than the interval,
+        // the next barrier waits for the last one instead of piling up behind it.
+        if can_inject
+            && ctx.bootstrap.is_none()
+            && co.pending.is_empty()
             && let (Some(at), Some(every)) = (next_barrier_ms, interval_ms)
             && now >= at
         {
-            co.pending
-                .insert(next_epoch, PendingCheckpoint::new(next_epoch, now));
-            for i in instances.iter().filter(|i| i.role == Role::Source) {
-                if let Some(c) = &i.control {
-                    let _ = c.send(Control::Barrier(next_epoch));
-                }
-            }
-            next_epoch += 1;
+            inject(&mut co, &mut next_epoch);
             next_barrier_ms = Some(now + every);
         }
         if now >= next_monitor_ms {
@@ -816,6 +996,8 @@ fn supervise(
         checkpoint_failures: co.failures,
         last_checkpoint: co.last_checkpoint,
         restored_from: restored.map(|r| (r.manifest.epoch, r.path.clone())),
+        savepoints: written_savepoints,
+        stopped_at_savepoint,
         alerts_fired,
     })
 }

@@ -123,6 +123,17 @@ impl SourceDriver {
         Ok(())
     }
 
+    /// Puts the source in bootstrap mode: whether it reads anything (see
+    /// `Source::start_bootstrap`).
+    pub fn start_bootstrap(&mut self) -> bool {
+        self.source.start_bootstrap()
+    }
+
+    /// Whether the source has read (and emitted) what a bootstrap needs.
+    pub fn bootstrap_done(&self) -> bool {
+        self.source.bootstrap_done()
+    }
+
     /// What a checkpoint keeps of this source now.
     pub fn checkpoint(&self) -> SourceCheckpoint {
         SourceCheckpoint {

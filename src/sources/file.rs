@@ -108,6 +108,8 @@ pub struct FileSource<D = JsonDecoder> {
     line_buf: Vec<u8>,
     started_at_ms: Option<i64>,
     emitted: u64,
+    /// Bootstrapping: read only the unpaced snapshot partitions (those before `paced_from`).
+    bootstrap: bool,
 }
 
 impl<D: LineDecoder> FileSource<D> {
@@ -140,6 +142,7 @@ impl<D: LineDecoder> FileSource<D> {
             line_buf: Vec::with_capacity(4096),
             started_at_ms: None,
             emitted: 0,
+            bootstrap: false,
         }
     }
 
@@ -279,7 +282,7 @@ impl<D: LineDecoder> Source for FileSource<D> {
             (0..n).map(|k| (self.next + k) % n).collect()
         };
         for i in order {
-            if self.partitions[i].ended {
+            if self.partitions[i].ended || self.bootstrap && i >= self.spec.paced_from {
                 continue;
             }
             let max = if i < self.spec.paced_from {
@@ -314,6 +317,18 @@ impl<D: LineDecoder> Source for FileSource<D> {
                 retry_at_ms: now_ms + self.spec.poll_interval.as_millis() as i64,
             })
         }
+    }
+
+    fn start_bootstrap(&mut self) -> bool {
+        // A change stream's snapshot is its first, unpaced files.
+        self.bootstrap = self.spec.sequential && self.spec.paced_from > 0;
+        self.bootstrap
+    }
+
+    fn bootstrap_done(&self) -> bool {
+        self.partitions[..self.spec.paced_from.min(self.partitions.len())]
+            .iter()
+            .all(|p| p.ended)
     }
 
     fn positions(&self) -> Vec<SourcePosition> {

@@ -88,4 +88,15 @@ pub trait Source: Send {
 
     /// Rewinds to positions recorded by `positions` (partitions not listed start over).
     fn seek(&mut self, positions: &[SourcePosition]) -> Result<(), RunError>;
+
+    /// A bootstrap run reads only the snapshots of change streams: a source that has one
+    /// reads it (and nothing after it) and returns true; any other reads nothing (false).
+    fn start_bootstrap(&mut self) -> bool {
+        false
+    }
+
+    /// Whether a bootstrapping source has read and emitted its snapshot.
+    fn bootstrap_done(&self) -> bool {
+        true
+    }
 }

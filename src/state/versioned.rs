@@ -278,6 +278,8 @@ pub struct VersionedTable<V> {
 struct Image {
     retention_ms: Option<i64>,
     live: usize,
+    /// As one byte string (one copy, not one serializer call per byte).
+    #[serde(with = "serde_bytes")]
     arena: Vec<u8>,
 }
 
