@@ -31,8 +31,9 @@ pub struct BenchArgs {
     /// Parallelism values to run the pipelines at.
     #[arg(long, value_delimiter = ',', default_value = "1,2")]
     pub parallelism: Vec<usize>,
-    /// Which benchmark: `generator`, `file`, `enrich`, `all` (those three) or `lookup` (the
-    /// reference table alone: one-by-one against batched lookups).
+    /// Which benchmark: `generator`, `file`, `enrich`, `all` (those three), `lookup` (the
+    /// reference table alone: one-by-one against batched lookups) or `checkpoint` (the
+    /// enrich case checkpointing every 10 s and every 1 s, and its restore).
     #[arg(long, default_value = "all")]
     pub case: String,
     /// Reference table sizes of the enrich case.
@@ -399,6 +400,11 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             &runs,
         );
     }
+    if args.case == "checkpoint" {
+        for &rows in &args.reference_rows {
+            failures += checkpoint_case(n, rows, &dir)?;
+        }
+    }
     if args.case == "lookup" {
         for &rows in &args.reference_rows {
             lookup_case(rows);
@@ -609,6 +615,97 @@ fn reference_state_bytes(rows: u64) -> anyhow::Result<(f64, f64, f64)> {
         raw as f64 / rows as f64,
         json as f64 / rows as f64,
     ))
+}
+
+/// The enrich case with checkpoints kept in a directory, every 10 s and every 1 s, against
+/// the same pipeline without checkpoints; then the checkpoints' sizes and durations (from
+/// their manifests) and the time a restart takes to restore the last one. Returns the
+/// number of failed checks (outputs differing from the run without checkpoints).
+fn checkpoint_case(records: u64, rows: u64, dir: &Path) -> anyhow::Result<usize> {
+    let reference = dir.join(format!("hosts-{rows}.jsonl"));
+    let input = dir.join(format!("checkpoint-input-{rows}.jsonl"));
+    write_reference(rows, &reference)?;
+    write_enrich_input(records, rows, &input)?;
+    let out = dir.join(format!("checkpoint-out-{rows}.jsonl"));
+    let pipeline = |checkpoint: &str| {
+        format!(
+            "name: bench-checkpoint\nparallelism: 1\nenrichment: {{strategy: gated}}\n{checkpoint}sources:\n  obs:\n    file: {{paths: [\"{}\"]}}\n    schema: {{ts: timestamp, host: string, port: int, product: string, version: string, bytes: int}}\n    event_time: {{field: ts, max_out_of_orderness: 5s}}\n  ref:\n    cdc:\n      snapshot: [\"{}\"]\n      tables:\n        hosts: {{key: [host], columns: {{host: string, owner: string, criticality: int, site: string}}}}\noperators:\n  enrich:\n    inputs: [obs, ref.hosts]\n    enrich: {{key: {{host: host}}}}\nsinks:\n  out: {{input: enrich, file: \"{}\"}}\n",
+            input.display(),
+            reference.display(),
+            out.display()
+        )
+    };
+    let base = measure(|| run_pipeline(&pipeline("checkpoint: {interval: off}\n"), dir, "cp-off"))?;
+    let expected = sorted_lines(&out)?;
+    let mut rows_out = Vec::new();
+    let mut failures = 0;
+    for interval in ["10s", "1s"] {
+        let cp_dir = dir.join(format!("checkpoints-{rows}-{interval}"));
+        let _ = std::fs::remove_dir_all(&cp_dir);
+        let yaml = pipeline(&format!(
+            "checkpoint: {{interval: {interval}, dir: \"{}\", retain: 1000}}\n",
+            cp_dir.display()
+        ));
+        let m = measure(|| run_pipeline(&yaml, dir, &format!("cp-{interval}")))?;
+        let same = sorted_lines(&out)? == expected;
+        failures += usize::from(!same);
+        let store = crate::checkpoint::CheckpointStore::open(&cp_dir, usize::MAX)?;
+        let manifests: Vec<_> = store
+            .list()
+            .into_iter()
+            .filter_map(|l| l.manifest.ok())
+            .collect();
+        let periodic: Vec<_> = manifests.iter().filter(|m| !m.finished).collect();
+        let median = |mut v: Vec<u64>| {
+            v.sort_unstable();
+            v.get(v.len() / 2).copied().unwrap_or(0)
+        };
+        let sizes = median(periodic.iter().map(|m| m.state_bytes()).collect());
+        let durations = median(periodic.iter().map(|m| m.duration_ms as u64).collect());
+        let last = manifests.iter().find(|m| m.finished);
+        // A restart restores the last checkpoint (the end of the input: nothing is left).
+        let path = dir.join(format!("cp-{interval}.yaml"));
+        let t0 = Instant::now();
+        let run = std::process::Command::new(std::env::current_exe()?)
+            .args(["run", "--log", "error", "--metrics-addr", "off"])
+            .arg(&path)
+            .output()?;
+        let restart_s = t0.elapsed().as_secs_f64();
+        let text = String::from_utf8_lossy(&run.stderr);
+        let restore_ms: Option<u64> = text
+            .lines()
+            .find_map(|l| l.split(") in ").nth(1)?.strip_suffix(" ms")?.parse().ok());
+        rows_out.push(format!(
+            "| every {interval} | {:.0} | {:+.1}% | {} | {:.1} MB | {} ms | {:.1} MB | {} ms ({restart_s:.2} s whole restart) | {} |",
+            records as f64 / m.cpu.max(1e-9),
+            100.0 * (m.cpu / base.cpu.max(1e-9) - 1.0),
+            periodic.len(),
+            sizes as f64 / 1e6,
+            durations,
+            last.map_or(0.0, |m| m.state_bytes() as f64 / 1e6),
+            restore_ms.map_or("?".into(), |r| r.to_string()),
+            if same { "yes" } else { "NO" }
+        ));
+        let _ = std::fs::remove_dir_all(&cp_dir);
+    }
+    for f in [&input, &reference, &out] {
+        let _ = std::fs::remove_file(f);
+    }
+    println!(
+        "\n## checkpoint: the enrich case ({rows}-row table, {records} events, parallelism 1) with checkpoints"
+    );
+    println!(
+        "| checkpoints | events/CPU-s | CPU over none | periodic checkpoints | median size | median barrier → last ack | last checkpoint | restore | output equals the run without |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---|");
+    println!(
+        "| none | {:.0} | — | — | — | — | — | — | — |",
+        records as f64 / base.cpu.max(1e-9)
+    );
+    for r in rows_out {
+        println!("{r}");
+    }
+    Ok(failures)
 }
 
 /// Lookups in a reference table of `rows` rows (the enrich case's rows and key spread), one

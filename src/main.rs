@@ -527,7 +527,8 @@ fn start(
             Err(e) => tracing::warn!(%addr, error = %e, "metrics endpoint not started"),
         }
     }
-    // Ctrl-C / SIGTERM: sources end their input, windows fire, sinks flush, then exit.
+    // Ctrl-C / SIGTERM: with checkpoints kept, stop at a last checkpoint; otherwise sources
+    // end their input, windows fire, sinks flush, then exit.
     let shutdown = Arc::new(AtomicBool::new(false));
     let flag = shutdown.clone();
     ctrlc::set_handler(move || {
@@ -535,7 +536,7 @@ fn start(
             eprintln!("second interrupt: exiting at once");
             std::process::exit(130);
         }
-        eprintln!("stopping: draining sources (interrupt again to exit at once)");
+        eprintln!("stopping (interrupt again to exit at once)");
     })
     .context("cannot install the interrupt handler")?;
     tracing::info!(pipeline = %compiled.plan.name, "starting");
@@ -593,13 +594,17 @@ fn print_summary(s: &RunSummary, outputs: &[(String, String)]) {
         s.alerts_fired.len()
     );
     if let Some((epoch, path)) = &s.restored_from {
-        eprintln!("  restored from checkpoint {epoch} ({})", path.display());
+        eprintln!(
+            "  restored from checkpoint {epoch} ({}) in {} ms",
+            path.display(),
+            s.restore_ms.unwrap_or(0)
+        );
     }
     for p in &s.savepoints {
         eprintln!("  savepoint written to {}", p.display());
     }
     if s.stopped_at_savepoint {
-        eprintln!("  stopped at the savepoint (input not drained)");
+        eprintln!("  stopped at its last checkpoint, input not drained: a restart continues there");
     }
     if s.checkpoint_failures > 0 {
         eprintln!("  {} checkpoints failed", s.checkpoint_failures);

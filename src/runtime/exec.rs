@@ -36,7 +36,9 @@ use crate::types::Epoch;
 pub struct RunContext {
     pub clock: ClockRef,
     pub status: Arc<StatusRegistry>,
-    /// Set to stop: sources end their input (windows then fire as at the end of a file).
+    /// Set to stop. With a checkpoint directory the run stops at a last checkpoint without
+    /// draining (a restart continues as if nothing happened); without one, sources end their
+    /// input (windows then fire as at the end of a file) and sinks flush.
     pub shutdown: Arc<AtomicBool>,
     /// Start from this checkpoint or savepoint directory instead of the latest checkpoint
     /// in the pipeline's checkpoint directory.
@@ -71,9 +73,12 @@ pub struct RunSummary {
     pub last_checkpoint: Option<Checkpoint>,
     /// The checkpoint the run started from: its epoch and directory.
     pub restored_from: Option<(Epoch, std::path::PathBuf)>,
+    /// Processing time from the start to every task having its restored state (reading and
+    /// verifying the checkpoint included).
+    pub restore_ms: Option<i64>,
     /// Savepoints written during the run.
     pub savepoints: Vec<std::path::PathBuf>,
-    /// The run stopped after a savepoint, without draining its input.
+    /// The run stopped at a savepoint or a last checkpoint, without draining its input.
     pub stopped_at_savepoint: bool,
     pub alerts_fired: Vec<(AlertKind, String, String)>,
 }
@@ -307,6 +312,8 @@ pub fn run(plan: Plan, ctx: RunContext) -> Result<RunSummary, RunError> {
                         }
                     }
                     let (ctl_tx, ctl_rx) = unbounded::<Control>();
+                    // With checkpoints kept, a shutdown stops at a checkpoint instead.
+                    let drain_on_shutdown = store.is_none();
                     let shutdown = ctx.shutdown.clone();
                     let failed = failed.clone();
                     // In a bootstrap a source reads only what it needs (a change stream's
@@ -349,7 +356,7 @@ pub fn run(plan: Plan, ctx: RunContext) -> Result<RunSummary, RunError> {
                                     std::thread::sleep(Duration::from_millis(5));
                                     continue;
                                 }
-                                if shutdown.load(Ordering::Relaxed) {
+                                if drain_on_shutdown && shutdown.load(Ordering::Relaxed) {
                                     emit(Emit::Control(Message::End))?;
                                     return Ok(Some(driver.checkpoint()));
                                 }
@@ -501,6 +508,7 @@ pub fn run(plan: Plan, ctx: RunContext) -> Result<RunSummary, RunError> {
     drop(senders);
     drop(report_tx);
 
+    let restore_ms = restored.as_ref().map(|_| clock.now_ms() - start_ms);
     let summary = supervise(
         &plan,
         &ctx,
@@ -514,7 +522,10 @@ pub fn run(plan: Plan, ctx: RunContext) -> Result<RunSummary, RunError> {
     for inst in instances {
         let _ = inst.handle.join();
     }
-    summary
+    summary.map(|mut s| {
+        s.restore_ms = restore_ms;
+        s
+    })
 }
 
 /// Feeds a task's inbound messages to `step` until it says the task has finished.
@@ -794,6 +805,8 @@ fn supervise(
     let mut bootstrapped: BTreeMap<String, ()> = BTreeMap::new();
     let mut bootstrap_asked = false;
     let mut stopped_at_savepoint = false;
+    // A shutdown with checkpoints kept: the checkpoint after which the run stops.
+    let mut stop_after: Option<Epoch> = None;
     let interval_ms = opts.checkpoint_interval.map(|d| d.as_millis() as i64);
     let mut next_barrier_ms = interval_ms.map(|i| start_ms + i);
     let monitor_ms = opts.monitor_interval.as_millis().max(1) as i64;
@@ -837,6 +850,20 @@ fn supervise(
                 if co.is_complete(p, instances) {
                     let p = co.pending.remove(&epoch).expect("pending");
                     let done = co.complete(p, instances, clock.now_ms());
+                    if stop_after == Some(epoch) {
+                        tracing::info!(
+                            epoch,
+                            ok = done,
+                            "stopping at the checkpoint (input not drained)"
+                        );
+                        stopped_at_savepoint = true;
+                        stopping.store(true, Ordering::SeqCst);
+                        for i in instances.iter().filter(|i| i.role == Role::Source) {
+                            if let Some(c) = &i.control {
+                                let _ = c.send(Control::Stop);
+                            }
+                        }
+                    }
                     if let Some(req) = savepoints.remove(&epoch) {
                         let written = match (&co.last_checkpoint, done) {
                             (Some(cp), true) if cp.epoch == epoch => {
@@ -923,6 +950,15 @@ fn supervise(
             *next_epoch += 1;
             *next_epoch - 1
         };
+        if store.is_some()
+            && stop_after.is_none()
+            && can_inject
+            && ctx.shutdown.load(Ordering::Relaxed)
+        {
+            let epoch = inject(&mut co, &mut next_epoch);
+            tracing::info!(epoch, "stopping: taking a last checkpoint");
+            stop_after = Some(epoch);
+        }
         for req in ctx.savepoints.take() {
             if can_inject {
                 let epoch = inject(&mut co, &mut next_epoch);
@@ -996,6 +1032,7 @@ fn supervise(
         checkpoint_failures: co.failures,
         last_checkpoint: co.last_checkpoint,
         restored_from: restored.map(|r| (r.manifest.epoch, r.path.clone())),
+        restore_ms: None,
         savepoints: written_savepoints,
         stopped_at_savepoint,
         alerts_fired,

@@ -194,7 +194,8 @@ fn run_to_end(pipeline: &Path, extra: &[&str]) -> String {
 
 /// `watershed bootstrap` loads only the reference snapshots into a savepoint (writing no
 /// output); `watershed savepoint` stops a running pipeline at a savepoint without draining
-/// it. A run started `--from-savepoint` either one ends with the uninterrupted run's lines.
+/// it; SIGTERM stops it at a last checkpoint. A run continuing from any of them ends with the
+/// uninterrupted run's lines.
 #[test]
 fn savepoints_and_bootstrap_continue_exactly_where_they_stopped() {
     let tmp = tempfile::tempdir().unwrap();
@@ -284,7 +285,7 @@ fn savepoints_and_bootstrap_continue_exactly_where_they_stopped() {
     let stopped = running.wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&stopped.stderr);
     assert!(stopped.status.success(), "{text}");
-    assert!(text.contains("stopped at the savepoint"), "{text}");
+    assert!(text.contains("input not drained"), "{text}");
     assert!(
         sorted_lines(&out) != expected,
         "stopped before the end: not all output is there yet"
@@ -296,6 +297,27 @@ fn savepoints_and_bootstrap_continue_exactly_where_they_stopped() {
     assert!(
         sorted_lines(&out) == expected,
         "continued run: the same lines"
+    );
+
+    // SIGTERM with a checkpoint directory: a last checkpoint, no drain; a plain restart
+    // continues from it.
+    let out = tmp.path().join("terminated");
+    let pipeline = tmp.path().join("terminated.yaml");
+    let checkpoints = tmp.path().join("cp-terminated");
+    std::fs::write(&pipeline, demo_pipeline(&out, Some(&checkpoints))).unwrap();
+    let running = start(&pipeline, None);
+    std::thread::sleep(Duration::from_millis(1500));
+    // SAFETY: kill only sends a signal to the child we started.
+    unsafe { libc::kill(running.id() as libc::pid_t, libc::SIGTERM) };
+    let stopped = running.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&stopped.stderr);
+    assert!(stopped.status.success(), "{text}");
+    assert!(sorted_lines(&out) != expected, "stopped before the end");
+    let stderr = run_to_end(&pipeline, &[]);
+    assert!(stderr.contains("restored from checkpoint"), "{stderr}");
+    assert!(
+        sorted_lines(&out) == expected,
+        "restarted run: the same lines"
     );
 }
 
