@@ -180,6 +180,16 @@ fn killed_runs_restart_from_checkpoints_without_losing_or_duplicating_lines() {
     }
 }
 
+/// The demo pipeline writing under `<dir>/<name>`, with its checkpoints in `<dir>/cp-<name>`:
+/// the output directory and the pipeline file.
+fn checkpointed(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let out = dir.join(name);
+    let pipeline = dir.join(format!("{name}.yaml"));
+    let checkpoints = dir.join(format!("cp-{name}"));
+    std::fs::write(&pipeline, demo_pipeline(&out, Some(&checkpoints))).unwrap();
+    (out, pipeline)
+}
+
 fn run_to_end(pipeline: &Path, extra: &[&str]) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_watershed"))
         .args(["run", "--log", "warn", "--metrics-addr", "off"])
@@ -206,10 +216,7 @@ fn savepoints_and_bootstrap_continue_exactly_where_they_stopped() {
     let expected = sorted_lines(&expected_dir);
 
     // Bootstrap, then live from its savepoint.
-    let out = tmp.path().join("bootstrapped");
-    let pipeline = tmp.path().join("bootstrapped.yaml");
-    let checkpoints = tmp.path().join("cp-bootstrapped");
-    std::fs::write(&pipeline, demo_pipeline(&out, Some(&checkpoints))).unwrap();
+    let (out, pipeline) = checkpointed(tmp.path(), "bootstrapped");
     let savepoint = tmp.path().join("bootstrap-savepoint");
     let boot = Command::new(env!("CARGO_BIN_EXE_watershed"))
         .args(["bootstrap", "--log", "warn"])
@@ -233,10 +240,7 @@ fn savepoints_and_bootstrap_continue_exactly_where_they_stopped() {
     );
 
     // Stop a running pipeline at a savepoint, then continue from it.
-    let out = tmp.path().join("stopped");
-    let pipeline = tmp.path().join("stopped.yaml");
-    let checkpoints = tmp.path().join("cp-stopped");
-    std::fs::write(&pipeline, demo_pipeline(&out, Some(&checkpoints))).unwrap();
+    let (out, pipeline) = checkpointed(tmp.path(), "stopped");
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -301,10 +305,7 @@ fn savepoints_and_bootstrap_continue_exactly_where_they_stopped() {
 
     // SIGTERM with a checkpoint directory: a last checkpoint, no drain; a plain restart
     // continues from it.
-    let out = tmp.path().join("terminated");
-    let pipeline = tmp.path().join("terminated.yaml");
-    let checkpoints = tmp.path().join("cp-terminated");
-    std::fs::write(&pipeline, demo_pipeline(&out, Some(&checkpoints))).unwrap();
+    let (out, pipeline) = checkpointed(tmp.path(), "terminated");
     let running = start(&pipeline, None);
     std::thread::sleep(Duration::from_millis(1500));
     // SAFETY: kill only sends a signal to the child we started.
