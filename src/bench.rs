@@ -32,8 +32,9 @@ pub struct BenchArgs {
     #[arg(long, value_delimiter = ',', default_value = "1,2")]
     pub parallelism: Vec<usize>,
     /// Which benchmark: `generator`, `file`, `enrich`, `all` (those three), `lookup` (the
-    /// reference table alone: one-by-one against batched lookups) or `checkpoint` (the
-    /// enrich case checkpointing every 10 s and every 1 s, and its restore).
+    /// reference table alone: one-by-one against batched lookups), `checkpoint` (the enrich
+    /// case checkpointing every 10 s and every 1 s, and its restore) or `bootstrap` (the
+    /// enrich case started from a bootstrapped savepoint instead of behind a gate).
     #[arg(long, default_value = "all")]
     pub case: String,
     /// Reference table sizes of the enrich case.
@@ -405,6 +406,11 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
             failures += checkpoint_case(n, rows, &dir)?;
         }
     }
+    if args.case == "bootstrap" {
+        for &rows in &args.reference_rows {
+            failures += bootstrap_case(n, rows, &dir)?;
+        }
+    }
     if args.case == "lookup" {
         for &rows in &args.reference_rows {
             lookup_case(rows);
@@ -617,6 +623,102 @@ fn reference_state_bytes(rows: u64) -> anyhow::Result<(f64, f64, f64)> {
     ))
 }
 
+/// The enrich case started live from a savepoint written by `watershed bootstrap`, against
+/// the plain file → file pipeline and the gated start; returns the number of failed checks.
+fn bootstrap_case(records: u64, rows: u64, dir: &Path) -> anyhow::Result<usize> {
+    let reference = dir.join(format!("hosts-{rows}.jsonl"));
+    let input = dir.join(format!("bootstrap-input-{rows}.jsonl"));
+    write_reference(rows, &reference)?;
+    write_enrich_input(records, rows, &input)?;
+    let out = dir.join(format!("bootstrap-out-{rows}.jsonl"));
+    let source = format!(
+        "  obs:\n    file: {{paths: [\"{}\"]}}\n    schema: {{ts: timestamp, host: string, port: int, product: string, version: string, bytes: int}}\n    event_time: {{field: ts, max_out_of_orderness: 5s}}\n",
+        input.display()
+    );
+    let plain = format!(
+        "name: bench-plain\nparallelism: 1\nsources:\n{source}sinks:\n  out: {{input: obs, file: \"{}\"}}\n",
+        out.display()
+    );
+    let enrich = format!(
+        "name: bench-bootstrap\nparallelism: 1\nenrichment: {{strategy: gated}}\nsources:\n{source}  ref:\n    cdc:\n      snapshot: [\"{}\"]\n      tables:\n        hosts: {{key: [host], columns: {{host: string, owner: string, criticality: int, site: string}}}}\noperators:\n  enrich:\n    inputs: [obs, ref.hosts]\n    enrich: {{key: {{host: host}}}}\nsinks:\n  out: {{input: enrich, file: \"{}\"}}\n",
+        reference.display(),
+        out.display()
+    );
+    let plain_m = measure(|| run_pipeline(&plain, dir, "bs-plain"))?;
+    let gated = measure(|| run_pipeline(&enrich, dir, "bs-gated"))?;
+    let expected = sorted_lines(&out)?;
+    let savepoint = dir.join(format!("bootstrap-savepoint-{rows}"));
+    let _ = std::fs::remove_dir_all(&savepoint);
+    let pipeline_path = dir.join("bs-gated.yaml");
+    let child = |args: &[&str]| -> anyhow::Result<()> {
+        let run = std::process::Command::new(std::env::current_exe()?)
+            .args(args)
+            .output()?;
+        anyhow::ensure!(
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        Ok(())
+    };
+    let (p, sp) = (
+        pipeline_path.display().to_string(),
+        savepoint.display().to_string(),
+    );
+    let boot = measure(|| child(&["bootstrap", "--log", "error", &p, "--savepoint", &sp]))?;
+    let live = measure(|| {
+        child(&[
+            "run",
+            "--log",
+            "error",
+            "--metrics-addr",
+            "off",
+            &p,
+            "--from-savepoint",
+            &sp,
+        ])
+    })?;
+    let same = sorted_lines(&out)? == expected;
+    let _ = std::fs::remove_dir_all(&savepoint);
+    for f in [&input, &reference, &out] {
+        let _ = std::fs::remove_file(f);
+    }
+    let per_cpu = |m: &Measure| records as f64 / m.cpu.max(1e-9);
+    println!(
+        "\n## bootstrap: the enrich case ({rows}-row table, {records} events, parallelism 1) started from a bootstrapped savepoint"
+    );
+    println!(
+        "| run | events/CPU-s | CPU s | wall s | over file → file | output equals the gated run's |"
+    );
+    println!("|---|---:|---:|---:|---:|---|");
+    println!(
+        "| file → file (no enrichment) | {:.0} | {:.2} | {:.2} | — | — |",
+        per_cpu(&plain_m),
+        plain_m.cpu,
+        plain_m.wall
+    );
+    println!(
+        "| gated start (load the snapshot while events wait) | {:.0} | {:.2} | {:.2} | {:+.0}% | — |",
+        per_cpu(&gated),
+        gated.cpu,
+        gated.wall,
+        100.0 * (gated.cpu / plain_m.cpu - 1.0)
+    );
+    println!(
+        "| `watershed bootstrap` (snapshot only) | — | {:.2} | {:.2} | — | — |",
+        boot.cpu, boot.wall
+    );
+    println!(
+        "| live run `--from-savepoint` | {:.0} | {:.2} | {:.2} | {:+.0}% | {} |",
+        per_cpu(&live),
+        live.cpu,
+        live.wall,
+        100.0 * (live.cpu / plain_m.cpu - 1.0),
+        if same { "yes" } else { "NO" }
+    );
+    Ok(usize::from(!same))
+}
+
 /// The enrich case with checkpoints kept in a directory, every 10 s and every 1 s, against
 /// the same pipeline without checkpoints; then the checkpoints' sizes and durations (from
 /// their manifests) and the time a restart takes to restore the last one. Returns the
@@ -643,7 +745,7 @@ fn checkpoint_case(records: u64, rows: u64, dir: &Path) -> anyhow::Result<usize>
         let cp_dir = dir.join(format!("checkpoints-{rows}-{interval}"));
         let _ = std::fs::remove_dir_all(&cp_dir);
         let yaml = pipeline(&format!(
-            "checkpoint: {{interval: {interval}, dir: \"{}\", retain: 1000}}\n",
+            "checkpoint: {{interval: {interval}, dir: \"{}\", retain: 5}}\n",
             cp_dir.display()
         ));
         let m = measure(|| run_pipeline(&yaml, dir, &format!("cp-{interval}")))?;
@@ -663,6 +765,8 @@ fn checkpoint_case(records: u64, rows: u64, dir: &Path) -> anyhow::Result<usize>
         let sizes = median(periodic.iter().map(|m| m.state_bytes()).collect());
         let durations = median(periodic.iter().map(|m| m.duration_ms as u64).collect());
         let last = manifests.iter().find(|m| m.finished);
+        // Epochs are consecutive and the last one ends the run: the periodic ones before it.
+        let taken = last.map_or(periodic.len() as u64, |m| m.epoch.saturating_sub(1));
         // A restart restores the last checkpoint (the end of the input: nothing is left).
         let path = dir.join(format!("cp-{interval}.yaml"));
         let t0 = Instant::now();
@@ -679,7 +783,7 @@ fn checkpoint_case(records: u64, rows: u64, dir: &Path) -> anyhow::Result<usize>
             "| every {interval} | {:.0} | {:+.1}% | {} | {:.1} MB | {} ms | {:.1} MB | {} ms ({restart_s:.2} s whole restart) | {} |",
             records as f64 / m.cpu.max(1e-9),
             100.0 * (m.cpu / base.cpu.max(1e-9) - 1.0),
-            periodic.len(),
+            taken,
             sizes as f64 / 1e6,
             durations,
             last.map_or(0.0, |m| m.state_bytes() as f64 / 1e6),
@@ -695,7 +799,7 @@ fn checkpoint_case(records: u64, rows: u64, dir: &Path) -> anyhow::Result<usize>
         "\n## checkpoint: the enrich case ({rows}-row table, {records} events, parallelism 1) with checkpoints"
     );
     println!(
-        "| checkpoints | events/CPU-s | CPU over none | periodic checkpoints | median size | median barrier → last ack | last checkpoint | restore | output equals the run without |"
+        "| checkpoints | events/CPU-s | CPU over none | periodic checkpoints | median size (last 4) | median barrier → last ack (last 4) | last checkpoint | restore | output equals the run without |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---|");
     println!(
