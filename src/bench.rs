@@ -276,18 +276,49 @@ fn write_input(records: u64, paths: &[PathBuf]) -> anyhow::Result<()> {
 fn run_pipeline(yaml: &str, dir: &Path, name: &str) -> anyhow::Result<()> {
     let path = dir.join(format!("{name}.yaml"));
     std::fs::write(&path, yaml)?;
+    let p = path.display().to_string();
+    watershed(&["run", "--log", "error", "--metrics-addr", "off", &p]).map(|_| ())
+}
+
+/// Runs this binary with `args` and waits; returns its stderr (the run's summary).
+fn watershed(args: &[&str]) -> anyhow::Result<String> {
     let run = std::process::Command::new(std::env::current_exe()?)
-        .args(["run", "--log", "error", "--metrics-addr", "off"])
-        .arg(&path)
+        .args(args)
         .stdout(std::process::Stdio::null())
         .output()?;
+    let stderr = String::from_utf8_lossy(&run.stderr).into_owned();
     anyhow::ensure!(
         run.status.success(),
-        "pipeline {name} failed ({}): {}",
-        run.status,
-        String::from_utf8_lossy(&run.stderr)
+        "`watershed {}` failed ({}): {stderr}",
+        args.join(" "),
+        run.status
     );
-    Ok(())
+    Ok(stderr)
+}
+
+/// The enrich case's pipeline: the observation files looked up in the CDC table of
+/// `reference` (gated), or passed straight through without one; `header` goes before the
+/// sources (e.g. a `checkpoint:` block).
+fn enrich_yaml(header: &str, events: &[&Path], reference: Option<&Path>, out: &Path) -> String {
+    let paths: Vec<String> = events
+        .iter()
+        .map(|p| format!("\"{}\"", p.display()))
+        .collect();
+    let source = format!(
+        "  obs:\n    file: {{paths: [{}]}}\n    schema: {{ts: timestamp, host: string, port: int, product: string, version: string, bytes: int}}\n    event_time: {{field: ts, max_out_of_orderness: 5s}}\n",
+        paths.join(", ")
+    );
+    let Some(reference) = reference else {
+        return format!(
+            "name: bench-plain\nparallelism: 1\n{header}sources:\n{source}sinks:\n  out: {{input: obs, file: \"{}\"}}\n",
+            out.display()
+        );
+    };
+    format!(
+        "name: bench-enrich\nparallelism: 1\nenrichment: {{strategy: gated}}\n{header}sources:\n{source}  ref:\n    cdc:\n      snapshot: [\"{}\"]\n      tables:\n        hosts: {{key: [host], columns: {{host: string, owner: string, criticality: int, site: string}}}}\noperators:\n  enrich:\n    inputs: [obs, ref.hosts]\n    enrich: {{key: {{host: host}}}}\nsinks:\n  out: {{input: enrich, file: \"{}\"}}\n",
+        reference.display(),
+        out.display()
+    )
 }
 
 fn report(name: &str, records: u64, ceiling: &Measure, runs: &[(usize, Measure, bool)]) {
@@ -631,43 +662,22 @@ fn bootstrap_case(records: u64, rows: u64, dir: &Path) -> anyhow::Result<usize> 
     write_reference(rows, &reference)?;
     write_enrich_input(records, rows, &input)?;
     let out = dir.join(format!("bootstrap-out-{rows}.jsonl"));
-    let source = format!(
-        "  obs:\n    file: {{paths: [\"{}\"]}}\n    schema: {{ts: timestamp, host: string, port: int, product: string, version: string, bytes: int}}\n    event_time: {{field: ts, max_out_of_orderness: 5s}}\n",
-        input.display()
-    );
-    let plain = format!(
-        "name: bench-plain\nparallelism: 1\nsources:\n{source}sinks:\n  out: {{input: obs, file: \"{}\"}}\n",
-        out.display()
-    );
-    let enrich = format!(
-        "name: bench-bootstrap\nparallelism: 1\nenrichment: {{strategy: gated}}\nsources:\n{source}  ref:\n    cdc:\n      snapshot: [\"{}\"]\n      tables:\n        hosts: {{key: [host], columns: {{host: string, owner: string, criticality: int, site: string}}}}\noperators:\n  enrich:\n    inputs: [obs, ref.hosts]\n    enrich: {{key: {{host: host}}}}\nsinks:\n  out: {{input: enrich, file: \"{}\"}}\n",
-        reference.display(),
-        out.display()
-    );
+    let plain = enrich_yaml("", &[&input], None, &out);
+    let enrich = enrich_yaml("", &[&input], Some(reference.as_path()), &out);
     let plain_m = measure(|| run_pipeline(&plain, dir, "bs-plain"))?;
     let gated = measure(|| run_pipeline(&enrich, dir, "bs-gated"))?;
     let expected = sorted_lines(&out)?;
     let savepoint = dir.join(format!("bootstrap-savepoint-{rows}"));
     let _ = std::fs::remove_dir_all(&savepoint);
-    let pipeline_path = dir.join("bs-gated.yaml");
-    let child = |args: &[&str]| -> anyhow::Result<()> {
-        let run = std::process::Command::new(std::env::current_exe()?)
-            .args(args)
-            .output()?;
-        anyhow::ensure!(
-            run.status.success(),
-            "{}",
-            String::from_utf8_lossy(&run.stderr)
-        );
-        Ok(())
-    };
     let (p, sp) = (
-        pipeline_path.display().to_string(),
+        dir.join("bs-gated.yaml").display().to_string(),
         savepoint.display().to_string(),
     );
-    let boot = measure(|| child(&["bootstrap", "--log", "error", &p, "--savepoint", &sp]))?;
+    let boot = measure(|| {
+        watershed(&["bootstrap", "--log", "error", &p, "--savepoint", &sp]).map(|_| ())
+    })?;
     let live = measure(|| {
-        child(&[
+        watershed(&[
             "run",
             "--log",
             "error",
@@ -677,6 +687,7 @@ fn bootstrap_case(records: u64, rows: u64, dir: &Path) -> anyhow::Result<usize> 
             "--from-savepoint",
             &sp,
         ])
+        .map(|_| ())
     })?;
     let same = sorted_lines(&out)? == expected;
     let _ = std::fs::remove_dir_all(&savepoint);
@@ -729,14 +740,8 @@ fn checkpoint_case(records: u64, rows: u64, dir: &Path) -> anyhow::Result<usize>
     write_reference(rows, &reference)?;
     write_enrich_input(records, rows, &input)?;
     let out = dir.join(format!("checkpoint-out-{rows}.jsonl"));
-    let pipeline = |checkpoint: &str| {
-        format!(
-            "name: bench-checkpoint\nparallelism: 1\nenrichment: {{strategy: gated}}\n{checkpoint}sources:\n  obs:\n    file: {{paths: [\"{}\"]}}\n    schema: {{ts: timestamp, host: string, port: int, product: string, version: string, bytes: int}}\n    event_time: {{field: ts, max_out_of_orderness: 5s}}\n  ref:\n    cdc:\n      snapshot: [\"{}\"]\n      tables:\n        hosts: {{key: [host], columns: {{host: string, owner: string, criticality: int, site: string}}}}\noperators:\n  enrich:\n    inputs: [obs, ref.hosts]\n    enrich: {{key: {{host: host}}}}\nsinks:\n  out: {{input: enrich, file: \"{}\"}}\n",
-            input.display(),
-            reference.display(),
-            out.display()
-        )
-    };
+    let pipeline =
+        |checkpoint: &str| enrich_yaml(checkpoint, &[&input], Some(reference.as_path()), &out);
     let base = measure(|| run_pipeline(&pipeline("checkpoint: {interval: off}\n"), dir, "cp-off"))?;
     let expected = sorted_lines(&out)?;
     let mut rows_out = Vec::new();
@@ -768,14 +773,13 @@ fn checkpoint_case(records: u64, rows: u64, dir: &Path) -> anyhow::Result<usize>
         // Epochs are consecutive and the last one ends the run: the periodic ones before it.
         let taken = last.map_or(periodic.len() as u64, |m| m.epoch.saturating_sub(1));
         // A restart restores the last checkpoint (the end of the input: nothing is left).
-        let path = dir.join(format!("cp-{interval}.yaml"));
+        let path = dir
+            .join(format!("cp-{interval}.yaml"))
+            .display()
+            .to_string();
         let t0 = Instant::now();
-        let run = std::process::Command::new(std::env::current_exe()?)
-            .args(["run", "--log", "error", "--metrics-addr", "off"])
-            .arg(&path)
-            .output()?;
+        let text = watershed(&["run", "--log", "error", "--metrics-addr", "off", &path])?;
         let restart_s = t0.elapsed().as_secs_f64();
-        let text = String::from_utf8_lossy(&run.stderr);
         let restore_ms: Option<u64> = text
             .lines()
             .find_map(|l| l.split(") in ").nth(1)?.strip_suffix(" ms")?.parse().ok());
@@ -873,25 +877,7 @@ fn enrich_case(records: u64, rows: u64, rounds: usize, dir: &Path) -> anyhow::Re
     let ceiling = measure(|| enrich_ceiling(rows, &input, &ceiling_out))?;
     let expected = sorted_lines(&ceiling_out)?;
     let pipeline = |events: &[&Path], out: &Path, enrich: bool| {
-        let paths: Vec<String> = events
-            .iter()
-            .map(|p| format!("\"{}\"", p.display()))
-            .collect();
-        let source = format!(
-            "  obs:\n    file: {{paths: [{}]}}\n    schema: {{ts: timestamp, host: string, port: int, product: string, version: string, bytes: int}}\n    event_time: {{field: ts, max_out_of_orderness: 5s}}\n",
-            paths.join(", ")
-        );
-        if !enrich {
-            return format!(
-                "name: bench-plain\nparallelism: 1\nsources:\n{source}sinks:\n  out: {{input: obs, file: \"{}\"}}\n",
-                out.display()
-            );
-        }
-        format!(
-            "name: bench-enrich\nparallelism: 1\nenrichment: {{strategy: gated}}\nsources:\n{source}  ref:\n    cdc:\n      snapshot: [\"{}\"]\n      tables:\n        hosts: {{key: [host], columns: {{host: string, owner: string, criticality: int, site: string}}}}\noperators:\n  enrich:\n    inputs: [obs, ref.hosts]\n    enrich: {{key: {{host: host}}}}\nsinks:\n  out: {{input: enrich, file: \"{}\"}}\n",
-            reference.display(),
-            out.display()
-        )
+        enrich_yaml("", events, enrich.then_some(reference.as_path()), out)
     };
     let plain_out = dir.join(format!("enrich-plain-{rows}.jsonl"));
     let load_out = dir.join(format!("enrich-load-{rows}.jsonl"));

@@ -893,18 +893,15 @@ impl EnrichOperator {
     /// up to `LOCATE_CHUNK` events are done together (`VersionedTable::locate_many`), so that
     /// their memory reads overlap; otherwise one event after another.
     fn join_rows(&mut self, rows: &[(&[Value], EventTime)], out: &mut Output) {
-        let [key] = self.layout.event_key[..] else {
-            for &(row, t) in rows {
-                self.join(row, t, out, false);
+        let key = match self.layout.event_key[..] {
+            [key] if self.layout.direct && self.spec.mode == JoinMode::Lookup => key,
+            _ => {
+                for &(row, t) in rows {
+                    self.join(row, t, out, false);
+                }
+                return;
             }
-            return;
         };
-        if !self.layout.direct || self.spec.mode != JoinMode::Lookup {
-            for &(row, t) in rows {
-                self.join(row, t, out, false);
-            }
-            return;
-        }
         let mut located = std::mem::take(&mut self.located);
         for chunk in rows.chunks(LOCATE_CHUNK) {
             self.table.locate_many(

@@ -83,12 +83,22 @@ pub struct RunSummary {
     pub alerts_fired: Vec<(AlertKind, String, String)>,
 }
 
+#[derive(Clone, Copy)]
 enum Control {
     Barrier(Epoch),
     /// The checkpoint of this epoch is durable (`FINAL_EPOCH`: the run's last one).
     CheckpointDone(Epoch),
-    /// The run is failing: stop without committing.
+    /// Stop now, committing nothing more: the run is failing, or stops without draining.
     Stop,
+}
+
+/// Sends `c` to every task of `role` that takes control messages (sources and sinks).
+fn tell(instances: &[Instance], role: Role, c: Control) {
+    for i in instances.iter().filter(|i| i.role == role) {
+        if let Some(tx) = &i.control {
+            let _ = tx.send(c);
+        }
+    }
 }
 
 enum Report {
@@ -752,12 +762,9 @@ impl Coordinator<'_> {
             r.consecutive_failures = 0;
             self.status.set_checkpoints(r.clone());
         }
-        let done = if cp.finished { FINAL_EPOCH } else { epoch };
-        for i in instances.iter().filter(|i| i.role != Role::Operator) {
-            if let Some(c) = &i.control {
-                let _ = c.send(Control::CheckpointDone(done));
-            }
-        }
+        let done = Control::CheckpointDone(if cp.finished { FINAL_EPOCH } else { epoch });
+        tell(instances, Role::Source, done);
+        tell(instances, Role::Sink, done);
         self.last_checkpoint = Some(cp);
         true
     }
@@ -826,11 +833,7 @@ fn supervise(
                 if first_error.is_none() {
                     first_error = Some(e);
                     // Sinks waiting for their last commit would wait forever.
-                    for i in instances.iter().filter(|i| i.role == Role::Sink) {
-                        if let Some(c) = &i.control {
-                            let _ = c.send(Control::Stop);
-                        }
-                    }
+                    tell(instances, Role::Sink, Control::Stop);
                 }
             }
             Ok(Report::Ack(label, ack)) => co.ack(label, ack, clock.now_ms()),
@@ -843,26 +846,26 @@ fn supervise(
         }
 
         if first_error.is_none() {
-            // Complete checkpoints in epoch order; drop those that can no longer complete.
+            // Complete checkpoints in epoch order.
             let epochs: Vec<Epoch> = co.pending.keys().copied().collect();
             for epoch in epochs {
                 let p = &co.pending[&epoch];
                 if co.is_complete(p, instances) {
                     let p = co.pending.remove(&epoch).expect("pending");
                     let done = co.complete(p, instances, clock.now_ms());
+                    // Stop without draining: nothing after this checkpoint commits.
+                    let mut stop_here = || {
+                        stopped_at_savepoint = true;
+                        stopping.store(true, Ordering::SeqCst);
+                        tell(instances, Role::Source, Control::Stop);
+                    };
                     if stop_after == Some(epoch) {
                         tracing::info!(
                             epoch,
                             ok = done,
                             "stopping at the checkpoint (input not drained)"
                         );
-                        stopped_at_savepoint = true;
-                        stopping.store(true, Ordering::SeqCst);
-                        for i in instances.iter().filter(|i| i.role == Role::Source) {
-                            if let Some(c) = &i.control {
-                                let _ = c.send(Control::Stop);
-                            }
-                        }
+                        stop_here();
                     }
                     if let Some(req) = savepoints.remove(&epoch) {
                         let written = match (&co.last_checkpoint, done) {
@@ -883,15 +886,8 @@ fn supervise(
                         let ok = written.is_ok();
                         let _ = req.reply.send(written);
                         if ok && req.stop {
-                            // Stop without draining: nothing after the savepoint commits.
                             tracing::info!(epoch, "stopping after the savepoint");
-                            stopped_at_savepoint = true;
-                            stopping.store(true, Ordering::SeqCst);
-                            for i in instances.iter().filter(|i| i.role == Role::Source) {
-                                if let Some(c) = &i.control {
-                                    let _ = c.send(Control::Stop);
-                                }
-                            }
+                            stop_here();
                         }
                     }
                 } else {
@@ -914,11 +910,7 @@ fn supervise(
                         task: "checkpoints".into(),
                         message: "the run's last checkpoint could not be written: its output is not committed".into(),
                     });
-                    for i in instances.iter().filter(|i| i.role == Role::Sink) {
-                        if let Some(c) = &i.control {
-                            let _ = c.send(Control::Stop);
-                        }
-                    }
+                    tell(instances, Role::Sink, Control::Stop);
                 }
             }
         }
@@ -942,11 +934,7 @@ fn supervise(
         let inject = |co: &mut Coordinator, next_epoch: &mut Epoch| {
             co.pending
                 .insert(*next_epoch, PendingCheckpoint::new(*next_epoch, now));
-            for i in instances.iter().filter(|i| i.role == Role::Source) {
-                if let Some(c) = &i.control {
-                    let _ = c.send(Control::Barrier(*next_epoch));
-                }
-            }
+            tell(instances, Role::Source, Control::Barrier(*next_epoch));
             *next_epoch += 1;
             *next_epoch - 1
         };

@@ -135,24 +135,24 @@ impl JsonLinesSink {
 }
 
 impl Transactions {
-    fn pending_path(&self, seq: u64) -> PathBuf {
+    /// Pending files are named `.<output name>.<seq>.pending`: this is their prefix.
+    fn pending_prefix(&self) -> String {
         let name = self
             .path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
+        format!(".{name}.")
+    }
+
+    fn pending_path(&self, seq: u64) -> PathBuf {
         self.path
-            .with_file_name(format!(".{name}.{seq:012}.pending"))
+            .with_file_name(format!("{}{seq:012}.pending", self.pending_prefix()))
     }
 
     /// Pending files of this output on disk, by sequence number.
     fn pending_on_disk(&self) -> Vec<u64> {
-        let name = self
-            .path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let prefix = format!(".{name}.");
+        let prefix = self.pending_prefix();
         let dir = match self.path.parent() {
             Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
             _ => PathBuf::from("."),

@@ -85,6 +85,16 @@ fn sorted_lines(dir: &Path) -> Vec<(String, Vec<String>)> {
         .collect()
 }
 
+/// The output of the demo pipeline run once without checkpoints, under `<dir>/expected`.
+fn uninterrupted(dir: &Path) -> Vec<(String, Vec<String>)> {
+    let out = dir.join("expected");
+    let plain = dir.join("plain.yaml");
+    std::fs::write(&plain, demo_pipeline(&out, None)).unwrap();
+    let status = start(&plain, None).wait().unwrap();
+    assert!(status.success(), "uninterrupted run failed: {status}");
+    sorted_lines(&out)
+}
+
 /// A small deterministic generator of kill delays.
 struct Delays(u64);
 
@@ -100,12 +110,7 @@ impl Delays {
 #[test]
 fn killed_runs_restart_from_checkpoints_without_losing_or_duplicating_lines() {
     let tmp = tempfile::tempdir().unwrap();
-    let expected_dir = tmp.path().join("expected");
-    let plain = tmp.path().join("plain.yaml");
-    std::fs::write(&plain, demo_pipeline(&expected_dir, None)).unwrap();
-    let status = start(&plain, None).wait().unwrap();
-    assert!(status.success(), "uninterrupted run failed: {status}");
-    let expected = sorted_lines(&expected_dir);
+    let expected = uninterrupted(tmp.path());
     let rows: usize = expected.iter().map(|(_, l)| l.len()).sum();
     assert!(rows > 100_000, "the demo produced only {rows} lines");
 
@@ -209,11 +214,7 @@ fn run_to_end(pipeline: &Path, extra: &[&str]) -> String {
 #[test]
 fn savepoints_and_bootstrap_continue_exactly_where_they_stopped() {
     let tmp = tempfile::tempdir().unwrap();
-    let expected_dir = tmp.path().join("expected");
-    let plain = tmp.path().join("plain.yaml");
-    std::fs::write(&plain, demo_pipeline(&expected_dir, None)).unwrap();
-    run_to_end(&plain, &[]);
-    let expected = sorted_lines(&expected_dir);
+    let expected = uninterrupted(tmp.path());
 
     // Bootstrap, then live from its savepoint.
     let (out, pipeline) = checkpointed(tmp.path(), "bootstrapped");
