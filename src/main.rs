@@ -406,7 +406,7 @@ fn bootstrap(path: &Path, dir: &Path, parallelism: Option<usize>) -> anyhow::Res
 }
 
 fn checkpoints_list(dir: &Path) -> anyhow::Result<ExitCode> {
-    let store = watershed::checkpoint::CheckpointStore::open(dir, usize::MAX)?;
+    let store = watershed::checkpoint::CheckpointStore::at(dir, usize::MAX)?;
     let listed = store.list();
     if listed.is_empty() {
         println!("no checkpoints in {}", dir.display());
@@ -414,10 +414,11 @@ fn checkpoints_list(dir: &Path) -> anyhow::Result<ExitCode> {
     for l in listed {
         match l.manifest {
             Ok(m) => println!(
-                "epoch {:>6}  {}  {:>12} bytes  {} sources, {} operators, {} sinks{}  {}",
+                "epoch {:>6}  {}  {:>12} bytes ({} written)  {} sources, {} operators, {} sinks{}  {}",
                 m.epoch,
                 watershed::explain::format_time(m.created_at_ms),
                 m.state_bytes(),
+                m.written_bytes(),
                 m.sources.len(),
                 m.operators.len(),
                 m.sinks.len(),
@@ -461,7 +462,16 @@ fn checkpoints_inspect(path: &Path) -> anyhow::Result<ExitCode> {
     }
     println!("operator state:");
     for (label, f) in &m.operators {
-        println!("  {label}: {} bytes ({})", f.bytes, f.file);
+        println!("  {label}: {} bytes ({})", f.total_bytes(), f.file);
+        if !f.blobs.is_empty() {
+            let new: Vec<_> = f.blobs.iter().filter(|b| b.new).collect();
+            println!(
+                "    {} blobs, {} of them ({} bytes) written by this checkpoint, the rest shared with earlier ones",
+                f.blobs.len(),
+                new.len(),
+                new.iter().map(|b| b.bytes).sum::<u64>()
+            );
+        }
     }
     println!("sink pre-commits:");
     for (label, f) in &m.sinks {

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use crate::operators::{Operator, Output};
+use crate::state::StateImage;
 use crate::time::{InputWatermarks, Watermark};
 use crate::types::{Batch, EventTime, Value};
 
@@ -60,14 +61,14 @@ impl<O: Operator> Harness<O> {
     }
 
     /// A barrier on every input: returns the operator's snapshot.
-    pub fn barrier(&mut self) -> Vec<u8> {
+    pub fn barrier(&mut self) -> StateImage {
         self.op.snapshot().expect("snapshot")
     }
 
     /// Restores `snapshot` into `fresh` and returns a harness around it with a fresh input
     /// watermark tracker, as after a restart: the operator's own watermark is part of its
     /// snapshot, and the inputs re-establish theirs as they replay from the barrier.
-    pub fn restore(fresh: O, snapshot: &[u8], inputs: usize) -> Harness<O> {
+    pub fn restore(fresh: O, snapshot: &StateImage, inputs: usize) -> Harness<O> {
         let mut h = Harness::new(fresh, inputs);
         h.op.restore(snapshot).expect("restore");
         h

@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::state::StateImage;
 use crate::types::{Epoch, EventTime, SourcePosition};
 
 pub use store::{CheckpointStore, Listed, Restored};
@@ -32,7 +33,7 @@ pub struct SourceCheckpoint {
 pub struct Checkpoint {
     pub epoch: Epoch,
     pub sources: BTreeMap<String, SourceCheckpoint>,
-    pub operators: BTreeMap<String, Vec<u8>>,
+    pub operators: BTreeMap<String, StateImage>,
     pub sinks: BTreeMap<String, Vec<u8>>,
     /// Every source had ended: the run is over, nothing is left to read.
     pub finished: bool,
@@ -44,13 +45,10 @@ pub struct Checkpoint {
 }
 
 impl Checkpoint {
-    /// Bytes of operator state and sink pre-commits.
+    /// Bytes of operator state (blobs included) and sink pre-commits.
     pub fn state_bytes(&self) -> usize {
-        self.operators
-            .values()
-            .chain(self.sinks.values())
-            .map(Vec::len)
-            .sum()
+        self.operators.values().map(StateImage::len).sum::<usize>()
+            + self.sinks.values().map(Vec::len).sum::<usize>()
     }
 }
 

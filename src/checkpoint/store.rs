@@ -8,29 +8,61 @@
 //! reading still checks every checksum, and a broken checkpoint is skipped for the previous
 //! complete one with a message naming what is wrong, never restored. The newest `retain`
 //! checkpoints are kept.
+//!
+//! Blobs (immutable parts of operator state, such as a reference table's frozen chunks) are
+//! files in `shared/`, named by their id and listed (length, CRC-32) in the manifest of every
+//! checkpoint that uses them: a blob is written once, by the first checkpoint that needs it,
+//! and removed when no kept checkpoint names it any more. This is what makes checkpoints of
+//! a large table incremental. A savepoint is self-contained: its blobs go into its own
+//! `shared/`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{Checkpoint, CheckpointError, SourceCheckpoint};
 use crate::failpoint;
+use crate::state::{Blobs, StateImage};
 use crate::types::Epoch;
 
-/// Version of the manifest layout.
-const MANIFEST_FORMAT: u32 = 1;
+/// Version of the manifest layout (2: blobs; 1, without, is read too).
+const MANIFEST_FORMAT: u32 = 2;
 const MANIFEST: &str = "MANIFEST";
 const PREFIX: &str = "chk-";
+const SHARED: &str = "shared";
+const BLOB_SUFFIX: &str = ".blob";
 
-/// A state file named by a manifest.
+/// A state file named by a manifest, with the blobs its state refers to.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StateFile {
     pub file: String,
     pub bytes: u64,
     pub crc32: u32,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub blobs: Vec<BlobFile>,
+}
+
+impl StateFile {
+    /// Bytes of the file and its blobs.
+    pub fn total_bytes(&self) -> u64 {
+        self.bytes + self.blobs.iter().map(|b| b.bytes).sum::<u64>()
+    }
+}
+
+/// A blob named by a manifest; `file` is relative to the checkpoint's directory.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BlobFile {
+    pub id: String,
+    pub file: String,
+    pub bytes: u64,
+    pub crc32: u32,
+    /// Written by this checkpoint (not shared from an earlier one).
+    #[serde(default)]
+    pub new: bool,
 }
 
 /// What `MANIFEST` says.
@@ -52,13 +84,35 @@ pub struct Manifest {
 }
 
 impl Manifest {
-    /// Bytes of the state files.
+    /// Bytes of the state files and their blobs.
     pub fn state_bytes(&self) -> u64 {
         self.operators
             .values()
             .chain(self.sinks.values())
-            .map(|f| f.bytes)
+            .map(StateFile::total_bytes)
             .sum()
+    }
+
+    /// Bytes this checkpoint wrote (its state files and the blobs it did not share).
+    pub fn written_bytes(&self) -> u64 {
+        self.operators
+            .values()
+            .chain(self.sinks.values())
+            .map(|f| {
+                f.bytes
+                    + f.blobs
+                        .iter()
+                        .filter(|b| b.new)
+                        .map(|b| b.bytes)
+                        .sum::<u64>()
+            })
+            .sum()
+    }
+
+    fn blob_ids(&self) -> impl Iterator<Item = &str> {
+        self.operators
+            .values()
+            .flat_map(|f| f.blobs.iter().map(|b| b.id.as_str()))
     }
 }
 
@@ -67,7 +121,7 @@ impl Manifest {
 pub struct Restored {
     pub path: PathBuf,
     pub manifest: Manifest,
-    pub operators: BTreeMap<String, Vec<u8>>,
+    pub operators: BTreeMap<String, StateImage>,
     pub sinks: BTreeMap<String, Vec<u8>>,
 }
 
@@ -80,19 +134,67 @@ pub struct Listed {
     pub manifest: Result<Manifest, String>,
 }
 
+/// Where a checkpoint's blobs go, and those known to be there, verified, by id.
+struct BlobDir {
+    dir: PathBuf,
+    /// `dir` as the manifest names it, relative to the checkpoint's directory.
+    relative: &'static str,
+    known: BTreeMap<String, BlobFile>,
+}
+
+impl BlobDir {
+    fn new(dir: PathBuf, relative: &'static str) -> BlobDir {
+        BlobDir {
+            dir,
+            relative,
+            known: BTreeMap::new(),
+        }
+    }
+
+    /// Writes `bytes` as blob `id` unless it is there already.
+    fn put(&mut self, id: &str, bytes: &[u8]) -> Result<BlobFile, CheckpointError> {
+        if let Some(known) = self.known.get(id) {
+            return Ok(BlobFile {
+                new: false,
+                ..known.clone()
+            });
+        }
+        let name = blob_name(id);
+        let tmp = self.dir.join(format!(".{name}.tmp"));
+        write_synced(&tmp, bytes)?;
+        let path = self.dir.join(&name);
+        std::fs::rename(&tmp, &path).map_err(|e| {
+            CheckpointError::io(format!("cannot rename {} into place", tmp.display()), e)
+        })?;
+        let blob = BlobFile {
+            id: id.to_string(),
+            file: format!("{}/{name}", self.relative),
+            bytes: bytes.len() as u64,
+            crc32: crc32fast::hash(bytes),
+            new: true,
+        };
+        self.known.insert(id.to_string(), blob.clone());
+        Ok(blob)
+    }
+}
+
+fn blob_name(id: &str) -> String {
+    format!("{}{BLOB_SUFFIX}", file_safe(id))
+}
+
 /// A checkpoint directory with its retention.
-#[derive(Clone, Debug)]
 pub struct CheckpointStore {
     dir: PathBuf,
     retain: usize,
+    blobs: Mutex<BlobDir>,
 }
 
 impl CheckpointStore {
-    /// Opens (creating) `dir`, keeping the newest `retain` checkpoints. Leftovers of a write
-    /// that did not finish are removed.
+    /// Opens (creating) `dir` for a run, keeping the newest `retain` checkpoints. Leftovers
+    /// of a write that did not finish are removed: unfinished checkpoint directories, and
+    /// blobs no checkpoint names.
     pub fn open(dir: &Path, retain: usize) -> Result<CheckpointStore, CheckpointError> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| CheckpointError::io(format!("cannot create {}", dir.display()), e))?;
+        let store = CheckpointStore::at(dir, retain)?;
         let entries = std::fs::read_dir(dir)
             .map_err(|e| CheckpointError::io(format!("cannot read {}", dir.display()), e))?;
         for entry in entries.flatten() {
@@ -101,10 +203,44 @@ impl CheckpointStore {
                 let _ = std::fs::remove_dir_all(entry.path());
             }
         }
+        store.remove_unnamed_blobs();
+        Ok(store)
+    }
+
+    /// The store in `dir` (created), to read: nothing is removed.
+    pub fn at(dir: &Path, retain: usize) -> Result<CheckpointStore, CheckpointError> {
+        let shared = dir.join(SHARED);
+        std::fs::create_dir_all(&shared)
+            .map_err(|e| CheckpointError::io(format!("cannot create {}", shared.display()), e))?;
         Ok(CheckpointStore {
             dir: dir.to_path_buf(),
             retain: retain.max(1),
+            blobs: Mutex::new(BlobDir::new(shared, "../shared")),
         })
+    }
+
+    /// Removes the blobs (and unfinished blob writes) that no kept checkpoint names, and
+    /// forgets them.
+    fn remove_unnamed_blobs(&self) {
+        let named: BTreeSet<String> = self
+            .epochs()
+            .iter()
+            .filter_map(|(_, path)| read_manifest(path).ok())
+            .flat_map(|m| m.blob_ids().map(blob_name).collect::<Vec<_>>())
+            .collect();
+        let mut blobs = self.blobs.lock().expect("blob directory lock");
+        let Ok(entries) = std::fs::read_dir(&blobs.dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if !named.contains(&name)
+                && let Err(e) = std::fs::remove_file(entry.path())
+            {
+                tracing::warn!(path = %entry.path().display(), error = %e, "cannot remove an unused blob");
+            }
+        }
+        blobs.known.retain(|id, _| named.contains(&blob_name(id)));
     }
 
     pub fn dir(&self) -> &Path {
@@ -121,7 +257,10 @@ impl CheckpointStore {
     ) -> Result<PathBuf, CheckpointError> {
         let target = self.dir.join(format!("{PREFIX}{:012}", cp.epoch));
         let tmp = self.dir.join(format!(".{PREFIX}{:012}.tmp", cp.epoch));
-        write_dir(&tmp, pipeline, cp, now_ms)?;
+        {
+            let mut blobs = self.blobs.lock().expect("blob directory lock");
+            write_into(&tmp, &mut blobs, pipeline, cp, now_ms)?;
+        }
         failpoint::hit("checkpoint-before-rename");
         if target.exists() {
             // A broken checkpoint of the same epoch, skipped at restore: replaced.
@@ -141,7 +280,7 @@ impl CheckpointStore {
         Ok(target)
     }
 
-    /// Drops all but the newest `retain` checkpoints.
+    /// Drops all but the newest `retain` checkpoints, and the blobs only they named.
     fn prune(&self) {
         let epochs = self.epochs();
         for (_, path) in epochs.into_iter().skip(self.retain) {
@@ -149,6 +288,7 @@ impl CheckpointStore {
                 tracing::warn!(path = %path.display(), error = %e, "cannot remove an old checkpoint");
             }
         }
+        self.remove_unnamed_blobs();
     }
 
     /// The checkpoint directories, newest first.
@@ -182,12 +322,18 @@ impl CheckpointStore {
     }
 
     /// The newest checkpoint that verifies; each broken one on the way is reported and
-    /// skipped. `None` when there is none.
+    /// skipped. `None` when there is none. Its blobs, verified, need not be written again.
     pub fn latest(&self) -> Option<Restored> {
         let epochs = self.epochs();
         for (_, path) in epochs {
             match read(&path) {
-                Ok(r) => return Some(r),
+                Ok(r) => {
+                    let mut blobs = self.blobs.lock().expect("blob directory lock");
+                    for b in r.manifest.operators.values().flat_map(|f| &f.blobs) {
+                        blobs.known.insert(b.id.clone(), b.clone());
+                    }
+                    return Some(r);
+                }
                 Err(e) => {
                     tracing::error!(error = %e, "skipping a broken checkpoint for the previous one");
                 }
@@ -197,10 +343,23 @@ impl CheckpointStore {
     }
 }
 
-/// Writes a checkpoint into `dir` (created; replaced if it exists), every file fsynced and
-/// the manifest last. Savepoints are written with this too.
+/// Writes a self-contained checkpoint (a savepoint) into `dir` (created; replaced if it
+/// exists), its blobs into `dir/shared`, every file fsynced and the manifest last.
 pub fn write_dir(
     dir: &Path,
+    pipeline: &str,
+    cp: &Checkpoint,
+    now_ms: i64,
+) -> Result<(), CheckpointError> {
+    let mut blobs = BlobDir::new(dir.join(SHARED), SHARED);
+    write_into(dir, &mut blobs, pipeline, cp, now_ms)
+}
+
+/// Writes a checkpoint into `dir` (created; replaced if it exists) and the blobs `blobs`
+/// lacks into its directory; every file fsynced and the manifest last.
+fn write_into(
+    dir: &Path,
+    blobs: &mut BlobDir,
     pipeline: &str,
     cp: &Checkpoint,
     now_ms: i64,
@@ -209,26 +368,36 @@ pub fn write_dir(
         std::fs::remove_dir_all(dir)
             .map_err(|e| CheckpointError::io(format!("cannot remove {}", dir.display()), e))?;
     }
-    std::fs::create_dir_all(dir)
-        .map_err(|e| CheckpointError::io(format!("cannot create {}", dir.display()), e))?;
-    let files = |kind: &str, states: &BTreeMap<String, Vec<u8>>| {
-        let mut out = BTreeMap::new();
-        for (i, (label, bytes)) in states.iter().enumerate() {
-            let file = format!("{kind}-{i:03}-{}.state", file_safe(label));
-            write_synced(&dir.join(&file), bytes)?;
-            out.insert(
-                label.clone(),
-                StateFile {
-                    file,
-                    bytes: bytes.len() as u64,
-                    crc32: crc32fast::hash(bytes),
-                },
-            );
-        }
-        Ok::<_, CheckpointError>(out)
+    for d in [dir, &blobs.dir] {
+        std::fs::create_dir_all(d)
+            .map_err(|e| CheckpointError::io(format!("cannot create {}", d.display()), e))?;
+    }
+    let file = |name: String, bytes: &[u8]| {
+        write_synced(&dir.join(&name), bytes)?;
+        Ok::<_, CheckpointError>(StateFile {
+            file: name,
+            bytes: bytes.len() as u64,
+            crc32: crc32fast::hash(bytes),
+            blobs: Vec::new(),
+        })
     };
-    let operators = files("operator", &cp.operators)?;
-    let sinks = files("sink", &cp.sinks)?;
+    let mut operators = BTreeMap::new();
+    for (i, (label, image)) in cp.operators.iter().enumerate() {
+        let name = format!("operator-{i:03}-{}.state", file_safe(label));
+        let mut f = file(name, &image.bytes)?;
+        for (id, bytes) in &image.blobs {
+            f.blobs.push(blobs.put(id, bytes)?);
+        }
+        operators.insert(label.clone(), f);
+    }
+    if cp.operators.values().any(|i| !i.blobs.is_empty()) {
+        sync_dir(&blobs.dir)?;
+    }
+    let mut sinks = BTreeMap::new();
+    for (i, (label, bytes)) in cp.sinks.iter().enumerate() {
+        let name = format!("sink-{i:03}-{}.state", file_safe(label));
+        sinks.insert(label.clone(), file(name, bytes)?);
+    }
     failpoint::hit("checkpoint-before-manifest");
     let manifest = Manifest {
         format: MANIFEST_FORMAT,
@@ -248,8 +417,8 @@ pub fn write_dir(
     sync_dir(dir)
 }
 
-/// Reads and verifies the checkpoint (or savepoint) in `dir`.
-pub fn read(dir: &Path) -> Result<Restored, CheckpointError> {
+/// Reads and verifies the manifest of the checkpoint in `dir` (not its state files).
+pub fn read_manifest(dir: &Path) -> Result<Manifest, CheckpointError> {
     let corrupt = |reason: String| CheckpointError::Corrupt {
         path: dir.display().to_string(),
         reason,
@@ -273,38 +442,54 @@ pub fn read(dir: &Path) -> Result<Restored, CheckpointError> {
     }
     let manifest: Manifest = serde_json::from_str(body)
         .map_err(|e| corrupt(format!("{MANIFEST} does not decode: {e}")))?;
-    if manifest.format != MANIFEST_FORMAT {
+    if !(1..=MANIFEST_FORMAT).contains(&manifest.format) {
         return Err(corrupt(format!(
-            "manifest format {} (this build reads {MANIFEST_FORMAT})",
+            "manifest format {} (this build reads 1 to {MANIFEST_FORMAT})",
             manifest.format
         )));
     }
-    let load = |files: &BTreeMap<String, StateFile>| {
-        let mut out = BTreeMap::new();
-        for (label, f) in files {
-            let bytes = std::fs::read(dir.join(&f.file))
-                .map_err(|e| corrupt(format!("cannot read {} ({label}): {e}", f.file)))?;
-            if bytes.len() as u64 != f.bytes {
-                return Err(corrupt(format!(
-                    "{} ({label}) has {} bytes, the manifest says {}",
-                    f.file,
-                    bytes.len(),
-                    f.bytes
-                )));
-            }
-            let crc = crc32fast::hash(&bytes);
-            if crc != f.crc32 {
-                return Err(corrupt(format!(
-                    "{} ({label}) checksum mismatch (stored {:08x}, computed {crc:08x})",
-                    f.file, f.crc32
-                )));
-            }
-            out.insert(label.clone(), bytes);
-        }
-        Ok(out)
+    Ok(manifest)
+}
+
+/// Reads and verifies the checkpoint (or savepoint) in `dir`: its manifest, state files and
+/// blobs.
+pub fn read(dir: &Path) -> Result<Restored, CheckpointError> {
+    let corrupt = |reason: String| CheckpointError::Corrupt {
+        path: dir.display().to_string(),
+        reason,
     };
-    let operators = load(&manifest.operators)?;
-    let sinks = load(&manifest.sinks)?;
+    let manifest = read_manifest(dir)?;
+    let load = |label: &str, file: &str, want_len: u64, want_crc: u32| {
+        let bytes = std::fs::read(dir.join(file))
+            .map_err(|e| corrupt(format!("cannot read {file} ({label}): {e}")))?;
+        if bytes.len() as u64 != want_len {
+            return Err(corrupt(format!(
+                "{file} ({label}) has {} bytes, the manifest says {want_len}",
+                bytes.len(),
+            )));
+        }
+        let crc = crc32fast::hash(&bytes);
+        if crc != want_crc {
+            return Err(corrupt(format!(
+                "{file} ({label}) checksum mismatch (stored {want_crc:08x}, computed {crc:08x})"
+            )));
+        }
+        Ok(bytes)
+    };
+    let mut operators = BTreeMap::new();
+    for (label, f) in &manifest.operators {
+        let mut blobs = Blobs::new();
+        for b in &f.blobs {
+            let bytes = load(label, &b.file, b.bytes, b.crc32)?;
+            blobs.insert(b.id.clone(), Arc::from(bytes));
+        }
+        let bytes = load(label, &f.file, f.bytes, f.crc32)?;
+        operators.insert(label.clone(), StateImage { bytes, blobs });
+    }
+    let mut sinks = BTreeMap::new();
+    for (label, f) in &manifest.sinks {
+        sinks.insert(label.clone(), load(label, &f.file, f.bytes, f.crc32)?);
+    }
     Ok(Restored {
         path: dir.to_path_buf(),
         manifest,
@@ -364,8 +549,10 @@ mod tests {
                 max_event_times: vec![Some(1_000 * epoch as i64)],
             },
         );
-        cp.operators
-            .insert("enrich#0".into(), vec![epoch as u8; 1000]);
+        cp.operators.insert(
+            "enrich#0".into(),
+            StateImage::inline(vec![epoch as u8; 1000]),
+        );
         cp.sinks.insert("out#0".into(), b"pending".to_vec());
         cp
     }
@@ -420,6 +607,89 @@ mod tests {
         // A new checkpoint of a broken epoch replaces it.
         store.write("p", &checkpoint(3), 0).unwrap();
         assert_eq!(store.latest().unwrap().manifest.epoch, 3);
+    }
+
+    fn with_blobs(epoch: Epoch, ids: &[&str]) -> Checkpoint {
+        let mut cp = checkpoint(epoch);
+        let image = cp.operators.get_mut("enrich#0").unwrap();
+        for id in ids {
+            image
+                .blobs
+                .insert(id.to_string(), Arc::from(id.repeat(100).into_bytes()));
+        }
+        cp
+    }
+
+    fn blob_files(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir.join(SHARED))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn blobs_are_written_once_shared_and_removed_with_the_last_checkpoint_naming_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(dir.path(), 2).unwrap();
+        store.write("p", &with_blobs(1, &["a", "b"]), 0).unwrap();
+        let a = dir.path().join(SHARED).join("a.blob");
+        let written_at = std::fs::metadata(&a).unwrap().modified().unwrap();
+        store
+            .write("p", &with_blobs(2, &["a", "b", "c"]), 0)
+            .unwrap();
+        let m = store.latest().unwrap().manifest;
+        let f = &m.operators["enrich#0"];
+        let new: Vec<&str> = f
+            .blobs
+            .iter()
+            .filter(|b| b.new)
+            .map(|b| b.id.as_str())
+            .collect();
+        assert_eq!(new, vec!["c"], "a and b are shared with epoch 1");
+        assert_eq!(m.written_bytes(), 1000 + 100 + b"pending".len() as u64);
+        assert_eq!(
+            std::fs::metadata(&a).unwrap().modified().unwrap(),
+            written_at
+        );
+        // Epoch 1 goes (retain 2); a stays, named by epoch 2.
+        store.write("p", &with_blobs(3, &["b", "c"]), 0).unwrap();
+        assert_eq!(blob_files(dir.path()), vec!["a.blob", "b.blob", "c.blob"]);
+        store.write("p", &with_blobs(4, &["c", "d"]), 0).unwrap();
+        assert_eq!(blob_files(dir.path()), vec!["b.blob", "c.blob", "d.blob"]);
+        let r = store.latest().unwrap();
+        assert_eq!(r.operators, with_blobs(4, &["c", "d"]).operators);
+        // A savepoint carries its own blobs.
+        let sp = dir.path().join("savepoint");
+        write_dir(&sp, "p", &with_blobs(5, &["c", "d"]), 0).unwrap();
+        drop(store);
+        std::fs::remove_dir_all(dir.path().join(SHARED)).unwrap();
+        assert_eq!(
+            read(&sp).unwrap().operators,
+            with_blobs(5, &["c", "d"]).operators
+        );
+    }
+
+    #[test]
+    fn a_broken_blob_is_detected_and_a_reopened_store_removes_unnamed_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(dir.path(), 5).unwrap();
+        store.write("p", &with_blobs(1, &["a"]), 0).unwrap();
+        store.write("p", &with_blobs(2, &["a", "b"]), 0).unwrap();
+        let b = dir.path().join(SHARED).join("b.blob");
+        let mut bytes = std::fs::read(&b).unwrap();
+        bytes[3] ^= 1;
+        std::fs::write(&b, bytes).unwrap();
+        std::fs::write(dir.path().join(SHARED).join("stray.blob"), b"left over").unwrap();
+        let listed = store.list();
+        let err = listed[0].manifest.as_ref().unwrap_err();
+        assert!(err.contains("b.blob") && err.contains("checksum"), "{err}");
+        assert_eq!(store.latest().unwrap().manifest.epoch, 1);
+        drop(store);
+        CheckpointStore::open(dir.path(), 5).unwrap();
+        assert_eq!(blob_files(dir.path()), vec!["a.blob", "b.blob"]);
     }
 
     #[test]

@@ -48,7 +48,7 @@ use crate::error::StateError;
 use crate::operators::version_range::VersionRange;
 use crate::operators::{MAIN_PORT, MISS_PORT, Operator, Output, PortSpec};
 use crate::state::versioned::{Located, RowRef};
-use crate::state::{SpillQueue, VersionedTable};
+use crate::state::{Blobs, SpillQueue, StateImage, VersionedTable};
 use crate::types::{Batch, DataType, EventTime, Field, Schema, SchemaRef, Value};
 
 type Map<K, V> = std::collections::HashMap<K, V, BuildHasherDefault<ahash::AHasher>>;
@@ -1231,11 +1231,12 @@ impl Operator for EnrichOperator {
         ]
     }
 
-    fn snapshot(&self) -> Result<Vec<u8>, StateError> {
+    fn snapshot(&self) -> Result<StateImage, StateError> {
         self.measure_state();
+        let mut blobs = Blobs::new();
         let image = Image {
             version: SNAPSHOT_VERSION,
-            table: self.table.snapshot()?,
+            table: self.table.snapshot(&mut blobs)?,
             latest_valid_from: self.latest_valid_from,
             snapshot_done: self.snapshot_done,
             watermark: self.watermark,
@@ -1255,11 +1256,13 @@ impl Operator for EnrichOperator {
             stats: self.stats,
             last_sweep: self.last_sweep,
         };
-        postcard::to_allocvec(&image).map_err(|e| StateError::encode(&self.name, e))
+        let bytes = postcard::to_allocvec(&image).map_err(|e| StateError::encode(&self.name, e))?;
+        Ok(StateImage { bytes, blobs })
     }
 
-    fn restore(&mut self, snapshot: &[u8]) -> Result<(), StateError> {
+    fn restore(&mut self, snapshot: &StateImage) -> Result<(), StateError> {
         let fail = |reason: String| StateError::decode(&self.name, reason);
+        let (snapshot, blobs) = (&snapshot.bytes[..], &snapshot.blobs);
         if snapshot.first().copied() != Some(SNAPSHOT_VERSION) {
             return Err(fail(format!(
                 "unknown snapshot version {:?} (this build reads {SNAPSHOT_VERSION})",
@@ -1267,7 +1270,7 @@ impl Operator for EnrichOperator {
             )));
         }
         let image: Image = postcard::from_bytes(snapshot).map_err(|e| fail(e.to_string()))?;
-        self.table = VersionedTable::restore(&image.table)?;
+        self.table = VersionedTable::restore(&image.table, blobs)?;
         self.index.clear();
         self.memo.clear();
         // (join key, primary key) pairs already listed.

@@ -9,6 +9,7 @@ pub mod version_range;
 pub mod window;
 
 use crate::error::StateError;
+use crate::state::StateImage;
 use crate::types::{Batch, EventTime, SchemaRef};
 
 /// The main output port's name; it is always port 0.
@@ -137,10 +138,10 @@ pub trait Operator: Send {
     fn on_watermark(&mut self, watermark: EventTime, out: &mut Output);
 
     /// Serializes the operator's state (taken at a barrier, after all input before it).
-    fn snapshot(&self) -> Result<Vec<u8>, StateError>;
+    fn snapshot(&self) -> Result<StateImage, StateError>;
 
     /// Replaces the operator's state with a snapshot taken by `snapshot`.
-    fn restore(&mut self, snapshot: &[u8]) -> Result<(), StateError>;
+    fn restore(&mut self, snapshot: &StateImage) -> Result<(), StateError>;
 
     /// The event time below which the operator may still emit records (it buffers older
     /// ones): the runtime forwards no watermark above it, so buffered records are never late

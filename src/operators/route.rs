@@ -4,6 +4,7 @@
 
 use crate::error::StateError;
 use crate::operators::{MAIN_PORT, Operator, Output, PortSpec};
+use crate::state::StateImage;
 use crate::types::{Batch, DataType, EventTime, SchemaRef, Value};
 
 /// One side output: its name and the values that select it.
@@ -107,11 +108,11 @@ impl Operator for RouteOperator {
 
     fn on_watermark(&mut self, _watermark: EventTime, _out: &mut Output) {}
 
-    fn snapshot(&self) -> Result<Vec<u8>, StateError> {
-        Ok(Vec::new())
+    fn snapshot(&self) -> Result<StateImage, StateError> {
+        Ok(StateImage::default())
     }
 
-    fn restore(&mut self, _snapshot: &[u8]) -> Result<(), StateError> {
+    fn restore(&mut self, _snapshot: &StateImage) -> Result<(), StateError> {
         Ok(())
     }
 }

@@ -77,6 +77,7 @@ use serde::{Deserialize, Serialize, Serializer};
 
 use crate::error::StateError;
 use crate::operators::{LATE_PORT, MAIN_PORT, Operator, Output, PortSpec};
+use crate::state::StateImage;
 use crate::types::{Batch, DataType, EventTime, Field, Schema, SchemaRef, Value};
 
 /// The output column holding a window's start (timestamp, microseconds).
@@ -1273,7 +1274,7 @@ impl Operator for WindowOperator {
         self.watermark = Some(watermark);
     }
 
-    fn snapshot(&self) -> Result<Vec<u8>, StateError> {
+    fn snapshot(&self) -> Result<StateImage, StateError> {
         let image = ImageOut {
             version: SNAPSHOT_VERSION,
             key: &self.spec.key,
@@ -1287,10 +1288,13 @@ impl Operator for WindowOperator {
                 WindowState::Session(st) => StateOut::Session(LiveKeys(&st.keys)),
             },
         };
-        postcard::to_stdvec(&image).map_err(|e| StateError::encode(&self.name, e))
+        postcard::to_stdvec(&image)
+            .map(StateImage::inline)
+            .map_err(|e| StateError::encode(&self.name, e))
     }
 
-    fn restore(&mut self, snapshot: &[u8]) -> Result<(), StateError> {
+    fn restore(&mut self, snapshot: &StateImage) -> Result<(), StateError> {
+        let snapshot = &snapshot.bytes[..];
         let fail = |reason: String| StateError::decode(&self.name, reason);
         let version = snapshot.first().copied();
         if version != Some(SNAPSHOT_VERSION) {
@@ -1907,7 +1911,12 @@ mod tests {
         let mut same =
             WindowOperator::new("w", spec(tumbling(10), 0, small_aggs()), input()).unwrap();
         same.restore(&snap).unwrap();
-        assert!(same.restore(&snap[..snap.len() / 2]).is_err());
+        assert!(
+            same.restore(&StateImage::inline(
+                snap.bytes[..snap.bytes.len() / 2].to_vec()
+            ))
+            .is_err()
+        );
     }
 
     // -----------------------------------------------------------------------------------------

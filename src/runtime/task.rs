@@ -14,6 +14,7 @@ use crate::runtime::gate::{GateEvent, InputGate};
 use crate::runtime::plan::WatermarkSpec;
 use crate::sinks::Sink;
 use crate::sources::{ReadBuffers, ReadStatus, Source};
+use crate::state::StateImage;
 use crate::status::InstanceStatus;
 use crate::time::{PartitionWatermarks, Watermark};
 use crate::types::{Batch, Epoch, SourcePosition};
@@ -36,7 +37,7 @@ pub enum BarrierAck {
     },
     Operator {
         epoch: Epoch,
-        state: Vec<u8>,
+        state: StateImage,
         /// How long the operator waited for this barrier on its other inputs.
         alignment_ms: i64,
     },
@@ -328,7 +329,7 @@ impl OperatorDriver {
         self.op.as_ref()
     }
 
-    pub fn restore(&mut self, state: &[u8]) -> Result<(), RunError> {
+    pub fn restore(&mut self, state: &StateImage) -> Result<(), RunError> {
         Ok(self.op.restore(state)?)
     }
 

@@ -31,6 +31,8 @@ use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
 use crate::error::StateError;
+use crate::state::Blobs;
+use crate::state::arena::{Arena, ArenaImage};
 use crate::types::{EventTime, Value};
 
 /// The values of a row up to this many columns decode without allocating.
@@ -143,8 +145,8 @@ fn get_varint(bytes: &[u8], at: &mut usize) -> usize {
 /// One record, parsed (borrowing the arena).
 struct Record<'a> {
     prev: u32,
-    /// Where the record's bytes after `prev` start (an absolute arena offset).
-    body: usize,
+    /// The record's bytes after `prev`.
+    body: &'a [u8],
     meta: &'a [u8],
     /// The key's encoded values (without the count), stored apart or as the row's start.
     key_body: &'a [u8],
@@ -177,14 +179,14 @@ fn varint_len(bytes: &[u8]) -> usize {
         .map_or(bytes.len(), |i| i + 1)
 }
 
-fn record(arena: &[u8], offset: u32) -> Record<'_> {
-    let start = offset as usize;
+fn record(arena: &Arena, offset: u32) -> Record<'_> {
+    let (arena, start) = arena.at(offset);
     let mut at = start;
     let prev = match get_varint(arena, &mut at) {
         0 => NONE,
         p => (p - 1) as u32,
     };
-    let body = at;
+    let body_start = at;
     let meta_len = get_varint(arena, &mut at);
     // Even: a key stored apart, of this many bytes / 2; odd: the key is the first
     // (this / 2) bytes of the row's values.
@@ -205,13 +207,14 @@ fn record(arena: &[u8], offset: u32) -> Record<'_> {
             &row[h..h + n]
         }
     };
+    let end = at + meta_len + key_len + row_len;
     Record {
         prev,
-        body,
+        body: &arena[body_start..end],
         meta,
         key_body,
         row,
-        len: at + meta_len + key_len + row_len - start,
+        len: end - start,
     }
 }
 
@@ -261,7 +264,7 @@ fn hasher() -> ahash::RandomState {
 }
 
 pub struct VersionedTable<V> {
-    arena: Vec<u8>,
+    arena: Arena,
     /// Offset of each key's latest record.
     index: hashbrown::HashTable<u32>,
     hasher: ahash::RandomState,
@@ -273,14 +276,14 @@ pub struct VersionedTable<V> {
     _version: PhantomData<V>,
 }
 
-/// What a snapshot holds: the live records, compacted, and the settings.
+/// What a snapshot holds: the settings, the counts and the arena (its frozen chunks by
+/// reference, see `Arena::image`). The index is rebuilt from the arena on restore.
 #[derive(Serialize, Deserialize)]
 struct Image {
     retention_ms: Option<i64>,
     live: usize,
-    /// As one byte string (one copy, not one serializer call per byte).
-    #[serde(with = "serde_bytes")]
-    arena: Vec<u8>,
+    garbage: usize,
+    arena: ArenaImage,
 }
 
 impl<V> VersionedTable<V>
@@ -290,7 +293,7 @@ where
     /// A table keeping history for `retention_ms` of event time (`None`: latest only).
     pub fn new(retention_ms: Option<i64>) -> VersionedTable<V> {
         VersionedTable {
-            arena: Vec::new(),
+            arena: Arena::new(),
             index: hashbrown::HashTable::new(),
             hasher: hasher(),
             retention_ms,
@@ -338,14 +341,9 @@ where
 
     /// Appends a record and returns its offset. `key` is the key's encoding; when the row's
     /// encoded values start with the key's, the key is not stored a second time.
-    fn append(
-        arena: &mut Vec<u8>,
-        prev: u32,
-        meta: &[u8],
-        key: &[u8],
-        row: Option<&[Value]>,
-    ) -> u32 {
-        let offset = u32::try_from(arena.len()).expect("a table's arena stays below 4 GiB");
+    fn append(arena: &mut Arena, prev: u32, meta: &[u8], key: &[u8], row: Option<&[Value]>) -> u32 {
+        let offset = arena.begin_record();
+        let arena = arena.tail();
         let row = row.map(|r| postcard::to_allocvec(r).expect("values always encode"));
         let row = row.as_deref().unwrap_or(&[]);
         let key_body = &key[varint_len(key)..];
@@ -472,7 +470,8 @@ where
         for &hash in &hashes {
             let c = self.index.iter_hash(hash).next().copied().unwrap_or(NONE);
             if c != NONE {
-                prefetch(arena, c as usize);
+                let (bytes, at) = arena.at(c);
+                prefetch(bytes, at);
             }
             candidates.push(c);
         }
@@ -545,8 +544,8 @@ where
     /// Rewrites the arena with only what each key's chain still needs: `keep` gets a key's
     /// versions (oldest first, as offsets) and returns how many of the newest to keep (0
     /// forgets the key).
-    fn compact_with(&mut self, mut keep: impl FnMut(&[u8], &[u32]) -> usize) {
-        let mut arena = Vec::with_capacity(self.arena.len() - self.garbage);
+    fn compact_with(&mut self, mut keep: impl FnMut(&Arena, &[u32]) -> usize) {
+        let mut arena = Arena::with_capacity(self.arena.len() - self.garbage);
         let mut index = hashbrown::HashTable::with_capacity(self.index.len());
         let mut live = 0;
         for &latest in &self.index {
@@ -562,9 +561,9 @@ where
                 if i == 0 {
                     key_hash = self.hasher.hash_one(&r.key_values()[..]);
                 }
-                let at = u32::try_from(arena.len()).expect("a table's arena stays below 4 GiB");
-                Self::put_prev(&mut arena, prev);
-                arena.extend_from_slice(&self.arena[r.body..off as usize + r.len]);
+                let at = arena.begin_record();
+                Self::put_prev(arena.tail(), prev);
+                arena.tail().extend_from_slice(r.body);
                 prev = at;
             }
             if !record(&arena, prev).row.is_empty() {
@@ -678,55 +677,50 @@ where
         self.arena.capacity() + self.index.capacity() * (std::mem::size_of::<u32>() + 1)
     }
 
-    pub fn snapshot(&self) -> Result<Vec<u8>, StateError> {
-        let mut compact = VersionedTable::<V> {
-            arena: self.arena.clone(),
-            index: self.index.clone(),
-            hasher: self.hasher.clone(),
+    /// Encodes the table; its arena's frozen chunks go into `blobs` by reference (no copy).
+    pub fn snapshot(&self, blobs: &mut Blobs) -> Result<Vec<u8>, StateError> {
+        postcard::to_allocvec(&Image {
             retention_ms: self.retention_ms,
             live: self.live,
             garbage: self.garbage,
-            _version: PhantomData,
-        };
-        if compact.garbage > 0 {
-            compact.compact(|_| true);
-        }
-        postcard::to_allocvec(&Image {
-            retention_ms: compact.retention_ms,
-            live: compact.live,
-            arena: compact.arena,
+            arena: self.arena.image(blobs),
         })
         .map_err(|e| StateError::encode("versioned table", e))
     }
 
-    pub fn restore(bytes: &[u8]) -> Result<VersionedTable<V>, StateError> {
+    /// The table `snapshot` encoded, its chunks taken from `blobs`.
+    pub fn restore(bytes: &[u8], blobs: &Blobs) -> Result<VersionedTable<V>, StateError> {
         let image: Image =
             postcard::from_bytes(bytes).map_err(|e| StateError::decode("versioned table", e))?;
         let mut t = VersionedTable::new(image.retention_ms);
-        t.arena = image.arena;
+        t.arena = Arena::from_image(image.arena, blobs)?;
         t.live = image.live;
-        // A compacted arena holds each chain oldest first: the last record of a key is its
-        // latest; records that an index slot replaces are older versions of that key.
-        let mut off = 0usize;
-        while off < t.arena.len() {
-            let r = record(&t.arena, off as u32);
-            let len = r.len;
-            let (key, key_raw) = (r.key_values(), r.key_body);
-            let hash = t.hasher.hash_one(&key[..]);
-            let arena = &t.arena;
-            match t
-                .index
-                .find_mut(hash, |&o| record(arena, o).key_body == key_raw)
-            {
-                Some(slot) => *slot = off as u32,
-                None => {
-                    let hasher = &t.hasher;
-                    t.index.insert_unique(hash, off as u32, |&o| {
-                        hasher.hash_one(&record(arena, o).key_values()[..])
-                    });
+        t.garbage = image.garbage;
+        // Records were appended oldest first: the last record of a key is its latest; a
+        // record that replaces an index slot is a newer version of that key (older ones are
+        // history reached through `prev`, or garbage).
+        let VersionedTable {
+            arena,
+            index,
+            hasher,
+            ..
+        } = &mut t;
+        for (base, chunk) in arena.chunks() {
+            let mut within = 0usize;
+            while within < chunk.len() {
+                let off = base | within as u32;
+                let r = record(arena, off);
+                within += r.len;
+                let hash = hasher.hash_one(&r.key_values()[..]);
+                match index.find_mut(hash, |&o| record(arena, o).key_body == r.key_body) {
+                    Some(slot) => *slot = off,
+                    None => {
+                        index.insert_unique(hash, off, |&o| {
+                            hasher.hash_one(&record(arena, o).key_values()[..])
+                        });
+                    }
                 }
             }
-            off += len;
         }
         Ok(t)
     }
@@ -744,6 +738,15 @@ mod tests {
 
     fn row(v: i64) -> Option<Vec<Value>> {
         Some(vec![Value::Int(v)])
+    }
+
+    fn round_trip<V>(t: &VersionedTable<V>) -> VersionedTable<V>
+    where
+        V: Ord + Copy + Serialize + for<'de> Deserialize<'de>,
+    {
+        let mut blobs = Blobs::new();
+        let bytes = t.snapshot(&mut blobs).unwrap();
+        VersionedTable::restore(&bytes, &blobs).unwrap()
     }
 
     fn got(r: Option<RowRef<'_>>) -> Option<Vec<Value>> {
@@ -819,7 +822,7 @@ mod tests {
         let d = |s: &str| Value::Decimal(s.parse::<Decimal>().unwrap());
         t.apply(&[d("1.00")], 3, 0, Some(&[d("1.00"), Value::Int(7)]));
         t.apply(&k(3), 4, 0, None);
-        let r = VersionedTable::<u64>::restore(&t.snapshot().unwrap()).unwrap();
+        let r = round_trip(&t);
         for table in [&t, &r] {
             assert_eq!(got(table.get(&k(1))), Some(prefix.to_vec()));
             assert_eq!(got(table.get(&k(2))), Some(apart.to_vec()));
@@ -859,7 +862,7 @@ mod tests {
                 Value::from("a longer string value, 40 bytes")
             ])
         );
-        let r = VersionedTable::<u64>::restore(&t.snapshot().unwrap()).unwrap();
+        let r = round_trip(&t);
         assert_eq!(r.len(), 100);
         assert_eq!(got(r.get(&key(5))), got(t.get(&key(5))));
         assert_eq!(r.version_of(&key(5)), Some(99_906));
@@ -876,12 +879,60 @@ mod tests {
                 if i % 5 == 0 { None } else { row(i) }.as_deref(),
             );
         }
-        let r = VersionedTable::<u64>::restore(&t.snapshot().unwrap()).unwrap();
+        let r = round_trip(&t);
         for key in 0..7 {
             assert_eq!(got(r.get(&k(key))), got(t.get(&k(key))));
             assert_eq!(got(r.get_as_of(&k(key), 50)), got(t.get_as_of(&k(key), 50)));
         }
         assert_eq!(r.len(), t.len());
+    }
+
+    #[test]
+    fn snapshots_share_frozen_chunks_until_a_compaction() {
+        use std::sync::Arc;
+        // Unit tests freeze a chunk every KiB: this table spans many.
+        let mut t: VersionedTable<u64> = VersionedTable::new(Some(1_000));
+        let mut version = 0u64;
+        let mut change = |t: &mut VersionedTable<u64>, key: i64, deleted: bool| {
+            version += 1;
+            let r = (!deleted).then(|| vec![Value::Int(key), Value::from("x".repeat(40).as_str())]);
+            t.apply(&k(key), version, version as i64, r.as_deref());
+        };
+        for i in 0..400 {
+            change(&mut t, i, false);
+        }
+        let mut first = Blobs::new();
+        let bytes = t.snapshot(&mut first).unwrap();
+        assert!(first.len() > 10, "{} chunks", first.len());
+        for i in 0..200 {
+            change(&mut t, i * 2, i % 3 == 0);
+        }
+        let mut second = Blobs::new();
+        t.snapshot(&mut second).unwrap();
+        // Every chunk of the first snapshot is still there, unchanged, in the second.
+        for (id, b) in &first {
+            assert!(Arc::ptr_eq(b, &second[id]), "chunk {id} was copied");
+        }
+        assert!(second.len() > first.len());
+        let check = |r: &VersionedTable<u64>, t: &VersionedTable<u64>| {
+            for key in 0..400 {
+                assert_eq!(got(r.get(&k(key))), got(t.get(&k(key))), "key {key}");
+                for at in [100, 450, 10_000] {
+                    assert_eq!(got(r.get_as_of(&k(key), at)), got(t.get_as_of(&k(key), at)));
+                }
+            }
+            assert_eq!((r.len(), r.key_count()), (t.len(), t.key_count()));
+        };
+        check(&round_trip(&t), &t);
+        // The first snapshot still restores what the table was then.
+        let old = VersionedTable::<u64>::restore(&bytes, &first).unwrap();
+        assert_eq!(old.len(), 400);
+        // A compaction writes a new arena: nothing is shared any more.
+        t.expire(100_000);
+        let mut third = Blobs::new();
+        t.snapshot(&mut third).unwrap();
+        assert!(third.keys().all(|id| !second.contains_key(id)));
+        check(&round_trip(&t), &t);
     }
 
     proptest! {

@@ -51,8 +51,16 @@ fn demo_pipeline(out: &Path, checkpoints: Option<&Path>) -> String {
     text
 }
 
-fn start(pipeline: &Path, failpoint: Option<&str>) -> Child {
+/// The binary, with reference tables kept in chunks of 4 KiB (instead of 16 MiB), so that
+/// the demo's small tables span many and checkpoints share most of them.
+fn watershed() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_watershed"));
+    cmd.env("WATERSHED_ARENA_CHUNK_BITS", "12");
+    cmd
+}
+
+fn start(pipeline: &Path, failpoint: Option<&str>) -> Child {
+    let mut cmd = watershed();
     cmd.args(["run", "--log", "error", "--metrics-addr", "off"])
         .arg(pipeline)
         .stdout(Stdio::null())
@@ -167,6 +175,17 @@ fn killed_runs_restart_from_checkpoints_without_losing_or_duplicating_lines() {
         "the run ended after only {kills} kills: make it longer"
     );
     assert_eq!(failpoint_deaths, 4, "every failpoint was reached");
+    // The reference tables' chunks were shared between checkpoints, not written again.
+    let manifests: Vec<String> = std::fs::read_dir(&checkpoints)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("chk-"))
+        .map(|e| std::fs::read_to_string(e.path().join("MANIFEST")).unwrap())
+        .collect();
+    assert!(
+        manifests.iter().any(|m| m.contains("\"new\":false")),
+        "no checkpoint shares a blob with an earlier one"
+    );
     let got = sorted_lines(&out);
     assert_eq!(
         got.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>(),
@@ -196,7 +215,7 @@ fn checkpointed(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
 }
 
 fn run_to_end(pipeline: &Path, extra: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_watershed"))
+    let out = watershed()
         .args(["run", "--log", "warn", "--metrics-addr", "off"])
         .arg(pipeline)
         .args(extra)
@@ -219,7 +238,7 @@ fn savepoints_and_bootstrap_continue_exactly_where_they_stopped() {
     // Bootstrap, then live from its savepoint.
     let (out, pipeline) = checkpointed(tmp.path(), "bootstrapped");
     let savepoint = tmp.path().join("bootstrap-savepoint");
-    let boot = Command::new(env!("CARGO_BIN_EXE_watershed"))
+    let boot = watershed()
         .args(["bootstrap", "--log", "warn"])
         .arg(&pipeline)
         .arg("--savepoint")
@@ -248,7 +267,7 @@ fn savepoints_and_bootstrap_continue_exactly_where_they_stopped() {
         .unwrap()
         .port();
     let addr = format!("127.0.0.1:{port}");
-    let running = Command::new(env!("CARGO_BIN_EXE_watershed"))
+    let running = watershed()
         .args(["run", "--log", "warn", "--metrics-addr", &addr])
         .arg(&pipeline)
         .stderr(Stdio::piped())
@@ -274,7 +293,7 @@ fn savepoints_and_bootstrap_continue_exactly_where_they_stopped() {
     }
     assert!(seen > 2000, "observations did not flow");
     let savepoint = tmp.path().join("stop-savepoint");
-    let taken = Command::new(env!("CARGO_BIN_EXE_watershed"))
+    let taken = watershed()
         .args(["savepoint", "--log", "warn"])
         .arg(&pipeline)
         .arg("--dir")
