@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{Checkpoint, CheckpointError, SourceCheckpoint};
 use crate::failpoint;
-use crate::state::{Blobs, StateImage};
+use crate::state::{Blob, Blobs, StateImage};
 use crate::types::Epoch;
 
 /// Version of the manifest layout (2: blobs; 1, without, is read too).
@@ -151,8 +151,9 @@ impl BlobDir {
         }
     }
 
-    /// Writes `bytes` as blob `id` unless it is there already.
-    fn put(&mut self, id: &str, bytes: &[u8]) -> Result<BlobFile, CheckpointError> {
+    /// Writes `blob` as blob `id` unless it is there already. A sealed file is linked
+    /// (copied where it cannot be: another file system).
+    fn put(&mut self, id: &str, blob: &Blob) -> Result<BlobFile, CheckpointError> {
         if let Some(known) = self.known.get(id) {
             return Ok(BlobFile {
                 new: false,
@@ -161,7 +162,23 @@ impl BlobDir {
         }
         let name = blob_name(id);
         let tmp = self.dir.join(format!(".{name}.tmp"));
-        write_synced(&tmp, bytes)?;
+        let _ = std::fs::remove_file(&tmp);
+        let crc32 = match blob {
+            Blob::Bytes(bytes) => {
+                write_synced(&tmp, bytes)?;
+                crc32fast::hash(bytes)
+            }
+            Blob::File { path, crc32, .. } => {
+                if std::fs::hard_link(path, &tmp).is_err() {
+                    std::fs::copy(path, &tmp)
+                        .and_then(|_| File::open(&tmp)?.sync_all())
+                        .map_err(|e| {
+                            CheckpointError::io(format!("cannot copy {}", path.display()), e)
+                        })?;
+                }
+                *crc32
+            }
+        };
         let path = self.dir.join(&name);
         std::fs::rename(&tmp, &path).map_err(|e| {
             CheckpointError::io(format!("cannot rename {} into place", tmp.display()), e)
@@ -169,8 +186,8 @@ impl BlobDir {
         let blob = BlobFile {
             id: id.to_string(),
             file: format!("{}/{name}", self.relative),
-            bytes: bytes.len() as u64,
-            crc32: crc32fast::hash(bytes),
+            bytes: blob.len(),
+            crc32,
             new: true,
         };
         self.known.insert(id.to_string(), blob.clone());
@@ -454,6 +471,15 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest, CheckpointError> {
 /// Reads and verifies the checkpoint (or savepoint) in `dir`: its manifest, state files and
 /// blobs.
 pub fn read(dir: &Path) -> Result<Restored, CheckpointError> {
+    read_loading(dir, LOAD_UP_TO)
+}
+
+/// Blobs up to this size are loaded; larger ones (a disk table's change log) are checked by
+/// streaming them and left on disk for their operator to read.
+const LOAD_UP_TO: u64 = 64 << 20;
+
+/// `read`, loading blobs of at most `load_up_to` bytes.
+fn read_loading(dir: &Path, load_up_to: u64) -> Result<Restored, CheckpointError> {
     let corrupt = |reason: String| CheckpointError::Corrupt {
         path: dir.display().to_string(),
         reason,
@@ -476,12 +502,43 @@ pub fn read(dir: &Path) -> Result<Restored, CheckpointError> {
         }
         Ok(bytes)
     };
+    let check = |label: &str, b: &BlobFile| {
+        let path = dir.join(&b.file);
+        let fail = |reason: String| corrupt(format!("{} ({label}): {reason}", b.file));
+        let mut f = File::open(&path).map_err(|e| fail(format!("cannot read it: {e}")))?;
+        let (mut hasher, mut len, mut buf) = (crc32fast::Hasher::new(), 0u64, vec![0u8; 1 << 20]);
+        loop {
+            let n = std::io::Read::read(&mut f, &mut buf)
+                .map_err(|e| fail(format!("cannot read it: {e}")))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            len += n as u64;
+        }
+        let crc = hasher.finalize();
+        if len != b.bytes || crc != b.crc32 {
+            return Err(fail(format!(
+                "{len} bytes with checksum {crc:08x}, the manifest says {} bytes with {:08x}",
+                b.bytes, b.crc32
+            )));
+        }
+        Ok(Blob::File {
+            path,
+            bytes: len,
+            crc32: crc,
+        })
+    };
     let mut operators = BTreeMap::new();
     for (label, f) in &manifest.operators {
         let mut blobs = Blobs::new();
         for b in &f.blobs {
-            let bytes = load(label, &b.file, b.bytes, b.crc32)?;
-            blobs.insert(b.id.clone(), Arc::from(bytes));
+            let blob = if b.bytes <= load_up_to {
+                Blob::Bytes(Arc::from(load(label, &b.file, b.bytes, b.crc32)?))
+            } else {
+                check(label, b)?
+            };
+            blobs.insert(b.id.clone(), blob);
         }
         let bytes = load(label, &f.file, f.bytes, f.crc32)?;
         operators.insert(label.clone(), StateImage { bytes, blobs });
@@ -613,9 +670,10 @@ mod tests {
         let mut cp = checkpoint(epoch);
         let image = cp.operators.get_mut("enrich#0").unwrap();
         for id in ids {
-            image
-                .blobs
-                .insert(id.to_string(), Arc::from(id.repeat(100).into_bytes()));
+            image.blobs.insert(
+                id.to_string(),
+                Blob::Bytes(Arc::from(id.repeat(100).into_bytes())),
+            );
         }
         cp
     }
@@ -670,6 +728,23 @@ mod tests {
             read(&sp).unwrap().operators,
             with_blobs(5, &["c", "d"]).operators
         );
+        // Large blobs are checked and left on disk; they read back the same.
+        let r = read_loading(&sp, 0).unwrap();
+        assert!(
+            r.operators["enrich#0"]
+                .blobs
+                .values()
+                .all(|b| matches!(b, Blob::File { .. }))
+        );
+        assert_eq!(r.operators, with_blobs(5, &["c", "d"]).operators);
+        // A file blob is linked into a store, not copied through memory.
+        let again = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(again.path(), 2).unwrap();
+        let mut cp = checkpoint(6);
+        cp.operators
+            .insert("enrich#0".into(), r.operators["enrich#0"].clone());
+        store.write("p", &cp, 0).unwrap();
+        assert_eq!(store.latest().unwrap().operators, cp.operators);
     }
 
     #[test]

@@ -20,7 +20,7 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::StateError;
-use crate::state::Blobs;
+use crate::state::{Blob, Blobs};
 
 const CHUNK_BITS: u32 = 24;
 /// Unit tests use chunks of 1 KiB, so that small tables span many.
@@ -68,8 +68,8 @@ pub struct Arena {
     tail: Vec<u8>,
 }
 
-/// A chunk id no other chunk of any run has: this process's nonce and a counter.
-fn new_chunk_id() -> String {
+/// An id no other chunk or blob of any run has: `prefix`, this process's nonce and a counter.
+pub fn unique_id(prefix: &str) -> String {
     static NONCE: OnceLock<u64> = OnceLock::new();
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let nonce = *NONCE.get_or_init(|| {
@@ -79,7 +79,7 @@ fn new_chunk_id() -> String {
         nanos ^ (u64::from(std::process::id()) << 40)
     });
     format!(
-        "chunk-{nonce:016x}-{:06}",
+        "{prefix}-{nonce:016x}-{:06}",
         NEXT.fetch_add(1, Ordering::Relaxed)
     )
 }
@@ -137,7 +137,7 @@ impl Arena {
         let bytes: Arc<[u8]> = Arc::from(std::mem::take(&mut self.tail));
         self.frozen_len += bytes.len();
         self.frozen.push(Chunk {
-            id: new_chunk_id(),
+            id: unique_id("chunk"),
             bytes,
         });
         self.tail = Vec::with_capacity(self.chunk_capacity());
@@ -185,7 +185,7 @@ impl Arena {
     /// Shares the frozen chunks into `blobs` and copies the tail.
     pub fn image(&self, blobs: &mut Blobs) -> ArenaImage {
         for c in &self.frozen {
-            blobs.insert(c.id.clone(), Arc::clone(&c.bytes));
+            blobs.insert(c.id.clone(), Blob::Bytes(Arc::clone(&c.bytes)));
         }
         ArenaImage {
             bits: self.bits,
@@ -199,11 +199,12 @@ impl Arena {
         let frozen = image
             .chunks
             .into_iter()
-            .map(|id| match blobs.get(&id) {
-                Some(bytes) => Ok(Chunk {
-                    bytes: Arc::clone(bytes),
-                    id,
-                }),
+            .map(|id| match blobs.get(&id).map(Blob::load) {
+                Some(Ok(bytes)) => Ok(Chunk { bytes, id }),
+                Some(Err(e)) => Err(StateError::decode(
+                    "versioned table",
+                    format!("cannot read chunk {id}: {e}"),
+                )),
                 None => Err(StateError::decode(
                     "versioned table",
                     format!("the checkpoint lacks chunk {id}"),
@@ -273,8 +274,8 @@ mod tests {
 
     #[test]
     fn chunk_ids_are_unique() {
-        let a = new_chunk_id();
-        let b = new_chunk_id();
+        let a = unique_id("chunk");
+        let b = unique_id("chunk");
         assert_ne!(a, b);
     }
 }

@@ -6,10 +6,12 @@
 //! anonymous).
 
 pub mod arena;
+pub mod disk;
 pub mod spill;
 pub mod versioned;
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 pub use spill::SpillQueue;
@@ -17,7 +19,51 @@ pub use versioned::{Applied, VersionedTable};
 
 /// Immutable parts of a snapshot by id. An id always names the same bytes, so a checkpoint
 /// store that has written a blob once need not write it again.
-pub type Blobs = BTreeMap<String, Arc<[u8]>>;
+pub type Blobs = BTreeMap<String, Blob>;
+
+/// One immutable part of a snapshot: bytes in memory (an arena's frozen chunk), or a sealed
+/// file that nothing writes any more (a disk table's change log segment, or a blob read back
+/// from a checkpoint, checked but not loaded).
+#[derive(Clone, Debug)]
+pub enum Blob {
+    Bytes(Arc<[u8]>),
+    File {
+        path: PathBuf,
+        bytes: u64,
+        crc32: u32,
+    },
+}
+
+impl Blob {
+    pub fn len(&self) -> u64 {
+        match self {
+            Blob::Bytes(b) => b.len() as u64,
+            Blob::File { bytes, .. } => *bytes,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The blob's bytes in memory (a file is read).
+    pub fn load(&self) -> std::io::Result<Arc<[u8]>> {
+        match self {
+            Blob::Bytes(b) => Ok(Arc::clone(b)),
+            Blob::File { path, .. } => Ok(Arc::from(std::fs::read(path)?)),
+        }
+    }
+}
+
+/// Blobs are equal when their bytes are (a test's question).
+impl PartialEq for Blob {
+    fn eq(&self, other: &Blob) -> bool {
+        match (self.load(), other.load()) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => false,
+        }
+    }
+}
 
 /// An operator's snapshot: its own encoding plus the blobs that encoding refers to.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -37,7 +83,7 @@ impl StateImage {
 
     /// Bytes in all, blobs included.
     pub fn len(&self) -> usize {
-        self.bytes.len() + self.blobs.values().map(|b| b.len()).sum::<usize>()
+        self.bytes.len() + self.blobs.values().map(|b| b.len() as usize).sum::<usize>()
     }
 
     pub fn is_empty(&self) -> bool {

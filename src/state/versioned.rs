@@ -273,6 +273,8 @@ pub struct VersionedTable<V> {
     live: usize,
     /// Bytes of records no version chain reaches any more.
     garbage: usize,
+    /// The highest watermark `expire` was given (`import_key` keeps what it would have).
+    expired_at: Option<EventTime>,
     _version: PhantomData<V>,
 }
 
@@ -299,6 +301,7 @@ where
             retention_ms,
             live: 0,
             garbage: 0,
+            expired_at: None,
             _version: PhantomData,
         }
     }
@@ -595,27 +598,138 @@ where
         });
     }
 
-    /// Drops history no lookup at or after `watermark - retention` can see.
-    pub fn expire(&mut self, watermark: EventTime) {
-        let Some(retention) = self.retention_ms else {
-            self.compact(|r| !r.row.is_empty() || Self::meta(r.meta).1 > watermark);
-            return;
+    /// (valid from, deleted) of a record, from its bytes after `prev`.
+    fn body_version(body: &[u8]) -> (EventTime, bool) {
+        let mut at = 0;
+        let meta_len = get_varint(body, &mut at);
+        let _key = get_varint(body, &mut at);
+        let row_len = get_varint(body, &mut at);
+        (Self::meta(&body[at..at + meta_len]).1, row_len == 0)
+    }
+
+    /// How many of a key's newest versions `expire(watermark)` keeps (0: the key is
+    /// forgotten); `versions` are (valid from, deleted), oldest first.
+    fn kept_after_expire(
+        retention: Option<i64>,
+        watermark: EventTime,
+        versions: &[(EventTime, bool)],
+    ) -> usize {
+        let Some(retention) = retention else {
+            let (from, deleted) = *versions.last().expect("a chain has a version");
+            return if !deleted || from > watermark {
+                versions.len()
+            } else {
+                0
+            };
         };
         let cutoff = watermark.saturating_sub(retention);
+        // Keep the newest version valid at the cutoff and everything after it.
+        let from = versions
+            .iter()
+            .rposition(|&(t, _)| t <= cutoff)
+            .unwrap_or(0);
+        let kept = versions.len() - from;
+        let (t, deleted) = versions[from];
+        if kept == 1 && deleted && t <= cutoff {
+            0
+        } else {
+            kept
+        }
+    }
+
+    /// Drops history no lookup at or after `watermark - retention` can see.
+    pub fn expire(&mut self, watermark: EventTime) {
+        self.expired_at = Some(self.expired_at.map_or(watermark, |w| w.max(watermark)));
+        let retention = self.retention_ms;
         self.compact_with(|arena, chain| {
-            // Keep the newest version valid at the cutoff and everything after it.
-            let from = chain
+            let versions: SmallVec<[(EventTime, bool); 4]> = chain
                 .iter()
-                .rposition(|&o| Self::meta(record(arena, o).meta).1 <= cutoff)
-                .unwrap_or(0);
-            let kept = chain.len() - from;
-            let only = record(arena, chain[from]);
-            if kept == 1 && only.row.is_empty() && Self::meta(only.meta).1 <= cutoff {
-                0
-            } else {
-                kept
-            }
+                .map(|&o| Self::body_version(record(arena, o).body))
+                .collect();
+            Self::kept_after_expire(retention, watermark, &versions)
         });
+    }
+
+    /// The key's encoding as the table stores and compares it (decimals normalized).
+    pub fn encode_key(key: &[Value]) -> Vec<u8> {
+        let mut buf = [0u8; 256];
+        key_bytes(key, &mut buf).to_vec()
+    }
+
+    /// The versions held for `key`, oldest first, in the table's record encoding (what
+    /// `import_key` takes); `None` when the key is not held.
+    pub fn export_key(&self, key: &[Value]) -> Option<Vec<u8>> {
+        let latest = self.find(key)?;
+        let mut out = Vec::new();
+        for off in self.chain(latest) {
+            let body = record(&self.arena, off).body;
+            put_varint(&mut out, body.len());
+            out.extend_from_slice(body);
+        }
+        Some(out)
+    }
+
+    /// Takes in the versions `export_key` gave for a key this table does not hold; `expired`:
+    /// as they would be after the table's last `expire` (which came after the export).
+    /// Returns whether the key is held now.
+    pub fn import_key(&mut self, exported: &[u8], expired: bool) -> bool {
+        let mut bodies: SmallVec<[&[u8]; 4]> = SmallVec::new();
+        let mut at = 0;
+        while at < exported.len() {
+            let len = get_varint(exported, &mut at);
+            bodies.push(&exported[at..at + len]);
+            at += len;
+        }
+        if bodies.is_empty() {
+            return false;
+        }
+        let kept = match self.expired_at.filter(|_| expired) {
+            Some(w) => {
+                let versions: SmallVec<[(EventTime, bool); 4]> =
+                    bodies.iter().map(|b| Self::body_version(b)).collect();
+                Self::kept_after_expire(self.retention_ms, w, &versions)
+            }
+            None => bodies.len(),
+        };
+        if kept == 0 {
+            return false;
+        }
+        // Without retention only the latest version is kept.
+        let kept = if self.retention_ms.is_some() { kept } else { 1 };
+        let mut prev = NONE;
+        for body in &bodies[bodies.len() - kept..] {
+            let off = self.arena.begin_record();
+            Self::put_prev(self.arena.tail(), prev);
+            self.arena.tail().extend_from_slice(body);
+            prev = off;
+        }
+        let r = record(&self.arena, prev);
+        if !r.row.is_empty() {
+            self.live += 1;
+        }
+        let hash = self.hasher.hash_one(&r.key_values()[..]);
+        let (arena, hasher) = (&self.arena, &self.hasher);
+        self.index.insert_unique(hash, prev, |&o| {
+            hasher.hash_one(&record(arena, o).key_values()[..])
+        });
+        true
+    }
+
+    /// Forgets every key (a cache drops its contents); what `expire` was given stays.
+    pub fn clear(&mut self) {
+        let expired_at = self.expired_at;
+        *self = VersionedTable::new(self.retention_ms);
+        self.expired_at = expired_at;
+    }
+
+    /// The highest watermark `expire` was given.
+    pub fn expired_at(&self) -> Option<EventTime> {
+        self.expired_at
+    }
+
+    /// Sets what `expire` was given last (a restored cache).
+    pub fn set_expired_at(&mut self, at: Option<EventTime>) {
+        self.expired_at = at;
     }
 
     /// Gives back the arena's spare capacity (after a bulk load, such as a snapshot).
@@ -911,7 +1025,11 @@ mod tests {
         t.snapshot(&mut second).unwrap();
         // Every chunk of the first snapshot is still there, unchanged, in the second.
         for (id, b) in &first {
-            assert!(Arc::ptr_eq(b, &second[id]), "chunk {id} was copied");
+            let (crate::state::Blob::Bytes(a), crate::state::Blob::Bytes(b)) = (b, &second[id])
+            else {
+                panic!("chunks are shared as bytes");
+            };
+            assert!(Arc::ptr_eq(a, b), "chunk {id} was copied");
         }
         assert!(second.len() > first.len());
         let check = |r: &VersionedTable<u64>, t: &VersionedTable<u64>| {

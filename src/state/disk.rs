@@ -1,0 +1,768 @@
+//! `DiskTable`: a reference table kept in an embedded LSM store (fjall) on local disk, so that
+//! a table larger than memory needs memory only for the rows in use.
+//!
+//! Every key's versions are one value in the store (the `VersionedTable` record encoding,
+//! oldest first, after the number of `expire` calls before it was written: versions written
+//! before the last `expire` are trimmed as that call would have trimmed them when they are
+//! next read). Reads go through a cache, itself a `VersionedTable` of at most `cache_rows`
+//! keys (dropped whole when full; the keys in use come back on their next lookup): the
+//! caller `warm`s the keys of a batch (loading those the cache lacks from the store), then
+//! reads them as from a memory table. A change is applied to the cache (which decides whether
+//! it is stale, exactly as a memory table does) and the key's new versions are written to the
+//! store.
+//!
+//! **Checkpoints** come from a change log kept beside the store: every applied change
+//! appends (key, versions) to the current segment file. A snapshot seals the segment (fsync)
+//! and hands every sealed segment to the checkpoint as a file blob, so a checkpoint writes
+//! only the changes since the last one and links the rest. When the log grows past twice the
+//! stored data, a snapshot first rewrites it as one segment from the store. A restore
+//! replays the segments into a new store. The store itself is a working copy in a
+//! temporary directory (removed when the table is dropped): what survives a crash is the
+//! checkpoint.
+//!
+//! An I/O error of the store or the log is kept and fails the next snapshot (the checkpoint
+//! then fails, and its alert says why); the table goes on serving what it holds.
+
+use std::cell::RefCell;
+use std::fs::File;
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::marker::PhantomData;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::StateError;
+use crate::state::arena::unique_id;
+use crate::state::versioned::{Located, RowRef};
+use crate::state::{Applied, Blob, Blobs, VersionedTable};
+use crate::types::{EventTime, Value};
+
+/// Where a disk table keeps its working copy, and how many keys its cache holds.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DiskOptions {
+    /// A directory for the working copy (`None`: the system's temporary directory).
+    pub dir: Option<PathBuf>,
+    pub cache_rows: usize,
+}
+
+/// Changes written to the store per batch when a log is replayed.
+const REPLAY_BATCH: usize = 4096;
+
+struct Segment {
+    id: String,
+    path: PathBuf,
+    bytes: u64,
+    crc32: u32,
+}
+
+struct OpenSegment {
+    id: String,
+    path: PathBuf,
+    out: BufWriter<File>,
+    bytes: u64,
+    hasher: crc32fast::Hasher,
+}
+
+/// The change log: sealed segments (immutable, shared with checkpoints) and the open one.
+struct ChangeLog {
+    dir: PathBuf,
+    sealed: Vec<Segment>,
+    open: Option<OpenSegment>,
+    /// Bytes of the segment the last rewrite produced.
+    base_bytes: u64,
+}
+
+impl ChangeLog {
+    fn append(&mut self, key: &[u8], versions: &[u8]) -> std::io::Result<()> {
+        if self.open.is_none() {
+            let id = unique_id("log");
+            let path = self.dir.join(&id);
+            self.open = Some(OpenSegment {
+                out: BufWriter::with_capacity(1 << 20, File::create(&path)?),
+                id,
+                path,
+                bytes: 0,
+                hasher: crc32fast::Hasher::new(),
+            });
+        }
+        let seg = self.open.as_mut().expect("opened above");
+        let mut head = Vec::with_capacity(10);
+        put_varint(&mut head, key.len());
+        let mut mid = Vec::with_capacity(10);
+        put_varint(&mut mid, versions.len());
+        for part in [&head[..], key, &mid[..], versions] {
+            seg.out.write_all(part)?;
+            seg.hasher.update(part);
+            seg.bytes += part.len() as u64;
+        }
+        Ok(())
+    }
+
+    /// Makes the open segment durable and immutable.
+    fn seal(&mut self) -> std::io::Result<()> {
+        if let Some(seg) = self.open.take() {
+            let file = seg.out.into_inner().map_err(|e| e.into_error())?;
+            file.sync_all()?;
+            self.sealed.push(Segment {
+                id: seg.id,
+                path: seg.path,
+                bytes: seg.bytes,
+                crc32: seg.hasher.finalize(),
+            });
+        }
+        Ok(())
+    }
+
+    fn sealed_bytes(&self) -> u64 {
+        self.sealed.iter().map(|s| s.bytes).sum()
+    }
+}
+
+pub struct DiskTable<V> {
+    /// Holds `db/` (the store) and `log/`; removed on drop.
+    _work: tempfile::TempDir,
+    db: fjall::Database,
+    rows: fjall::Keyspace,
+    cache: VersionedTable<V>,
+    cache_rows: usize,
+    retention_ms: Option<i64>,
+    /// Keys whose latest version is a row.
+    live: usize,
+    /// Keys held, deleted ones whose tombstone is kept included (not lowered by `expire`,
+    /// which trims the store lazily).
+    keys: usize,
+    /// Bytes of keys and versions in the store (what a rewritten log would hold).
+    stored_bytes: u64,
+    /// `expire` calls so far.
+    expirations: u64,
+    log: RefCell<ChangeLog>,
+    /// The first I/O error, reported by the next snapshot.
+    failed: RefCell<Option<String>>,
+    _version: PhantomData<V>,
+}
+
+/// What a snapshot holds besides the log's segments.
+#[derive(Serialize, Deserialize)]
+struct Image {
+    retention_ms: Option<i64>,
+    expired_at: Option<EventTime>,
+    live: usize,
+    keys: usize,
+    stored_bytes: u64,
+    expirations: u64,
+    base_bytes: u64,
+    segments: Vec<String>,
+}
+
+fn io_error(context: &str, e: impl std::fmt::Display) -> StateError {
+    StateError::encode("disk table", format!("{context}: {e}"))
+}
+
+impl<V> DiskTable<V>
+where
+    V: Ord + Copy + Serialize + for<'de> Deserialize<'de>,
+{
+    /// An empty table in a new working directory.
+    pub fn new(retention_ms: Option<i64>, opts: &DiskOptions) -> Result<DiskTable<V>, StateError> {
+        let base = opts.dir.clone().unwrap_or_else(std::env::temp_dir);
+        std::fs::create_dir_all(&base)
+            .map_err(|e| io_error(&format!("cannot create {}", base.display()), e))?;
+        let work = tempfile::Builder::new()
+            .prefix("watershed-table-")
+            .tempdir_in(&base)
+            .map_err(|e| {
+                io_error(
+                    &format!("cannot create a directory in {}", base.display()),
+                    e,
+                )
+            })?;
+        let log_dir = work.path().join("log");
+        std::fs::create_dir_all(&log_dir)
+            .map_err(|e| io_error(&format!("cannot create {}", log_dir.display()), e))?;
+        let db = fjall::Database::builder(work.path().join("db"))
+            .open()
+            .map_err(|e| io_error("cannot open the store", e))?;
+        let rows = db
+            .keyspace("rows", fjall::KeyspaceCreateOptions::default)
+            .map_err(|e| io_error("cannot open the store's keyspace", e))?;
+        Ok(DiskTable {
+            _work: work,
+            db,
+            rows,
+            cache: VersionedTable::new(retention_ms),
+            cache_rows: opts.cache_rows.max(1),
+            retention_ms,
+            live: 0,
+            keys: 0,
+            stored_bytes: 0,
+            expirations: 0,
+            log: RefCell::new(ChangeLog {
+                dir: log_dir,
+                sealed: Vec::new(),
+                open: None,
+                base_bytes: 0,
+            }),
+            failed: RefCell::new(None),
+            _version: PhantomData,
+        })
+    }
+
+    fn fail(&self, context: &str, e: impl std::fmt::Display) {
+        let mut failed = self.failed.borrow_mut();
+        if failed.is_none() {
+            tracing::error!(error = %e, "disk table: {context}; the next checkpoint fails");
+            *failed = Some(format!("{context}: {e}"));
+        }
+    }
+
+    /// The stored versions of an encoded key.
+    fn stored(&self, key: &[u8]) -> Option<fjall::Slice> {
+        match self.rows.get(key) {
+            Ok(v) => v,
+            Err(e) => {
+                self.fail("cannot read the store", e);
+                None
+            }
+        }
+    }
+
+    /// Loads `key` into the cache unless it is there (or not in the store).
+    fn warm_one(&mut self, key: &[Value], encoded: &[u8]) {
+        if self.cache.version_of(key).is_some() {
+            return;
+        }
+        if let Some(v) = self.stored(encoded) {
+            let (written_after, versions) = split_stored(&v);
+            self.cache
+                .import_key(versions, written_after < self.expirations);
+        }
+    }
+
+    /// A key's versions as the store keeps them: after the `expire` count.
+    fn stored_value(&self, versions: &[u8]) -> Vec<u8> {
+        let mut v = Vec::with_capacity(versions.len() + 4);
+        put_varint(&mut v, self.expirations as usize);
+        v.extend_from_slice(versions);
+        v
+    }
+
+    /// Loads the keys of a batch the cache lacks; afterwards every read of them (`get`,
+    /// `get_as_of`, `version_of`, `locate_many`) answers as a memory table would. The cache
+    /// is emptied first when it could not take them all.
+    pub fn warm<'k>(&mut self, keys: impl ExactSizeIterator<Item = &'k [Value]>) {
+        if self.cache.key_count() + keys.len() > self.cache_rows {
+            self.cache.clear();
+        }
+        for key in keys {
+            let encoded = VersionedTable::<V>::encode_key(key);
+            self.warm_one(key, &encoded);
+        }
+    }
+
+    /// Applies a change (`row: None` deletes the key), as `VersionedTable::apply` does.
+    pub fn apply(
+        &mut self,
+        key: &[Value],
+        version: V,
+        valid_from: EventTime,
+        row: Option<&[Value]>,
+    ) -> Applied {
+        if self.cache.key_count() >= self.cache_rows {
+            self.cache.clear();
+        }
+        let encoded = VersionedTable::<V>::encode_key(key);
+        self.warm_one(key, &encoded);
+        let before = self.cache.export_key(key).map(|v| v.len());
+        let was_live = self.cache.get(key).is_some();
+        let applied = self.cache.apply(key, version, valid_from, row);
+        if applied == Applied::Stale {
+            return applied;
+        }
+        let versions = self.stored_value(&self.cache.export_key(key).unwrap_or_default());
+        match before {
+            None => {
+                self.keys += 1;
+                self.stored_bytes += (encoded.len() + versions.len()) as u64;
+            }
+            Some(n) => {
+                self.stored_bytes =
+                    (self.stored_bytes + versions.len() as u64).saturating_sub(n as u64);
+            }
+        }
+        match (was_live, row.is_some()) {
+            (false, true) => self.live += 1,
+            (true, false) => self.live -= 1,
+            _ => {}
+        }
+        if let Err(e) = self.rows.insert(&encoded, &versions) {
+            self.fail("cannot write the store", e);
+        }
+        if let Err(e) = self.log.borrow_mut().append(&encoded, &versions) {
+            self.fail("cannot append to the change log", e);
+        }
+        applied
+    }
+
+    /// Rows present (deleted keys excluded).
+    pub fn len(&self) -> usize {
+        self.live
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.live == 0
+    }
+
+    /// Keys held, deleted keys whose tombstone is kept included.
+    pub fn key_count(&self) -> usize {
+        self.keys
+    }
+
+    /// Reads of warmed keys (see `warm`).
+    pub fn get(&self, key: &[Value]) -> Option<RowRef<'_>> {
+        self.cache.get(key)
+    }
+
+    pub fn get_as_of(&self, key: &[Value], t: EventTime) -> Option<RowRef<'_>> {
+        self.cache.get_as_of(key, t)
+    }
+
+    pub fn version_of(&self, key: &[Value]) -> Option<V> {
+        self.cache.version_of(key)
+    }
+
+    pub fn locate_many<'k>(
+        &self,
+        keys: impl Iterator<Item = &'k [Value]>,
+        out: &mut Vec<Option<Located>>,
+    ) {
+        self.cache.locate_many(keys, out);
+    }
+
+    pub fn row_at(&self, at: Located) -> Option<RowRef<'_>> {
+        self.cache.row_at(at)
+    }
+
+    /// Drops history no lookup at or after `watermark - retention` can see: from the cache
+    /// now, from stored keys when they are next loaded or the log is rewritten (as the last
+    /// call would have: watermarks given never go backwards).
+    pub fn expire(&mut self, watermark: EventTime) {
+        self.cache.expire(watermark);
+        self.expirations += 1;
+    }
+
+    pub fn shrink_to_fit(&mut self) {
+        self.cache.shrink_to_fit();
+    }
+
+    /// Memory used: the cache's.
+    pub fn estimated_bytes(&self) -> usize {
+        self.cache.estimated_bytes()
+    }
+
+    /// Every stored key with its versions, as they are after the last `expire`.
+    fn for_each_stored(&self, mut f: impl FnMut(&[u8], &VersionedTable<V>, &[Value])) {
+        let mut one = VersionedTable::<V>::new(self.retention_ms);
+        one.set_expired_at(self.cache.expired_at());
+        for guard in self.rows.iter() {
+            let (k, v) = match guard.into_inner() {
+                Ok(kv) => kv,
+                Err(e) => {
+                    self.fail("cannot read the store", e);
+                    return;
+                }
+            };
+            one.clear();
+            let (written_after, versions) = split_stored(&v);
+            if !one.import_key(versions, written_after < self.expirations) {
+                continue;
+            }
+            let key: Vec<Value> = match postcard::from_bytes(&k) {
+                Ok(key) => key,
+                Err(e) => {
+                    self.fail("a stored key does not decode", e);
+                    continue;
+                }
+            };
+            f(&k, &one, &key);
+        }
+    }
+
+    /// Every key held (also deleted keys whose tombstone is kept), decoded.
+    pub fn keys(&self) -> Vec<Box<[Value]>> {
+        let mut out = Vec::new();
+        self.for_each_stored(|_, _, key| out.push(key.to_vec().into_boxed_slice()));
+        out
+    }
+
+    /// Every row held, current and historical, with its key (tombstones excluded).
+    pub fn for_each_row(&self, mut f: impl FnMut(&[Value], &[Value])) {
+        self.for_each_stored(|_, one, key| {
+            for (_, row) in one.rows() {
+                f(key, &row.values());
+            }
+        });
+    }
+
+    /// Rewrites the log as one segment holding every stored key (trimmed by the last
+    /// `expire`), replacing the sealed segments.
+    fn rewrite_log(&self) -> std::io::Result<()> {
+        let mut fresh = ChangeLog {
+            dir: self.log.borrow().dir.clone(),
+            sealed: Vec::new(),
+            open: None,
+            base_bytes: 0,
+        };
+        let mut result = Ok(());
+        self.for_each_stored(|k, one, key| {
+            if result.is_ok()
+                && let Some(v) = one.export_key(key)
+            {
+                result = fresh.append(k, &self.stored_value(&v));
+            }
+        });
+        result?;
+        fresh.seal()?;
+        let mut log = self.log.borrow_mut();
+        for old in log.sealed.drain(..) {
+            // Checkpoints that name it hold their own link.
+            let _ = std::fs::remove_file(&old.path);
+        }
+        log.base_bytes = fresh.sealed_bytes();
+        log.sealed = fresh.sealed;
+        Ok(())
+    }
+
+    /// Seals the change log and encodes the table; the log's segments go into `blobs` as
+    /// files.
+    pub fn snapshot(&self, blobs: &mut Blobs) -> Result<Vec<u8>, StateError> {
+        if let Err(e) = self.db.persist(fjall::PersistMode::Buffer) {
+            self.fail("cannot flush the store", e);
+        }
+        if let Some(e) = self.failed.borrow().as_ref() {
+            return Err(io_error("the table lost a write", e));
+        }
+        self.log
+            .borrow_mut()
+            .seal()
+            .map_err(|e| io_error("cannot seal the change log", e))?;
+        let (sealed, base) = {
+            let log = self.log.borrow();
+            (log.sealed_bytes(), log.base_bytes)
+        };
+        if self.log.borrow().sealed.len() > 1
+            && sealed > 2 * base.max(self.stored_bytes) + (64 << 20)
+        {
+            self.rewrite_log()
+                .map_err(|e| io_error("cannot rewrite the change log", e))?;
+        }
+        let log = self.log.borrow();
+        for s in &log.sealed {
+            blobs.insert(
+                s.id.clone(),
+                Blob::File {
+                    path: s.path.clone(),
+                    bytes: s.bytes,
+                    crc32: s.crc32,
+                },
+            );
+        }
+        postcard::to_allocvec(&Image {
+            retention_ms: self.retention_ms,
+            expired_at: self.cache.expired_at(),
+            live: self.live,
+            keys: self.keys,
+            stored_bytes: self.stored_bytes,
+            expirations: self.expirations,
+            base_bytes: log.base_bytes,
+            segments: log.sealed.iter().map(|s| s.id.clone()).collect(),
+        })
+        .map_err(|e| StateError::encode("disk table", e))
+    }
+
+    /// The table `snapshot` encoded: its log's segments (from `blobs`) replayed into a new
+    /// store.
+    pub fn restore(
+        bytes: &[u8],
+        blobs: &Blobs,
+        opts: &DiskOptions,
+    ) -> Result<DiskTable<V>, StateError> {
+        let fail = |reason: String| StateError::decode("disk table", reason);
+        let image: Image = postcard::from_bytes(bytes).map_err(|e| fail(e.to_string()))?;
+        let mut t = DiskTable::new(image.retention_ms, opts)?;
+        t.cache.set_expired_at(image.expired_at);
+        t.live = image.live;
+        t.keys = image.keys;
+        t.stored_bytes = image.stored_bytes;
+        t.expirations = image.expirations;
+        let mut sealed = Vec::new();
+        for id in &image.segments {
+            let blob = blobs
+                .get(id)
+                .ok_or_else(|| fail(format!("the checkpoint lacks log segment {id}")))?;
+            let path = t.log.borrow().dir.join(id);
+            let crc32 = match blob {
+                Blob::File {
+                    path: from, crc32, ..
+                } => {
+                    if std::fs::hard_link(from, &path).is_err() {
+                        std::fs::copy(from, &path)
+                            .map_err(|e| fail(format!("cannot copy {}: {e}", from.display())))?;
+                    }
+                    *crc32
+                }
+                Blob::Bytes(b) => {
+                    std::fs::write(&path, b)
+                        .map_err(|e| fail(format!("cannot write {}: {e}", path.display())))?;
+                    crc32fast::hash(b)
+                }
+            };
+            t.replay(&path)?;
+            sealed.push(Segment {
+                id: id.clone(),
+                path,
+                bytes: blob.len(),
+                crc32,
+            });
+        }
+        {
+            let mut log = t.log.borrow_mut();
+            log.sealed = sealed;
+            log.base_bytes = image.base_bytes;
+        }
+        Ok(t)
+    }
+
+    /// Writes a segment's changes into the store, in order.
+    fn replay(&self, path: &Path) -> Result<(), StateError> {
+        let fail = |reason: String| {
+            StateError::decode("disk table", format!("{}: {reason}", path.display()))
+        };
+        let file = File::open(path).map_err(|e| fail(e.to_string()))?;
+        let mut input = BufReader::with_capacity(1 << 20, file);
+        let mut batch = self.db.batch();
+        let mut in_batch = 0;
+        let (mut key, mut versions) = (Vec::new(), Vec::new());
+        while let Some(n) = read_varint(&mut input).map_err(|e| fail(e.to_string()))? {
+            key.resize(n, 0);
+            input
+                .read_exact(&mut key)
+                .map_err(|e| fail(e.to_string()))?;
+            let m = read_varint(&mut input)
+                .map_err(|e| fail(e.to_string()))?
+                .ok_or_else(|| fail("a change is cut short".into()))?;
+            versions.resize(m, 0);
+            input
+                .read_exact(&mut versions)
+                .map_err(|e| fail(e.to_string()))?;
+            batch.insert(&self.rows, &key[..], &versions[..]);
+            in_batch += 1;
+            if in_batch == REPLAY_BATCH {
+                batch.commit().map_err(|e| fail(e.to_string()))?;
+                batch = self.db.batch();
+                in_batch = 0;
+            }
+        }
+        batch.commit().map_err(|e| fail(e.to_string()))?;
+        Ok(())
+    }
+}
+
+/// (`expire` calls before it was written, versions) of a stored value.
+fn split_stored(value: &[u8]) -> (u64, &[u8]) {
+    let (mut n, mut shift, mut at) = (0u64, 0, 0);
+    while let Some(&b) = value.get(at) {
+        at += 1;
+        n |= u64::from(b & 0x7f) << shift;
+        shift += 7;
+        if b & 0x80 == 0 || shift > 63 {
+            break;
+        }
+    }
+    (n, &value[at..])
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: usize) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+/// A varint, or `None` at the end of the input (before its first byte).
+fn read_varint(input: &mut impl Read) -> std::io::Result<Option<usize>> {
+    let (mut v, mut shift) = (0usize, 0);
+    let mut b = [0u8; 1];
+    loop {
+        if input.read(&mut b)? == 0 {
+            return if shift == 0 {
+                Ok(None)
+            } else {
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "a length is cut short",
+                ))
+            };
+        }
+        if shift > 56 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "a length is too long",
+            ));
+        }
+        v |= usize::from(b[0] & 0x7f) << shift;
+        if b[0] & 0x80 == 0 {
+            return Ok(Some(v));
+        }
+        shift += 7;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn k(i: i64) -> Vec<Value> {
+        vec![Value::Int(i)]
+    }
+
+    fn got(r: Option<RowRef<'_>>) -> Option<Vec<Value>> {
+        r.map(|r| r.values().to_vec())
+    }
+
+    #[derive(Clone, Debug)]
+    enum Step {
+        Apply {
+            key: i64,
+            version: u64,
+            value: Option<i64>,
+        },
+        Expire(i64),
+        Checkpoint,
+    }
+
+    fn steps() -> impl Strategy<Value = Vec<Step>> {
+        prop::collection::vec(
+            prop_oneof![
+                8 => (0i64..12, 0u64..200, prop::option::weighted(0.8, 0i64..100))
+                    .prop_map(|(key, version, value)| Step::Apply { key, version, value }),
+                1 => (0i64..400).prop_map(Step::Expire),
+                1 => Just(Step::Checkpoint),
+            ],
+            1..150,
+        )
+    }
+
+    /// Every lookup a join makes, on every key, at a few times.
+    fn assert_same(disk: &mut DiskTable<u64>, memory: &VersionedTable<u64>) {
+        let keys: Vec<Vec<Value>> = (0..14).map(k).collect();
+        for key in &keys {
+            disk.warm(std::iter::once(&key[..]));
+            assert_eq!(got(disk.get(key)), got(memory.get(key)), "key {key:?}");
+            assert_eq!(disk.version_of(key), memory.version_of(key), "key {key:?}");
+            for t in [0, 500, 1_500, 5_000] {
+                assert_eq!(
+                    got(disk.get_as_of(key, t)),
+                    got(memory.get_as_of(key, t)),
+                    "key {key:?} as of {t}"
+                );
+            }
+        }
+        disk.warm(keys.iter().map(|k| &k[..]));
+        let mut located = Vec::new();
+        disk.locate_many(keys.iter().map(|k| &k[..]), &mut located);
+        for (key, at) in keys.iter().zip(&located) {
+            assert_eq!(got(at.and_then(|at| disk.row_at(at))), got(memory.get(key)));
+        }
+        assert_eq!(disk.len(), memory.len());
+    }
+
+    fn options(dir: &Path, cache_rows: usize) -> DiskOptions {
+        DiskOptions {
+            dir: Some(dir.to_path_buf()),
+            cache_rows,
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+        /// Oracle: a disk table with a tiny cache answers every lookup as a memory table given
+        /// the same changes does, also after being restored from any of its snapshots (which
+        /// share their earlier log segments).
+        #[test]
+        fn a_disk_table_answers_as_a_memory_table(steps in steps(), retention in prop::option::of(0i64..1_000)) {
+            let dir = tempfile::tempdir().unwrap();
+            let opts = options(dir.path(), 3);
+            let mut disk: DiskTable<u64> = DiskTable::new(retention, &opts).unwrap();
+            let mut memory: VersionedTable<u64> = VersionedTable::new(retention);
+            let mut earlier: Option<Blobs> = None;
+            // Watermarks never go backwards.
+            let mut watermark = 0;
+            for (i, step) in steps.iter().enumerate() {
+                match step {
+                    Step::Apply { key, version, value } => {
+                        let row = value.map(|v| vec![Value::Int(*key), Value::Int(v)]);
+                        let at = i as i64 * 10;
+                        prop_assert_eq!(
+                            disk.apply(&k(*key), *version, at, row.as_deref()),
+                            memory.apply(&k(*key), *version, at, row.as_deref())
+                        );
+                    }
+                    Step::Expire(advance) => {
+                        watermark += advance;
+                        disk.expire(watermark);
+                        memory.expire(watermark);
+                    }
+                    Step::Checkpoint => {
+                        let mut blobs = Blobs::new();
+                        let bytes = disk.snapshot(&mut blobs).unwrap();
+                        if let Some(before) = &earlier {
+                            for id in before.keys() {
+                                prop_assert!(blobs.contains_key(id), "segment {} is shared", id);
+                            }
+                        }
+                        earlier = Some(blobs.clone());
+                        disk = DiskTable::restore(&bytes, &blobs, &opts).unwrap();
+                    }
+                }
+            }
+            assert_same(&mut disk, &memory);
+        }
+    }
+
+    #[test]
+    fn the_log_is_rewritten_when_it_outgrows_the_table_and_keys_and_rows_list_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = options(dir.path(), 10);
+        let mut t: DiskTable<u64> = DiskTable::new(None, &opts).unwrap();
+        let payload = Value::from("p".repeat(1000).as_str());
+        let mut version = 0;
+        // 50 keys rewritten 1,500 times: the log far outgrows the 50 rows it describes.
+        for round in 0..1_500i64 {
+            for key in 0..50i64 {
+                version += 1;
+                let row = [Value::Int(key), Value::Int(round), payload.clone()];
+                t.apply(&k(key), version, 0, Some(&row));
+            }
+            if round % 300 == 299 {
+                t.snapshot(&mut Blobs::new()).unwrap();
+            }
+        }
+        let mut blobs = Blobs::new();
+        let bytes = t.snapshot(&mut blobs).unwrap();
+        let logged: u64 = blobs.values().map(Blob::len).sum();
+        assert!(logged < 4 * 50 * 1_100, "{logged} bytes of log for 50 rows");
+        let r: DiskTable<u64> = DiskTable::restore(&bytes, &blobs, &opts).unwrap();
+        let mut keys = r.keys();
+        keys.sort_by_key(|k| format!("{k:?}"));
+        assert_eq!(keys.len(), 50);
+        let mut rows = 0;
+        r.for_each_row(|key, row| {
+            assert_eq!(row[0], key[0]);
+            assert_eq!(row[1], Value::Int(1_499));
+            rows += 1;
+        });
+        assert_eq!((rows, r.len(), r.key_count()), (50, 50, 50));
+    }
+}
