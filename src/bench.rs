@@ -612,6 +612,7 @@ fn reference_state_bytes(rows: u64) -> anyhow::Result<(f64, f64, f64)> {
         mode: JoinMode::Lookup,
         miss: MissPolicy::Emit,
         strategy: EnrichStrategy::Gradual,
+        state: crate::state::StateBackend::Memory,
     };
     let mut op = EnrichOperator::new("bench", spec, events, &changes)
         .map_err(|e| anyhow::anyhow!(e.message))?;

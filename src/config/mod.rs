@@ -37,6 +37,8 @@ use crate::sources::Source;
 use crate::sources::cdc::{CdcTable, ChangeDecoder};
 use crate::sources::file::{FileSource, FileSourceSpec};
 use crate::sources::generator::{GeneratorSource, GeneratorSpec, QuietPeriod};
+use crate::state::StateBackend;
+use crate::state::disk::DiskOptions;
 use crate::types::{DataType, Field, Schema, SchemaRef};
 use yaml::{PipelineFile, S};
 
@@ -430,7 +432,8 @@ pub fn compile(
     let mut infos: HashMap<String, NodeInfo> = HashMap::new();
     // Primary keys of cdc table ports, by (node, port).
     let mut cdc_keys: HashMap<(usize, usize), Vec<String>> = HashMap::new();
-    let enrichment = enrichment_defaults(&mut issues, file.enrichment.as_ref());
+    let enrichment =
+        enrichment_defaults(&mut issues, file.enrichment.as_ref(), file.state.as_ref());
 
     // Sources.
     let multi_source = file.sources.len() > 1;
@@ -1293,9 +1296,60 @@ fn cdc_source(
 }
 
 /// Pipeline-wide enrichment settings.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct EnrichmentDefaults {
     strategy: EnrichStrategy,
+    state: StateBackend,
+}
+
+/// Keys a disk table keeps in memory unless `state.cache_rows` says otherwise.
+const DEFAULT_CACHE_ROWS: usize = 100_000;
+
+fn state_backend(issues: &mut Issues, s: Option<&yaml::StateYaml>) -> StateBackend {
+    let Some(s) = s else {
+        return StateBackend::Memory;
+    };
+    let disk = match &s.backend {
+        None => false,
+        Some(b) => match b.value.as_str() {
+            "memory" => false,
+            "disk" => true,
+            other => {
+                issues.at(
+                    &b.referenced,
+                    "state.backend",
+                    format!("unknown backend `{other}`: use memory or disk"),
+                );
+                false
+            }
+        },
+    };
+    if !disk {
+        for (field, at) in [
+            ("state.dir", s.dir.as_ref().map(|d| d.referenced)),
+            (
+                "state.cache_rows",
+                s.cache_rows.as_ref().map(|c| c.referenced),
+            ),
+        ] {
+            if let Some(at) = at {
+                issues.at(&at, field, "applies to `backend: disk`");
+            }
+        }
+        return StateBackend::Memory;
+    }
+    let cache_rows = match &s.cache_rows {
+        Some(c) if c.value == 0 => {
+            issues.at(&c.referenced, "state.cache_rows", "must be at least 1");
+            1
+        }
+        Some(c) => c.value,
+        None => DEFAULT_CACHE_ROWS,
+    };
+    StateBackend::Disk(DiskOptions {
+        dir: s.dir.as_ref().map(|d| PathBuf::from(&d.value)),
+        cache_rows,
+    })
 }
 
 const DEFAULT_MAX_BUFFERED: usize = 1_000_000;
@@ -1343,6 +1397,7 @@ fn strategy_of(
 fn enrichment_defaults(
     issues: &mut Issues,
     e: Option<&S<yaml::EnrichmentYaml>>,
+    state: Option<&yaml::StateYaml>,
 ) -> EnrichmentDefaults {
     let strategy = match e {
         None => EnrichStrategy::Gradual,
@@ -1354,7 +1409,10 @@ fn enrichment_defaults(
             EnrichStrategy::Gradual,
         ),
     };
-    EnrichmentDefaults { strategy }
+    EnrichmentDefaults {
+        strategy,
+        state: state_backend(issues, state),
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -1491,6 +1549,7 @@ fn enrich_operator(
         mode,
         miss,
         strategy,
+        state: defaults.state.clone(),
     };
     let probe = match EnrichOperator::new(name, spec.clone(), events.clone(), &reference) {
         Ok(op) => op,

@@ -20,6 +20,8 @@ pub struct PipelineFile {
     pub checkpoint: Option<CheckpointYaml>,
     /// Defaults for every `enrich` operator.
     pub enrichment: Option<S<EnrichmentYaml>>,
+    /// Where materialized reference tables are kept.
+    pub state: Option<StateYaml>,
     pub alerts: Option<AlertsYaml>,
     pub metrics: Option<MetricsYaml>,
     #[serde(default)]
@@ -43,6 +45,18 @@ pub struct CheckpointYaml {
     /// The delivery guarantee the pipeline needs end to end: `exactly_once`, `idempotent`
     /// or `at_least_once`; `validate` warns when its sinks give less.
     pub guarantee: Option<S<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateYaml {
+    /// `memory` (every row in RAM; the default) or `disk` (an embedded LSM store on local
+    /// disk behind a cache, for tables larger than memory).
+    pub backend: Option<S<String>>,
+    /// Where a disk table keeps its working copy (default: the system's temporary directory).
+    pub dir: Option<S<String>>,
+    /// Keys a disk table keeps in memory.
+    pub cache_rows: Option<S<usize>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -48,7 +48,7 @@ use crate::error::StateError;
 use crate::operators::version_range::VersionRange;
 use crate::operators::{MAIN_PORT, MISS_PORT, Operator, Output, PortSpec};
 use crate::state::versioned::{Located, RowRef};
-use crate::state::{Blobs, SpillQueue, StateImage, VersionedTable};
+use crate::state::{Blobs, ReferenceTable, SpillQueue, StateBackend, StateImage};
 use crate::types::{Batch, DataType, EventTime, Field, Schema, SchemaRef, Value};
 
 type Map<K, V> = std::collections::HashMap<K, V, BuildHasherDefault<ahash::AHasher>>;
@@ -179,6 +179,8 @@ pub struct EnrichSpec {
     pub mode: JoinMode,
     pub miss: MissPolicy,
     pub strategy: EnrichStrategy,
+    /// Where the materialized table is kept (the pipeline's `state`).
+    pub state: StateBackend,
 }
 
 /// A problem with the spec; `field` is relative (`key`, `columns[1]`, …).
@@ -244,7 +246,7 @@ pub struct EnrichOperator {
     layout: Layout,
     event_schema: SchemaRef,
     out_schema: SchemaRef,
-    table: VersionedTable<Version>,
+    table: ReferenceTable<Version>,
     /// Join key -> primary keys that have had a row with it.
     index: Map<Box<[Value]>, Vec<Box<[Value]>>>,
     /// (Join key, version) -> matches in the latest table.
@@ -536,6 +538,8 @@ impl EnrichOperator {
             EnrichStrategy::Gated { max_buffered } => max_buffered,
             EnrichStrategy::Gradual => 1,
         };
+        let table = ReferenceTable::new(retention, &spec.state)
+            .map_err(|e| spec_err("state", e.to_string()))?;
         let counters = Counters::new(name);
         counters
             .gate_open
@@ -560,7 +564,7 @@ impl EnrichOperator {
             spec,
             event_schema,
             out_schema: Arc::new(Schema::new(fields)),
-            table: VersionedTable::new(retention),
+            table,
             index: Map::default(),
             memo: Map::default(),
             latest_valid_from: EventTime::MIN,
@@ -691,6 +695,7 @@ impl EnrichOperator {
                     .map(|&i| cols[i].clone())
                     .collect();
                 let mut row: Vec<Value> = kept;
+                self.table.warm(std::iter::once(&pk[..]));
                 let unavailable = rows::row_unavailable(change);
                 let previous = self.table.get(&pk).map(|r| r.values());
                 if !unavailable.is_empty()
@@ -719,9 +724,11 @@ impl EnrichOperator {
                     {
                         pks.retain(|p| *p != pk);
                     }
+                    // A key a memory table does not hold cannot be listed yet (its entries
+                    // leave the index when it is forgotten); a disk table forgets lazily.
+                    let may_be_listed = known || matches!(self.table, ReferenceTable::Disk(_));
                     let pks = self.index.entry(new_key.clone()).or_default();
-                    // A key the table never held cannot be listed yet.
-                    if !known || !pks.contains(&pk) {
+                    if !may_be_listed || !pks.contains(&pk) {
                         pks.push(pk);
                     }
                 }
@@ -784,6 +791,7 @@ impl EnrichOperator {
         let (version, conditions) = rest.split_at(usize::from(self.layout.version.is_some()));
         let mut found: Vec<(&[Value], Projected)> = Vec::new();
         if let Some(pks) = self.index.get(join_key) {
+            self.table.warm(pks.iter().map(|p| &p[..]));
             for pk in pks {
                 let row = match at {
                     Some(t) if !memoizable => self.table.get_as_of(pk, t),
@@ -904,6 +912,8 @@ impl EnrichOperator {
         };
         let mut located = std::mem::take(&mut self.located);
         for chunk in rows.chunks(LOCATE_CHUNK) {
+            self.table
+                .warm(chunk.iter().map(|(r, _)| std::slice::from_ref(&r[key])));
             self.table.locate_many(
                 chunk.iter().map(|(r, _)| std::slice::from_ref(&r[key])),
                 &mut located,
@@ -933,6 +943,12 @@ impl EnrichOperator {
             JoinMode::AsOf { .. } => Some(time),
         };
         if self.layout.direct {
+            match self.layout.event_key.as_slice() {
+                [one] => self
+                    .table
+                    .warm(std::iter::once(std::slice::from_ref(&event[*one]))),
+                _ => self.table.warm(std::iter::once(&self.probe_key[..])),
+            }
             if self.join_direct(event, time, at, out) {
                 self.stats.matched += 1;
                 return;
@@ -1270,22 +1286,21 @@ impl Operator for EnrichOperator {
             )));
         }
         let image: Image = postcard::from_bytes(snapshot).map_err(|e| fail(e.to_string()))?;
-        self.table = VersionedTable::restore(&image.table, blobs)?;
+        self.table = ReferenceTable::restore(&image.table, blobs, &self.spec.state)?;
         self.index.clear();
         self.memo.clear();
         // (join key, primary key) pairs already listed.
         let mut seen: ahash::AHashSet<(Projected, Projected)> = ahash::AHashSet::new();
         let mut index: Map<Box<[Value]>, Vec<Box<[Value]>>> = Map::default();
-        let rows = if self.layout.direct {
-            Vec::new()
-        } else {
-            self.table.rows()
-        };
-        for (pk, row) in rows {
-            let key = self.join_key_of_table_row(&row.values());
-            if seen.insert((key.clone(), pk.clone())) {
-                index.entry(key).or_default().push(pk);
-            }
+        if !self.layout.direct {
+            let table_key = &self.layout.table_key;
+            self.table.for_each_row(|pk, row| {
+                let key: Box<[Value]> = table_key.iter().map(|&i| row[i].clone()).collect();
+                let pk: Box<[Value]> = pk.into();
+                if seen.insert((key.clone(), pk.clone())) {
+                    index.entry(key).or_default().push(pk);
+                }
+            });
         }
         self.index = index;
         self.latest_valid_from = image.latest_valid_from;
@@ -1397,6 +1412,7 @@ mod tests {
             mode,
             miss,
             strategy,
+            state: StateBackend::Memory,
         }
     }
 
@@ -2006,13 +2022,15 @@ mod tests {
         /// Oracle: a random database history (upserts, deletes, primary-key changes), seen as a
         /// snapshot at a random point whose rows arrive shuffled and interleaved with the
         /// streaming changes after it, with streaming changes replayed at random (at-least-once
-        /// delivery), materializes into exactly the final database state.
+        /// delivery), materializes into exactly the final database state, in memory and on
+        /// disk (a cache of two keys).
         #[test]
         fn materialized_table_equals_the_final_database_state(
             history in arb_history(),
             snapshot_after in 0usize..25,
             shuffle in prop::collection::vec(0usize..1000, 0..40),
             replays in prop::collection::vec((0usize..1000, 0usize..1000), 0..15),
+            on_disk in any::<bool>(),
         ) {
             use std::collections::BTreeMap;
             let mut db: BTreeMap<i64, String> = BTreeMap::new();
@@ -2095,6 +2113,11 @@ mod tests {
                 mode: JoinMode::Lookup,
                 miss: MissPolicy::Emit,
                 strategy: EnrichStrategy::Gradual,
+                state: if on_disk {
+                    StateBackend::Disk(crate::state::disk::DiskOptions { dir: None, cache_rows: 2 })
+                } else {
+                    StateBackend::Memory
+                },
             };
             let events = Arc::new(Schema::new(vec![Field::new("id", DataType::Int)]));
             let op = EnrichOperator::new("oracle", spec, events.clone(), &change_schema()).unwrap();
@@ -2179,16 +2202,23 @@ mod tests {
         /// Checkpoint after any step, restore into a fresh instance, continue: the same
         /// output as an uninterrupted run, for every mode, miss policy and strategy.
         #[test]
-        fn restore_anywhere_matches_uninterrupted(steps in arb_steps(), cut in 0usize..60, which in 0usize..4) {
-            let spec = match which {
+        /// With the table on disk (a cache of two keys), the same output as in memory.
+        #[test]
+        fn restore_anywhere_matches_uninterrupted(steps in arb_steps(), cut in 0usize..60, which in 0usize..8) {
+            let mut spec = match which % 4 {
                 0 => spec(JoinMode::Lookup, MissPolicy::Emit, EnrichStrategy::Gated { max_buffered: 5 }),
                 1 => spec(JoinMode::AsOf { retention_ms: Some(30) }, MissPolicy::Emit, EnrichStrategy::Gradual),
                 2 => spec(JoinMode::Lookup, MissPolicy::Hold { timeout_ms: 20 }, EnrichStrategy::Gradual),
                 _ => spec(JoinMode::AsOf { retention_ms: None }, MissPolicy::Hold { timeout_ms: 20 }, EnrichStrategy::Gated { max_buffered: 100 }),
             };
             let s = script(&lawful(&steps));
+            let in_memory = drive(&spec, &s, None);
+            if which >= 4 {
+                spec.state = StateBackend::Disk(crate::state::disk::DiskOptions { dir: None, cache_rows: 2 });
+            }
             let straight = drive(&spec, &s, None);
             let restored = drive(&spec, &s, Some(cut % s.len()));
+            prop_assert_eq!(&straight, &in_memory);
             prop_assert_eq!(straight, restored);
         }
     }

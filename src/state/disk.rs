@@ -18,7 +18,10 @@
 //! stored data, a snapshot first rewrites it as one segment from the store. A restore
 //! replays the segments into a new store. The store itself is a working copy in a
 //! temporary directory (removed when the table is dropped): what survives a crash is the
-//! checkpoint.
+//! checkpoint. A working copy `watershed-table-<id>/` has a lock file beside it,
+//! `watershed-table-<id>.lock`, created (and locked) before the directory and removed after
+//! it; a working copy whose lock nobody holds, or that has no lock file, was left by a
+//! process that died, and the next table created beside it removes it.
 //!
 //! An I/O error of the store or the log is kept and fails the next snapshot (the checkpoint
 //! then fails, and its alert says why); the table goes on serving what it holds.
@@ -43,6 +46,60 @@ pub struct DiskOptions {
     /// A directory for the working copy (`None`: the system's temporary directory).
     pub dir: Option<PathBuf>,
     pub cache_rows: usize,
+}
+
+const WORK_PREFIX: &str = "watershed-table-";
+const LOCK_SUFFIX: &str = ".lock";
+
+/// Removes the working copies in `base` that no live table holds (left by a process that
+/// was killed): those whose lock file nobody holds, and those without one.
+fn remove_abandoned(base: &Path) {
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
+    let names: Vec<String> = entries
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    for name in &names {
+        let Some(work) = name.trim_start_matches('.').strip_suffix(LOCK_SUFFIX) else {
+            if name.starts_with(WORK_PREFIX) && !base.join(format!("{name}{LOCK_SUFFIX}")).exists()
+            {
+                remove_logged(&base.join(name));
+            }
+            continue;
+        };
+        if !work.starts_with(WORK_PREFIX) {
+            continue;
+        }
+        let lock = base.join(name);
+        // A lock file not yet renamed may be about to be locked by its creator: only an old
+        // one is abandoned.
+        let settled = !name.starts_with('.')
+            || std::fs::metadata(&lock)
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().is_ok_and(|age| age.as_secs() > 60));
+        if settled && File::open(&lock).is_ok_and(|f| f.try_lock().is_ok()) {
+            if !name.starts_with('.') {
+                remove_logged(&base.join(work));
+            }
+            let _ = std::fs::remove_file(&lock);
+        }
+    }
+}
+
+fn remove_logged(dir: &Path) {
+    if !dir.exists() {
+        return;
+    }
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => {
+            tracing::info!(path = %dir.display(), "removed a disk table's working copy left by a process that died")
+        }
+        Err(e) => {
+            tracing::warn!(path = %dir.display(), error = %e, "cannot remove an abandoned working copy")
+        }
+    }
 }
 
 /// Changes written to the store per batch when a log is replayed.
@@ -119,8 +176,6 @@ impl ChangeLog {
 }
 
 pub struct DiskTable<V> {
-    /// Holds `db/` (the store) and `log/`; removed on drop.
-    _work: tempfile::TempDir,
     db: fjall::Database,
     rows: fjall::Keyspace,
     cache: VersionedTable<V>,
@@ -139,6 +194,43 @@ pub struct DiskTable<V> {
     /// The first I/O error, reported by the next snapshot.
     failed: RefCell<Option<String>>,
     _version: PhantomData<V>,
+    /// Holds `db/` (the store) and `log/`; removed on drop, after the store is closed (fields
+    /// drop in order).
+    _work: WorkDir,
+}
+
+/// A working directory and its lock file; both removed on drop.
+struct WorkDir {
+    dir: PathBuf,
+    lock_path: PathBuf,
+    _lock: File,
+}
+
+impl WorkDir {
+    fn create(base: &Path) -> std::io::Result<WorkDir> {
+        let name = format!("{WORK_PREFIX}{}", unique_id("t"));
+        // Locked under a name no one looks at, then renamed: a lock file is never seen
+        // unlocked by its owner's neighbours.
+        let tmp = base.join(format!(".{name}{LOCK_SUFFIX}"));
+        let lock = File::create(&tmp)?;
+        lock.try_lock().map_err(std::io::Error::other)?;
+        let lock_path = base.join(format!("{name}{LOCK_SUFFIX}"));
+        std::fs::rename(&tmp, &lock_path)?;
+        let dir = base.join(&name);
+        std::fs::create_dir(&dir)?;
+        Ok(WorkDir {
+            dir,
+            lock_path,
+            _lock: lock,
+        })
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = std::fs::remove_file(&self.lock_path);
+    }
 }
 
 /// What a snapshot holds besides the log's segments.
@@ -167,19 +259,17 @@ where
         let base = opts.dir.clone().unwrap_or_else(std::env::temp_dir);
         std::fs::create_dir_all(&base)
             .map_err(|e| io_error(&format!("cannot create {}", base.display()), e))?;
-        let work = tempfile::Builder::new()
-            .prefix("watershed-table-")
-            .tempdir_in(&base)
-            .map_err(|e| {
-                io_error(
-                    &format!("cannot create a directory in {}", base.display()),
-                    e,
-                )
-            })?;
-        let log_dir = work.path().join("log");
+        remove_abandoned(&base);
+        let work = WorkDir::create(&base).map_err(|e| {
+            io_error(
+                &format!("cannot create a working directory in {}", base.display()),
+                e,
+            )
+        })?;
+        let log_dir = work.dir.join("log");
         std::fs::create_dir_all(&log_dir)
             .map_err(|e| io_error(&format!("cannot create {}", log_dir.display()), e))?;
-        let db = fjall::Database::builder(work.path().join("db"))
+        let db = fjall::Database::builder(work.dir.join("db"))
             .open()
             .map_err(|e| io_error("cannot open the store", e))?;
         let rows = db
@@ -729,6 +819,34 @@ mod tests {
             }
             assert_same(&mut disk, &memory);
         }
+    }
+
+    #[test]
+    fn working_copies_left_by_dead_processes_are_removed_and_live_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = options(dir.path(), 10);
+        let live: DiskTable<u64> = DiskTable::new(None, &opts).unwrap();
+        // A process killed after locking (its lock file is free now), and one killed while
+        // removing its copy (no lock file left).
+        for name in ["watershed-table-dead", "watershed-table-half"] {
+            std::fs::create_dir_all(dir.path().join(name).join("db")).unwrap();
+        }
+        std::fs::write(dir.path().join("watershed-table-dead.lock"), b"").unwrap();
+        let other: DiskTable<u64> = DiskTable::new(None, &opts).unwrap();
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names.len(), 4, "{names:?}");
+        assert!(
+            names
+                .iter()
+                .all(|n| !n.contains("dead") && !n.contains("half"))
+        );
+        drop((live, other));
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 
     #[test]

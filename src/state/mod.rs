@@ -1,5 +1,6 @@
-//! Operator state that outlives a batch: materialized reference tables (`VersionedTable`,
-//! over a chunked `Arena`) and buffers that overflow to a local file (`SpillQueue`). State
+//! Operator state that outlives a batch: materialized reference tables (`ReferenceTable`: a
+//! `VersionedTable` in memory over a chunked `Arena`, or a `DiskTable` in an embedded LSM
+//! store) and buffers that overflow to a local file (`SpillQueue`). State
 //! structures serialize themselves for checkpoints (`StateImage`); large immutable parts
 //! (an arena's frozen chunks) travel by reference as `Blobs`, so the checkpoint store writes
 //! each once and shares it between checkpoints. Only the spill queue touches a file (its own,
@@ -8,6 +9,7 @@
 pub mod arena;
 pub mod disk;
 pub mod spill;
+pub mod table;
 pub mod versioned;
 
 use std::collections::BTreeMap;
@@ -15,6 +17,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 pub use spill::SpillQueue;
+pub use table::{ReferenceTable, StateBackend};
 pub use versioned::{Applied, VersionedTable};
 
 /// Immutable parts of a snapshot by id. An id always names the same bytes, so a checkpoint

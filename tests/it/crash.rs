@@ -115,35 +115,27 @@ impl Delays {
     }
 }
 
-#[test]
-fn killed_runs_restart_from_checkpoints_without_losing_or_duplicating_lines() {
-    let tmp = tempfile::tempdir().unwrap();
-    let expected = uninterrupted(tmp.path());
-    let rows: usize = expected.iter().map(|(_, l)| l.len()).sum();
-    assert!(rows > 100_000, "the demo produced only {rows} lines");
-
-    let out = tmp.path().join("out");
-    let checkpoints = tmp.path().join("checkpoints");
-    let crashing = tmp.path().join("crashing.yaml");
-    std::fs::write(&crashing, demo_pipeline(&out, Some(&checkpoints))).unwrap();
-    let mut delays = Delays(0x9e37_79b9_7f4a_7c15);
+/// Runs `pipeline` to its end from its checkpoint directory, killing it with SIGKILL `kills`
+/// times at random moments and letting it die at each of `failpoints` (by attempt number);
+/// returns (kills, failpoint deaths, runs).
+fn run_with_crashes(
+    pipeline: &Path,
+    kills_wanted: usize,
+    failpoints: &[(usize, &str)],
+    seed: u64,
+) -> (usize, usize, usize) {
+    let mut delays = Delays(seed);
     let mut kills = 0;
     let mut failpoint_deaths = 0;
     let mut attempts = 0;
     loop {
         attempts += 1;
         assert!(attempts < 400, "no end after {attempts} attempts");
-        // Four times, die at a moment a random kill rarely hits: inside a checkpoint
-        // write, and inside a sink's commit (before its append, and between the append and
-        // the removal of its pending file).
-        let failpoint = match attempts {
-            4 => Some("checkpoint-before-manifest:2"),
-            9 => Some("checkpoint-before-rename:3"),
-            14 => Some("sink-commit-before-append:9"),
-            19 => Some("sink-commit-before-remove:12"),
-            _ => None,
-        };
-        let mut child = start(&crashing, failpoint);
+        let failpoint = failpoints
+            .iter()
+            .find(|(at, _)| *at == attempts)
+            .map(|(_, f)| *f);
+        let mut child = start(pipeline, failpoint);
         if failpoint.is_some() {
             let status = child.wait().unwrap();
             if !status.success() {
@@ -152,7 +144,7 @@ fn killed_runs_restart_from_checkpoints_without_losing_or_duplicating_lines() {
             }
             break;
         }
-        if kills < KILLS {
+        if kills < kills_wanted {
             std::thread::sleep(Duration::from_millis(delays.next_ms(50, 400)));
             if child.try_wait().unwrap().is_none() {
                 child.kill().unwrap();
@@ -171,28 +163,26 @@ fn killed_runs_restart_from_checkpoints_without_losing_or_duplicating_lines() {
     }
     eprintln!("{kills} kills, {failpoint_deaths} failpoint deaths, {attempts} runs");
     assert!(
-        kills >= KILLS,
+        kills >= kills_wanted,
         "the run ended after only {kills} kills: make it longer"
     );
-    assert_eq!(failpoint_deaths, 4, "every failpoint was reached");
-    // The reference tables' chunks were shared between checkpoints, not written again.
-    let manifests: Vec<String> = std::fs::read_dir(&checkpoints)
-        .unwrap()
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with("chk-"))
-        .map(|e| std::fs::read_to_string(e.path().join("MANIFEST")).unwrap())
-        .collect();
-    assert!(
-        manifests.iter().any(|m| m.contains("\"new\":false")),
-        "no checkpoint shares a blob with an earlier one"
+    assert_eq!(
+        failpoint_deaths,
+        failpoints.len(),
+        "every failpoint was reached"
     );
-    let got = sorted_lines(&out);
+    (kills, failpoint_deaths, attempts)
+}
+
+/// The output under `out` equals `expected`: the same files, the same lines.
+fn assert_same_output(out: &Path, expected: &[(String, Vec<String>)], kills: usize) {
+    let got = sorted_lines(out);
     assert_eq!(
         got.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>(),
         expected.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>(),
         "the same output files (no pending file left over)"
     );
-    for ((name, got), (_, want)) in got.iter().zip(&expected) {
+    for ((name, got), (_, want)) in got.iter().zip(expected) {
         assert_eq!(
             got.len(),
             want.len(),
@@ -202,6 +192,82 @@ fn killed_runs_restart_from_checkpoints_without_losing_or_duplicating_lines() {
         );
         assert!(got == want, "{name}: the same lines");
     }
+}
+
+/// The manifests of the checkpoints kept in `dir`.
+fn manifests(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("chk-"))
+        .map(|e| std::fs::read_to_string(e.path().join("MANIFEST")).unwrap())
+        .collect()
+}
+
+#[test]
+fn killed_runs_restart_from_checkpoints_without_losing_or_duplicating_lines() {
+    let tmp = tempfile::tempdir().unwrap();
+    let expected = uninterrupted(tmp.path());
+    let rows: usize = expected.iter().map(|(_, l)| l.len()).sum();
+    assert!(rows > 100_000, "the demo produced only {rows} lines");
+
+    let out = tmp.path().join("out");
+    let checkpoints = tmp.path().join("checkpoints");
+    let crashing = tmp.path().join("crashing.yaml");
+    std::fs::write(&crashing, demo_pipeline(&out, Some(&checkpoints))).unwrap();
+    // Four times, die at a moment a random kill rarely hits: inside a checkpoint write, and
+    // inside a sink's commit (before its append, and between the append and the removal of
+    // its pending file).
+    let failpoints = [
+        (4, "checkpoint-before-manifest:2"),
+        (9, "checkpoint-before-rename:3"),
+        (14, "sink-commit-before-append:9"),
+        (19, "sink-commit-before-remove:12"),
+    ];
+    let (kills, _, _) = run_with_crashes(&crashing, KILLS, &failpoints, 0x9e37_79b9_7f4a_7c15);
+    // The reference tables' chunks were shared between checkpoints, not written again.
+    assert!(
+        manifests(&checkpoints)
+            .iter()
+            .any(|m| m.contains("\"new\":false")),
+        "no checkpoint shares a blob with an earlier one"
+    );
+    assert_same_output(&out, &expected, kills);
+}
+
+/// The same with the reference tables on disk (`state.backend: disk`, a cache of 64 keys):
+/// their change logs are linked into checkpoints and replayed at each restart.
+#[test]
+fn killed_runs_with_tables_on_disk_restart_without_losing_or_duplicating_lines() {
+    let tmp = tempfile::tempdir().unwrap();
+    let expected = uninterrupted(tmp.path());
+    let out = tmp.path().join("out");
+    let checkpoints = tmp.path().join("checkpoints");
+    let crashing = tmp.path().join("crashing.yaml");
+    let work = tmp.path().join("tables");
+    let text = demo_pipeline(&out, Some(&checkpoints)).replacen(
+        "\nenrichment:",
+        &format!(
+            "\nstate: {{backend: disk, cache_rows: 64, dir: \"{}\"}}\nenrichment:",
+            work.display()
+        ),
+        1,
+    );
+    assert!(text.contains("backend: disk"));
+    std::fs::write(&crashing, text).unwrap();
+    let (kills, _, _) = run_with_crashes(
+        &crashing,
+        8,
+        &[(3, "checkpoint-before-manifest:2")],
+        0x2545_f491_4f6c_dd1d,
+    );
+    assert!(
+        manifests(&checkpoints).iter().any(|m| m.contains("log-")),
+        "no checkpoint holds a table's change log"
+    );
+    assert_same_output(&out, &expected, kills);
+    // Every run removed its tables' working copies.
+    assert_eq!(std::fs::read_dir(&work).unwrap().count(), 0);
 }
 
 /// The demo pipeline writing under `<dir>/<name>`, with its checkpoints in `<dir>/cp-<name>`:

@@ -90,21 +90,31 @@ fn du(path: &Path) -> u64 {
     total
 }
 
-/// Bytes of files under `path` that no other directory shares (hard-link count 1).
-fn unshared(path: &Path) -> u64 {
+/// Inodes of the files under `path`, with their sizes.
+fn inodes(path: &Path, out: &mut Vec<(u64, u64)>) {
     use std::os::unix::fs::MetadataExt;
-    let mut total = 0;
     if let Ok(entries) = std::fs::read_dir(path) {
         for e in entries.flatten() {
             let m = e.metadata().unwrap();
             if m.is_dir() {
-                total += unshared(&e.path());
-            } else if m.nlink() == 1 {
-                total += m.len();
+                inodes(&e.path(), out);
+            } else {
+                out.push((m.ino(), m.len()));
             }
         }
     }
-    total
+}
+
+/// Bytes of the files under `path` that are not (hard links of) files under `earlier`.
+fn new_bytes(earlier: &Path, path: &Path) -> u64 {
+    let (mut before, mut now) = (Vec::new(), Vec::new());
+    inodes(earlier, &mut before);
+    inodes(path, &mut now);
+    let before: std::collections::HashSet<u64> = before.into_iter().map(|(i, _)| i).collect();
+    now.into_iter()
+        .filter(|(i, _)| !before.contains(i))
+        .map(|(_, len)| len)
+        .sum()
 }
 
 fn peak_rss_mb() -> u64 {
@@ -198,7 +208,7 @@ fn run(args: &Args, open: &dyn Fn(&Path) -> Box<dyn Store>) {
     phase("snapshot 2 (after updates)", 0, || store.snapshot(&args.dir.join("snap-2")));
     println!(
         "snapshot 2 new bytes         {:>8} MB",
-        unshared(&args.dir.join("snap-2")) / 1_000_000
+        new_bytes(&args.dir.join("snap-1"), &args.dir.join("snap-2")) / 1_000_000
     );
     drop(store);
     let store = phase("reopen", 0, || open(&db_dir));
