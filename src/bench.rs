@@ -48,6 +48,10 @@ pub struct BenchArgs {
     /// that a slow spell of a shared machine weighs on one round and not on one column.
     #[arg(long, default_value_t = 3)]
     pub rounds: usize,
+    /// Where the checkpoint case keeps the reference table: `memory` or `disk` (the
+    /// pipeline's `state.backend`).
+    #[arg(long, default_value = "memory")]
+    pub state: String,
 }
 
 const HOSTS: u32 = 1000;
@@ -280,18 +284,36 @@ fn run_pipeline(yaml: &str, dir: &Path, name: &str) -> anyhow::Result<()> {
     watershed(&["run", "--log", "error", "--metrics-addr", "off", &p]).map(|_| ())
 }
 
-/// Runs this binary with `args` and waits; returns its stderr (the run's summary).
+thread_local! {
+    /// The peak resident memory of the last run `watershed` waited for, in MB.
+    static LAST_RUN_PEAK_MB: std::cell::Cell<f64> = const { std::cell::Cell::new(0.0) };
+}
+
+/// Runs this binary with `args` and waits; returns its stderr (the run's summary). Its peak
+/// resident memory is in `LAST_RUN_PEAK_MB`.
 fn watershed(args: &[&str]) -> anyhow::Result<String> {
-    let run = std::process::Command::new(std::env::current_exe()?)
+    use std::io::Read;
+    let mut child = std::process::Command::new(std::env::current_exe()?)
         .args(args)
         .stdout(std::process::Stdio::null())
-        .output()?;
-    let stderr = String::from_utf8_lossy(&run.stderr).into_owned();
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr is piped")
+        .read_to_string(&mut stderr)?;
+    let mut status = 0;
+    // SAFETY: wait4 writes the child's status and resource usage into what we pass.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let pid = unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut usage) };
+    anyhow::ensure!(pid > 0, "cannot wait for `watershed {}`", args.join(" "));
+    LAST_RUN_PEAK_MB.set(usage.ru_maxrss as f64 / 1024.0);
     anyhow::ensure!(
-        run.status.success(),
-        "`watershed {}` failed ({}): {stderr}",
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "`watershed {}` failed (wait status {status}): {stderr}",
         args.join(" "),
-        run.status
     );
     Ok(stderr)
 }
@@ -434,7 +456,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     }
     if args.case == "checkpoint" {
         for &rows in &args.reference_rows {
-            failures += checkpoint_case(n, rows, &dir)?;
+            failures += checkpoint_case(n, rows, &args.state, &dir)?;
         }
     }
     if args.case == "bootstrap" {
@@ -735,15 +757,34 @@ fn bootstrap_case(records: u64, rows: u64, dir: &Path) -> anyhow::Result<usize> 
 /// the same pipeline without checkpoints; then the checkpoints' sizes and durations (from
 /// their manifests) and the time a restart takes to restore the last one. Returns the
 /// number of failed checks (outputs differing from the run without checkpoints).
-fn checkpoint_case(records: u64, rows: u64, dir: &Path) -> anyhow::Result<usize> {
+fn checkpoint_case(records: u64, rows: u64, state: &str, dir: &Path) -> anyhow::Result<usize> {
+    anyhow::ensure!(
+        matches!(state, "memory" | "disk"),
+        "--state is memory or disk, not `{state}`"
+    );
+    let state = format!(
+        "state: {{backend: {state}{}}}\n",
+        if state == "disk" {
+            format!(", dir: \"{}\"", dir.join("tables").display())
+        } else {
+            String::new()
+        }
+    );
     let reference = dir.join(format!("hosts-{rows}.jsonl"));
     let input = dir.join(format!("checkpoint-input-{rows}.jsonl"));
     write_reference(rows, &reference)?;
     write_enrich_input(records, rows, &input)?;
     let out = dir.join(format!("checkpoint-out-{rows}.jsonl"));
-    let pipeline =
-        |checkpoint: &str| enrich_yaml(checkpoint, &[&input], Some(reference.as_path()), &out);
+    let pipeline = |checkpoint: &str| {
+        enrich_yaml(
+            &format!("{state}{checkpoint}"),
+            &[&input],
+            Some(reference.as_path()),
+            &out,
+        )
+    };
     let base = measure(|| run_pipeline(&pipeline("checkpoint: {interval: off}\n"), dir, "cp-off"))?;
+    let base_peak = LAST_RUN_PEAK_MB.get();
     let expected = sorted_lines(&out)?;
     let mut rows_out = Vec::new();
     let mut failures = 0;
@@ -755,6 +796,7 @@ fn checkpoint_case(records: u64, rows: u64, dir: &Path) -> anyhow::Result<usize>
             cp_dir.display()
         ));
         let m = measure(|| run_pipeline(&yaml, dir, &format!("cp-{interval}")))?;
+        let peak = LAST_RUN_PEAK_MB.get();
         let same = sorted_lines(&out)? == expected;
         failures += usize::from(!same);
         let store = crate::checkpoint::CheckpointStore::at(&cp_dir, usize::MAX)?;
@@ -786,7 +828,7 @@ fn checkpoint_case(records: u64, rows: u64, dir: &Path) -> anyhow::Result<usize>
             .lines()
             .find_map(|l| l.split(") in ").nth(1)?.strip_suffix(" ms")?.parse().ok());
         rows_out.push(format!(
-            "| every {interval} | {:.0} | {:+.1}% | {} | {:.1} MB | {:.1} MB | {} ms | {:.1} MB | {} ms ({restart_s:.2} s whole restart) | {} |",
+            "| every {interval} | {:.0} | {:+.1}% | {peak:.0} MB | {} | {:.1} MB | {:.1} MB | {} ms | {:.1} MB | {} ms ({restart_s:.2} s whole restart) | {} |",
             records as f64 / m.cpu.max(1e-9),
             100.0 * (m.cpu / base.cpu.max(1e-9) - 1.0),
             taken,
@@ -803,14 +845,15 @@ fn checkpoint_case(records: u64, rows: u64, dir: &Path) -> anyhow::Result<usize>
         let _ = std::fs::remove_file(f);
     }
     println!(
-        "\n## checkpoint: the enrich case ({rows}-row table, {records} events, parallelism 1) with checkpoints"
+        "\n## checkpoint: the enrich case ({rows}-row table, {records} events, parallelism 1, {}) with checkpoints",
+        state.trim_end()
     );
     println!(
-        "| checkpoints | events/CPU-s | CPU over none | periodic checkpoints | median size | median written (not shared) | median barrier → last ack | last checkpoint | restore | output equals the run without |"
+        "| checkpoints | events/CPU-s | CPU over none | peak RSS | periodic checkpoints | median size | median written (not shared) | median barrier → last ack | last checkpoint | restore | output equals the run without |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|");
     println!(
-        "| none | {:.0} | — | — | — | — | — | — | — | — |",
+        "| none | {:.0} | — | {base_peak:.0} MB | — | — | — | — | — | — | — |",
         records as f64 / base.cpu.max(1e-9)
     );
     for r in rows_out {

@@ -549,6 +549,10 @@ fn start(
         eprintln!("stopping (interrupt again to exit at once)");
     })
     .context("cannot install the interrupt handler")?;
+    watershed::savepoint::on_signal(
+        savepoints.clone(),
+        compiled.plan.options.checkpoint_dir.clone(),
+    );
     tracing::info!(pipeline = %compiled.plan.name, "starting");
     let ctx = RunContext {
         clock: clock.clone(),

@@ -1551,7 +1551,12 @@ fn enrich_operator(
         strategy,
         state: defaults.state.clone(),
     };
-    let probe = match EnrichOperator::new(name, spec.clone(), events.clone(), &reference) {
+    // The probe checks the spec only: its table stays in memory (no working copy on disk).
+    let probe_spec = EnrichSpec {
+        state: StateBackend::Memory,
+        ..spec.clone()
+    };
+    let probe = match EnrichOperator::new(name, probe_spec, events.clone(), &reference) {
         Ok(op) => op,
         Err(err) => {
             let at = locate_enrich_field(y, &err.field).unwrap_or(e.referenced);

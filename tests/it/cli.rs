@@ -385,6 +385,26 @@ fn validate_warns_when_sinks_give_less_than_the_pipeline_asks() {
     assert!(text.contains("field `checkpoint.guarantee`"), "{text}");
 }
 
+#[test]
+fn validate_names_line_and_field_of_state_mistakes() {
+    let (code, text) = validate(&("state: {backend: disk, cache_rows: 5000}\n".to_string() + GOOD));
+    assert_eq!(code, 0, "{text}");
+    let (code, text) = validate(&("state:\n  backend: ssd\n".to_string() + GOOD));
+    assert_eq!(code, 2, "{text}");
+    assert!(
+        text.contains(":2:")
+            && text.contains("field `state.backend`")
+            && text.contains("memory or disk"),
+        "{text}"
+    );
+    let (code, text) = validate(&("state: {cache_rows: 10}\n".to_string() + GOOD));
+    assert_eq!(code, 2, "{text}");
+    assert!(
+        text.contains("field `state.cache_rows`") && text.contains("applies to `backend: disk`"),
+        "{text}"
+    );
+}
+
 /// A broken checkpoint (a flipped byte in a state file) is reported by `checkpoints list`
 /// and skipped at restart for the previous complete one, with a message naming what is
 /// wrong; the output is the same.

@@ -406,6 +406,33 @@ fn savepoints_and_bootstrap_continue_exactly_where_they_stopped() {
         sorted_lines(&out) == expected,
         "restarted run: the same lines"
     );
+
+    // SIGUSR1: a savepoint under the checkpoint directory, then a stop without draining.
+    let (out, pipeline) = checkpointed(tmp.path(), "signalled");
+    let running = start(&pipeline, None);
+    std::thread::sleep(Duration::from_millis(1500));
+    // SAFETY: kill only sends a signal to the child we started.
+    unsafe { libc::kill(running.id() as libc::pid_t, libc::SIGUSR1) };
+    let stopped = running.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&stopped.stderr);
+    assert!(stopped.status.success(), "{text}");
+    assert!(sorted_lines(&out) != expected, "stopped before the end");
+    let savepoints: Vec<PathBuf> =
+        std::fs::read_dir(tmp.path().join("cp-signalled").join("savepoints"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+    assert_eq!(savepoints.len(), 1, "{savepoints:?}");
+    assert!(text.contains(savepoints[0].to_str().unwrap()), "{text}");
+    run_to_end(
+        &pipeline,
+        &["--from-savepoint", savepoints[0].to_str().unwrap()],
+    );
+    assert!(
+        sorted_lines(&out) == expected,
+        "run continued from the signalled savepoint: the same lines"
+    );
 }
 
 fn get_status(addr: &str) -> std::io::Result<String> {
