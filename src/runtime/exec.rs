@@ -156,6 +156,8 @@ pub fn run(plan: Plan, ctx: RunContext) -> Result<RunSummary, RunError> {
     // Set when the run stops after a savepoint: tasks end without draining, and an input
     // closing under them is not an error.
     let stopping = Arc::new(AtomicBool::new(false));
+    // Operators whose task ended, kept (with their state) until the run is over.
+    let finished_operators: Arc<std::sync::Mutex<Vec<OperatorDriver>>> = Arc::default();
     let bootstrap = ctx.bootstrap.is_some();
     if let Some(r) = &restored {
         check_restorable(&plan, r)?;
@@ -407,6 +409,7 @@ pub fn run(plan: Plan, ctx: RunContext) -> Result<RunSummary, RunError> {
                     }
                     let rx = inbound.expect("receiver");
                     let stopping_t = stopping.clone();
+                    let kept_t = finished_operators.clone();
                     let handle = spawn(&label, move || {
                         let mut emit = |e: Emit| match e {
                             Emit::Port(p, b) => router.send(p, b),
@@ -419,6 +422,12 @@ pub fn run(plan: Plan, ctx: RunContext) -> Result<RunSummary, RunError> {
                             driver.on_message(slot, msg, clock_t.now_ms(), &mut emit, &mut ack)?;
                             Ok(driver.is_finished())
                         });
+                        // Its last snapshot may name files it owns (a disk table's change log):
+                        // they must outlive the run's last checkpoint.
+                        kept_t
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push(driver);
                         report_end(result.map(|()| None));
                     });
                     instances.push(Instance {
@@ -532,6 +541,7 @@ pub fn run(plan: Plan, ctx: RunContext) -> Result<RunSummary, RunError> {
     for inst in instances {
         let _ = inst.handle.join();
     }
+    drop(finished_operators);
     summary.map(|mut s| {
         s.restore_ms = restore_ms;
         s

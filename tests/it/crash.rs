@@ -245,15 +245,7 @@ fn killed_runs_with_tables_on_disk_restart_without_losing_or_duplicating_lines()
     let checkpoints = tmp.path().join("checkpoints");
     let crashing = tmp.path().join("crashing.yaml");
     let work = tmp.path().join("tables");
-    let text = demo_pipeline(&out, Some(&checkpoints)).replacen(
-        "\nenrichment:",
-        &format!(
-            "\nstate: {{backend: disk, cache_rows: 64, dir: \"{}\"}}\nenrichment:",
-            work.display()
-        ),
-        1,
-    );
-    assert!(text.contains("backend: disk"));
+    let text = with_tables_on_disk(demo_pipeline(&out, Some(&checkpoints)), &work);
     std::fs::write(&crashing, text).unwrap();
     let (kills, _, _) = run_with_crashes(
         &crashing,
@@ -268,6 +260,49 @@ fn killed_runs_with_tables_on_disk_restart_without_losing_or_duplicating_lines()
     assert_same_output(&out, &expected, kills);
     // Every run removed its tables' working copies.
     assert_eq!(std::fs::read_dir(&work).unwrap().count(), 0);
+}
+
+/// `pipeline` with its reference tables on disk (a cache of 64 keys), working under `work`.
+fn with_tables_on_disk(pipeline: String, work: &Path) -> String {
+    let text = pipeline.replacen(
+        "\nenrichment:",
+        &format!(
+            "\nstate: {{backend: disk, cache_rows: 64, dir: \"{}\"}}\nenrichment:",
+            work.display()
+        ),
+        1,
+    );
+    assert!(text.contains("backend: disk"));
+    text
+}
+
+/// A disk table's last snapshot, taken as its input ends, names change log segments the
+/// table owns; with no periodic checkpoint before it, the run's last checkpoint is the first
+/// to need them, after the table's task has ended.
+#[test]
+fn the_last_checkpoint_keeps_the_change_logs_of_tables_on_disk() {
+    let tmp = tempfile::tempdir().unwrap();
+    let expected = uninterrupted(tmp.path());
+    let out = tmp.path().join("out");
+    let checkpoints = tmp.path().join("checkpoints");
+    let text = with_tables_on_disk(
+        demo_pipeline(&out, Some(&checkpoints)),
+        &tmp.path().join("tables"),
+    )
+    .replace("interval: 150ms", "interval: off");
+    let pipeline = tmp.path().join("last.yaml");
+    std::fs::write(&pipeline, text).unwrap();
+    run_to_end(&pipeline, &[]);
+    assert!(sorted_lines(&out) == expected, "the same lines");
+    let kept = manifests(&checkpoints);
+    assert_eq!(kept.len(), 1, "only the last checkpoint");
+    assert!(kept[0].contains("log-") && kept[0].contains("\"new\":true"));
+    let again = run_to_end(&pipeline, &[]);
+    assert!(again.contains("restored from checkpoint"), "{again}");
+    assert!(
+        sorted_lines(&out) == expected,
+        "nothing more after a restart"
+    );
 }
 
 /// The demo pipeline writing under `<dir>/<name>`, with its checkpoints in `<dir>/cp-<name>`:
@@ -392,13 +427,7 @@ fn savepoints_and_bootstrap_continue_exactly_where_they_stopped() {
     // SIGTERM with a checkpoint directory: a last checkpoint, no drain; a plain restart
     // continues from it.
     let (out, pipeline) = checkpointed(tmp.path(), "terminated");
-    let running = start(&pipeline, None);
-    std::thread::sleep(Duration::from_millis(1500));
-    // SAFETY: kill only sends a signal to the child we started.
-    unsafe { libc::kill(running.id() as libc::pid_t, libc::SIGTERM) };
-    let stopped = running.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&stopped.stderr);
-    assert!(stopped.status.success(), "{text}");
+    stop_with_signal(&pipeline, libc::SIGTERM);
     assert!(sorted_lines(&out) != expected, "stopped before the end");
     let stderr = run_to_end(&pipeline, &[]);
     assert!(stderr.contains("restored from checkpoint"), "{stderr}");
@@ -409,13 +438,7 @@ fn savepoints_and_bootstrap_continue_exactly_where_they_stopped() {
 
     // SIGUSR1: a savepoint under the checkpoint directory, then a stop without draining.
     let (out, pipeline) = checkpointed(tmp.path(), "signalled");
-    let running = start(&pipeline, None);
-    std::thread::sleep(Duration::from_millis(1500));
-    // SAFETY: kill only sends a signal to the child we started.
-    unsafe { libc::kill(running.id() as libc::pid_t, libc::SIGUSR1) };
-    let stopped = running.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&stopped.stderr);
-    assert!(stopped.status.success(), "{text}");
+    let text = stop_with_signal(&pipeline, libc::SIGUSR1);
     assert!(sorted_lines(&out) != expected, "stopped before the end");
     let savepoints: Vec<PathBuf> =
         std::fs::read_dir(tmp.path().join("cp-signalled").join("savepoints"))
@@ -433,6 +456,19 @@ fn savepoints_and_bootstrap_continue_exactly_where_they_stopped() {
         sorted_lines(&out) == expected,
         "run continued from the signalled savepoint: the same lines"
     );
+}
+
+/// Starts `pipeline`, sends it `signal` 1.5 s later and waits for it to stop cleanly; returns
+/// its stderr.
+fn stop_with_signal(pipeline: &Path, signal: libc::c_int) -> String {
+    let running = start(pipeline, None);
+    std::thread::sleep(Duration::from_millis(1500));
+    // SAFETY: kill only sends a signal to the child we started.
+    unsafe { libc::kill(running.id() as libc::pid_t, signal) };
+    let stopped = running.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&stopped.stderr).into_owned();
+    assert!(stopped.status.success(), "{text}");
+    text
 }
 
 fn get_status(addr: &str) -> std::io::Result<String> {
