@@ -285,36 +285,33 @@ fn run_pipeline(yaml: &str, dir: &Path, name: &str) -> anyhow::Result<()> {
 }
 
 thread_local! {
-    /// The peak resident memory of the last run `watershed` waited for, in MB.
+    /// The peak resident memory of the last run `watershed` waited for, in MB, as the run's
+    /// summary reports it (a child's `getrusage` would count this process's memory too).
     static LAST_RUN_PEAK_MB: std::cell::Cell<f64> = const { std::cell::Cell::new(0.0) };
 }
 
 /// Runs this binary with `args` and waits; returns its stderr (the run's summary). Its peak
 /// resident memory is in `LAST_RUN_PEAK_MB`.
 fn watershed(args: &[&str]) -> anyhow::Result<String> {
-    use std::io::Read;
-    let mut child = std::process::Command::new(std::env::current_exe()?)
+    let run = std::process::Command::new(std::env::current_exe()?)
         .args(args)
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()?;
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .expect("stderr is piped")
-        .read_to_string(&mut stderr)?;
-    let mut status = 0;
-    // SAFETY: wait4 writes the child's status and resource usage into what we pass.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let pid = unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut usage) };
-    anyhow::ensure!(pid > 0, "cannot wait for `watershed {}`", args.join(" "));
-    LAST_RUN_PEAK_MB.set(usage.ru_maxrss as f64 / 1024.0);
+        .output()?;
+    let stderr = String::from_utf8_lossy(&run.stderr).into_owned();
     anyhow::ensure!(
-        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-        "`watershed {}` failed (wait status {status}): {stderr}",
+        run.status.success(),
+        "`watershed {}` failed ({}): {stderr}",
         args.join(" "),
+        run.status
     );
+    let peak = stderr.lines().find_map(|l| {
+        l.trim()
+            .strip_prefix("peak resident memory ")?
+            .strip_suffix(" MB")?
+            .parse()
+            .ok()
+    });
+    LAST_RUN_PEAK_MB.set(peak.unwrap_or(f64::NAN));
     Ok(stderr)
 }
 

@@ -623,6 +623,9 @@ fn print_summary(s: &RunSummary, outputs: &[(String, String)]) {
     if s.checkpoint_failures > 0 {
         eprintln!("  {} checkpoints failed", s.checkpoint_failures);
     }
+    if let Some(mb) = peak_resident_mb() {
+        eprintln!("  peak resident memory {mb} MB");
+    }
     // Totals per node over its instances, in plan order.
     struct Totals<'a> {
         node: &'a str,
@@ -660,4 +663,19 @@ fn print_summary(s: &RunSummary, outputs: &[(String, String)]) {
     for (name, target) in outputs {
         eprintln!("  output {name} -> {target}");
     }
+}
+
+/// This process's peak resident memory (`VmHWM`: of its own address space, unlike
+/// `getrusage`, which also counts the parent's it was started from).
+fn peak_resident_mb() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb / 1024)
 }

@@ -47,8 +47,9 @@ use crate::cdc::rows::{self, META_COLUMNS, RowOp};
 use crate::error::StateError;
 use crate::operators::version_range::VersionRange;
 use crate::operators::{MAIN_PORT, MISS_PORT, Operator, Output, PortSpec};
+use crate::state::arena::unique_id;
 use crate::state::versioned::{Located, RowRef};
-use crate::state::{Blobs, ReferenceTable, SpillQueue, StateBackend, StateImage};
+use crate::state::{Blob, Blobs, ReferenceTable, SpillQueue, StateBackend, StateImage};
 use crate::types::{Batch, DataType, EventTime, Field, Schema, SchemaRef, Value};
 
 type Map<K, V> = std::collections::HashMap<K, V, BuildHasherDefault<ahash::AHasher>>;
@@ -231,6 +232,55 @@ struct GateRows {
     times: Vec<EventTime>,
 }
 
+/// The gate's events as checkpoints hold them: each snapshot seals the events the gate took
+/// since the last one into a segment (a blob), which later checkpoints share, so a gate
+/// that fills for minutes while a large table loads is not written again at every barrier.
+#[derive(Default)]
+struct GateLog {
+    segments: Vec<(String, Blob)>,
+    /// Gate items the segments hold.
+    sealed: usize,
+    /// Where segments larger than `GATE_SEGMENT_IN_MEMORY` go (created on first need).
+    dir: Option<tempfile::TempDir>,
+}
+
+/// Gate segments up to this size stay in memory; larger ones go to a file.
+const GATE_SEGMENT_IN_MEMORY: usize = 4 << 20;
+
+impl GateLog {
+    /// Seals `items` (the gate's newest, not yet sealed) into a segment.
+    fn seal(&mut self, items: &[GateRows]) -> std::io::Result<()> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        let bytes = postcard::to_allocvec(items).map_err(std::io::Error::other)?;
+        let id = unique_id("gate");
+        let blob = if bytes.len() <= GATE_SEGMENT_IN_MEMORY {
+            Blob::Bytes(Arc::from(bytes))
+        } else {
+            if self.dir.is_none() {
+                self.dir = Some(
+                    tempfile::Builder::new()
+                        .prefix("watershed-gate-")
+                        .tempdir()?,
+                );
+            }
+            let path = self.dir.as_ref().expect("created").path().join(&id);
+            let mut f = std::fs::File::create(&path)?;
+            std::io::Write::write_all(&mut f, &bytes)?;
+            f.sync_all()?;
+            Blob::File {
+                path,
+                bytes: bytes.len() as u64,
+                crc32: crc32fast::hash(&bytes),
+            }
+        };
+        self.segments.push((id, blob));
+        self.sealed += items.len();
+        Ok(())
+    }
+}
+
 /// An event waiting somewhere in the operator.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 struct Pending {
@@ -257,6 +307,9 @@ pub struct EnrichOperator {
     watermark: Option<EventTime>,
     /// Events waiting for the snapshot: the first `max_buffered` in memory, the rest spilled.
     gate: SpillQueue<GateRows>,
+    /// The gate's events already in checkpoint segments (sealed by `snapshot`, which has
+    /// `&self`).
+    gate_log: std::cell::RefCell<GateLog>,
     /// Events in `gate`.
     gate_events: usize,
     /// The earliest event time in `gate`.
@@ -571,6 +624,7 @@ impl EnrichOperator {
             snapshot_done: false,
             watermark: None,
             gate: SpillQueue::new(gate_memory),
+            gate_log: Default::default(),
             gate_events: 0,
             gate_min: None,
             waiting: Vec::new(),
@@ -1083,6 +1137,7 @@ impl EnrichOperator {
     fn open_gate(&mut self, out: &mut Output) {
         self.gate_min = None;
         self.gate_events = 0;
+        *self.gate_log.get_mut() = GateLog::default();
         let waiting = match self.gate.drain() {
             Ok(w) => w,
             Err(e) => {
@@ -1250,18 +1305,25 @@ impl Operator for EnrichOperator {
     fn snapshot(&self) -> Result<StateImage, StateError> {
         self.measure_state();
         let mut blobs = Blobs::new();
+        let gate_segments = {
+            let mut log = self.gate_log.borrow_mut();
+            let fail = |e: std::io::Error| {
+                StateError::encode(&self.name, format!("cannot seal the gate's events: {e}"))
+            };
+            let new = self.gate.to_vec_from(log.sealed).map_err(fail)?;
+            log.seal(&new).map_err(fail)?;
+            for (id, blob) in &log.segments {
+                blobs.insert(id.clone(), blob.clone());
+            }
+            log.segments.iter().map(|(id, _)| id.clone()).collect()
+        };
         let image = Image {
             version: SNAPSHOT_VERSION,
             table: self.table.snapshot(&mut blobs)?,
             latest_valid_from: self.latest_valid_from,
             snapshot_done: self.snapshot_done,
             watermark: self.watermark,
-            gate: self.gate.to_vec().map_err(|e| {
-                StateError::encode(
-                    &self.name,
-                    format!("cannot read the gate's spilled events: {e}"),
-                )
-            })?,
+            gate_segments,
             waiting: self.waiting.clone(),
             held: {
                 let mut held: Vec<Pending> = self.held.values().flatten().cloned().collect();
@@ -1310,17 +1372,28 @@ impl Operator for EnrichOperator {
             EnrichStrategy::Gated { max_buffered } => max_buffered,
             EnrichStrategy::Gradual => 1,
         });
-        self.gate_min = image
-            .gate
-            .iter()
-            .flat_map(|g| g.times.iter().copied())
-            .min();
+        self.gate_min = None;
         self.gate_events = 0;
-        for g in image.gate {
-            let n = g.times.len();
-            self.gate_events += n;
-            self.gate.push(g, n);
+        let mut log = GateLog::default();
+        for id in &image.gate_segments {
+            let blob = blobs
+                .get(id)
+                .ok_or_else(|| fail(format!("the checkpoint lacks gate segment {id}")))?;
+            let bytes = blob
+                .load()
+                .map_err(|e| fail(format!("cannot read gate segment {id}: {e}")))?;
+            let items: Vec<GateRows> =
+                postcard::from_bytes(&bytes).map_err(|e| fail(e.to_string()))?;
+            log.sealed += items.len();
+            for g in items {
+                let n = g.times.len();
+                self.gate_min = g.times.iter().copied().chain(self.gate_min).min();
+                self.gate_events += n;
+                self.gate.push(g, n);
+            }
+            log.segments.push((id.clone(), blob.clone()));
         }
+        *self.gate_log.get_mut() = log;
         self.held_times.clear();
         self.waiting = image.waiting;
         self.held.clear();
@@ -1341,7 +1414,7 @@ impl Operator for EnrichOperator {
     }
 }
 
-const SNAPSHOT_VERSION: u8 = 7;
+const SNAPSHOT_VERSION: u8 = 8;
 
 #[derive(Serialize, Deserialize)]
 struct Image {
@@ -1351,7 +1424,8 @@ struct Image {
     latest_valid_from: EventTime,
     snapshot_done: bool,
     watermark: Option<EventTime>,
-    gate: Vec<GateRows>,
+    /// The gate's events, as segments (blobs), oldest first.
+    gate_segments: Vec<String>,
     waiting: Vec<Pending>,
     held: Vec<Pending>,
     next_seq: u64,

@@ -25,6 +25,8 @@ pub struct SpillQueue<T> {
     file: Option<Mutex<BufWriter<File>>>,
     /// Bytes written to the spill file.
     file_len: u64,
+    /// Where each spilled item starts in the file.
+    offsets: Vec<u64>,
     spilled: usize,
     /// Items that could not be spilled (kept in memory after the spilled ones).
     overflow: Vec<T>,
@@ -42,6 +44,7 @@ impl<T: Serialize + DeserializeOwned> SpillQueue<T> {
             spilled_weight: 0,
             file: None,
             file_len: 0,
+            offsets: Vec::new(),
             spilled: 0,
             overflow: Vec::new(),
             io_error_logged: false,
@@ -106,22 +109,27 @@ impl<T: Serialize + DeserializeOwned> SpillQueue<T> {
             .unwrap_or_else(|e| e.into_inner());
         w.write_all(&(bytes.len() as u32).to_le_bytes())?;
         w.write_all(&bytes)?;
+        self.offsets.push(self.file_len);
         self.file_len += 4 + bytes.len() as u64;
         Ok(())
     }
 
-    /// Reads every spilled item back, in order, without moving the write position.
-    fn read_spilled(&self) -> std::io::Result<Vec<T>> {
+    /// Reads the spilled items from the `from`-th on back, in order, without moving the
+    /// write position.
+    fn read_spilled(&self, from: usize) -> std::io::Result<Vec<T>> {
         let Some(file) = &self.file else {
+            return Ok(Vec::new());
+        };
+        let Some(&start) = self.offsets.get(from) else {
             return Ok(Vec::new());
         };
         let mut w = file.lock().unwrap_or_else(|e| e.into_inner());
         w.flush()?;
-        let mut bytes = vec![0u8; self.file_len as usize];
-        w.get_ref().read_exact_at(&mut bytes, 0)?;
-        let mut out = Vec::with_capacity(self.spilled);
+        let mut bytes = vec![0u8; (self.file_len - start) as usize];
+        w.get_ref().read_exact_at(&mut bytes, start)?;
+        let mut out = Vec::with_capacity(self.spilled - from);
         let mut rest = &bytes[..];
-        for _ in 0..self.spilled {
+        for _ in from..self.spilled {
             let (len, tail) = rest
                 .split_first_chunk::<4>()
                 .ok_or_else(|| std::io::Error::other("spill file is truncated"))?;
@@ -137,12 +145,13 @@ impl<T: Serialize + DeserializeOwned> SpillQueue<T> {
 
     /// Takes every item out, in order, and empties the queue (the spill file is dropped).
     pub fn drain(&mut self) -> std::io::Result<Vec<T>> {
-        let spilled = self.read_spilled()?;
+        let spilled = self.read_spilled(0)?;
         let mut all: Vec<T> = self.memory.drain(..).collect();
         all.extend(spilled);
         all.append(&mut self.overflow);
         self.file = None;
         self.file_len = 0;
+        self.offsets.clear();
         self.spilled = 0;
         self.spilled_weight = 0;
         self.memory_weight = 0;
@@ -154,9 +163,20 @@ impl<T: Serialize + DeserializeOwned> SpillQueue<T> {
     where
         T: Clone,
     {
-        let mut all: Vec<T> = self.memory.iter().cloned().collect();
-        all.extend(self.read_spilled()?);
-        all.extend(self.overflow.iter().cloned());
+        self.to_vec_from(0)
+    }
+
+    /// The items from the `skip`-th on, in order, leaving the queue as it is (for
+    /// checkpoints that already hold the first `skip`).
+    pub fn to_vec_from(&self, skip: usize) -> std::io::Result<Vec<T>>
+    where
+        T: Clone,
+    {
+        let mut all: Vec<T> = self.memory.iter().skip(skip).cloned().collect();
+        let skip = skip.saturating_sub(self.memory.len());
+        all.extend(self.read_spilled(skip.min(self.spilled))?);
+        let skip = skip.saturating_sub(self.spilled);
+        all.extend(self.overflow.iter().skip(skip).cloned());
         Ok(all)
     }
 }
@@ -182,6 +202,17 @@ mod tests {
             (0..11).collect::<Vec<_>>()
         );
         assert_eq!(copy[..], all[..10]);
+        for skip in [0, 2, 3, 5, 10, 11, 12] {
+            let mut q: SpillQueue<(u64, String)> = SpillQueue::new(3);
+            for i in 0..11 {
+                q.push((i, format!("row-{i}")), 1);
+            }
+            assert_eq!(
+                q.to_vec_from(skip).unwrap()[..],
+                all[skip.min(11)..],
+                "skip {skip}"
+            );
+        }
         assert!(q.is_empty());
         q.push((1, "again".into()), 5);
         q.push((2, "heavy".into()), 5);
