@@ -16,5 +16,8 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --locked -- -D warnings
+echo "== tools/store-compare (its own workspace; the fjall build only: RocksDB's takes half an hour)"
+cargo fmt --manifest-path tools/store-compare/Cargo.toml -- --check
+cargo clippy --manifest-path tools/store-compare/Cargo.toml --features fjall --locked -- -D warnings
 echo "== cargo nextest run"
 cargo nextest run --all-targets --locked --no-fail-fast

@@ -393,9 +393,12 @@ fn bootstrap(path: &Path, dir: &Path, parallelism: Option<usize>) -> anyhow::Res
         .map(|i| i.records_in)
         .sum();
     eprintln!(
-        "bootstrap: {rows} reference records read in {:.2}s; savepoint written to {}",
+        "bootstrap: {rows} reference records read in {:.2}s; savepoint written to {}{}",
         summary.elapsed_ms as f64 / 1000.0,
-        written.display()
+        written.display(),
+        peak_resident_mb().map_or(String::new(), |mb| format!(
+            "; peak resident memory {mb} MB"
+        ))
     );
     eprintln!(
         "start live with `watershed run {} --from-savepoint {}`",

@@ -54,7 +54,10 @@ fn key(i: u64) -> [u8; 16] {
 
 fn value(i: u64, round: u64) -> [u8; VALUE_LEN] {
     let mut v = [b'x'; VALUE_LEN];
-    let s = format!("{{\"id\":{i},\"round\":{round},\"score\":{}}}", (i * 7 + round) % 100);
+    let s = format!(
+        "{{\"id\":{i},\"round\":{round},\"score\":{}}}",
+        (i * 7 + round) % 100
+    );
     v[..s.len()].copy_from_slice(s.as_bytes());
     v
 }
@@ -170,33 +173,49 @@ fn run(args: &Args, open: &dyn Fn(&Path) -> Box<dyn Store>) {
     std::fs::create_dir_all(&args.dir).unwrap();
     let db_dir = args.dir.join("db");
     let mut store = open(&db_dir);
-    let write = |store: &mut Box<dyn Store>, n: u64, round: u64, pick: &mut dyn FnMut(u64) -> u64| {
-        let mut batch = Vec::with_capacity(BATCH);
-        for i in 0..n {
-            let k = pick(i);
-            batch.push((key(k), value(k, round)));
-            if batch.len() == BATCH {
-                store.put_batch(&batch);
-                batch.clear();
+    let write =
+        |store: &mut Box<dyn Store>, n: u64, round: u64, pick: &mut dyn FnMut(u64) -> u64| {
+            let mut batch = Vec::with_capacity(BATCH);
+            for i in 0..n {
+                let k = pick(i);
+                batch.push((key(k), value(k, round)));
+                if batch.len() == BATCH {
+                    store.put_batch(&batch);
+                    batch.clear();
+                }
             }
-        }
-        if !batch.is_empty() {
-            store.put_batch(&batch);
-        }
-    };
-    phase("put (batches of 1000)", args.keys, || write(&mut store, args.keys, 0, &mut |i| i));
+            if !batch.is_empty() {
+                store.put_batch(&batch);
+            }
+        };
+    phase("put (batches of 1000)", args.keys, || {
+        write(&mut store, args.keys, 0, &mut |i| i)
+    });
     phase("sync", 0, || store.sync());
-    println!("on disk after load           {:>8} MB", du(&db_dir) / 1_000_000);
+    println!(
+        "on disk after load           {:>8} MB",
+        du(&db_dir) / 1_000_000
+    );
     let mut rng = Rng(0x2545_F491_4F6C_DD1D);
     let hits = phase("random get (hits)", args.gets, || {
-        (0..args.gets).filter(|_| store.get(&key(rng.next() % args.keys)).is_some()).count()
+        (0..args.gets)
+            .filter(|_| store.get(&key(rng.next() % args.keys)).is_some())
+            .count()
     });
     assert_eq!(hits as u64, args.gets, "every key written must be found");
     let misses = phase("random get (misses)", args.gets / 2, || {
-        (0..args.gets / 2).filter(|_| store.get(&key(args.keys + rng.next() % args.keys)).is_some()).count()
+        (0..args.gets / 2)
+            .filter(|_| {
+                store
+                    .get(&key(args.keys + rng.next() % args.keys))
+                    .is_some()
+            })
+            .count()
     });
     assert_eq!(misses, 0);
-    phase("snapshot 1 (full)", 0, || store.snapshot(&args.dir.join("snap-1")));
+    phase("snapshot 1 (full)", 0, || {
+        store.snapshot(&args.dir.join("snap-1"))
+    });
     println!(
         "snapshot 1 size              {:>8} MB",
         du(&args.dir.join("snap-1")) / 1_000_000
@@ -205,7 +224,9 @@ fn run(args: &Args, open: &dyn Fn(&Path) -> Box<dyn Store>) {
     phase("update (random keys)", args.updates, || {
         write(&mut store, args.updates, 1, &mut |_| upd.next() % args.keys)
     });
-    phase("snapshot 2 (after updates)", 0, || store.snapshot(&args.dir.join("snap-2")));
+    phase("snapshot 2 (after updates)", 0, || {
+        store.snapshot(&args.dir.join("snap-2"))
+    });
     println!(
         "snapshot 2 new bytes         {:>8} MB",
         new_bytes(&args.dir.join("snap-1"), &args.dir.join("snap-2")) / 1_000_000
@@ -213,9 +234,14 @@ fn run(args: &Args, open: &dyn Fn(&Path) -> Box<dyn Store>) {
     drop(store);
     let store = phase("reopen", 0, || open(&db_dir));
     phase("random get after reopen", args.gets, || {
-        (0..args.gets).filter(|_| store.get(&key(rng.next() % args.keys)).is_some()).count()
+        (0..args.gets)
+            .filter(|_| store.get(&key(rng.next() % args.keys)).is_some())
+            .count()
     });
-    println!("on disk at end               {:>8} MB", du(&db_dir) / 1_000_000);
+    println!(
+        "on disk at end               {:>8} MB",
+        du(&db_dir) / 1_000_000
+    );
     println!("peak RSS                     {:>8} MB", peak_rss_mb());
 }
 
@@ -249,7 +275,10 @@ mod rocks {
         }
         fn snapshot(&mut self, dir: &Path) {
             // Flushes the memtable and hard-links the SST files (copies only what cannot be linked).
-            Checkpoint::new(&self.0).unwrap().create_checkpoint(dir).unwrap();
+            Checkpoint::new(&self.0)
+                .unwrap()
+                .create_checkpoint(dir)
+                .unwrap();
         }
     }
 }
@@ -307,7 +336,10 @@ mod lsm {
 
 fn main() {
     let args = parse_args();
-    println!("store {} · {} keys of 16 bytes, values of {VALUE_LEN} bytes", args.store, args.keys);
+    println!(
+        "store {} · {} keys of 16 bytes, values of {VALUE_LEN} bytes",
+        args.store, args.keys
+    );
     match args.store.as_str() {
         #[cfg(feature = "rocksdb")]
         "rocksdb" => run(&args, &rocks::open),
