@@ -239,12 +239,17 @@ impl CheckpointStore {
     /// Removes the blobs (and unfinished blob writes) that no kept checkpoint names, and
     /// forgets them.
     fn remove_unnamed_blobs(&self) {
-        let named: BTreeSet<String> = self
-            .epochs()
-            .iter()
-            .filter_map(|(_, path)| read_manifest(path).ok())
-            .flat_map(|m| m.blob_ids().map(blob_name).collect::<Vec<_>>())
-            .collect();
+        let mut named: BTreeSet<String> = BTreeSet::new();
+        for (_, path) in self.epochs() {
+            match read_manifest(&path) {
+                Ok(m) => named.extend(m.blob_ids().map(blob_name)),
+                Err(e) => {
+                    // What it names is unknown: nothing is removed while it is kept.
+                    tracing::warn!(error = %e, "not removing unused blobs: a kept checkpoint's manifest cannot be read");
+                    return;
+                }
+            }
+        }
         let mut blobs = self.blobs.lock().expect("blob directory lock");
         let Ok(entries) = std::fs::read_dir(&blobs.dir) else {
             return;

@@ -242,10 +242,14 @@ struct GateLog {
     sealed: usize,
     /// Where segments larger than `GATE_SEGMENT_IN_MEMORY` go (created on first need).
     dir: Option<tempfile::TempDir>,
+    /// Directories of segments from before the gate opened: a checkpoint still being written
+    /// may name them, so they go with the operator (kept until the run is over).
+    retired: Vec<tempfile::TempDir>,
 }
 
-/// Gate segments up to this size stay in memory; larger ones go to a file.
-const GATE_SEGMENT_IN_MEMORY: usize = 4 << 20;
+/// Gate segments up to this size stay in memory; larger ones go to a file (so the gate's
+/// memory stays bounded by its `max_buffered`).
+const GATE_SEGMENT_IN_MEMORY: usize = 64 << 10;
 
 impl GateLog {
     /// Seals `items` (the gate's newest, not yet sealed) into a segment.
@@ -1137,7 +1141,10 @@ impl EnrichOperator {
     fn open_gate(&mut self, out: &mut Output) {
         self.gate_min = None;
         self.gate_events = 0;
-        *self.gate_log.get_mut() = GateLog::default();
+        let log = std::mem::take(self.gate_log.get_mut());
+        let gate_log = self.gate_log.get_mut();
+        gate_log.retired = log.retired;
+        gate_log.retired.extend(log.dir);
         let waiting = match self.gate.drain() {
             Ok(w) => w,
             Err(e) => {
@@ -1414,7 +1421,7 @@ impl Operator for EnrichOperator {
     }
 }
 
-const SNAPSHOT_VERSION: u8 = 8;
+const SNAPSHOT_VERSION: u8 = 9;
 
 #[derive(Serialize, Deserialize)]
 struct Image {

@@ -528,6 +528,12 @@ pub fn run(plan: Plan, ctx: RunContext) -> Result<RunSummary, RunError> {
     drop(report_tx);
 
     let restore_ms = restored.as_ref().map(|_| clock.now_ms() - start_ms);
+    // Every task has its state: the checkpoint's copy of it need not stay in memory.
+    let mut restored = restored;
+    if let Some(r) = &mut restored {
+        r.operators.clear();
+        r.sinks.clear();
+    }
     let summary = supervise(
         &plan,
         &ctx,

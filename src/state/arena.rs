@@ -121,8 +121,10 @@ impl Arena {
         if self.tail.len() >= self.limit() {
             self.freeze();
         }
+        // The last chunk number is never used: its last offset would be `u32::MAX`, which
+        // records use for "no previous version".
         assert!(
-            self.frozen.len() < 1 << (32 - self.bits),
+            self.frozen.len() < (1 << (32 - self.bits)) - 1,
             "a table's arena stays below 4 GiB"
         );
         ((self.frozen.len() as u32) << self.bits) | self.tail.len() as u32
@@ -211,7 +213,7 @@ impl Arena {
                 )),
             })
             .collect::<Result<Vec<_>, _>>()?;
-        if !(8..=CHUNK_BITS).contains(&image.bits) || frozen.len() >= 1 << (32 - image.bits) {
+        if !(8..=CHUNK_BITS).contains(&image.bits) || frozen.len() >= (1 << (32 - image.bits)) - 1 {
             return Err(StateError::decode(
                 "versioned table",
                 format!(

@@ -289,6 +289,8 @@ struct Image {
     retention_ms: Option<i64>,
     live: usize,
     garbage: usize,
+    expired_at: Option<EventTime>,
+    next_expiry: Option<EventTime>,
     arena: ArenaImage,
 }
 
@@ -844,6 +846,8 @@ where
             retention_ms: self.retention_ms,
             live: self.live,
             garbage: self.garbage,
+            expired_at: self.expired_at,
+            next_expiry: self.next_expiry,
             arena: self.arena.image(blobs),
         })
         .map_err(|e| StateError::encode("versioned table", e))
@@ -857,8 +861,8 @@ where
         t.arena = Arena::from_image(image.arena, blobs)?;
         t.live = image.live;
         t.garbage = image.garbage;
-        // Not recorded: the first `expire` looks.
-        t.next_expiry = Some(EventTime::MIN);
+        t.expired_at = image.expired_at;
+        t.next_expiry = image.next_expiry;
         // Records were appended oldest first: the last record of a key is its latest; a
         // record that replaces an index slot is a newer version of that key (older ones are
         // history reached through `prev`, or garbage).
