@@ -36,7 +36,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::StateError;
 use crate::state::arena::unique_id;
-use crate::state::versioned::{Located, RowRef};
+use crate::state::versioned::{Located, RowRef, put_varint};
 use crate::state::{Applied, Blob, Blobs, VersionedTable};
 use crate::types::{EventTime, Value};
 
@@ -703,14 +703,6 @@ fn split_stored(value: &[u8]) -> (u64, &[u8]) {
         }
     }
     (n, &value[at..])
-}
-
-fn put_varint(out: &mut Vec<u8>, mut v: usize) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
 }
 
 /// A varint, or `None` at the end of the input (before its first byte).

@@ -120,7 +120,8 @@ pub enum Applied {
 /// No previous record.
 const NONE: u32 = u32::MAX;
 
-fn put_varint(out: &mut Vec<u8>, mut v: usize) {
+/// Appends `v` as a LEB128 varint (as postcard writes lengths).
+pub(crate) fn put_varint(out: &mut Vec<u8>, mut v: usize) {
     while v >= 0x80 {
         out.push((v as u8) | 0x80);
         v >>= 7;
