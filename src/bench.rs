@@ -14,9 +14,9 @@ use std::time::Instant;
 use anyhow::Context;
 use serde::Deserialize;
 
+use crate::dataflow::{ReadBuffers, ReadStatus, Source};
 use crate::format::json::JsonEncoder;
 use crate::sources::generator::{GeneratorSource, GeneratorSpec};
-use crate::sources::{ReadBuffers, ReadStatus, Source};
 use crate::types::{DataType, Field, Schema, SchemaRef, Value};
 
 #[derive(clap::Args, Debug, Clone)]
@@ -609,7 +609,7 @@ fn enrich_output_schema() -> SchemaRef {
 /// (the change event's `after` object), measured on the operator itself.
 fn reference_state_bytes(rows: u64) -> anyhow::Result<(f64, f64, f64)> {
     use crate::cdc::rows::change_schema;
-    use crate::operators::Operator;
+    use crate::dataflow::Operator;
     use crate::operators::enrich::{
         EnrichOperator, EnrichSpec, EnrichStrategy, JoinMode, MissPolicy,
     };
@@ -635,7 +635,7 @@ fn reference_state_bytes(rows: u64) -> anyhow::Result<(f64, f64, f64)> {
     };
     let mut op = EnrichOperator::new("bench", spec, events, &changes)
         .map_err(|e| anyhow::anyhow!(e.message))?;
-    let mut out = crate::operators::Output::new(op.ports());
+    let mut out = crate::dataflow::Output::new(op.ports());
     let mut raw = 0usize;
     let mut json = 0usize;
     let mut batch = crate::types::Batch::new(changes.clone());

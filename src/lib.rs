@@ -9,6 +9,7 @@ pub mod bench;
 pub mod cdc;
 pub mod checkpoint;
 pub mod config;
+pub mod dataflow;
 pub mod dead_letter;
 pub mod demo;
 pub mod error;

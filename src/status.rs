@@ -39,6 +39,16 @@ pub struct PartitionStatus {
 }
 
 impl PartitionStatus {
+    fn new(label: &str, now_ms: i64) -> PartitionStatus {
+        PartitionStatus {
+            label: label.to_string(),
+            watermark: AtomicI64::new(NONE),
+            idle: AtomicBool::new(false),
+            ended: AtomicBool::new(false),
+            last_activity_ms: AtomicI64::new(now_ms),
+        }
+    }
+
     pub fn set(&self, watermark: Option<EventTime>, idle: bool, ended: bool, last_ms: i64) {
         self.watermark
             .store(watermark.unwrap_or(NONE), Ordering::Relaxed);
@@ -63,7 +73,8 @@ pub struct InstanceStatus {
     records_in: AtomicU64,
     last_record_ms: AtomicI64,
     ports_out: Vec<(String, AtomicU64)>,
-    pub partitions: Vec<PartitionStatus>,
+    /// A source's partitions now (a consumer group's assignment can change them).
+    partitions: Mutex<Vec<PartitionStatus>>,
     finished: AtomicBool,
     /// Counters and gauges the component reports about itself (an enrichment's lookups and
     /// gate, a source's idleness transitions), by name.
@@ -82,13 +93,7 @@ impl InstanceStatus {
         let partitions = if role == Role::Source {
             inputs
                 .iter()
-                .map(|l| PartitionStatus {
-                    label: l.clone(),
-                    watermark: AtomicI64::new(NONE),
-                    idle: AtomicBool::new(false),
-                    ended: AtomicBool::new(false),
-                    last_activity_ms: AtomicI64::new(now_ms),
-                })
+                .map(|l| PartitionStatus::new(l, now_ms))
                 .collect()
         } else {
             Vec::new()
@@ -108,10 +113,39 @@ impl InstanceStatus {
                 .iter()
                 .map(|p| (p.clone(), AtomicU64::new(0)))
                 .collect(),
-            partitions,
+            partitions: Mutex::new(partitions),
             finished: AtomicBool::new(false),
             stats: std::sync::Mutex::new(Vec::new()),
         }
+    }
+
+    /// Updates source partition `p`'s status.
+    pub fn set_partition(
+        &self,
+        p: usize,
+        watermark: Option<EventTime>,
+        idle: bool,
+        ended: bool,
+        last_ms: i64,
+    ) {
+        let partitions = self.partitions.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(s) = partitions.get(p) {
+            s.set(watermark, idle, ended, last_ms);
+        }
+    }
+
+    /// A source's partitions changed: those still listed keep their status, new ones start
+    /// without a watermark.
+    pub fn set_partitions(&self, labels: &[String], now_ms: i64) {
+        let mut partitions = self.partitions.lock().unwrap_or_else(|e| e.into_inner());
+        let mut old: Vec<PartitionStatus> = std::mem::take(&mut *partitions);
+        *partitions = labels
+            .iter()
+            .map(|l| match old.iter().position(|p| &p.label == l) {
+                Some(i) => old.swap_remove(i),
+                None => PartitionStatus::new(l, now_ms),
+            })
+            .collect();
     }
 
     /// Replaces the component's own stats.
@@ -154,6 +188,7 @@ impl InstanceStatus {
     }
 
     pub fn snapshot(&self) -> InstanceReport {
+        let partitions = self.partitions.lock().unwrap_or_else(|e| e.into_inner());
         InstanceReport {
             node: self.node.clone(),
             instance: self.instance,
@@ -161,7 +196,13 @@ impl InstanceStatus {
             watermark: load_opt(&self.watermark),
             idle: self.idle.load(Ordering::Relaxed),
             advanced_at_ms: self.advanced_at_ms.load(Ordering::Relaxed),
-            holder: load_opt(&self.holder).map(|h| self.inputs[h as usize].clone()),
+            holder: load_opt(&self.holder).and_then(|h| {
+                if self.role == Role::Source {
+                    partitions.get(h as usize).map(|p| p.label.clone())
+                } else {
+                    self.inputs.get(h as usize).cloned()
+                }
+            }),
             records_in: self.records_in.load(Ordering::Relaxed),
             last_record_ms: load_opt(&self.last_record_ms),
             records_out: self
@@ -169,8 +210,7 @@ impl InstanceStatus {
                 .iter()
                 .map(|(p, c)| (p.clone(), c.load(Ordering::Relaxed)))
                 .collect(),
-            partitions: self
-                .partitions
+            partitions: partitions
                 .iter()
                 .map(|p| PartitionReport {
                     label: p.label.clone(),

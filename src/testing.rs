@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::operators::{Operator, Output};
+use crate::dataflow::{Operator, Output};
 use crate::state::StateImage;
 use crate::time::{InputWatermarks, Watermark};
 use crate::types::{Batch, EventTime, Value};

@@ -1,6 +1,5 @@
 //! The data model every operator works on: schemas, typed values, batches of rows with their
-//! event times, and the small domain types shared across modules (`EventTime`, `Epoch`,
-//! `SourcePosition`).
+//! event times, and the small domain types shared across modules (`EventTime`, `Epoch`).
 //!
 //! Rows are stored row-major in one `Vec<Value>` per batch; short strings (≤ 24 bytes) live
 //! inline in the value, so decoding a typical record allocates nothing per field.
@@ -439,38 +438,6 @@ impl Batch {
         let cap = self.len();
         std::mem::replace(self, Batch::with_capacity(self.schema.clone(), cap))
     }
-}
-
-/// Where a source partition is: enough to resume reading there after a restart.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", tag = "kind")]
-pub enum Position {
-    /// A byte offset into a file, and the number of lines before it.
-    File { offset: u64, line: u64 },
-    /// A deterministic generator's next record (its index in the whole sequence), and the
-    /// event time its sequence started at (taken from the clock when the file sets none).
-    Sequence {
-        next: u64,
-        #[serde(default)]
-        start_ms: Option<i64>,
-    },
-}
-
-impl fmt::Display for Position {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Position::File { offset, line } => write!(f, "line {line} (byte {offset})"),
-            Position::Sequence { next, .. } => write!(f, "record {next}"),
-        }
-    }
-}
-
-/// The position of one partition of one source.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SourcePosition {
-    pub source: String,
-    pub partition: String,
-    pub position: Position,
 }
 
 #[cfg(test)]

@@ -14,8 +14,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::dataflow::SourcePosition;
 use crate::state::StateImage;
-use crate::types::{Epoch, EventTime, SourcePosition};
+use crate::types::{Epoch, EventTime};
 
 pub use store::{CheckpointStore, Listed, Restored};
 
@@ -24,8 +25,12 @@ pub use store::{CheckpointStore, Listed, Restored};
 pub struct SourceCheckpoint {
     pub positions: Vec<SourcePosition>,
     /// The highest event time seen per partition (the watermark generators' state), in the
-    /// order of the instance's partitions.
+    /// order of `partitions`.
     pub max_event_times: Vec<Option<EventTime>>,
+    /// The instance's partitions at the barrier (checkpoints of manifest format 2 and older
+    /// lack it: their `max_event_times` are in the order of the partitions at the start).
+    #[serde(default)]
+    pub partitions: Vec<String>,
 }
 
 /// Everything one epoch's barrier collected, by instance label (`node#instance`).

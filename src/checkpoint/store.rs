@@ -29,8 +29,9 @@ use crate::failpoint;
 use crate::state::{Blob, Blobs, StateImage};
 use crate::types::Epoch;
 
-/// Version of the manifest layout (2: blobs; 1, without, is read too).
-const MANIFEST_FORMAT: u32 = 2;
+/// Version of the manifest layout (3: positions tagged with their connector kind and
+/// version; 2: blobs; 1 and 2 are read too).
+const MANIFEST_FORMAT: u32 = 3;
 const MANIFEST: &str = "MANIFEST";
 const PREFIX: &str = "chk-";
 const SHARED: &str = "shared";
@@ -590,7 +591,8 @@ fn sync_dir(dir: &Path) -> Result<(), CheckpointError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::types::{Position, SourcePosition};
+    use crate::dataflow::{Position, SourcePosition};
+    use crate::sources::file::FilePosition;
 
     fn checkpoint(epoch: Epoch) -> Checkpoint {
         let mut cp = Checkpoint {
@@ -603,12 +605,13 @@ mod tests {
                 positions: vec![SourcePosition {
                     source: "obs".into(),
                     partition: "a.jsonl".into(),
-                    position: Position::File {
+                    position: Position::of(&FilePosition {
                         offset: 100 * epoch,
                         line: epoch,
-                    },
+                    }),
                 }],
                 max_event_times: vec![Some(1_000 * epoch as i64)],
+                partitions: vec!["a.jsonl".into()],
             },
         );
         cp.operators.insert(

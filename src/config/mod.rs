@@ -16,6 +16,9 @@ use serde_saphyr::Location;
 
 use crate::alerts::AlertRules;
 use crate::cdc::{TableConfig, TableId};
+use crate::dataflow::Source;
+use crate::dataflow::{DEAD_LETTER_PORT, MAIN_PORT, Operator, PortSpec};
+use crate::dataflow::{Guarantee, Sink};
 use crate::dead_letter;
 use crate::error::{ConfigError, ConfigIssue};
 use crate::format::json::{EventTimeSource, JsonDecoder};
@@ -26,14 +29,11 @@ use crate::operators::route::{RouteOperator, RoutePort};
 use crate::operators::window::{
     AggregateFn, AggregateSpec, WindowKind, WindowOperator, WindowSpec,
 };
-use crate::operators::{DEAD_LETTER_PORT, MAIN_PORT, Operator, PortSpec};
 use crate::runtime::plan::{
     InputRef, NodeKind, OperatorFactory, Plan, PlanNode, RuntimeOptions, SinkFactory,
     SourceFactory, WatermarkSpec,
 };
 use crate::sinks::file::JsonLinesSink;
-use crate::sinks::{Guarantee, Sink};
-use crate::sources::Source;
 use crate::sources::cdc::{CdcTable, ChangeDecoder};
 use crate::sources::file::{FileSource, FileSourceSpec};
 use crate::sources::generator::{GeneratorSource, GeneratorSpec, QuietPeriod};

@@ -44,9 +44,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::cdc::Version;
 use crate::cdc::rows::{self, META_COLUMNS, RowOp};
+use crate::dataflow::{MAIN_PORT, MISS_PORT, Operator, Output, PortSpec};
 use crate::error::StateError;
 use crate::operators::version_range::VersionRange;
-use crate::operators::{MAIN_PORT, MISS_PORT, Operator, Output, PortSpec};
 use crate::state::arena::unique_id;
 use crate::state::versioned::{Located, RowRef};
 use crate::state::{Blob, Blobs, ReferenceTable, SpillQueue, StateBackend, StateImage};
@@ -1309,7 +1309,7 @@ impl Operator for EnrichOperator {
         ]
     }
 
-    fn snapshot(&self) -> Result<StateImage, StateError> {
+    fn snapshot(&mut self) -> Result<StateImage, StateError> {
         self.measure_state();
         let mut blobs = Blobs::new();
         let gate_segments = {

@@ -2,8 +2,8 @@
 //! of values contains the row's value in the routing column, or to `main` if none does. Rows
 //! are moved, never copied or dropped. Stateless: its snapshot is empty.
 
+use crate::dataflow::{MAIN_PORT, Operator, Output, PortSpec};
 use crate::error::StateError;
-use crate::operators::{MAIN_PORT, Operator, Output, PortSpec};
 use crate::state::StateImage;
 use crate::types::{Batch, DataType, EventTime, SchemaRef, Value};
 
@@ -108,7 +108,7 @@ impl Operator for RouteOperator {
 
     fn on_watermark(&mut self, _watermark: EventTime, _out: &mut Output) {}
 
-    fn snapshot(&self) -> Result<StateImage, StateError> {
+    fn snapshot(&mut self) -> Result<StateImage, StateError> {
         Ok(StateImage::default())
     }
 

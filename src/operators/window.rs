@@ -75,8 +75,8 @@ use rust_decimal::prelude::ToPrimitive;
 use serde::ser::SerializeSeq;
 use serde::{Deserialize, Serialize, Serializer};
 
+use crate::dataflow::{LATE_PORT, MAIN_PORT, Operator, Output, PortSpec};
 use crate::error::StateError;
-use crate::operators::{LATE_PORT, MAIN_PORT, Operator, Output, PortSpec};
 use crate::state::StateImage;
 use crate::types::{Batch, DataType, EventTime, Field, Schema, SchemaRef, Value};
 
@@ -1274,7 +1274,7 @@ impl Operator for WindowOperator {
         self.watermark = Some(watermark);
     }
 
-    fn snapshot(&self) -> Result<StateImage, StateError> {
+    fn snapshot(&mut self) -> Result<StateImage, StateError> {
         let image = ImageOut {
             version: SNAPSHOT_VERSION,
             key: &self.spec.key,

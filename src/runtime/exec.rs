@@ -14,17 +14,17 @@ use crossbeam_channel::{Receiver, Sender, bounded, never, select, unbounded};
 
 use crate::alerts::{AlertEvaluator, AlertKind};
 use crate::checkpoint::{Checkpoint, CheckpointStore, Restored, SourceCheckpoint, store};
+use crate::dataflow::Message;
+use crate::dataflow::{DEAD_LETTER_PORT, LATE_PORT};
+use crate::dataflow::{Guarantee, Sink};
 use crate::error::RunError;
 use crate::metrics as m;
-use crate::operators::{DEAD_LETTER_PORT, LATE_PORT};
-use crate::runtime::Message;
 use crate::runtime::plan::{NodeKind, Plan};
 use crate::runtime::route::{EdgeOut, Envelope, Partitioning, Router};
 use crate::runtime::task::{
     BarrierAck, Emit, FINAL_EPOCH, OperatorDriver, SinkDriver, SourceDriver, SourceStep,
 };
 use crate::savepoint::{SavepointRequest, SavepointRequests};
-use crate::sinks::{Guarantee, Sink};
 use crate::status::{
     CheckpointReport, InstanceStatus, Role, SourceExpectations, StatusRegistry, StatusReport,
 };
@@ -332,6 +332,7 @@ pub fn run(plan: Plan, ctx: RunContext) -> Result<RunSummary, RunError> {
                     // snapshot), others nothing; both still pass barriers on.
                     let mut reading = !bootstrap || driver.start_bootstrap();
                     let mut bootstrapped = false;
+                    let label_t = label.clone();
                     let handle = spawn(&label, move || {
                         let mut emit = |e: Emit| match e {
                             Emit::Port(p, b) => router.send(p, b),
@@ -346,9 +347,7 @@ pub fn run(plan: Plan, ctx: RunContext) -> Result<RunSummary, RunError> {
                                             let _ = rtx.send(Report::Ack(name.clone(), ack));
                                         }
                                         Control::CheckpointDone(epoch) => {
-                                            // Sources that acknowledge upstream (Kafka
-                                            // offsets, Postgres LSNs) do it here.
-                                            tracing::debug!(epoch, task = %name, "checkpoint durable");
+                                            driver.checkpoint_complete(epoch)?;
                                         }
                                         Control::Stop => return Ok(Some(driver.checkpoint())),
                                     }
@@ -383,7 +382,23 @@ pub fn run(plan: Plan, ctx: RunContext) -> Result<RunSummary, RunError> {
                                 }
                             }
                         })();
+                        let ended = matches!(result, Ok(Some(_)));
                         report_end(result);
+                        // Upstream learns of the run's last checkpoint too.
+                        while ended && let Ok(c) = ctl_rx.recv() {
+                            match c {
+                                Control::CheckpointDone(epoch) => {
+                                    if let Err(e) = driver.checkpoint_complete(epoch) {
+                                        tracing::warn!(task = %label_t, error = %e, "acknowledging the last checkpoint upstream failed");
+                                    }
+                                    if epoch == FINAL_EPOCH {
+                                        break;
+                                    }
+                                }
+                                Control::Stop => break,
+                                Control::Barrier(_) => {}
+                            }
+                        }
                     });
                     instances.push(Instance {
                         label,
@@ -545,6 +560,8 @@ pub fn run(plan: Plan, ctx: RunContext) -> Result<RunSummary, RunError> {
         &stopping,
     );
     for inst in instances {
+        // A source waiting for the last checkpoint's acknowledgement stops waiting.
+        drop(inst.control);
         let _ = inst.handle.join();
     }
     drop(finished_operators);

@@ -5,7 +5,7 @@
 
 use std::collections::VecDeque;
 
-use crate::runtime::Message;
+use crate::dataflow::Message;
 use crate::time::watermark::END_OF_TIME;
 use crate::time::{InputWatermarks, Watermark};
 use crate::types::{Batch, Epoch, EventTime};

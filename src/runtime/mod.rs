@@ -12,19 +12,5 @@ pub mod plan;
 pub mod route;
 pub mod task;
 
-use crate::time::Watermark;
-use crate::types::{Batch, Epoch};
-
 pub use exec::{RunContext, RunSummary, run};
 pub use plan::{InputRef, NodeKind, Plan, PlanNode, RuntimeOptions, WatermarkSpec};
-
-/// What flows on a channel.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Message {
-    Data(Batch),
-    Watermark(Watermark),
-    /// Everything before this belongs to checkpoint `epoch`.
-    Barrier(Epoch),
-    /// The sender has no more messages: its watermark is the end of time.
-    End,
-}

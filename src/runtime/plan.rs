@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::alerts::AlertRules;
+use crate::dataflow::Sink;
+use crate::dataflow::Source;
+use crate::dataflow::{Operator, PortSpec};
 use crate::error::RunError;
-use crate::operators::{Operator, PortSpec};
-use crate::sinks::Sink;
-use crate::sources::Source;
 
 /// Builds the source instance `instance` of `parallelism`.
 pub type SourceFactory =

@@ -6,8 +6,8 @@ use std::hash::{BuildHasher, Hash, Hasher};
 
 use crossbeam_channel::Sender;
 
+use crate::dataflow::Message;
 use crate::error::RunError;
-use crate::runtime::Message;
 use crate::status::InstanceStatus;
 use crate::types::{Batch, Value};
 

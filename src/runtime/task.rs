@@ -4,20 +4,22 @@
 //! threads in `exec` only move messages between channels and these drivers, so tests can run
 //! whole pipelines step by step on a manual clock.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::checkpoint::SourceCheckpoint;
+use crate::dataflow::Message;
+use crate::dataflow::Sink;
+use crate::dataflow::SourcePosition;
+use crate::dataflow::{Operator, Output, PortSpec};
+use crate::dataflow::{ReadBuffers, ReadStatus, Source};
 use crate::error::RunError;
-use crate::operators::{Operator, Output, PortSpec};
-use crate::runtime::Message;
 use crate::runtime::gate::{GateEvent, InputGate};
 use crate::runtime::plan::WatermarkSpec;
-use crate::sinks::Sink;
-use crate::sources::{ReadBuffers, ReadStatus, Source};
 use crate::state::StateImage;
 use crate::status::InstanceStatus;
 use crate::time::{PartitionWatermarks, Watermark};
-use crate::types::{Batch, Epoch, SourcePosition};
+use crate::types::{Batch, Epoch};
 
 /// What a driver asks to be sent downstream.
 #[derive(Debug, PartialEq)]
@@ -46,9 +48,7 @@ pub enum BarrierAck {
     Sink { epoch: Epoch, state: Vec<u8> },
 }
 
-/// The epoch a sink's last pre-commit, at the end of its input, is acknowledged under: the
-/// checkpoint completing the run commits it.
-pub const FINAL_EPOCH: Epoch = Epoch::MAX;
+pub use crate::dataflow::FINAL_EPOCH;
 
 /// What a source asks of its thread after a step.
 #[derive(Debug, PartialEq, Eq)]
@@ -63,6 +63,10 @@ pub enum SourceStep {
 
 pub struct SourceDriver {
     source: Box<dyn Source>,
+    /// The partitions' names, in the source's order.
+    names: Vec<String>,
+    /// What each barrier recorded, until its checkpoint is durable (or superseded).
+    barrier_positions: BTreeMap<Epoch, Vec<SourcePosition>>,
     watermarks: PartitionWatermarks,
     bufs: ReadBuffers,
     batch_size: usize,
@@ -83,7 +87,8 @@ impl SourceDriver {
         status: Arc<InstanceStatus>,
         now_ms: i64,
     ) -> SourceDriver {
-        let n = source.partitions().len();
+        let names = source.partitions();
+        let n = names.len();
         let poll_every_ms = spec
             .idle_timeout
             .map_or(200, |t| (t.as_millis() as i64 / 4).clamp(1, 200));
@@ -96,6 +101,8 @@ impl SourceDriver {
                 now_ms,
             ),
             bufs: ReadBuffers::for_source(source.as_ref()),
+            names,
+            barrier_positions: BTreeMap::new(),
             batch_size,
             idle: vec![false; n],
             ended: vec![false; n],
@@ -116,12 +123,41 @@ impl SourceDriver {
     }
 
     /// Continues from a checkpoint: the source rewinds to its positions and the watermark
-    /// generators take up their state.
+    /// generators take up their state, by partition name.
     pub fn restore(&mut self, checkpoint: &SourceCheckpoint) -> Result<(), RunError> {
         self.source.seek(&checkpoint.positions)?;
-        self.watermarks
-            .restore_max_event_times(&checkpoint.max_event_times);
+        let times: Vec<Option<crate::types::EventTime>> = if checkpoint.partitions.is_empty() {
+            checkpoint.max_event_times.clone()
+        } else {
+            self.names
+                .iter()
+                .map(|n| {
+                    checkpoint
+                        .partitions
+                        .iter()
+                        .position(|p| p == n)
+                        .and_then(|i| checkpoint.max_event_times.get(i).copied().flatten())
+                })
+                .collect()
+        };
+        self.watermarks.restore_max_event_times(&times);
         Ok(())
+    }
+
+    /// The checkpoint of `epoch` is durable: the source acknowledges what it reported at
+    /// that barrier upstream (at `FINAL_EPOCH`, where it ended).
+    pub fn checkpoint_complete(&mut self, epoch: Epoch) -> Result<(), RunError> {
+        let positions = if epoch == FINAL_EPOCH {
+            self.barrier_positions.clear();
+            self.source.positions()
+        } else {
+            let Some(p) = self.barrier_positions.remove(&epoch) else {
+                return Ok(());
+            };
+            self.barrier_positions = self.barrier_positions.split_off(&epoch);
+            p
+        };
+        self.source.checkpoint_complete(epoch, &positions)
     }
 
     /// Puts the source in bootstrap mode: whether it reads anything (see
@@ -140,6 +176,7 @@ impl SourceDriver {
         SourceCheckpoint {
             positions: self.source.positions(),
             max_event_times: self.watermarks.max_event_times(),
+            partitions: self.names.clone(),
         }
     }
 
@@ -150,6 +187,8 @@ impl SourceDriver {
         emit: &mut impl FnMut(Emit) -> Result<(), RunError>,
     ) -> Result<BarrierAck, RunError> {
         let checkpoint = self.checkpoint();
+        self.barrier_positions
+            .insert(epoch, checkpoint.positions.clone());
         emit(Emit::Control(Message::Barrier(epoch)))?;
         Ok(BarrierAck::Source { epoch, checkpoint })
     }
@@ -179,6 +218,10 @@ impl SourceDriver {
             ReadStatus::Pending { retry_at_ms } => {
                 SourceStep::WaitUntil(retry_at_ms.min(now_ms + self.poll_every_ms))
             }
+            ReadStatus::PartitionsChanged => {
+                self.reassign(now_ms);
+                SourceStep::Continue
+            }
             ReadStatus::Finished => {
                 for p in 0..self.ended.len() {
                     self.watermarks.on_partition_end(p);
@@ -193,6 +236,33 @@ impl SourceDriver {
             self.status.set_finished();
         }
         Ok(step)
+    }
+
+    /// The source's partitions changed: match them by name with the ones known.
+    fn reassign(&mut self, now_ms: i64) {
+        let names = self.source.partitions();
+        let keep: Vec<Option<usize>> = names
+            .iter()
+            .map(|n| self.names.iter().position(|o| o == n))
+            .collect();
+        for old in self.names.iter().filter(|o| !names.contains(o)) {
+            tracing::info!(source = %self.status.node, partition = %old, "partition revoked: no longer holds the watermark");
+        }
+        for (n, k) in names.iter().zip(&keep) {
+            if k.is_none() {
+                tracing::info!(source = %self.status.node, partition = %n, "partition assigned");
+            }
+        }
+        let pick = |v: &[bool]| -> Vec<bool> {
+            keep.iter()
+                .map(|k| k.and_then(|i| v.get(i).copied()).unwrap_or(false))
+                .collect()
+        };
+        self.idle = pick(&self.idle);
+        self.ended = pick(&self.ended);
+        self.watermarks.remap(&keep, now_ms);
+        self.status.set_partitions(&names, now_ms);
+        self.names = names;
     }
 
     fn bufs_len(&self) -> usize {
@@ -249,18 +319,19 @@ impl SourceDriver {
                     .set_stats(&[("idle_transitions", self.idle_transition_count)]);
                 tracing::info!(
                     source = %self.status.node,
-                    partition = %self.status.partitions[p].label,
+                    partition = %self.names[p],
                     "partition idle: no longer holds the watermark"
                 );
             } else if !idle && *was_idle {
                 tracing::info!(
                     source = %self.status.node,
-                    partition = %self.status.partitions[p].label,
+                    partition = %self.names[p],
                     "partition active again: its watermark counts again"
                 );
             }
             *was_idle = idle;
-            self.status.partitions[p].set(
+            self.status.set_partition(
+                p,
                 self.watermarks.partition_watermark(p),
                 idle,
                 self.ended[p],

@@ -21,10 +21,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::dataflow::{Guarantee, Sink};
 use crate::error::RunError;
 use crate::failpoint;
 use crate::format::json::JsonEncoder;
-use crate::sinks::{Guarantee, Sink};
 use crate::types::{Batch, Epoch, SchemaRef};
 
 /// Writes JSON lines to a file or to standard output.

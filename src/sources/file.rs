@@ -11,13 +11,14 @@ use std::io::{BufRead, BufReader, Seek, SeekFrom};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::dataflow::PortSpec;
+use crate::dataflow::{ConnectorPosition, Position, SourcePosition};
+use crate::dataflow::{ReadBuffers, ReadStatus, Source};
 use crate::dead_letter;
 use crate::error::RunError;
 use crate::format::DecodeError;
 use crate::format::json::JsonDecoder;
-use crate::operators::PortSpec;
-use crate::sources::{ReadBuffers, ReadStatus, Source};
-use crate::types::{Position, SchemaRef, SourcePosition};
+use crate::types::SchemaRef;
 
 /// Turns one line of a file into records on the source's ports.
 pub trait LineDecoder: Send {
@@ -99,6 +100,18 @@ struct Partition {
 }
 
 /// A file source instance.
+/// Where a file partition is: the byte offset of the next line and the lines before it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FilePosition {
+    pub offset: u64,
+    pub line: u64,
+}
+
+impl ConnectorPosition for FilePosition {
+    const KIND: &'static str = "file";
+    const VERSION: u32 = 1;
+}
+
 pub struct FileSource<D = JsonDecoder> {
     node: String,
     spec: FileSourceSpec,
@@ -337,10 +350,10 @@ impl<D: LineDecoder> Source for FileSource<D> {
             .map(|p| SourcePosition {
                 source: self.node.clone(),
                 partition: p.label.clone(),
-                position: Position::File {
+                position: Position::of(&FilePosition {
                     offset: p.offset,
                     line: p.line,
-                },
+                }),
             })
             .collect()
     }
@@ -350,9 +363,18 @@ impl<D: LineDecoder> Source for FileSource<D> {
             let found = positions
                 .iter()
                 .find(|sp| sp.source == self.node && sp.partition == p.label);
-            let (offset, line) = match found.map(|sp| &sp.position) {
-                Some(Position::File { offset, line }) => (*offset, *line),
-                _ => (0, 0),
+            let (offset, line) = match found {
+                Some(sp) => {
+                    let at = sp
+                        .position
+                        .decode::<FilePosition>()
+                        .map_err(|e| RunError::Task {
+                            task: self.node.clone(),
+                            message: e.to_string(),
+                        })?;
+                    (at.offset, at.line)
+                }
+                None => (0, 0),
             };
             p.offset = offset;
             p.line = line;
@@ -463,10 +485,10 @@ mod tests {
         let positions = s.positions();
         let mut again = source(vec![path], true);
         let mut first = positions.clone();
-        first[0].position = Position::File {
+        first[0].position = Position::of(&FilePosition {
             offset: 17,
             line: 1,
-        };
+        });
         again.seek(&first).unwrap();
         let mut out2 = buffers(&again);
         again.read(&mut out2, 100, 0).unwrap();

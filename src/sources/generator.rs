@@ -12,9 +12,10 @@ use std::time::Duration;
 
 use compact_str::CompactString;
 
+use crate::dataflow::{ConnectorPosition, Position, SourcePosition};
+use crate::dataflow::{ReadBuffers, ReadStatus, Source};
 use crate::error::RunError;
-use crate::sources::{ReadBuffers, ReadStatus, Source};
-use crate::types::{DataType, Field, Position, Schema, SchemaRef, SourcePosition, Value};
+use crate::types::{DataType, Field, Schema, SchemaRef, Value};
 
 /// No records in `[at, at + duration)` (offsets from the first record's event time).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -195,6 +196,20 @@ struct Partition {
 }
 
 /// A generator source instance.
+/// Where a generator partition is: its next record (the index in the whole sequence) and
+/// the event time the sequence started at (taken from the clock when the file sets none).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct GeneratorPosition {
+    pub next: u64,
+    #[serde(default)]
+    pub start_ms: Option<i64>,
+}
+
+impl ConnectorPosition for GeneratorPosition {
+    const KIND: &'static str = "generator";
+    const VERSION: u32 = 1;
+}
+
 pub struct GeneratorSource {
     node: String,
     spec: GeneratorSpec,
@@ -425,23 +440,32 @@ impl Source for GeneratorSource {
             .map(|p| SourcePosition {
                 source: self.node.clone(),
                 partition: p.label.clone(),
-                position: Position::Sequence {
+                position: Position::of(&GeneratorPosition {
                     next: p.next,
                     start_ms: self.start_ms,
-                },
+                }),
             })
             .collect()
     }
 
     fn seek(&mut self, positions: &[SourcePosition]) -> Result<(), RunError> {
         for p in &mut self.partitions {
-            let at = positions
+            let at = match positions
                 .iter()
                 .find(|sp| sp.source == self.node && sp.partition == p.label)
-                .and_then(|sp| match sp.position {
-                    Position::Sequence { next, start_ms } => Some((next, start_ms)),
-                    _ => None,
-                });
+            {
+                Some(sp) => {
+                    let at =
+                        sp.position
+                            .decode::<GeneratorPosition>()
+                            .map_err(|e| RunError::Task {
+                                task: self.node.clone(),
+                                message: e.to_string(),
+                            })?;
+                    Some((at.next, at.start_ms))
+                }
+                None => None,
+            };
             p.next = at.map_or(p.first, |(next, _)| next);
             if let Some((_, Some(start))) = at {
                 // The same event times as before the restart.

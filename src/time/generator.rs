@@ -51,6 +51,7 @@ struct Partition {
 pub struct PartitionWatermarks {
     partitions: Vec<Partition>,
     idle_timeout_ms: Option<i64>,
+    max_out_of_orderness: Duration,
     merged: InputWatermarks,
     emitted: Option<Watermark>,
 }
@@ -71,6 +72,7 @@ impl PartitionWatermarks {
                 })
                 .collect(),
             idle_timeout_ms: idle_timeout.map(|d| d.as_millis() as i64),
+            max_out_of_orderness,
             merged: InputWatermarks::new(partitions, now_ms),
             emitted: None,
         }
@@ -153,6 +155,25 @@ impl PartitionWatermarks {
         }
     }
 
+    /// Replaces the partitions (a consumer group's assignment changed): new partition `i`
+    /// takes the state of old partition `keep[i]`, or starts with no watermark and its
+    /// idleness clock at `now_ms`. Partitions not kept stop holding the watermark, and the
+    /// instance's watermark never goes backwards.
+    pub fn remap(&mut self, keep: &[Option<usize>], now_ms: i64) {
+        self.partitions = keep
+            .iter()
+            .map(|k| match k.and_then(|i| self.partitions.get(i)) {
+                Some(p) => p.clone(),
+                None => Partition {
+                    generator: BoundedOutOfOrderness::new(self.max_out_of_orderness),
+                    last_activity_ms: now_ms,
+                    ended: false,
+                },
+            })
+            .collect();
+        self.merged.remap(keep, now_ms);
+    }
+
     /// The highest event time seen per partition: what a checkpoint keeps of the
     /// generators, so that a restored run computes the same watermarks.
     pub fn max_event_times(&self) -> Vec<Option<EventTime>> {
@@ -230,6 +251,33 @@ mod tests {
         w.on_event(0, 61_000);
         w.on_activity(0, 200_001);
         assert_eq!(w.poll(200_001), Some(Watermark::EventTime(60_999)));
+    }
+
+    #[test]
+    fn a_new_partition_holds_nothing_back_and_a_revoked_one_releases() {
+        let mut w = PartitionWatermarks::new(2, Duration::ZERO, Some(30 * S), 0);
+        w.on_event(0, 10_000);
+        w.on_event(1, 5_000);
+        assert_eq!(w.poll(0), Some(Watermark::EventTime(4_999)));
+        // Partition 1 revoked, partition 2 assigned (no records yet).
+        w.remap(&[Some(0), None], 1_000);
+        assert_eq!(
+            w.poll(1_000),
+            None,
+            "never backwards, and the new one has told nothing"
+        );
+        assert_eq!(w.holder(), Some(1));
+        w.on_event(1, 20_000);
+        w.on_activity(1, 1_000);
+        assert_eq!(w.poll(1_000), Some(Watermark::EventTime(9_999)));
+        // The new partition starts below the watermark: the watermark stays.
+        let mut w2 = PartitionWatermarks::new(1, Duration::ZERO, None, 0);
+        w2.on_event(0, 10_000);
+        w2.poll(0);
+        w2.remap(&[Some(0), None], 0);
+        w2.on_event(1, 1_000);
+        assert_eq!(w2.poll(0), None);
+        assert_eq!(w2.emitted(), Some(Watermark::EventTime(9_999)));
     }
 
     #[test]

@@ -126,6 +126,20 @@ impl InputWatermarks {
         }
     }
 
+    /// Replaces the inputs: new input `i` takes the state of old input `keep[i]`, or starts
+    /// unreported (`None`), holding the merge back until it reports or goes idle. Inputs not
+    /// kept stop holding it. The merged watermark never goes backwards.
+    pub fn remap(&mut self, keep: &[Option<usize>], now_ms: i64) -> Option<Watermark> {
+        self.inputs = keep
+            .iter()
+            .map(|k| {
+                k.and_then(|i| self.inputs.get(i).copied())
+                    .unwrap_or_default()
+            })
+            .collect();
+        self.recompute(now_ms)
+    }
+
     /// The node's current watermark, `None` before every active input has reported.
     pub fn current(&self) -> Option<EventTime> {
         self.current

@@ -6,14 +6,14 @@
 use std::time::Duration;
 
 use watershed::alerts::{AlertEvaluator, AlertKind, AlertRules};
-use watershed::operators::Operator;
+use watershed::dataflow::Message;
+use watershed::dataflow::Operator;
+use watershed::dataflow::Source;
 use watershed::operators::window::{
     AggregateFn, AggregateSpec, WindowKind, WindowOperator, WindowSpec,
 };
-use watershed::runtime::Message;
 use watershed::runtime::plan::WatermarkSpec;
 use watershed::runtime::task::{BarrierAck, Emit, OperatorDriver, SourceDriver, SourceStep};
-use watershed::sources::Source;
 use watershed::sources::generator::{
     GeneratorSource, GeneratorSpec, QuietPeriod, observation_schema,
 };

@@ -1,0 +1,39 @@
+//! The `Operator` contract: synchronous, deterministic transformations between sources and
+//! sinks. See the contract in `dataflow`'s header for the order of calls.
+
+use crate::dataflow::port::{Output, PortSpec};
+use crate::error::StateError;
+use crate::state::StateImage;
+use crate::types::{Batch, EventTime};
+
+/// A stateful or stateless transformation.
+pub trait Operator: Send {
+    /// Output ports, `main` first.
+    fn ports(&self) -> Vec<PortSpec>;
+
+    /// Processes one batch from input `input` (inputs are numbered in the order the pipeline
+    /// file lists them).
+    fn process(&mut self, input: usize, batch: Batch, out: &mut Output);
+
+    /// The merged watermark of the operator's inputs advanced to `watermark`.
+    fn on_watermark(&mut self, watermark: EventTime, out: &mut Output);
+
+    /// Serializes the operator's state (taken at a barrier, after all input before it).
+    fn snapshot(&mut self) -> Result<StateImage, StateError>;
+
+    /// Replaces the operator's state with a snapshot taken by `snapshot`.
+    fn restore(&mut self, snapshot: &StateImage) -> Result<(), StateError>;
+
+    /// The event time below which the operator may still emit records (it buffers older
+    /// ones): the runtime forwards no watermark above it, so buffered records are never late
+    /// downstream. `None`: nothing buffered.
+    fn watermark_hold(&self) -> Option<EventTime> {
+        None
+    }
+
+    /// Counters and gauges about the operator's work, shown in `/status` (the runtime reads
+    /// them at watermarks, barriers and the end).
+    fn stats(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
+}
