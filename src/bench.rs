@@ -334,7 +334,7 @@ fn enrich_yaml(header: &str, events: &[&Path], reference: Option<&Path>, out: &P
         );
     };
     format!(
-        "name: bench-enrich\nparallelism: 1\nenrichment: {{strategy: gated}}\n{header}sources:\n{source}  ref:\n    cdc:\n      snapshot: [\"{}\"]\n      tables:\n        hosts: {{key: [host], columns: {{host: string, owner: string, criticality: int, site: string}}}}\noperators:\n  enrich:\n    inputs: [obs, ref.hosts]\n    enrich: {{key: {{host: host}}}}\nsinks:\n  out: {{input: enrich, file: \"{}\"}}\n",
+        "name: bench-enrich\nparallelism: 1\nenrichment: {{strategy: gated}}\n{header}sources:\n{source}  ref:\n    file: {{format: debezium, snapshot: [\"{}\"]}}\n    tables:\n      hosts: {{key: [host], columns: {{host: string, owner: string, criticality: int, site: string}}}}\noperators:\n  enrich:\n    inputs: [obs, ref.hosts]\n    enrich: {{key: {{host: host}}}}\nsinks:\n  out: {{input: enrich, file: \"{}\"}}\n",
         reference.display(),
         out.display()
     )

@@ -8,6 +8,7 @@ pub mod alerts;
 pub mod bench;
 pub mod cdc;
 pub mod checkpoint;
+pub mod components;
 pub mod config;
 pub mod dataflow;
 pub mod dead_letter;

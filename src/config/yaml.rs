@@ -1,5 +1,8 @@
 //! The pipeline file as written: strict serde structures (unknown fields are errors) whose
-//! values keep their line and column, so that every later check can point at the YAML.
+//! values keep their line and column, so that every later check can point at the YAML. This
+//! module holds the pipeline-wide sections and the settings shared by components (event
+//! time, a change stream's tables); each component's own block is declared by the component
+//! (see `crate::components`).
 
 use indexmap::IndexMap;
 use serde::Deserialize;
@@ -25,11 +28,11 @@ pub struct PipelineFile {
     pub alerts: Option<AlertsYaml>,
     pub metrics: Option<MetricsYaml>,
     #[serde(default)]
-    pub sources: IndexMap<String, S<SourceYaml>>,
+    pub sources: IndexMap<String, S<crate::components::SourceYaml>>,
     #[serde(default)]
-    pub operators: IndexMap<String, S<OperatorYaml>>,
+    pub operators: IndexMap<String, S<crate::components::OperatorYaml>>,
     #[serde(default)]
-    pub sinks: IndexMap<String, S<SinkYaml>>,
+    pub sinks: IndexMap<String, S<crate::components::SinkYaml>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -83,97 +86,15 @@ pub struct MetricsYaml {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct SourceYaml {
-    pub generator: Option<S<GeneratorYaml>>,
-    pub file: Option<S<FileYaml>>,
-    pub cdc: Option<S<CdcYaml>>,
-    /// Column name -> type, in order.
-    pub schema: Option<S<IndexMap<String, S<String>>>>,
-    pub event_time: Option<S<EventTimeYaml>>,
-    pub idle_timeout: Option<S<String>>,
-    pub expected_interval: Option<S<String>>,
-    pub parallelism: Option<S<usize>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct EventTimeYaml {
     pub field: Option<S<String>>,
     pub max_out_of_orderness: Option<S<String>>,
 }
 
+/// One table of a change stream: the port it goes to is its name in `tables:`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct GeneratorYaml {
-    pub count: Option<u64>,
-    pub rate: Option<S<f64>>,
-    pub interval: Option<S<String>>,
-    pub hosts: Option<S<u32>>,
-    pub skew: Option<S<f64>>,
-    pub jitter: Option<S<String>>,
-    /// RFC 3339 event time of the first record.
-    pub start: Option<S<String>>,
-    #[serde(default)]
-    pub quiet: Vec<S<QuietYaml>>,
-    pub partitions: Option<S<u32>>,
-    pub seed: Option<u64>,
-    /// CSV `vendor,product,version,port,weight` of what hosts run (adds a `vendor` column).
-    pub vocabulary: Option<S<String>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct QuietYaml {
-    pub at: S<String>,
-    #[serde(rename = "for")]
-    pub duration: S<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileYaml {
-    /// Files or glob patterns, relative to the pipeline file's directory.
-    pub paths: Vec<S<String>>,
-    #[serde(default)]
-    pub follow: bool,
-    pub rate: Option<S<f64>>,
-    pub poll_interval: Option<S<String>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct OperatorYaml {
-    pub inputs: Vec<S<String>>,
-    pub parallelism: Option<S<usize>>,
-    pub window: Option<S<WindowYaml>>,
-    pub route: Option<S<RouteYaml>>,
-    pub enrich: Option<S<EnrichYaml>>,
-}
-
-/// A change stream in files: Debezium records, one per line; the snapshot files are read
-/// first (unpaced), then the change files (paced by `rate`).
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CdcYaml {
-    #[serde(default)]
-    pub format: Option<S<String>>,
-    #[serde(default)]
-    pub snapshot: Vec<S<String>>,
-    #[serde(default)]
-    pub changes: Vec<S<String>>,
-    /// Change records per second; omit to read as fast as possible.
-    pub rate: Option<S<f64>>,
-    /// Keep tailing the last change file.
-    #[serde(default)]
-    pub follow: bool,
-    pub poll_interval: Option<S<String>>,
-    /// Tables by port name.
-    pub tables: S<IndexMap<String, S<CdcTableYaml>>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CdcTableYaml {
+pub struct TableYaml {
     /// `schema.table` in the database (default `public.<name>`).
     pub table: Option<S<String>>,
     /// Primary key columns.
@@ -193,89 +114,4 @@ pub struct EnrichmentYaml {
     pub strategy: Option<S<String>>,
     /// Events a shut gate keeps in memory; more are spilled to a local file.
     pub max_buffered: Option<S<usize>>,
-}
-
-/// An enrichment join: events (first input) with a `cdc` table port (second input).
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EnrichYaml {
-    /// Event column -> table column.
-    pub key: S<IndexMap<String, S<String>>>,
-    pub columns: Option<Vec<S<String>>>,
-    pub version_range: Option<S<VersionRangeYaml>>,
-    /// Residual conditions, each `event_column OP table_column` with OP one of
-    /// `= != < <= > >=`.
-    #[serde(default, rename = "where")]
-    pub conditions: Vec<S<String>>,
-    /// `lookup` (latest rows) or `as_of` (rows valid at the event's time).
-    pub mode: Option<S<String>>,
-    /// `as_of` history kept behind the watermark.
-    pub retention: Option<S<String>>,
-    /// `emit`, `port`, `drop` or `hold`.
-    pub miss: Option<S<String>>,
-    pub hold_timeout: Option<S<String>>,
-    pub strategy: Option<S<String>>,
-    pub max_buffered: Option<S<usize>>,
-}
-
-/// The NVD version rule; table columns default to NVD's `cpe_match` names.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct VersionRangeYaml {
-    /// Event column with the observed version.
-    pub version: S<String>,
-    pub exact: Option<S<String>>,
-    pub start_including: Option<S<String>>,
-    pub start_excluding: Option<S<String>>,
-    pub end_including: Option<S<String>>,
-    pub end_excluding: Option<S<String>>,
-}
-
-/// Side outputs by value: each row goes to the first port listing its `field` value, else to
-/// `main`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RouteYaml {
-    pub field: S<String>,
-    pub ports: IndexMap<String, S<Vec<S<String>>>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WindowYaml {
-    #[serde(default)]
-    pub key: Vec<S<String>>,
-    pub tumbling: Option<S<String>>,
-    pub sliding: Option<S<SlidingYaml>>,
-    pub session: Option<S<SessionYaml>>,
-    pub allowed_lateness: Option<S<String>>,
-    /// Output column -> `count`, `count(field)`, `sum(field)`, `min(field)`, `max(field)`,
-    /// `avg(field)` or `count_distinct(field)`.
-    pub aggregates: S<IndexMap<String, S<String>>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SlidingYaml {
-    pub size: S<String>,
-    pub slide: S<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SessionYaml {
-    pub gap: S<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SinkYaml {
-    pub input: Option<S<String>>,
-    #[serde(default)]
-    pub inputs: Vec<S<String>>,
-    /// Path of the JSON-lines file, relative to the working directory.
-    pub file: Option<S<String>>,
-    pub stdout: Option<S<bool>>,
-    /// Columns written, in order (default: all).
-    pub columns: Option<Vec<S<String>>>,
 }

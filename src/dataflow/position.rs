@@ -68,9 +68,20 @@ impl Position {
     }
 }
 
+/// For people: `file line 500, offset 19500`.
 impl fmt::Display for Position {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}", self.kind, self.value)
+        write!(f, "{}", self.kind)?;
+        match &self.value {
+            serde_json::Value::Object(fields) => {
+                for (i, (k, v)) in fields.iter().filter(|(_, v)| !v.is_null()).enumerate() {
+                    let sep = if i == 0 { " " } else { ", " };
+                    write!(f, "{sep}{k} {v}")?;
+                }
+                Ok(())
+            }
+            other => write!(f, " {other}"),
+        }
     }
 }
 
@@ -144,6 +155,7 @@ mod tests {
     #[test]
     fn a_position_round_trips_through_json() {
         let p = Position::of(&Offset { offset: 7 });
+        assert_eq!(p.to_string(), "test offset 7");
         let text = serde_json::to_string(&p).unwrap();
         assert_eq!(text, r#"{"kind":"test","version":2,"value":{"offset":7}}"#);
         let back: Position = serde_json::from_str(&text).unwrap();

@@ -52,6 +52,8 @@ use crate::state::versioned::{Located, RowRef};
 use crate::state::{Blob, Blobs, ReferenceTable, SpillQueue, StateBackend, StateImage};
 use crate::types::{Batch, DataType, EventTime, Field, Schema, SchemaRef, Value};
 
+pub mod config;
+
 type Map<K, V> = std::collections::HashMap<K, V, BuildHasherDefault<ahash::AHasher>>;
 
 /// Which version of the reference rows an event is joined with.

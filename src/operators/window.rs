@@ -80,6 +80,8 @@ use crate::error::StateError;
 use crate::state::StateImage;
 use crate::types::{Batch, DataType, EventTime, Field, Schema, SchemaRef, Value};
 
+pub mod config;
+
 /// The output column holding a window's start (timestamp, microseconds).
 pub const WINDOW_START: &str = "window_start";
 /// The output column holding a window's exclusive end (timestamp, microseconds).

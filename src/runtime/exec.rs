@@ -332,6 +332,7 @@ pub fn run(plan: Plan, ctx: RunContext) -> Result<RunSummary, RunError> {
                     // snapshot), others nothing; both still pass barriers on.
                     let mut reading = !bootstrap || driver.start_bootstrap();
                     let mut bootstrapped = false;
+                    let mut read_to_end = false;
                     let label_t = label.clone();
                     let handle = spawn(&label, move || {
                         let mut emit = |e: Emit| match e {
@@ -374,7 +375,10 @@ pub fn run(plan: Plan, ctx: RunContext) -> Result<RunSummary, RunError> {
                                 let now = clock_t.now_ms();
                                 match driver.step(now, &mut emit)? {
                                     SourceStep::Continue => {}
-                                    SourceStep::Finished => return Ok(Some(driver.checkpoint())),
+                                    SourceStep::Finished => {
+                                        read_to_end = true;
+                                        return Ok(Some(driver.checkpoint()));
+                                    }
                                     SourceStep::WaitUntil(t) => {
                                         let now = clock_t.sleep_until(t, Duration::from_millis(50));
                                         driver.poll_watermark(now, &mut emit)?;
@@ -382,9 +386,10 @@ pub fn run(plan: Plan, ctx: RunContext) -> Result<RunSummary, RunError> {
                                 }
                             }
                         })();
-                        let ended = matches!(result, Ok(Some(_)));
+                        let ended = read_to_end && result.is_ok();
                         report_end(result);
-                        // Upstream learns of the run's last checkpoint too.
+                        // A source that read its input to the end learns of the run's last
+                        // checkpoint too, to acknowledge where it ended upstream.
                         while ended && let Ok(c) = ctl_rx.recv() {
                             match c {
                                 Control::CheckpointDone(epoch) => {

@@ -3,3 +3,4 @@
 //! of the stream. Sinks declare the delivery guarantee they give.
 
 pub mod file;
+pub mod stdout;

@@ -334,15 +334,14 @@ fn demo_prints_progress_and_a_summary_and_writes_under_out() {
 }
 
 #[test]
-fn validate_names_the_field_of_cdc_and_enrich_mistakes() {
+fn validate_names_the_field_of_change_stream_and_enrich_mistakes() {
     let yaml = "sources:
   ref:
-    cdc:
-      snapshot: [in.jsonl]
-      tables:
-        kev:
-          key: [cve]
-          columns: {cve_id: string, added: dat}
+    file: {format: debezium, snapshot: [in.jsonl]}
+    tables:
+      kev:
+        key: [cve]
+        columns: {cve_id: string, added: dat}
   obs:
     file: {paths: [in.jsonl]}
     schema: {ts: timestamp, cve_id: string}
@@ -357,9 +356,9 @@ sinks:
     let (code, text) = validate(yaml);
     assert_eq!(code, 2, "{text}");
     for want in [
-        ":8:44: field `sources.ref.cdc.tables.kev.columns.added`: unknown type `dat`",
-        ":7:17: field `sources.ref.cdc.tables.kev.key[0]`: `cve` is not one of the table's columns",
-        ":16:43: field `operators.j.enrich.mode`: unknown mode `latest`",
+        ":7:42: field `sources.ref.tables.kev.columns.added`: unknown type `dat`",
+        ":6:15: field `sources.ref.tables.kev.key[0]`: `cve` is not one of the table's columns",
+        ":15:43: field `operators.j.enrich.mode`: unknown mode `latest`",
     ] {
         assert!(text.contains(want), "missing `{want}` in:\n{text}");
     }

@@ -1,4 +1,4 @@
-//! The file and stdout sinks: JSON lines, one object per row, in schema order.
+//! The file sink: JSON lines, one object per row, in schema order.
 //!
 //! A file sink of a pipeline with a checkpoint directory is **transactional** (exactly-once):
 //! what arrives between two barriers goes to a pending file beside the output
@@ -11,8 +11,8 @@
 //! removes pending files the checkpoint does not know. A restarted run thus never duplicates
 //! or loses a line. Readers see lines only once their checkpoint is durable.
 //!
-//! Without a checkpoint directory (and for stdout) the sink writes straight through and
-//! flushes at barriers: at-least-once.
+//! Without a checkpoint directory the sink writes straight through and flushes at barriers:
+//! at-least-once.
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
@@ -26,6 +26,9 @@ use crate::error::RunError;
 use crate::failpoint;
 use crate::format::json::JsonEncoder;
 use crate::types::{Batch, Epoch, SchemaRef};
+
+pub mod config;
+pub use config::FileSinkConfig;
 
 /// Writes JSON lines to a file or to standard output.
 pub struct JsonLinesSink {

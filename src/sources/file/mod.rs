@@ -1,5 +1,5 @@
-//! The file source: JSON lines from one or many files, each file its own partition with its
-//! own watermark. Reads as fast as possible or at a given `rate`; in `follow` mode it tails
+//! The file source: lines from one or many files, each file its own partition with its
+//! own watermark (or, for a change log, the files read in order as one partition). Reads as fast as possible or at a given `rate`; in `follow` mode it tails
 //! files that are still growing (a line counts once its newline arrives). Undecodable lines
 //! go to `dead_letter` with the file, line number and reason.
 //!
@@ -19,6 +19,9 @@ use crate::error::RunError;
 use crate::format::DecodeError;
 use crate::format::json::JsonDecoder;
 use crate::types::SchemaRef;
+
+pub mod config;
+pub use config::FileConfig;
 
 /// Turns one line of a file into records on the source's ports.
 pub trait LineDecoder: Send {
@@ -99,7 +102,6 @@ struct Partition {
     ended: bool,
 }
 
-/// A file source instance.
 /// Where a file partition is: the byte offset of the next line and the lines before it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FilePosition {
@@ -112,6 +114,7 @@ impl ConnectorPosition for FilePosition {
     const VERSION: u32 = 1;
 }
 
+/// A file source instance.
 pub struct FileSource<D = JsonDecoder> {
     node: String,
     spec: FileSourceSpec,

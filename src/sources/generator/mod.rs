@@ -17,6 +17,9 @@ use crate::dataflow::{ReadBuffers, ReadStatus, Source};
 use crate::error::RunError;
 use crate::types::{DataType, Field, Schema, SchemaRef, Value};
 
+pub mod config;
+pub use config::GeneratorConfig;
+
 /// No records in `[at, at + duration)` (offsets from the first record's event time).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct QuietPeriod {

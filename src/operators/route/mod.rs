@@ -7,6 +7,9 @@ use crate::error::StateError;
 use crate::state::StateImage;
 use crate::types::{Batch, DataType, EventTime, SchemaRef, Value};
 
+pub mod config;
+pub use config::RouteConfig;
+
 /// One side output: its name and the values that select it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RoutePort {

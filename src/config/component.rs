@@ -1,0 +1,298 @@
+//! What a component's configuration does: it is the YAML block of one kind (`file:`,
+//! `generator:`, `window:`, ...), it checks its own settings (every problem located, all of
+//! them collected) and builds the factory the runtime calls per instance. `compile` only
+//! wires the graph; `crate::components` maps each kind's name to its configuration type.
+//!
+//! - `SourceConfig::build` gets the settings every source has (`schema` or `tables`, the
+//!   event-time field, parallelism) and says which of them it uses; it returns the source's
+//!   ports and factory.
+//! - `OperatorConfig::build` gets its resolved inputs (schema, port, a table port's primary
+//!   key) and returns its ports, factory, the columns rows are shuffled by and which inputs
+//!   are broadcast.
+//! - `SinkConfig::build` gets its input schema and column selection and returns its factory,
+//!   where it writes and the delivery guarantee it gives.
+
+use std::path::{Path, PathBuf};
+
+use serde_saphyr::Location;
+
+use crate::config::Overrides;
+use crate::config::issues::Issues;
+use crate::config::yaml::S;
+use crate::dataflow::{Guarantee, PortSpec};
+use crate::operators::enrich::EnrichStrategy;
+use crate::runtime::plan::{OperatorFactory, SinkFactory, SourceFactory};
+use crate::sources::cdc::CdcTable;
+use crate::state::StateBackend;
+use crate::types::SchemaRef;
+
+/// A source kind's block.
+pub trait SourceConfig: std::fmt::Debug {
+    fn build(&self, cx: &mut SourceContext<'_>) -> Option<BuiltSource>;
+}
+
+/// An operator kind's block.
+pub trait OperatorConfig: std::fmt::Debug {
+    fn build(&self, cx: &mut OperatorContext<'_>) -> Option<BuiltOperator>;
+}
+
+/// A sink kind's block.
+pub trait SinkConfig: std::fmt::Debug {
+    fn build(&self, cx: &mut SinkContext<'_>) -> Option<BuiltSink>;
+}
+
+/// What a source's block is built with.
+pub struct SourceContext<'a> {
+    pub issues: &'a mut Issues,
+    /// The node's name.
+    pub name: &'a str,
+    /// `sources.NAME.KIND`, the prefix of the block's field paths.
+    pub field: String,
+    /// Where the block starts.
+    pub location: Location,
+    /// The pipeline file's directory: input paths are relative to it.
+    pub base_dir: &'a Path,
+    pub parallelism: usize,
+    /// `schema:` (rows) and `tables:` (a change stream), checked; a component says which
+    /// it reads with `rows` / `change_tables`, the other is reported as not applying.
+    pub(crate) schema: Option<(SchemaRef, Location)>,
+    pub(crate) tables: Option<(Vec<CdcTable>, Location)>,
+    pub(crate) schema_used: bool,
+    pub(crate) tables_used: bool,
+    /// `event_time.field`.
+    pub event_time_field: Option<&'a S<String>>,
+}
+
+impl SourceContext<'_> {
+    /// The `schema:` of a source of rows (`None`, reported, when it is missing).
+    pub fn rows(&mut self, why: &str) -> Option<SchemaRef> {
+        self.schema_used = true;
+        match &self.schema {
+            Some((s, _)) => Some(s.clone()),
+            None => {
+                let field = format!("{}.schema", self.field_prefix());
+                self.issues.at(&self.location, field, why);
+                None
+            }
+        }
+    }
+
+    /// The `tables:` of a change stream (`None`, reported, when they are missing).
+    pub fn change_tables(&mut self, why: &str) -> Option<Vec<CdcTable>> {
+        self.tables_used = true;
+        match &self.tables {
+            Some((t, _)) => Some(t.clone()),
+            None => {
+                let field = format!("{}.tables", self.field_prefix());
+                self.issues.at(&self.location, field, why);
+                None
+            }
+        }
+    }
+
+    /// Whether `schema:` was given.
+    pub fn has_schema(&self) -> bool {
+        self.schema.is_some()
+    }
+
+    /// Whether `tables:` was given.
+    pub fn has_tables(&self) -> bool {
+        self.tables.is_some()
+    }
+
+    /// `sources.NAME`.
+    pub fn field_prefix(&self) -> String {
+        format!("sources.{}", self.name)
+    }
+
+    /// Reports a problem with the block's field `sub` (e.g. `rate`) at `at`.
+    pub fn issue(&mut self, at: &Location, sub: &str, message: impl Into<String>) {
+        let field = if sub.is_empty() {
+            self.field.clone()
+        } else {
+            format!("{}.{sub}", self.field)
+        };
+        self.issues.at(at, field, message);
+    }
+}
+
+/// What building a source gives.
+pub struct BuiltSource {
+    /// Schema of the `main` port.
+    pub schema: SchemaRef,
+    /// Ports after `main` and `dead_letter` (a change stream's tables).
+    pub extra_ports: Vec<PortSpec>,
+    /// The primary key of each table port, by port index.
+    pub table_keys: Vec<(usize, Vec<String>)>,
+    pub factory: SourceFactory,
+    /// Whether the source can produce dead letters (a generator cannot): an unread
+    /// `dead_letter` port is then worth a warning.
+    pub dead_letters: bool,
+    /// Whether `main` is only a debugging view (a change stream's): unread, no warning.
+    pub main_is_view: bool,
+}
+
+/// One resolved input of an operator.
+#[derive(Clone, Debug)]
+pub struct OperatorInput {
+    /// As written: `node` or `node.port`.
+    pub reference: String,
+    pub location: Location,
+    /// The port's name and schema.
+    pub port: PortSpec,
+    /// The primary key of a change stream's table port.
+    pub table_key: Option<Vec<String>>,
+}
+
+/// Pipeline-wide enrichment settings (`enrichment:` and `state:`).
+#[derive(Clone, Debug)]
+pub struct EnrichmentDefaults {
+    pub strategy: EnrichStrategy,
+    pub state: StateBackend,
+}
+
+/// What an operator's block is built with.
+pub struct OperatorContext<'a> {
+    pub issues: &'a mut Issues,
+    pub name: &'a str,
+    /// `operators.NAME.KIND`.
+    pub field: String,
+    pub location: Location,
+    /// The inputs that resolved, in the order the file lists them.
+    pub inputs: Vec<OperatorInput>,
+    pub enrichment: &'a EnrichmentDefaults,
+}
+
+impl OperatorContext<'_> {
+    /// The one schema every input has (reported otherwise): what windows and routes need.
+    pub fn same_schema(&mut self) -> Option<SchemaRef> {
+        let first = self.inputs.first()?.port.schema.clone();
+        let mut same = true;
+        for (i, input) in self.inputs.iter().enumerate().skip(1) {
+            if input.port.schema != first {
+                same = false;
+                self.issues.at(
+                    &input.location,
+                    format!("operators.{}.inputs[{i}]", self.name),
+                    format!(
+                        "schema differs from `{}`'s: every input of an operator must have the \
+                         same columns",
+                        self.inputs[0].reference
+                    ),
+                );
+            }
+        }
+        same.then_some(first)
+    }
+
+    /// Reports a problem with the block's field `sub` at `at`.
+    pub fn issue(&mut self, at: &Location, sub: &str, message: impl Into<String>) {
+        let field = if sub.is_empty() {
+            self.field.clone()
+        } else {
+            format!("{}.{sub}", self.field)
+        };
+        self.issues.at(at, field, message);
+    }
+}
+
+/// What building an operator gives.
+pub struct BuiltOperator {
+    /// Output ports, `main` first.
+    pub ports: Vec<PortSpec>,
+    pub factory: OperatorFactory,
+    /// Columns (of every input) rows are shuffled by, so that equal keys meet.
+    pub key_columns: Option<Vec<usize>>,
+    /// Inputs every instance receives in full (a reference table's changes).
+    pub broadcast_inputs: Vec<usize>,
+}
+
+/// What a sink's block is built with.
+pub struct SinkContext<'a> {
+    pub issues: &'a mut Issues,
+    pub name: &'a str,
+    /// `sinks.NAME.KIND`.
+    pub field: String,
+    pub location: Location,
+    /// The input's schema (every input of a sink has the same).
+    pub schema: SchemaRef,
+    /// `columns:` as indexes into `schema` (`None`: all, in order).
+    pub columns: Option<Vec<usize>>,
+    /// The pipeline keeps checkpoints (`checkpoint.dir`): sinks can be transactional.
+    pub transactional: bool,
+    pub overrides: &'a Overrides,
+}
+
+impl SinkContext<'_> {
+    /// An output path as the file names it, moved under `--out DIR` when it is under the
+    /// default output directory.
+    pub fn output_path(&self, path: &str) -> PathBuf {
+        crate::config::output_path(path, self.overrides)
+    }
+
+    /// Reports a problem with the block's field `sub` at `at`.
+    pub fn issue(&mut self, at: &Location, sub: &str, message: impl Into<String>) {
+        let field = if sub.is_empty() {
+            self.field.clone()
+        } else {
+            format!("{}.{sub}", self.field)
+        };
+        self.issues.at(at, field, message);
+    }
+}
+
+/// What building a sink gives.
+pub struct BuiltSink {
+    pub factory: SinkFactory,
+    /// Where it writes, for people (`out/x.jsonl`, `stdout`).
+    pub target: String,
+    pub guarantee: Guarantee,
+}
+
+/// Declares the kinds of one section of the pipeline file: the section's node struct (the
+/// settings every node of the section has, plus one optional block per kind) and a way to
+/// list the blocks given. Used once per section, in `crate::components`.
+macro_rules! section {
+    (
+        $(#[$meta:meta])*
+        $yaml:ident: $config:ident { $($common:tt)* }
+        kinds { $($kind:ident: $ty:ty),* $(,)? }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct $yaml {
+            $($common)*
+            $(pub $kind: Option<$crate::config::yaml::S<$ty>>,)*
+        }
+
+        impl $yaml {
+            /// The kinds this section knows, as the file names them.
+            pub const KINDS: &'static [&'static str] = &[$(stringify!($kind)),*];
+
+            /// The kind blocks given: name, location and configuration.
+            pub fn blocks(&self) -> Vec<(&'static str, serde_saphyr::Location, &dyn $config)> {
+                let mut blocks: Vec<(&'static str, serde_saphyr::Location, &dyn $config)> =
+                    Vec::new();
+                $(
+                    if let Some(b) = &self.$kind {
+                        blocks.push((stringify!($kind), b.referenced, &b.value));
+                    }
+                )*
+                blocks
+            }
+        }
+    };
+}
+
+pub(crate) use section;
+
+/// `a`, `b` or `c`, for messages.
+pub fn one_of(kinds: &[&str]) -> String {
+    let quoted: Vec<String> = kinds.iter().map(|k| format!("`{k}`")).collect();
+    match quoted.split_last() {
+        None => String::new(),
+        Some((last, [])) => last.clone(),
+        Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+    }
+}

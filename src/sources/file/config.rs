@@ -1,0 +1,334 @@
+//! The `file:` block of a source: the files (paths and globs relative to the pipeline file),
+//! pacing and tailing, and the format of their lines — `json` (rows of the source's
+//! `schema`, each file its own partition) or `debezium` (a change stream of the source's
+//! `tables`: the snapshot files, then the change files, read in order as one log).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::config::component::{BuiltSource, SourceConfig, SourceContext};
+use crate::config::issues::Issues;
+use crate::config::yaml::S;
+use crate::dataflow::Source;
+use crate::format::json::{EventTimeSource, JsonDecoder};
+use crate::runtime::plan::SourceFactory;
+use crate::sources::cdc::{ChangeDecoder, main_schema};
+use crate::sources::file::{FileSource, FileSourceSpec};
+use crate::types::DataType;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Files or glob patterns, relative to the pipeline file's directory. With
+    /// `format: debezium`, the change files, read in this order after `snapshot`.
+    #[serde(default)]
+    pub paths: Vec<S<String>>,
+    /// `json` (default) or `debezium`.
+    pub format: Option<S<String>>,
+    /// With `format: debezium`: files holding the snapshot, read first and unpaced; their
+    /// end ends every table's snapshot.
+    #[serde(default)]
+    pub snapshot: Vec<S<String>>,
+    /// Keep tailing (with `debezium`, the last change file).
+    #[serde(default)]
+    pub follow: bool,
+    /// Records per second (with `debezium`, change records); omit to read as fast as
+    /// possible.
+    pub rate: Option<S<f64>>,
+    pub poll_interval: Option<S<String>>,
+}
+
+const FORMATS: &str = "`json` or `debezium`";
+
+impl SourceConfig for FileConfig {
+    fn build(&self, cx: &mut SourceContext<'_>) -> Option<BuiltSource> {
+        let debezium = match self.format.as_ref().map(|f| f.value.as_str()) {
+            None | Some("json") => false,
+            Some("debezium") => true,
+            Some(other) => {
+                let at = self.format.as_ref().expect("some").referenced;
+                cx.issue(
+                    &at,
+                    "format",
+                    format!("unknown format `{other}`; use {FORMATS}"),
+                );
+                return None;
+            }
+        };
+        let poll_interval = self
+            .poll_interval
+            .as_ref()
+            .and_then(|d| {
+                cx.issues
+                    .duration(d, &format!("{}.poll_interval", cx.field))
+            })
+            .unwrap_or(Duration::from_millis(100));
+        let rate = self
+            .rate
+            .as_ref()
+            .and_then(|r| cx.issues.positive(r, &format!("{}.rate", cx.field)));
+        if debezium {
+            self.change_stream(cx, rate, poll_interval)
+        } else {
+            self.rows(cx, rate, poll_interval)
+        }
+    }
+}
+
+impl FileConfig {
+    /// JSON lines of the source's `schema`, one partition per file.
+    fn rows(
+        &self,
+        cx: &mut SourceContext<'_>,
+        rate: Option<f64>,
+        poll_interval: Duration,
+    ) -> Option<BuiltSource> {
+        if let Some(first) = self.snapshot.first() {
+            cx.issue(
+                &first.referenced,
+                "snapshot",
+                "snapshot files belong to a change stream: set `format: debezium`",
+            );
+        }
+        let schema = cx.rows("a file source of `format: json` needs a `schema` (column: type)");
+        let paths = self.expand(
+            cx.issues,
+            &cx.field,
+            "paths",
+            &self.paths,
+            cx.base_dir,
+            &cx.location,
+        );
+        let schema = schema?;
+        let event_time = match cx.event_time_field {
+            Some(ef) => {
+                let field = format!("{}.event_time.field", cx.field_prefix());
+                match schema.index_of(&ef.value) {
+                    Some(i)
+                        if matches!(
+                            schema.field(i).data_type,
+                            DataType::Timestamp | DataType::Int
+                        ) =>
+                    {
+                        EventTimeSource::Field(i)
+                    }
+                    Some(i) => {
+                        cx.issues.at(
+                            &ef.referenced,
+                            field,
+                            format!(
+                                "`{}` is {}, an event-time column must be timestamp or int \
+                                 (epoch milliseconds)",
+                                ef.value,
+                                schema.field(i).data_type
+                            ),
+                        );
+                        EventTimeSource::None
+                    }
+                    None => {
+                        cx.issues.at(
+                            &ef.referenced,
+                            field,
+                            format!("`{}` is not a column of the schema", ef.value),
+                        );
+                        EventTimeSource::None
+                    }
+                }
+            }
+            None => EventTimeSource::None,
+        };
+        let rate = rate.map(|r| r / cx.parallelism as f64);
+        let follow = self.follow;
+        let node = cx.name.to_string();
+        let base = cx.base_dir.to_path_buf();
+        let decoder_schema = schema.clone();
+        let factory: SourceFactory = Arc::new(move |inst, par| {
+            let mine = paths
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| i % par == inst)
+                .map(|(_, p)| p.clone())
+                .collect();
+            let decoder = JsonDecoder::new(decoder_schema.clone(), event_time);
+            Ok(Box::new(FileSource::new(
+                &node,
+                FileSourceSpec {
+                    paths: mine,
+                    follow,
+                    rate,
+                    poll_interval,
+                    base_dir: Some(base.clone()),
+                    sequential: false,
+                    paced_from: 0,
+                },
+                decoder,
+            )) as Box<dyn Source>)
+        });
+        Some(BuiltSource {
+            schema,
+            extra_ports: Vec::new(),
+            table_keys: Vec::new(),
+            factory,
+            dead_letters: true,
+            main_is_view: false,
+        })
+    }
+
+    /// Debezium records of the source's `tables`: snapshot files, then change files, as one
+    /// log read by one instance.
+    fn change_stream(
+        &self,
+        cx: &mut SourceContext<'_>,
+        rate: Option<f64>,
+        poll_interval: Duration,
+    ) -> Option<BuiltSource> {
+        if let Some(f) = cx.event_time_field {
+            let field = format!("{}.event_time.field", cx.field_prefix());
+            cx.issues.at(
+                &f.referenced,
+                field,
+                "a change stream's event time is the commit time (`source.ts_ms`); remove \
+                 `field`",
+            );
+        }
+        let tables = cx.change_tables(
+            "a change stream (`format: debezium`) needs its `tables:` (port: {key, columns})",
+        );
+        if self.snapshot.is_empty() && self.paths.is_empty() {
+            let at = cx.location;
+            cx.issue(
+                &at,
+                "paths",
+                "list the change files: `snapshot: [...]` (read first) and/or `paths: [...]`",
+            );
+            return None;
+        }
+        let snapshot = self.expand(
+            cx.issues,
+            &cx.field,
+            "snapshot",
+            &self.snapshot,
+            cx.base_dir,
+            &cx.location,
+        );
+        let changes = self.expand(
+            cx.issues,
+            &cx.field,
+            "paths",
+            &self.paths,
+            cx.base_dir,
+            &cx.location,
+        );
+        let tables = tables?;
+        if let Err(e) = ChangeDecoder::new(cx.name, tables.clone(), 0) {
+            let (at, field) = (cx.location, format!("{}.tables", cx.field_prefix()));
+            cx.issues.at(&at, field, e.reason);
+            return None;
+        }
+        let extra_ports = ChangeDecoder::table_ports(&tables);
+        let table_keys = tables
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                (
+                    2 + i,
+                    t.config.key_columns.iter().map(|k| k.to_string()).collect(),
+                )
+            })
+            .collect();
+        let snapshot_files = snapshot.len();
+        let mut paths = snapshot;
+        paths.extend(changes);
+        let follow = self.follow;
+        let node = cx.name.to_string();
+        let base = cx.base_dir.to_path_buf();
+        let factory: SourceFactory = Arc::new(move |inst, _par| {
+            // A change stream is one log: one instance reads every file, in order.
+            let paths = if inst == 0 { paths.clone() } else { Vec::new() };
+            let decoder =
+                ChangeDecoder::new(&node, tables.clone(), snapshot_files).map_err(|e| {
+                    crate::error::RunError::Task {
+                        task: node.clone(),
+                        message: e.reason,
+                    }
+                })?;
+            Ok(Box::new(FileSource::new(
+                &node,
+                FileSourceSpec {
+                    paths,
+                    follow,
+                    rate,
+                    poll_interval,
+                    base_dir: Some(base.clone()),
+                    sequential: true,
+                    paced_from: snapshot_files,
+                },
+                decoder,
+            )) as Box<dyn Source>)
+        });
+        Some(BuiltSource {
+            schema: main_schema(),
+            extra_ports,
+            table_keys,
+            factory,
+            dead_letters: true,
+            main_is_view: true,
+        })
+    }
+
+    /// Files and globs, relative to `base`; each must exist (or match) unless followed.
+    fn expand(
+        &self,
+        issues: &mut Issues,
+        block: &str,
+        what: &str,
+        list: &[S<String>],
+        base: &Path,
+        block_at: &serde_saphyr::Location,
+    ) -> Vec<PathBuf> {
+        let field = format!("{block}.{what}");
+        let mut out = Vec::new();
+        if list.is_empty() && what == "paths" && self.snapshot.is_empty() {
+            issues.at(block_at, &field, "list at least one file or pattern");
+        }
+        for p in list {
+            let joined = base.join(&p.value);
+            let pattern = joined.to_string_lossy().into_owned();
+            let is_glob = p.value.contains(['*', '?', '[']);
+            if !is_glob {
+                if !joined.exists() && !self.follow {
+                    issues.at(
+                        &p.referenced,
+                        &field,
+                        format!("no such file `{}`", joined.display()),
+                    );
+                }
+                out.push(joined);
+                continue;
+            }
+            match glob::glob(&pattern) {
+                Ok(paths) => {
+                    let mut found: Vec<PathBuf> = paths.filter_map(Result::ok).collect();
+                    found.sort();
+                    if found.is_empty() {
+                        issues.at(
+                            &p.referenced,
+                            &field,
+                            format!("no file matches `{pattern}`"),
+                        );
+                    }
+                    out.extend(found);
+                }
+                Err(e) => issues.at(
+                    &p.referenced,
+                    &field,
+                    format!("invalid pattern `{}`: {e}", p.value),
+                ),
+            }
+        }
+        out
+    }
+}
