@@ -83,11 +83,15 @@ impl StateError {
     }
 }
 
-/// Errors that stop a running pipeline.
+/// Errors that stop a running pipeline. Each says which component it is about and what
+/// kind it is (`class`): a transient error restarts the run from its latest checkpoint after
+/// a backoff (`runtime::restart`); any other stops it with a one-line message (`Display`)
+/// and what to do about it (`hint`).
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error(transparent)]
     Config(#[from] ConfigError),
+    /// A file or device could not be read or written.
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -97,16 +101,36 @@ pub enum RunError {
     },
     #[error(transparent)]
     State(#[from] StateError),
-    #[error("task {task} failed: {message}")]
-    Task { task: String, message: String },
+    /// A component could not be built from settings that validated.
+    #[error("{component}: cannot start: {message}")]
+    Build { component: String, message: String },
+    /// What a checkpoint holds for a component (a position, a pre-commit) cannot be used by
+    /// it: restoring would not be exact.
+    #[error("{component}: cannot restore from the checkpoint: {message}")]
+    Restore { component: String, message: String },
+    /// Writing, completing or reading checkpoints failed.
+    #[error("checkpoints: {message}")]
+    Checkpoint { message: String, class: ErrorClass },
+    /// An outside service (a broker, a database) failed or refused.
+    #[error("{component}: {message}")]
+    External {
+        component: String,
+        message: String,
+        class: ErrorClass,
+    },
+    /// The task stopped because another one did (never the first cause of a failure).
+    #[error("{task}: stopped because {why}")]
+    Stopped { task: String, why: &'static str },
 }
 
 impl RunError {
     pub fn io(context: impl Into<String>, source: std::io::Error) -> RunError {
         let class = match source.kind() {
-            std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied => {
-                ErrorClass::Definite
-            }
+            std::io::ErrorKind::NotFound
+            | std::io::ErrorKind::PermissionDenied
+            | std::io::ErrorKind::InvalidData
+            | std::io::ErrorKind::InvalidInput
+            | std::io::ErrorKind::Unsupported => ErrorClass::Definite,
             _ => ErrorClass::Transient,
         };
         RunError::Io {
@@ -116,12 +140,48 @@ impl RunError {
         }
     }
 
+    pub fn build(component: impl Into<String>, message: impl std::fmt::Display) -> RunError {
+        RunError::Build {
+            component: component.into(),
+            message: message.to_string(),
+        }
+    }
+
+    pub fn restore(component: impl Into<String>, message: impl std::fmt::Display) -> RunError {
+        RunError::Restore {
+            component: component.into(),
+            message: message.to_string(),
+        }
+    }
+
     pub fn class(&self) -> ErrorClass {
         match self {
             RunError::Config(_) => ErrorClass::Config,
-            RunError::Io { class, .. } => *class,
-            RunError::State(_) => ErrorClass::Internal,
-            RunError::Task { .. } => ErrorClass::Internal,
+            RunError::Io { class, .. }
+            | RunError::Checkpoint { class, .. }
+            | RunError::External { class, .. } => *class,
+            RunError::State(_) | RunError::Build { .. } | RunError::Restore { .. } => {
+                ErrorClass::Definite
+            }
+            RunError::Stopped { .. } => ErrorClass::Internal,
+        }
+    }
+
+    /// What to do about it, in a few words.
+    pub fn hint(&self) -> &'static str {
+        match self {
+            RunError::Config(_) => "fix the pipeline file, then run again",
+            RunError::Restore { .. } | RunError::State(_) => {
+                "restore an older checkpoint (`watershed checkpoints list`), or start without it"
+            }
+            RunError::Stopped { .. } => "see the error of the task that stopped first",
+            _ => match self.class() {
+                ErrorClass::Transient => {
+                    "retried from the latest checkpoint; without `checkpoint.dir` run again"
+                }
+                ErrorClass::Internal => "this is a bug in Watershed: please report it",
+                _ => "fix the cause named above, then run again (it restarts from its checkpoint)",
+            },
         }
     }
 }
@@ -129,6 +189,27 @@ impl RunError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn errors_say_whether_a_retry_can_help() {
+        let refused = RunError::io(
+            "cannot connect",
+            std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+        );
+        assert_eq!(refused.class(), ErrorClass::Transient);
+        let missing = RunError::io(
+            "cannot open x",
+            std::io::Error::from(std::io::ErrorKind::NotFound),
+        );
+        assert_eq!(missing.class(), ErrorClass::Definite);
+        let position = RunError::restore("scans", "position file {} cannot be read");
+        assert_eq!(position.class(), ErrorClass::Definite);
+        assert_eq!(
+            position.to_string(),
+            "scans: cannot restore from the checkpoint: position file {} cannot be read"
+        );
+        assert!(position.hint().contains("older checkpoint"));
+    }
 
     #[test]
     fn config_error_names_file_line_and_field() {

@@ -124,10 +124,9 @@ fn checkpoint_to_restore(
     store: Option<&CheckpointStore>,
 ) -> Result<Option<Restored>, RunError> {
     if let Some(path) = &ctx.restore_from {
-        return store::read(path).map(Some).map_err(|e| RunError::Task {
-            task: "restore".into(),
-            message: e.to_string(),
-        });
+        return store::read(path)
+            .map(Some)
+            .map_err(|e| RunError::restore("checkpoint", e));
     }
     Ok(store.and_then(CheckpointStore::latest))
 }
@@ -141,9 +140,11 @@ pub fn run(plan: Plan, ctx: RunContext) -> Result<RunSummary, RunError> {
     let store = match &opts.checkpoint_dir {
         Some(_) if ctx.bootstrap.is_some() => None,
         Some(dir) => Some(
-            CheckpointStore::open(dir, opts.checkpoint_retain).map_err(|e| RunError::Task {
-                task: "checkpoints".into(),
-                message: e.to_string(),
+            CheckpointStore::open(dir, opts.checkpoint_retain).map_err(|e| {
+                RunError::Checkpoint {
+                    message: e.to_string(),
+                    class: crate::error::ErrorClass::Definite,
+                }
             })?,
         ),
         None => None,
@@ -491,44 +492,44 @@ pub fn run(plan: Plan, ctx: RunContext) -> Result<RunSummary, RunError> {
                                 // last commit.
                                 let inbound = if driver.is_finished() { &none } else { &rx };
                                 select! {
-                                    recv(inbound) -> m => {
-                                        let Ok((slot, msg)) = m else {
-                                            if stopping_t.load(Ordering::SeqCst) {
-                                                // Stopped after a savepoint: its commit
-                                                // may still be queued.
-                                                while let Ok(Control::CheckpointDone(e)) = ctl_rx.try_recv() {
-                                                    driver.commit(e)?;
-                                                }
-                                                return Ok(());
-                                            }
-                                            return Err(RunError::Task {
-                                                task: name.clone(),
-                                                message: "an upstream task stopped".into(),
-                                            });
-                                        };
-                                        driver.on_message(slot as usize, msg, clock_t.now_ms(), &mut ack)?;
-                                    }
-                                    recv(ctl_rx) -> c => match c {
-                                        Ok(Control::CheckpointDone(epoch)) => {
-                                            driver.commit(epoch)?;
-                                            if epoch == FINAL_EPOCH {
-                                                return driver.finish();
-                                            }
-                                        }
-                                        Ok(Control::Barrier(_)) => {}
-                                        Ok(Control::Stop) if stopping_t.load(Ordering::SeqCst) => {
-                                            // Stopped after a savepoint while waiting for
-                                            // the last commit, which will not come.
-                                            return Ok(());
-                                        }
-                                        Ok(Control::Stop) | Err(_) => {
-                                            return Err(RunError::Task {
-                                                task: name.clone(),
-                                                message: "stopped before its last commit".into(),
-                                            });
-                                        }
-                                    },
-                                }
+                                                                   recv(inbound) -> m => {
+                                                                       let Ok((slot, msg)) = m else {
+                                                                           if stopping_t.load(Ordering::SeqCst) {
+                                                                               // Stopped after a savepoint: its commit
+                                                                               // may still be queued.
+                                                                               while let Ok(Control::CheckpointDone(e)) = ctl_rx.try_recv() {
+                                                                                   driver.commit(e)?;
+                                                                               }
+                                                                               return Ok(());
+                                                                           }
+                                                                           return Err(RunError::Stopped {
+                                task: name.clone(),
+                                why: "an upstream task stopped",
+                                });
+                                                                       };
+                                                                       driver.on_message(slot as usize, msg, clock_t.now_ms(), &mut ack)?;
+                                                                   }
+                                                                   recv(ctl_rx) -> c => match c {
+                                                                       Ok(Control::CheckpointDone(epoch)) => {
+                                                                           driver.commit(epoch)?;
+                                                                           if epoch == FINAL_EPOCH {
+                                                                               return driver.finish();
+                                                                           }
+                                                                       }
+                                                                       Ok(Control::Barrier(_)) => {}
+                                                                       Ok(Control::Stop) if stopping_t.load(Ordering::SeqCst) => {
+                                                                           // Stopped after a savepoint while waiting for
+                                                                           // the last commit, which will not come.
+                                                                           return Ok(());
+                                                                       }
+                                                                       Ok(Control::Stop) | Err(_) => {
+                                                                           return Err(RunError::Stopped {
+                                task: name.clone(),
+                                why: "the run stopped before its last commit",
+                                });
+                                                                       }
+                                                                   },
+                                                               }
                             }
                         })();
                         report_end(result.map(|()| None));
@@ -588,9 +589,9 @@ fn drain_inbound(
             if stopping.load(Ordering::SeqCst) {
                 return Ok(());
             }
-            return Err(RunError::Task {
+            return Err(RunError::Stopped {
                 task: name.to_string(),
-                message: "an upstream task stopped".into(),
+                why: "an upstream task stopped",
             });
         };
         if step(slot as usize, msg)? {
@@ -640,8 +641,8 @@ fn check_restorable(plan: &Plan, r: &Restored) -> Result<(), RunError> {
         .collect();
     for label in r.operators.keys().chain(r.sinks.keys()) {
         if !labels.contains(label) {
-            return Err(RunError::Task {
-                task: "restore".into(),
+            return Err(RunError::Restore {
+                component: label.clone(),
                 message: format!(
                     "checkpoint {} holds state for `{label}`, which this pipeline does not have \
                      (was it taken with another parallelism or another pipeline file?)",
@@ -944,9 +945,9 @@ fn supervise(
                 last.cp.finished = true;
                 next_epoch += 1;
                 if !co.complete(last, instances, clock.now_ms()) {
-                    first_error = Some(RunError::Task {
-                        task: "checkpoints".into(),
+                    first_error = Some(RunError::Checkpoint {
                         message: "the run's last checkpoint could not be written: its output is not committed".into(),
+                        class: crate::error::ErrorClass::Transient,
                     });
                     tell(instances, Role::Sink, Control::Stop);
                 }

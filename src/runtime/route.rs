@@ -101,9 +101,9 @@ impl Router {
     }
 
     fn closed(node: &InstanceStatus) -> RunError {
-        RunError::Task {
+        RunError::Stopped {
             task: node.label(),
-            message: "a downstream task stopped".into(),
+            why: "a downstream task stopped",
         }
     }
 

@@ -227,12 +227,8 @@ impl EnrichConfig {
         };
         let node = name.to_string();
         let factory: OperatorFactory = Arc::new(move |_| {
-            let op = EnrichOperator::new(&node, spec.clone(), events.clone(), &reference).map_err(
-                |e| crate::error::RunError::Task {
-                    task: node.clone(),
-                    message: e.message,
-                },
-            )?;
+            let op = EnrichOperator::new(&node, spec.clone(), events.clone(), &reference)
+                .map_err(|e| crate::error::RunError::build(node.clone(), e.message))?;
             Ok(Box::new(op) as Box<dyn Operator>)
         });
         Some(BuiltOperator {

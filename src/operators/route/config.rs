@@ -72,12 +72,8 @@ impl OperatorConfig for RouteConfig {
         let column = column.value.clone();
         let node = cx.name.to_string();
         let factory: OperatorFactory = Arc::new(move |_| {
-            let op = RouteOperator::new(&column, ports.clone(), schema.clone()).map_err(|e| {
-                crate::error::RunError::Task {
-                    task: node.clone(),
-                    message: e.message,
-                }
-            })?;
+            let op = RouteOperator::new(&column, ports.clone(), schema.clone())
+                .map_err(|e| crate::error::RunError::build(node.clone(), e.message))?;
             Ok(Box::new(op) as Box<dyn Operator>)
         });
         Some(BuiltOperator {

@@ -61,12 +61,8 @@ impl OperatorConfig for WindowConfig {
         };
         let node = cx.name.to_string();
         let factory: OperatorFactory = Arc::new(move |_| {
-            let op = WindowOperator::new(&node, spec.clone(), schema.clone()).map_err(|e| {
-                crate::error::RunError::Task {
-                    task: node.clone(),
-                    message: e.message,
-                }
-            })?;
+            let op = WindowOperator::new(&node, spec.clone(), schema.clone())
+                .map_err(|e| crate::error::RunError::build(node.clone(), e.message))?;
             Ok(Box::new(op) as Box<dyn Operator>)
         });
         Some(BuiltOperator {

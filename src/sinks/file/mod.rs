@@ -318,8 +318,8 @@ impl Sink for JsonLinesSink {
         let state =
             match state.filter(|s| !s.is_empty()) {
                 Some(bytes) => Some(serde_json::from_slice::<PreCommit>(bytes).map_err(|e| {
-                    RunError::Task {
-                        task: self.target.clone(),
+                    RunError::Restore {
+                        component: self.target.clone(),
                         message: format!(
                             "the checkpoint's pre-commit of this sink does not decode: {e}"
                         ),

@@ -248,13 +248,8 @@ impl FileConfig {
         let factory: SourceFactory = Arc::new(move |inst, _par| {
             // A change stream is one log: one instance reads every file, in order.
             let paths = if inst == 0 { paths.clone() } else { Vec::new() };
-            let decoder =
-                ChangeDecoder::new(&node, tables.clone(), snapshot_files).map_err(|e| {
-                    crate::error::RunError::Task {
-                        task: node.clone(),
-                        message: e.reason,
-                    }
-                })?;
+            let decoder = ChangeDecoder::new(&node, tables.clone(), snapshot_files)
+                .map_err(|e| crate::error::RunError::build(node.clone(), e.reason))?;
             Ok(Box::new(FileSource::new(
                 &node,
                 FileSourceSpec {

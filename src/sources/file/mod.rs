@@ -371,10 +371,7 @@ impl<D: LineDecoder> Source for FileSource<D> {
                     let at = sp
                         .position
                         .decode::<FilePosition>()
-                        .map_err(|e| RunError::Task {
-                            task: self.node.clone(),
-                            message: e.to_string(),
-                        })?;
+                        .map_err(|e| RunError::restore(self.node.clone(), e))?;
                     (at.offset, at.line)
                 }
                 None => (0, 0),

@@ -458,13 +458,10 @@ impl Source for GeneratorSource {
                 .find(|sp| sp.source == self.node && sp.partition == p.label)
             {
                 Some(sp) => {
-                    let at =
-                        sp.position
-                            .decode::<GeneratorPosition>()
-                            .map_err(|e| RunError::Task {
-                                task: self.node.clone(),
-                                message: e.to_string(),
-                            })?;
+                    let at = sp
+                        .position
+                        .decode::<GeneratorPosition>()
+                        .map_err(|e| RunError::restore(self.node.clone(), e))?;
                     Some((at.next, at.start_ms))
                 }
                 None => None,
