@@ -1,13 +1,17 @@
 //! Operator state that outlives a batch: materialized reference tables (`ReferenceTable`: a
 //! `VersionedTable` in memory over a chunked `Arena`, or a `DiskTable` in an embedded LSM
-//! store) and buffers that overflow to a local file (`SpillQueue`). State
-//! structures serialize themselves for checkpoints (`StateImage`); large immutable parts
-//! (an arena's frozen chunks) travel by reference as `Blobs`, so the checkpoint store writes
-//! each once and shares it between checkpoints. Only the spill queue touches a file (its own,
-//! anonymous).
+//! store), buffers that overflow to a local file (`SpillQueue`), and a buffer's items sealed
+//! into checkpoint segments (`SealedLog`). State structures serialize themselves for
+//! checkpoints (`StateImage`); large immutable parts (an arena's frozen chunks, a disk
+//! table's change log segments, sealed segments) travel by reference as `Blobs`, so the
+//! checkpoint store writes each once and shares it between checkpoints. This is where the
+//! files of operator state are: the disk table's working copy, the spill queue's anonymous
+//! file and the sealed log's large segments, each in its own temporary place; operators do
+//! no I/O themselves.
 
 pub mod arena;
 pub mod disk;
+pub mod sealed_log;
 pub mod spill;
 pub mod table;
 pub mod versioned;
@@ -16,6 +20,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+pub use sealed_log::SealedLog;
 pub use spill::SpillQueue;
 pub use table::{ReferenceTable, StateBackend};
 pub use versioned::{Applied, VersionedTable};
@@ -24,9 +29,10 @@ pub use versioned::{Applied, VersionedTable};
 /// store that has written a blob once need not write it again.
 pub type Blobs = BTreeMap<String, Blob>;
 
-/// One immutable part of a snapshot: bytes in memory (an arena's frozen chunk), or a sealed
-/// file that nothing writes any more (a disk table's change log segment, or a blob read back
-/// from a checkpoint, checked but not loaded).
+/// One immutable part of a snapshot: bytes in memory (an arena's frozen chunk, a small sealed
+/// log segment), or a sealed file that nothing writes any more (a disk table's change log
+/// segment, a large sealed log segment, or a blob read back from a checkpoint, checked but
+/// not loaded).
 #[derive(Clone, Debug)]
 pub enum Blob {
     Bytes(Arc<[u8]>),

@@ -1,0 +1,86 @@
+//! The enrichment operator's snapshot format (postcard, version `SNAPSHOT_VERSION`): the
+//! table's own image (its large parts as blobs), the ids of the gate's segments (blobs
+//! too), the as-of events waiting and the held misses, and the join's counts. Written by
+//! `snapshot`, read by `restore` into an operator built from the same spec.
+
+use serde::{Deserialize, Serialize};
+
+use super::gate::Pending;
+use super::{EnrichOperator, JoinStats};
+use crate::error::StateError;
+use crate::state::{Blobs, ReferenceTable, StateImage};
+use crate::types::EventTime;
+
+const SNAPSHOT_VERSION: u8 = 9;
+
+#[derive(Serialize, Deserialize)]
+struct Image {
+    version: u8,
+    #[serde(with = "serde_bytes")]
+    table: Vec<u8>,
+    latest_valid_from: EventTime,
+    snapshot_done: bool,
+    watermark: Option<EventTime>,
+    /// The gate's events, as segments (blobs), oldest first.
+    gate_segments: Vec<String>,
+    waiting: Vec<Pending>,
+    held: Vec<Pending>,
+    next_seq: u64,
+    stats: JoinStats,
+    last_sweep: Option<EventTime>,
+}
+
+impl EnrichOperator {
+    /// The operator's snapshot; the gate's new events are sealed into a segment first.
+    pub(super) fn encode_image(&mut self) -> Result<StateImage, StateError> {
+        self.measure_state();
+        let mut blobs = Blobs::new();
+        let gate_segments = self.seal_gate(&mut blobs).map_err(|e| {
+            StateError::encode(&self.name, format!("cannot seal the gate's events: {e}"))
+        })?;
+        let image = Image {
+            version: SNAPSHOT_VERSION,
+            table: self.table.snapshot(&mut blobs)?,
+            latest_valid_from: self.latest_valid_from,
+            snapshot_done: self.snapshot_done,
+            watermark: self.watermark,
+            gate_segments,
+            waiting: self.waiting.clone(),
+            held: self.held_in_order(),
+            next_seq: self.next_seq,
+            stats: self.stats,
+            last_sweep: self.last_sweep,
+        };
+        let bytes = postcard::to_allocvec(&image).map_err(|e| StateError::encode(&self.name, e))?;
+        Ok(StateImage { bytes, blobs })
+    }
+
+    /// Replaces the operator's state with a snapshot `encode_image` took.
+    pub(super) fn decode_image(&mut self, snapshot: &StateImage) -> Result<(), StateError> {
+        let fail = |reason: String| StateError::decode(&self.name, reason);
+        let (snapshot, blobs) = (&snapshot.bytes[..], &snapshot.blobs);
+        if snapshot.first().copied() != Some(SNAPSHOT_VERSION) {
+            return Err(fail(format!(
+                "unknown snapshot version {:?} (this build reads {SNAPSHOT_VERSION})",
+                snapshot.first()
+            )));
+        }
+        let image: Image = postcard::from_bytes(snapshot).map_err(|e| fail(e.to_string()))?;
+        self.table = ReferenceTable::restore(&image.table, blobs, &self.spec.state)?;
+        self.rebuild_index();
+        self.latest_valid_from = image.latest_valid_from;
+        self.snapshot_done = image.snapshot_done;
+        self.watermark = image.watermark;
+        self.restore_gate(&image.gate_segments, blobs)
+            .map_err(|e| StateError::decode(&self.name, e))?;
+        self.waiting = image.waiting;
+        self.restore_held(image.held);
+        self.next_seq = image.next_seq;
+        self.stats = image.stats;
+        self.last_sweep = image.last_sweep;
+        self.counters
+            .gate_open
+            .set(if self.gated_shut() { 0.0 } else { 1.0 });
+        Ok(())
+    }
+}

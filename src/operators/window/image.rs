@@ -1,0 +1,128 @@
+//! The window operator's snapshot format (postcard): written from borrowed state, read into
+//! owned state, with the same field order. It holds the key, kind and aggregates the
+//! snapshot was taken with (a restore into another spec is refused), the watermark, the
+//! counters and every window with its accumulators and last emitted revision.
+
+use std::collections::BTreeMap;
+
+use serde::ser::SerializeSeq;
+use serde::{Deserialize, Serialize, Serializer};
+
+use super::assign::{FixedState, Groups};
+use super::session::{KeySessions, SessionState};
+use super::{AggregateSpec, WindowKind, WindowOperator, WindowState};
+use crate::error::StateError;
+use crate::state::StateImage;
+use crate::types::EventTime;
+
+const SNAPSHOT_VERSION: u8 = 1;
+
+#[derive(Serialize)]
+struct ImageOut<'a> {
+    version: u8,
+    key: &'a [String],
+    kind: WindowKind,
+    aggregates: &'a [AggregateSpec],
+    watermark: Option<EventTime>,
+    late_count: u64,
+    fired_count: u64,
+    state: StateOut<'a>,
+}
+
+#[derive(Serialize)]
+enum StateOut<'a> {
+    Fixed(&'a BTreeMap<EventTime, Groups>),
+    Session(LiveKeys<'a>),
+}
+
+/// The live keys of the session slab, written as a sequence.
+struct LiveKeys<'a>(&'a [Option<KeySessions>]);
+
+impl Serialize for LiveKeys<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        // postcard needs the length up front.
+        let mut seq = serializer.serialize_seq(Some(self.0.iter().flatten().count()))?;
+        for ks in self.0.iter().flatten() {
+            seq.serialize_element(ks)?;
+        }
+        seq.end()
+    }
+}
+
+#[derive(Deserialize)]
+struct ImageIn {
+    version: u8,
+    key: Vec<String>,
+    kind: WindowKind,
+    aggregates: Vec<AggregateSpec>,
+    watermark: Option<EventTime>,
+    late_count: u64,
+    fired_count: u64,
+    state: StateIn,
+}
+
+#[derive(Deserialize)]
+enum StateIn {
+    Fixed(BTreeMap<EventTime, Groups>),
+    Session(Vec<KeySessions>),
+}
+
+impl WindowOperator {
+    /// The operator's snapshot: its spec, watermark, counters and windows.
+    pub(super) fn encode_image(&self) -> Result<StateImage, StateError> {
+        let image = ImageOut {
+            version: SNAPSHOT_VERSION,
+            key: &self.spec.key,
+            kind: self.spec.kind,
+            aggregates: &self.spec.aggregates,
+            watermark: self.watermark,
+            late_count: self.late_count,
+            fired_count: self.fired_count,
+            state: match &self.state {
+                WindowState::Fixed(st) => StateOut::Fixed(&st.panes),
+                WindowState::Session(st) => StateOut::Session(LiveKeys(&st.keys)),
+            },
+        };
+        postcard::to_stdvec(&image)
+            .map(StateImage::inline)
+            .map_err(|e| StateError::encode(&self.name, e))
+    }
+
+    /// Replaces the operator's state with a snapshot `encode_image` took with the same key,
+    /// kind and aggregates.
+    pub(super) fn decode_image(&mut self, snapshot: &StateImage) -> Result<(), StateError> {
+        let snapshot = &snapshot.bytes[..];
+        let fail = |reason: String| StateError::decode(&self.name, reason);
+        let version = snapshot.first().copied();
+        if version != Some(SNAPSHOT_VERSION) {
+            return Err(fail(format!(
+                "unknown snapshot version {version:?} (this build reads {SNAPSHOT_VERSION})"
+            )));
+        }
+        let image: ImageIn = postcard::from_bytes(snapshot).map_err(|e| fail(e.to_string()))?;
+        if image.key != self.spec.key
+            || image.kind != self.spec.kind
+            || image.aggregates != self.spec.aggregates
+        {
+            return Err(fail(
+                "the snapshot was taken with a different window key, kind or aggregates".into(),
+            ));
+        }
+        self.state = match (image.state, &self.state) {
+            (StateIn::Fixed(panes), WindowState::Fixed(st)) => {
+                let mut fresh = FixedState::new(st.size, st.slide);
+                fresh.panes = panes;
+                WindowState::Fixed(fresh)
+            }
+            (StateIn::Session(keys), WindowState::Session(st)) => {
+                WindowState::Session(SessionState::from_keys(st.gap, keys))
+            }
+            _ => return Err(fail("the snapshot holds another kind of window".into())),
+        };
+        debug_assert_eq!(image.version, SNAPSHOT_VERSION);
+        self.watermark = image.watermark;
+        self.late_count = image.late_count;
+        self.fired_count = image.fired_count;
+        Ok(())
+    }
+}
