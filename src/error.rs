@@ -58,6 +58,25 @@ impl fmt::Display for ConfigError {
     }
 }
 
+/// A component's spec does not fit its inputs (a column that does not exist, a value of the
+/// wrong type). `field` is the path of the setting relative to the component's block
+/// (`key[0]`, `ports.tls`, `columns[1]`), so the configuration can point at its line.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct SpecError {
+    pub field: String,
+    pub message: String,
+}
+
+impl SpecError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> SpecError {
+        SpecError {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
 /// Snapshotting or restoring operator state failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {

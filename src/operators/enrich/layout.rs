@@ -3,7 +3,8 @@
 //! conditions, whether an event's match is one lookup), checked on the way, with the
 //! output columns. Nothing here holds state.
 
-use super::spec::{CmpOp, EnrichError, EnrichSpec, spec_err};
+use super::spec::{CmpOp, EnrichSpec, spec_err};
+use crate::error::SpecError;
 use crate::cdc::rows;
 use crate::types::{DataType, Field, Schema};
 
@@ -39,7 +40,7 @@ impl Layout {
         spec: &EnrichSpec,
         event_schema: &Schema,
         reference: &Schema,
-    ) -> Result<(Layout, Vec<Field>), EnrichError> {
+    ) -> Result<(Layout, Vec<Field>), SpecError> {
         if !rows::is_change_schema(reference) {
             return Err(spec_err(
                 "inputs[1]",
@@ -123,7 +124,7 @@ impl Layout {
             Some(v) => {
                 let ev = event_col("version_range.version", &v.version)?;
                 let col =
-                    |name: &Option<String>, field: &str| -> Result<Option<usize>, EnrichError> {
+                    |name: &Option<String>, field: &str| -> Result<Option<usize>, SpecError> {
                         name.as_ref()
                             .map(|n| table_col(&format!("version_range.{field}"), n))
                             .transpose()

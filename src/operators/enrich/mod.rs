@@ -54,6 +54,7 @@
 //! `reference` the materializing of changes, `join` lookups, matching and misses, `gate` the
 //! gate, as-of waiting and held misses, `image` the snapshot format.
 
+pub mod config;
 mod gate;
 mod image;
 mod join;
@@ -72,13 +73,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::cdc::Version;
 use crate::dataflow::{MAIN_PORT, MISS_PORT, Operator, Output, PortSpec};
-use crate::error::StateError;
+use crate::error::{SpecError, StateError};
 use crate::state::versioned::Located;
 use crate::state::{ReferenceTable, SealedLog, SpillQueue, StateImage};
 use crate::types::{Batch, EventTime, Schema, SchemaRef, Value};
 
 pub use spec::{
-    CmpOp, Condition, EnrichError, EnrichSpec, EnrichStrategy, JoinMode, MissPolicy,
+    CmpOp, Condition, EnrichSpec, EnrichStrategy, JoinMode, MissPolicy,
     VersionRangeSpec,
 };
 
@@ -176,7 +177,7 @@ impl EnrichOperator {
         spec: EnrichSpec,
         event_schema: SchemaRef,
         reference: &Schema,
-    ) -> Result<EnrichOperator, EnrichError> {
+    ) -> Result<EnrichOperator, SpecError> {
         let (layout, fields) = Layout::resolve(&spec, &event_schema, reference)?;
         let retention = match spec.mode {
             JoinMode::Lookup => None,

@@ -1,10 +1,11 @@
 //! What the enrichment operator is told to do (`EnrichSpec` and its parts: `JoinMode`,
 //! `MissPolicy`, `EnrichStrategy`, `VersionRangeSpec`, `Condition`) and the error that
-//! names a setting of it (`EnrichError`). The configuration builds these; the operator
+//! names a setting of it (`crate::error::SpecError`). The configuration builds these; the operator
 //! resolves them against its inputs' schemas (`layout`).
 
 use serde::{Deserialize, Serialize};
 
+use crate::error::SpecError;
 use crate::state::StateBackend;
 use crate::types::Value;
 
@@ -139,16 +140,6 @@ pub struct EnrichSpec {
     pub state: StateBackend,
 }
 
-/// A problem with the spec; `field` is relative (`key`, `columns[1]`, …).
-#[derive(Clone, Debug, PartialEq)]
-pub struct EnrichError {
-    pub field: String,
-    pub message: String,
-}
-
-pub(super) fn spec_err(field: impl Into<String>, message: impl Into<String>) -> EnrichError {
-    EnrichError {
-        field: field.into(),
-        message: message.into(),
-    }
+pub(super) fn spec_err(field: impl Into<String>, message: impl Into<String>) -> SpecError {
+    SpecError::new(field, message)
 }

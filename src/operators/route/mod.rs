@@ -3,7 +3,7 @@
 //! are moved, never copied or dropped. Stateless: its snapshot is empty.
 
 use crate::dataflow::{MAIN_PORT, Operator, Output, PortSpec};
-use crate::error::StateError;
+use crate::error::{SpecError, StateError};
 use crate::state::StateImage;
 use crate::types::{Batch, DataType, EventTime, SchemaRef, Value};
 
@@ -17,13 +17,6 @@ pub struct RoutePort {
     pub values: Vec<Value>,
 }
 
-/// A problem with a route spec; `field` is relative (`field`, `ports.NAME`).
-#[derive(Clone, Debug, PartialEq)]
-pub struct RouteError {
-    pub field: String,
-    pub message: String,
-}
-
 pub struct RouteOperator {
     column: usize,
     ports: Vec<RoutePort>,
@@ -35,30 +28,30 @@ impl RouteOperator {
         field: &str,
         ports: Vec<RoutePort>,
         schema: SchemaRef,
-    ) -> Result<RouteOperator, RouteError> {
+    ) -> Result<RouteOperator, SpecError> {
         let Some(column) = schema.index_of(field) else {
-            return Err(RouteError {
-                field: "field".into(),
-                message: format!("`{field}` is not a column of the input"),
-            });
+            return Err(SpecError::new(
+                "field",
+                format!("`{field}` is not a column of the input"),
+            ));
         };
         let ty = schema.field(column).data_type;
         for p in &ports {
             if p.name == MAIN_PORT || p.name.is_empty() || p.name.contains('.') {
-                return Err(RouteError {
-                    field: format!("ports.{}", p.name),
-                    message: "a port name must not be empty, `main` or contain `.`".into(),
-                });
+                return Err(SpecError::new(
+                    format!("ports.{}", p.name),
+                    "a port name must not be empty, `main` or contain `.`",
+                ));
             }
             if let Some(v) = p
                 .values
                 .iter()
                 .find(|v| !v.is_null() && v.data_type() != ty)
             {
-                return Err(RouteError {
-                    field: format!("ports.{}", p.name),
-                    message: format!("value {v:?} is {}, but `{field}` is {ty}", v.data_type()),
-                });
+                return Err(SpecError::new(
+                    format!("ports.{}", p.name),
+                    format!("value {v:?} is {}, but `{field}` is {ty}", v.data_type()),
+                ));
             }
         }
         Ok(RouteOperator {

@@ -68,6 +68,7 @@
 //! their merging, `aggregate` the functions and their accumulators, `key` the group keys,
 //! and `image` the snapshot format.
 
+pub mod config;
 mod aggregate;
 mod assign;
 mod image;
@@ -85,7 +86,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::dataflow::{LATE_PORT, MAIN_PORT, Operator, Output, PortSpec};
-use crate::error::StateError;
+use crate::error::{SpecError, StateError};
 use crate::state::StateImage;
 use crate::types::{Batch, DataType, EventTime, Field, Schema, SchemaRef, Value};
 
@@ -119,25 +120,6 @@ pub struct WindowSpec {
     /// How long after firing a window still accepts late rows (and re-emits).
     pub allowed_lateness: Duration,
     pub aggregates: Vec<AggregateSpec>,
-}
-
-/// A problem with a `WindowSpec`. `field` is the path of the offending setting relative to the
-/// spec (`key[0]`, `kind.slide`, `allowed_lateness`, `aggregates[1].field`), so the caller can
-/// point at the line of the pipeline file.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{field}: {message}")]
-pub struct SpecError {
-    pub field: String,
-    pub message: String,
-}
-
-impl SpecError {
-    fn new(field: impl Into<String>, message: impl Into<String>) -> SpecError {
-        SpecError {
-            field: field.into(),
-            message: message.into(),
-        }
-    }
 }
 
 /// What the state code needs to know about the spec, apart from the window shape.
