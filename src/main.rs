@@ -171,7 +171,10 @@ fn main() -> ExitCode {
                 eprintln!("{ce}");
                 return ExitCode::from(2);
             }
-            eprintln!("error: {e:#}");
+            match e.downcast_ref::<watershed::error::RunError>() {
+                Some(re) => eprintln!("error: {re} ({})", re.hint()),
+                None => eprintln!("error: {e:#}"),
+            }
             ExitCode::from(1)
         }
     }
@@ -341,7 +344,7 @@ fn run(
         tracing::warn!("{w}");
     }
     let outputs = compiled.outputs.clone();
-    let summary = start(compiled, restore_from, |_, _| {})?;
+    let summary = start(compiled, (path, &overrides), restore_from, |_, _| {})?;
     print_summary(&summary, &outputs);
     Ok(ExitCode::SUCCESS)
 }
@@ -503,7 +506,7 @@ fn demo(
         path.display(),
         out.display()
     );
-    let summary = start(compiled, None, |report, elapsed_ms| {
+    let summary = start(compiled, (path, &overrides), None, |report, elapsed_ms| {
         let totals = watershed::demo::DemoTotals::from_report(report);
         eprintln!("{}", watershed::demo::progress_line(&totals, elapsed_ms));
     })?;
@@ -516,9 +519,11 @@ fn demo(
 }
 
 /// Runs a compiled pipeline to its end: metrics endpoint, Ctrl-C draining, and `progress`
-/// called about once a second with the live status.
+/// called about once a second with the live status. After a transient failure the pipeline
+/// file (`source`) is compiled again and the run restarts from its latest checkpoint.
 fn start(
     compiled: config::Compiled,
+    source: (&Path, &Overrides),
     restore_from: Option<PathBuf>,
     mut progress: impl FnMut(&StatusReport, i64),
 ) -> anyhow::Result<RunSummary> {
@@ -566,9 +571,19 @@ fn start(
         bootstrap: None,
     };
     let started = clock.now_ms();
+    let mut first = Some(compiled.plan);
+    let (path, overrides) = (source.0.to_path_buf(), source.1.clone());
+    let make_plan = move || match first.take() {
+        Some(plan) => Ok(plan),
+        None => Ok(config::load_and_compile(&path, &overrides)?.plan),
+    };
+    let backoff = watershed::runtime::retry::Backoff::new(
+        std::time::Duration::from_secs(1),
+        std::time::Duration::from_secs(60),
+    );
     let runner = std::thread::Builder::new()
         .name("pipeline".into())
-        .spawn(move || runtime::run(compiled.plan, ctx))
+        .spawn(move || runtime::run_restarting(make_plan, ctx, backoff))
         .context("cannot start the pipeline")?;
     let mut next = started + 1000;
     while !runner.is_finished() {

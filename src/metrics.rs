@@ -28,6 +28,8 @@ pub const CHECKPOINT_FAILURES: &str = "watershed_checkpoint_failures_total";
 pub const CHECKPOINT_BYTES: &str = "watershed_checkpoint_last_bytes";
 pub const CHECKPOINT_DURATION_MS: &str = "watershed_checkpoint_last_duration_ms";
 pub const CHECKPOINT_ALIGNMENT_MS: &str = "watershed_checkpoint_last_alignment_ms";
+pub const TRANSIENT_ERRORS: &str = "watershed_transient_errors_total";
+pub const RESTARTS: &str = "watershed_restarts_total";
 
 pub const LABEL_NODE: &str = "node";
 pub const LABEL_PORT: &str = "port";

@@ -257,6 +257,18 @@ impl StatusRegistry {
         *self.checkpoints.lock().unwrap_or_else(|e| e.into_inner()) = Some(report);
     }
 
+    /// Forgets the instances of a run that ended (a restarted run registers its own).
+    pub fn clear_instances(&self) {
+        self.instances
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        self.sources
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+    }
+
     pub fn register(&self, status: InstanceStatus) -> Arc<InstanceStatus> {
         let s = Arc::new(status);
         self.instances

@@ -9,8 +9,11 @@
 pub mod exec;
 pub mod gate;
 pub mod plan;
+pub mod restart;
+pub mod retry;
 pub mod route;
 pub mod task;
 
 pub use exec::{RunContext, RunSummary, run};
 pub use plan::{InputRef, NodeKind, Plan, PlanNode, RuntimeOptions, WatermarkSpec};
+pub use restart::run_restarting;

@@ -78,3 +78,142 @@ sinks:
         .sum();
     assert_eq!(total, 300, "every generated record is counted exactly once");
 }
+
+/// A sink that fails once, with an error that may go away, at its second pre-commit.
+struct FlakySink {
+    inner: Box<dyn watershed::dataflow::Sink>,
+    failed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    pre_commits: u32,
+}
+
+impl watershed::dataflow::Sink for FlakySink {
+    fn guarantee(&self) -> watershed::dataflow::Guarantee {
+        self.inner.guarantee()
+    }
+    fn write(&mut self, b: &watershed::types::Batch) -> Result<(), watershed::error::RunError> {
+        self.inner.write(b)
+    }
+    fn pre_commit(&mut self, e: u64) -> Result<Vec<u8>, watershed::error::RunError> {
+        self.pre_commits += 1;
+        if self.pre_commits == 2 && !self.failed.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return Err(watershed::error::RunError::io(
+                "cannot write to the sink",
+                std::io::Error::from(std::io::ErrorKind::ConnectionReset),
+            ));
+        }
+        self.inner.pre_commit(e)
+    }
+    fn commit(&mut self, e: u64) -> Result<(), watershed::error::RunError> {
+        self.inner.commit(e)
+    }
+    fn recover(&mut self, s: Option<&[u8]>) -> Result<(), watershed::error::RunError> {
+        self.inner.recover(s)
+    }
+    fn finish(&mut self) -> Result<(), watershed::error::RunError> {
+        self.inner.finish()
+    }
+}
+
+/// Runs `yaml` to its end on a manual clock, restarting after transient failures; with
+/// `flaky`, the sink fails once.
+fn run_restarting(
+    dir: &std::path::Path,
+    yaml: &str,
+    flaky: bool,
+) -> Result<runtime::RunSummary, watershed::error::RunError> {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+    use watershed::runtime::NodeKind;
+    let path = dir.join("p.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let failed = Arc::new(AtomicBool::new(!flaky));
+    let make_plan = move || {
+        let mut plan = config::load_and_compile(&path, &Overrides::default())?.plan;
+        for node in &mut plan.nodes {
+            if let NodeKind::Sink { factory } = &mut node.kind {
+                let inner = factory.clone();
+                let failed = failed.clone();
+                *factory = Arc::new(move |i| {
+                    Ok(Box::new(FlakySink {
+                        inner: inner(i)?,
+                        failed: failed.clone(),
+                        pre_commits: 0,
+                    }) as Box<dyn watershed::dataflow::Sink>)
+                });
+            }
+        }
+        Ok(plan)
+    };
+    let clock = ManualClock::new(T0);
+    let ctx = RunContext::new(clock.clone(), StatusRegistry::new("restarts"));
+    let backoff = watershed::runtime::retry::Backoff::with_seed(
+        Duration::from_millis(100),
+        Duration::from_secs(1),
+        1,
+    );
+    let run = std::thread::spawn(move || runtime::run_restarting(make_plan, ctx, backoff));
+    let mut steps = 0;
+    while !run.is_finished() && steps < 20_000 {
+        clock.advance(Duration::from_millis(5));
+        std::thread::sleep(Duration::from_millis(1));
+        steps += 1;
+    }
+    run.join().unwrap()
+}
+
+#[test]
+fn a_transient_sink_failure_restarts_from_the_checkpoint_without_losing_or_doubling() {
+    let pipeline = |dir: &std::path::Path| {
+        format!(
+            "name: restarts
+checkpoint: {{interval: 300ms, dir: \"{}\"}}
+alerts: {{watermark_stall: off}}
+sources:
+  obs:
+    generator: {{rate: 200, count: 600, hosts: 5, start: \"2026-01-01T00:00:00Z\"}}
+operators:
+  counts:
+    inputs: [obs]
+    parallelism: 1
+    window: {{key: [host], tumbling: 1s, aggregates: {{n: count}}}}
+sinks:
+  out: {{input: counts, file: \"{}\"}}
+",
+            dir.join("cp").display(),
+            dir.join("out.jsonl").display()
+        )
+    };
+    let straight = tempfile::tempdir().unwrap();
+    run_restarting(straight.path(), &pipeline(straight.path()), false).unwrap();
+    let flaky = tempfile::tempdir().unwrap();
+    let summary = run_restarting(flaky.path(), &pipeline(flaky.path()), true).unwrap();
+    assert!(
+        summary.restored_from.is_some(),
+        "the second run restored a checkpoint"
+    );
+    let read = |d: &tempfile::TempDir| std::fs::read_to_string(d.path().join("out.jsonl")).unwrap();
+    assert!(!read(&straight).is_empty());
+    assert_eq!(read(&flaky), read(&straight));
+}
+
+#[test]
+fn a_transient_failure_without_checkpoints_stops_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "name: no-restarts
+checkpoint: {{interval: 300ms}}
+sources:
+  obs:
+    generator: {{rate: 200, count: 600, hosts: 5, start: \"2026-01-01T00:00:00Z\"}}
+sinks:
+  out: {{input: obs, file: \"{}\"}}
+",
+        dir.path().join("out.jsonl").display()
+    );
+    let error = run_restarting(dir.path(), &yaml, true).unwrap_err();
+    assert_eq!(
+        error.class(),
+        watershed::error::ErrorClass::Transient,
+        "{error}"
+    );
+}
