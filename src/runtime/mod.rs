@@ -8,6 +8,7 @@
 
 pub mod exec;
 pub mod gate;
+pub mod io;
 pub mod plan;
 pub mod restart;
 pub mod retry;
