@@ -4,8 +4,8 @@
 //! output columns. Nothing here holds state.
 
 use super::spec::{CmpOp, EnrichSpec, spec_err};
-use crate::error::SpecError;
 use crate::cdc::rows;
+use crate::error::SpecError;
 use crate::types::{DataType, Field, Schema};
 
 /// Column positions resolved from the spec.

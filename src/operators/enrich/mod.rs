@@ -79,8 +79,7 @@ use crate::state::{ReferenceTable, SealedLog, SpillQueue, StateImage};
 use crate::types::{Batch, EventTime, Schema, SchemaRef, Value};
 
 pub use spec::{
-    CmpOp, Condition, EnrichSpec, EnrichStrategy, JoinMode, MissPolicy,
-    VersionRangeSpec,
+    CmpOp, Condition, EnrichSpec, EnrichStrategy, JoinMode, MissPolicy, VersionRangeSpec,
 };
 
 use gate::{GATE_LOG, GateRows, Pending, TimeSet};

@@ -68,9 +68,9 @@
 //! their merging, `aggregate` the functions and their accumulators, `key` the group keys,
 //! and `image` the snapshot format.
 
-pub mod config;
 mod aggregate;
 mod assign;
+pub mod config;
 mod image;
 mod key;
 #[cfg(test)]
