@@ -90,6 +90,13 @@ impl SourceContext<'_> {
         }
     }
 
+    /// The block could not say what it reads (its own settings are wrong): `schema` and
+    /// `tables` are not reported as unused on top of that.
+    pub fn skip_unused_checks(&mut self) {
+        self.schema_used = true;
+        self.tables_used = true;
+    }
+
     /// Whether `schema:` was given.
     pub fn has_schema(&self) -> bool {
         self.schema.is_some()

@@ -6,3 +6,4 @@ mod crash;
 mod golden;
 mod multi_speed;
 mod runtime;
+mod validate;

@@ -55,6 +55,7 @@ impl SourceConfig for FileConfig {
                     "format",
                     format!("unknown format `{other}`; use {FORMATS}"),
                 );
+                cx.skip_unused_checks();
                 return None;
             }
         };

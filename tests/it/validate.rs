@@ -1,0 +1,158 @@
+//! `validate` names the file, line, column and field of a mistake in the settings of every
+//! component kind the registry knows (one test per kind), and collects every mistake.
+
+use watershed::config::{self, Overrides};
+
+/// Compiles `yaml` (with an `in.jsonl` beside it) and returns the rendered errors.
+fn errors(yaml: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("in.jsonl"),
+        "{\"ts\":1,\"host\":\"a\",\"n\":1}\n",
+    )
+    .unwrap();
+    let path = dir.path().join("p.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    match config::load_and_compile(&path, &Overrides::default()) {
+        Ok(_) => panic!("expected errors for:\n{yaml}"),
+        Err(e) => e.to_string().replace(&path.display().to_string(), "p.yaml"),
+    }
+}
+
+fn expect(yaml: &str, wanted: &[&str]) {
+    let text = errors(yaml);
+    for w in wanted {
+        assert!(text.contains(w), "missing `{w}` in:\n{text}");
+    }
+}
+
+const ROWS: &str =
+    "    schema: {ts: timestamp, host: string, n: int}\n    event_time: {field: ts}\n";
+
+#[test]
+fn generator_settings() {
+    expect(
+        "sources:\n  g:\n    generator: {rate: -1, hosts: 0, jitter: 2x}\n",
+        &[
+            "p.yaml:3:23: field `sources.g.generator.rate`: must be positive",
+            "p.yaml:3:34: field `sources.g.generator.hosts`: must be at least 1",
+            "p.yaml:3:45: field `sources.g.generator.jitter`: invalid duration `2x`",
+        ],
+    );
+}
+
+#[test]
+fn file_source_settings() {
+    let yaml = format!(
+        "sources:\n  f:\n    file: {{paths: [missing.jsonl], format: csv}}\n{ROWS}  h:\n    file: {{paths: [in.jsonl], rate: 0}}\n{ROWS}"
+    );
+    expect(
+        &yaml,
+        &[
+            "p.yaml:3:44: field `sources.f.file.format`: unknown format `csv`",
+            "p.yaml:7:37: field `sources.h.file.rate`: must be positive",
+        ],
+    );
+    assert!(
+        !errors(&yaml).contains("does not read `schema`"),
+        "no cascade from an unknown format"
+    );
+    expect(
+        "sources:\n  f:\n    file: {paths: [in.jsonl]}\n    event_time: {field: ts}\n",
+        &[
+            "p.yaml:3:11: field `sources.f.schema`: a file source of `format: json` needs a `schema`",
+        ],
+    );
+}
+
+#[test]
+fn change_stream_settings() {
+    expect(
+        "sources:\n  c:\n    file: {format: debezium, snapshot: [in.jsonl]}\n    tables:\n      t: {key: [x], columns: {id: int}}\n    schema: {id: int}\n",
+        &[
+            "p.yaml:5:17: field `sources.c.tables.t.key[0]`: `x` is not one of the table's columns",
+            "p.yaml:6:13: field `sources.c.schema`: a `file` source of this format does not read `schema`",
+        ],
+    );
+    expect(
+        "sources:\n  c:\n    file: {format: debezium, snapshot: [in.jsonl]}\n",
+        &[
+            "p.yaml:3:11: field `sources.c.tables`: a change stream (`format: debezium`) needs its `tables:`",
+        ],
+    );
+}
+
+#[test]
+fn a_source_needs_exactly_one_kind() {
+    expect(
+        "sources:\n  s:\n    idle_timeout: 1s\n  t:\n    generator: {}\n    file: {paths: [in.jsonl]}\n",
+        &[
+            "p.yaml:3:5: field `sources.s`: a source needs one kind block: `generator` or `file`",
+            "field `sources.t`: a source has exactly one kind block, not `generator` and `file`",
+        ],
+    );
+}
+
+#[test]
+fn window_settings() {
+    let yaml = format!(
+        "sources:\n  f:\n    file: {{paths: [in.jsonl]}}\n{ROWS}operators:\n  w:\n    inputs: [f]\n    window: {{key: [hots], tumbling: 1m, aggregates: {{s: sum(n), m: median(n)}}}}\n"
+    );
+    expect(
+        &yaml,
+        &["p.yaml:9:68: field `operators.w.window.aggregates.m`: unknown aggregate `median`"],
+    );
+    let yaml = format!(
+        "sources:\n  f:\n    file: {{paths: [in.jsonl]}}\n{ROWS}operators:\n  w:\n    inputs: [f]\n    window: {{key: [hots], tumbling: 1m, aggregates: {{n: count}}}}\n"
+    );
+    expect(
+        &yaml,
+        &["p.yaml:9:20: field `operators.w.window.key[0]`: unknown field `hots`"],
+    );
+}
+
+#[test]
+fn route_settings() {
+    let yaml = format!(
+        "sources:\n  f:\n    file: {{paths: [in.jsonl]}}\n{ROWS}operators:\n  r:\n    inputs: [f]\n    route: {{field: n, ports: {{small: [one]}}}}\n"
+    );
+    expect(
+        &yaml,
+        &["p.yaml:9:39: field `operators.r.route.ports.small`: `one` is not a int value"],
+    );
+}
+
+#[test]
+fn enrich_settings() {
+    let yaml = format!(
+        "sources:\n  f:\n    file: {{paths: [in.jsonl]}}\n{ROWS}  c:\n    file: {{format: debezium, snapshot: [in.jsonl]}}\n    tables:\n      hosts: {{key: [host], columns: {{host: string, owner: string}}}}\noperators:\n  e:\n    inputs: [f, c.hosts]\n    enrich: {{key: {{host: host}}, miss: later, columns: [site]}}\n"
+    );
+    expect(
+        &yaml,
+        &["p.yaml:13:39: field `operators.e.enrich.miss`: unknown miss policy `later`"],
+    );
+    let yaml = format!(
+        "sources:\n  f:\n    file: {{paths: [in.jsonl]}}\n{ROWS}  c:\n    file: {{format: debezium, snapshot: [in.jsonl]}}\n    tables:\n      hosts: {{key: [host], columns: {{host: string, owner: string}}}}\noperators:\n  e:\n    inputs: [f, c.hosts]\n    enrich: {{key: {{host: host}}, columns: [site]}}\n"
+    );
+    expect(
+        &yaml,
+        &[
+            "p.yaml:13:43: field `operators.e.enrich.columns[0]`: `site` is not a column of table `hosts`",
+        ],
+    );
+}
+
+#[test]
+fn file_and_stdout_sink_settings() {
+    let yaml = format!(
+        "sources:\n  f:\n    file: {{paths: [in.jsonl]}}\n{ROWS}sinks:\n  a: {{input: f, stdout: false}}\n  b: {{input: f, file: \"\"}}\n  c: {{input: f, file: x.jsonl, columns: [nope]}}\n"
+    );
+    expect(
+        &yaml,
+        &[
+            "p.yaml:7:25: field `sinks.a.stdout`: `stdout: false` writes nowhere",
+            "p.yaml:8:23: field `sinks.b.file`: name the output file",
+            "p.yaml:9:42: field `sinks.c.columns[0]`: `nope` is not a column of the input",
+        ],
+    );
+}
