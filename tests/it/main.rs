@@ -2,6 +2,7 @@
 //! the `watershed` binary.
 
 mod cli;
+mod contract;
 mod crash;
 mod golden;
 mod multi_speed;

@@ -1,6 +1,11 @@
 //! The operator test harness: feed an operator data, watermarks and barriers by hand, read
 //! what it emitted per port, snapshot it at a barrier and restore the snapshot into a fresh
 //! instance. Used by unit tests, property tests and the golden tests; not used at run time.
+//! `contract` holds the checks every source and sink connector must pass, `fixtures` the
+//! connectors of this repository set up for them.
+
+pub mod contract;
+pub mod fixtures;
 
 use std::collections::BTreeMap;
 

@@ -1,0 +1,42 @@
+//! The connector contract suite (`watershed::testing::contract`) on every connector: one line
+//! each. A new connector adds its fixture to `watershed::testing::fixtures` and a line here.
+
+use watershed::testing::contract::{check_sink, check_source};
+use watershed::testing::fixtures::{
+    CdcFileFixture, FileJsonFixture, FileSinkFixture, GeneratorFixture, StdoutSinkFixture,
+};
+
+#[test]
+fn file_source() {
+    check_source(&FileJsonFixture::new())
+}
+
+#[test]
+fn generator_source() {
+    check_source(&GeneratorFixture::new())
+}
+
+#[test]
+fn generator_source_unbounded() {
+    check_source(&GeneratorFixture::unbounded())
+}
+
+#[test]
+fn cdc_file_source() {
+    check_source(&CdcFileFixture::new())
+}
+
+#[test]
+fn file_sink_transactional() {
+    check_sink(&FileSinkFixture::transactional())
+}
+
+#[test]
+fn file_sink_straight_through() {
+    check_sink(&FileSinkFixture::direct())
+}
+
+#[test]
+fn stdout_sink() {
+    check_sink(&StdoutSinkFixture)
+}
