@@ -1181,10 +1181,7 @@ fn pipeline_metrics(ctx: &Ctx, input: &Input<'_>, malformed: bool) {
         slot.lock()
             .unwrap_or_else(|e| e.into_inner())
             .take()
-            .ok_or_else(|| RunError::Task {
-                task: NODE.into(),
-                message: "the contract pipeline builds its source once".into(),
-            })
+            .ok_or_else(|| RunError::build(NODE, "the contract pipeline builds its source once"))
     });
     let mut nodes = vec![PlanNode {
         name: NODE.into(),

@@ -563,8 +563,7 @@ impl SinkFixture for FileSinkFixture {
     }
 }
 
-/// The stdout sink, over a captured stream: `JsonLinesSink::to_writer` with the buffering
-/// `stdout` uses. A restarted process writes on after what the last one wrote.
+/// The stdout sink, over a captured stream (`StdoutSink::to_writer`). A restarted process writes on after what the last one wrote.
 pub struct StdoutSinkFixture;
 
 /// Bytes written to a shared buffer: the captured stdout.
@@ -587,11 +586,10 @@ impl Write for Captured {
 
 impl SinkTarget for Captured {
     fn sink(&self, schema: SchemaRef) -> Box<dyn Sink> {
-        Box::new(JsonLinesSink::to_writer(
-            "stdout",
-            Box::new(std::io::BufWriter::new(self.clone())),
+        Box::new(crate::sinks::stdout::StdoutSink::to_writer(
             schema,
             None,
+            Box::new(self.clone()),
         ))
     }
 

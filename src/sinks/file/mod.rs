@@ -123,31 +123,6 @@ impl JsonLinesSink {
         })
     }
 
-    pub fn stdout(schema: SchemaRef, columns: Option<Vec<usize>>) -> JsonLinesSink {
-        JsonLinesSink::to_writer(
-            "stdout",
-            Box::new(BufWriter::new(std::io::stdout())),
-            schema,
-            columns,
-        )
-    }
-
-    /// A sink writing straight through to `writer` (at-least-once, flushed at barriers), named
-    /// `target` in messages: the stdout sink over another stream, e.g. one a test reads back.
-    pub fn to_writer(
-        target: &str,
-        writer: Box<dyn Write + Send>,
-        schema: SchemaRef,
-        columns: Option<Vec<usize>>,
-    ) -> JsonLinesSink {
-        JsonLinesSink {
-            target: target.into(),
-            encoder: JsonEncoder::with_columns(schema, columns),
-            buf: Vec::with_capacity(1 << 16),
-            out: Target::Direct(writer),
-        }
-    }
-
     fn io(&self, what: &str, e: std::io::Error) -> RunError {
         RunError::io(format!("{what} {}", self.target), e)
     }
