@@ -542,28 +542,10 @@ impl SinkFixture for FileSinkFixture {
             transactional: self.transactional,
         })
     }
-
-    fn known_gaps(&self) -> Vec<(SinkCheck, &'static str)> {
-        if self.transactional {
-            return Vec::new();
-        }
-
-        // `JsonLinesSink::create(.., false)` truncates the file when the sink is built, and
-        // `recover` does nothing: a run restored from a checkpoint or savepoint (`run
-        // --from-savepoint` of a pipeline without `checkpoint.dir`) loses every line written
-        // before it.
-        let why = "a restarted straight-through file sink truncates its output: lines \
-                   committed before the restart are lost";
-        vec![
-            (SinkCheck::CrashBeforeCommit, why),
-            (SinkCheck::CrashBeforePreCommit, why),
-            (SinkCheck::PreCommitNotDurable, why),
-            (SinkCheck::RecoverTwice, why),
-        ]
-    }
 }
 
-/// The stdout sink, over a captured stream (`StdoutSink::to_writer`). A restarted process writes on after what the last one wrote.
+/// The stdout sink, over a captured stream (`StdoutSink::to_writer`). A restarted process
+/// writes on after what the last one wrote.
 pub struct StdoutSinkFixture;
 
 /// Bytes written to a shared buffer: the captured stdout.

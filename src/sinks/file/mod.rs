@@ -12,7 +12,10 @@
 //! or loses a line. Readers see lines only once their checkpoint is durable.
 //!
 //! Without a checkpoint directory the sink writes straight through and flushes at barriers:
-//! at-least-once.
+//! at-least-once. Its pre-commit is the output's length at the barrier; restored from a
+//! checkpoint or savepoint (`--from-savepoint`) it keeps that much and writes on after it
+//! (an output shorter than that is refused, never padded); started without one it begins
+//! the file afresh.
 
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
@@ -40,8 +43,45 @@ pub struct JsonLinesSink {
 
 enum Target {
     /// Straight through, flushed at barriers.
-    Direct(Box<dyn Write + Send>),
+    Direct(Direct),
     Transactional(Transactions),
+}
+
+/// A straight-through file: `len` bytes written so far (what a pre-commit records).
+struct Direct {
+    writer: BufWriter<File>,
+    len: u64,
+}
+
+/// A straight-through sink's pre-commit: the output's length at the barrier.
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+struct DirectPreCommit {
+    len: u64,
+}
+
+impl Direct {
+    /// Keeps the first `len` bytes of the output (`None`: none, a fresh start) and writes
+    /// on after them.
+    fn recover(&mut self, len: Option<u64>, target: &str) -> Result<(), RunError> {
+        let io = |e| RunError::io(format!("cannot recover {target}"), e);
+        self.writer.flush().map_err(io)?;
+        let file = self.writer.get_mut();
+        let keep = len.unwrap_or(0);
+        let has = file.metadata().map_err(io)?.len();
+        if has < keep {
+            return Err(RunError::restore(
+                target,
+                format!(
+                    "the output has {has} bytes but {keep} were written before the checkpoint: \
+                     it was changed or removed since; move it away to start it afresh"
+                ),
+            ));
+        }
+        file.set_len(keep).map_err(io)?;
+        file.seek(SeekFrom::Start(keep)).map_err(io)?;
+        self.len = keep;
+        Ok(())
+    }
 }
 
 /// The pending files of a transactional file sink.
@@ -111,9 +151,17 @@ impl JsonLinesSink {
                 waiting: VecDeque::new(),
             })
         } else {
-            let f = File::create(path)
+            // Not truncated here: `recover` keeps what a restored checkpoint had written.
+            let f = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(path)
                 .map_err(|e| RunError::io(format!("cannot create {target}"), e))?;
-            Target::Direct(Box::new(BufWriter::with_capacity(1 << 20, f)))
+            Target::Direct(Direct {
+                writer: BufWriter::with_capacity(1 << 20, f),
+                len: 0,
+            })
         };
         Ok(JsonLinesSink {
             target,
@@ -278,7 +326,9 @@ impl Sink for JsonLinesSink {
             self.buf.push(b'\n');
         }
         let r = match &mut self.out {
-            Target::Direct(w) => w.write_all(&self.buf),
+            Target::Direct(d) => d.writer.write_all(&self.buf).map(|()| {
+                d.len += self.buf.len() as u64;
+            }),
             Target::Transactional(t) => t.write(&self.buf),
         };
         r.map_err(|e| self.io("cannot write", e))
@@ -286,7 +336,9 @@ impl Sink for JsonLinesSink {
 
     fn pre_commit(&mut self, epoch: Epoch) -> Result<Vec<u8>, RunError> {
         let r = match &mut self.out {
-            Target::Direct(w) => w.flush().map(|()| Vec::new()),
+            Target::Direct(d) => d.writer.flush().map(|()| {
+                serde_json::to_vec(&DirectPreCommit { len: d.len }).expect("a pre-commit encodes")
+            }),
             Target::Transactional(t) => t
                 .pre_commit(epoch)
                 .map(|p| serde_json::to_vec(&p).expect("a pre-commit encodes")),
@@ -303,8 +355,25 @@ impl Sink for JsonLinesSink {
     }
 
     fn recover(&mut self, state: Option<&[u8]>) -> Result<(), RunError> {
-        let Target::Transactional(t) = &mut self.out else {
-            return Ok(());
+        let t = match &mut self.out {
+            Target::Transactional(t) => t,
+            Target::Direct(d) => {
+                // Checkpoints of older builds hold an empty pre-commit: start afresh.
+                let len = match state.filter(|s| !s.is_empty()) {
+                    Some(bytes) => Some(
+                        serde_json::from_slice::<DirectPreCommit>(bytes)
+                            .map_err(|e| {
+                                RunError::restore(
+                                    &self.target,
+                                    format!("the checkpoint's pre-commit does not decode: {e}"),
+                                )
+                            })?
+                            .len,
+                    ),
+                    None => None,
+                };
+                return d.recover(len, &self.target);
+            }
         };
         let state =
             match state.filter(|s| !s.is_empty()) {
@@ -324,7 +393,7 @@ impl Sink for JsonLinesSink {
 
     fn finish(&mut self) -> Result<(), RunError> {
         let r = match &mut self.out {
-            Target::Direct(w) => w.flush(),
+            Target::Direct(d) => d.writer.flush(),
             Target::Transactional(_) => Ok(()),
         };
         r.map_err(|e| self.io("cannot write", e))
@@ -339,6 +408,32 @@ pub fn describe(path: Option<&PathBuf>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_straight_through_output_shorter_than_its_checkpoint_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.jsonl");
+        let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int)]));
+        let mut sink = JsonLinesSink::create(&path, schema.clone(), None, false).unwrap();
+        sink.recover(None).unwrap();
+        let mut b = Batch::new(schema.clone());
+        b.push_row([Value::Int(1)], 0);
+        sink.write(&b).unwrap();
+        let state = sink.pre_commit(1).unwrap();
+        sink.write(&b).unwrap();
+        sink.finish().unwrap();
+        // Restored: what came after the checkpoint is cut, the rest stays.
+        let mut again = JsonLinesSink::create(&path, schema.clone(), None, false).unwrap();
+        again.recover(Some(&state)).unwrap();
+        again.finish().unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"n\":1}\n");
+        // The output lost lines since: refused, not padded.
+        std::fs::write(&path, "").unwrap();
+        let mut gone = JsonLinesSink::create(&path, schema, None, false).unwrap();
+        let e = gone.recover(Some(&state)).unwrap_err();
+        assert!(e.to_string().contains("changed or removed"), "{e}");
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
+    }
     use crate::types::{DataType, Field, Schema, Value};
     use std::sync::Arc;
 
