@@ -18,7 +18,7 @@ use crate::sources::cdc::{CdcTable, ChangeDecoder};
 use crate::sources::file::{FileSource, FileSourceSpec};
 use crate::sources::generator::{GeneratorSource, GeneratorSpec};
 use crate::testing::contract::{
-    CorruptInput, SinkCheck, SinkFixture, SinkTarget, SourceCheck, SourceFixture, T0,
+    CorruptInput, SinkFixture, SinkTarget, SourceCheck, SourceFixture, T0,
 };
 use crate::types::{Batch, DataType, Field, Schema, SchemaRef, Value};
 
