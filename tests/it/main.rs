@@ -6,5 +6,6 @@ mod contract;
 mod crash;
 mod golden;
 mod multi_speed;
+mod partitions;
 mod runtime;
 mod validate;
