@@ -34,11 +34,14 @@ enum Step {
     Record(&'static str, i64),
 }
 
+/// Epochs acknowledged upstream, with the partitions of each.
+type Acknowledged = Arc<Mutex<Vec<(u64, Vec<String>)>>>;
+
 struct Scripted {
     partitions: Vec<&'static str>,
     next: Vec<u64>,
     script: std::vec::IntoIter<Step>,
-    acknowledged: Arc<Mutex<Vec<(u64, Vec<String>)>>>,
+    acknowledged: Acknowledged,
 }
 
 fn schema() -> SchemaRef {
