@@ -1,8 +1,12 @@
 //! Change data capture: the typed change record every CDC source produces (`Change`), its
-//! ordering key (`Version`), snapshot markers, and the Debezium JSON decoder (`debezium.rs`).
+//! ordering key (`Version`), snapshot markers, the formats that decode records into them
+//! (`ChangeFormat`: Debezium JSON in `debezium/`), and the change-stream machinery that turns
+//! decoded records into a source's ports (`stream.rs`: one port per table, snapshot ends,
+//! heartbeats as progress).
 //!
-//! Owns decoding of change events into typed rows; it does no I/O (sources hand it bytes) and
-//! does not materialize anything (the materializer consumes `Change`s).
+//! Owns decoding of change events into typed change rows; it does no I/O (transports hand it
+//! bytes and send on the batches it fills) and does not materialize anything (the
+//! materializer consumes change rows).
 //!
 //! # Versions and commit order (Debezium Postgres)
 //!
@@ -37,12 +41,26 @@
 pub mod debezium;
 pub mod inspect;
 pub mod rows;
+pub mod stream;
 
 use compact_str::CompactString;
 
+use crate::format::DecodeError;
 use crate::types::{SchemaRef, Value};
 
 pub use debezium::{DebeziumDecoder, TableConfig, UNAVAILABLE_VALUE};
+pub use stream::{CdcTable, ChangeStream};
+
+/// A change format: how the bytes of one record (a line of a file, a Kafka message, later a
+/// replication message) become a `Decoded` value. `DebeziumDecoder` is one; the change-stream
+/// machinery (`stream::ChangeStream`) takes what a format returns and knows none of them.
+/// `&mut self` so that a format with state fits (pgoutput is sent each relation once, then
+/// refers to it by id).
+pub trait ChangeFormat: Send {
+    /// Decodes one record. Bad input is an error with a lowercase reason (the record then
+    /// goes to `dead_letter`); never panics.
+    fn decode(&mut self, bytes: &[u8]) -> Result<Decoded, DecodeError>;
+}
 
 /// The operation of a change event (`op`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

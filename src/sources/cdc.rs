@@ -1,124 +1,76 @@
-//! The change-stream source: Debezium records (JSON lines, one record per line: bare values
-//! or `{key, value}` records) read by the file source, demultiplexed by `source.schema` /
-//! `source.table` into one output port per configured table, as change rows
-//! (`cdc::rows`). Read with `sequential` files, the snapshot files first.
+//! The change-stream file source's glue: Debezium records (JSON lines, one record per line:
+//! bare values or `{key, value}` records) read by the file source (`LineDecoder`), decoded by
+//! a `ChangeFormat` (`DebeziumDecoder`) and handed to the change-stream machinery
+//! (`cdc::stream::ChangeStream`), which demultiplexes them into one port per configured table
+//! and tracks progress: see its header for the rules (commit time as event time, heartbeats,
+//! snapshot ends, skipped records). Read with `sequential` files, the snapshot files first:
+//! the end of the last snapshot file ends every table's snapshot.
 //!
-//! # Progress tracking
-//! - A change row's event time is its commit time (`source.ts_ms`), so the source's
-//!   watermark follows the replication position.
-//! - A heartbeat (`{"ts_ms": …}`) is progress without a change: it moves the partition's
-//!   watermark to its time, so a quiet but healthy database does not hold event time back.
-//! - A table's snapshot ends at its `last_in_data_collection` marker, at the `last` marker
-//!   (which ends every table's), or at the end of the last snapshot file; the source then
-//!   emits a `snapshot_end` row on the table's port (what a gated enrichment waits for).
-//!
-//! Tombstones (sent after each delete, which already removed the row), transaction metadata
-//! and changes of tables not configured are skipped and counted; `m` (logical message)
-//! events too. Undecodable records go to `dead_letter`.
-//!
-//! `main` carries every change of every table in the normalized form of `watershed cdc
-//! decode` (one JSON object per change), built only when something reads it.
+//! This file owns only what is about files: a line that does not decode goes to
+//! `dead_letter` (with the file and line, by the file source), and which partitions are
+//! snapshot files.
 
-use std::sync::{Arc, OnceLock};
-
-use crate::cdc::inspect::normalize;
-use crate::cdc::rows::{change_schema, push_change, push_snapshot_end};
-use crate::cdc::{DebeziumDecoder, Decoded, Op, SnapshotMarker, TableConfig, TableId};
+use crate::cdc::{ChangeFormat, ChangeStream, DebeziumDecoder};
+use crate::dataflow::{PortSpec, ReadBuffers};
 use crate::format::DecodeError;
-use crate::operators::PortSpec;
-use crate::sources::ReadBuffers;
 use crate::sources::file::LineDecoder;
-use crate::types::{DataType, Field, Schema, SchemaRef, Value};
+use crate::types::SchemaRef;
 
-/// Schema of a change source's `main` port: the table and the normalized change.
-pub fn main_schema() -> SchemaRef {
-    static SCHEMA: OnceLock<SchemaRef> = OnceLock::new();
-    SCHEMA
-        .get_or_init(|| {
-            Arc::new(Schema::new(vec![
-                Field::new("table", DataType::String),
-                Field::new("change", DataType::Json),
-            ]))
-        })
-        .clone()
-}
+pub use crate::cdc::stream::{CdcTable, main_schema};
 
-/// One configured table: the port it goes to.
-#[derive(Clone, Debug)]
-pub struct CdcTable {
-    /// The port's name (the table's name in the pipeline file).
-    pub port: String,
-    pub id: TableId,
-    pub config: TableConfig,
-}
-
-/// Decodes Debezium lines into change rows, one extra port per table.
-pub struct ChangeDecoder {
-    decoder: DebeziumDecoder,
-    tables: Vec<CdcTable>,
-    /// Table id -> index in `tables` (and extra port).
-    index: ahash::AHashMap<TableId, usize>,
-    snapshot_ended: Vec<bool>,
+/// Decodes lines of change records with a format (Debezium by default) into change rows,
+/// one extra port per table.
+pub struct ChangeDecoder<F = DebeziumDecoder> {
+    format: F,
+    stream: ChangeStream,
     /// Partitions before this index are snapshot files.
     snapshot_partitions: usize,
-    main_consumed: bool,
-    skipped: metrics::Counter,
 }
 
 impl ChangeDecoder {
+    /// Debezium JSON lines of `tables`; the first `snapshot_partitions` files are the snapshot.
     pub fn new(
         node: &str,
         tables: Vec<CdcTable>,
         snapshot_partitions: usize,
     ) -> Result<ChangeDecoder, DecodeError> {
-        let decoder =
-            DebeziumDecoder::new(tables.iter().map(|t| (t.id.clone(), t.config.clone())))?;
-        let index = tables
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (t.id.clone(), i))
-            .collect();
-        Ok(ChangeDecoder {
-            decoder,
-            snapshot_ended: vec![false; tables.len()],
-            tables,
-            index,
+        let format = DebeziumDecoder::new(tables.iter().map(|t| (t.id.clone(), t.config.clone())))?;
+        Ok(ChangeDecoder::with_format(
+            format,
+            ChangeStream::new(node, tables),
             snapshot_partitions,
-            main_consumed: false,
-            skipped: metrics::counter!(crate::metrics::CDC_SKIPPED_RECORDS, crate::metrics::LABEL_NODE => node.to_string()),
-        })
+        ))
     }
 
     /// Ports of the tables, in order (the source's ports 2..).
     pub fn table_ports(tables: &[CdcTable]) -> Vec<PortSpec> {
-        tables
-            .iter()
-            .map(|t| PortSpec {
-                name: t.port.clone(),
-                schema: change_schema(&t.config.schema),
-            })
-            .collect()
+        ChangeStream::table_ports(tables)
     }
+}
 
-    fn end_snapshot(&mut self, table: usize, out: &mut ReadBuffers, at: i64) {
-        if !self.snapshot_ended[table] {
-            self.snapshot_ended[table] = true;
-            push_snapshot_end(&mut out.extra[table], at);
+impl<F: ChangeFormat> ChangeDecoder<F> {
+    /// Lines decoded by `format` into `stream`; the first `snapshot_partitions` files are the
+    /// snapshot.
+    pub fn with_format(format: F, stream: ChangeStream, snapshot_partitions: usize) -> Self {
+        ChangeDecoder {
+            format,
+            stream,
+            snapshot_partitions,
         }
     }
 }
 
-impl LineDecoder for ChangeDecoder {
+impl<F: ChangeFormat> LineDecoder for ChangeDecoder<F> {
     fn schema(&self) -> SchemaRef {
         main_schema()
     }
 
     fn extra_ports(&self) -> Vec<PortSpec> {
-        Self::table_ports(&self.tables)
+        self.stream.ports()
     }
 
     fn connect_ports(&mut self, consumed: &[bool]) {
-        self.main_consumed = consumed.first().copied().unwrap_or(false);
+        self.stream.connect_ports(consumed);
     }
 
     fn decode_line(
@@ -128,65 +80,29 @@ impl LineDecoder for ChangeDecoder {
         out: &mut ReadBuffers,
         now_ms: i64,
     ) -> Result<(), DecodeError> {
-        let decoded = self.decoder.decode(line)?;
-        let change = match &decoded {
-            Decoded::Change(c) if c.op != Op::Message => c,
-            Decoded::Heartbeat { ts_ms } => {
-                out.progress = Some(out.progress.map_or(*ts_ms, |p| p.max(*ts_ms)));
-                return Ok(());
-            }
-            _ => {
-                self.skipped.increment(1);
-                return Ok(());
-            }
-        };
-        let Some(&t) = self.index.get(&change.table) else {
-            self.skipped.increment(1);
-            return Ok(());
-        };
-        let at = change.source_ts_ms.unwrap_or(now_ms);
-        push_change(&mut out.extra[t], change, at);
-        if self.main_consumed {
-            let mut text = Vec::with_capacity(256);
-            normalize(&decoded, &mut text);
-            out.records.push_row(
-                [
-                    Value::from(self.tables[t].port.as_str()),
-                    Value::Json(String::from_utf8_lossy(&text).into()),
-                ],
-                at,
-            );
-        }
-        match change.snapshot {
-            SnapshotMarker::LastInDataCollection => self.end_snapshot(t, out, at),
-            SnapshotMarker::Last => {
-                for i in 0..self.tables.len() {
-                    self.end_snapshot(i, out, at);
-                }
-            }
-            _ => {}
-        }
+        let decoded = self.format.decode(line)?;
+        self.stream.apply(&decoded, out, now_ms);
         Ok(())
     }
 
     fn partition_ended(&mut self, partition: usize, out: &mut ReadBuffers) {
         if partition + 1 == self.snapshot_partitions {
-            // Time of the end: the latest event time seen on the table, else the start.
-            for i in 0..self.tables.len() {
-                let at = out.extra[i].event_times().last().copied().unwrap_or(0);
-                self.end_snapshot(i, out, at);
-            }
+            self.stream.end_snapshots(out);
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
     use super::*;
     use crate::cdc::rows::{RowOp, row_op};
+    use crate::cdc::{TableConfig, TableId};
+    use crate::dataflow::{ReadStatus, Source};
     use crate::sources::file::{FileSource, FileSourceSpec};
-    use crate::sources::{ReadStatus, Source};
-    use std::time::Duration;
+    use crate::types::{DataType, Field, Schema};
 
     fn tables() -> Vec<CdcTable> {
         let customers = Arc::new(Schema::new(vec![

@@ -1,0 +1,608 @@
+//! The top level of a Debezium record, read in one serde pass: the `{key, value}` record,
+//! the JsonConverter `{schema, payload}` wrapper and the envelope (`Top`, `Inner`), with
+//! `before`/`after`/`schema` kept raw; the `source` block (`Source`: table, snapshot marker,
+//! `Version` from `lsn` and `sequence`); keys (`KeyInput`); heartbeats and transaction
+//! metadata (`non_change`); the table named by a topic.
+//!
+//! Owns the record's shape, not the typing of rows (`schema.rs`, `values.rs`) nor the walk
+//! from a record to a `Decoded` (`mod.rs`).
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde_json::value::RawValue;
+
+use super::json::{CowStr, err, is_null, json_error, json_kind, serde_message, string_of, unquote};
+use crate::cdc::{Decoded, SnapshotMarker, TableId, TxStatus, Version};
+use crate::format::DecodeError;
+
+/// A record with no `op`: a heartbeat or transaction metadata.
+pub(super) fn non_change(env: &Top<'_>) -> Result<Decoded, DecodeError> {
+    if let Some(status) = env.status {
+        let status = match string_of(status)
+            .map_err(|e| err(format!("status: {e}")))?
+            .as_ref()
+        {
+            "BEGIN" => TxStatus::Begin,
+            "END" => TxStatus::End,
+            other => {
+                return Err(err(format!(
+                    "unknown transaction status \"{}\"",
+                    other.escape_debug()
+                )));
+            }
+        };
+        let id = env
+            .id
+            .ok_or_else(|| err("transaction record has no id"))
+            .and_then(|raw| string_of(raw).map_err(|e| err(format!("id: {e}"))))?
+            .into_owned();
+        let event_count = match env.event_count {
+            Some(raw) if !is_null(raw) => Some(
+                raw.get()
+                    .parse::<u64>()
+                    .map_err(|_| err("event_count: expected a non-negative integer"))?,
+            ),
+            _ => None,
+        };
+        return Ok(Decoded::Transaction {
+            status,
+            id,
+            event_count,
+        });
+    }
+    match (env.ts_ms, env.source.is_none(), env.before, env.after) {
+        (Some(ts), true, None, None) => {
+            let ts_ms = ts
+                .get()
+                .parse::<i64>()
+                .map_err(|_| err("ts_ms: expected an integer"))?;
+            Ok(Decoded::Heartbeat { ts_ms })
+        }
+        _ => Err(err("envelope has no op")),
+    }
+}
+
+/// The top level of a record: must be an object (serde's derive would also take an array).
+pub(super) fn parse_top(bytes: &[u8]) -> Result<Top<'_>, DecodeError> {
+    match bytes.trim_ascii_start().first() {
+        Some(&b @ (b'[' | b'"' | b'-' | b'0'..=b'9' | b't' | b'f' | b'n')) => Err(err(format!(
+            "expected a json object, found {}",
+            json_kind(std::str::from_utf8(&[b]).unwrap_or_default())
+        ))),
+        // Checking UTF-8 once up front is cheaper than serde_json checking each string.
+        _ => {
+            let text = std::str::from_utf8(bytes).map_err(|_| err("invalid json: not utf-8"))?;
+            serde_json::from_str(text).map_err(json_error)
+        }
+    }
+}
+
+/// A key or value given as JSON or as a JSON-encoded string: the JSON text.
+pub(super) fn embedded_json(raw: &RawValue) -> Result<Cow<'_, str>, String> {
+    match unquote(raw.get()) {
+        Some(text) => Ok(text),
+        None => Ok(Cow::Borrowed(raw.get())),
+    }
+}
+
+/// `<prefix>.<schema>.<table>` (a topic, or a key schema name without `.Key`).
+pub(super) fn table_from_topic(topic: &str) -> Option<TableId> {
+    let mut parts = topic.rsplit('.');
+    let table = parts.next()?;
+    let schema = parts.next()?;
+    parts.next()?;
+    (!table.is_empty() && !schema.is_empty()).then(|| TableId::new(schema, table))
+}
+
+fn raw_field<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&'de RawValue>::deserialize(d).map(Some)
+}
+
+fn inner_field<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Inner<'de>>, D::Error> {
+    Inner::deserialize(d).map(Some)
+}
+
+fn source_field<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Source<'de>>, D::Error> {
+    struct SourceObject<'a>(Source<'a>);
+    impl<'de> Deserialize<'de> for SourceObject<'de> {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = SourceObject<'de>;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("a source object")
+                }
+                fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                    Source::deserialize(de::value::MapAccessDeserializer::new(map))
+                        .map(SourceObject)
+                }
+            }
+            d.deserialize_map(V)
+        }
+    }
+    Option::<SourceObject<'de>>::deserialize(d).map(|s| s.map(|s| s.0))
+}
+
+/// A nested part of a record (`value`, `payload`): null, an object read in the same pass as
+/// its parent, or JSON text given as a string (read afterwards).
+pub(super) enum Inner<'a> {
+    Null,
+    Object(Box<Top<'a>>),
+    Text(Cow<'a, str>),
+}
+
+impl<'de> Deserialize<'de> for Inner<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Inner<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object, json text in a string, or null")
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Inner<'de>, E> {
+                Ok(Inner::Null)
+            }
+            fn visit_none<E: de::Error>(self) -> Result<Inner<'de>, E> {
+                Ok(Inner::Null)
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Inner<'de>, E> {
+                Ok(Inner::Text(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Inner<'de>, E> {
+                Ok(Inner::Text(Cow::Owned(v.to_owned())))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Inner<'de>, A::Error> {
+                Top::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(|t| Inner::Object(Box::new(t)))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// The top level of any accepted record. Parts read later are kept raw (a null is
+/// `Some("null")`); `source`, `value` and `payload` are read in the same pass.
+#[derive(Deserialize)]
+pub(super) struct Top<'a> {
+    #[serde(borrow, default, deserialize_with = "raw_field")]
+    pub(super) before: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "raw_field")]
+    pub(super) after: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "source_field")]
+    pub(super) source: Option<Source<'a>>,
+    #[serde(borrow, default, deserialize_with = "raw_field")]
+    pub(super) op: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "raw_field")]
+    pub(super) ts_ms: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "raw_field")]
+    pub(super) schema: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "inner_field")]
+    pub(super) payload: Option<Inner<'a>>,
+    #[serde(borrow, default, deserialize_with = "raw_field")]
+    pub(super) key: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "inner_field")]
+    pub(super) value: Option<Inner<'a>>,
+    #[serde(borrow, default, deserialize_with = "raw_field")]
+    pub(super) topic: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "raw_field")]
+    pub(super) status: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "raw_field")]
+    pub(super) id: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "raw_field")]
+    pub(super) event_count: Option<&'a RawValue>,
+}
+
+/// The parts of `source` the decoder reads.
+#[derive(Deserialize)]
+pub(super) struct Source<'a> {
+    #[serde(borrow, default)]
+    pub(super) schema: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub(super) table: Option<Cow<'a, str>>,
+    #[serde(borrow, default, deserialize_with = "raw_field")]
+    pub(super) snapshot: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "raw_field")]
+    pub(super) sequence: Option<&'a RawValue>,
+    #[serde(default)]
+    pub(super) lsn: Option<u64>,
+    #[serde(default, rename = "txId")]
+    pub(super) tx_id: Option<i64>,
+    #[serde(default)]
+    pub(super) ts_ms: Option<i64>,
+}
+
+impl Source<'_> {
+    pub(super) fn snapshot_marker(&self) -> Result<SnapshotMarker, DecodeError> {
+        let Some(raw) = self.snapshot else {
+            return Ok(SnapshotMarker::False);
+        };
+        let text = match raw.get() {
+            "null" => return Ok(SnapshotMarker::False),
+            b @ ("true" | "false") => Cow::Borrowed(b),
+            _ => string_of(raw).map_err(|e| err(format!("source.snapshot: {e}")))?,
+        };
+        SnapshotMarker::parse(&text).ok_or_else(|| {
+            err(format!(
+                "unknown snapshot marker \"{}\"",
+                text.escape_debug()
+            ))
+        })
+    }
+
+    /// See the `cdc` module docs.
+    pub(super) fn version(&self) -> Result<Version, DecodeError> {
+        let (last_commit, current) = match self.sequence {
+            Some(raw) if !is_null(raw) => match sequence_fast(raw.get()) {
+                Some(pair) => pair,
+                None => {
+                    let text = string_of(raw).map_err(|e| err(format!("source.sequence: {e}")))?;
+                    parse_sequence(&text)?
+                }
+            },
+            _ => (None, None),
+        };
+        let ordinal = self.lsn.or(current);
+        let commit_lsn = last_commit.or(ordinal);
+        Ok(match (commit_lsn, ordinal) {
+            (Some(commit_lsn), Some(ordinal)) => Version {
+                commit_lsn,
+                ordinal,
+            },
+            (Some(commit_lsn), None) => Version {
+                commit_lsn,
+                ordinal: 0,
+            },
+            _ => Version::UNKNOWN,
+        })
+    }
+}
+
+/// `source.sequence` read from its raw JSON text (`"[null,\"26413656\"]"`) without
+/// allocating; `None` when the text has any other shape (then `parse_sequence` decides).
+fn sequence_fast(raw: &str) -> Option<(Option<u64>, Option<u64>)> {
+    let inner = raw.strip_prefix("\"[")?.strip_suffix("]\"")?;
+    let (a, b) = inner.split_once(',')?;
+    let lsn = |item: &str| -> Option<Option<u64>> {
+        if item == "null" {
+            return Some(None);
+        }
+        let digits = item.strip_prefix("\\\"")?.strip_suffix("\\\"")?;
+        if digits.is_empty() || !digits.bytes().all(|c| c.is_ascii_digit()) {
+            return None;
+        }
+        digits.parse().ok().map(Some)
+    };
+    Some((lsn(a)?, lsn(b)?))
+}
+
+/// `source.sequence`: a JSON array in a string, `["<last commit lsn>","<lsn>"]`, either null.
+fn parse_sequence(seq: &str) -> Result<(Option<u64>, Option<u64>), DecodeError> {
+    let bad = || {
+        err(format!(
+            "invalid source.sequence \"{}\"",
+            seq.escape_debug()
+        ))
+    };
+    let items: Vec<&RawValue> = serde_json::from_str(seq).map_err(|_| bad())?;
+    let lsn = |raw: &RawValue| -> Result<Option<u64>, DecodeError> {
+        if is_null(raw) {
+            return Ok(None);
+        }
+        let text = unquote(raw.get()).unwrap_or(Cow::Borrowed(raw.get()));
+        text.parse::<u64>().map(Some).map_err(|_| bad())
+    };
+    match items.as_slice() {
+        [a, b] => Ok((lsn(a)?, lsn(b)?)),
+        _ => Err(bad()),
+    }
+}
+
+/// A key object: its fields, raw, in order, and its schema block when wrapped.
+pub(super) struct KeyInput<'a> {
+    pub(super) fields: Vec<(Cow<'a, str>, &'a RawValue)>,
+    pub(super) schema: Option<&'a RawValue>,
+}
+
+impl<'a> KeyInput<'a> {
+    pub(super) fn parse(text: &'a str) -> Result<KeyInput<'a>, DecodeError> {
+        let fields = parse_object(text).map_err(|e| err(format!("key: {e}")))?;
+        if fields.len() == 2 {
+            let find = |name: &str| fields.iter().find(|(k, _)| k == name).map(|(_, v)| *v);
+            if let (Some(schema), Some(payload)) = (find("schema"), find("payload"))
+                && schema.get().starts_with('{')
+            {
+                let fields = parse_object(payload.get()).map_err(|e| err(format!("key: {e}")))?;
+                return Ok(KeyInput {
+                    fields,
+                    schema: Some(schema),
+                });
+            }
+        }
+        Ok(KeyInput {
+            fields,
+            schema: None,
+        })
+    }
+
+    /// The key schema's name (`<prefix>.<schema>.<table>.Key`), when it has one.
+    pub(super) fn schema_name(&self) -> Option<&'a str> {
+        #[derive(Deserialize)]
+        struct Named<'b> {
+            #[serde(borrow)]
+            name: Option<&'b str>,
+        }
+        let named: Named<'a> = serde_json::from_str(self.schema?.get()).ok()?;
+        named.name
+    }
+}
+
+fn parse_object(text: &str) -> Result<Vec<(Cow<'_, str>, &RawValue)>, String> {
+    struct Fields;
+    impl<'de> Visitor<'de> for Fields {
+        type Value = Vec<(Cow<'de, str>, &'de RawValue)>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a json object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some(CowStr(k)) = map.next_key()? {
+                out.push((k, map.next_value::<&RawValue>()?));
+            }
+            Ok(out)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_str(text);
+    let out = de.deserialize_map(Fields).map_err(|e| serde_message(&e))?;
+    de.end().map_err(|e| serde_message(&e))?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cdc::Op;
+    use crate::cdc::debezium::DebeziumDecoder;
+    use crate::cdc::debezium::tests::{captured, change, configured, dec, file, key_id};
+    use crate::types::Value;
+
+    #[test]
+    fn versions_follow_commit_order() {
+        let Some(files) = captured() else { return };
+        let decoder = configured();
+        let mut previous: Option<(Version, Option<i64>)> = None;
+        let mut snapshot_version = None;
+        for (name, bytes) in files.iter().filter(|(n, _)| n.starts_with("noschema-")) {
+            let Decoded::Change(c) = decoder.decode(bytes).unwrap() else {
+                continue;
+            };
+            if c.op == Op::Read {
+                // All snapshot reads share the snapshot's version.
+                assert_eq!(
+                    *snapshot_version.get_or_insert(c.version),
+                    c.version,
+                    "{name}"
+                );
+            }
+            if let Some((v, tx)) = previous {
+                assert!(c.version >= v, "{name}: {:?} < {v:?}", c.version);
+                if tx != c.tx_id {
+                    assert!(c.version > v, "{name}: a new transaction must order after");
+                }
+            }
+            previous = Some((c.version, c.tx_id));
+        }
+        let snapshot = snapshot_version.unwrap();
+        assert_eq!(
+            snapshot,
+            Version {
+                commit_lsn: 26413656,
+                ordinal: 26413656
+            }
+        );
+        // Two changes of one transaction (743): same commit key, ordered by their LSNs.
+        let a = change(
+            decoder
+                .decode(file(&files, "noschema-13-orders-c.json"))
+                .unwrap(),
+        );
+        let b = change(
+            decoder
+                .decode(file(&files, "noschema-14-customers-u.json"))
+                .unwrap(),
+        );
+        assert_eq!((a.tx_id, b.tx_id), (Some(743), Some(743)));
+        assert_eq!(a.version.commit_lsn, b.version.commit_lsn);
+        assert!(a.version < b.version);
+        // A primary-key change (3 -> 30): delete and create share a version, on two keys.
+        let d = change(
+            decoder
+                .decode(file(&files, "noschema-16-customers-d.json"))
+                .unwrap(),
+        );
+        let c = change(
+            decoder
+                .decode(file(&files, "noschema-18-customers-c.json"))
+                .unwrap(),
+        );
+        assert_eq!(d.version, c.version);
+        assert_ne!(d.key, c.key);
+        // The first streamed transaction (sequence[0] null) falls back to its LSN.
+        let first = change(
+            decoder
+                .decode(file(&files, "noschema-05-customers-c.json"))
+                .unwrap(),
+        );
+        assert_eq!(first.version.commit_lsn, 26417712);
+        assert!(first.version > snapshot);
+    }
+
+    #[test]
+    fn snapshot_markers_on_read_events() {
+        let Some(files) = captured() else { return };
+        let expected = [
+            ("00-customers-r", SnapshotMarker::First),
+            ("01-customers-r", SnapshotMarker::LastInDataCollection),
+            ("02-orders-r", SnapshotMarker::FirstInDataCollection),
+            ("03-orders-r", SnapshotMarker::LastInDataCollection),
+            ("05-customers-c", SnapshotMarker::False),
+        ];
+        for (variant, decoder) in [
+            ("noschema", configured()),
+            ("schema", DebeziumDecoder::default()),
+        ] {
+            for (stem, marker) in expected {
+                let bytes = file(&files, &format!("{variant}-{stem}.json"));
+                assert_eq!(
+                    change(decoder.decode(bytes).unwrap()).snapshot,
+                    marker,
+                    "{stem}"
+                );
+            }
+        }
+        for text in ["true", "last", "incremental", "false"] {
+            assert_eq!(
+                SnapshotMarker::parse(text).unwrap().is_snapshot(),
+                text != "false"
+            );
+        }
+    }
+
+    #[test]
+    fn record_key_and_value_as_json_strings() {
+        let Some(files) = captured() else { return };
+        let decoder = configured();
+        for name in [
+            "noschema-06-customers-u.json",
+            "schema-06-customers-u.json",
+            "noschema-10-orders-tombstone.json",
+        ] {
+            let record: serde_json::Value = serde_json::from_slice(file(&files, name)).unwrap();
+            let as_strings = serde_json::json!({
+                "key": record["key"].to_string(),
+                "value": if record["value"].is_null() { serde_json::Value::Null } else { record["value"].to_string().into() },
+                "partition": 0,
+            });
+            let mut expected = decoder.decode(file(&files, name)).unwrap();
+            if let Decoded::Tombstone { table, .. } = &mut expected {
+                *table = None; // no topic in this record
+            }
+            assert_eq!(
+                decoder.decode(as_strings.to_string().as_bytes()).unwrap(),
+                expected,
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn bare_and_wrapped_envelopes_without_a_record() {
+        let Some(files) = captured() else { return };
+        let decoder = configured();
+        let record: serde_json::Value =
+            serde_json::from_slice(file(&files, "schema-08-orders-u.json")).unwrap();
+        let wrapped = change(
+            decoder
+                .decode(record["value"].to_string().as_bytes())
+                .unwrap(),
+        );
+        let bare = change(
+            decoder
+                .decode(record["value"]["payload"].to_string().as_bytes())
+                .unwrap(),
+        );
+        assert_eq!(wrapped, bare);
+        assert_eq!(bare.key, key_id(102)); // from the configured key columns
+        assert_eq!(bare.before.unwrap()[2], dec("42.50"));
+        assert_eq!(bare.after.unwrap()[3], Value::Str("paid".into()));
+        // Not configured and no key: an empty key, types from the schema block.
+        let c = change(
+            DebeziumDecoder::default()
+                .decode(record["value"].to_string().as_bytes())
+                .unwrap(),
+        );
+        assert!(c.key.is_empty());
+        assert_eq!(c.after.unwrap()[2], dec("43.00"));
+        // A tombstone of the JsonConverter with schemas: {"schema":null,"payload":null}.
+        let t = r#"{"topic":"dbz.public.orders","key":{"id":5},"value":{"schema":null,"payload":null}}"#;
+        assert!(matches!(
+            decoder.decode(t.as_bytes()).unwrap(),
+            Decoded::Tombstone { .. }
+        ));
+    }
+
+    #[test]
+    fn heartbeat_and_transaction_metadata() {
+        let d = DebeziumDecoder::default();
+        assert_eq!(
+            d.decode(br#"{"ts_ms":1795315555000}"#).unwrap(),
+            Decoded::Heartbeat {
+                ts_ms: 1795315555000
+            }
+        );
+        let hb = r#"{"topic":"__debezium-heartbeat.dbz","key":{"serverName":"dbz"},"value":{"ts_ms":5}}"#;
+        assert_eq!(
+            d.decode(hb.as_bytes()).unwrap(),
+            Decoded::Heartbeat { ts_ms: 5 }
+        );
+        let begin = r#"{"status":"BEGIN","id":"571:53195829","event_count":null,"data_collections":null,"ts_ms":1}"#;
+        assert_eq!(
+            d.decode(begin.as_bytes()).unwrap(),
+            Decoded::Transaction {
+                status: TxStatus::Begin,
+                id: "571:53195829".into(),
+                event_count: None
+            }
+        );
+        let end = r#"{"status":"END","id":"571:53195829","event_count":2,"data_collections":[{"data_collection":"s1.a","event_count":1}],"ts_ms":1}"#;
+        assert_eq!(
+            d.decode(end.as_bytes()).unwrap(),
+            Decoded::Transaction {
+                status: TxStatus::End,
+                id: "571:53195829".into(),
+                event_count: Some(2)
+            }
+        );
+        assert_eq!(
+            d.decode(br#"{"status":"MAYBE","id":"1"}"#)
+                .unwrap_err()
+                .reason,
+            "unknown transaction status \"MAYBE\""
+        );
+    }
+
+    #[test]
+    fn truncate_and_message_events() {
+        let d = DebeziumDecoder::default();
+        let t = r#"{"before":null,"after":null,"source":{"schema":"public","table":"customers","lsn":7,"txId":3,"ts_ms":1},"op":"t","ts_ms":2}"#;
+        let c = change(d.decode(t.as_bytes()).unwrap());
+        assert_eq!((c.op, c.before, c.after), (Op::Truncate, None, None));
+        let m = r#"{"op":"m","ts_ms":2,"source":{"schema":"","table":"","lsn":8,"ts_ms":1},"message":{"prefix":"p","content":"AQ=="}}"#;
+        assert_eq!(change(d.decode(m.as_bytes()).unwrap()).op, Op::Message);
+    }
+
+    #[test]
+    fn sequence_fast_path_agrees_with_the_full_parse() {
+        for (raw, expected) in [
+            (r#""[null,\"26413656\"]""#, Some((None, Some(26413656)))),
+            (
+                r#""[\"26418680\",\"26418832\"]""#,
+                Some((Some(26418680), Some(26418832))),
+            ),
+            (r#""[null,null]""#, Some((None, None))),
+            (r#""[\"1\", \"2\"]""#, None), // a space: left to the full parse
+            (r#""[\"x\",\"2\"]""#, None),
+        ] {
+            assert_eq!(sequence_fast(raw), expected, "{raw}");
+            let text: String = serde_json::from_str(raw).unwrap();
+            if let Some(pair) = expected {
+                assert_eq!(parse_sequence(&text).unwrap(), pair);
+            }
+        }
+        assert_eq!(parse_sequence(r#"["1", "2"]"#).unwrap(), (Some(1), Some(2)));
+        assert!(parse_sequence(r#"["x","2"]"#).is_err());
+        assert!(parse_sequence(r#"["1"]"#).is_err());
+    }
+}

@@ -1,0 +1,347 @@
+//! The change-stream machinery, independent of the change format and of the transport: it
+//! takes `Decoded` values (from any `ChangeFormat`: Debezium JSON today, pgoutput later) and
+//! writes a change source's ports into `ReadBuffers`:
+//! - one port per configured table (`extra`, the source's ports 2..), demultiplexed by
+//!   `TableId`, as change rows (`cdc::rows`: `_op`, `_lsn`, …, then the table's columns);
+//! - `main` (`records`): every change of every configured table in the normalized form of
+//!   `watershed cdc decode` (one JSON object per change), built only when something reads it;
+//! - `progress`, from heartbeats.
+//!
+//! It never sees bytes, files or offsets: the transport (`sources::cdc` for files) decodes
+//! each record with its format, sends what does not decode to `dead_letter` itself, hands
+//! the rest here, and says when the snapshot part of its input is over.
+//!
+//! # Progress tracking
+//! - A change row's event time is its commit time (`Change::source_ts_ms`, else the
+//!   processing time of the read), so the source's watermark follows the replication position.
+//! - A heartbeat is progress without a change: it moves the partition's watermark to its
+//!   time, so a quiet but healthy database does not hold event time back.
+//! - A table's snapshot ends at its `last_in_data_collection` marker, at the `last` marker
+//!   (which ends every table's), or when the transport's snapshot input is over
+//!   (`end_snapshots`: the end of the last snapshot file); the stream then emits one
+//!   `snapshot_end` row on the table's port, once per table (what a gated enrichment waits
+//!   for).
+//! - Tombstones (sent after each delete, which already removed the row), transaction
+//!   metadata, `m` (logical message) events and changes of tables not configured are skipped
+//!   and counted (`watershed_cdc_skipped_records_total`).
+
+use std::sync::{Arc, OnceLock};
+
+use crate::cdc::inspect::normalize;
+use crate::cdc::rows::{change_schema, push_change, push_snapshot_end};
+use crate::cdc::{Decoded, Op, SnapshotMarker, TableConfig, TableId};
+use crate::dataflow::{PortSpec, ReadBuffers};
+use crate::types::{DataType, Field, Schema, SchemaRef, Value};
+
+/// Schema of a change source's `main` port: the table and the normalized change.
+pub fn main_schema() -> SchemaRef {
+    static SCHEMA: OnceLock<SchemaRef> = OnceLock::new();
+    SCHEMA
+        .get_or_init(|| {
+            Arc::new(Schema::new(vec![
+                Field::new("table", DataType::String),
+                Field::new("change", DataType::Json),
+            ]))
+        })
+        .clone()
+}
+
+/// One configured table: the port it goes to.
+#[derive(Clone, Debug)]
+pub struct CdcTable {
+    /// The port's name (the table's name in the pipeline file).
+    pub port: String,
+    pub id: TableId,
+    /// How the table's rows are typed; the stream reads only `schema` (its port's columns),
+    /// the format reads the rest.
+    pub config: TableConfig,
+}
+
+/// Demultiplexes decoded change records into one port per table; see the module docs.
+pub struct ChangeStream {
+    tables: Vec<CdcTable>,
+    /// Table id -> index in `tables` (and in `ReadBuffers::extra`).
+    index: ahash::AHashMap<TableId, usize>,
+    snapshot_ended: Vec<bool>,
+    main_consumed: bool,
+    skipped: metrics::Counter,
+}
+
+impl ChangeStream {
+    /// A stream of these tables, `tables[i]` on `ReadBuffers::extra[i]`; `node` labels its
+    /// metrics.
+    pub fn new(node: &str, tables: Vec<CdcTable>) -> ChangeStream {
+        let index = tables
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.id.clone(), i))
+            .collect();
+        ChangeStream {
+            snapshot_ended: vec![false; tables.len()],
+            tables,
+            index,
+            main_consumed: false,
+            skipped: metrics::counter!(crate::metrics::CDC_SKIPPED_RECORDS, crate::metrics::LABEL_NODE => node.to_string()),
+        }
+    }
+
+    /// Ports of the tables, in order (a change source's ports 2..).
+    pub fn table_ports(tables: &[CdcTable]) -> Vec<PortSpec> {
+        tables
+            .iter()
+            .map(|t| PortSpec {
+                name: t.port.clone(),
+                schema: change_schema(&t.config.schema),
+            })
+            .collect()
+    }
+
+    /// Ports of this stream's tables.
+    pub fn ports(&self) -> Vec<PortSpec> {
+        Self::table_ports(&self.tables)
+    }
+
+    /// Which ports have consumers (by port index, `main` first): `main` is built only when
+    /// read.
+    pub fn connect_ports(&mut self, consumed: &[bool]) {
+        self.main_consumed = consumed.first().copied().unwrap_or(false);
+    }
+
+    /// Applies one decoded record, read at processing time `now_ms`.
+    pub fn apply(&mut self, decoded: &Decoded, out: &mut ReadBuffers, now_ms: i64) {
+        let change = match decoded {
+            Decoded::Change(c) if c.op != Op::Message => c,
+            Decoded::Heartbeat { ts_ms } => {
+                out.progress = Some(out.progress.map_or(*ts_ms, |p| p.max(*ts_ms)));
+                return;
+            }
+            _ => {
+                self.skipped.increment(1);
+                return;
+            }
+        };
+        let Some(&t) = self.index.get(&change.table) else {
+            self.skipped.increment(1);
+            return;
+        };
+        let at = change.source_ts_ms.unwrap_or(now_ms);
+        push_change(&mut out.extra[t], change, at);
+        if self.main_consumed {
+            let mut text = Vec::with_capacity(256);
+            normalize(decoded, &mut text);
+            out.records.push_row(
+                [
+                    Value::from(self.tables[t].port.as_str()),
+                    Value::Json(String::from_utf8_lossy(&text).into()),
+                ],
+                at,
+            );
+        }
+        match change.snapshot {
+            SnapshotMarker::LastInDataCollection => self.end_snapshot(t, out, at),
+            SnapshotMarker::Last => {
+                for i in 0..self.tables.len() {
+                    self.end_snapshot(i, out, at);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The transport's snapshot input is over (the last snapshot file ended): ends the
+    /// snapshot of every table not ended yet, at the latest event time on its port in `out`
+    /// (else 0, the start).
+    pub fn end_snapshots(&mut self, out: &mut ReadBuffers) {
+        for i in 0..self.tables.len() {
+            let at = out.extra[i].event_times().last().copied().unwrap_or(0);
+            self.end_snapshot(i, out, at);
+        }
+    }
+
+    fn end_snapshot(&mut self, table: usize, out: &mut ReadBuffers, at: i64) {
+        if !self.snapshot_ended[table] {
+            self.snapshot_ended[table] = true;
+            push_snapshot_end(&mut out.extra[table], at);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cdc::rows::{OP, RowOp, row_op};
+    use crate::cdc::{Change, TxStatus, Version};
+    use crate::types::Batch;
+
+    fn schema(columns: &[&str]) -> SchemaRef {
+        Arc::new(Schema::new(
+            columns
+                .iter()
+                .map(|c| Field::new(c, DataType::Int))
+                .collect(),
+        ))
+    }
+
+    fn tables() -> Vec<CdcTable> {
+        ["customers", "orders"]
+            .into_iter()
+            .map(|name| CdcTable {
+                port: name.into(),
+                id: TableId::new("public", name),
+                config: TableConfig::new(schema(&["id", "n"])).with_key(&["id"]),
+            })
+            .collect()
+    }
+
+    fn buffers(tables: &[CdcTable]) -> ReadBuffers {
+        ReadBuffers {
+            records: Batch::new(main_schema()),
+            dead_letters: Batch::new(crate::dead_letter::schema()),
+            extra: ChangeStream::table_ports(tables)
+                .into_iter()
+                .map(|p| Batch::new(p.schema))
+                .collect(),
+            progress: None,
+        }
+    }
+
+    /// A change built by hand, as any format would produce it.
+    fn change(table: &str, op: Op, id: i64, snapshot: SnapshotMarker, ts_ms: i64) -> Decoded {
+        let row = Some(vec![Value::Int(id), Value::Int(id * 10)]);
+        let (before, after) = match op {
+            Op::Delete => (row, None),
+            _ => (None, row),
+        };
+        Decoded::Change(Change {
+            table: TableId::new("public", table),
+            op,
+            columns: schema(&["id", "n"]),
+            key: vec![("id".into(), Value::Int(id))],
+            before,
+            after,
+            unavailable: Vec::new(),
+            version: Version {
+                commit_lsn: ts_ms as u64,
+                ordinal: ts_ms as u64,
+            },
+            snapshot,
+            tx_id: None,
+            source_ts_ms: Some(ts_ms),
+        })
+    }
+
+    fn ops(batch: &Batch) -> Vec<RowOp> {
+        batch.rows().map(|(r, _)| row_op(r)).collect()
+    }
+
+    #[test]
+    fn decoded_records_of_any_format_become_table_rows_and_progress() {
+        use SnapshotMarker::{First, Last, LastInDataCollection};
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let mut stream =
+            metrics::with_local_recorder(&recorder, || ChangeStream::new("ref", tables()));
+        let mut out = buffers(&tables());
+        for decoded in [
+            change("customers", Op::Read, 1, First, 100),
+            change("orders", Op::Read, 7, LastInDataCollection, 110),
+            change("customers", Op::Read, 2, Last, 120),
+            Decoded::Heartbeat { ts_ms: 500 },
+            Decoded::Heartbeat { ts_ms: 400 },
+            // Skipped: a table not configured, a tombstone, transaction metadata, a message.
+            change("other", Op::Create, 3, SnapshotMarker::False, 510),
+            Decoded::Tombstone {
+                key: vec![("id".into(), Value::Int(2))],
+                table: Some(TableId::new("public", "customers")),
+            },
+            Decoded::Transaction {
+                status: TxStatus::Begin,
+                id: "1:2".into(),
+                event_count: None,
+            },
+            change("", Op::Message, 0, SnapshotMarker::False, 520),
+            change("customers", Op::Update, 1, SnapshotMarker::False, 600),
+            change("orders", Op::Delete, 7, SnapshotMarker::False, 610),
+            // A second `last` and the end of the snapshot input end nothing again.
+            change("orders", Op::Read, 8, Last, 620),
+        ] {
+            stream.apply(&decoded, &mut out, 0);
+        }
+        stream.end_snapshots(&mut out);
+
+        let customers = &out.extra[0];
+        assert_eq!(
+            ops(customers),
+            [
+                RowOp::Upsert { snapshot: true },
+                RowOp::Upsert { snapshot: true },
+                RowOp::SnapshotEnd,
+                RowOp::Upsert { snapshot: false },
+            ]
+        );
+        assert_eq!(customers.row(3)[OP], Value::from("u"));
+        assert_eq!(customers.event_times(), [100, 120, 120, 600]);
+        let orders = &out.extra[1];
+        assert_eq!(
+            ops(orders),
+            [
+                RowOp::Upsert { snapshot: true },
+                RowOp::SnapshotEnd,
+                RowOp::Delete,
+                RowOp::Upsert { snapshot: true },
+            ]
+        );
+        assert_eq!(orders.row(2)[OP], Value::from("d"));
+        assert_eq!(orders.event_times(), [110, 110, 610, 620]);
+        assert_eq!(
+            out.progress,
+            Some(500),
+            "heartbeats move progress forward only"
+        );
+        assert_eq!(
+            out.records.len(),
+            0,
+            "main is not built when nobody reads it"
+        );
+        assert!(
+            handle
+                .render()
+                .contains(r#"watershed_cdc_skipped_records_total{node="ref"} 4"#),
+            "{}",
+            handle.render()
+        );
+    }
+
+    #[test]
+    fn end_of_the_snapshot_input_ends_every_table_once_and_main_is_built_when_read() {
+        let mut stream = ChangeStream::new("ref", tables());
+        stream.connect_ports(&[true, false, true, true]);
+        let mut out = buffers(&tables());
+        stream.apply(
+            &change("customers", Op::Read, 1, SnapshotMarker::True, 100),
+            &mut out,
+            0,
+        );
+        stream.end_snapshots(&mut out);
+        stream.end_snapshots(&mut out);
+        assert_eq!(
+            ops(&out.extra[0]),
+            [RowOp::Upsert { snapshot: true }, RowOp::SnapshotEnd]
+        );
+        assert_eq!(out.extra[0].event_times(), [100, 100]);
+        // A table with no rows ends at the start.
+        assert_eq!(ops(&out.extra[1]), [RowOp::SnapshotEnd]);
+        assert_eq!(out.extra[1].event_times(), [0]);
+        // Without a commit time, the processing time of the read.
+        let mut untimed = change("orders", Op::Create, 9, SnapshotMarker::False, 0);
+        if let Decoded::Change(c) = &mut untimed {
+            c.source_ts_ms = None;
+        }
+        stream.apply(&untimed, &mut out, 777);
+        assert_eq!(out.extra[1].event_times(), [0, 777]);
+        assert_eq!(out.records.len(), 2);
+        assert_eq!(out.records.row(0)[0], Value::from("customers"));
+        assert_eq!(out.records.row(1)[0], Value::from("orders"));
+        assert!(matches!(&out.records.row(1)[1], Value::Json(j) if j.contains("\"op\":\"c\"")));
+    }
+}
