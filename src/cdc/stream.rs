@@ -151,6 +151,25 @@ impl ChangeStream {
     /// The transport's snapshot input is over (the last snapshot file ended): ends the
     /// snapshot of every table not ended yet, at the latest event time on its port in `out`
     /// (else 0, the start).
+    /// The ports of the tables whose snapshot has ended: what a restart must remember, so
+    /// that it does not end them again.
+    pub fn ended_snapshots(&self) -> Vec<String> {
+        self.tables
+            .iter()
+            .zip(&self.snapshot_ended)
+            .filter(|(_, e)| **e)
+            .map(|(t, _)| t.port.clone())
+            .collect()
+    }
+
+    /// Takes up `ended_snapshots` from before a restart (tables no longer configured are
+    /// ignored; a new table's snapshot has not ended).
+    pub fn restore_ended_snapshots(&mut self, ports: &[String]) {
+        for (t, ended) in self.tables.iter().zip(self.snapshot_ended.iter_mut()) {
+            *ended = ports.contains(&t.port);
+        }
+    }
+
     pub fn end_snapshots(&mut self, out: &mut ReadBuffers) {
         for i in 0..self.tables.len() {
             let at = out.extra[i].event_times().last().copied().unwrap_or(0);

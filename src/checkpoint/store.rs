@@ -608,6 +608,7 @@ mod tests {
                     position: Position::of(&FilePosition {
                         offset: 100 * epoch,
                         line: epoch,
+                        decoder: None,
                     }),
                 }],
                 max_event_times: vec![Some(1_000 * epoch as i64)],

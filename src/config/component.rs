@@ -16,13 +16,13 @@ use std::path::{Path, PathBuf};
 
 use serde_saphyr::Location;
 
+use crate::cdc::stream::CdcTable;
 use crate::config::Overrides;
 use crate::config::issues::Issues;
 use crate::config::yaml::S;
 use crate::dataflow::{Guarantee, PortSpec};
 use crate::operators::enrich::EnrichStrategy;
 use crate::runtime::plan::{OperatorFactory, SinkFactory, SourceFactory};
-use crate::sources::cdc::CdcTable;
 use crate::state::StateBackend;
 use crate::types::SchemaRef;
 

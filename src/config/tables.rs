@@ -5,10 +5,10 @@
 
 use indexmap::IndexMap;
 
+use crate::cdc::stream::CdcTable;
 use crate::cdc::{TableConfig, TableId};
 use crate::config::issues::{Issues, valid_name};
 use crate::config::yaml::{S, TableYaml};
-use crate::sources::cdc::CdcTable;
 use crate::types::DataType;
 
 /// Checks the tables of `sources.NAME.tables` (`field`).

@@ -7,6 +7,3 @@ pub mod enrich;
 pub mod route;
 pub mod version_range;
 pub mod window;
-
-// Kept while `sources/cdc.rs` moves to the new paths.
-pub use crate::dataflow::PortSpec;

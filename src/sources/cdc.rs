@@ -90,6 +90,22 @@ impl<F: ChangeFormat> LineDecoder for ChangeDecoder<F> {
             self.stream.end_snapshots(out);
         }
     }
+
+    /// The tables whose snapshot has ended.
+    fn state(&self) -> Option<serde_json::Value> {
+        let ended = self.stream.ended_snapshots();
+        (!ended.is_empty()).then(|| serde_json::json!({ "snapshot_ended": ended }))
+    }
+
+    fn restore_state(&mut self, state: Option<&serde_json::Value>) -> Result<(), String> {
+        let ended: Vec<String> = match state.and_then(|s| s.get("snapshot_ended")) {
+            None => Vec::new(),
+            Some(v) => serde_json::from_value(v.clone())
+                .map_err(|e| format!("the change stream's ended snapshots do not decode: {e}"))?,
+        };
+        self.stream.restore_ended_snapshots(&ended);
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -8,6 +8,3 @@
 pub mod cdc;
 pub mod file;
 pub mod generator;
-
-// Kept while `sources/cdc.rs` moves to the new paths.
-pub use crate::dataflow::{ReadBuffers, ReadStatus, Source};

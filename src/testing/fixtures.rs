@@ -17,9 +17,7 @@ use crate::sinks::file::JsonLinesSink;
 use crate::sources::cdc::{CdcTable, ChangeDecoder};
 use crate::sources::file::{FileSource, FileSourceSpec};
 use crate::sources::generator::{GeneratorSource, GeneratorSpec};
-use crate::testing::contract::{
-    CorruptInput, SinkFixture, SinkTarget, SourceCheck, SourceFixture, T0,
-};
+use crate::testing::contract::{CorruptInput, SinkFixture, SinkTarget, SourceFixture, T0};
 use crate::types::{Batch, DataType, Field, Schema, SchemaRef, Value};
 
 /// Writes `files` (name, text) into `dir`.
@@ -440,19 +438,6 @@ impl SourceFixture for CdcFileFixture {
             build: Box::new(move || Self::source(&dir)),
             position: "changes.jsonl:4".into(),
         })
-    }
-
-    fn known_gaps(&self) -> Vec<(SourceCheck, &'static str)> {
-        // `ChangeDecoder` keeps which tables' snapshots have ended in memory only, not in the
-        // position: a restored instance emits `snapshot_end` again for every table (at the
-        // end of the snapshot file, which a restore re-reaches even long after it, or at the
-        // `last` marker), so a table port carries a second `snapshot_end` after a restart.
-        let why = "a restarted change-stream source emits `snapshot_end` again on table \
-                   ports whose snapshot had ended before the checkpoint";
-        vec![
-            (SourceCheck::SeekRoundTrip, why),
-            (SourceCheck::CrashMidEpoch, why),
-        ]
     }
 }
 // ---------------------------------------------------------------------------------------

@@ -51,6 +51,18 @@ pub trait LineDecoder: Send {
     fn partition_ended(&mut self, partition: usize, out: &mut ReadBuffers) {
         let _ = (partition, out);
     }
+
+    /// What the decoder must remember across a restart (e.g. which snapshots have ended),
+    /// kept in the source's positions; `None`: nothing.
+    fn state(&self) -> Option<serde_json::Value> {
+        None
+    }
+
+    /// Takes up `state` from a restored position (`None`: start afresh).
+    fn restore_state(&mut self, state: Option<&serde_json::Value>) -> Result<(), String> {
+        let _ = state;
+        Ok(())
+    }
 }
 
 impl LineDecoder for JsonDecoder {
@@ -102,11 +114,14 @@ struct Partition {
     ended: bool,
 }
 
-/// Where a file partition is: the byte offset of the next line and the lines before it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// Where a file partition is: the byte offset of the next line and the lines before it,
+/// and what the line decoder remembers (a change stream's ended snapshots), if anything.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FilePosition {
     pub offset: u64,
     pub line: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decoder: Option<serde_json::Value>,
 }
 
 impl ConnectorPosition for FilePosition {
@@ -348,6 +363,7 @@ impl<D: LineDecoder> Source for FileSource<D> {
     }
 
     fn positions(&self) -> Vec<SourcePosition> {
+        let decoder = self.decoder.state();
         self.partitions
             .iter()
             .map(|p| SourcePosition {
@@ -356,12 +372,14 @@ impl<D: LineDecoder> Source for FileSource<D> {
                 position: Position::of(&FilePosition {
                     offset: p.offset,
                     line: p.line,
+                    decoder: decoder.clone(),
                 }),
             })
             .collect()
     }
 
     fn seek(&mut self, positions: &[SourcePosition]) -> Result<(), RunError> {
+        let mut decoder = None;
         for p in &mut self.partitions {
             let found = positions
                 .iter()
@@ -372,6 +390,7 @@ impl<D: LineDecoder> Source for FileSource<D> {
                         .position
                         .decode::<FilePosition>()
                         .map_err(|e| RunError::restore(self.node.clone(), e))?;
+                    decoder = decoder.or(at.decoder);
                     (at.offset, at.line)
                 }
                 None => (0, 0),
@@ -382,7 +401,9 @@ impl<D: LineDecoder> Source for FileSource<D> {
             p.partial.clear();
             p.ended = false;
         }
-        Ok(())
+        self.decoder
+            .restore_state(decoder.as_ref())
+            .map_err(|e| RunError::restore(self.node.clone(), e))
     }
 }
 
@@ -488,6 +509,7 @@ mod tests {
         first[0].position = Position::of(&FilePosition {
             offset: 17,
             line: 1,
+            decoder: None,
         });
         again.seek(&first).unwrap();
         let mut out2 = buffers(&again);
