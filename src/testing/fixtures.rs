@@ -398,7 +398,8 @@ impl CdcFileFixture {
         ]
     }
 
-    /// As `config` builds a `cdc` source: the snapshot files first, unpaced, in sequence.
+    /// As the `file` source with `format: debezium` is built: the snapshot files first,
+    /// unpaced, in sequence.
     fn source(dir: &Path) -> Box<dyn Source> {
         let decoder = ChangeDecoder::new("cdc-src", Self::tables(), 1).expect("the tables decode");
         Box::new(FileSource::new(

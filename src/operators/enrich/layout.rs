@@ -44,7 +44,7 @@ impl Layout {
         if !rows::is_change_schema(reference) {
             return Err(spec_err(
                 "inputs[1]",
-                "the second input must be a table port of a `cdc` source",
+                "the second input must be a table port of a change stream (`source.table`)",
             ));
         }
         let table_schema = rows::table_schema(reference);
