@@ -250,7 +250,7 @@ fn write_input(records: u64, paths: &[PathBuf]) -> anyhow::Result<()> {
                     let files = outs.len();
                     let out = &mut outs[next];
                     next = (next + 1) % files;
-                    let ts = crate::explain::format_time(t);
+                    let ts = crate::cli::explain::format_time(t);
                     let host = row[1].as_str().unwrap_or_default();
                     let product = row[3].as_str().unwrap_or_default();
                     let version = row[4].as_str().unwrap_or_default();
@@ -526,7 +526,7 @@ fn write_enrich_input(records: u64, hosts: u64, path: &Path) -> anyhow::Result<(
     for i in 0..records {
         // SplitMix-style spread, so consecutive events hit unrelated rows.
         let h = (i.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 11) % (hosts + hosts / 10);
-        let ts = crate::explain::format_time(START_MS + i as i64);
+        let ts = crate::cli::explain::format_time(START_MS + i as i64);
         writeln!(
             out,
             "{{\"ts\":\"{ts}\",\"host\":\"{}\",\"port\":443,\"product\":\"openssl\",\"version\":\"1.0.2k\",\"bytes\":{},\
