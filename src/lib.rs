@@ -5,16 +5,14 @@
 //! named port. See `ARCHITECTURE.md` in the repository for the design.
 
 pub mod alerts;
-pub mod bench;
 pub mod cdc;
 pub mod checkpoint;
+pub mod cli;
 pub mod components;
 pub mod config;
 pub mod dataflow;
 pub mod dead_letter;
-pub mod demo;
 pub mod error;
-pub mod explain;
 pub mod failpoint;
 pub mod format;
 pub mod http;

@@ -123,7 +123,7 @@ enum Command {
         addr: Option<SocketAddr>,
     },
     /// Measure throughput against the plain-loop ceiling (see BENCHMARKS.md).
-    Bench(watershed::bench::BenchArgs),
+    Bench(watershed::cli::bench::BenchArgs),
     /// Tools for change-data-capture streams.
     #[command(subcommand)]
     Cdc(CdcCommand),
@@ -190,7 +190,7 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
         } => demo(
             pipeline
                 .as_deref()
-                .unwrap_or(Path::new(watershed::demo::PIPELINE)),
+                .unwrap_or(Path::new(watershed::cli::demo::PIPELINE)),
             &out,
             parallelism,
             &metrics_addr,
@@ -228,7 +228,7 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
         Command::Validate { pipeline } => validate(&pipeline),
         Command::Explain { pipeline, addr } => explain(&pipeline, addr),
         Command::Bench(args) => {
-            watershed::bench::run(&args)?;
+            watershed::cli::bench::run(&args)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Cdc(CdcCommand::Decode { file }) => cdc_decode(&file),
@@ -327,7 +327,7 @@ fn explain(path: &Path, addr: Option<SocketAddr>) -> anyhow::Result<ExitCode> {
             let report: StatusReport = serde_json::from_str(&body)
                 .context("the /status answer is not a status document")?;
             println!();
-            print!("{}", watershed::explain::render(&report));
+            print!("{}", watershed::cli::explain::render(&report));
         }
         Err(e) => println!("\nno running pipeline answers at {addr} ({e}); showing the plan only"),
     }
@@ -422,7 +422,7 @@ fn checkpoints_list(dir: &Path) -> anyhow::Result<ExitCode> {
             Ok(m) => println!(
                 "epoch {:>6}  {}  {:>12} bytes ({} written)  {} sources, {} operators, {} sinks{}  {}",
                 m.epoch,
-                watershed::explain::format_time(m.created_at_ms),
+                watershed::cli::explain::format_time(m.created_at_ms),
                 m.state_bytes(),
                 m.written_bytes(),
                 m.sources.len(),
@@ -444,7 +444,7 @@ fn checkpoints_inspect(path: &Path) -> anyhow::Result<ExitCode> {
     println!(
         "epoch {}, written {}, barrier to last acknowledgement {} ms, alignment {} ms{}",
         m.epoch,
-        watershed::explain::format_time(m.created_at_ms),
+        watershed::cli::explain::format_time(m.created_at_ms),
         m.duration_ms,
         m.alignment_ms,
         if m.finished {
@@ -462,7 +462,7 @@ fn checkpoints_inspect(path: &Path) -> anyhow::Result<ExitCode> {
                 "    {}: {}, highest event time {}",
                 p.partition,
                 p.position,
-                max.map_or("none".into(), watershed::explain::format_time)
+                max.map_or("none".into(), watershed::cli::explain::format_time)
             );
         }
     }
@@ -507,13 +507,16 @@ fn demo(
         out.display()
     );
     let summary = start(compiled, (path, &overrides), None, |report, elapsed_ms| {
-        let totals = watershed::demo::DemoTotals::from_report(report);
-        eprintln!("{}", watershed::demo::progress_line(&totals, elapsed_ms));
+        let totals = watershed::cli::demo::DemoTotals::from_report(report);
+        eprintln!(
+            "{}",
+            watershed::cli::demo::progress_line(&totals, elapsed_ms)
+        );
     })?;
-    let totals = watershed::demo::DemoTotals::from_report(&summary.report);
+    let totals = watershed::cli::demo::DemoTotals::from_report(&summary.report);
     eprint!(
         "{}",
-        watershed::demo::summary(&totals, summary.elapsed_ms, &outputs)
+        watershed::cli::demo::summary(&totals, summary.elapsed_ms, &outputs)
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -258,7 +258,7 @@ fn late_event_after_idle_source_is_not_lost() {
 fn explain_names_the_partition_holding_the_watermark() {
     let out = simulate(None, Duration::from_secs(90));
     assert!(out.fired.is_empty());
-    let text = watershed::explain::render(&out.report);
+    let text = watershed::cli::explain::render(&out.report);
     assert!(
         text.contains("held by quiet#0 -> quiet-0 (source `quiet` partition `quiet-0`: last record 1m 21s ago, no idle_timeout"),
         "{text}"

@@ -1,0 +1,115 @@
+//! `watershed bench`: throughput of real pipelines (compiled from YAML, run by the runtime)
+//! next to the raw ceiling measured in the same run — a plain loop that produces or parses
+//! the same records, aggregates them the same way and writes the same output, with no
+//! runtime around it. Prints events per CPU-second and per wall-second, the ratio to the
+//! ceiling, and checks that the pipeline's output equals the loop's. Each pipeline runs as its own
+//! `watershed run` process (CPU time from `getrusage` of the waited-for child), as a user runs it.
+//!
+//! `cases` runs each benchmark and prints its table, `ceiling` holds the plain loops,
+//! `input` writes the records the cases read, `process` runs this binary for each pipeline,
+//! and `report` measures CPU, wall time and memory and prints the shared table.
+
+mod cases;
+mod ceiling;
+mod input;
+mod process;
+mod report;
+
+use std::path::PathBuf;
+
+use cases::{bootstrap_case, checkpoint_case, enrich_case, file_case, generator_case, lookup_case};
+use report::peak_rss_mb;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// Records per run of the file case (each about 600 bytes on disk).
+    #[arg(long, default_value_t = 2_000_000)]
+    pub records: u64,
+    /// Records per run of the generator case (cheap records: more are needed for a stable
+    /// measurement).
+    #[arg(long, default_value_t = 10_000_000)]
+    pub generator_records: u64,
+    /// Parallelism values to run the pipelines at.
+    #[arg(long, value_delimiter = ',', default_value = "1,2")]
+    pub parallelism: Vec<usize>,
+    /// Which benchmark: `generator`, `file`, `enrich`, `all` (those three), `lookup` (the
+    /// reference table alone: one-by-one against batched lookups), `checkpoint` (the enrich
+    /// case checkpointing every 10 s and every 1 s, and its restore) or `bootstrap` (the
+    /// enrich case started from a bootstrapped savepoint instead of behind a gate).
+    #[arg(long, default_value = "all")]
+    pub case: String,
+    /// Reference table sizes of the enrich case.
+    #[arg(long, value_delimiter = ',', default_value = "100000,1000000")]
+    pub reference_rows: Vec<u64>,
+    /// Keep inputs and outputs here (default: a temporary directory).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Rounds of the enrich case: each round runs the plain, the enrichment and the
+    /// twice-the-events pipelines one after the other; the table shows the median round, so
+    /// that a slow spell of a shared machine weighs on one round and not on one column.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// Where the checkpoint case keeps the reference table: `memory` or `disk` (the
+    /// pipeline's `state.backend`).
+    #[arg(long, default_value = "memory")]
+    pub state: String,
+}
+
+/// Runs the selected benchmarks and prints markdown tables.
+pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    // Without `--dir`, everything is written to a temporary directory removed at the end
+    // (also on errors): the inputs take gigabytes.
+    let tmp;
+    let dir = match &args.dir {
+        Some(d) => {
+            std::fs::create_dir_all(d)?;
+            d.clone()
+        }
+        None => {
+            tmp = tempfile::Builder::new()
+                .prefix("watershed-bench-")
+                .tempdir()?;
+            tmp.path().to_path_buf()
+        }
+    };
+    let n = args.records;
+    println!(
+        "watershed bench: {} cores available, records {n}",
+        std::thread::available_parallelism().map_or(1, |c| c.get())
+    );
+    let mut failures = 0;
+    if args.case == "all" || args.case == "generator" {
+        failures += generator_case(args.generator_records, &args.parallelism, &dir)?;
+    }
+    if args.case == "all" || args.case == "file" {
+        failures += file_case(n, &args.parallelism, &dir)?;
+    }
+    if args.case == "checkpoint" {
+        for &rows in &args.reference_rows {
+            failures += checkpoint_case(n, rows, &args.state, &dir)?;
+        }
+    }
+    if args.case == "bootstrap" {
+        for &rows in &args.reference_rows {
+            failures += bootstrap_case(n, rows, &dir)?;
+        }
+    }
+    if args.case == "lookup" {
+        for &rows in &args.reference_rows {
+            lookup_case(rows);
+        }
+    }
+    if args.case == "all" || args.case == "enrich" {
+        for &rows in &args.reference_rows {
+            failures += enrich_case(n, rows, args.rounds.max(1), &dir)?;
+        }
+    }
+    println!(
+        "\npeak RSS of the whole bench process: {:.0} MB",
+        peak_rss_mb()
+    );
+    if failures > 0 {
+        anyhow::bail!("{failures} pipeline run(s) produced output different from the ceiling loop");
+    }
+    Ok(())
+}
