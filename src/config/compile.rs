@@ -162,25 +162,33 @@ pub fn compile(
     let transactional = options.checkpoint_dir.is_some();
     let mut rules = AlertRules::default();
     if let Some(a) = &file.alerts {
-        if let Some(v) = &a.watermark_lag
-            && let Some(d) = issues.duration_or_off(v, "alerts.watermark_lag")
-        {
-            rules.watermark_lag_ms = d.map(|d| d.as_millis() as i64);
-        }
-        if let Some(v) = &a.watermark_stall
-            && let Some(d) = issues.duration_or_off(v, "alerts.watermark_stall")
-        {
-            rules.watermark_stall_ms = d.map(|d| d.as_millis() as i64);
-        }
-        if let Some(v) = &a.enrichment_gate
-            && let Some(d) = issues.duration_or_off(v, "alerts.enrichment_gate")
-        {
-            rules.enrichment_gate_ms = d.map(|d| d.as_millis() as i64);
-        }
-        if let Some(v) = &a.checkpoint_age
-            && let Some(d) = issues.duration_or_off(v, "alerts.checkpoint_age")
-        {
-            rules.checkpoint_age_ms = d.map(|d| d.as_millis() as i64);
+        for (name, value, rule) in [
+            (
+                "watermark_lag",
+                &a.watermark_lag,
+                &mut rules.watermark_lag_ms,
+            ),
+            (
+                "watermark_stall",
+                &a.watermark_stall,
+                &mut rules.watermark_stall_ms,
+            ),
+            (
+                "enrichment_gate",
+                &a.enrichment_gate,
+                &mut rules.enrichment_gate_ms,
+            ),
+            (
+                "checkpoint_age",
+                &a.checkpoint_age,
+                &mut rules.checkpoint_age_ms,
+            ),
+        ] {
+            if let Some(v) = value
+                && let Some(d) = issues.duration_or_off(v, &format!("alerts.{name}"))
+            {
+                *rule = d.map(|d| d.as_millis() as i64);
+            }
         }
         if let Some(v) = &a.check_interval
             && let Some(d) = issues.duration(v, "alerts.check_interval")

@@ -114,12 +114,7 @@ impl SourceContext<'_> {
 
     /// Reports a problem with the block's field `sub` (e.g. `rate`) at `at`.
     pub fn issue(&mut self, at: &Location, sub: &str, message: impl Into<String>) {
-        let field = if sub.is_empty() {
-            self.field.clone()
-        } else {
-            format!("{}.{sub}", self.field)
-        };
-        self.issues.at(at, field, message);
+        self.issues.in_block(at, &self.field, sub, message);
     }
 }
 
@@ -194,12 +189,7 @@ impl OperatorContext<'_> {
 
     /// Reports a problem with the block's field `sub` at `at`.
     pub fn issue(&mut self, at: &Location, sub: &str, message: impl Into<String>) {
-        let field = if sub.is_empty() {
-            self.field.clone()
-        } else {
-            format!("{}.{sub}", self.field)
-        };
-        self.issues.at(at, field, message);
+        self.issues.in_block(at, &self.field, sub, message);
     }
 }
 
@@ -239,12 +229,7 @@ impl SinkContext<'_> {
 
     /// Reports a problem with the block's field `sub` at `at`.
     pub fn issue(&mut self, at: &Location, sub: &str, message: impl Into<String>) {
-        let field = if sub.is_empty() {
-            self.field.clone()
-        } else {
-            format!("{}.{sub}", self.field)
-        };
-        self.issues.at(at, field, message);
+        self.issues.in_block(at, &self.field, sub, message);
     }
 }
 

@@ -36,6 +36,16 @@ impl Issues {
         });
     }
 
+    /// A problem with field `sub` of the block at `block` (`sub` empty: the block itself).
+    pub fn in_block(&mut self, loc: &Location, block: &str, sub: &str, message: impl Into<String>) {
+        let field = if sub.is_empty() {
+            block.to_string()
+        } else {
+            format!("{block}.{sub}")
+        };
+        self.at(loc, field, message);
+    }
+
     /// A problem at a line and column.
     pub fn at_line(
         &mut self,
