@@ -1,8 +1,10 @@
 //! Runs a `Plan`: one thread per node instance, connected by bounded channels (backpressure:
 //! a slow consumer blocks its producers; memory is bounded by `channel_capacity` batches per
-//! input), and a supervisor on the calling thread that injects barriers every checkpoint
-//! interval, collects barrier acknowledgements, evaluates alert rules, publishes gauges and
-//! stops everything if a task fails.
+//! input), and a supervisor on the calling thread that receives the tasks' reports, hands
+//! barrier acknowledgements to the checkpoint coordinator (`coordinator`), decides when
+//! barriers go out (every checkpoint interval, for a savepoint, a bootstrap or a shutdown)
+//! and when the run stops, evaluates alert rules, publishes gauges and stops everything if a
+//! task fails.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -19,15 +21,14 @@ use crate::dataflow::{DEAD_LETTER_PORT, LATE_PORT};
 use crate::dataflow::{Guarantee, Sink};
 use crate::error::RunError;
 use crate::metrics as m;
+use crate::runtime::coordinator::{CheckpointCoordinator, Purpose};
 use crate::runtime::plan::{NodeKind, Plan};
 use crate::runtime::route::{EdgeOut, Envelope, Partitioning, Router};
 use crate::runtime::task::{
     BarrierAck, Emit, FINAL_EPOCH, OperatorDriver, SinkDriver, SourceDriver, SourceStep,
 };
 use crate::savepoint::{SavepointRequest, SavepointRequests};
-use crate::status::{
-    CheckpointReport, InstanceStatus, Role, SourceExpectations, StatusRegistry, StatusReport,
-};
+use crate::status::{InstanceStatus, Role, SourceExpectations, StatusRegistry, StatusReport};
 use crate::time::ClockRef;
 use crate::types::Epoch;
 
@@ -84,7 +85,7 @@ pub struct RunSummary {
 }
 
 #[derive(Clone, Copy)]
-enum Control {
+pub(crate) enum Control {
     Barrier(Epoch),
     /// The checkpoint of this epoch is durable (`FINAL_EPOCH`: the run's last one).
     CheckpointDone(Epoch),
@@ -93,7 +94,7 @@ enum Control {
 }
 
 /// Sends `c` to every task of `role` that takes control messages (sources and sinks).
-fn tell(instances: &[Instance], role: Role, c: Control) {
+pub(crate) fn tell(instances: &[Instance], role: Role, c: Control) {
     for i in instances.iter().filter(|i| i.role == role) {
         if let Some(tx) = &i.control {
             let _ = tx.send(c);
@@ -110,11 +111,11 @@ enum Report {
     Failed(String, RunError),
 }
 
-struct Instance {
-    label: String,
-    role: Role,
-    control: Option<Sender<Control>>,
-    handle: JoinHandle<()>,
+pub(crate) struct Instance {
+    pub label: String,
+    pub role: Role,
+    pub control: Option<Sender<Control>>,
+    pub handle: JoinHandle<()>,
 }
 
 /// The checkpoint a run starts from: the one asked for (it must verify), else the latest
@@ -657,158 +658,8 @@ fn check_restorable(plan: &Plan, r: &Restored) -> Result<(), RunError> {
     Ok(())
 }
 
-/// A checkpoint whose barrier is on its way.
-struct PendingCheckpoint {
-    cp: Checkpoint,
-    acked: BTreeMap<String, ()>,
-}
-
-impl PendingCheckpoint {
-    fn new(epoch: Epoch, started_ms: i64) -> PendingCheckpoint {
-        PendingCheckpoint {
-            cp: Checkpoint {
-                epoch,
-                started_ms,
-                ..Checkpoint::default()
-            },
-            acked: BTreeMap::new(),
-        }
-    }
-}
-
-/// Checkpoint bookkeeping of the supervisor.
-struct Coordinator<'a> {
-    status: &'a StatusRegistry,
-    report: CheckpointReport,
-    pipeline: String,
-    store: Option<&'a CheckpointStore>,
-    pending: BTreeMap<Epoch, PendingCheckpoint>,
-    /// The run's last checkpoint: every operator and sink acknowledged the end of its input.
-    last: PendingCheckpoint,
-    completed: u64,
-    failures: u64,
-    last_checkpoint: Option<Checkpoint>,
-    /// Where finished sources stopped: part of every later checkpoint.
-    source_ends: BTreeMap<String, SourceCheckpoint>,
-}
-
-impl Coordinator<'_> {
-    fn ack(&mut self, label: String, ack: BarrierAck, now_ms: i64) {
-        let epoch = match &ack {
-            BarrierAck::Source { epoch, .. }
-            | BarrierAck::Operator { epoch, .. }
-            | BarrierAck::Sink { epoch, .. } => *epoch,
-        };
-        let p = if epoch == FINAL_EPOCH {
-            &mut self.last
-        } else {
-            self.pending
-                .entry(epoch)
-                .or_insert_with(|| PendingCheckpoint::new(epoch, now_ms))
-        };
-        match ack {
-            BarrierAck::Source { checkpoint, .. } => {
-                p.cp.sources.insert(label.clone(), checkpoint);
-            }
-            BarrierAck::Operator {
-                state,
-                alignment_ms,
-                ..
-            } => {
-                p.cp.operators.insert(label.clone(), state);
-                p.cp.alignment_ms = p.cp.alignment_ms.max(alignment_ms);
-            }
-            BarrierAck::Sink { state, .. } => {
-                p.cp.sinks.insert(label.clone(), state);
-            }
-        }
-        p.cp.acknowledged_ms = now_ms;
-        p.acked.insert(label, ());
-    }
-
-    /// Whether `p` has everything: each task acknowledged it, or had seen the end of its
-    /// input before the barrier could reach it (a source that finished, an operator or sink
-    /// all of whose inputs ended): what it acknowledged at its end stands for it.
-    fn is_complete(&self, p: &PendingCheckpoint, instances: &[Instance]) -> bool {
-        instances.iter().all(|i| {
-            p.acked.contains_key(&i.label)
-                || match i.role {
-                    Role::Source => self.source_ends.contains_key(&i.label),
-                    _ => self.last.acked.contains_key(&i.label),
-                }
-        })
-    }
-
-    /// Makes a complete checkpoint durable (when there is a store) and tells the sinks and
-    /// sources; returns whether it was.
-    fn complete(&mut self, mut p: PendingCheckpoint, instances: &[Instance], now_ms: i64) -> bool {
-        for (label, at) in &self.source_ends {
-            if !p.acked.contains_key(label) {
-                p.cp.sources.insert(label.clone(), at.clone());
-            }
-        }
-        for (label, state) in &self.last.cp.operators {
-            if !p.acked.contains_key(label) {
-                p.cp.operators.insert(label.clone(), state.clone());
-            }
-        }
-        for (label, state) in &self.last.cp.sinks {
-            if !p.acked.contains_key(label) {
-                p.cp.sinks.insert(label.clone(), state.clone());
-            }
-        }
-        let cp = p.cp;
-        let epoch = cp.epoch;
-        let bytes = cp.state_bytes();
-        if let Some(store) = self.store {
-            match store.write(&self.pipeline, &cp, now_ms) {
-                Ok(path) => {
-                    tracing::info!(epoch, state_bytes = bytes, path = %path.display(), finished = cp.finished, "checkpoint completed");
-                }
-                Err(e) => {
-                    self.failures += 1;
-                    self.report.failures += 1;
-                    self.report.consecutive_failures += 1;
-                    self.report.last_error = Some(e.to_string());
-                    self.status.set_checkpoints(self.report.clone());
-                    metrics::counter!(m::CHECKPOINT_FAILURES).increment(1);
-                    tracing::error!(epoch, error = %e, "checkpoint failed: nothing is committed for it");
-                    return false;
-                }
-            }
-        } else {
-            tracing::debug!(
-                epoch,
-                state_bytes = bytes,
-                "checkpoint completed (not kept: no checkpoint.dir)"
-            );
-        }
-        metrics::counter!(m::BARRIERS_COMPLETED).increment(1);
-        metrics::gauge!(m::LAST_EPOCH).set(epoch as f64);
-        metrics::gauge!(m::CHECKPOINT_BYTES).set(bytes as f64);
-        metrics::gauge!(m::CHECKPOINT_DURATION_MS)
-            .set((cp.acknowledged_ms - cp.started_ms).max(0) as f64);
-        metrics::gauge!(m::CHECKPOINT_ALIGNMENT_MS).set(cp.alignment_ms as f64);
-        self.completed += 1;
-        if self.store.is_some() {
-            let r = &mut self.report;
-            r.last_epoch = Some(epoch);
-            r.last_completed_ms = Some(now_ms);
-            r.last_duration_ms = Some((cp.acknowledged_ms - cp.started_ms).max(0));
-            r.last_alignment_ms = Some(cp.alignment_ms);
-            r.last_bytes = Some(bytes as u64);
-            r.completed += 1;
-            r.consecutive_failures = 0;
-            self.status.set_checkpoints(r.clone());
-        }
-        let done = Control::CheckpointDone(if cp.finished { FINAL_EPOCH } else { epoch });
-        tell(instances, Role::Source, done);
-        tell(instances, Role::Sink, done);
-        self.last_checkpoint = Some(cp);
-        true
-    }
-}
-
+/// Receives the tasks' reports until every task has ended, hands barrier acknowledgements to
+/// the checkpoint coordinator, decides which barriers go out and when the run stops.
 #[allow(clippy::too_many_arguments)]
 fn supervise(
     plan: &Plan,
@@ -822,37 +673,23 @@ fn supervise(
 ) -> Result<RunSummary, RunError> {
     let clock = &ctx.clock;
     let opts = &plan.options;
+    let mut co = CheckpointCoordinator::new(
+        instances,
+        &ctx.status,
+        store,
+        plan.name.clone(),
+        restored.map_or(1, |r| r.manifest.epoch + 1),
+        start_ms,
+    );
     let mut evaluator = AlertEvaluator::new(opts.alerts.clone());
     let mut alerts_fired = Vec::new();
     let mut finished: BTreeMap<String, ()> = BTreeMap::new();
     let mut first_error: Option<RunError> = None;
-    let mut next_epoch: Epoch = restored.map_or(1, |r| r.manifest.epoch + 1);
-    let mut co = Coordinator {
-        status: &ctx.status,
-        report: CheckpointReport {
-            since_ms: start_ms,
-            ..CheckpointReport::default()
-        },
-        pipeline: plan.name.clone(),
-        store,
-        pending: BTreeMap::new(),
-        last: PendingCheckpoint::new(0, start_ms),
-        completed: 0,
-        failures: 0,
-        last_checkpoint: None,
-        source_ends: BTreeMap::new(),
-    };
-    if store.is_some() {
-        ctx.status.set_checkpoints(co.report.clone());
-    }
-    let mut last_done = false;
-    let mut savepoints: BTreeMap<Epoch, SavepointRequest> = BTreeMap::new();
-    let mut written_savepoints = Vec::new();
     let mut bootstrapped: BTreeMap<String, ()> = BTreeMap::new();
     let mut bootstrap_asked = false;
+    // A shutdown with checkpoints kept: the checkpoint the run stops at was asked for.
+    let mut shutdown_asked = false;
     let mut stopped_at_savepoint = false;
-    // A shutdown with checkpoints kept: the checkpoint after which the run stops.
-    let mut stop_after: Option<Epoch> = None;
     let interval_ms = opts.checkpoint_interval.map(|d| d.as_millis() as i64);
     let mut next_barrier_ms = interval_ms.map(|i| start_ms + i);
     let monitor_ms = opts.monitor_interval.as_millis().max(1) as i64;
@@ -862,7 +699,7 @@ fn supervise(
         match reports.recv_timeout(Duration::from_millis(20)) {
             Ok(Report::Finished(label, at)) => {
                 if let Some(at) = at {
-                    co.source_ends.insert(label.clone(), at);
+                    co.source_finished(label.clone(), at);
                 }
                 finished.insert(label, ());
             }
@@ -886,78 +723,26 @@ fn supervise(
 
         if first_error.is_none() {
             // Complete checkpoints in epoch order.
-            let epochs: Vec<Epoch> = co.pending.keys().copied().collect();
-            for epoch in epochs {
-                let p = &co.pending[&epoch];
-                if co.is_complete(p, instances) {
-                    let p = co.pending.remove(&epoch).expect("pending");
-                    let done = co.complete(p, instances, clock.now_ms());
+            while let Some(done) = co.complete_next(clock.now_ms()) {
+                if done.stop {
                     // Stop without draining: nothing after this checkpoint commits.
-                    let mut stop_here = || {
-                        stopped_at_savepoint = true;
-                        stopping.store(true, Ordering::SeqCst);
-                        tell(instances, Role::Source, Control::Stop);
-                    };
-                    if stop_after == Some(epoch) {
-                        tracing::info!(
-                            epoch,
-                            ok = done,
-                            "stopping at the checkpoint (input not drained)"
-                        );
-                        stop_here();
-                    }
-                    if let Some(req) = savepoints.remove(&epoch) {
-                        let written = match (&co.last_checkpoint, done) {
-                            (Some(cp), true) if cp.epoch == epoch => {
-                                store::write_dir(&req.dir, &co.pipeline, cp, clock.now_ms())
-                                    .map(|()| req.dir.clone())
-                                    .map_err(|e| e.to_string())
-                            }
-                            _ => Err(format!("checkpoint {epoch} could not be written")),
-                        };
-                        match &written {
-                            Ok(dir) => {
-                                tracing::info!(epoch, dir = %dir.display(), "savepoint written");
-                                written_savepoints.push(dir.clone());
-                            }
-                            Err(e) => tracing::error!(epoch, error = %e, "savepoint failed"),
-                        }
-                        let ok = written.is_ok();
-                        let _ = req.reply.send(written);
-                        if ok && req.stop {
-                            tracing::info!(epoch, "stopping after the savepoint");
-                            stop_here();
-                        }
-                    }
-                } else {
-                    break;
+                    stopped_at_savepoint = true;
+                    stopping.store(true, Ordering::SeqCst);
+                    tell(instances, Role::Source, Control::Stop);
                 }
             }
             // Every source has ended and every operator and sink has acknowledged the end:
             // the run's last checkpoint commits everything that is left.
-            if !last_done && co.pending.is_empty() && co.is_complete(&co.last, instances) {
-                last_done = true;
-                let mut last = PendingCheckpoint::new(next_epoch, co.last.cp.started_ms);
-                last.acked = co.last.acked.clone();
-                last.cp.operators = co.last.cp.operators.clone();
-                last.cp.sinks = co.last.cp.sinks.clone();
-                last.cp.acknowledged_ms = co.last.cp.acknowledged_ms;
-                last.cp.finished = true;
-                next_epoch += 1;
-                if !co.complete(last, instances, clock.now_ms()) {
-                    first_error = Some(RunError::Checkpoint {
-                        message: "the run's last checkpoint could not be written: its output is not committed".into(),
-                        class: crate::error::ErrorClass::Transient,
-                    });
-                    tell(instances, Role::Sink, Control::Stop);
-                }
+            if let Err(e) = co.complete_last(clock.now_ms()) {
+                first_error = Some(e);
+                tell(instances, Role::Sink, Control::Stop);
             }
         }
 
         if stopping.load(Ordering::SeqCst) {
             // Sinks whose input has ended wait for a last commit that will not come.
             for i in instances.iter().filter(|i| i.role == Role::Sink) {
-                if co.last.acked.contains_key(&i.label)
+                if co.input_ended(&i.label)
                     && !finished.contains_key(&i.label)
                     && let Some(c) = &i.control
                 {
@@ -968,29 +753,24 @@ fn supervise(
         let now = clock.now_ms();
         let sources_live = instances
             .iter()
-            .any(|i| i.role == Role::Source && !co.source_ends.contains_key(&i.label));
+            .any(|i| i.role == Role::Source && !co.source_ended(&i.label));
         let can_inject = first_error.is_none() && sources_live && !stopping.load(Ordering::SeqCst);
-        let inject = |co: &mut Coordinator, next_epoch: &mut Epoch| {
-            co.pending
-                .insert(*next_epoch, PendingCheckpoint::new(*next_epoch, now));
-            tell(instances, Role::Source, Control::Barrier(*next_epoch));
-            *next_epoch += 1;
-            *next_epoch - 1
+        let inject = |co: &mut CheckpointCoordinator, purpose: Purpose| {
+            let epoch = co.begin(purpose, now);
+            tell(instances, Role::Source, Control::Barrier(epoch));
+            epoch
         };
-        if store.is_some()
-            && stop_after.is_none()
-            && can_inject
-            && ctx.shutdown.load(Ordering::Relaxed)
+        if store.is_some() && !shutdown_asked && can_inject && ctx.shutdown.load(Ordering::Relaxed)
         {
-            let epoch = inject(&mut co, &mut next_epoch);
+            shutdown_asked = true;
+            let epoch = inject(&mut co, Purpose::Stop);
             tracing::info!(epoch, "stopping: taking a last checkpoint");
-            stop_after = Some(epoch);
         }
         for req in ctx.savepoints.take() {
             if can_inject {
-                let epoch = inject(&mut co, &mut next_epoch);
-                tracing::info!(epoch, dir = %req.dir.display(), "savepoint requested");
-                savepoints.insert(epoch, req);
+                let dir = req.dir.clone();
+                let epoch = inject(&mut co, Purpose::Savepoint(req));
+                tracing::info!(epoch, dir = %dir.display(), "savepoint requested");
             } else {
                 let _ = req.reply.send(Err(
                     "the pipeline is ending or failing: no savepoint can be taken now".into(),
@@ -1006,44 +786,28 @@ fn supervise(
                 .all(|i| bootstrapped.contains_key(&i.label))
         {
             bootstrap_asked = true;
-            let epoch = inject(&mut co, &mut next_epoch);
             let (reply, _) = crossbeam_channel::bounded(1);
-            savepoints.insert(
-                epoch,
-                SavepointRequest {
-                    dir: dir.clone(),
-                    stop: true,
-                    reply,
-                },
-            );
+            let req = SavepointRequest {
+                dir: dir.clone(),
+                stop: true,
+                reply,
+            };
+            inject(&mut co, Purpose::Savepoint(req));
         }
         // One periodic checkpoint at a time: when snapshots take longer than the interval,
         // the next barrier waits for the last one instead of piling up behind it.
         if can_inject
             && ctx.bootstrap.is_none()
-            && co.pending.is_empty()
+            && !co.has_pending()
             && let (Some(at), Some(every)) = (next_barrier_ms, interval_ms)
             && now >= at
         {
-            inject(&mut co, &mut next_epoch);
+            inject(&mut co, Purpose::Periodic);
             next_barrier_ms = Some(now + every);
         }
         if now >= next_monitor_ms {
             next_monitor_ms = now + monitor_ms;
-            let report = ctx.status.snapshot(now);
-            publish_gauges(&report);
-            for ev in evaluator.evaluate(&report) {
-                metrics::gauge!(m::ALERT_ACTIVE, m::LABEL_ALERT => ev.kind.name(), m::LABEL_NODE => ev.subject.clone())
-                    .set(if ev.firing { 1.0 } else { 0.0 });
-                if ev.firing {
-                    metrics::counter!(m::ALERTS_FIRED, m::LABEL_ALERT => ev.kind.name())
-                        .increment(1);
-                    tracing::warn!(alert = ev.kind.name(), subject = %ev.subject, "{}", ev.message);
-                    alerts_fired.push((ev.kind, ev.subject, ev.message));
-                } else {
-                    tracing::info!(alert = ev.kind.name(), subject = %ev.subject, "{}", ev.message);
-                }
-            }
+            monitor(&ctx.status, &mut evaluator, now, &mut alerts_fired);
         }
     }
     if let Some(e) = first_error {
@@ -1052,18 +816,41 @@ fn supervise(
     let now = clock.now_ms();
     let report = ctx.status.snapshot(now);
     publish_gauges(&report);
+    let totals = co.into_totals();
     Ok(RunSummary {
         elapsed_ms: now - start_ms,
         report,
-        checkpoints_completed: co.completed,
-        checkpoint_failures: co.failures,
-        last_checkpoint: co.last_checkpoint,
+        checkpoints_completed: totals.completed,
+        checkpoint_failures: totals.failures,
+        last_checkpoint: totals.last_checkpoint,
         restored_from: restored.map(|r| (r.manifest.epoch, r.path.clone())),
         restore_ms: None,
-        savepoints: written_savepoints,
+        savepoints: totals.savepoints,
         stopped_at_savepoint,
         alerts_fired,
     })
+}
+
+/// Publishes the status as gauges and evaluates the alert rules on it.
+fn monitor(
+    status: &StatusRegistry,
+    evaluator: &mut AlertEvaluator,
+    now: i64,
+    fired: &mut Vec<(AlertKind, String, String)>,
+) {
+    let report = status.snapshot(now);
+    publish_gauges(&report);
+    for ev in evaluator.evaluate(&report) {
+        metrics::gauge!(m::ALERT_ACTIVE, m::LABEL_ALERT => ev.kind.name(), m::LABEL_NODE => ev.subject.clone())
+            .set(if ev.firing { 1.0 } else { 0.0 });
+        if ev.firing {
+            metrics::counter!(m::ALERTS_FIRED, m::LABEL_ALERT => ev.kind.name()).increment(1);
+            tracing::warn!(alert = ev.kind.name(), subject = %ev.subject, "{}", ev.message);
+            fired.push((ev.kind, ev.subject, ev.message));
+        } else {
+            tracing::info!(alert = ev.kind.name(), subject = %ev.subject, "{}", ev.message);
+        }
+    }
 }
 
 /// Publishes status as Prometheus gauges.

@@ -6,6 +6,7 @@
 //! This module never imports `sources` or `sinks` implementations: it runs whatever the plan
 //! gives it through the `Source`, `Operator` and `Sink` traits.
 
+mod coordinator;
 pub mod exec;
 pub mod gate;
 pub mod io;
