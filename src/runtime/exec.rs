@@ -1,33 +1,36 @@
-//! Runs a `Plan`: one thread per node instance, connected by bounded channels (backpressure:
-//! a slow consumer blocks its producers; memory is bounded by `channel_capacity` batches per
-//! input), and a supervisor on the calling thread that injects barriers every checkpoint
-//! interval, collects barrier acknowledgements, evaluates alert rules, publishes gauges and
-//! stops everything if a task fails.
+//! Runs a `Plan`: opens the checkpoint to start from, starts one task per node instance
+//! (`task`) connected by bounded channels (backpressure: a slow consumer blocks its
+//! producers; memory is bounded by `channel_capacity` batches per input), supervises them on
+//! the calling thread until every task has ended, and joins them.
+//!
+//! The supervisor receives the tasks' reports and hands barrier acknowledgements to the
+//! checkpoint coordinator (`coordinator`); it decides when barriers go out (every checkpoint
+//! interval, for a savepoint, a bootstrap or a shutdown) and when the run stops (a task
+//! failed, a checkpoint the run stops at is complete); it evaluates alert rules and
+//! publishes gauges.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, Sender, bounded, never, select, unbounded};
+use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
 
 use crate::alerts::{AlertEvaluator, AlertKind};
-use crate::checkpoint::{Checkpoint, CheckpointStore, Restored, SourceCheckpoint, store};
-use crate::dataflow::Message;
+use crate::checkpoint::{Checkpoint, CheckpointStore, Restored, store};
+use crate::dataflow::Sink;
 use crate::dataflow::{DEAD_LETTER_PORT, LATE_PORT};
-use crate::dataflow::{Guarantee, Sink};
 use crate::error::RunError;
 use crate::metrics as m;
-use crate::runtime::plan::{NodeKind, Plan};
+use crate::runtime::coordinator::{CheckpointCoordinator, Purpose};
+use crate::runtime::plan::{NodeKind, Plan, PlanNode};
 use crate::runtime::route::{EdgeOut, Envelope, Partitioning, Router};
 use crate::runtime::task::{
-    BarrierAck, Emit, FINAL_EPOCH, OperatorDriver, SinkDriver, SourceDriver, SourceStep,
+    Control, Discard, Instance, OperatorDriver, OperatorTask, Report, SinkDriver, SinkTask,
+    SourceDriver, SourceTask, TaskLink, spawn, tell,
 };
 use crate::savepoint::{SavepointRequest, SavepointRequests};
-use crate::status::{
-    CheckpointReport, InstanceStatus, Role, SourceExpectations, StatusRegistry, StatusReport,
-};
+use crate::status::{InstanceStatus, Role, SourceExpectations, StatusRegistry, StatusReport};
 use crate::time::ClockRef;
 use crate::types::Epoch;
 
@@ -83,474 +86,42 @@ pub struct RunSummary {
     pub alerts_fired: Vec<(AlertKind, String, String)>,
 }
 
-#[derive(Clone, Copy)]
-enum Control {
-    Barrier(Epoch),
-    /// The checkpoint of this epoch is durable (`FINAL_EPOCH`: the run's last one).
-    CheckpointDone(Epoch),
-    /// Stop now, committing nothing more: the run is failing, or stops without draining.
-    Stop,
-}
-
-/// Sends `c` to every task of `role` that takes control messages (sources and sinks).
-fn tell(instances: &[Instance], role: Role, c: Control) {
-    for i in instances.iter().filter(|i| i.role == role) {
-        if let Some(tx) = &i.control {
-            let _ = tx.send(c);
-        }
-    }
-}
-
-enum Report {
-    Ack(String, BarrierAck),
-    /// A source has read what a bootstrap needs.
-    Bootstrapped(String),
-    /// A task ended normally; a source gives where it stopped.
-    Finished(String, Option<SourceCheckpoint>),
-    Failed(String, RunError),
-}
-
-struct Instance {
-    label: String,
-    role: Role,
-    control: Option<Sender<Control>>,
-    handle: JoinHandle<()>,
-}
-
-/// The checkpoint a run starts from: the one asked for (it must verify), else the latest
-/// complete one in the checkpoint directory.
-fn checkpoint_to_restore(
-    ctx: &RunContext,
-    store: Option<&CheckpointStore>,
-) -> Result<Option<Restored>, RunError> {
-    if let Some(path) = &ctx.restore_from {
-        return store::read(path)
-            .map(Some)
-            .map_err(|e| RunError::restore("checkpoint", e));
-    }
-    Ok(store.and_then(CheckpointStore::latest))
-}
-
 /// Runs the plan to completion (every source ended, or `shutdown` set).
 pub fn run(plan: Plan, ctx: RunContext) -> Result<RunSummary, RunError> {
-    let clock = ctx.clock.clone();
-    let start_ms = clock.now_ms();
-    let opts = plan.options.clone();
-    let nodes = &plan.nodes;
-    let store = match &opts.checkpoint_dir {
-        Some(_) if ctx.bootstrap.is_some() => None,
-        Some(dir) => Some(
-            CheckpointStore::open(dir, opts.checkpoint_retain).map_err(|e| {
-                RunError::Checkpoint {
-                    message: e.to_string(),
-                    class: crate::error::ErrorClass::Definite,
-                }
-            })?,
-        ),
-        None => None,
-    };
-    let restored = if ctx.bootstrap.is_some() {
+    let start_ms = ctx.clock.now_ms();
+    let bootstrap = ctx.bootstrap.is_some();
+    let store = open_store(&plan, &ctx)?;
+    let mut restored = if bootstrap {
         None
     } else {
         checkpoint_to_restore(&ctx, store.as_ref())?
     };
-    // Set when the run stops after a savepoint: tasks end without draining, and an input
-    // closing under them is not an error.
-    let stopping = Arc::new(AtomicBool::new(false));
-    // Operators whose task ended, kept (with their state) until the run is over.
-    let finished_operators: Arc<std::sync::Mutex<Vec<OperatorDriver>>> = Arc::default();
-    let bootstrap = ctx.bootstrap.is_some();
     if let Some(r) = &restored {
         check_restorable(&plan, r)?;
         tracing::info!(epoch = r.manifest.epoch, path = %r.path.display(), "restoring from checkpoint");
     }
 
-    // Channels: one bounded inbound channel per instance.
-    let mut senders: Vec<Vec<Sender<Envelope>>> = Vec::new();
-    let mut receivers: Vec<Vec<Option<Receiver<Envelope>>>> = Vec::new();
-    for n in nodes {
-        let (s, r): (Vec<_>, Vec<_>) = (0..n.parallelism)
-            .map(|_| {
-                let (s, r) = bounded(opts.channel_capacity);
-                (s, Some(r))
-            })
-            .unzip();
-        senders.push(s);
-        receivers.push(r);
-    }
-
-    // Slots of each consumer: per input edge, one per upstream instance.
-    let mut slot_offsets: Vec<Vec<usize>> = Vec::new();
-    let mut slot_inputs: Vec<Vec<usize>> = Vec::new();
-    let mut slot_labels: Vec<Vec<String>> = Vec::new();
-    for n in nodes {
-        let mut offsets = Vec::new();
-        let mut inputs = Vec::new();
-        let mut labels = Vec::new();
-        for (j, inp) in n.inputs.iter().enumerate() {
-            offsets.push(inputs.len());
-            let up = &nodes[inp.node];
-            for u in 0..up.parallelism {
-                inputs.push(j);
-                labels.push(format!("{}#{}", up.name, u));
-            }
-        }
-        slot_offsets.push(offsets);
-        slot_inputs.push(inputs);
-        slot_labels.push(labels);
-    }
-
-    // Output edges of each (node, port), as (consumer node, edge index).
-    let mut consumers: HashMap<(usize, usize), Vec<(usize, usize)>> = HashMap::new();
-    for (d, n) in nodes.iter().enumerate() {
-        for (j, inp) in n.inputs.iter().enumerate() {
-            consumers
-                .entry((inp.node, inp.port))
-                .or_default()
-                .push((d, j));
-        }
-    }
-    let partitioning = |up: usize, down: usize, edge: usize| -> Partitioning {
-        let (u, d) = (&nodes[up], &nodes[down]);
-        match &d.kind {
-            _ if d.parallelism == 1 => Partitioning::Single,
-            NodeKind::Operator {
-                broadcast_inputs, ..
-            } if broadcast_inputs.contains(&edge) => Partitioning::Broadcast,
-            NodeKind::Operator {
-                key_columns: Some(cols),
-                ..
-            } => Partitioning::Hash(cols.clone()),
-            _ if d.parallelism == u.parallelism => Partitioning::Forward,
-            _ => Partitioning::RoundRobin,
-        }
-    };
-
+    // Set when the run stops after a savepoint: tasks end without draining, and an input
+    // closing under them is not an error.
+    let stopping = Arc::new(AtomicBool::new(false));
+    // Operators whose task ended, kept (with their state) until the run is over.
+    let finished_operators: Arc<Mutex<Vec<OperatorDriver>>> = Arc::default();
     let (report_tx, report_rx) = unbounded::<Report>();
-    let mut instances: Vec<Instance> = Vec::new();
-    let failed = Arc::new(AtomicBool::new(false));
-
-    // A node that cannot be built stops the tasks already started: they see `failed`, or
-    // their channels close, and end.
-    let stop_started = |e: RunError| {
-        failed.store(true, Ordering::SeqCst);
-        e
-    };
-    for (ni, node) in nodes.iter().enumerate() {
-        if let NodeKind::Source { watermark, .. } = &node.kind {
-            ctx.status.expect_source(SourceExpectations {
-                source: node.name.clone(),
-                expected_interval_ms: watermark.expected_interval.map(|d| d.as_millis() as i64),
-                idle_timeout_ms: watermark.idle_timeout.map(|d| d.as_millis() as i64),
-            });
-        }
-        let port_names: Vec<String> = node.ports.iter().map(|p| p.name.clone()).collect();
-        let mut node_receivers = std::mem::take(&mut receivers[ni]).into_iter();
-        for inst in 0..node.parallelism {
-            let inbound = node_receivers.next().flatten();
-            let label = format!("{}#{}", node.name, inst);
-            let mut ports: Vec<Vec<EdgeOut>> = Vec::new();
-            for p in 0..node.ports.len() {
-                let edges = consumers
-                    .get(&(ni, p))
-                    .map(|cs| {
-                        cs.iter()
-                            .map(|&(d, j)| {
-                                EdgeOut::new(
-                                    partitioning(ni, d, j),
-                                    (slot_offsets[d][j] + inst) as u32,
-                                    senders[d].clone(),
-                                    inst,
-                                )
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                ports.push(edges);
-            }
-            let counters = port_names
-                .iter()
-                .map(|p| {
-                    let mut c = vec![metrics::counter!(m::RECORDS_OUT, m::LABEL_NODE => node.name.clone(), m::LABEL_PORT => p.clone())];
-                    if p == LATE_PORT {
-                        c.push(metrics::counter!(m::LATE_RECORDS, m::LABEL_NODE => node.name.clone()));
-                    } else if p == DEAD_LETTER_PORT {
-                        c.push(metrics::counter!(m::DEAD_LETTER_RECORDS, m::LABEL_NODE => node.name.clone()));
-                    }
-                    c
-                })
-                .collect();
-            let now = clock.now_ms();
-            let rtx = report_tx.clone();
-            let fail_flag = failed.clone();
-            let name = label.clone();
-            // How a task's thread reports its end to the supervisor.
-            let report_end = move |result: Result<Option<SourceCheckpoint>, RunError>| match result
-            {
-                Ok(at) => {
-                    let _ = rtx.send(Report::Finished(name.clone(), at));
-                }
-                Err(e) => {
-                    fail_flag.store(true, Ordering::SeqCst);
-                    let _ = rtx.send(Report::Failed(name.clone(), e));
-                }
-            };
-            let rtx = report_tx.clone();
-            let name = label.clone();
-            let clock_t = clock.clone();
-            match &node.kind {
-                NodeKind::Source { factory, watermark } => {
-                    let mut source = factory(inst, node.parallelism).map_err(stop_started)?;
-                    let consumed: Vec<bool> = (0..node.ports.len())
-                        .map(|p| consumers.contains_key(&(ni, p)))
-                        .collect();
-                    source.connect_ports(&consumed);
-                    let status = ctx.status.register(InstanceStatus::new(
-                        &node.name,
-                        inst,
-                        Role::Source,
-                        source.partitions(),
-                        &port_names,
-                        now,
-                    ));
-                    let mut router = Router::new(ports, counters, status.clone());
-                    let mut driver =
-                        SourceDriver::new(source, watermark, opts.batch_size, status, now);
-                    if let Some(r) = &restored {
-                        match r.manifest.sources.get(&label) {
-                            Some(at) => driver.restore(at).map_err(stop_started)?,
-                            None => {
-                                tracing::warn!(source = %label, "not in the checkpoint: reads from the start")
-                            }
-                        }
-                    }
-                    let (ctl_tx, ctl_rx) = unbounded::<Control>();
-                    // With checkpoints kept, a shutdown stops at a checkpoint instead.
-                    let drain_on_shutdown = store.is_none();
-                    let shutdown = ctx.shutdown.clone();
-                    let failed = failed.clone();
-                    // In a bootstrap a source reads only what it needs (a change stream's
-                    // snapshot), others nothing; both still pass barriers on.
-                    let mut reading = !bootstrap || driver.start_bootstrap();
-                    let mut bootstrapped = false;
-                    let mut read_to_end = false;
-                    let label_t = label.clone();
-                    let handle = spawn(&label, move || {
-                        let mut emit = |e: Emit| match e {
-                            Emit::Port(p, b) => router.send(p, b),
-                            Emit::Control(msg) => router.broadcast(&msg),
-                        };
-                        let result = (|| -> Result<Option<SourceCheckpoint>, RunError> {
-                            loop {
-                                while let Ok(c) = ctl_rx.try_recv() {
-                                    match c {
-                                        Control::Barrier(epoch) => {
-                                            let ack = driver.barrier(epoch, &mut emit)?;
-                                            let _ = rtx.send(Report::Ack(name.clone(), ack));
-                                        }
-                                        Control::CheckpointDone(epoch) => {
-                                            driver.checkpoint_complete(epoch)?;
-                                        }
-                                        Control::Stop => return Ok(Some(driver.checkpoint())),
-                                    }
-                                }
-                                if failed.load(Ordering::Relaxed) {
-                                    return Ok(Some(driver.checkpoint()));
-                                }
-                                if bootstrap
-                                    && !bootstrapped
-                                    && (!reading || driver.bootstrap_done())
-                                {
-                                    bootstrapped = true;
-                                    reading = false;
-                                    let _ = rtx.send(Report::Bootstrapped(name.clone()));
-                                }
-                                if !reading {
-                                    std::thread::sleep(Duration::from_millis(5));
-                                    continue;
-                                }
-                                if drain_on_shutdown && shutdown.load(Ordering::Relaxed) {
-                                    emit(Emit::Control(Message::End))?;
-                                    return Ok(Some(driver.checkpoint()));
-                                }
-                                let now = clock_t.now_ms();
-                                match driver.step(now, &mut emit)? {
-                                    SourceStep::Continue => {}
-                                    SourceStep::Finished => {
-                                        read_to_end = true;
-                                        return Ok(Some(driver.checkpoint()));
-                                    }
-                                    SourceStep::WaitUntil(t) => {
-                                        let now = clock_t.sleep_until(t, Duration::from_millis(50));
-                                        driver.poll_watermark(now, &mut emit)?;
-                                    }
-                                }
-                            }
-                        })();
-                        let ended = read_to_end && result.is_ok();
-                        report_end(result);
-                        // A source that read its input to the end learns of the run's last
-                        // checkpoint too, to acknowledge where it ended upstream.
-                        while ended && let Ok(c) = ctl_rx.recv() {
-                            match c {
-                                Control::CheckpointDone(epoch) => {
-                                    if let Err(e) = driver.checkpoint_complete(epoch) {
-                                        tracing::warn!(task = %label_t, error = %e, "acknowledging the last checkpoint upstream failed");
-                                    }
-                                    if epoch == FINAL_EPOCH {
-                                        break;
-                                    }
-                                }
-                                Control::Stop => break,
-                                Control::Barrier(_) => {}
-                            }
-                        }
-                    });
-                    instances.push(Instance {
-                        label,
-                        role: Role::Source,
-                        control: Some(ctl_tx),
-                        handle,
-                    });
-                }
-                NodeKind::Operator { factory, .. } => {
-                    let op = factory(inst).map_err(stop_started)?;
-                    let status = ctx.status.register(InstanceStatus::new(
-                        &node.name,
-                        inst,
-                        Role::Operator,
-                        slot_labels[ni].clone(),
-                        &port_names,
-                        now,
-                    ));
-                    let mut router = Router::new(ports, counters, status.clone());
-                    let mut driver = OperatorDriver::new(op, slot_inputs[ni].clone(), status, now);
-                    if let Some(state) = restored.as_ref().and_then(|r| r.operators.get(&label)) {
-                        driver.restore(state).map_err(stop_started)?;
-                    }
-                    let rx = inbound.expect("receiver");
-                    let stopping_t = stopping.clone();
-                    let kept_t = finished_operators.clone();
-                    let handle = spawn(&label, move || {
-                        let mut emit = |e: Emit| match e {
-                            Emit::Port(p, b) => router.send(p, b),
-                            Emit::Control(msg) => router.broadcast(&msg),
-                        };
-                        let mut ack = |a: BarrierAck| {
-                            let _ = rtx.send(Report::Ack(name.clone(), a));
-                        };
-                        let result = drain_inbound(&name, &rx, &stopping_t, |slot, msg| {
-                            driver.on_message(slot, msg, clock_t.now_ms(), &mut emit, &mut ack)?;
-                            Ok(driver.is_finished())
-                        });
-                        // Its last snapshot may name files it owns (a disk table's change log):
-                        // they must outlive the run's last checkpoint.
-                        kept_t
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .push(driver);
-                        report_end(result.map(|()| None));
-                    });
-                    instances.push(Instance {
-                        label,
-                        role: Role::Operator,
-                        control: None,
-                        handle,
-                    });
-                }
-                NodeKind::Sink { factory } => {
-                    let sink: Box<dyn Sink> = if bootstrap {
-                        Box::new(Discard)
-                    } else {
-                        factory(inst).map_err(stop_started)?
-                    };
-                    let status = ctx.status.register(InstanceStatus::new(
-                        &node.name,
-                        inst,
-                        Role::Sink,
-                        slot_labels[ni].clone(),
-                        &port_names,
-                        now,
-                    ));
-                    let mut driver = SinkDriver::new(sink, slot_inputs[ni].clone(), status, now);
-                    let recover_state =
-                        restored.as_ref().and_then(|r| r.sinks.get(&label).cloned());
-                    let rx = inbound.expect("receiver");
-                    let (ctl_tx, ctl_rx) = unbounded::<Control>();
-                    let stopping_t = stopping.clone();
-                    let handle = spawn(&label, move || {
-                        let mut ack = |a: BarrierAck| {
-                            let _ = rtx.send(Report::Ack(name.clone(), a));
-                        };
-                        let result = (|| -> Result<(), RunError> {
-                            if !bootstrap {
-                                driver.recover(recover_state.as_deref())?;
-                            }
-                            let none = never();
-                            loop {
-                                // Once its input has ended the sink only waits for its
-                                // last commit.
-                                let inbound = if driver.is_finished() { &none } else { &rx };
-                                select! {
-                                                                   recv(inbound) -> m => {
-                                                                       let Ok((slot, msg)) = m else {
-                                                                           if stopping_t.load(Ordering::SeqCst) {
-                                                                               // Stopped after a savepoint: its commit
-                                                                               // may still be queued.
-                                                                               while let Ok(Control::CheckpointDone(e)) = ctl_rx.try_recv() {
-                                                                                   driver.commit(e)?;
-                                                                               }
-                                                                               return Ok(());
-                                                                           }
-                                                                           return Err(RunError::Stopped {
-                                task: name.clone(),
-                                why: "an upstream task stopped",
-                                });
-                                                                       };
-                                                                       driver.on_message(slot as usize, msg, clock_t.now_ms(), &mut ack)?;
-                                                                   }
-                                                                   recv(ctl_rx) -> c => match c {
-                                                                       Ok(Control::CheckpointDone(epoch)) => {
-                                                                           driver.commit(epoch)?;
-                                                                           if epoch == FINAL_EPOCH {
-                                                                               return driver.finish();
-                                                                           }
-                                                                       }
-                                                                       Ok(Control::Barrier(_)) => {}
-                                                                       Ok(Control::Stop) if stopping_t.load(Ordering::SeqCst) => {
-                                                                           // Stopped after a savepoint while waiting for
-                                                                           // the last commit, which will not come.
-                                                                           return Ok(());
-                                                                       }
-                                                                       Ok(Control::Stop) | Err(_) => {
-                                                                           return Err(RunError::Stopped {
-                                task: name.clone(),
-                                why: "the run stopped before its last commit",
-                                });
-                                                                       }
-                                                                   },
-                                                               }
-                            }
-                        })();
-                        report_end(result.map(|()| None));
-                    });
-                    instances.push(Instance {
-                        label,
-                        role: Role::Sink,
-                        control: Some(ctl_tx),
-                        handle,
-                    });
-                }
-            }
-        }
+    let instances = Launcher {
+        plan: &plan,
+        ctx: &ctx,
+        restored: restored.as_ref(),
+        checkpoints_kept: store.is_some(),
+        wiring: Wiring::new(&plan.nodes, plan.options.channel_capacity),
+        reports: report_tx,
+        failed: Arc::new(AtomicBool::new(false)),
+        stopping: stopping.clone(),
+        finished_operators: finished_operators.clone(),
     }
-    // Only the tasks hold senders now: a consumer sees its inputs close when they stop.
-    drop(senders);
-    drop(report_tx);
+    .start_all()?;
 
-    let restore_ms = restored.as_ref().map(|_| clock.now_ms() - start_ms);
+    let restore_ms = restored.as_ref().map(|_| ctx.clock.now_ms() - start_ms);
     // Every task has its state: the checkpoint's copy of it need not stay in memory.
-    let mut restored = restored;
     if let Some(r) = &mut restored {
         r.operators.clear();
         r.sinks.clear();
@@ -577,58 +148,33 @@ pub fn run(plan: Plan, ctx: RunContext) -> Result<RunSummary, RunError> {
     })
 }
 
-/// Feeds a task's inbound messages to `step` until it says the task has finished.
-fn drain_inbound(
-    name: &str,
-    rx: &Receiver<Envelope>,
-    stopping: &AtomicBool,
-    mut step: impl FnMut(usize, Message) -> Result<bool, RunError>,
-) -> Result<(), RunError> {
-    loop {
-        let Ok((slot, msg)) = rx.recv() else {
-            if stopping.load(Ordering::SeqCst) {
-                return Ok(());
-            }
-            return Err(RunError::Stopped {
-                task: name.to_string(),
-                why: "an upstream task stopped",
-            });
-        };
-        if step(slot as usize, msg)? {
-            return Ok(());
-        }
+/// The pipeline's checkpoint store, if it keeps checkpoints (a bootstrap keeps none).
+fn open_store(plan: &Plan, ctx: &RunContext) -> Result<Option<CheckpointStore>, RunError> {
+    let opts = &plan.options;
+    match &opts.checkpoint_dir {
+        Some(_) if ctx.bootstrap.is_some() => Ok(None),
+        Some(dir) => CheckpointStore::open(dir, opts.checkpoint_retain)
+            .map(Some)
+            .map_err(|e| RunError::Checkpoint {
+                message: e.to_string(),
+                class: crate::error::ErrorClass::Definite,
+            }),
+        None => Ok(None),
     }
 }
 
-/// The sink of a bootstrap run: it receives nothing worth keeping and writes nothing.
-struct Discard;
-
-impl Sink for Discard {
-    fn guarantee(&self) -> Guarantee {
-        Guarantee::ExactlyOnce
+/// The checkpoint a run starts from: the one asked for (it must verify), else the latest
+/// complete one in the checkpoint directory.
+fn checkpoint_to_restore(
+    ctx: &RunContext,
+    store: Option<&CheckpointStore>,
+) -> Result<Option<Restored>, RunError> {
+    if let Some(path) = &ctx.restore_from {
+        return store::read(path)
+            .map(Some)
+            .map_err(|e| RunError::restore("checkpoint", e));
     }
-    fn write(&mut self, _: &crate::types::Batch) -> Result<(), RunError> {
-        Ok(())
-    }
-    fn pre_commit(&mut self, _: Epoch) -> Result<Vec<u8>, RunError> {
-        Ok(Vec::new())
-    }
-    fn commit(&mut self, _: Epoch) -> Result<(), RunError> {
-        Ok(())
-    }
-    fn recover(&mut self, _: Option<&[u8]>) -> Result<(), RunError> {
-        Ok(())
-    }
-    fn finish(&mut self) -> Result<(), RunError> {
-        Ok(())
-    }
-}
-
-fn spawn(label: &str, f: impl FnOnce() + Send + 'static) -> JoinHandle<()> {
-    std::thread::Builder::new()
-        .name(label.to_string())
-        .spawn(f)
-        .expect("cannot spawn a task thread")
+    Ok(store.and_then(CheckpointStore::latest))
 }
 
 /// Checks that a checkpoint fits the plan: every operator state it holds has an instance to
@@ -657,158 +203,296 @@ fn check_restorable(plan: &Plan, r: &Restored) -> Result<(), RunError> {
     Ok(())
 }
 
-/// A checkpoint whose barrier is on its way.
-struct PendingCheckpoint {
-    cp: Checkpoint,
-    acked: BTreeMap<String, ()>,
+/// The channels of a run: one bounded inbound channel per instance, whose slots are, per
+/// input edge, one per upstream instance; and who consumes each output port.
+struct Wiring {
+    senders: Vec<Vec<Sender<Envelope>>>,
+    receivers: Vec<Vec<Option<Receiver<Envelope>>>>,
+    /// Per node, per input edge: its first slot.
+    slot_offsets: Vec<Vec<usize>>,
+    /// Per node, per slot: its input edge.
+    slot_inputs: Vec<Vec<usize>>,
+    /// Per node, per slot: the upstream instance's label.
+    slot_labels: Vec<Vec<String>>,
+    /// Output edges of each (node, port), as (consumer node, edge index).
+    consumers: HashMap<(usize, usize), Vec<(usize, usize)>>,
 }
 
-impl PendingCheckpoint {
-    fn new(epoch: Epoch, started_ms: i64) -> PendingCheckpoint {
-        PendingCheckpoint {
-            cp: Checkpoint {
-                epoch,
-                started_ms,
-                ..Checkpoint::default()
-            },
-            acked: BTreeMap::new(),
+impl Wiring {
+    fn new(nodes: &[PlanNode], channel_capacity: usize) -> Wiring {
+        let mut senders: Vec<Vec<Sender<Envelope>>> = Vec::new();
+        let mut receivers: Vec<Vec<Option<Receiver<Envelope>>>> = Vec::new();
+        for n in nodes {
+            let (s, r): (Vec<_>, Vec<_>) = (0..n.parallelism)
+                .map(|_| {
+                    let (s, r) = bounded(channel_capacity);
+                    (s, Some(r))
+                })
+                .unzip();
+            senders.push(s);
+            receivers.push(r);
         }
-    }
-}
 
-/// Checkpoint bookkeeping of the supervisor.
-struct Coordinator<'a> {
-    status: &'a StatusRegistry,
-    report: CheckpointReport,
-    pipeline: String,
-    store: Option<&'a CheckpointStore>,
-    pending: BTreeMap<Epoch, PendingCheckpoint>,
-    /// The run's last checkpoint: every operator and sink acknowledged the end of its input.
-    last: PendingCheckpoint,
-    completed: u64,
-    failures: u64,
-    last_checkpoint: Option<Checkpoint>,
-    /// Where finished sources stopped: part of every later checkpoint.
-    source_ends: BTreeMap<String, SourceCheckpoint>,
-}
-
-impl Coordinator<'_> {
-    fn ack(&mut self, label: String, ack: BarrierAck, now_ms: i64) {
-        let epoch = match &ack {
-            BarrierAck::Source { epoch, .. }
-            | BarrierAck::Operator { epoch, .. }
-            | BarrierAck::Sink { epoch, .. } => *epoch,
-        };
-        let p = if epoch == FINAL_EPOCH {
-            &mut self.last
-        } else {
-            self.pending
-                .entry(epoch)
-                .or_insert_with(|| PendingCheckpoint::new(epoch, now_ms))
-        };
-        match ack {
-            BarrierAck::Source { checkpoint, .. } => {
-                p.cp.sources.insert(label.clone(), checkpoint);
-            }
-            BarrierAck::Operator {
-                state,
-                alignment_ms,
-                ..
-            } => {
-                p.cp.operators.insert(label.clone(), state);
-                p.cp.alignment_ms = p.cp.alignment_ms.max(alignment_ms);
-            }
-            BarrierAck::Sink { state, .. } => {
-                p.cp.sinks.insert(label.clone(), state);
-            }
-        }
-        p.cp.acknowledged_ms = now_ms;
-        p.acked.insert(label, ());
-    }
-
-    /// Whether `p` has everything: each task acknowledged it, or had seen the end of its
-    /// input before the barrier could reach it (a source that finished, an operator or sink
-    /// all of whose inputs ended): what it acknowledged at its end stands for it.
-    fn is_complete(&self, p: &PendingCheckpoint, instances: &[Instance]) -> bool {
-        instances.iter().all(|i| {
-            p.acked.contains_key(&i.label)
-                || match i.role {
-                    Role::Source => self.source_ends.contains_key(&i.label),
-                    _ => self.last.acked.contains_key(&i.label),
+        let mut slot_offsets: Vec<Vec<usize>> = Vec::new();
+        let mut slot_inputs: Vec<Vec<usize>> = Vec::new();
+        let mut slot_labels: Vec<Vec<String>> = Vec::new();
+        for n in nodes {
+            let mut offsets = Vec::new();
+            let mut inputs = Vec::new();
+            let mut labels = Vec::new();
+            for (j, inp) in n.inputs.iter().enumerate() {
+                offsets.push(inputs.len());
+                let up = &nodes[inp.node];
+                for u in 0..up.parallelism {
+                    inputs.push(j);
+                    labels.push(format!("{}#{}", up.name, u));
                 }
+            }
+            slot_offsets.push(offsets);
+            slot_inputs.push(inputs);
+            slot_labels.push(labels);
+        }
+
+        let mut consumers: HashMap<(usize, usize), Vec<(usize, usize)>> = HashMap::new();
+        for (d, n) in nodes.iter().enumerate() {
+            for (j, inp) in n.inputs.iter().enumerate() {
+                consumers
+                    .entry((inp.node, inp.port))
+                    .or_default()
+                    .push((d, j));
+            }
+        }
+        Wiring {
+            senders,
+            receivers,
+            slot_offsets,
+            slot_inputs,
+            slot_labels,
+            consumers,
+        }
+    }
+
+    /// The edges instance `inst` of node `ni` sends on, per output port.
+    fn ports(&self, nodes: &[PlanNode], ni: usize, inst: usize) -> Vec<Vec<EdgeOut>> {
+        (0..nodes[ni].ports.len())
+            .map(|p| {
+                self.consumers
+                    .get(&(ni, p))
+                    .map(|cs| {
+                        cs.iter()
+                            .map(|&(d, j)| {
+                                EdgeOut::new(
+                                    partitioning(nodes, ni, d, j),
+                                    (self.slot_offsets[d][j] + inst) as u32,
+                                    self.senders[d].clone(),
+                                    inst,
+                                )
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            })
+            .collect()
+    }
+
+    /// Which output ports of node `ni` have a consumer.
+    fn consumed(&self, nodes: &[PlanNode], ni: usize) -> Vec<bool> {
+        (0..nodes[ni].ports.len())
+            .map(|p| self.consumers.contains_key(&(ni, p)))
+            .collect()
+    }
+}
+
+/// How rows of edge `edge` of node `down` (from node `up`) are spread over its instances.
+fn partitioning(nodes: &[PlanNode], up: usize, down: usize, edge: usize) -> Partitioning {
+    let (u, d) = (&nodes[up], &nodes[down]);
+    match &d.kind {
+        _ if d.parallelism == 1 => Partitioning::Single,
+        NodeKind::Operator {
+            broadcast_inputs, ..
+        } if broadcast_inputs.contains(&edge) => Partitioning::Broadcast,
+        NodeKind::Operator {
+            key_columns: Some(cols),
+            ..
+        } => Partitioning::Hash(cols.clone()),
+        _ if d.parallelism == u.parallelism => Partitioning::Forward,
+        _ => Partitioning::RoundRobin,
+    }
+}
+
+/// The counters each output port of `node` moves.
+fn port_counters(node: &PlanNode) -> Vec<Vec<metrics::Counter>> {
+    node.ports
+        .iter()
+        .map(|p| {
+            let p = &p.name;
+            let mut c = vec![metrics::counter!(m::RECORDS_OUT, m::LABEL_NODE => node.name.clone(), m::LABEL_PORT => p.clone())];
+            if p == LATE_PORT {
+                c.push(metrics::counter!(m::LATE_RECORDS, m::LABEL_NODE => node.name.clone()));
+            } else if p == DEAD_LETTER_PORT {
+                c.push(metrics::counter!(m::DEAD_LETTER_RECORDS, m::LABEL_NODE => node.name.clone()));
+            }
+            c
+        })
+        .collect()
+}
+
+/// Starts the instances of a plan, each with its channels, its restored state and its
+/// thread.
+struct Launcher<'a> {
+    plan: &'a Plan,
+    ctx: &'a RunContext,
+    restored: Option<&'a Restored>,
+    /// With checkpoints kept, a shutdown stops at a checkpoint instead of ending the input.
+    checkpoints_kept: bool,
+    wiring: Wiring,
+    reports: Sender<Report>,
+    failed: Arc<AtomicBool>,
+    stopping: Arc<AtomicBool>,
+    finished_operators: Arc<Mutex<Vec<OperatorDriver>>>,
+}
+
+impl Launcher<'_> {
+    /// Starts every instance. A node that cannot be built stops the tasks already started:
+    /// they see `failed`, or their channels close, and end.
+    fn start_all(mut self) -> Result<Vec<Instance>, RunError> {
+        let mut instances: Vec<Instance> = Vec::new();
+        for (ni, node) in self.plan.nodes.iter().enumerate() {
+            if let NodeKind::Source { watermark, .. } = &node.kind {
+                self.ctx.status.expect_source(SourceExpectations {
+                    source: node.name.clone(),
+                    expected_interval_ms: watermark.expected_interval.map(|d| d.as_millis() as i64),
+                    idle_timeout_ms: watermark.idle_timeout.map(|d| d.as_millis() as i64),
+                });
+            }
+            let mut inbound = std::mem::take(&mut self.wiring.receivers[ni]).into_iter();
+            for inst in 0..node.parallelism {
+                match self.start(ni, inst, inbound.next().flatten()) {
+                    Ok(i) => instances.push(i),
+                    Err(e) => {
+                        self.failed.store(true, Ordering::SeqCst);
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        // Dropping the launcher leaves the senders to the tasks alone: a consumer sees its
+        // inputs close when they stop.
+        Ok(instances)
+    }
+
+    fn start(
+        &self,
+        ni: usize,
+        inst: usize,
+        inbound: Option<Receiver<Envelope>>,
+    ) -> Result<Instance, RunError> {
+        let (ctx, nodes) = (self.ctx, &self.plan.nodes);
+        let node = &nodes[ni];
+        let bootstrap = ctx.bootstrap.is_some();
+        let label = format!("{}#{}", node.name, inst);
+        let port_names: Vec<String> = node.ports.iter().map(|p| p.name.clone()).collect();
+        let ports = self.wiring.ports(nodes, ni, inst);
+        let counters = port_counters(node);
+        let now = ctx.clock.now_ms();
+        let link = TaskLink {
+            name: label.clone(),
+            reports: self.reports.clone(),
+            failed: self.failed.clone(),
+            stopping: self.stopping.clone(),
+            clock: ctx.clock.clone(),
+        };
+        let (role, control, handle) = match &node.kind {
+            NodeKind::Source { factory, watermark } => {
+                let mut source = factory(inst, node.parallelism)?;
+                source.connect_ports(&self.wiring.consumed(nodes, ni));
+                let status = ctx.status.register(InstanceStatus::new(
+                    &node.name,
+                    inst,
+                    Role::Source,
+                    source.partitions(),
+                    &port_names,
+                    now,
+                ));
+                let router = Router::new(ports, counters, status.clone());
+                let batch_size = self.plan.options.batch_size;
+                let mut driver = SourceDriver::new(source, watermark, batch_size, status, now);
+                if let Some(r) = self.restored {
+                    match r.manifest.sources.get(&label) {
+                        Some(at) => driver.restore(at)?,
+                        None => {
+                            tracing::warn!(source = %label, "not in the checkpoint: reads from the start")
+                        }
+                    }
+                }
+                let (ctl_tx, ctl_rx) = unbounded::<Control>();
+                let ends_input = (!self.checkpoints_kept).then(|| ctx.shutdown.clone());
+                let task = SourceTask::new(driver, router, ctl_rx, link, ends_input, bootstrap);
+                (
+                    Role::Source,
+                    Some(ctl_tx),
+                    spawn(&label, move || task.run()),
+                )
+            }
+            NodeKind::Operator { factory, .. } => {
+                let op = factory(inst)?;
+                let status = ctx.status.register(InstanceStatus::new(
+                    &node.name,
+                    inst,
+                    Role::Operator,
+                    self.wiring.slot_labels[ni].clone(),
+                    &port_names,
+                    now,
+                ));
+                let router = Router::new(ports, counters, status.clone());
+                let slots = self.wiring.slot_inputs[ni].clone();
+                let mut driver = OperatorDriver::new(op, slots, status, now);
+                if let Some(state) = self.restored.and_then(|r| r.operators.get(&label)) {
+                    driver.restore(state)?;
+                }
+                let task = OperatorTask::new(
+                    driver,
+                    router,
+                    inbound.expect("receiver"),
+                    link,
+                    self.finished_operators.clone(),
+                );
+                (Role::Operator, None, spawn(&label, move || task.run()))
+            }
+            NodeKind::Sink { factory } => {
+                let sink: Box<dyn Sink> = if bootstrap {
+                    Box::new(Discard)
+                } else {
+                    factory(inst)?
+                };
+                let status = ctx.status.register(InstanceStatus::new(
+                    &node.name,
+                    inst,
+                    Role::Sink,
+                    self.wiring.slot_labels[ni].clone(),
+                    &port_names,
+                    now,
+                ));
+                let slots = self.wiring.slot_inputs[ni].clone();
+                let driver = SinkDriver::new(sink, slots, status, now);
+                let restored = self.restored.and_then(|r| r.sinks.get(&label).cloned());
+                let (ctl_tx, ctl_rx) = unbounded::<Control>();
+                let inbound = inbound.expect("receiver");
+                let task = SinkTask::new(driver, inbound, ctl_rx, link, restored, bootstrap);
+                (Role::Sink, Some(ctl_tx), spawn(&label, move || task.run()))
+            }
+        };
+        Ok(Instance {
+            label,
+            role,
+            control,
+            handle,
         })
     }
-
-    /// Makes a complete checkpoint durable (when there is a store) and tells the sinks and
-    /// sources; returns whether it was.
-    fn complete(&mut self, mut p: PendingCheckpoint, instances: &[Instance], now_ms: i64) -> bool {
-        for (label, at) in &self.source_ends {
-            if !p.acked.contains_key(label) {
-                p.cp.sources.insert(label.clone(), at.clone());
-            }
-        }
-        for (label, state) in &self.last.cp.operators {
-            if !p.acked.contains_key(label) {
-                p.cp.operators.insert(label.clone(), state.clone());
-            }
-        }
-        for (label, state) in &self.last.cp.sinks {
-            if !p.acked.contains_key(label) {
-                p.cp.sinks.insert(label.clone(), state.clone());
-            }
-        }
-        let cp = p.cp;
-        let epoch = cp.epoch;
-        let bytes = cp.state_bytes();
-        if let Some(store) = self.store {
-            match store.write(&self.pipeline, &cp, now_ms) {
-                Ok(path) => {
-                    tracing::info!(epoch, state_bytes = bytes, path = %path.display(), finished = cp.finished, "checkpoint completed");
-                }
-                Err(e) => {
-                    self.failures += 1;
-                    self.report.failures += 1;
-                    self.report.consecutive_failures += 1;
-                    self.report.last_error = Some(e.to_string());
-                    self.status.set_checkpoints(self.report.clone());
-                    metrics::counter!(m::CHECKPOINT_FAILURES).increment(1);
-                    tracing::error!(epoch, error = %e, "checkpoint failed: nothing is committed for it");
-                    return false;
-                }
-            }
-        } else {
-            tracing::debug!(
-                epoch,
-                state_bytes = bytes,
-                "checkpoint completed (not kept: no checkpoint.dir)"
-            );
-        }
-        metrics::counter!(m::BARRIERS_COMPLETED).increment(1);
-        metrics::gauge!(m::LAST_EPOCH).set(epoch as f64);
-        metrics::gauge!(m::CHECKPOINT_BYTES).set(bytes as f64);
-        metrics::gauge!(m::CHECKPOINT_DURATION_MS)
-            .set((cp.acknowledged_ms - cp.started_ms).max(0) as f64);
-        metrics::gauge!(m::CHECKPOINT_ALIGNMENT_MS).set(cp.alignment_ms as f64);
-        self.completed += 1;
-        if self.store.is_some() {
-            let r = &mut self.report;
-            r.last_epoch = Some(epoch);
-            r.last_completed_ms = Some(now_ms);
-            r.last_duration_ms = Some((cp.acknowledged_ms - cp.started_ms).max(0));
-            r.last_alignment_ms = Some(cp.alignment_ms);
-            r.last_bytes = Some(bytes as u64);
-            r.completed += 1;
-            r.consecutive_failures = 0;
-            self.status.set_checkpoints(r.clone());
-        }
-        let done = Control::CheckpointDone(if cp.finished { FINAL_EPOCH } else { epoch });
-        tell(instances, Role::Source, done);
-        tell(instances, Role::Sink, done);
-        self.last_checkpoint = Some(cp);
-        true
-    }
 }
 
+/// Receives the tasks' reports until every task has ended, hands barrier acknowledgements to
+/// the checkpoint coordinator, decides which barriers go out and when the run stops.
 #[allow(clippy::too_many_arguments)]
 fn supervise(
     plan: &Plan,
@@ -822,37 +506,23 @@ fn supervise(
 ) -> Result<RunSummary, RunError> {
     let clock = &ctx.clock;
     let opts = &plan.options;
+    let mut co = CheckpointCoordinator::new(
+        instances,
+        &ctx.status,
+        store,
+        plan.name.clone(),
+        restored.map_or(1, |r| r.manifest.epoch + 1),
+        start_ms,
+    );
     let mut evaluator = AlertEvaluator::new(opts.alerts.clone());
     let mut alerts_fired = Vec::new();
     let mut finished: BTreeMap<String, ()> = BTreeMap::new();
     let mut first_error: Option<RunError> = None;
-    let mut next_epoch: Epoch = restored.map_or(1, |r| r.manifest.epoch + 1);
-    let mut co = Coordinator {
-        status: &ctx.status,
-        report: CheckpointReport {
-            since_ms: start_ms,
-            ..CheckpointReport::default()
-        },
-        pipeline: plan.name.clone(),
-        store,
-        pending: BTreeMap::new(),
-        last: PendingCheckpoint::new(0, start_ms),
-        completed: 0,
-        failures: 0,
-        last_checkpoint: None,
-        source_ends: BTreeMap::new(),
-    };
-    if store.is_some() {
-        ctx.status.set_checkpoints(co.report.clone());
-    }
-    let mut last_done = false;
-    let mut savepoints: BTreeMap<Epoch, SavepointRequest> = BTreeMap::new();
-    let mut written_savepoints = Vec::new();
     let mut bootstrapped: BTreeMap<String, ()> = BTreeMap::new();
     let mut bootstrap_asked = false;
+    // A shutdown with checkpoints kept: the checkpoint the run stops at was asked for.
+    let mut shutdown_asked = false;
     let mut stopped_at_savepoint = false;
-    // A shutdown with checkpoints kept: the checkpoint after which the run stops.
-    let mut stop_after: Option<Epoch> = None;
     let interval_ms = opts.checkpoint_interval.map(|d| d.as_millis() as i64);
     let mut next_barrier_ms = interval_ms.map(|i| start_ms + i);
     let monitor_ms = opts.monitor_interval.as_millis().max(1) as i64;
@@ -862,7 +532,7 @@ fn supervise(
         match reports.recv_timeout(Duration::from_millis(20)) {
             Ok(Report::Finished(label, at)) => {
                 if let Some(at) = at {
-                    co.source_ends.insert(label.clone(), at);
+                    co.source_finished(label.clone(), at);
                 }
                 finished.insert(label, ());
             }
@@ -886,78 +556,26 @@ fn supervise(
 
         if first_error.is_none() {
             // Complete checkpoints in epoch order.
-            let epochs: Vec<Epoch> = co.pending.keys().copied().collect();
-            for epoch in epochs {
-                let p = &co.pending[&epoch];
-                if co.is_complete(p, instances) {
-                    let p = co.pending.remove(&epoch).expect("pending");
-                    let done = co.complete(p, instances, clock.now_ms());
+            while let Some(done) = co.complete_next(clock.now_ms()) {
+                if done.stop {
                     // Stop without draining: nothing after this checkpoint commits.
-                    let mut stop_here = || {
-                        stopped_at_savepoint = true;
-                        stopping.store(true, Ordering::SeqCst);
-                        tell(instances, Role::Source, Control::Stop);
-                    };
-                    if stop_after == Some(epoch) {
-                        tracing::info!(
-                            epoch,
-                            ok = done,
-                            "stopping at the checkpoint (input not drained)"
-                        );
-                        stop_here();
-                    }
-                    if let Some(req) = savepoints.remove(&epoch) {
-                        let written = match (&co.last_checkpoint, done) {
-                            (Some(cp), true) if cp.epoch == epoch => {
-                                store::write_dir(&req.dir, &co.pipeline, cp, clock.now_ms())
-                                    .map(|()| req.dir.clone())
-                                    .map_err(|e| e.to_string())
-                            }
-                            _ => Err(format!("checkpoint {epoch} could not be written")),
-                        };
-                        match &written {
-                            Ok(dir) => {
-                                tracing::info!(epoch, dir = %dir.display(), "savepoint written");
-                                written_savepoints.push(dir.clone());
-                            }
-                            Err(e) => tracing::error!(epoch, error = %e, "savepoint failed"),
-                        }
-                        let ok = written.is_ok();
-                        let _ = req.reply.send(written);
-                        if ok && req.stop {
-                            tracing::info!(epoch, "stopping after the savepoint");
-                            stop_here();
-                        }
-                    }
-                } else {
-                    break;
+                    stopped_at_savepoint = true;
+                    stopping.store(true, Ordering::SeqCst);
+                    tell(instances, Role::Source, Control::Stop);
                 }
             }
             // Every source has ended and every operator and sink has acknowledged the end:
             // the run's last checkpoint commits everything that is left.
-            if !last_done && co.pending.is_empty() && co.is_complete(&co.last, instances) {
-                last_done = true;
-                let mut last = PendingCheckpoint::new(next_epoch, co.last.cp.started_ms);
-                last.acked = co.last.acked.clone();
-                last.cp.operators = co.last.cp.operators.clone();
-                last.cp.sinks = co.last.cp.sinks.clone();
-                last.cp.acknowledged_ms = co.last.cp.acknowledged_ms;
-                last.cp.finished = true;
-                next_epoch += 1;
-                if !co.complete(last, instances, clock.now_ms()) {
-                    first_error = Some(RunError::Checkpoint {
-                        message: "the run's last checkpoint could not be written: its output is not committed".into(),
-                        class: crate::error::ErrorClass::Transient,
-                    });
-                    tell(instances, Role::Sink, Control::Stop);
-                }
+            if let Err(e) = co.complete_last(clock.now_ms()) {
+                first_error = Some(e);
+                tell(instances, Role::Sink, Control::Stop);
             }
         }
 
         if stopping.load(Ordering::SeqCst) {
             // Sinks whose input has ended wait for a last commit that will not come.
             for i in instances.iter().filter(|i| i.role == Role::Sink) {
-                if co.last.acked.contains_key(&i.label)
+                if co.input_ended(&i.label)
                     && !finished.contains_key(&i.label)
                     && let Some(c) = &i.control
                 {
@@ -968,29 +586,24 @@ fn supervise(
         let now = clock.now_ms();
         let sources_live = instances
             .iter()
-            .any(|i| i.role == Role::Source && !co.source_ends.contains_key(&i.label));
+            .any(|i| i.role == Role::Source && !co.source_ended(&i.label));
         let can_inject = first_error.is_none() && sources_live && !stopping.load(Ordering::SeqCst);
-        let inject = |co: &mut Coordinator, next_epoch: &mut Epoch| {
-            co.pending
-                .insert(*next_epoch, PendingCheckpoint::new(*next_epoch, now));
-            tell(instances, Role::Source, Control::Barrier(*next_epoch));
-            *next_epoch += 1;
-            *next_epoch - 1
+        let inject = |co: &mut CheckpointCoordinator, purpose: Purpose| {
+            let epoch = co.begin(purpose, now);
+            tell(instances, Role::Source, Control::Barrier(epoch));
+            epoch
         };
-        if store.is_some()
-            && stop_after.is_none()
-            && can_inject
-            && ctx.shutdown.load(Ordering::Relaxed)
+        if store.is_some() && !shutdown_asked && can_inject && ctx.shutdown.load(Ordering::Relaxed)
         {
-            let epoch = inject(&mut co, &mut next_epoch);
+            shutdown_asked = true;
+            let epoch = inject(&mut co, Purpose::Stop);
             tracing::info!(epoch, "stopping: taking a last checkpoint");
-            stop_after = Some(epoch);
         }
         for req in ctx.savepoints.take() {
             if can_inject {
-                let epoch = inject(&mut co, &mut next_epoch);
-                tracing::info!(epoch, dir = %req.dir.display(), "savepoint requested");
-                savepoints.insert(epoch, req);
+                let dir = req.dir.clone();
+                let epoch = inject(&mut co, Purpose::Savepoint(req));
+                tracing::info!(epoch, dir = %dir.display(), "savepoint requested");
             } else {
                 let _ = req.reply.send(Err(
                     "the pipeline is ending or failing: no savepoint can be taken now".into(),
@@ -1006,44 +619,28 @@ fn supervise(
                 .all(|i| bootstrapped.contains_key(&i.label))
         {
             bootstrap_asked = true;
-            let epoch = inject(&mut co, &mut next_epoch);
             let (reply, _) = crossbeam_channel::bounded(1);
-            savepoints.insert(
-                epoch,
-                SavepointRequest {
-                    dir: dir.clone(),
-                    stop: true,
-                    reply,
-                },
-            );
+            let req = SavepointRequest {
+                dir: dir.clone(),
+                stop: true,
+                reply,
+            };
+            inject(&mut co, Purpose::Savepoint(req));
         }
         // One periodic checkpoint at a time: when snapshots take longer than the interval,
         // the next barrier waits for the last one instead of piling up behind it.
         if can_inject
             && ctx.bootstrap.is_none()
-            && co.pending.is_empty()
+            && !co.has_pending()
             && let (Some(at), Some(every)) = (next_barrier_ms, interval_ms)
             && now >= at
         {
-            inject(&mut co, &mut next_epoch);
+            inject(&mut co, Purpose::Periodic);
             next_barrier_ms = Some(now + every);
         }
         if now >= next_monitor_ms {
             next_monitor_ms = now + monitor_ms;
-            let report = ctx.status.snapshot(now);
-            publish_gauges(&report);
-            for ev in evaluator.evaluate(&report) {
-                metrics::gauge!(m::ALERT_ACTIVE, m::LABEL_ALERT => ev.kind.name(), m::LABEL_NODE => ev.subject.clone())
-                    .set(if ev.firing { 1.0 } else { 0.0 });
-                if ev.firing {
-                    metrics::counter!(m::ALERTS_FIRED, m::LABEL_ALERT => ev.kind.name())
-                        .increment(1);
-                    tracing::warn!(alert = ev.kind.name(), subject = %ev.subject, "{}", ev.message);
-                    alerts_fired.push((ev.kind, ev.subject, ev.message));
-                } else {
-                    tracing::info!(alert = ev.kind.name(), subject = %ev.subject, "{}", ev.message);
-                }
-            }
+            monitor(&ctx.status, &mut evaluator, now, &mut alerts_fired);
         }
     }
     if let Some(e) = first_error {
@@ -1052,18 +649,41 @@ fn supervise(
     let now = clock.now_ms();
     let report = ctx.status.snapshot(now);
     publish_gauges(&report);
+    let totals = co.into_totals();
     Ok(RunSummary {
         elapsed_ms: now - start_ms,
         report,
-        checkpoints_completed: co.completed,
-        checkpoint_failures: co.failures,
-        last_checkpoint: co.last_checkpoint,
+        checkpoints_completed: totals.completed,
+        checkpoint_failures: totals.failures,
+        last_checkpoint: totals.last_checkpoint,
         restored_from: restored.map(|r| (r.manifest.epoch, r.path.clone())),
         restore_ms: None,
-        savepoints: written_savepoints,
+        savepoints: totals.savepoints,
         stopped_at_savepoint,
         alerts_fired,
     })
+}
+
+/// Publishes the status as gauges and evaluates the alert rules on it.
+fn monitor(
+    status: &StatusRegistry,
+    evaluator: &mut AlertEvaluator,
+    now: i64,
+    fired: &mut Vec<(AlertKind, String, String)>,
+) {
+    let report = status.snapshot(now);
+    publish_gauges(&report);
+    for ev in evaluator.evaluate(&report) {
+        metrics::gauge!(m::ALERT_ACTIVE, m::LABEL_ALERT => ev.kind.name(), m::LABEL_NODE => ev.subject.clone())
+            .set(if ev.firing { 1.0 } else { 0.0 });
+        if ev.firing {
+            metrics::counter!(m::ALERTS_FIRED, m::LABEL_ALERT => ev.kind.name()).increment(1);
+            tracing::warn!(alert = ev.kind.name(), subject = %ev.subject, "{}", ev.message);
+            fired.push((ev.kind, ev.subject, ev.message));
+        } else {
+            tracing::info!(alert = ev.kind.name(), subject = %ev.subject, "{}", ev.message);
+        }
+    }
 }
 
 /// Publishes status as Prometheus gauges.

@@ -1,54 +1,31 @@
-//! What one task instance does with its messages, written as deterministic drivers that take
-//! the processing time as an argument: `SourceDriver` (read, generate watermarks, inject
-//! barriers), `OperatorDriver` (gate → operator → ports) and `SinkDriver` (gate → sink). The
-//! threads in `exec` only move messages between channels and these drivers, so tests can run
-//! whole pipelines step by step on a manual clock.
+//! A source task. `SourceDriver` reads its source, generates a watermark per partition from
+//! the event times read (merged over the partitions, idleness included), and emits a barrier
+//! with the source's positions when told to. `SourceTask` is its thread: it takes control
+//! messages, steps the driver on the clock and sends what the driver emits.
+//!
+//! A source's thread ends when it is told to `Stop`, when the run fails, when a shutdown
+//! without checkpoints ends its input, or when it has read its input to the end; then it
+//! still waits for the run's last `CheckpointDone(FINAL_EPOCH)` (or `Stop`, or its control
+//! channel closing) to acknowledge upstream where it ended.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
+use crossbeam_channel::Receiver;
+
+use super::{BarrierAck, Control, Emit, FINAL_EPOCH, Report, TaskLink, route};
 use crate::checkpoint::SourceCheckpoint;
 use crate::dataflow::Message;
-use crate::dataflow::Sink;
 use crate::dataflow::SourcePosition;
-use crate::dataflow::{Operator, Output, PortSpec};
 use crate::dataflow::{ReadBuffers, ReadStatus, Source};
 use crate::error::RunError;
-use crate::runtime::gate::{GateEvent, InputGate};
 use crate::runtime::plan::WatermarkSpec;
-use crate::state::StateImage;
+use crate::runtime::route::Router;
 use crate::status::InstanceStatus;
 use crate::time::{PartitionWatermarks, Watermark};
 use crate::types::{Batch, Epoch};
-
-/// What a driver asks to be sent downstream.
-#[derive(Debug, PartialEq)]
-pub enum Emit {
-    /// A batch on output port `port`.
-    Port(usize, Batch),
-    /// A watermark, barrier or end, for every consumer.
-    Control(Message),
-}
-
-/// What a task reports to the checkpoint coordinator at a barrier.
-#[derive(Debug, PartialEq)]
-pub enum BarrierAck {
-    Source {
-        epoch: Epoch,
-        checkpoint: SourceCheckpoint,
-    },
-    Operator {
-        epoch: Epoch,
-        state: StateImage,
-        /// How long the operator waited for this barrier on its other inputs.
-        alignment_ms: i64,
-    },
-    /// A sink's pre-commit of everything before the barrier; at the end of the stream,
-    /// `epoch` is `FINAL_EPOCH` and covers everything.
-    Sink { epoch: Epoch, state: Vec<u8> },
-}
-
-pub use crate::dataflow::FINAL_EPOCH;
 
 /// What a source asks of its thread after a step.
 #[derive(Debug, PartialEq, Eq)]
@@ -355,307 +332,129 @@ impl SourceDriver {
     }
 }
 
-/// Gate → operator → ports.
-pub struct OperatorDriver {
-    op: Box<dyn Operator>,
-    gate: InputGate,
-    /// The operator's ports and pending batches (an `Output` between calls).
-    out: Option<(Vec<PortSpec>, Vec<Batch>)>,
-    status: Arc<InstanceStatus>,
-    events: Vec<GateEvent>,
-    /// The watermark last forwarded downstream, and whether the operator held it back.
-    forwarded: Option<Watermark>,
-    forwarded_time: Option<crate::types::EventTime>,
-    holding: bool,
-    /// When the operator's stats are next published (at watermarks; always at barriers and
-    /// the end).
-    stats_due_ms: i64,
+/// A source's thread.
+pub(crate) struct SourceTask {
+    driver: SourceDriver,
+    router: Router,
+    control: Receiver<Control>,
+    link: TaskLink,
+    /// Set when the run shuts down, if that ends the input (no checkpoints kept; with them a
+    /// shutdown stops at a checkpoint instead).
+    ends_input: Option<Arc<AtomicBool>>,
+    bootstrap: bool,
+    /// Whether the source reads: in a bootstrap, only until it has what the bootstrap needs.
+    reading: bool,
+    bootstrapped: bool,
 }
 
-/// How often an operator's stats are published at most, in processing time.
-const STATS_EVERY_MS: i64 = 250;
+/// Why a source stopped reading.
+enum ReadEnd {
+    /// Every partition has ended.
+    InputEnded,
+    /// Told to stop, the run failed, or a shutdown ended the input.
+    Stopped,
+}
 
-impl OperatorDriver {
-    pub fn new(
-        op: Box<dyn Operator>,
-        slot_input: Vec<usize>,
-        status: Arc<InstanceStatus>,
-        now_ms: i64,
-    ) -> OperatorDriver {
-        let out = Some(Output::new(op.ports()).into_parts());
-        OperatorDriver {
-            op,
-            gate: InputGate::new(slot_input, now_ms),
-            out,
-            status,
-            events: Vec::new(),
-            forwarded: None,
-            forwarded_time: None,
-            holding: false,
-            stats_due_ms: now_ms,
+impl SourceTask {
+    /// In a bootstrap a source reads only what it needs (a change stream's snapshot), others
+    /// nothing; both still pass barriers on.
+    pub(crate) fn new(
+        mut driver: SourceDriver,
+        router: Router,
+        control: Receiver<Control>,
+        link: TaskLink,
+        ends_input: Option<Arc<AtomicBool>>,
+        bootstrap: bool,
+    ) -> SourceTask {
+        let reading = !bootstrap || driver.start_bootstrap();
+        SourceTask {
+            driver,
+            router,
+            control,
+            link,
+            ends_input,
+            bootstrap,
+            reading,
+            bootstrapped: false,
         }
     }
 
-    pub fn operator(&self) -> &dyn Operator {
-        self.op.as_ref()
-    }
-
-    pub fn restore(&mut self, state: &StateImage) -> Result<(), RunError> {
-        Ok(self.op.restore(state)?)
-    }
-
-    pub fn is_finished(&self) -> bool {
-        self.gate.is_finished()
-    }
-
-    /// Handles one message from `slot`; barrier acks go to `ack`.
-    pub fn on_message(
-        &mut self,
-        slot: usize,
-        msg: Message,
-        now_ms: i64,
-        emit: &mut impl FnMut(Emit) -> Result<(), RunError>,
-        ack: &mut impl FnMut(BarrierAck),
-    ) -> Result<(), RunError> {
-        let control = !matches!(msg, Message::Data(_));
-        let mut events = std::mem::take(&mut self.events);
-        self.gate.accept(slot, msg, now_ms, &mut |e| events.push(e));
-        let result = self.handle(&mut events, now_ms, emit, ack);
-        events.clear();
-        self.events = events;
-        if control {
-            // Which input holds the watermark can change without the watermark changing.
-            self.publish_watermark();
+    /// The thread's body.
+    pub(crate) fn run(mut self) {
+        let result = self.read();
+        let ended = matches!(result, Ok(ReadEnd::InputEnded));
+        self.link
+            .end(result.map(|_| Some(self.driver.checkpoint())));
+        if ended {
+            self.await_last_checkpoint();
         }
-        result
     }
 
-    fn handle(
-        &mut self,
-        events: &mut Vec<GateEvent>,
-        now_ms: i64,
-        emit: &mut impl FnMut(Emit) -> Result<(), RunError>,
-        ack: &mut impl FnMut(BarrierAck),
-    ) -> Result<(), RunError> {
-        for event in events.drain(..) {
-            match event {
-                GateEvent::Data { input, batch } => {
-                    self.status.add_records_in(batch.len() as u64, now_ms);
-                    self.call(emit, |op, out| op.process(input, batch, out))?;
-                    self.flush(emit)?;
-                    if self.holding {
-                        self.forward_watermark(emit)?;
+    fn read(&mut self) -> Result<ReadEnd, RunError> {
+        let mut emit = |e: Emit| route(&mut self.router, e);
+        loop {
+            while let Ok(c) = self.control.try_recv() {
+                match c {
+                    Control::Barrier(epoch) => {
+                        let ack = self.driver.barrier(epoch, &mut emit)?;
+                        self.link.ack(ack);
                     }
-                }
-                GateEvent::Watermark(wm) => {
-                    if let Watermark::EventTime(t) = wm {
-                        self.call(emit, |op, out| op.on_watermark(t, out))?;
-                        self.flush(emit)?;
+                    Control::CheckpointDone(epoch) => {
+                        self.driver.checkpoint_complete(epoch)?;
                     }
-                    self.publish_watermark();
-                    self.forward_watermark(emit)?;
-                    if now_ms >= self.stats_due_ms {
-                        self.stats_due_ms = now_ms + STATS_EVERY_MS;
-                        self.status.set_stats(&self.op.stats());
-                    }
-                }
-                GateEvent::Barrier(epoch) => {
-                    self.status.set_stats(&self.op.stats());
-                    let state = self.op.snapshot()?;
-                    ack(BarrierAck::Operator {
-                        epoch,
-                        state,
-                        alignment_ms: self.gate.last_alignment_ms(),
-                    });
-                    emit(Emit::Control(Message::Barrier(epoch)))?;
-                }
-                GateEvent::End => {
-                    self.status.set_stats(&self.op.stats());
-                    self.status.set_finished();
-                    emit(Emit::Control(Message::End))?;
-                    // The state after the end of the input goes into the run's last
-                    // checkpoint: restored, it has nothing left to emit.
-                    let state = self.op.snapshot()?;
-                    ack(BarrierAck::Operator {
-                        epoch: FINAL_EPOCH,
-                        state,
-                        alignment_ms: 0,
-                    });
+                    Control::Stop => return Ok(ReadEnd::Stopped),
                 }
             }
-        }
-        Ok(())
-    }
-
-    /// Runs one operator call whose full batches are sent on as the call goes (bounded memory
-    /// for bursts); what is left is sent by `flush` afterwards.
-    fn call(
-        &mut self,
-        emit: &mut impl FnMut(Emit) -> Result<(), RunError>,
-        f: impl FnOnce(&mut dyn Operator, &mut Output<'_>),
-    ) -> Result<(), RunError> {
-        let mut failed: Option<RunError> = None;
-        let mut send = |port: usize, batch: Batch| {
-            if failed.is_none()
-                && let Err(e) = emit(Emit::Port(port, batch))
+            if self.link.failed.load(Ordering::Relaxed) {
+                return Ok(ReadEnd::Stopped);
+            }
+            if self.bootstrap
+                && !self.bootstrapped
+                && (!self.reading || self.driver.bootstrap_done())
             {
-                failed = Some(e);
+                self.bootstrapped = true;
+                self.reading = false;
+                self.link
+                    .report(Report::Bootstrapped(self.link.name.clone()));
             }
-        };
-        let parts = self
-            .out
-            .take()
-            .expect("parts are put back after every call");
-        let mut out = Output::with_flush(parts, &mut send);
-        f(self.op.as_mut(), &mut out);
-        self.out = Some(out.into_parts());
-        match failed {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
-    }
-
-    /// Forwards the merged watermark, capped by what the operator still holds back; never
-    /// backwards, and idle only when nothing is held back.
-    fn forward_watermark(
-        &mut self,
-        emit: &mut impl FnMut(Emit) -> Result<(), RunError>,
-    ) -> Result<(), RunError> {
-        let hold = self.op.watermark_hold();
-        self.holding = hold.is_some();
-        let merged = self.gate.watermarks();
-        let next = if merged.is_idle() && hold.is_none() {
-            Some(Watermark::Idle)
-        } else {
-            merged.current().map(|t| {
-                let capped = hold.map_or(t, |h| t.min(h));
-                Watermark::EventTime(self.forwarded_time.map_or(capped, |f| f.max(capped)))
-            })
-        };
-        let Some(next) = next else {
-            return Ok(());
-        };
-        // An unchanged time is forwarded again after idleness: downstream learns the input
-        // is active again.
-        if Some(next) != self.forwarded {
-            self.forwarded = Some(next);
-            if let Watermark::EventTime(t) = next {
-                self.forwarded_time = Some(t);
+            if !self.reading {
+                std::thread::sleep(Duration::from_millis(5));
+                continue;
             }
-            emit(Emit::Control(Message::Watermark(next)))?;
-        }
-        Ok(())
-    }
-
-    fn publish_watermark(&self) {
-        let w = self.gate.watermarks();
-        self.status
-            .set_watermark(w.current(), w.is_idle(), w.holder(), w.advanced_at_ms());
-    }
-
-    fn flush(
-        &mut self,
-        emit: &mut impl FnMut(Emit) -> Result<(), RunError>,
-    ) -> Result<(), RunError> {
-        let (_, batches) = self
-            .out
-            .as_mut()
-            .expect("parts are put back after every call");
-        for (port, batch) in batches.iter_mut().enumerate() {
-            if !batch.is_empty() {
-                emit(Emit::Port(port, batch.take()))?;
+            if let Some(shutdown) = &self.ends_input
+                && shutdown.load(Ordering::Relaxed)
+            {
+                emit(Emit::Control(Message::End))?;
+                return Ok(ReadEnd::Stopped);
             }
-        }
-        Ok(())
-    }
-}
-
-/// Gate → sink.
-pub struct SinkDriver {
-    sink: Box<dyn Sink>,
-    gate: InputGate,
-    status: Arc<InstanceStatus>,
-    events: Vec<GateEvent>,
-}
-
-impl SinkDriver {
-    pub fn new(
-        sink: Box<dyn Sink>,
-        slot_input: Vec<usize>,
-        status: Arc<InstanceStatus>,
-        now_ms: i64,
-    ) -> SinkDriver {
-        SinkDriver {
-            sink,
-            gate: InputGate::new(slot_input, now_ms),
-            status,
-            events: Vec::new(),
-        }
-    }
-
-    /// Every input has ended (its final pre-commit is acknowledged; `commit(FINAL_EPOCH)`
-    /// then `finish` end it).
-    pub fn is_finished(&self) -> bool {
-        self.gate.is_finished()
-    }
-
-    /// Restarting from a checkpoint (`state`: the sink's pre-commit in it; `None`: from the
-    /// beginning).
-    pub fn recover(&mut self, state: Option<&[u8]>) -> Result<(), RunError> {
-        self.sink.recover(state)
-    }
-
-    /// Checkpoint `epoch` is durable: its output becomes visible.
-    pub fn commit(&mut self, epoch: Epoch) -> Result<(), RunError> {
-        self.sink.commit(epoch)
-    }
-
-    /// The final commit is done: close.
-    pub fn finish(&mut self) -> Result<(), RunError> {
-        self.status.set_finished();
-        self.sink.finish()
-    }
-
-    pub fn on_message(
-        &mut self,
-        slot: usize,
-        msg: Message,
-        now_ms: i64,
-        ack: &mut impl FnMut(BarrierAck),
-    ) -> Result<(), RunError> {
-        let control = !matches!(msg, Message::Data(_));
-        let mut events = std::mem::take(&mut self.events);
-        self.gate.accept(slot, msg, now_ms, &mut |e| events.push(e));
-        let mut result = Ok(());
-        for event in events.drain(..) {
-            let r = match event {
-                GateEvent::Data { batch, .. } => {
-                    self.status.add_records_in(batch.len() as u64, now_ms);
-                    self.sink.write(&batch)
+            let now = self.link.clock.now_ms();
+            match self.driver.step(now, &mut emit)? {
+                SourceStep::Continue => {}
+                SourceStep::Finished => return Ok(ReadEnd::InputEnded),
+                SourceStep::WaitUntil(t) => {
+                    let now = self.link.clock.sleep_until(t, Duration::from_millis(50));
+                    self.driver.poll_watermark(now, &mut emit)?;
                 }
-                GateEvent::Watermark(_) => Ok(()),
-                GateEvent::Barrier(epoch) => self.sink.pre_commit(epoch).map(|state| {
-                    ack(BarrierAck::Sink { epoch, state });
-                }),
-                GateEvent::End => self.sink.pre_commit(FINAL_EPOCH).map(|state| {
-                    ack(BarrierAck::Sink {
-                        epoch: FINAL_EPOCH,
-                        state,
-                    });
-                }),
-            };
-            if r.is_err() {
-                result = r;
-                break;
             }
         }
-        events.clear();
-        self.events = events;
-        if control {
-            let w = self.gate.watermarks();
-            self.status
-                .set_watermark(w.current(), w.is_idle(), w.holder(), w.advanced_at_ms());
+    }
+
+    /// A source that read its input to the end learns of the run's last checkpoint too, to
+    /// acknowledge where it ended upstream.
+    fn await_last_checkpoint(&mut self) {
+        while let Ok(c) = self.control.recv() {
+            match c {
+                Control::CheckpointDone(epoch) => {
+                    if let Err(e) = self.driver.checkpoint_complete(epoch) {
+                        tracing::warn!(task = %self.link.name, error = %e, "acknowledging the last checkpoint upstream failed");
+                    }
+                    if epoch == FINAL_EPOCH {
+                        break;
+                    }
+                }
+                Control::Stop => break,
+                Control::Barrier(_) => {}
+            }
         }
-        result
     }
 }

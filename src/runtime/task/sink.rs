@@ -1,0 +1,221 @@
+//! A sink task. `SinkDriver` takes each message through the input gate (barrier alignment)
+//! and writes batches to the sink; at an aligned barrier the sink pre-commits, at the end of
+//! its input it pre-commits for the run's last checkpoint (`FINAL_EPOCH`). `SinkTask` is its
+//! thread: it recovers the sink, then feeds it its inbound channel and commits each epoch
+//! when told the checkpoint is durable (`CheckpointDone`); once its input has ended it only
+//! waits for the last commit, then finishes the sink. `Discard` is the sink of a bootstrap.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use crossbeam_channel::{Receiver, never, select};
+
+use super::{BarrierAck, Control, FINAL_EPOCH, TaskLink};
+use crate::dataflow::Message;
+use crate::dataflow::{Guarantee, Sink};
+use crate::error::RunError;
+use crate::runtime::gate::{GateEvent, InputGate};
+use crate::runtime::route::Envelope;
+use crate::status::InstanceStatus;
+use crate::types::Epoch;
+
+/// Gate → sink.
+pub struct SinkDriver {
+    sink: Box<dyn Sink>,
+    gate: InputGate,
+    status: Arc<InstanceStatus>,
+    events: Vec<GateEvent>,
+}
+
+impl SinkDriver {
+    pub fn new(
+        sink: Box<dyn Sink>,
+        slot_input: Vec<usize>,
+        status: Arc<InstanceStatus>,
+        now_ms: i64,
+    ) -> SinkDriver {
+        SinkDriver {
+            sink,
+            gate: InputGate::new(slot_input, now_ms),
+            status,
+            events: Vec::new(),
+        }
+    }
+
+    /// Every input has ended (its final pre-commit is acknowledged; `commit(FINAL_EPOCH)`
+    /// then `finish` end it).
+    pub fn is_finished(&self) -> bool {
+        self.gate.is_finished()
+    }
+
+    /// Restarting from a checkpoint (`state`: the sink's pre-commit in it; `None`: from the
+    /// beginning).
+    pub fn recover(&mut self, state: Option<&[u8]>) -> Result<(), RunError> {
+        self.sink.recover(state)
+    }
+
+    /// Checkpoint `epoch` is durable: its output becomes visible.
+    pub fn commit(&mut self, epoch: Epoch) -> Result<(), RunError> {
+        self.sink.commit(epoch)
+    }
+
+    /// The final commit is done: close.
+    pub fn finish(&mut self) -> Result<(), RunError> {
+        self.status.set_finished();
+        self.sink.finish()
+    }
+
+    pub fn on_message(
+        &mut self,
+        slot: usize,
+        msg: Message,
+        now_ms: i64,
+        ack: &mut impl FnMut(BarrierAck),
+    ) -> Result<(), RunError> {
+        let control = !matches!(msg, Message::Data(_));
+        let mut events = std::mem::take(&mut self.events);
+        self.gate.accept(slot, msg, now_ms, &mut |e| events.push(e));
+        let mut result = Ok(());
+        for event in events.drain(..) {
+            let r = match event {
+                GateEvent::Data { batch, .. } => {
+                    self.status.add_records_in(batch.len() as u64, now_ms);
+                    self.sink.write(&batch)
+                }
+                GateEvent::Watermark(_) => Ok(()),
+                GateEvent::Barrier(epoch) => self.sink.pre_commit(epoch).map(|state| {
+                    ack(BarrierAck::Sink { epoch, state });
+                }),
+                GateEvent::End => self.sink.pre_commit(FINAL_EPOCH).map(|state| {
+                    ack(BarrierAck::Sink {
+                        epoch: FINAL_EPOCH,
+                        state,
+                    });
+                }),
+            };
+            if r.is_err() {
+                result = r;
+                break;
+            }
+        }
+        events.clear();
+        self.events = events;
+        if control {
+            let w = self.gate.watermarks();
+            self.status
+                .set_watermark(w.current(), w.is_idle(), w.holder(), w.advanced_at_ms());
+        }
+        result
+    }
+}
+
+/// A sink's thread.
+pub(crate) struct SinkTask {
+    driver: SinkDriver,
+    inbound: Receiver<Envelope>,
+    control: Receiver<Control>,
+    link: TaskLink,
+    /// The sink's pre-commit in the checkpoint restored; `None`: from the beginning.
+    restored: Option<Vec<u8>>,
+    /// A bootstrap: the sink is not recovered (it writes nothing).
+    bootstrap: bool,
+}
+
+impl SinkTask {
+    pub(crate) fn new(
+        driver: SinkDriver,
+        inbound: Receiver<Envelope>,
+        control: Receiver<Control>,
+        link: TaskLink,
+        restored: Option<Vec<u8>>,
+        bootstrap: bool,
+    ) -> SinkTask {
+        SinkTask {
+            driver,
+            inbound,
+            control,
+            link,
+            restored,
+            bootstrap,
+        }
+    }
+
+    /// The thread's body.
+    pub(crate) fn run(mut self) {
+        let result = self.write();
+        self.link.end(result.map(|()| None));
+    }
+
+    fn write(&mut self) -> Result<(), RunError> {
+        if !self.bootstrap {
+            self.driver.recover(self.restored.as_deref())?;
+        }
+        let link = &self.link;
+        let mut ack = |a: BarrierAck| link.ack(a);
+        let none = never();
+        loop {
+            // Once its input has ended the sink only waits for its last commit.
+            let inbound = if self.driver.is_finished() {
+                &none
+            } else {
+                &self.inbound
+            };
+            select! {
+                recv(inbound) -> m => {
+                    let Ok((slot, msg)) = m else {
+                        if link.stopping.load(Ordering::SeqCst) {
+                            // Stopped after a savepoint: its commit may still be queued.
+                            while let Ok(Control::CheckpointDone(e)) = self.control.try_recv() {
+                                self.driver.commit(e)?;
+                            }
+                            return Ok(());
+                        }
+                        return Err(link.stopped("an upstream task stopped"));
+                    };
+                    self.driver.on_message(slot as usize, msg, link.clock.now_ms(), &mut ack)?;
+                }
+                recv(self.control) -> c => match c {
+                    Ok(Control::CheckpointDone(epoch)) => {
+                        self.driver.commit(epoch)?;
+                        if epoch == FINAL_EPOCH {
+                            return self.driver.finish();
+                        }
+                    }
+                    Ok(Control::Barrier(_)) => {}
+                    Ok(Control::Stop) if link.stopping.load(Ordering::SeqCst) => {
+                        // Stopped after a savepoint while waiting for the last commit, which
+                        // will not come.
+                        return Ok(());
+                    }
+                    Ok(Control::Stop) | Err(_) => {
+                        return Err(link.stopped("the run stopped before its last commit"));
+                    }
+                },
+            }
+        }
+    }
+}
+
+/// The sink of a bootstrap run: it receives nothing worth keeping and writes nothing.
+pub(crate) struct Discard;
+
+impl Sink for Discard {
+    fn guarantee(&self) -> Guarantee {
+        Guarantee::ExactlyOnce
+    }
+    fn write(&mut self, _: &crate::types::Batch) -> Result<(), RunError> {
+        Ok(())
+    }
+    fn pre_commit(&mut self, _: Epoch) -> Result<Vec<u8>, RunError> {
+        Ok(Vec::new())
+    }
+    fn commit(&mut self, _: Epoch) -> Result<(), RunError> {
+        Ok(())
+    }
+    fn recover(&mut self, _: Option<&[u8]>) -> Result<(), RunError> {
+        Ok(())
+    }
+    fn finish(&mut self) -> Result<(), RunError> {
+        Ok(())
+    }
+}
