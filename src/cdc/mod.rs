@@ -48,8 +48,8 @@ use compact_str::CompactString;
 use crate::format::DecodeError;
 use crate::types::{SchemaRef, Value};
 
-pub use debezium::{DebeziumDecoder, TableConfig, UNAVAILABLE_VALUE};
-pub use stream::{CdcTable, ChangeStream};
+pub use debezium::{DebeziumDecoder, UNAVAILABLE_VALUE};
+pub use stream::{CdcTable, ChangeStream, TableConfig};
 
 /// A change format: how the bytes of one record (a line of a file, a Kafka message, later a
 /// replication message) become a `Decoded` value. `DebeziumDecoder` is one; the change-stream

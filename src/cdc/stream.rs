@@ -27,9 +27,11 @@
 
 use std::sync::{Arc, OnceLock};
 
+use compact_str::CompactString;
+
 use crate::cdc::inspect::normalize;
 use crate::cdc::rows::{change_schema, push_change, push_snapshot_end};
-use crate::cdc::{Decoded, Op, SnapshotMarker, TableConfig, TableId};
+use crate::cdc::{Decoded, Op, SnapshotMarker, TableId};
 use crate::dataflow::{PortSpec, ReadBuffers};
 use crate::types::{DataType, Field, Schema, SchemaRef, Value};
 
@@ -44,6 +46,38 @@ pub fn main_schema() -> SchemaRef {
             ]))
         })
         .clone()
+}
+
+/// How one table's change events are typed, whatever their format.
+#[derive(Clone, Debug)]
+pub struct TableConfig {
+    /// Column names and types of the table's rows.
+    pub schema: SchemaRef,
+    /// Primary key columns, used for the key of a bare envelope (which carries no key).
+    pub key_columns: Vec<CompactString>,
+    /// Scale of `decimal` columns a format sends as unscaled bytes without their scale
+    /// (Debezium records without a schema), by column name.
+    pub decimal_scales: Vec<(CompactString, u32)>,
+}
+
+impl TableConfig {
+    pub fn new(schema: SchemaRef) -> TableConfig {
+        TableConfig {
+            schema,
+            key_columns: Vec::new(),
+            decimal_scales: Vec::new(),
+        }
+    }
+
+    pub fn with_key(mut self, columns: &[&str]) -> TableConfig {
+        self.key_columns = columns.iter().map(|c| CompactString::from(*c)).collect();
+        self
+    }
+
+    pub fn with_decimal_scale(mut self, column: &str, scale: u32) -> TableConfig {
+        self.decimal_scales.push((column.into(), scale));
+        self
+    }
 }
 
 /// One configured table: the port it goes to.

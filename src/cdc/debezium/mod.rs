@@ -67,40 +67,10 @@ use self::schema::{Kind, Plan, SchemaBlock};
 use self::values::{convert, decode_row};
 use super::{Change, ChangeFormat, Decoded, Key, Op, TableId};
 use crate::format::DecodeError;
-use crate::types::{SchemaRef, Value};
+use crate::types::Value;
 
 pub use self::values::UNAVAILABLE_VALUE;
-
-/// How one table's change events are typed.
-#[derive(Clone, Debug)]
-pub struct TableConfig {
-    /// Column names and types of the table's rows.
-    pub schema: SchemaRef,
-    /// Primary key columns, used for the key of a bare envelope (which carries no key).
-    pub key_columns: Vec<CompactString>,
-    /// Scale of `decimal` columns sent as base64 unscaled bytes, by column name.
-    pub decimal_scales: Vec<(CompactString, u32)>,
-}
-
-impl TableConfig {
-    pub fn new(schema: SchemaRef) -> TableConfig {
-        TableConfig {
-            schema,
-            key_columns: Vec::new(),
-            decimal_scales: Vec::new(),
-        }
-    }
-
-    pub fn with_key(mut self, columns: &[&str]) -> TableConfig {
-        self.key_columns = columns.iter().map(|c| CompactString::from(*c)).collect();
-        self
-    }
-
-    pub fn with_decimal_scale(mut self, column: &str, scale: u32) -> TableConfig {
-        self.decimal_scales.push((column.into(), scale));
-        self
-    }
-}
+pub use crate::cdc::stream::TableConfig;
 
 /// Decodes Debezium JSON records; see the module docs. Cheap to share: `decode` takes `&self`.
 #[derive(Debug, Default)]

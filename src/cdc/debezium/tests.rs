@@ -11,6 +11,7 @@ use rust_decimal::Decimal;
 use super::*;
 use crate::cdc::{SnapshotMarker, Version};
 use crate::format::parse_timestamp;
+use crate::types::SchemaRef;
 use crate::types::{DataType, Field, Schema};
 
 pub(super) fn data_dir(sub: &str) -> Option<PathBuf> {
