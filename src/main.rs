@@ -412,7 +412,7 @@ fn bootstrap(path: &Path, dir: &Path, parallelism: Option<usize>) -> anyhow::Res
 }
 
 fn checkpoints_list(dir: &Path) -> anyhow::Result<ExitCode> {
-    let store = watershed::checkpoint::CheckpointStore::at(dir, usize::MAX)?;
+    let store = watershed::checkpoint::CheckpointStore::existing(dir)?;
     let listed = store.list();
     if listed.is_empty() {
         println!("no checkpoints in {}", dir.display());

@@ -225,6 +225,21 @@ impl CheckpointStore {
         Ok(store)
     }
 
+    /// The existing store in `dir`, to look at: nothing is created or removed.
+    pub fn existing(dir: &Path) -> Result<CheckpointStore, CheckpointError> {
+        if !dir.is_dir() {
+            return Err(CheckpointError::io(
+                format!("no checkpoint directory at {}", dir.display()),
+                std::io::Error::from(std::io::ErrorKind::NotFound),
+            ));
+        }
+        Ok(CheckpointStore {
+            dir: dir.to_path_buf(),
+            retain: usize::MAX,
+            blobs: Mutex::new(BlobDir::new(dir.join(SHARED), "../shared")),
+        })
+    }
+
     /// The store in `dir` (created), to read: nothing is removed.
     pub fn at(dir: &Path, retain: usize) -> Result<CheckpointStore, CheckpointError> {
         let shared = dir.join(SHARED);

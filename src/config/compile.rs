@@ -16,7 +16,7 @@ use crate::components::{OperatorYaml, SinkYaml, SourceYaml};
 use crate::config::component::{
     EnrichmentDefaults, OperatorContext, OperatorInput, SinkContext, SourceContext, one_of,
 };
-use crate::config::issues::{Issues, valid_name};
+use crate::config::issues::{Issues, MAX_PARALLELISM, valid_name};
 use crate::config::tables;
 use crate::config::yaml::{EnrichmentYaml, PipelineFile, S, StateYaml};
 use crate::config::{Compiled, Overrides};
@@ -103,15 +103,21 @@ pub fn compile(
         .unwrap_or_else(|| PathBuf::from("."));
     let mut warnings = Vec::new();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let default_parallelism = overrides
+    let file_parallelism = file
         .parallelism
-        .or(file.parallelism.as_ref().map(|p| p.value))
-        .unwrap_or(cores);
-    if let Some(p) = &file.parallelism
-        && p.value == 0
-    {
-        issues.at(&p.referenced, "parallelism", "must be at least 1");
-    }
+        .as_ref()
+        .map(|p| issues.parallelism(p, "parallelism"));
+    let default_parallelism = match overrides.parallelism {
+        Some(p) if !(1..=MAX_PARALLELISM).contains(&p) => {
+            issues.unplaced(
+                "--parallelism",
+                format!("must be from 1 to {MAX_PARALLELISM}"),
+            );
+            p.clamp(1, MAX_PARALLELISM)
+        }
+        Some(p) => p,
+        None => file_parallelism.unwrap_or(cores),
+    };
 
     let mut options = RuntimeOptions::default();
     if let Some(b) = &file.batch_size {
@@ -275,7 +281,7 @@ pub fn compile(
         let loc = &src.referenced;
         let s = &src.value;
         let parallelism = s.parallelism.as_ref().map_or(1, |p| {
-            issues.at_least_one(p, &format!("{field}.parallelism"))
+            issues.parallelism(p, &format!("{field}.parallelism"))
         });
         let et = s.event_time.as_ref().map(|e| &e.value);
         let max_ooo = et
@@ -440,7 +446,7 @@ pub fn compile(
         let loc = &op.referenced;
         let o = &op.value;
         let parallelism = o.parallelism.as_ref().map_or(default_parallelism, |p| {
-            issues.at_least_one(p, &format!("{field}.parallelism"))
+            issues.parallelism(p, &format!("{field}.parallelism"))
         });
         if o.inputs.is_empty() {
             issues.at(
@@ -505,6 +511,8 @@ pub fn compile(
     // Sinks.
     let mut outputs = Vec::new();
     let mut sink_guarantees: Vec<(String, Guarantee)> = Vec::new();
+    // Files written by sinks, and by which.
+    let mut written: HashMap<PathBuf, String> = HashMap::new();
     for (name, sink) in &file.sinks {
         let field = format!("sinks.{name}");
         let loc = &sink.referenced;
@@ -575,6 +583,20 @@ pub fn compile(
                     overrides,
                 };
                 block.build(&mut cx).map(|b| {
+                    if let Some(file) = &b.writes {
+                        let key = std::path::absolute(file).unwrap_or_else(|_| file.clone());
+                        if let Some(other) = written.insert(key, name.clone()) {
+                            issues.at(
+                                &at,
+                                format!("{field}.{kind}"),
+                                format!(
+                                    "`{}` is already written by sink `{other}`: two sinks \
+                                     writing one file lose each other's lines",
+                                    file.display()
+                                ),
+                            );
+                        }
+                    }
                     outputs.push((name.clone(), b.target));
                     sink_guarantees.push((name.clone(), b.guarantee));
                     b.factory
@@ -647,7 +669,9 @@ pub fn compile(
     }
     warnings.sort();
 
-    issues.finish()?;
+    issues
+        .finish()
+        .map_err(|e| file.interpolation.restore_error(e))?;
     Ok(Compiled {
         plan: Plan {
             name: file.name.clone().unwrap_or_else(|| {

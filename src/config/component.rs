@@ -239,6 +239,8 @@ pub struct BuiltSink {
     /// Where it writes, for people (`out/x.jsonl`, `stdout`).
     pub target: String,
     pub guarantee: Guarantee,
+    /// A file only this sink may write (two sinks on one file lose lines).
+    pub writes: Option<PathBuf>,
 }
 
 /// Declares the kinds of one section of the pipeline file: the section's node struct (the

@@ -12,6 +12,9 @@ use crate::config::yaml::S;
 use crate::error::{ConfigError, ConfigIssue};
 use crate::types::{DataType, Field, Schema, SchemaRef};
 
+/// The most instances of one node: each is a thread.
+pub const MAX_PARALLELISM: usize = 1024;
+
 /// Collects located problems.
 pub struct Issues {
     file: PathBuf,
@@ -102,13 +105,27 @@ impl Issues {
         }
     }
 
-    /// A positive rate (records per second).
+    /// A positive, finite number (a rate in records per second).
     pub fn positive(&mut self, r: &S<f64>, field: &str) -> Option<f64> {
-        if r.value > 0.0 {
+        if r.value.is_finite() && r.value > 0.0 {
             Some(r.value)
         } else {
-            self.at(&r.referenced, field, "must be positive");
+            self.at(&r.referenced, field, "must be a positive number");
             None
+        }
+    }
+
+    /// A number of instances: 1 to `MAX_PARALLELISM` (reported and clamped otherwise).
+    pub fn parallelism(&mut self, p: &S<usize>, field: &str) -> usize {
+        if (1..=MAX_PARALLELISM).contains(&p.value) {
+            p.value
+        } else {
+            self.at(
+                &p.referenced,
+                field,
+                format!("must be from 1 to {MAX_PARALLELISM}"),
+            );
+            p.value.clamp(1, MAX_PARALLELISM)
         }
     }
 

@@ -7,6 +7,7 @@
 
 pub mod compile;
 pub mod component;
+pub mod env;
 pub mod issues;
 pub mod tables;
 pub mod yaml;
@@ -67,6 +68,24 @@ pub fn load(path: &Path) -> Result<PipelineFile, ConfigError> {
 
 /// Parses pipeline text; `path` is used in messages.
 pub fn parse(path: &Path, text: &str) -> Result<PipelineFile, ConfigError> {
+    let (substituted, interpolation) = env::interpolate(text, |name| std::env::var(name).ok())
+        .map_err(|issues| ConfigError {
+            file: path.to_path_buf(),
+            issues: issues
+                .into_iter()
+                .map(|mut i| {
+                    i.field = field_path_at(text, i.line, i.column);
+                    i
+                })
+                .collect(),
+        })?;
+    let mut file =
+        parse_substituted(path, &substituted).map_err(|e| interpolation.restore_error(e))?;
+    file.interpolation = interpolation;
+    Ok(file)
+}
+
+fn parse_substituted(path: &Path, text: &str) -> Result<PipelineFile, ConfigError> {
     serde_saphyr::from_str::<PipelineFile>(text).map_err(|e| {
         let (line, column) = e
             .location()

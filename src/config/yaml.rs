@@ -13,6 +13,9 @@ pub type S<T> = Spanned<T>;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PipelineFile {
+    /// What `${VAR}`s were replaced by (to report problems as the file is written).
+    #[serde(skip)]
+    pub interpolation: crate::config::env::Interpolation,
     pub name: Option<String>,
     /// Default parallelism of operators (`--parallelism` overrides; default: CPU cores).
     pub parallelism: Option<S<usize>>,

@@ -431,7 +431,7 @@ impl Launcher<'_> {
                 (
                     Role::Source,
                     Some(ctl_tx),
-                    spawn(&label, move || task.run()),
+                    spawn(&label, move || task.run())?,
                 )
             }
             NodeKind::Operator { factory, .. } => {
@@ -457,7 +457,7 @@ impl Launcher<'_> {
                     link,
                     self.finished_operators.clone(),
                 );
-                (Role::Operator, None, spawn(&label, move || task.run()))
+                (Role::Operator, None, spawn(&label, move || task.run())?)
             }
             NodeKind::Sink { factory } => {
                 let sink: Box<dyn Sink> = if bootstrap {
@@ -479,7 +479,7 @@ impl Launcher<'_> {
                 let (ctl_tx, ctl_rx) = unbounded::<Control>();
                 let inbound = inbound.expect("receiver");
                 let task = SinkTask::new(driver, inbound, ctl_rx, link, restored, bootstrap);
-                (Role::Sink, Some(ctl_tx), spawn(&label, move || task.run()))
+                (Role::Sink, Some(ctl_tx), spawn(&label, move || task.run())?)
             }
         };
         Ok(Instance {

@@ -499,3 +499,18 @@ fn a_corrupt_checkpoint_is_skipped_for_the_previous_one() {
         "{text}"
     );
 }
+
+#[test]
+fn checkpoints_list_of_a_missing_directory_creates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no/such/checkpoints");
+    let out = watershed()
+        .args(["checkpoints", "list"])
+        .arg(&missing)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no checkpoint directory at"), "{stderr}");
+    assert!(!dir.path().join("no").exists(), "nothing is created");
+}

@@ -34,7 +34,7 @@ fn generator_settings() {
     expect(
         "sources:\n  g:\n    generator: {rate: -1, hosts: 0, jitter: 2x}\n",
         &[
-            "p.yaml:3:23: field `sources.g.generator.rate`: must be positive",
+            "p.yaml:3:23: field `sources.g.generator.rate`: must be a positive number",
             "p.yaml:3:34: field `sources.g.generator.hosts`: must be at least 1",
             "p.yaml:3:45: field `sources.g.generator.jitter`: invalid duration `2x`",
         ],
@@ -50,7 +50,7 @@ fn file_source_settings() {
         &yaml,
         &[
             "p.yaml:3:44: field `sources.f.file.format`: unknown format `csv`",
-            "p.yaml:7:37: field `sources.h.file.rate`: must be positive",
+            "p.yaml:7:37: field `sources.h.file.rate`: must be a positive number",
         ],
     );
     assert!(
@@ -155,4 +155,63 @@ fn file_and_stdout_sink_settings() {
             "p.yaml:9:42: field `sinks.c.columns[0]`: `nope` is not a column of the input",
         ],
     );
+}
+
+#[test]
+fn two_sinks_writing_one_file_is_an_error() {
+    let yaml = format!(
+        "sources:\n  f:\n    file: {{paths: [in.jsonl]}}\n{ROWS}sinks:\n  a: {{input: f, file: out.jsonl}}\n  b: {{input: f, file: ./out.jsonl}}\n"
+    );
+    expect(
+        &yaml,
+        &["p.yaml:8:23: field `sinks.b.file`: `./out.jsonl` is already written by sink `a`"],
+    );
+}
+
+#[test]
+fn parallelism_rates_and_empty_paths_are_bounded_and_located() {
+    let yaml = format!(
+        "parallelism: 5000\nsources:\n  f:\n    file: {{paths: [], rate: .nan}}\n{ROWS}    parallelism: 0\n  g:\n    generator: {{rate: .inf, skew: .nan}}\n"
+    );
+    expect(
+        &yaml,
+        &[
+            "p.yaml:1:14: field `parallelism`: must be from 1 to 1024",
+            "p.yaml:4:11: field `sources.f.file.paths`: list at least one file or pattern",
+            "p.yaml:4:29: field `sources.f.file.rate`: must be a positive number",
+            "p.yaml:7:18: field `sources.f.parallelism`: must be from 1 to 1024",
+            "p.yaml:9:23: field `sources.g.generator.rate`: must be a positive number",
+            "p.yaml:9:35: field `sources.g.generator.skew`: must be a number, 0 or more",
+        ],
+    );
+}
+
+#[test]
+fn environment_variables_fill_the_file_and_never_show_in_messages() {
+    // SAFETY: this test binary's tests run in their own processes (nextest).
+    unsafe {
+        std::env::set_var("WATERSHED_TEST_LATENESS", "hunter22");
+        std::env::set_var("WATERSHED_TEST_INPUT", "in.jsonl");
+    }
+    let yaml = format!(
+        "sources:\n  f:\n    file: {{paths: [\"${{WATERSHED_TEST_INPUT}}\"]}}\n{ROWS}    idle_timeout: ${{WATERSHED_TEST_LATENESS}}\n    expected_interval: ${{WATERSHED_TEST_MISSING}}\n"
+    );
+    let text = errors(&yaml);
+    assert!(
+        text.contains(
+            "p.yaml:7:24: field `sources.f.expected_interval`: environment variable `WATERSHED_TEST_MISSING` is not set"
+        ),
+        "{text}"
+    );
+    let yaml = format!(
+        "sources:\n  f:\n    file: {{paths: [\"${{WATERSHED_TEST_INPUT}}\"]}}\n{ROWS}    idle_timeout: ${{WATERSHED_TEST_LATENESS}}\n"
+    );
+    let text = errors(&yaml);
+    assert!(
+        text.contains(
+            "p.yaml:6:19: field `sources.f.idle_timeout`: invalid duration `${WATERSHED_TEST_LATENESS}`"
+        ),
+        "{text}"
+    );
+    assert!(!text.contains("hunter22"), "{text}");
 }

@@ -158,9 +158,19 @@ fn route(router: &mut Router, e: Emit) -> Result<(), RunError> {
 }
 
 /// Starts a task's thread, named by its label.
-pub(crate) fn spawn(label: &str, f: impl FnOnce() + Send + 'static) -> JoinHandle<()> {
+pub(crate) fn spawn(
+    label: &str,
+    f: impl FnOnce() + Send + 'static,
+) -> Result<JoinHandle<()>, RunError> {
     std::thread::Builder::new()
         .name(label.to_string())
         .spawn(f)
-        .expect("cannot spawn a task thread")
+        .map_err(|e| RunError::External {
+            component: label.to_string(),
+            message: format!(
+                "cannot start a thread ({e}): lower the parallelism or raise the process's \
+                 thread limit"
+            ),
+            class: crate::error::ErrorClass::Definite,
+        })
 }

@@ -28,6 +28,7 @@ impl SinkConfig for FileSinkConfig {
         let columns = cx.columns.clone();
         let transactional = cx.transactional;
         let target = path.display().to_string();
+        let path_written = path.clone();
         let factory: SinkFactory = Arc::new(move |_| {
             Ok(Box::new(JsonLinesSink::create(
                 &path,
@@ -39,6 +40,7 @@ impl SinkConfig for FileSinkConfig {
         Some(BuiltSink {
             factory,
             target,
+            writes: Some(path_written),
             guarantee: if transactional {
                 Guarantee::ExactlyOnce
             } else {

@@ -34,6 +34,7 @@ impl SinkConfig for StdoutConfig {
             factory,
             target: "stdout".into(),
             guarantee: Guarantee::AtLeastOnce,
+            writes: None,
         })
     }
 }

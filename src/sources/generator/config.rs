@@ -97,14 +97,18 @@ impl GeneratorConfig {
             spec.hosts = issues.at_least_one(h, &format!("{field}.hosts"));
         }
         if let Some(s) = &self.skew {
-            if s.value < 0.0 {
+            if !(s.value.is_finite() && s.value >= 0.0) {
                 issues.at(
                     &s.referenced,
                     format!("{field}.skew"),
-                    "must not be negative",
+                    "must be a number, 0 or more",
                 );
             }
-            spec.skew = s.value.max(0.0);
+            spec.skew = if s.value.is_finite() {
+                s.value.max(0.0)
+            } else {
+                0.0
+            };
         }
         if let Some(j) = &self.jitter {
             spec.jitter = issues
