@@ -255,6 +255,7 @@ mod tests {
                 .map(|p| Batch::new(p.schema))
                 .collect(),
             progress: None,
+            caught_up: Vec::new(),
         }
     }
 

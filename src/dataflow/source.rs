@@ -35,6 +35,11 @@ pub struct ReadBuffers {
     /// The partition promises no record with an event time below this any more (a CDC
     /// heartbeat): it moves the partition's watermark like a record with this time would.
     pub progress: Option<EventTime>,
+    /// Partitions this call found with nothing to read: caught up with their input (the end
+    /// of a followed file, no record from the broker, no change in the replication stream)
+    /// or in a scheduled quiet period. Only a partition seen caught up for `idle_timeout`
+    /// becomes idle; one that is slow, throttled or blocked on a full channel never does.
+    pub caught_up: Vec<usize>,
 }
 
 impl ReadBuffers {
@@ -49,6 +54,7 @@ impl ReadBuffers {
                 .map(|p| Batch::new(p.schema))
                 .collect(),
             progress: None,
+            caught_up: Vec::new(),
         }
     }
 }

@@ -38,14 +38,43 @@ impl BoundedOutOfOrderness {
 struct Partition {
     generator: BoundedOutOfOrderness,
     last_activity_ms: i64,
+    /// Since the last record: when the source first found the partition with nothing to
+    /// read, and when it last did.
+    quiet_since_ms: Option<i64>,
+    quiet_confirmed_ms: i64,
     ended: bool,
+}
+
+impl Partition {
+    fn new(max_out_of_orderness: Duration, now_ms: i64) -> Partition {
+        Partition {
+            generator: BoundedOutOfOrderness::new(max_out_of_orderness),
+            last_activity_ms: now_ms,
+            quiet_since_ms: None,
+            quiet_confirmed_ms: now_ms,
+            ended: false,
+        }
+    }
+
+    /// Seen with nothing to read for at least `timeout`, between observations: time when
+    /// nobody looked (a thread starved of CPU or blocked on a full channel) counts only if
+    /// the partition was still caught up when the source looked again, which means nothing
+    /// arrived meanwhile.
+    fn quiet_for(&self, timeout_ms: i64) -> bool {
+        self.quiet_since_ms
+            .is_some_and(|since| self.quiet_confirmed_ms - since >= timeout_ms)
+    }
 }
 
 /// The watermarks of all partitions one source instance reads, with idleness.
 ///
-/// A partition becomes idle after `idle_timeout` of processing time without a record (and
-/// active again with its next record); a finished partition (a file read to its end, not
-/// followed) stops holding the watermark. Without an `idle_timeout` a quiet partition holds
+/// A partition becomes idle once the source has found it with nothing to read (caught up
+/// with its input, or in a scheduled quiet period) for `idle_timeout` of processing time,
+/// and active again with its next record; a finished partition (a file read to its end, not
+/// followed) stops holding the watermark. Unlike Flink's `withIdleness`, which counts
+/// processing time without a record, a partition that is merely slow — its thread starved of
+/// CPU, blocked on a full channel, throttled to a rate — is never declared idle, so how busy
+/// the machine is never decides what is late. Without an `idle_timeout` a quiet partition holds
 /// the watermark where it is, which is what the stall alert exists to report.
 #[derive(Clone, Debug)]
 pub struct PartitionWatermarks {
@@ -65,11 +94,7 @@ impl PartitionWatermarks {
     ) -> PartitionWatermarks {
         PartitionWatermarks {
             partitions: (0..partitions)
-                .map(|_| Partition {
-                    generator: BoundedOutOfOrderness::new(max_out_of_orderness),
-                    last_activity_ms: now_ms,
-                    ended: false,
-                })
+                .map(|_| Partition::new(max_out_of_orderness, now_ms))
                 .collect(),
             idle_timeout_ms: idle_timeout.map(|d| d.as_millis() as i64),
             max_out_of_orderness,
@@ -94,7 +119,16 @@ impl PartitionWatermarks {
 
     /// Marks partition `p` as having received records at `now_ms` (call once per batch).
     pub fn on_activity(&mut self, p: usize, now_ms: i64) {
-        self.partitions[p].last_activity_ms = now_ms;
+        let part = &mut self.partitions[p];
+        part.last_activity_ms = now_ms;
+        part.quiet_since_ms = None;
+    }
+
+    /// The source found partition `p` with nothing to read at `now_ms`.
+    pub fn on_caught_up(&mut self, p: usize, now_ms: i64) {
+        let part = &mut self.partitions[p];
+        part.quiet_since_ms.get_or_insert(now_ms);
+        part.quiet_confirmed_ms = now_ms;
     }
 
     /// Partition `p` has no more records, ever: it stops holding the watermark.
@@ -129,10 +163,7 @@ impl PartitionWatermarks {
         for (i, p) in self.partitions.iter().enumerate() {
             let wm = if p.ended {
                 Watermark::EventTime(END_OF_TIME)
-            } else if self
-                .idle_timeout_ms
-                .is_some_and(|t| now_ms - p.last_activity_ms >= t)
-            {
+            } else if self.idle_timeout_ms.is_some_and(|t| p.quiet_for(t)) {
                 Watermark::Idle
             } else {
                 match p.generator.current() {
@@ -164,11 +195,7 @@ impl PartitionWatermarks {
             .iter()
             .map(|k| match k.and_then(|i| self.partitions.get(i)) {
                 Some(p) => p.clone(),
-                None => Partition {
-                    generator: BoundedOutOfOrderness::new(self.max_out_of_orderness),
-                    last_activity_ms: now_ms,
-                    ended: false,
-                },
+                None => Partition::new(self.max_out_of_orderness, now_ms),
             })
             .collect();
         self.merged.remap(keep, now_ms);
@@ -241,16 +268,47 @@ mod tests {
         w.on_event(0, 1_000);
         w.on_event(1, 1_000);
         w.poll(0);
+        // Partition 1 is seen with nothing to read from 10 s to 60 s.
+        w.on_caught_up(1, 10_000);
+        w.on_caught_up(1, 60_000);
         w.on_event(0, 60_000);
         w.on_activity(0, 60_000);
         assert_eq!(w.poll(60_000), Some(Watermark::EventTime(59_999)));
         assert!(w.partition_is_idle(1));
         // Both quiet: the instance is idle.
+        w.on_caught_up(0, 100_000);
+        w.on_caught_up(0, 200_000);
         assert_eq!(w.poll(200_000), Some(Watermark::Idle));
         // Activity brings it back with the watermark it had.
         w.on_event(0, 61_000);
         w.on_activity(0, 200_001);
         assert_eq!(w.poll(200_001), Some(Watermark::EventTime(60_999)));
+    }
+
+    #[test]
+    fn a_slow_partition_is_never_idle_only_a_caught_up_one() {
+        let mut w = PartitionWatermarks::new(2, Duration::ZERO, Some(30 * S), 0);
+        w.on_event(0, 1_000);
+        w.on_event(1, 1_000);
+        w.poll(0);
+        // Partition 1 had records but its thread was starved (or blocked) for 10 minutes:
+        // nobody saw it caught up, so it still holds the watermark.
+        w.on_event(0, 600_000);
+        w.on_activity(0, 600_000);
+        assert_eq!(w.poll(600_000), None);
+        assert!(!w.partition_is_idle(1));
+        // Seen caught up once, then the thread stalls: one observation is no span.
+        w.on_caught_up(1, 600_000);
+        assert_eq!(w.poll(1_200_000), None);
+        // Seen caught up again later: nothing arrived meanwhile, so it was quiet all along.
+        w.on_caught_up(1, 1_200_000);
+        assert_eq!(w.poll(1_200_000), Some(Watermark::EventTime(599_999)));
+        // A record ends the quiet span: the next idleness needs a new one.
+        w.on_event(1, 700_000);
+        w.on_activity(1, 1_200_001);
+        w.on_caught_up(1, 1_200_002);
+        w.poll(1_200_002);
+        assert!(!w.partition_is_idle(1));
     }
 
     #[test]

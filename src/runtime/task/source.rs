@@ -178,6 +178,11 @@ impl SourceDriver {
         emit: &mut impl FnMut(Emit) -> Result<(), RunError>,
     ) -> Result<SourceStep, RunError> {
         let status = self.source.read(&mut self.bufs, self.batch_size, now_ms)?;
+        for p in self.bufs.caught_up.drain(..) {
+            if p < self.names.len() {
+                self.watermarks.on_caught_up(p, now_ms);
+            }
+        }
         let step = match status {
             ReadStatus::Data { partition } => {
                 self.status.add_records_in(self.bufs_len() as u64, now_ms);

@@ -333,6 +333,10 @@ impl<D: LineDecoder> Source for FileSource<D> {
                 self.next = (i + 1) % n;
                 return Ok(ReadStatus::Data { partition: i });
             }
+            if at_end && self.follows(i) {
+                // Followed and read to its end: nothing to read now.
+                out.caught_up.push(i);
+            }
             if at_end && !self.follows(i) {
                 let p = &mut self.partitions[i];
                 p.ended = true;

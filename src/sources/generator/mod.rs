@@ -415,6 +415,10 @@ impl Source for GeneratorSource {
                         started_at + self.due_offset_ms(i) - self.due_offset_ms(self.paced_from);
                     if due > now_ms {
                         earliest_due = Some(earliest_due.map_or(due, |d: i64| d.min(due)));
+                        if n == 0 {
+                            // Its next record is not due yet (or it is in a quiet period).
+                            out.caught_up.push(p);
+                        }
                         break;
                     }
                 }
