@@ -296,11 +296,21 @@ impl From<bool> for Value {
 /// A batch of rows sharing one schema, each with its event time.
 ///
 /// Rows are row-major: row `i` is `values[i * width .. (i + 1) * width]`.
+///
+/// A row read *behind* its source partition's watermark (its event time below the watermark
+/// of the rows before it in the partition) carries that watermark as its **lateness
+/// reference**: downstream operators decide whether it is late against it, not against their
+/// own watermark at the moment it happens to arrive, so what is late depends only on the
+/// data (see `crate::time`). Such rows are rare; the references are kept sparsely, as (row
+/// index, watermark) pairs in row order, and cost nothing when there are none.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Batch {
     schema: SchemaRef,
     values: Vec<Value>,
     event_times: Vec<EventTime>,
+    lateness_refs: Vec<(u32, EventTime)>,
+    /// Applied to every row finished while set (`set_lateness_ref`).
+    current_ref: Option<EventTime>,
 }
 
 impl Batch {
@@ -309,6 +319,8 @@ impl Batch {
             schema,
             values: Vec::new(),
             event_times: Vec::new(),
+            lateness_refs: Vec::new(),
+            current_ref: None,
         }
     }
 
@@ -318,6 +330,8 @@ impl Batch {
             schema,
             values: Vec::with_capacity(rows * width),
             event_times: Vec::with_capacity(rows),
+            lateness_refs: Vec::new(),
+            current_ref: None,
         }
     }
 
@@ -373,14 +387,65 @@ impl Batch {
             self.width(),
             "row width does not match schema"
         );
-        self.event_times.push(event_time);
+        self.push_time(event_time);
     }
 
     /// Appends a row by cloning values from a slice of the same width.
     pub fn push_row_from(&mut self, row: &[Value], event_time: EventTime) {
         assert_eq!(row.len(), self.width(), "row width does not match schema");
         self.values.extend_from_slice(row);
+        self.push_time(event_time);
+    }
+
+    fn push_time(&mut self, event_time: EventTime) {
+        if let Some(l) = self.current_ref {
+            self.lateness_refs.push((self.event_times.len() as u32, l));
+        }
         self.event_times.push(event_time);
+    }
+
+    /// The lateness references of the rows that have one, as (row index, watermark) in row
+    /// order (see the type's documentation).
+    pub fn lateness_refs(&self) -> &[(u32, EventTime)] {
+        &self.lateness_refs
+    }
+
+    /// Gives row `i` (already in the batch) the lateness reference `watermark`. Rows must be
+    /// marked in row order.
+    pub fn mark_behind(&mut self, i: usize, watermark: EventTime) {
+        debug_assert!(
+            self.lateness_refs
+                .last()
+                .is_none_or(|&(j, _)| (j as usize) < i)
+        );
+        self.lateness_refs.push((i as u32, watermark));
+    }
+
+    /// Rows finished from now on carry `watermark` as their lateness reference (`None`: no
+    /// reference). Operators that emit rows derived from an input row set it to the input
+    /// row's reference while they emit them.
+    pub fn set_lateness_ref(&mut self, watermark: Option<EventTime>) {
+        self.current_ref = watermark;
+    }
+
+    /// The reference `set_lateness_ref` set, if any.
+    pub fn lateness_ref_in_effect(&self) -> Option<EventTime> {
+        self.current_ref
+    }
+
+    /// The lateness reference of each row, in row order (`None` for rows without one).
+    pub fn lateness_ref_per_row(&self) -> impl Iterator<Item = Option<EventTime>> + '_ {
+        let mut refs = self.lateness_refs.iter().peekable();
+        (0..self.len()).map(move |i| refs.next_if(|&&(j, _)| j as usize == i).map(|&(_, l)| l))
+    }
+
+    /// Appends every row of `other` (same schema), with their lateness references.
+    pub fn append(&mut self, other: &Batch) {
+        let offset = self.event_times.len() as u32;
+        self.values.extend_from_slice(&other.values);
+        self.event_times.extend_from_slice(&other.event_times);
+        self.lateness_refs
+            .extend(other.lateness_refs.iter().map(|&(i, l)| (i + offset, l)));
     }
 
     /// Starts a row in place: the caller writes exactly `width` values with `push_value` and
@@ -395,7 +460,7 @@ impl Batch {
 
     pub fn finish_row(&mut self, event_time: EventTime) {
         debug_assert_eq!(self.values.len() % self.width().max(1), 0);
-        self.event_times.push(event_time);
+        self.push_time(event_time);
     }
 
     pub fn abandon_row(&mut self, mark: usize) {
@@ -410,6 +475,7 @@ impl Batch {
     pub fn clear(&mut self) {
         self.values.clear();
         self.event_times.clear();
+        self.lateness_refs.clear();
     }
 
     /// Splits the batch into `parts` batches, moving (not cloning) each row into the part
@@ -425,18 +491,25 @@ impl Batch {
             .map(|_| Batch::with_capacity(self.schema.clone(), self.len() / parts + 1))
             .collect();
         let mut values = self.values.into_iter();
-        for (owner, t) in owners.into_iter().zip(self.event_times) {
+        let mut refs = self.lateness_refs.iter().peekable();
+        for (i, (owner, t)) in owners.into_iter().zip(self.event_times).enumerate() {
             let b = &mut out[owner];
             b.values.extend(values.by_ref().take(w));
+            if let Some(&(_, l)) = refs.next_if(|&&(j, _)| j as usize == i) {
+                b.lateness_refs.push((b.event_times.len() as u32, l));
+            }
             b.event_times.push(t);
         }
         out
     }
 
-    /// Takes the rows out, leaving an empty batch with the same schema and capacity hint.
+    /// Takes the rows out, leaving an empty batch with the same schema and capacity hint (and
+    /// the same lateness reference for rows to come).
     pub fn take(&mut self) -> Batch {
         let cap = self.len();
-        std::mem::replace(self, Batch::with_capacity(self.schema.clone(), cap))
+        let mut fresh = Batch::with_capacity(self.schema.clone(), cap);
+        fresh.current_ref = self.current_ref;
+        std::mem::replace(self, fresh)
     }
 }
 
@@ -471,6 +544,31 @@ mod tests {
         let parts = b.split_by(2, |r| (r[1].as_i64().unwrap() % 2) as usize);
         assert_eq!(parts[0].event_times(), &[0, 2, 4]);
         assert_eq!(parts[1].row(1), &[Value::from("h"), Value::Int(3)]);
+    }
+
+    #[test]
+    fn lateness_references_follow_their_rows() {
+        let mut b = Batch::new(schema());
+        for i in 0..4 {
+            b.push_row([Value::from("h"), Value::Int(i)], i);
+        }
+        b.mark_behind(1, 100);
+        b.set_lateness_ref(Some(200));
+        b.push_row([Value::from("h"), Value::Int(4)], 4);
+        b.set_lateness_ref(None);
+        assert_eq!(b.lateness_refs(), &[(1, 100), (4, 200)]);
+        let mut joined = b.clone();
+        joined.append(&b);
+        assert_eq!(
+            joined.lateness_refs(),
+            &[(1, 100), (4, 200), (6, 100), (9, 200)]
+        );
+        let parts = b.split_by(2, |r| (r[1].as_i64().unwrap() % 2) as usize);
+        // Part 0 has rows 0, 2, 4; part 1 rows 1, 3.
+        assert_eq!(parts[0].lateness_refs(), &[(2, 200)]);
+        assert_eq!(parts[1].lateness_refs(), &[(0, 100)]);
+        let per_row: Vec<_> = parts[1].lateness_ref_per_row().collect();
+        assert_eq!(per_row, vec![Some(100), None]);
     }
 
     #[test]

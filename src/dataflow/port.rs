@@ -2,7 +2,7 @@
 //! the schema of what goes there; `main` is always port 0, the other built-in names are
 //! `late`, `miss` and `dead_letter`.
 
-use crate::types::{Batch, SchemaRef};
+use crate::types::{Batch, EventTime, SchemaRef};
 
 /// The main output port's name; it is always port 0.
 pub const MAIN_PORT: &str = "main";
@@ -94,15 +94,24 @@ impl<'a> Output<'a> {
         &mut self.batches[port]
     }
 
+    /// Rows finished from now on, on every port, carry `watermark` as their lateness
+    /// reference (see `Batch`): set it to an input row's reference while emitting what that
+    /// row produces, and back to `None` after.
+    pub fn set_lateness_ref(&mut self, watermark: Option<EventTime>) {
+        for b in &mut self.batches {
+            b.set_lateness_ref(watermark);
+        }
+    }
+
     /// Emits a whole batch on `port` (appended to what is pending there).
     pub fn emit(&mut self, port: usize, batch: Batch) {
         let pending = &mut self.batches[port];
         if pending.is_empty() {
+            let current = pending.lateness_ref_in_effect();
             *pending = batch;
+            pending.set_lateness_ref(current);
         } else {
-            for (row, t) in batch.rows() {
-                pending.push_row_from(row, t);
-            }
+            pending.append(&batch);
         }
         self.flush_full(port);
     }

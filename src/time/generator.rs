@@ -117,6 +117,16 @@ impl PartitionWatermarks {
         self.partitions[p].generator.on_event(t);
     }
 
+    /// Records event time `t` read from partition `p`, and returns the partition's watermark
+    /// before it if `t` is behind that watermark: the row's lateness reference (see
+    /// `types::Batch`). It depends only on the partition's records, never on timing.
+    pub fn on_event_behind(&mut self, p: usize, t: EventTime) -> Option<EventTime> {
+        let generator = &mut self.partitions[p].generator;
+        let before = generator.current().filter(|&w| t < w);
+        generator.on_event(t);
+        before
+    }
+
     /// Marks partition `p` as having received records at `now_ms` (call once per batch).
     pub fn on_activity(&mut self, p: usize, now_ms: i64) {
         let part = &mut self.partitions[p];

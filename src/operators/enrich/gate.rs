@@ -29,6 +29,8 @@ pub(super) fn queue(strategy: EnrichStrategy) -> SpillQueue<GateRows> {
 pub(super) struct GateRows {
     values: Vec<Value>,
     times: Vec<EventTime>,
+    /// The rows' lateness references (`Batch::lateness_refs`).
+    refs: Vec<(u32, EventTime)>,
 }
 
 /// An event waiting somewhere in the operator.
@@ -38,6 +40,8 @@ pub(super) struct Pending {
     pub(super) time: EventTime,
     /// Order of arrival where it matters (held misses across join keys).
     pub(super) seq: u64,
+    /// Its lateness reference (`types::Batch`), passed on with what it produces.
+    pub(super) lateness_ref: Option<EventTime>,
 }
 
 /// A multiset of event times with a cheap minimum (what buffered events hold back).
@@ -77,8 +81,10 @@ impl EnrichOperator {
                 self.held_times.remove(p.time);
             }
             for p in list {
+                self.row_ref(p.lateness_ref, out);
                 self.join(&p.row, p.time, out, false);
             }
+            self.row_ref(None, out);
         }
     }
 
@@ -107,8 +113,10 @@ impl EnrichOperator {
         }
         due.sort_by_key(|p| (p.time, p.seq));
         for p in due {
+            self.row_ref(p.lateness_ref, out);
             self.join(&p.row, p.time, out, true);
         }
+        self.row_ref(None, out);
     }
 
     /// Emits or buffers one event that passed the gate.
@@ -124,6 +132,7 @@ impl EnrichOperator {
                         row: event,
                         time,
                         seq: 0,
+                        lateness_ref: self.row_ref,
                     });
                 }
             }
@@ -145,7 +154,7 @@ impl EnrichOperator {
         };
         let width = self.event_schema.len();
         for rows in waiting {
-            if self.spec.mode == JoinMode::Lookup {
+            if self.spec.mode == JoinMode::Lookup && rows.refs.is_empty() {
                 let list: Vec<(&[Value], EventTime)> = rows
                     .values
                     .chunks(width.max(1))
@@ -155,10 +164,14 @@ impl EnrichOperator {
                 continue;
             }
             let mut values = rows.values.into_iter();
-            for time in rows.times {
+            let mut refs = rows.refs.iter().peekable();
+            for (i, time) in rows.times.into_iter().enumerate() {
                 let row: Vec<Value> = values.by_ref().take(width).collect();
+                let lateness_ref = refs.next_if(|&&(j, _)| j as usize == i).map(|&(_, l)| l);
+                self.row_ref(lateness_ref, out);
                 self.admit(row, time, out);
             }
+            self.row_ref(None, out);
         }
         self.counters.gate_buffered.set(0.0);
     }
@@ -177,7 +190,15 @@ impl EnrichOperator {
         for (row, _) in batch.rows() {
             values.extend_from_slice(row);
         }
-        self.gate.push(GateRows { values, times }, n);
+        let refs = batch.lateness_refs().to_vec();
+        self.gate.push(
+            GateRows {
+                values,
+                times,
+                refs,
+            },
+            n,
+        );
         self.gate_events += n;
         self.counters.gate_buffered.set(self.gate_events as f64);
     }
@@ -190,8 +211,19 @@ impl EnrichOperator {
             let n = self.waiting.partition_point(|p| p.time <= watermark);
             let due: Vec<Pending> = self.waiting.drain(..n).collect();
             for p in due {
+                self.row_ref(p.lateness_ref, out);
                 self.join(&p.row, p.time, out, false);
             }
+            self.row_ref(None, out);
+        }
+    }
+
+    /// The event being handled has lateness reference `lateness_ref`: what it produces
+    /// carries it, and so does the event if it waits.
+    pub(super) fn row_ref(&mut self, lateness_ref: Option<EventTime>, out: &mut Output) {
+        if self.row_ref != lateness_ref {
+            self.row_ref = lateness_ref;
+            out.set_lateness_ref(lateness_ref);
         }
     }
 

@@ -11,7 +11,7 @@ use crate::error::StateError;
 use crate::state::{Blobs, ReferenceTable, StateImage};
 use crate::types::EventTime;
 
-const SNAPSHOT_VERSION: u8 = 9;
+const SNAPSHOT_VERSION: u8 = 10;
 
 #[derive(Serialize, Deserialize)]
 struct Image {

@@ -292,6 +292,7 @@ impl EnrichOperator {
                     row: event.to_vec(),
                     time,
                     seq: self.next_seq,
+                    lateness_ref: self.row_ref,
                 });
                 self.held_count += 1;
                 self.held_times.insert(time);

@@ -113,6 +113,8 @@ pub struct EnrichOperator {
     gate_events: usize,
     /// The earliest event time in `gate`.
     gate_min: Option<EventTime>,
+    /// The lateness reference of the event being handled (`gate::row_ref`).
+    row_ref: Option<EventTime>,
     /// As-of events waiting for the watermark.
     waiting: Vec<Pending>,
     /// Held misses by join key.
@@ -205,6 +207,7 @@ impl EnrichOperator {
             latest_valid_from: EventTime::MIN,
             snapshot_done: false,
             watermark: None,
+            row_ref: None,
             gate_log: SealedLog::new(GATE_LOG),
             gate_events: 0,
             gate_min: None,
@@ -306,7 +309,15 @@ impl Operator for EnrichOperator {
             self.wait_at_gate(batch);
             return;
         }
-        if self.spec.mode == JoinMode::Lookup {
+        if !batch.lateness_refs().is_empty() {
+            // Rows read behind their partition's watermark: what each produces carries its
+            // reference (rare, so one at a time).
+            for ((row, t), lateness_ref) in batch.rows().zip(batch.lateness_ref_per_row()) {
+                self.row_ref(lateness_ref, out);
+                self.admit(row.to_vec(), t, out);
+            }
+            self.row_ref(None, out);
+        } else if self.spec.mode == JoinMode::Lookup {
             let rows: Vec<(&[Value], EventTime)> = batch.rows().collect();
             self.join_rows(&rows, out);
         } else {

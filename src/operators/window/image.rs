@@ -1,21 +1,22 @@
 //! The window operator's snapshot format (postcard): written from borrowed state, read into
 //! owned state, with the same field order. It holds the key, kind and aggregates the
 //! snapshot was taken with (a restore into another spec is refused), the watermark, the
-//! counters and every window with its accumulators and last emitted revision.
+//! counters and every window with its accumulators, last emitted revision and whether late
+//! rows changed it since, and the late rows kept aside for windows not yet due.
 
 use std::collections::BTreeMap;
 
 use serde::ser::SerializeSeq;
 use serde::{Deserialize, Serialize, Serializer};
 
-use super::assign::{FixedState, Groups};
+use super::assign::{Deferred, FixedState, Groups};
 use super::session::{KeySessions, SessionState};
 use super::{AggregateSpec, WindowKind, WindowOperator, WindowState};
 use crate::error::StateError;
 use crate::state::StateImage;
 use crate::types::EventTime;
 
-const SNAPSHOT_VERSION: u8 = 1;
+const SNAPSHOT_VERSION: u8 = 2;
 
 #[derive(Serialize)]
 struct ImageOut<'a> {
@@ -31,7 +32,7 @@ struct ImageOut<'a> {
 
 #[derive(Serialize)]
 enum StateOut<'a> {
-    Fixed(&'a BTreeMap<EventTime, Groups>),
+    Fixed(&'a BTreeMap<EventTime, Groups>, &'a Deferred),
     Session(LiveKeys<'a>),
 }
 
@@ -63,7 +64,7 @@ struct ImageIn {
 
 #[derive(Deserialize)]
 enum StateIn {
-    Fixed(BTreeMap<EventTime, Groups>),
+    Fixed(BTreeMap<EventTime, Groups>, Deferred),
     Session(Vec<KeySessions>),
 }
 
@@ -79,7 +80,7 @@ impl WindowOperator {
             late_count: self.late_count,
             fired_count: self.fired_count,
             state: match &self.state {
-                WindowState::Fixed(st) => StateOut::Fixed(&st.panes),
+                WindowState::Fixed(st) => StateOut::Fixed(&st.panes, &st.deferred),
                 WindowState::Session(st) => StateOut::Session(LiveKeys(&st.keys)),
             },
         };
@@ -109,9 +110,16 @@ impl WindowOperator {
             ));
         }
         self.state = match (image.state, &self.state) {
-            (StateIn::Fixed(panes), WindowState::Fixed(st)) => {
+            (StateIn::Fixed(panes, deferred), WindowState::Fixed(st)) => {
+                let width = self.input_schema.len();
+                if deferred.values().flatten().any(|row| row.len() != width) {
+                    return Err(fail(format!(
+                        "a row kept for a window does not have the input's {width} columns"
+                    )));
+                }
                 let mut fresh = FixedState::new(st.size, st.slide);
                 fresh.panes = panes;
+                fresh.deferred = deferred;
                 WindowState::Fixed(fresh)
             }
             (StateIn::Session(keys), WindowState::Session(st)) => {

@@ -405,20 +405,25 @@ impl Operator for WindowOperator {
             "input schema mismatch"
         );
         let w = self.watermark;
-        for (row, t) in batch.rows() {
+        for ((row, t), lateness_ref) in batch.rows().zip(batch.lateness_ref_per_row()) {
             let accepted = match &mut self.state {
-                WindowState::Fixed(st) => st.add(&self.layout, w, row, t),
-                WindowState::Session(st) => st.add(&self.layout, w, row, t),
+                WindowState::Fixed(st) => st.add(&self.layout, w, lateness_ref, row, t),
+                WindowState::Session(st) => {
+                    // Too late for even a session of its own by its reference: late
+                    // whenever it arrives.
+                    let own_end = t.saturating_add(st.gap);
+                    !is_expired(own_end, lateness_ref, self.layout.lateness)
+                        && st.add(&self.layout, w, row, t)
+                }
             };
             if !accepted {
                 self.late_count += 1;
                 out.port(LATE).push_row_from(row, t);
             }
         }
-        self.fired_count += match &mut self.state {
-            WindowState::Fixed(st) => st.flush(&self.layout, out),
-            WindowState::Session(st) => st.flush(&self.layout, out),
-        };
+        if let WindowState::Session(st) = &mut self.state {
+            self.fired_count += st.flush(&self.layout, out);
+        }
     }
 
     fn on_watermark(&mut self, watermark: EventTime, out: &mut Output) {

@@ -369,32 +369,33 @@ fn late_rows_within_lateness_update_and_beyond_go_late() {
         h.take("main"),
         vec![res(s("a"), 0, 10_000, &[i(1), i(1)], 0)]
     );
-    // Two late rows per key give one row each; a new key in a fired window starts at 0.
+    // Late rows update the window; its revisions wait until it expires, so how the late
+    // rows were batched or interleaved never shows in the output.
     h.data(
         0,
         batch(&[
             (s("a"), i(2), 2000),
             (s("b"), i(4), 4000),
             (s("a"), i(3), 3000),
-            (s("b"), i(1), 4500),
         ]),
     );
+    h.data(0, batch(&[(s("b"), i(1), 4500)]));
+    h.watermark_all(14_998);
+    h.data(0, batch(&[(s("a"), i(5), 5000)]));
+    assert!(
+        h.take("main").is_empty(),
+        "revisions come when the window expires"
+    );
+    // end - 1 + lateness = 14999: one revision per key (a new key starts at 0), then the
+    // window is dropped.
+    h.watermark_all(14_999);
     assert_eq!(
         h.take("main"),
         vec![
-            res(s("a"), 0, 10_000, &[i(3), i(6)], 1),
+            res(s("a"), 0, 10_000, &[i(4), i(11)], 1),
             res(s("b"), 0, 10_000, &[i(2), i(5)], 0),
         ]
     );
-    h.watermark_all(14_998);
-    h.data(0, batch(&[(s("a"), i(5), 5000)]));
-    assert_eq!(
-        h.take("main"),
-        vec![res(s("a"), 0, 10_000, &[i(4), i(11)], 2)]
-    );
-    // end - 1 + lateness = 14999: the window is dropped.
-    h.watermark_all(14_999);
-    assert!(h.take_all().is_empty());
     h.data(0, batch(&[(s("a"), i(6), 6000), (s("a"), i(7), 16_000)]));
     assert_eq!(h.take("late"), vec![(vec![s("a"), i(6)], 6000)]);
     assert!(h.take("main").is_empty(), "16000's window is not due yet");
@@ -405,6 +406,77 @@ fn late_rows_within_lateness_update_and_beyond_go_late() {
         vec![res(s("a"), 10_000, 20_000, &[i(1), i(7)], 0)]
     );
     assert_eq!(h.operator().fired_count(), 3);
+}
+
+/// A batch whose rows carry lateness references (`None`: on time in their partition).
+fn batch_behind(rows: &[(Value, Value, EventTime, Option<EventTime>)]) -> Batch {
+    let plain: Vec<(Value, Value, EventTime)> = rows
+        .iter()
+        .map(|(a, b, t, _)| (a.clone(), b.clone(), *t))
+        .collect();
+    let mut b = batch(&plain);
+    for (k, (_, _, _, l)) in rows.iter().enumerate() {
+        if let Some(l) = l {
+            b.mark_behind(k, *l);
+        }
+    }
+    b
+}
+
+#[test]
+fn lateness_is_decided_by_the_rows_reference_not_by_when_it_arrives() {
+    // The same row, behind its partition's watermark by enough to miss its window (by the
+    // reference, [0, 10s) expired at 14999), reaches the operator early (watermark 3000) in
+    // one run and late (watermark 9999) in the other: late both times.
+    for w in [3000, 9999] {
+        let mut h = harness(&spec(tumbling(10_000), 5000, small_aggs()));
+        h.data(0, batch(&[(s("a"), i(1), 1000)]));
+        h.watermark_all(w);
+        h.data(0, batch_behind(&[(s("a"), i(9), 2000, Some(15_000))]));
+        assert_eq!(
+            h.take("late"),
+            vec![(vec![s("a"), i(9)], 2000)],
+            "watermark {w}"
+        );
+        h.watermark_all(30_000);
+        assert_eq!(
+            h.take("main"),
+            vec![res(s("a"), 0, 10_000, &[i(1), i(1)], 0)],
+            "watermark {w}"
+        );
+    }
+}
+
+#[test]
+fn a_row_late_by_its_reference_waits_for_its_window_to_fire_first() {
+    // Late by its reference (due at 12000, within lateness) but arriving before the operator's
+    // watermark made the window due: the first result is the on-time rows only, then one
+    // revision with it when the window expires — as when it arrives after the window fired.
+    let mut outputs = Vec::new();
+    for early in [true, false] {
+        let mut h = harness(&spec(tumbling(10_000), 5000, small_aggs()));
+        h.data(0, batch(&[(s("a"), i(1), 1000)]));
+        let late_row = batch_behind(&[(s("a"), i(2), 2000, Some(12_000))]);
+        if early {
+            h.watermark_all(5000);
+            h.data(0, late_row);
+            h.watermark_all(9999);
+        } else {
+            h.watermark_all(9999);
+            h.data(0, late_row);
+        }
+        h.watermark_all(20_000);
+        assert!(h.take("late").is_empty());
+        outputs.push(h.take("main"));
+    }
+    assert_eq!(
+        outputs[0],
+        vec![
+            res(s("a"), 0, 10_000, &[i(1), i(1)], 0),
+            res(s("a"), 0, 10_000, &[i(2), i(3)], 1),
+        ]
+    );
+    assert_eq!(outputs[0], outputs[1]);
 }
 
 #[test]

@@ -260,8 +260,11 @@ impl SourceDriver {
         p: usize,
         emit: &mut impl FnMut(Emit) -> Result<(), RunError>,
     ) -> Result<(), RunError> {
-        for &t in self.bufs.records.event_times() {
-            self.watermarks.on_event(p, t);
+        let records = &mut self.bufs.records;
+        for i in 0..records.len() {
+            if let Some(w) = self.watermarks.on_event_behind(p, records.event_time(i)) {
+                records.mark_behind(i, w);
+            }
         }
         for b in &self.bufs.extra {
             for &t in b.event_times() {
