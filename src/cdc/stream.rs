@@ -256,6 +256,7 @@ mod tests {
                 .collect(),
             progress: None,
             caught_up: Vec::new(),
+            ready: Vec::new(),
         }
     }
 

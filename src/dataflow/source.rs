@@ -40,6 +40,11 @@ pub struct ReadBuffers {
     /// or in a scheduled quiet period. Only a partition seen caught up for `idle_timeout`
     /// becomes idle; one that is slow, throttled or blocked on a full channel never does.
     pub caught_up: Vec<usize>,
+    /// Partitions this call found with records ready that it did not return (a source
+    /// returns one partition's records per call): they are not caught up any more, so an
+    /// idle one holds the watermark again at once, before its records are read — otherwise
+    /// the partitions read first would move the watermark past them.
+    pub ready: Vec<usize>,
 }
 
 impl ReadBuffers {
@@ -55,6 +60,7 @@ impl ReadBuffers {
                 .collect(),
             progress: None,
             caught_up: Vec::new(),
+            ready: Vec::new(),
         }
     }
 }

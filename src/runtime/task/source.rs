@@ -183,6 +183,11 @@ impl SourceDriver {
                 self.watermarks.on_caught_up(p, now_ms);
             }
         }
+        for p in self.bufs.ready.drain(..) {
+            if p < self.names.len() {
+                self.watermarks.on_activity(p, now_ms);
+            }
+        }
         let step = match status {
             ReadStatus::Data { partition } => {
                 self.status.add_records_in(self.bufs_len() as u64, now_ms);

@@ -429,6 +429,16 @@ impl Source for GeneratorSource {
             self.partitions[p].next = i;
             if n > 0 {
                 self.next_partition = (p + 1) % self.partitions.len();
+                for q in (0..self.partitions.len()).filter(|&q| q != p) {
+                    let next = self.partitions[q].next;
+                    let due = self.spec.rate.is_none()
+                        || started_at + self.due_offset_ms(next)
+                            - self.due_offset_ms(self.paced_from)
+                            <= now_ms;
+                    if !self.exhausted(next) && due {
+                        out.ready.push(q);
+                    }
+                }
                 return Ok(ReadStatus::Data { partition: p });
             }
             if self.exhausted(i) {
@@ -566,6 +576,45 @@ mod tests {
         );
         g.read(&mut out, 100, 2_000).unwrap();
         assert_eq!(out.records.len(), 11);
+    }
+
+    #[test]
+    fn after_a_quiet_period_every_partition_with_records_due_is_reported_ready() {
+        // Two partitions, paced at 10 records/s, a pause of 10 s of event time (1 s of wall
+        // time) after the 5th record: both are caught up during it, and once it is over the
+        // read that returns one partition's records says the other has records due too, so
+        // an idle partition holds the watermark again before it is read.
+        let spec = GeneratorSpec {
+            count: Some(40),
+            partitions: 2,
+            rate: Some(10.0),
+            interval: Some(Duration::from_secs(1)),
+            start_ms: Some(0),
+            quiet: vec![QuietPeriod {
+                at: Duration::from_secs(5),
+                duration: Duration::from_secs(10),
+            }],
+            ..GeneratorSpec::default()
+        };
+        let mut g = GeneratorSource::new("g", spec, 0, 1);
+        let mut out = buffers(&g);
+        g.read(&mut out, 100, 0).unwrap();
+        while let ReadStatus::Data { .. } = g.read(&mut out, 100, 400).unwrap() {}
+        out.caught_up.clear();
+        out.ready.clear();
+        assert!(matches!(
+            g.read(&mut out, 100, 900).unwrap(),
+            ReadStatus::Pending { .. }
+        ));
+        let mut caught_up = out.caught_up.clone();
+        caught_up.sort();
+        assert_eq!(caught_up, vec![0, 1], "both wait out the pause");
+        let mut out = buffers(&g);
+        let ReadStatus::Data { partition } = g.read(&mut out, 100, 5_000).unwrap() else {
+            panic!("records are due after the pause");
+        };
+        assert_eq!(out.ready, vec![1 - partition]);
+        assert!(out.caught_up.is_empty());
     }
 
     #[test]
