@@ -99,7 +99,11 @@ pub fn request_savepoint(
 }
 
 /// Sends `request` and reads the whole answer: its status code and body.
-pub(crate) fn exchange(addr: SocketAddr, request: &str, wait: Duration) -> std::io::Result<(u16, String)> {
+pub(crate) fn exchange(
+    addr: SocketAddr,
+    request: &str,
+    wait: Duration,
+) -> std::io::Result<(u16, String)> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     s.set_read_timeout(Some(wait))?;

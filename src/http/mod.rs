@@ -274,3 +274,376 @@ async fn metrics(State(s): State<AppState>) -> String {
 async fn status_doc(State(s): State<AppState>) -> axum::Json<StatusReport> {
     axum::Json(s.status.snapshot(s.clock.now_ms()))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::checkpoint::Checkpoint;
+    use crate::time::SystemClock;
+
+    /// An endpoint on a free loopback port with its checkpoint directory in `cp`, and the
+    /// queue its savepoint requests go to.
+    fn serve(cp: &Path, limits: Limits) -> (Endpoint, Arc<SavepointRequests>) {
+        let savepoints = Arc::new(SavepointRequests::default());
+        let settings = Settings {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            allow_remote: false,
+            limits,
+            checkpoint_dir: Some(cp.to_path_buf()),
+        };
+        let services = Services {
+            prometheus: None,
+            status: StatusRegistry::new("orders"),
+            clock: SystemClock::shared(),
+            savepoints: savepoints.clone(),
+            targets: SavepointTargets::new(Some(cp), &[]).unwrap(),
+        };
+        (start(&settings, services).unwrap(), savepoints)
+    }
+
+    /// Writes every savepoint asked for, as the supervisor does (of an empty checkpoint).
+    fn write_savepoints(requests: Arc<SavepointRequests>) {
+        std::thread::spawn(move || {
+            loop {
+                for req in requests.take() {
+                    let _ = req.reply.send(crate::savepoint::write(
+                        &req.dir,
+                        "orders",
+                        &Checkpoint::default(),
+                        0,
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        });
+    }
+
+    fn post(e: &Endpoint, query: &str, headers: &str) -> (u16, String) {
+        let addr = e.addr;
+        client::exchange(
+            addr,
+            &format!(
+                "POST /savepoint{query} HTTP/1.0\r\nHost: {addr}\r\n{headers}Content-Length: 0\r\n\r\n"
+            ),
+            Duration::from_secs(60),
+        )
+        .unwrap()
+    }
+
+    fn bearer(e: &Endpoint) -> String {
+        format!("Authorization: Bearer {}\r\n", e.token().secret())
+    }
+
+    /// Whether the server closes `s` (reads it to its end; an answer it sent first, such as
+    /// a timeout's, is skipped). `false` if it stays open for a minute.
+    fn closed_by_server(s: &mut TcpStream) -> bool {
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        let mut buf = [0u8; 1024];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(e) => {
+                    return !matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    );
+                }
+            }
+        }
+    }
+
+    /// Waits (a minute at most) until `e` has `n` connections open or fewer.
+    fn open_falls_to(e: &Endpoint, n: usize) -> bool {
+        for _ in 0..6000 {
+            if e.open_connections() <= n {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        false
+    }
+
+    #[test]
+    fn status_names_the_pipeline_and_the_run() {
+        let cp = tempfile::tempdir().unwrap();
+        let (e, _) = serve(cp.path(), Limits::default());
+        let report = client::status_of(e.addr, "orders").unwrap();
+        assert_eq!(report.run_id.len(), 16);
+        let (other, _) = serve(cp.path(), Limits::default());
+        assert_ne!(
+            client::status_of(other.addr, "orders").unwrap().run_id,
+            report.run_id
+        );
+        match client::status_of(e.addr, "payments") {
+            Err(err @ client::ClientError::OtherPipeline { .. }) => {
+                let m = err.to_string();
+                assert!(m.contains("`orders`") && m.contains("`payments`"), "{m}");
+                assert!(m.contains(&report.run_id), "{m}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn savepoint_needs_the_runs_token_and_refuses_other_origins() {
+        let cp = tempfile::tempdir().unwrap();
+        let (e, requests) = serve(cp.path(), Limits::default());
+        write_savepoints(requests);
+        // The token file is the run's, readable only by its owner.
+        assert_eq!(e.token_file, cp.path().join("run.token"));
+        assert_eq!(token::read(&e.token_file).unwrap(), e.token().secret());
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&e.token_file).unwrap().permissions(),
+        );
+        assert_eq!(mode & 0o777, 0o600);
+
+        let (status, body) = post(&e, "?stop=false", "");
+        assert_eq!(status, 401, "{body}");
+        let wrong = format!("Authorization: Bearer {}\r\n", "0".repeat(64));
+        assert_eq!(post(&e, "?stop=false", &wrong).0, 401);
+        // A browser's cross-site request, token or not.
+        let foreign = format!("{}Origin: http://attacker.example\r\n", bearer(&e));
+        let (status, body) = post(&e, "?stop=false", &foreign);
+        assert_eq!(status, 403, "{body}");
+        let get = client::exchange(
+            e.addr,
+            &format!(
+                "GET /status HTTP/1.0\r\nHost: {}\r\nOrigin: http://attacker.example\r\n\r\n",
+                e.addr
+            ),
+            Duration::from_secs(60),
+        )
+        .unwrap();
+        assert_eq!(get.0, 403);
+        assert!(
+            std::fs::read_dir(cp.path())
+                .unwrap()
+                .all(|d| d.unwrap().file_name() != "savepoints"),
+            "nothing was written"
+        );
+        // With the token, from its own origin: written under checkpoint.dir/savepoints.
+        let own = format!("{}Origin: http://{}\r\n", bearer(&e), e.addr);
+        let (status, body) = post(&e, "?stop=false", &own);
+        assert_eq!(status, 200, "{body}");
+        assert!(
+            Path::new(&body).starts_with(cp.path().join("savepoints")),
+            "{body}"
+        );
+        assert!(Path::new(&body).join("MANIFEST").exists());
+        // The token file goes with the run.
+        let file = e.token_file.clone();
+        drop(e);
+        assert!(!file.exists());
+    }
+
+    #[test]
+    fn savepoint_never_replaces_a_directory_and_stays_under_its_roots() {
+        let cp = tempfile::tempdir().unwrap();
+        let (e, requests) = serve(cp.path(), Limits::default());
+        write_savepoints(requests);
+        let auth = bearer(&e);
+        let existing = cp.path().join("savepoints").join("mine");
+        std::fs::create_dir_all(&existing).unwrap();
+        std::fs::write(existing.join("keep.txt"), "mine").unwrap();
+        let (status, body) = post(&e, "?dir=mine&stop=false", &auth);
+        assert_eq!(status, 409, "{body}");
+        assert!(body.contains("only into a new directory"), "{body}");
+        assert_eq!(
+            std::fs::read_to_string(existing.join("keep.txt")).unwrap(),
+            "mine"
+        );
+        // Outside the savepoint directory, or climbing out of it: refused.
+        let elsewhere = tempfile::tempdir().unwrap();
+        let query = format!("?dir={}&stop=false", elsewhere.path().join("sp").display());
+        let (status, body) = post(&e, &query, &auth);
+        assert_eq!(status, 403, "{body}");
+        assert!(body.contains("--savepoint-root"), "{body}");
+        let (status, body) = post(&e, "?dir=../../x&stop=false", &auth);
+        assert_eq!(status, 403, "{body}");
+        assert_eq!(post(&e, "?dir=a&stop=maybe", &auth).0, 400);
+        assert_eq!(post(&e, "?dri=a", &auth).0, 400);
+        // A new directory under it, relative or absolute: written.
+        let (status, body) = post(&e, "?dir=nested/new&stop=false", &auth);
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(Path::new(&body), cp.path().join("savepoints/nested/new"));
+        assert!(Path::new(&body).join("MANIFEST").exists());
+    }
+
+    #[test]
+    fn a_non_loopback_address_needs_the_flag() {
+        let settings = |allow_remote| Settings {
+            addr: "0.0.0.0:0".parse().unwrap(),
+            allow_remote,
+            limits: Limits::default(),
+            checkpoint_dir: None,
+        };
+        let cp = tempfile::tempdir().unwrap();
+        let services = || Services {
+            prometheus: None,
+            status: StatusRegistry::new("orders"),
+            clock: SystemClock::shared(),
+            savepoints: Arc::default(),
+            targets: SavepointTargets::default(),
+        };
+        let err = start(&settings(false), services()).err().unwrap();
+        assert!(matches!(err, RunError::Endpoint { .. }));
+        assert!(
+            err.to_string().contains("--allow-remote-endpoints"),
+            "{err}"
+        );
+        let mut allowed = settings(true);
+        allowed.checkpoint_dir = Some(cp.path().to_path_buf());
+        let e = start(&allowed, services()).unwrap();
+        assert!(e.addr.ip().is_unspecified());
+    }
+
+    #[test]
+    fn a_busy_address_is_an_error_naming_it() {
+        let cp = tempfile::tempdir().unwrap();
+        let (taken, _) = serve(cp.path(), Limits::default());
+        let settings = Settings {
+            addr: taken.addr,
+            allow_remote: false,
+            limits: Limits::default(),
+            checkpoint_dir: Some(cp.path().join("other")),
+        };
+        let services = Services {
+            prometheus: None,
+            status: StatusRegistry::new("payments"),
+            clock: SystemClock::shared(),
+            savepoints: Arc::default(),
+            targets: SavepointTargets::default(),
+        };
+        let err = start(&settings, services).err().unwrap();
+        let m = err.to_string();
+        assert!(
+            m.contains(&taken.addr.to_string()) && m.contains("another process"),
+            "{m}"
+        );
+        assert!(err.hint().contains("--metrics-addr"));
+        assert!(!cp.path().join("other").exists(), "no token written");
+    }
+
+    #[test]
+    fn idle_connections_beyond_the_cap_give_way_to_new_ones() {
+        let cp = tempfile::tempdir().unwrap();
+        // Idle connections would stay for an hour: only the cap can make room.
+        let limits = Limits {
+            header_read_timeout: Duration::from_secs(3600),
+            idle_timeout: Duration::from_secs(3600),
+            max_connections: 4,
+        };
+        let (e, _) = serve(cp.path(), limits);
+        let mut idle: Vec<TcpStream> = (0..10)
+            .map(|_| TcpStream::connect(e.addr).unwrap())
+            .collect();
+        // Still answers, with never more than the cap open.
+        let body = get_local(e.addr, "/status").unwrap();
+        assert!(body.contains("\"pipeline\":\"orders\""), "{body}");
+        assert!(open_falls_to(&e, 4));
+        // The oldest idle connections were closed to make room.
+        for s in &mut idle[..6] {
+            assert!(closed_by_server(s));
+        }
+    }
+
+    #[test]
+    fn idle_and_slow_connections_are_closed_after_the_header_read_timeout() {
+        let cp = tempfile::tempdir().unwrap();
+        let limits = Limits {
+            header_read_timeout: Duration::from_millis(200),
+            idle_timeout: Duration::from_secs(3600),
+            max_connections: 64,
+        };
+        let (e, _) = serve(cp.path(), limits);
+        let mut idle: Vec<TcpStream> = (0..5)
+            .map(|_| TcpStream::connect(e.addr).unwrap())
+            .collect();
+        // Half a request head, never finished.
+        let mut slow = TcpStream::connect(e.addr).unwrap();
+        slow.write_all(b"GET /status HTTP/1.1\r\nHost: x\r\n")
+            .unwrap();
+        // Kept alive after an answer, then silent.
+        let mut kept = TcpStream::connect(e.addr).unwrap();
+        write!(kept, "GET /status HTTP/1.1\r\nHost: {}\r\n\r\n", e.addr).unwrap();
+        for s in idle.iter_mut().chain([&mut slow, &mut kept]) {
+            assert!(closed_by_server(s));
+        }
+        assert!(open_falls_to(&e, 0));
+        assert!(get_local(e.addr, "/status").is_ok());
+    }
+
+    #[test]
+    fn a_connection_that_stops_reading_its_answers_is_closed() {
+        let cp = tempfile::tempdir().unwrap();
+        let limits = Limits {
+            header_read_timeout: Duration::from_secs(3600),
+            idle_timeout: Duration::from_millis(200),
+            max_connections: 64,
+        };
+        let (e, _) = serve(cp.path(), limits);
+        // Requests sent one after another without reading an answer: once the buffers are
+        // full, nothing moves, and the endpoint closes the connection, which ends the writes.
+        let mut s = TcpStream::connect(e.addr).unwrap();
+        s.set_write_timeout(Some(Duration::from_secs(60))).unwrap();
+        let requests = format!("GET /status HTTP/1.1\r\nHost: {}\r\n\r\n", e.addr).repeat(1000);
+        let ended = loop {
+            if let Err(err) = s.write_all(requests.as_bytes()) {
+                break err;
+            }
+        };
+        assert!(
+            !matches!(
+                ended.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+            "{ended}"
+        );
+        assert!(open_falls_to(&e, 0));
+    }
+
+    #[test]
+    fn an_answer_being_prepared_is_never_cut_and_new_connections_wait_for_room() {
+        let cp = tempfile::tempdir().unwrap();
+        let limits = Limits {
+            header_read_timeout: Duration::from_secs(3600),
+            idle_timeout: Duration::from_millis(50),
+            max_connections: 1,
+        };
+        let (e, requests) = serve(cp.path(), limits);
+        let addr = e.addr;
+        let auth = bearer(&e);
+        // A savepoint request, answered only when the test says so.
+        let waiting = std::thread::spawn(move || {
+            client::exchange(
+                addr,
+                &format!(
+                    "POST /savepoint?stop=false HTTP/1.0\r\nHost: {addr}\r\n{auth}Content-Length: 0\r\n\r\n"
+                ),
+                Duration::from_secs(60),
+            )
+            .unwrap()
+        });
+        let req = loop {
+            if let Some(r) = requests.take().pop() {
+                break r;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        // The only place is taken by a request being answered: a new connection is closed.
+        let mut refused = TcpStream::connect(addr).unwrap();
+        assert!(closed_by_server(&mut refused));
+        // Longer than the idle timeout passes; the answer still arrives.
+        std::thread::sleep(Duration::from_millis(300));
+        let written = crate::savepoint::write(&req.dir, "orders", &Checkpoint::default(), 0);
+        let _ = req.reply.send(written);
+        let (status, body) = waiting.join().unwrap();
+        assert_eq!(status, 200, "{body}");
+        assert!(get_local(addr, "/status").is_ok());
+    }
+}
