@@ -1,4 +1,5 @@
-//! The `watershed` command line: run, validate and explain pipelines, and benchmark.
+//! The `watershed` command line: run, validate and explain pipelines, take savepoints of
+//! running ones, and benchmark.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -119,7 +120,7 @@ enum Command {
     Bootstrap {
         /// The pipeline file (YAML).
         pipeline: PathBuf,
-        /// Where to write the savepoint.
+        /// Where to write the savepoint: a directory that does not exist yet.
         #[arg(long)]
         savepoint: PathBuf,
         /// Instances per operator (default: the file's `parallelism`, else the CPU cores).

@@ -1,7 +1,9 @@
-//! Live status of a running pipeline: per node instance its watermark, idleness, which input
-//! holds its watermark and since when, and record counts; per source partition its watermark,
-//! idleness and last activity. Tasks write it when something changes (atomics, no locks on
-//! the per-record path); `/status`, `watershed explain` and the alert rules read snapshots.
+//! Live status of a running pipeline: its name and run id (random, one per process; the
+//! commands that talk to a running pipeline check the name), per node instance its
+//! watermark, idleness, which input holds its watermark and since when, and record counts;
+//! per source partition its watermark, idleness and last activity. Tasks write it when
+//! something changes (atomics, no locks on the per-record path); `/status`, `watershed
+//! explain` and the alert rules read snapshots.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};

@@ -225,7 +225,14 @@ fn explain_and_savepoint_refuse_another_pipeline_on_the_address() {
     // The right one is explained; nothing was stopped.
     let (code, text) = output(watershed().args(["explain", "--addr", &addr]).arg(&orders));
     assert_eq!(code, Some(0), "{text}");
-    assert!(text.contains("pipeline `orders`"), "{text}");
+    let run_id = status(running.addr).unwrap()["run_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        text.contains(&format!("pipeline `orders` (run {run_id})")),
+        "{text}"
+    );
     assert!(status(running.addr).is_some(), "still running");
 }
 
