@@ -295,6 +295,7 @@ mod tests {
     fn gated(now_ms: i64, open: bool) -> StatusReport {
         StatusReport {
             pipeline: "p".into(),
+            run_id: String::new(),
             now_ms,
             instances: vec![InstanceReport {
                 node: "cves".into(),
@@ -322,6 +323,7 @@ mod tests {
     fn checkpointing(now_ms: i64, last_ms: Option<i64>, failures: u64) -> StatusReport {
         StatusReport {
             pipeline: "p".into(),
+            run_id: String::new(),
             now_ms,
             instances: Vec::new(),
             sources: Vec::new(),

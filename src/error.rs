@@ -137,6 +137,13 @@ pub enum RunError {
         message: String,
         class: ErrorClass,
     },
+    /// The HTTP endpoint cannot be served at the address asked for (taken by another
+    /// process, or not a loopback address without `--allow-remote-endpoints`).
+    #[error("the endpoint at {addr}: {message}")]
+    Endpoint {
+        addr: std::net::SocketAddr,
+        message: String,
+    },
     /// The task stopped because another one did (never the first cause of a failure).
     #[error("{task}: stopped because {why}")]
     Stopped { task: String, why: &'static str },
@@ -182,6 +189,7 @@ impl RunError {
             RunError::State(_) | RunError::Build { .. } | RunError::Restore { .. } => {
                 ErrorClass::Definite
             }
+            RunError::Endpoint { .. } => ErrorClass::Config,
             RunError::Stopped { .. } => ErrorClass::Internal,
         }
     }
@@ -194,6 +202,9 @@ impl RunError {
                 "restore an older checkpoint (`watershed checkpoints list`), or start without it"
             }
             RunError::Stopped { .. } => "see the error of the task that stopped first",
+            RunError::Endpoint { .. } => {
+                "serve it elsewhere with `--metrics-addr` (`127.0.0.1:0` picks a free port), or not at all with `--metrics-addr off`"
+            }
             _ => match self.class() {
                 ErrorClass::Transient => {
                     "retried from the latest checkpoint; without `checkpoint.dir` run again"

@@ -18,6 +18,7 @@ pub mod format;
 pub mod http;
 pub mod metrics;
 pub mod operators;
+pub mod random;
 pub mod runtime;
 pub mod savepoint;
 pub mod sinks;

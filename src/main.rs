@@ -1,4 +1,5 @@
-//! The `watershed` command line: run, validate and explain pipelines, and benchmark.
+//! The `watershed` command line: run, validate and explain pipelines, take savepoints of
+//! running ones, and benchmark.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -10,6 +11,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use watershed::config::{self, Overrides};
+use watershed::http::client::ClientError;
 use watershed::runtime::{self, RunContext, RunSummary};
 use watershed::status::{Role, StatusRegistry, StatusReport};
 use watershed::time::SystemClock;
@@ -50,6 +52,9 @@ enum Command {
         /// Serve `/metrics` and `/status` here while it runs (`off` to disable).
         #[arg(long, default_value = "off")]
         metrics_addr: String,
+        /// Serve the endpoint on an address other machines can reach (not loopback).
+        #[arg(long)]
+        allow_remote_endpoints: bool,
     },
     /// Run a pipeline until its sources end (or forever, for followed files and unbounded
     /// generators).
@@ -59,9 +64,18 @@ enum Command {
         /// Instances per operator (default: the file's `parallelism`, else the CPU cores).
         #[arg(long)]
         parallelism: Option<usize>,
-        /// Serve `/metrics` and `/status` here (`off` to disable).
-        #[arg(long, default_value = "127.0.0.1:9464")]
-        metrics_addr: String,
+        /// Serve `/metrics`, `/status` and `POST /savepoint` here (`off` to disable; default:
+        /// the file's `metrics.addr`, else 127.0.0.1:9464). An address in use is an error.
+        #[arg(long)]
+        metrics_addr: Option<String>,
+        /// Serve the endpoint on an address other machines can reach (not loopback): anyone
+        /// who reaches it can read `/metrics` and `/status` (savepoints still need the token).
+        #[arg(long)]
+        allow_remote_endpoints: bool,
+        /// Also accept savepoints asked for over HTTP under this directory (besides
+        /// `checkpoint.dir/savepoints/`); may be repeated.
+        #[arg(long, value_name = "DIR")]
+        savepoint_root: Vec<PathBuf>,
         /// Keep checkpoints here (replaces the file's `checkpoint.dir`); the run restarts
         /// from the latest complete one and file sinks become transactional.
         #[arg(long)]
@@ -75,17 +89,27 @@ enum Command {
         from_savepoint: Option<PathBuf>,
     },
     /// Take a savepoint of a running pipeline (through its `/savepoint` endpoint) and stop
-    /// it there, without draining; `run --from-savepoint DIR` continues exactly there.
+    /// it there, without draining; `run --from-savepoint DIR` continues exactly there. The
+    /// pipeline answering must be the one in PIPELINE; the request carries the run's token,
+    /// read from the file the run wrote (`<checkpoint.dir>/run.token`).
     Savepoint {
         /// The pipeline file (YAML) of the running pipeline.
         pipeline: PathBuf,
-        /// Where to write the savepoint.
+        /// Where to write the savepoint: a directory that does not exist yet, under
+        /// `checkpoint.dir/savepoints/` (a relative one is taken there) or under a
+        /// `--savepoint-root` of the run (default: `checkpoint.dir/savepoints/savepoint-<time>`).
         #[arg(long)]
-        dir: PathBuf,
+        dir: Option<PathBuf>,
         /// Where the running pipeline serves its endpoint (default: the file's
         /// `metrics.addr`, else 127.0.0.1:9464).
         #[arg(long)]
         addr: Option<SocketAddr>,
+        /// The run's `--checkpoint-dir`, if it was given one: its token file is there.
+        #[arg(long)]
+        checkpoint_dir: Option<PathBuf>,
+        /// Read the run's token from this file instead.
+        #[arg(long)]
+        token_file: Option<PathBuf>,
         /// Keep the pipeline running after the savepoint.
         #[arg(long)]
         keep_running: bool,
@@ -96,7 +120,7 @@ enum Command {
     Bootstrap {
         /// The pipeline file (YAML).
         pipeline: PathBuf,
-        /// Where to write the savepoint.
+        /// Where to write the savepoint: a directory that does not exist yet.
         #[arg(long)]
         savepoint: PathBuf,
         /// Instances per operator (default: the file's `parallelism`, else the CPU cores).
@@ -187,6 +211,7 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             pipeline,
             parallelism,
             metrics_addr,
+            allow_remote_endpoints,
         } => demo(
             pipeline
                 .as_deref()
@@ -194,11 +219,14 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             &out,
             parallelism,
             &metrics_addr,
+            allow_remote_endpoints,
         ),
         Command::Run {
             pipeline,
             parallelism,
             metrics_addr,
+            allow_remote_endpoints,
+            savepoint_root,
             checkpoint_dir,
             from_checkpoint,
             from_savepoint,
@@ -206,9 +234,14 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             &pipeline,
             Overrides {
                 parallelism,
-                metrics_addr: (metrics_addr != "off").then(|| metrics_addr.to_string()),
+                metrics_addr,
                 output_dir: None,
                 checkpoint_dir,
+            },
+            EndpointOptions {
+                default_addr: Some(watershed::http::DEFAULT_ADDR),
+                allow_remote: allow_remote_endpoints,
+                savepoint_roots: savepoint_root,
             },
             from_checkpoint.or(from_savepoint),
         ),
@@ -216,8 +249,19 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             pipeline,
             dir,
             addr,
+            checkpoint_dir,
+            token_file,
             keep_running,
-        } => savepoint(&pipeline, &dir, addr, !keep_running),
+        } => savepoint(
+            &pipeline,
+            SavepointArgs {
+                dir,
+                addr,
+                checkpoint_dir,
+                token_file,
+                stop: !keep_running,
+            },
+        ),
         Command::Bootstrap {
             pipeline,
             savepoint,
@@ -319,24 +363,34 @@ fn explain(path: &Path, addr: Option<SocketAddr>) -> anyhow::Result<ExitCode> {
         }
         println!("{line}");
     }
-    let addr = addr
-        .or(compiled.metrics_addr)
-        .unwrap_or_else(|| "127.0.0.1:9464".parse().expect("address"));
-    match watershed::http::get_local(addr, "/status") {
-        Ok(body) => {
-            let report: StatusReport = serde_json::from_str(&body)
-                .context("the /status answer is not a status document")?;
+    let addr = client_addr(addr, &compiled);
+    match watershed::http::client::status_of(addr, &plan.name) {
+        Ok(report) => {
             println!();
             print!("{}", watershed::cli::explain::render(&report));
         }
-        Err(e) => println!("\nno running pipeline answers at {addr} ({e}); showing the plan only"),
+        Err(e @ ClientError::Unreachable { .. }) => println!("\n{e}; showing the plan only"),
+        Err(e @ ClientError::OtherPipeline { .. }) => {
+            anyhow::bail!(
+                "{e} ({}): not showing its status under this plan",
+                path.display()
+            )
+        }
+        Err(e) => anyhow::bail!(e),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The address a command talks to: `--addr`, else the file's `metrics.addr`, else the default.
+fn client_addr(addr: Option<SocketAddr>, compiled: &config::Compiled) -> SocketAddr {
+    addr.or(compiled.metrics_addr.or(None))
+        .unwrap_or(watershed::http::DEFAULT_ADDR)
 }
 
 fn run(
     path: &Path,
     overrides: Overrides,
+    endpoint: EndpointOptions,
     restore_from: Option<PathBuf>,
 ) -> anyhow::Result<ExitCode> {
     let compiled = config::load_and_compile(path, &overrides)?;
@@ -344,26 +398,61 @@ fn run(
         tracing::warn!("{w}");
     }
     let outputs = compiled.outputs.clone();
-    let summary = start(compiled, (path, &overrides), restore_from, |_, _| {})?;
+    let summary = start(
+        compiled,
+        (path, &overrides),
+        &endpoint,
+        restore_from,
+        |_, _| {},
+    )?;
     print_summary(&summary, &outputs);
     Ok(ExitCode::SUCCESS)
 }
 
-fn savepoint(
-    path: &Path,
-    dir: &Path,
+/// `watershed savepoint`'s options.
+struct SavepointArgs {
+    dir: Option<PathBuf>,
     addr: Option<SocketAddr>,
+    checkpoint_dir: Option<PathBuf>,
+    token_file: Option<PathBuf>,
     stop: bool,
-) -> anyhow::Result<ExitCode> {
-    let compiled = config::load_and_compile(path, &Overrides::default())?;
-    let addr = addr
-        .or(compiled.metrics_addr)
-        .unwrap_or_else(|| "127.0.0.1:9464".parse().expect("address"));
-    let dir = std::path::absolute(dir)?;
-    let answer = watershed::http::request_savepoint(addr, &dir, stop)
-        .with_context(|| format!("no savepoint from the pipeline at {addr}"))?;
+}
+
+fn savepoint(path: &Path, args: SavepointArgs) -> anyhow::Result<ExitCode> {
+    let overrides = Overrides {
+        checkpoint_dir: args.checkpoint_dir,
+        ..Overrides::default()
+    };
+    let compiled = config::load_and_compile(path, &overrides)?;
+    let name = &compiled.plan.name;
+    let addr = client_addr(args.addr, &compiled);
+    let report = watershed::http::client::status_of(addr, name).map_err(|e| match e {
+        ClientError::OtherPipeline { .. } => {
+            anyhow::anyhow!("{e} ({}): no savepoint taken", path.display())
+        }
+        e => anyhow::anyhow!("{e}: no savepoint taken"),
+    })?;
+    let token_file = args.token_file.unwrap_or_else(|| {
+        watershed::http::token::file_for(
+            compiled.plan.options.checkpoint_dir.as_deref(),
+            name,
+            addr.port(),
+        )
+    });
+    let token = watershed::http::token::read(&token_file).with_context(|| {
+        format!(
+            "cannot read the token of the pipeline at {addr} (run {}) from {}; give the run's `--checkpoint-dir`, or `--token-file`",
+            report.run_id,
+            token_file.display()
+        )
+    })?;
+    // A relative directory is the caller's, not the pipeline's working directory's.
+    let dir = args.dir.map(std::path::absolute).transpose()?;
+    let answer =
+        watershed::http::client::request_savepoint(addr, &token, dir.as_deref(), args.stop)
+            .context("no savepoint taken")?;
     println!("savepoint written to {answer}");
-    if stop {
+    if args.stop {
         println!(
             "the pipeline stops; continue it with `watershed run {} --from-savepoint {answer}`",
             path.display()
@@ -380,6 +469,12 @@ fn bootstrap(path: &Path, dir: &Path, parallelism: Option<usize>) -> anyhow::Res
         checkpoint_dir: None,
     };
     let compiled = config::load_and_compile(path, &overrides)?;
+    if std::fs::symlink_metadata(dir).is_ok() {
+        anyhow::bail!(
+            "{} exists: a savepoint goes only into a new directory, and nothing there is replaced",
+            dir.display()
+        );
+    }
     let clock = SystemClock::shared();
     let status = StatusRegistry::new(&compiled.plan.name);
     let mut ctx = RunContext::new(clock, status);
@@ -491,12 +586,18 @@ fn demo(
     out: &Path,
     parallelism: Option<usize>,
     metrics_addr: &str,
+    allow_remote: bool,
 ) -> anyhow::Result<ExitCode> {
     let overrides = Overrides {
         parallelism,
-        metrics_addr: (metrics_addr != "off").then(|| metrics_addr.to_string()),
+        metrics_addr: Some(metrics_addr.to_string()),
         output_dir: Some(out.to_path_buf()),
         checkpoint_dir: None,
+    };
+    let endpoint = EndpointOptions {
+        default_addr: None,
+        allow_remote,
+        savepoint_roots: Vec::new(),
     };
     let compiled = config::load_and_compile(path, &overrides)?;
     let outputs = compiled.outputs.clone();
@@ -506,13 +607,19 @@ fn demo(
         path.display(),
         out.display()
     );
-    let summary = start(compiled, (path, &overrides), None, |report, elapsed_ms| {
-        let totals = watershed::cli::demo::DemoTotals::from_report(report);
-        eprintln!(
-            "{}",
-            watershed::cli::demo::progress_line(&totals, elapsed_ms)
-        );
-    })?;
+    let summary = start(
+        compiled,
+        (path, &overrides),
+        &endpoint,
+        None,
+        |report, elapsed_ms| {
+            let totals = watershed::cli::demo::DemoTotals::from_report(report);
+            eprintln!(
+                "{}",
+                watershed::cli::demo::progress_line(&totals, elapsed_ms)
+            );
+        },
+    )?;
     let totals = watershed::cli::demo::DemoTotals::from_report(&summary.report);
     eprint!(
         "{}",
@@ -521,33 +628,63 @@ fn demo(
     Ok(ExitCode::SUCCESS)
 }
 
-/// Runs a compiled pipeline to its end: metrics endpoint, Ctrl-C draining, and `progress`
+/// How a command serves the HTTP endpoint.
+struct EndpointOptions {
+    /// Where, when neither `--metrics-addr` nor the file says (`None`: not at all).
+    default_addr: Option<SocketAddr>,
+    /// `--allow-remote-endpoints`.
+    allow_remote: bool,
+    /// `--savepoint-root`.
+    savepoint_roots: Vec<PathBuf>,
+}
+
+/// Runs a compiled pipeline to its end: HTTP endpoint, Ctrl-C draining, and `progress`
 /// called about once a second with the live status. After a transient failure the pipeline
 /// file (`source`) is compiled again and the run restarts from its latest checkpoint.
 fn start(
     compiled: config::Compiled,
     source: (&Path, &Overrides),
+    endpoint: &EndpointOptions,
     restore_from: Option<PathBuf>,
     mut progress: impl FnMut(&StatusReport, i64),
 ) -> anyhow::Result<RunSummary> {
     let clock = SystemClock::shared();
     let status = StatusRegistry::new(&compiled.plan.name);
     let savepoints = Arc::new(watershed::savepoint::SavepointRequests::default());
-    if let Some(addr) = compiled.metrics_addr {
-        let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
-            .install_recorder()
-            .ok();
-        match watershed::http::serve(
-            addr,
-            prometheus,
-            status.clone(),
-            clock.clone(),
-            savepoints.clone(),
-        ) {
-            Ok(bound) => tracing::info!(%bound, "serving /metrics and /status"),
-            Err(e) => tracing::warn!(%addr, error = %e, "metrics endpoint not started"),
+    let checkpoint_dir = compiled.plan.options.checkpoint_dir.clone();
+    let targets = watershed::savepoint::SavepointTargets::new(
+        checkpoint_dir.as_deref(),
+        &endpoint.savepoint_roots,
+    )
+    .context("cannot resolve the savepoint directories")?;
+    let served = match compiled.metrics_addr.or(endpoint.default_addr) {
+        Some(addr) => {
+            let settings = watershed::http::Settings {
+                addr,
+                allow_remote: endpoint.allow_remote,
+                limits: compiled.endpoint_limits,
+                checkpoint_dir: checkpoint_dir.clone(),
+            };
+            let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
+                .install_recorder()
+                .ok();
+            let services = watershed::http::Services {
+                prometheus,
+                status: status.clone(),
+                clock: clock.clone(),
+                savepoints: savepoints.clone(),
+                targets: targets.clone(),
+            };
+            let served = watershed::http::start(&settings, services)?;
+            if addr.ip().to_canonical().is_loopback() {
+                tracing::info!(bound = %served.addr, token = %served.token_file.display(), "serving /metrics, /status and POST /savepoint");
+            } else {
+                tracing::warn!(bound = %served.addr, token = %served.token_file.display(), "serving /metrics, /status and POST /savepoint to the network (--allow-remote-endpoints)");
+            }
+            Some(served)
         }
-    }
+        None => None,
+    };
     // Ctrl-C / SIGTERM: with checkpoints kept, stop at a last checkpoint; otherwise sources
     // end their input, windows fire, sinks flush, then exit.
     let shutdown = Arc::new(AtomicBool::new(false));
@@ -560,10 +697,7 @@ fn start(
         eprintln!("stopping (interrupt again to exit at once)");
     })
     .context("cannot install the interrupt handler")?;
-    watershed::savepoint::on_signal(
-        savepoints.clone(),
-        compiled.plan.options.checkpoint_dir.clone(),
-    );
+    watershed::savepoint::on_signal(savepoints.clone(), targets);
     tracing::info!(pipeline = %compiled.plan.name, "starting");
     let ctx = RunContext {
         clock: clock.clone(),
@@ -600,6 +734,7 @@ fn start(
     let summary = runner
         .join()
         .map_err(|_| anyhow::anyhow!("the pipeline thread panicked"))??;
+    drop(served);
     Ok(summary)
 }
 

@@ -30,9 +30,12 @@ pub const CHECKPOINT_DURATION_MS: &str = "watershed_checkpoint_last_duration_ms"
 pub const CHECKPOINT_ALIGNMENT_MS: &str = "watershed_checkpoint_last_alignment_ms";
 pub const TRANSIENT_ERRORS: &str = "watershed_transient_errors_total";
 pub const RESTARTS: &str = "watershed_restarts_total";
+pub const ENDPOINT_CONNECTIONS: &str = "watershed_endpoint_connections";
+pub const ENDPOINT_CONNECTIONS_CLOSED: &str = "watershed_endpoint_connections_closed_total";
 
 pub const LABEL_NODE: &str = "node";
 pub const LABEL_PORT: &str = "port";
 pub const LABEL_SOURCE: &str = "source";
 pub const LABEL_PARTITION: &str = "partition";
 pub const LABEL_ALERT: &str = "alert";
+pub const LABEL_REASON: &str = "reason";

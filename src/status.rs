@@ -1,7 +1,9 @@
-//! Live status of a running pipeline: per node instance its watermark, idleness, which input
-//! holds its watermark and since when, and record counts; per source partition its watermark,
-//! idleness and last activity. Tasks write it when something changes (atomics, no locks on
-//! the per-record path); `/status`, `watershed explain` and the alert rules read snapshots.
+//! Live status of a running pipeline: its name and run id (random, one per process; the
+//! commands that talk to a running pipeline check the name), per node instance its
+//! watermark, idleness, which input holds its watermark and since when, and record counts;
+//! per source partition its watermark, idleness and last activity. Tasks write it when
+//! something changes (atomics, no locks on the per-record path); `/status`, `watershed
+//! explain` and the alert rules read snapshots.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -239,6 +241,8 @@ pub struct SourceExpectations {
 #[derive(Debug, Default)]
 pub struct StatusRegistry {
     pub pipeline: String,
+    /// Random, one per process: tells a run from the next one of the same pipeline.
+    pub run_id: String,
     instances: Mutex<Vec<Arc<InstanceStatus>>>,
     pub sources: Mutex<Vec<SourceExpectations>>,
     checkpoints: Mutex<Option<CheckpointReport>>,
@@ -246,8 +250,17 @@ pub struct StatusRegistry {
 
 impl StatusRegistry {
     pub fn new(pipeline: &str) -> Arc<StatusRegistry> {
+        // Without the system's random bytes, the time and process id still tell runs apart.
+        let run_id = crate::random::hex(8).unwrap_or_else(|_| {
+            format!(
+                "{:x}-{:x}",
+                chrono::Utc::now().timestamp_micros(),
+                std::process::id()
+            )
+        });
         Arc::new(StatusRegistry {
             pipeline: pipeline.to_string(),
+            run_id,
             ..StatusRegistry::default()
         })
     }
@@ -295,6 +308,7 @@ impl StatusRegistry {
             .collect();
         StatusReport {
             pipeline: self.pipeline.clone(),
+            run_id: self.run_id.clone(),
             now_ms,
             instances,
             sources: self
@@ -381,7 +395,11 @@ pub struct CheckpointReport {
 /// A point-in-time view of the whole pipeline (the `/status` document).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct StatusReport {
+    /// The pipeline's name (its file's `name`).
     pub pipeline: String,
+    /// The run's id (`StatusRegistry::run_id`).
+    #[serde(default)]
+    pub run_id: String,
     pub now_ms: i64,
     pub instances: Vec<InstanceReport>,
     pub sources: Vec<SourceExpectations>,

@@ -295,6 +295,13 @@ impl CheckpointStore {
     ) -> Result<PathBuf, CheckpointError> {
         let target = self.dir.join(format!("{PREFIX}{:012}", cp.epoch));
         let tmp = self.dir.join(format!(".{PREFIX}{:012}.tmp", cp.epoch));
+        if tmp.exists() {
+            // Left by a write of this checkpoint directory that did not finish.
+            std::fs::remove_dir_all(&tmp)
+                .map_err(|e| CheckpointError::io(format!("cannot remove {}", tmp.display()), e))?;
+        }
+        std::fs::create_dir(&tmp)
+            .map_err(|e| CheckpointError::io(format!("cannot create {}", tmp.display()), e))?;
         {
             let mut blobs = self.blobs.lock().expect("blob directory lock");
             write_into(&tmp, &mut blobs, pipeline, cp, now_ms)?;
@@ -381,20 +388,42 @@ impl CheckpointStore {
     }
 }
 
-/// Writes a self-contained checkpoint (a savepoint) into `dir` (created; replaced if it
-/// exists), its blobs into `dir/shared`, every file fsynced and the manifest last.
+/// Writes a self-contained checkpoint (a savepoint) into `dir`, its blobs into `dir/shared`,
+/// every file fsynced and the manifest last. `dir` must not exist: it is created here
+/// (exclusively; its parents as needed), so nothing that was there is ever replaced; if the
+/// write fails, what it wrote is removed. An `AlreadyExists` I/O error when it exists.
 pub fn write_dir(
     dir: &Path,
     pipeline: &str,
     cp: &Checkpoint,
     now_ms: i64,
 ) -> Result<(), CheckpointError> {
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| CheckpointError::io(format!("cannot create {}", parent.display()), e))?;
+    }
+    std::fs::create_dir(dir).map_err(|e| {
+        let context = if e.kind() == std::io::ErrorKind::AlreadyExists {
+            format!(
+                "{} exists: a savepoint goes only into a new directory",
+                dir.display()
+            )
+        } else {
+            format!("cannot create {}", dir.display())
+        };
+        CheckpointError::io(context, e)
+    })?;
     let mut blobs = BlobDir::new(dir.join(SHARED), SHARED);
-    write_into(dir, &mut blobs, pipeline, cp, now_ms)
+    let written = write_into(dir, &mut blobs, pipeline, cp, now_ms);
+    if written.is_err() {
+        // Created above by this call: nobody else's.
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    written
 }
 
-/// Writes a checkpoint into `dir` (created; replaced if it exists) and the blobs `blobs`
-/// lacks into its directory; every file fsynced and the manifest last.
+/// Writes a checkpoint into the empty directory `dir` and the blobs `blobs` lacks into its
+/// directory; every file fsynced and the manifest last.
 fn write_into(
     dir: &Path,
     blobs: &mut BlobDir,
@@ -402,14 +431,8 @@ fn write_into(
     cp: &Checkpoint,
     now_ms: i64,
 ) -> Result<(), CheckpointError> {
-    if dir.exists() {
-        std::fs::remove_dir_all(dir)
-            .map_err(|e| CheckpointError::io(format!("cannot remove {}", dir.display()), e))?;
-    }
-    for d in [dir, &blobs.dir] {
-        std::fs::create_dir_all(d)
-            .map_err(|e| CheckpointError::io(format!("cannot create {}", d.display()), e))?;
-    }
+    std::fs::create_dir_all(&blobs.dir)
+        .map_err(|e| CheckpointError::io(format!("cannot create {}", blobs.dir.display()), e))?;
     let file = |name: String, bytes: &[u8]| {
         write_synced(&dir.join(&name), bytes)?;
         Ok::<_, CheckpointError>(StateFile {
@@ -746,6 +769,13 @@ mod tests {
         // A savepoint carries its own blobs.
         let sp = dir.path().join("savepoint");
         write_dir(&sp, "p", &with_blobs(5, &["c", "d"]), 0).unwrap();
+        // It goes only into a new directory: an existing one stays as it is.
+        let again = write_dir(&sp, "p", &with_blobs(6, &["c"]), 0).unwrap_err();
+        assert!(
+            again.to_string().contains("only into a new directory"),
+            "{again}"
+        );
+        assert_eq!(read_manifest(&sp).unwrap().epoch, 5);
         drop(store);
         std::fs::remove_dir_all(dir.path().join(SHARED)).unwrap();
         assert_eq!(

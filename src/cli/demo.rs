@@ -230,6 +230,7 @@ mod tests {
     fn totals_come_from_the_status_document() {
         let report = StatusReport {
             pipeline: "demo".into(),
+            run_id: String::new(),
             now_ms: 0,
             instances: vec![
                 instance(

@@ -49,8 +49,13 @@ pub fn render(r: &StatusReport) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "pipeline `{}` at {}",
+        "pipeline `{}`{} at {}",
         r.pipeline,
+        if r.run_id.is_empty() {
+            String::new()
+        } else {
+            format!(" (run {})", r.run_id)
+        },
         format_time(r.now_ms)
     );
     for (role, title) in [

@@ -19,7 +19,7 @@ use crate::config::component::{
 use crate::config::issues::{Issues, MAX_PARALLELISM, valid_name};
 use crate::config::tables;
 use crate::config::yaml::{EnrichmentYaml, PipelineFile, S, StateYaml};
-use crate::config::{Compiled, Overrides};
+use crate::config::{Compiled, MetricsAddr, Overrides};
 use crate::dataflow::{DEAD_LETTER_PORT, Guarantee, MAIN_PORT, PortSpec};
 use crate::dead_letter;
 use crate::error::ConfigError;
@@ -204,33 +204,64 @@ pub fn compile(
     }
     options.alerts = rules;
 
+    let metrics = file.metrics.as_ref();
     let metrics_addr = match (
         &overrides.metrics_addr,
-        file.metrics.as_ref().and_then(|m| m.addr.as_ref()),
+        metrics.and_then(|m| m.addr.as_ref()),
     ) {
+        (Some(a), _) if a.trim() == "off" => MetricsAddr::Off,
         (Some(a), _) => match a.parse::<SocketAddr>() {
-            Ok(a) => Some(a),
+            Ok(a) => MetricsAddr::At(a),
             Err(e) => {
                 issues.unplaced("--metrics-addr", format!("invalid address `{a}`: {e}"));
-                None
+                MetricsAddr::Unset
             }
         },
+        (None, Some(a)) if a.value.trim() == "off" => MetricsAddr::Off,
         (None, Some(a)) => match a.value.parse::<SocketAddr>() {
-            Ok(x) => Some(x),
+            Ok(x) => MetricsAddr::At(x),
             Err(e) => {
                 issues.at(
                     &a.referenced,
                     "metrics.addr",
                     format!(
-                        "invalid address `{}`: {e}; write e.g. `127.0.0.1:9464`",
+                        "invalid address `{}`: {e}; write e.g. `127.0.0.1:9464`, or `off`",
                         a.value
                     ),
                 );
-                None
+                MetricsAddr::Unset
             }
         },
-        (None, None) => None,
+        (None, None) => MetricsAddr::Unset,
     };
+    let mut endpoint_limits = crate::http::Limits::default();
+    if let Some(m) = metrics {
+        for (value, field, into) in [
+            (
+                &m.header_read_timeout,
+                "metrics.header_read_timeout",
+                &mut endpoint_limits.header_read_timeout,
+            ),
+            (
+                &m.idle_timeout,
+                "metrics.idle_timeout",
+                &mut endpoint_limits.idle_timeout,
+            ),
+        ] {
+            if let Some(v) = value
+                && let Some(d) = issues.duration(v, field)
+            {
+                if d.is_zero() {
+                    issues.at(&v.referenced, field, "must be more than 0");
+                } else {
+                    *into = d;
+                }
+            }
+        }
+        if let Some(n) = &m.max_connections {
+            endpoint_limits.max_connections = issues.at_least_one(n, "metrics.max_connections");
+        }
+    }
 
     // Names are unique across sources, operators and sinks.
     let mut seen: HashMap<&str, &str> = HashMap::new();
@@ -683,6 +714,7 @@ pub fn compile(
         },
         warnings,
         metrics_addr,
+        endpoint_limits,
         outputs,
     })
 }

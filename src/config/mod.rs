@@ -25,6 +25,7 @@ pub use compile::compile;
 #[derive(Clone, Debug, Default)]
 pub struct Overrides {
     pub parallelism: Option<usize>,
+    /// `--metrics-addr`: an address, or `off`.
     pub metrics_addr: Option<String>,
     /// Sink files under `watershed-out/` in the file are written under this directory.
     pub output_dir: Option<PathBuf>,
@@ -47,9 +48,33 @@ pub(crate) fn output_path(path: &str, overrides: &Overrides) -> PathBuf {
 pub struct Compiled {
     pub plan: Plan,
     pub warnings: Vec<String>,
-    pub metrics_addr: Option<SocketAddr>,
+    /// Where to serve the HTTP endpoint (`--metrics-addr`, else `metrics.addr`).
+    pub metrics_addr: MetricsAddr,
+    /// How the endpoint treats connections (`metrics.*` in the file).
+    pub endpoint_limits: crate::http::Limits,
     /// Sink name and where it writes.
     pub outputs: Vec<(String, String)>,
+}
+
+/// Where to serve the HTTP endpoint, as the command line or the file says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MetricsAddr {
+    /// Neither says: the command's default.
+    Unset,
+    /// `off`: no endpoint.
+    Off,
+    At(SocketAddr),
+}
+
+impl MetricsAddr {
+    /// The address, `default` when unset; `None` for no endpoint.
+    pub fn or(self, default: Option<SocketAddr>) -> Option<SocketAddr> {
+        match self {
+            MetricsAddr::Unset => default,
+            MetricsAddr::Off => None,
+            MetricsAddr::At(a) => Some(a),
+        }
+    }
 }
 
 /// Reads and parses a pipeline file (syntax and field names only).

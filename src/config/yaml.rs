@@ -83,8 +83,14 @@ pub struct AlertsYaml {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsYaml {
-    /// `host:port` for `/metrics` and `/status`.
+    /// `host:port` for `/metrics`, `/status` and `POST /savepoint`, or `off`.
     pub addr: Option<S<String>>,
+    /// How long a connection has to deliver a request's head.
+    pub header_read_timeout: Option<S<String>>,
+    /// How long a connection may stall while no request is being answered.
+    pub idle_timeout: Option<S<String>>,
+    /// Connections served at once.
+    pub max_connections: Option<S<usize>>,
 }
 
 #[derive(Debug, Deserialize)]

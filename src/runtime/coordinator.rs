@@ -23,11 +23,11 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use crate::checkpoint::{Checkpoint, CheckpointStore, SourceCheckpoint, store};
+use crate::checkpoint::{Checkpoint, CheckpointStore, SourceCheckpoint};
 use crate::error::RunError;
 use crate::metrics as m;
 use crate::runtime::task::{BarrierAck, Control, FINAL_EPOCH, Instance, tell};
-use crate::savepoint::SavepointRequest;
+use crate::savepoint::{self, SavepointError, SavepointRequest};
 use crate::status::{CheckpointReport, Role, StatusRegistry};
 use crate::types::Epoch;
 
@@ -223,11 +223,11 @@ impl<'a> CheckpointCoordinator<'a> {
         if let Some(req) = self.savepoints.remove(&epoch) {
             let written = match (&self.last_checkpoint, done) {
                 (Some(cp), true) if cp.epoch == epoch => {
-                    store::write_dir(&req.dir, &self.pipeline, cp, now_ms)
-                        .map(|()| req.dir.clone())
-                        .map_err(|e| e.to_string())
+                    savepoint::write(&req.dir, &self.pipeline, cp, now_ms)
                 }
-                _ => Err(format!("checkpoint {epoch} could not be written")),
+                _ => Err(SavepointError::Failed(format!(
+                    "checkpoint {epoch} could not be written"
+                ))),
             };
             match &written {
                 Ok(dir) => {

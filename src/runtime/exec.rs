@@ -29,7 +29,7 @@ use crate::runtime::task::{
     Control, Discard, Instance, OperatorDriver, OperatorTask, Report, SinkDriver, SinkTask,
     SourceDriver, SourceTask, TaskLink, spawn, tell,
 };
-use crate::savepoint::{SavepointRequest, SavepointRequests};
+use crate::savepoint::{SavepointError, SavepointRequest, SavepointRequests};
 use crate::status::{InstanceStatus, Role, SourceExpectations, StatusRegistry, StatusReport};
 use crate::time::ClockRef;
 use crate::types::Epoch;
@@ -605,9 +605,9 @@ fn supervise(
                 let epoch = inject(&mut co, Purpose::Savepoint(req));
                 tracing::info!(epoch, dir = %dir.display(), "savepoint requested");
             } else {
-                let _ = req.reply.send(Err(
+                let _ = req.reply.send(Err(SavepointError::Unavailable(
                     "the pipeline is ending or failing: no savepoint can be taken now".into(),
-                ));
+                )));
             }
         }
         if let Some(dir) = &ctx.bootstrap

@@ -368,8 +368,11 @@ fn savepoints_and_bootstrap_continue_exactly_where_they_stopped() {
         .unwrap()
         .port();
     let addr = format!("127.0.0.1:{port}");
+    // The savepoint goes outside the checkpoint directory: the run allows it.
     let running = watershed()
         .args(["run", "--log", "warn", "--metrics-addr", &addr])
+        .arg("--savepoint-root")
+        .arg(tmp.path())
         .arg(&pipeline)
         .stderr(Stdio::piped())
         .spawn()

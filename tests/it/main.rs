@@ -4,6 +4,7 @@
 mod cli;
 mod contract;
 mod crash;
+mod endpoint;
 mod golden;
 mod multi_speed;
 mod partitions;

@@ -215,3 +215,50 @@ fn environment_variables_fill_the_file_and_never_show_in_messages() {
     );
     assert!(!text.contains("hunter22"), "{text}");
 }
+
+#[test]
+fn endpoint_settings() {
+    let yaml = format!(
+        "sources:\n  f:\n    file: {{paths: [in.jsonl]}}\n{ROWS}sinks:\n  o: {{input: f, stdout: true}}\nmetrics: {{addr: nowhere, header_read_timeout: 0s, idle_timeout: 3x, max_connections: 0}}\n"
+    );
+    expect(
+        &yaml,
+        &[
+            "field `metrics.addr`: invalid address `nowhere`",
+            "field `metrics.header_read_timeout`: must be more than 0",
+            "field `metrics.idle_timeout`: invalid duration `3x`",
+            "field `metrics.max_connections`: must be at least 1",
+        ],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("in.jsonl"), "").unwrap();
+    let path = dir.path().join("p.yaml");
+    std::fs::write(
+        &path,
+        yaml.replace(
+            "{addr: nowhere, header_read_timeout: 0s, idle_timeout: 3x, max_connections: 0}",
+            "{addr: \"off\", header_read_timeout: 2s, idle_timeout: 5s, max_connections: 3}",
+        ),
+    )
+    .unwrap();
+    let c = config::load_and_compile(&path, &Overrides::default()).unwrap();
+    assert_eq!(c.metrics_addr, config::MetricsAddr::Off);
+    assert_eq!(
+        c.endpoint_limits,
+        watershed::http::Limits {
+            header_read_timeout: std::time::Duration::from_secs(2),
+            idle_timeout: std::time::Duration::from_secs(5),
+            max_connections: 3,
+        }
+    );
+    // The command line wins over the file.
+    let over = Overrides {
+        metrics_addr: Some("127.0.0.1:1".into()),
+        ..Overrides::default()
+    };
+    let c = config::load_and_compile(&path, &over).unwrap();
+    assert_eq!(
+        c.metrics_addr,
+        config::MetricsAddr::At("127.0.0.1:1".parse().unwrap())
+    );
+}
