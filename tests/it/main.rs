@@ -4,6 +4,7 @@
 mod cli;
 mod contract;
 mod crash;
+mod determinism;
 mod endpoint;
 mod golden;
 mod multi_speed;

@@ -105,6 +105,7 @@ impl OperatorDriver {
             match event {
                 GateEvent::Data { input, batch } => {
                     self.status.add_records_in(batch.len() as u64, now_ms);
+                    crate::failpoint::slow("operator-process");
                     self.call(emit, |op, out| op.process(input, batch, out))?;
                     self.flush(emit)?;
                     if self.holding {

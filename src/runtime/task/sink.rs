@@ -80,6 +80,7 @@ impl SinkDriver {
             let r = match event {
                 GateEvent::Data { batch, .. } => {
                     self.status.add_records_in(batch.len() as u64, now_ms);
+                    crate::failpoint::slow("sink-write");
                     self.sink.write(&batch)
                 }
                 GateEvent::Watermark(_) => Ok(()),
