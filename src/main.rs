@@ -73,6 +73,11 @@ enum Command {
         /// Start from this savepoint directory.
         #[arg(long)]
         from_savepoint: Option<PathBuf>,
+        /// Start from scratch although the checkpoint directory holds checkpoints: nothing
+        /// is restored and every output begins afresh. Without it, a directory whose
+        /// checkpoints are all broken stops the run (listing why each is) instead.
+        #[arg(long, conflicts_with_all = ["from_checkpoint", "from_savepoint"])]
+        fresh_start: bool,
     },
     /// Take a savepoint of a running pipeline (through its `/savepoint` endpoint) and stop
     /// it there, without draining; `run --from-savepoint DIR` continues exactly there.
@@ -202,6 +207,7 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             checkpoint_dir,
             from_checkpoint,
             from_savepoint,
+            fresh_start,
         } => run(
             &pipeline,
             Overrides {
@@ -210,7 +216,10 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
                 output_dir: None,
                 checkpoint_dir,
             },
-            from_checkpoint.or(from_savepoint),
+            Start {
+                restore_from: from_checkpoint.or(from_savepoint),
+                fresh: fresh_start,
+            },
         ),
         Command::Savepoint {
             pipeline,
@@ -334,17 +343,21 @@ fn explain(path: &Path, addr: Option<SocketAddr>) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn run(
-    path: &Path,
-    overrides: Overrides,
+/// Where a run starts: from a checkpoint or savepoint asked for, from scratch although
+/// checkpoints exist (`fresh`), or else from the checkpoint directory's latest.
+#[derive(Default)]
+struct Start {
     restore_from: Option<PathBuf>,
-) -> anyhow::Result<ExitCode> {
+    fresh: bool,
+}
+
+fn run(path: &Path, overrides: Overrides, from: Start) -> anyhow::Result<ExitCode> {
     let compiled = config::load_and_compile(path, &overrides)?;
     for w in &compiled.warnings {
         tracing::warn!("{w}");
     }
     let outputs = compiled.outputs.clone();
-    let summary = start(compiled, (path, &overrides), restore_from, |_, _| {})?;
+    let summary = start(compiled, (path, &overrides), from, |_, _| {})?;
     print_summary(&summary, &outputs);
     Ok(ExitCode::SUCCESS)
 }
@@ -506,13 +519,18 @@ fn demo(
         path.display(),
         out.display()
     );
-    let summary = start(compiled, (path, &overrides), None, |report, elapsed_ms| {
-        let totals = watershed::cli::demo::DemoTotals::from_report(report);
-        eprintln!(
-            "{}",
-            watershed::cli::demo::progress_line(&totals, elapsed_ms)
-        );
-    })?;
+    let summary = start(
+        compiled,
+        (path, &overrides),
+        Start::default(),
+        |report, elapsed_ms| {
+            let totals = watershed::cli::demo::DemoTotals::from_report(report);
+            eprintln!(
+                "{}",
+                watershed::cli::demo::progress_line(&totals, elapsed_ms)
+            );
+        },
+    )?;
     let totals = watershed::cli::demo::DemoTotals::from_report(&summary.report);
     eprint!(
         "{}",
@@ -527,7 +545,7 @@ fn demo(
 fn start(
     compiled: config::Compiled,
     source: (&Path, &Overrides),
-    restore_from: Option<PathBuf>,
+    from: Start,
     mut progress: impl FnMut(&StatusReport, i64),
 ) -> anyhow::Result<RunSummary> {
     let clock = SystemClock::shared();
@@ -569,9 +587,10 @@ fn start(
         clock: clock.clone(),
         status: status.clone(),
         shutdown,
-        restore_from,
+        restore_from: from.restore_from,
         savepoints,
         bootstrap: None,
+        fresh_start: from.fresh,
     };
     let started = clock.now_ms();
     let mut first = Some(compiled.plan);

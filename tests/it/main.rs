@@ -7,5 +7,6 @@ mod crash;
 mod golden;
 mod multi_speed;
 mod partitions;
+mod restore;
 mod runtime;
 mod validate;
