@@ -199,7 +199,7 @@ impl RunError {
         match self {
             RunError::Config(_) => "fix the pipeline file, then run again",
             RunError::Restore { .. } | RunError::State(_) => {
-                "restore an older checkpoint (`watershed checkpoints list`), or start without it"
+                "restore an older checkpoint (`watershed checkpoints list`, then `run --from-checkpoint`), or start from scratch with `run --fresh-start` (every output begins afresh)"
             }
             RunError::Stopped { .. } => "see the error of the task that stopped first",
             RunError::Endpoint { .. } => {

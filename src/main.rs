@@ -87,6 +87,11 @@ enum Command {
         /// Start from this savepoint directory.
         #[arg(long)]
         from_savepoint: Option<PathBuf>,
+        /// Start from scratch although the checkpoint directory holds checkpoints: nothing
+        /// is restored and every output begins afresh. Without it, a directory whose
+        /// checkpoints are all broken stops the run (listing why each is) instead.
+        #[arg(long, conflicts_with_all = ["from_checkpoint", "from_savepoint"])]
+        fresh_start: bool,
     },
     /// Take a savepoint of a running pipeline (through its `/savepoint` endpoint) and stop
     /// it there, without draining; `run --from-savepoint DIR` continues exactly there. The
@@ -230,6 +235,7 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             checkpoint_dir,
             from_checkpoint,
             from_savepoint,
+            fresh_start,
         } => run(
             &pipeline,
             Overrides {
@@ -243,7 +249,10 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
                 allow_remote: allow_remote_endpoints,
                 savepoint_roots: savepoint_root,
             },
-            from_checkpoint.or(from_savepoint),
+            Start {
+                restore_from: from_checkpoint.or(from_savepoint),
+                fresh: fresh_start,
+            },
         ),
         Command::Savepoint {
             pipeline,
@@ -387,24 +396,26 @@ fn client_addr(addr: Option<SocketAddr>, compiled: &config::Compiled) -> SocketA
         .unwrap_or(watershed::http::DEFAULT_ADDR)
 }
 
+/// Where a run starts: from a checkpoint or savepoint asked for, from scratch although
+/// checkpoints exist (`fresh`), or else from the checkpoint directory's latest.
+#[derive(Default)]
+struct Start {
+    restore_from: Option<PathBuf>,
+    fresh: bool,
+}
+
 fn run(
     path: &Path,
     overrides: Overrides,
     endpoint: EndpointOptions,
-    restore_from: Option<PathBuf>,
+    from: Start,
 ) -> anyhow::Result<ExitCode> {
     let compiled = config::load_and_compile(path, &overrides)?;
     for w in &compiled.warnings {
         tracing::warn!("{w}");
     }
     let outputs = compiled.outputs.clone();
-    let summary = start(
-        compiled,
-        (path, &overrides),
-        &endpoint,
-        restore_from,
-        |_, _| {},
-    )?;
+    let summary = start(compiled, (path, &overrides), &endpoint, from, |_, _| {})?;
     print_summary(&summary, &outputs);
     Ok(ExitCode::SUCCESS)
 }
@@ -611,7 +622,7 @@ fn demo(
         compiled,
         (path, &overrides),
         &endpoint,
-        None,
+        Start::default(),
         |report, elapsed_ms| {
             let totals = watershed::cli::demo::DemoTotals::from_report(report);
             eprintln!(
@@ -645,7 +656,7 @@ fn start(
     compiled: config::Compiled,
     source: (&Path, &Overrides),
     endpoint: &EndpointOptions,
-    restore_from: Option<PathBuf>,
+    from: Start,
     mut progress: impl FnMut(&StatusReport, i64),
 ) -> anyhow::Result<RunSummary> {
     let clock = SystemClock::shared();
@@ -703,9 +714,10 @@ fn start(
         clock: clock.clone(),
         status: status.clone(),
         shutdown,
-        restore_from,
+        restore_from: from.restore_from,
         savepoints,
         bootstrap: None,
+        fresh_start: from.fresh,
     };
     let started = clock.now_ms();
     let mut first = Some(compiled.plan);

@@ -68,6 +68,18 @@ pub enum CheckpointError {
     },
     #[error("checkpoint {path} is broken: {reason}")]
     Corrupt { path: String, reason: String },
+    /// The directory holds checkpoints and none of them can be restored: starting from
+    /// scratch would silently begin every output afresh, so it is refused.
+    #[error(
+        "none of the {} checkpoints in {dir} can be restored:{}",
+        broken.len(),
+        broken.iter().map(|(path, why)| format!("\n  {path}: {why}")).collect::<String>()
+    )]
+    NoneRestorable {
+        dir: String,
+        /// Each checkpoint directory, newest first, with why it cannot be restored.
+        broken: Vec<(String, String)>,
+    },
 }
 
 impl CheckpointError {

@@ -6,8 +6,9 @@
 //! manifest last (its own CRC-32 on its last line), then the directory is renamed to
 //! `chk-<epoch>` and the parent fsynced. A checkpoint directory therefore exists only whole;
 //! reading still checks every checksum, and a broken checkpoint is skipped for the previous
-//! complete one with a message naming what is wrong, never restored. The newest `retain`
-//! checkpoints are kept.
+//! complete one with a warning naming what is wrong, never restored; a directory holding
+//! checkpoints none of which verifies is an error (`latest`), never taken for an empty one.
+//! The newest `retain` checkpoints are kept.
 //!
 //! Blobs (immutable parts of operator state, such as a reference table's frozen chunks) are
 //! files in `shared/`, named by their id and listed (length, CRC-32) in the manifest of every
@@ -36,6 +37,9 @@ const MANIFEST: &str = "MANIFEST";
 const PREFIX: &str = "chk-";
 const SHARED: &str = "shared";
 const BLOB_SUFFIX: &str = ".blob";
+/// No run reaches this epoch (2^48 checkpoints); a manifest or directory claiming one is not
+/// a checkpoint a run wrote, and the epochs after it stay far from `FINAL_EPOCH`.
+const MAX_EPOCH: Epoch = 1 << 48;
 
 /// A state file named by a manifest, with the blobs its state refers to.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -345,8 +349,8 @@ impl CheckpointStore {
             .flatten()
             .filter_map(|e| {
                 let name = e.file_name().to_string_lossy().into_owned();
-                let epoch = name.strip_prefix(PREFIX)?.parse().ok()?;
-                Some((epoch, e.path()))
+                let epoch: Epoch = name.strip_prefix(PREFIX)?.parse().ok()?;
+                (epoch < MAX_EPOCH).then(|| (epoch, e.path()))
             })
             .collect();
         epochs.sort_by_key(|e| std::cmp::Reverse(e.0));
@@ -366,25 +370,61 @@ impl CheckpointStore {
             .collect()
     }
 
-    /// The newest checkpoint that verifies; each broken one on the way is reported and
-    /// skipped. `None` when there is none. Its blobs, verified, need not be written again.
-    pub fn latest(&self) -> Option<Restored> {
-        let epochs = self.epochs();
-        for (_, path) in epochs {
-            match read(&path) {
+    /// The newest checkpoint that verifies; each newer broken one is skipped with a warning
+    /// saying why. `None` when the directory holds no checkpoint; an error listing why each
+    /// is broken when it holds some and none verifies. Its blobs, verified, need not be
+    /// written again.
+    pub fn latest(&self) -> Result<Option<Restored>, CheckpointError> {
+        let mut broken: Vec<(String, String)> = Vec::new();
+        for (epoch, path) in self.epochs() {
+            let verified = read(&path).and_then(|r| {
+                if r.manifest.epoch == epoch {
+                    Ok(r)
+                } else {
+                    Err(CheckpointError::Corrupt {
+                        path: path.display().to_string(),
+                        reason: format!(
+                            "its manifest is of epoch {}, its directory's name says {epoch}",
+                            r.manifest.epoch
+                        ),
+                    })
+                }
+            });
+            match verified {
                 Ok(r) => {
                     let mut blobs = self.blobs.lock().expect("blob directory lock");
                     for b in r.manifest.operators.values().flat_map(|f| &f.blobs) {
                         blobs.known.insert(b.id.clone(), b.clone());
                     }
-                    return Some(r);
+                    return Ok(Some(r));
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, "skipping a broken checkpoint for the previous one");
+                    tracing::warn!(checkpoint = %path.display(), error = %e, "skipping a broken checkpoint for an older one");
+                    broken.push((path.display().to_string(), broken_reason(e)));
                 }
             }
         }
-        None
+        if broken.is_empty() {
+            return Ok(None);
+        }
+        Err(CheckpointError::NoneRestorable {
+            dir: self.dir.display().to_string(),
+            broken,
+        })
+    }
+
+    /// The highest epoch of a checkpoint directory here, broken or not (a run's next
+    /// checkpoint goes above it, so that retention never drops it for an older one).
+    pub fn highest_epoch(&self) -> Option<Epoch> {
+        self.epochs().first().map(|(e, _)| *e)
+    }
+}
+
+/// Why a checkpoint is broken, without the path the listing already shows.
+fn broken_reason(e: CheckpointError) -> String {
+    match e {
+        CheckpointError::Corrupt { reason, .. } => reason,
+        other => other.to_string(),
     }
 }
 
@@ -509,7 +549,45 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest, CheckpointError> {
             manifest.format
         )));
     }
+    if manifest.epoch >= MAX_EPOCH {
+        return Err(corrupt(format!(
+            "{MANIFEST} names epoch {}, beyond any a run reaches",
+            manifest.epoch
+        )));
+    }
+    for (label, f) in manifest.operators.iter().chain(&manifest.sinks) {
+        if !is_state_file_name(&f.file) {
+            return Err(corrupt(format!(
+                "{MANIFEST} names `{}` as the state file of {label}: not a file of the checkpoint",
+                f.file
+            )));
+        }
+        if let Some(b) = f.blobs.iter().find(|b| !is_blob_path(&b.file)) {
+            return Err(corrupt(format!(
+                "{MANIFEST} names `{}` as a blob of {label}: not a file of a `{SHARED}` directory",
+                b.file
+            )));
+        }
+    }
     Ok(manifest)
+}
+
+/// A state file is named by its file name alone, inside the checkpoint's directory.
+fn is_state_file_name(name: &str) -> bool {
+    let mut parts = Path::new(name).components();
+    matches!(parts.next(), Some(std::path::Component::Normal(_))) && parts.next().is_none()
+}
+
+/// A blob is `shared/<file>` (a savepoint's) or `../shared/<file>` (a checkpoint's, in the
+/// checkpoint directory's `shared/`).
+fn is_blob_path(path: &str) -> bool {
+    use std::path::Component;
+    let parts: Vec<Component> = Path::new(path).components().collect();
+    let rest = match parts.as_slice() {
+        [Component::ParentDir, rest @ ..] => rest,
+        rest => rest,
+    };
+    matches!(rest, [Component::Normal(dir), Component::Normal(_)] if *dir == SHARED)
 }
 
 /// Reads and verifies the checkpoint (or savepoint) in `dir`: its manifest, state files and
@@ -665,13 +743,13 @@ mod tests {
     fn checkpoints_round_trip_and_only_the_newest_are_kept() {
         let dir = tempfile::tempdir().unwrap();
         let store = CheckpointStore::open(dir.path(), 2).unwrap();
-        assert!(store.latest().is_none());
+        assert!(store.latest().unwrap().is_none());
         for e in 1..=4 {
             store.write("p", &checkpoint(e), 0).unwrap();
         }
         let listed: Vec<Epoch> = store.list().iter().map(|l| l.epoch).collect();
         assert_eq!(listed, vec![4, 3]);
-        let r = store.latest().unwrap();
+        let r = store.latest().unwrap().unwrap();
         assert_eq!(r.manifest.epoch, 4);
         assert_eq!(r.manifest.sources, checkpoint(4).sources);
         assert_eq!(r.operators, checkpoint(4).operators);
@@ -706,11 +784,11 @@ mod tests {
                 .contains("checksum mismatch")
         );
         assert!(listed[1].manifest.is_err());
-        assert_eq!(store.latest().unwrap().manifest.epoch, 1);
+        assert_eq!(store.latest().unwrap().unwrap().manifest.epoch, 1);
         assert_eq!(read(&p1).unwrap().manifest.epoch, 1);
         // A new checkpoint of a broken epoch replaces it.
         store.write("p", &checkpoint(3), 0).unwrap();
-        assert_eq!(store.latest().unwrap().manifest.epoch, 3);
+        assert_eq!(store.latest().unwrap().unwrap().manifest.epoch, 3);
     }
 
     fn with_blobs(epoch: Epoch, ids: &[&str]) -> Checkpoint {
@@ -745,7 +823,7 @@ mod tests {
         store
             .write("p", &with_blobs(2, &["a", "b", "c"]), 0)
             .unwrap();
-        let m = store.latest().unwrap().manifest;
+        let m = store.latest().unwrap().unwrap().manifest;
         let f = &m.operators["enrich#0"];
         let new: Vec<&str> = f
             .blobs
@@ -764,7 +842,7 @@ mod tests {
         assert_eq!(blob_files(dir.path()), vec!["a.blob", "b.blob", "c.blob"]);
         store.write("p", &with_blobs(4, &["c", "d"]), 0).unwrap();
         assert_eq!(blob_files(dir.path()), vec!["b.blob", "c.blob", "d.blob"]);
-        let r = store.latest().unwrap();
+        let r = store.latest().unwrap().unwrap();
         assert_eq!(r.operators, with_blobs(4, &["c", "d"]).operators);
         // A savepoint carries its own blobs.
         let sp = dir.path().join("savepoint");
@@ -798,7 +876,7 @@ mod tests {
         cp.operators
             .insert("enrich#0".into(), r.operators["enrich#0"].clone());
         store.write("p", &cp, 0).unwrap();
-        assert_eq!(store.latest().unwrap().operators, cp.operators);
+        assert_eq!(store.latest().unwrap().unwrap().operators, cp.operators);
     }
 
     #[test]
@@ -815,10 +893,80 @@ mod tests {
         let listed = store.list();
         let err = listed[0].manifest.as_ref().unwrap_err();
         assert!(err.contains("b.blob") && err.contains("checksum"), "{err}");
-        assert_eq!(store.latest().unwrap().manifest.epoch, 1);
+        assert_eq!(store.latest().unwrap().unwrap().manifest.epoch, 1);
         drop(store);
         CheckpointStore::open(dir.path(), 5).unwrap();
         assert_eq!(blob_files(dir.path()), vec!["a.blob", "b.blob"]);
+    }
+
+    /// Regression: one missing shared blob broke every kept checkpoint, and `latest` said
+    /// "none", which a run took for an empty directory and started from scratch.
+    #[test]
+    fn a_directory_whose_checkpoints_are_all_broken_is_an_error_listing_each() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(dir.path(), 5).unwrap();
+        store.write("p", &with_blobs(1, &["a"]), 0).unwrap();
+        store.write("p", &with_blobs(2, &["a", "b"]), 0).unwrap();
+        std::fs::remove_file(dir.path().join(SHARED).join("a.blob")).unwrap();
+        let e = store.latest().unwrap_err();
+        let CheckpointError::NoneRestorable { broken, .. } = &e else {
+            panic!("{e}");
+        };
+        let paths: Vec<&str> = broken.iter().map(|(p, _)| p.as_str()).collect();
+        assert!(paths[0].ends_with("chk-000000000002"), "{paths:?}");
+        assert!(paths[1].ends_with("chk-000000000001"), "{paths:?}");
+        assert!(broken.iter().all(|(_, why)| why.contains("a.blob")), "{e}");
+        assert!(e.to_string().contains("none of the 2 checkpoints"), "{e}");
+        assert_eq!(store.highest_epoch(), Some(2));
+    }
+
+    /// Rewrites the manifest of the checkpoint in `dir` with `edit`, its checksum made to
+    /// match.
+    fn rewrite_manifest(dir: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+        let text = std::fs::read_to_string(dir.join(MANIFEST)).unwrap();
+        let body = text.lines().next().unwrap();
+        let mut doc: serde_json::Value = serde_json::from_str(body).unwrap();
+        edit(&mut doc);
+        let body = doc.to_string();
+        let content = format!("{body}\ncrc32 {:08x}\n", crc32fast::hash(body.as_bytes()));
+        std::fs::write(dir.join(MANIFEST), content).unwrap();
+    }
+
+    #[test]
+    fn a_manifest_naming_files_outside_the_checkpoint_or_another_epoch_is_broken() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::open(dir.path(), 5).unwrap();
+        let p = store.write("p", &with_blobs(1, &["a"]), 0).unwrap();
+        let outside = dir.path().join("outside.state");
+        std::fs::write(&outside, b"pending").unwrap();
+        type Edit<'a> = Box<dyn Fn(&mut serde_json::Value) + 'a>;
+        let edits: [(&str, Edit); 4] = [
+            (
+                "state file",
+                Box::new(|m| m["sinks"]["out#0"]["file"] = "../outside.state".into()),
+            ),
+            (
+                "state file",
+                Box::new(|m| {
+                    m["sinks"]["out#0"]["file"] = outside.display().to_string().into();
+                }),
+            ),
+            (
+                "as a blob",
+                Box::new(|m| m["operators"]["enrich#0"]["blobs"][0]["file"] = "../../a".into()),
+            ),
+            ("epoch", Box::new(|m| m["epoch"] = 7.into())),
+        ];
+        for (want, edit) in edits {
+            let saved = std::fs::read(p.join(MANIFEST)).unwrap();
+            rewrite_manifest(&p, edit);
+            let e = store.latest().unwrap_err().to_string();
+            assert!(e.contains(want), "{want}: {e}");
+            std::fs::write(p.join(MANIFEST), saved).unwrap();
+        }
+        assert_eq!(store.latest().unwrap().unwrap().manifest.epoch, 1);
+        rewrite_manifest(&p, |m| m["epoch"] = (1u64 << 60).into());
+        assert!(read(&p).unwrap_err().to_string().contains("beyond"));
     }
 
     #[test]
@@ -833,7 +981,7 @@ mod tests {
             0,
         )
         .unwrap();
-        assert_eq!(store.latest().unwrap().manifest.epoch, 1);
+        assert_eq!(store.latest().unwrap().unwrap().manifest.epoch, 1);
         let store = CheckpointStore::open(dir.path(), 5).unwrap();
         assert!(!dir.path().join(".chk-000000000002.tmp").exists());
         assert_eq!(store.list().len(), 1);

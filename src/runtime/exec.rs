@@ -51,6 +51,10 @@ pub struct RunContext {
     /// Bootstrap instead of running: read only the change streams' snapshots, write a
     /// savepoint here, stop. Sinks write nothing.
     pub bootstrap: Option<std::path::PathBuf>,
+    /// Start from scratch although the checkpoint directory holds checkpoints (asked for
+    /// explicitly: `run --fresh-start`): nothing is restored and every output begins afresh.
+    /// Without it, a directory whose checkpoints are all broken stops the run.
+    pub fresh_start: bool,
 }
 
 impl RunContext {
@@ -62,6 +66,7 @@ impl RunContext {
             restore_from: None,
             savepoints: Arc::default(),
             bootstrap: None,
+            fresh_start: false,
         }
     }
 }
@@ -100,6 +105,14 @@ pub fn run(plan: Plan, ctx: RunContext) -> Result<RunSummary, RunError> {
         check_restorable(&plan, r)?;
         tracing::info!(epoch = r.manifest.epoch, path = %r.path.display(), "restoring from checkpoint");
     }
+    // The run's checkpoints go above every one in the directory, so that retention never
+    // drops a new one for an older (or broken) one.
+    let first_epoch = restored.as_ref().map_or(1, |r| r.manifest.epoch + 1).max(
+        store
+            .as_ref()
+            .and_then(CheckpointStore::highest_epoch)
+            .map_or(1, |e| e + 1),
+    );
 
     // Set when the run stops after a savepoint: tasks end without draining, and an input
     // closing under them is not an error.
@@ -134,6 +147,7 @@ pub fn run(plan: Plan, ctx: RunContext) -> Result<RunSummary, RunError> {
         start_ms,
         store.as_ref(),
         restored.as_ref(),
+        first_epoch,
         &stopping,
     );
     for inst in instances {
@@ -164,7 +178,9 @@ fn open_store(plan: &Plan, ctx: &RunContext) -> Result<Option<CheckpointStore>, 
 }
 
 /// The checkpoint a run starts from: the one asked for (it must verify), else the latest
-/// complete one in the checkpoint directory.
+/// complete one in the checkpoint directory, else none (the directory holds no checkpoint,
+/// or a fresh start was asked for). A directory whose checkpoints are all broken is an
+/// error: starting from scratch would begin every output afresh.
 fn checkpoint_to_restore(
     ctx: &RunContext,
     store: Option<&CheckpointStore>,
@@ -174,7 +190,18 @@ fn checkpoint_to_restore(
             .map(Some)
             .map_err(|e| RunError::restore("checkpoint", e));
     }
-    Ok(store.and_then(CheckpointStore::latest))
+    let Some(store) = store else {
+        return Ok(None);
+    };
+    if ctx.fresh_start {
+        if let Some(epoch) = store.highest_epoch() {
+            tracing::warn!(dir = %store.dir().display(), newest = epoch, "fresh start: the checkpoints here are not restored, every output begins afresh");
+        }
+        return Ok(None);
+    }
+    store
+        .latest()
+        .map_err(|e| RunError::restore("checkpoints", e))
 }
 
 /// Checks that a checkpoint fits the plan: every operator state it holds has an instance to
@@ -476,6 +503,12 @@ impl Launcher<'_> {
                 let slots = self.wiring.slot_inputs[ni].clone();
                 let driver = SinkDriver::new(sink, slots, status, now);
                 let restored = self.restored.and_then(|r| r.sinks.get(&label).cloned());
+                if let Some(r) = self.restored
+                    && restored.is_none()
+                    && !bootstrap
+                {
+                    tracing::warn!(sink = %label, checkpoint = %r.path.display(), "not in the checkpoint: a new sink, it gets only what comes after the checkpoint");
+                }
                 let (ctl_tx, ctl_rx) = unbounded::<Control>();
                 let inbound = inbound.expect("receiver");
                 let task = SinkTask::new(driver, inbound, ctl_rx, link, restored, bootstrap);
@@ -502,6 +535,7 @@ fn supervise(
     start_ms: i64,
     store: Option<&CheckpointStore>,
     restored: Option<&Restored>,
+    first_epoch: Epoch,
     stopping: &AtomicBool,
 ) -> Result<RunSummary, RunError> {
     let clock = &ctx.clock;
@@ -511,7 +545,7 @@ fn supervise(
         &ctx.status,
         store,
         plan.name.clone(),
-        restored.map_or(1, |r| r.manifest.epoch + 1),
+        first_epoch,
         start_ms,
     );
     let mut evaluator = AlertEvaluator::new(opts.alerts.clone());

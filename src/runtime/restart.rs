@@ -6,6 +6,7 @@
 //! input again from the start, so the failure stops the run instead; definite, config and
 //! internal errors always stop it.
 
+use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -14,6 +15,14 @@ use crate::error::{ErrorClass, RunError};
 use crate::runtime::exec::{RunContext, RunSummary, run};
 use crate::runtime::plan::Plan;
 use crate::runtime::retry::{Backoff, Streak};
+use crate::types::Epoch;
+
+/// The highest checkpoint epoch in `dir`, if it holds any.
+fn highest_epoch(dir: &Path) -> Option<Epoch> {
+    CheckpointStore::existing(dir)
+        .ok()
+        .and_then(|s| s.highest_epoch())
+}
 
 /// Runs `make_plan()`'s pipeline, and again after each transient failure (a new plan each
 /// time: factories may hold state of the run that failed).
@@ -25,10 +34,13 @@ pub fn run_restarting(
     let mut ctx = ctx;
     let mut streak = Streak::new("pipeline");
     let restarts = metrics::counter!(crate::metrics::RESTARTS);
+    // The newest checkpoint in the directory before the first run: one above it was
+    // completed by this run.
+    let mut before: Option<Option<Epoch>> = None;
     loop {
         let plan = make_plan()?;
         let dir = plan.options.checkpoint_dir.clone();
-        let retain = plan.options.checkpoint_retain;
+        let before = *before.get_or_insert_with(|| dir.as_deref().and_then(highest_epoch));
         let error = match run(plan, ctx.clone()) {
             Ok(summary) => {
                 streak.succeeded();
@@ -52,14 +64,11 @@ pub fn run_restarting(
             }
             ctx.clock.sleep_until(deadline, Duration::from_millis(50));
         }
-        // From the latest checkpoint; the one asked for at the start only while none was
-        // completed since.
-        if CheckpointStore::open(&dir, retain)
-            .ok()
-            .and_then(|s| s.latest())
-            .is_some()
-        {
+        // From the latest checkpoint once one was completed since the start; until then
+        // from where the first run started (the checkpoint asked for, or a fresh start).
+        if highest_epoch(&dir) > before {
             ctx.restore_from = None;
+            ctx.fresh_start = false;
         }
         ctx.status.clear_instances();
         tracing::info!(

@@ -487,7 +487,7 @@ struct FileTarget {
 impl SinkTarget for FileTarget {
     fn sink(&self, schema: SchemaRef) -> Box<dyn Sink> {
         Box::new(
-            JsonLinesSink::create(&self.path, schema, None, self.transactional)
+            JsonLinesSink::create("rows", &self.path, schema, None, self.transactional)
                 .expect("opening the file sink"),
         )
     }

@@ -9,5 +9,6 @@ mod endpoint;
 mod golden;
 mod multi_speed;
 mod partitions;
+mod restore;
 mod runtime;
 mod validate;

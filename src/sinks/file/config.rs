@@ -29,8 +29,10 @@ impl SinkConfig for FileSinkConfig {
         let transactional = cx.transactional;
         let target = path.display().to_string();
         let path_written = path.clone();
+        let name = cx.name.to_string();
         let factory: SinkFactory = Arc::new(move |_| {
             Ok(Box::new(JsonLinesSink::create(
+                &name,
                 &path,
                 schema.clone(),
                 columns.clone(),
