@@ -319,6 +319,9 @@ pub fn compile(
             .and_then(|e| e.max_out_of_orderness.as_ref())
             .and_then(|d| issues.duration(d, &format!("{field}.event_time.max_out_of_orderness")))
             .unwrap_or(Duration::ZERO);
+        let max_ahead = et
+            .and_then(|e| e.max_ahead.as_ref())
+            .and_then(|d| issues.duration(d, &format!("{field}.event_time.max_ahead")));
         let idle_timeout = s
             .idle_timeout
             .as_ref()
@@ -339,6 +342,7 @@ pub fn compile(
         }
         let watermark = WatermarkSpec {
             max_out_of_orderness: max_ooo,
+            max_ahead,
             idle_timeout,
             expected_interval,
         };

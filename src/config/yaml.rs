@@ -98,6 +98,8 @@ pub struct MetricsYaml {
 pub struct EventTimeYaml {
     pub field: Option<S<String>>,
     pub max_out_of_orderness: Option<S<String>>,
+    /// Records (and heartbeats) further ahead of the clock than this go to `dead_letter`.
+    pub max_ahead: Option<S<String>>,
 }
 
 /// One table of a change stream: the port it goes to is its name in `tables:`.

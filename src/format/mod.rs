@@ -271,6 +271,13 @@ pub fn write_timestamp(micros: i64, out: &mut Vec<u8>) {
     out.push(b'Z');
 }
 
+/// An event time (milliseconds) as RFC 3339 UTC, for messages.
+pub fn display_event_time(t: EventTime) -> String {
+    let mut out = Vec::new();
+    write_timestamp(t.saturating_mul(1000), &mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -23,6 +23,9 @@ pub type SinkFactory = Arc<dyn Fn(usize) -> Result<Box<dyn Sink>, RunError> + Se
 #[derive(Clone, Debug, PartialEq)]
 pub struct WatermarkSpec {
     pub max_out_of_orderness: Duration,
+    /// A record whose event time is further ahead of the clock than this is a dead letter:
+    /// one bad timestamp (year 9999) must not move the watermark past everything to come.
+    pub max_ahead: Option<Duration>,
     pub idle_timeout: Option<Duration>,
     /// Alert when a partition has had no record for longer than this.
     pub expected_interval: Option<Duration>,

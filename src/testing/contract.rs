@@ -1028,6 +1028,7 @@ fn driver_metrics(ctx: &Ctx, input: &Input<'_>) {
             T0 - IDLE_MS,
         ));
         let spec = WatermarkSpec {
+            max_ahead: None,
             max_out_of_orderness: Duration::ZERO,
             idle_timeout: Some(Duration::from_millis(IDLE_MS as u64)),
             expected_interval: None,
@@ -1193,6 +1194,7 @@ fn pipeline_metrics(ctx: &Ctx, input: &Input<'_>, malformed: bool) {
         kind: NodeKind::Source {
             factory,
             watermark: WatermarkSpec {
+                max_ahead: None,
                 max_out_of_orderness: Duration::ZERO,
                 idle_timeout: None,
                 expected_interval: None,

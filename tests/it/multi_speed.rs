@@ -55,6 +55,7 @@ fn source(
     SourceDriver::new(
         Box::new(g),
         &WatermarkSpec {
+            max_ahead: None,
             max_out_of_orderness: Duration::from_secs(1),
             idle_timeout,
             expected_interval: Some(Duration::from_secs(60)),

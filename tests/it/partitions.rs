@@ -134,6 +134,7 @@ fn partitions_come_and_go_without_moving_the_watermark_back() {
         0,
     ));
     let spec = WatermarkSpec {
+        max_ahead: None,
         max_out_of_orderness: Duration::ZERO,
         idle_timeout: None,
         expected_interval: None,

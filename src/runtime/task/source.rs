@@ -25,7 +25,7 @@ use crate::runtime::plan::WatermarkSpec;
 use crate::runtime::route::Router;
 use crate::status::InstanceStatus;
 use crate::time::{PartitionWatermarks, Watermark};
-use crate::types::{Batch, Epoch};
+use crate::types::{Batch, Epoch, EventTime};
 
 /// What a source asks of its thread after a step.
 #[derive(Debug, PartialEq, Eq)]
@@ -54,6 +54,8 @@ pub struct SourceDriver {
     idle_transition_count: u64,
     /// Longest wait between watermark polls, so idleness is noticed in time.
     poll_every_ms: i64,
+    /// `event_time.max_ahead`: records further ahead of the clock are dead letters.
+    max_ahead_ms: Option<i64>,
 }
 
 impl SourceDriver {
@@ -88,6 +90,9 @@ impl SourceDriver {
             status,
             source,
             poll_every_ms,
+            max_ahead_ms: spec
+                .max_ahead
+                .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
         }
     }
 
@@ -192,12 +197,12 @@ impl SourceDriver {
             ReadStatus::Data { partition } => {
                 self.status.add_records_in(self.bufs_len() as u64, now_ms);
                 self.watermarks.on_activity(partition, now_ms);
-                self.flush(partition, emit)?;
+                self.flush(partition, now_ms, emit)?;
                 SourceStep::Continue
             }
             ReadStatus::PartitionEnded { partition } => {
                 // A source may hand over what it emits at the end (e.g. snapshot markers).
-                self.flush(partition, emit)?;
+                self.flush(partition, now_ms, emit)?;
                 self.watermarks.on_partition_end(partition);
                 self.ended[partition] = true;
                 SourceStep::Continue
@@ -263,8 +268,12 @@ impl SourceDriver {
     fn flush(
         &mut self,
         p: usize,
+        now_ms: i64,
         emit: &mut impl FnMut(Emit) -> Result<(), RunError>,
     ) -> Result<(), RunError> {
+        if let Some(ahead) = self.max_ahead_ms {
+            self.reject_ahead(p, now_ms.saturating_add(ahead));
+        }
         let records = &mut self.bufs.records;
         for i in 0..records.len() {
             if let Some(w) = self.watermarks.on_event_behind(p, records.event_time(i)) {
@@ -291,6 +300,62 @@ impl SourceDriver {
             }
         }
         Ok(())
+    }
+
+    /// Moves every record (and a heartbeat) of partition `p` with an event time after `limit`
+    /// to the dead letters: `event_time.max_ahead` against the clock.
+    fn reject_ahead(&mut self, p: usize, limit: EventTime) {
+        let ahead = |t: EventTime| t > limit;
+        let bufs = &mut self.bufs;
+        let partition = self.names.get(p).map_or("", String::as_str);
+        let node = &self.status.node;
+        let reason = |t: EventTime| {
+            format!(
+                "event time {} is more than `event_time.max_ahead` ahead of the clock: it would \
+                 move the watermark past every record to come",
+                crate::format::display_event_time(t)
+            )
+        };
+        for batch in std::iter::once(&mut bufs.records).chain(bufs.extra.iter_mut()) {
+            if !batch.event_times().iter().any(|&t| ahead(t)) {
+                continue;
+            }
+            let encoder = crate::format::json::JsonEncoder::new(batch.schema().clone());
+            let mut kept = Batch::new(batch.schema().clone());
+            let mut raw = Vec::new();
+            for ((row, t), lateness_ref) in batch.rows().zip(batch.lateness_ref_per_row()) {
+                if ahead(t) {
+                    raw.clear();
+                    encoder.encode_row(row, &mut raw);
+                    crate::dead_letter::push(
+                        &mut bufs.dead_letters,
+                        node,
+                        partition,
+                        "",
+                        &reason(t),
+                        &raw,
+                        t,
+                    );
+                } else {
+                    kept.set_lateness_ref(lateness_ref);
+                    kept.push_row_from(row, t);
+                }
+            }
+            kept.set_lateness_ref(None);
+            *batch = kept;
+        }
+        if let Some(t) = bufs.progress.filter(|&t| ahead(t)) {
+            bufs.progress = None;
+            crate::dead_letter::push(
+                &mut bufs.dead_letters,
+                node,
+                partition,
+                "",
+                &format!("heartbeat: {}", reason(t)),
+                format!("{{\"heartbeat_ms\":{t}}}").as_bytes(),
+                t,
+            );
+        }
     }
 
     /// Re-evaluates idleness and emits the watermark if it changed.
