@@ -679,6 +679,7 @@ fn start(
             let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
                 .install_recorder()
                 .ok();
+            watershed::metrics::describe_all();
             let services = watershed::http::Services {
                 prometheus,
                 status: status.clone(),

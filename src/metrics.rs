@@ -1,5 +1,6 @@
-//! Metric names (Prometheus style: `watershed_<name>_<unit>[_total]`) and the label keys
-//! used with them. Components take handles once at start and update them per batch.
+//! Metric names (Prometheus style: `watershed_<name>_<unit>[_total]`), their descriptions
+//! (the `# HELP` lines of `/metrics`) and the label keys used with them. Components take
+//! handles once at start and update them per batch.
 
 pub const RECORDS_IN: &str = "watershed_records_in_total";
 pub const RECORDS_OUT: &str = "watershed_records_out_total";
@@ -39,3 +40,162 @@ pub const LABEL_SOURCE: &str = "source";
 pub const LABEL_PARTITION: &str = "partition";
 pub const LABEL_ALERT: &str = "alert";
 pub const LABEL_REASON: &str = "reason";
+
+/// What each metric is a counter or gauge of, for `# HELP` (installed with the recorder).
+const DESCRIPTIONS: &[(&str, Kind, &str)] = &[
+    (RECORDS_IN, Kind::Counter, "Records a node received."),
+    (
+        RECORDS_OUT,
+        Kind::Counter,
+        "Records a node emitted, by output port.",
+    ),
+    (
+        NODE_WATERMARK,
+        Kind::Gauge,
+        "A node's watermark (event time, Unix milliseconds).",
+    ),
+    (
+        NODE_WATERMARK_LAG,
+        Kind::Gauge,
+        "How far a node's watermark is behind the clock.",
+    ),
+    (
+        NODE_IDLE,
+        Kind::Gauge,
+        "1 while every input of the node is idle.",
+    ),
+    (
+        PARTITION_WATERMARK,
+        Kind::Gauge,
+        "A source partition's watermark (Unix milliseconds).",
+    ),
+    (
+        PARTITION_IDLE,
+        Kind::Gauge,
+        "1 while a source partition is idle (caught up for idle_timeout).",
+    ),
+    (
+        PARTITION_SILENT,
+        Kind::Gauge,
+        "Time since a source partition's last record.",
+    ),
+    (
+        LATE_RECORDS,
+        Kind::Counter,
+        "Records too late for every window, sent to `late`.",
+    ),
+    (
+        DEAD_LETTER_RECORDS,
+        Kind::Counter,
+        "Records sent to `dead_letter`, with the reason.",
+    ),
+    (
+        IDLE_TRANSITIONS,
+        Kind::Counter,
+        "Times a source partition became idle.",
+    ),
+    (
+        CDC_SKIPPED_RECORDS,
+        Kind::Counter,
+        "Change records skipped (no configured table).",
+    ),
+    (
+        ENRICH_LOOKUPS,
+        Kind::Counter,
+        "Events an enrichment join looked up.",
+    ),
+    (
+        ENRICH_MATCHED,
+        Kind::Counter,
+        "Events that matched at least one reference row.",
+    ),
+    (
+        ENRICH_MISSES,
+        Kind::Counter,
+        "Events that matched no reference row.",
+    ),
+    (
+        ENRICH_GATE_BUFFERED,
+        Kind::Gauge,
+        "Events waiting at the gate for the reference snapshot.",
+    ),
+    (
+        ENRICH_GATE_OPEN,
+        Kind::Gauge,
+        "1 once the reference snapshot is complete.",
+    ),
+    (REFERENCE_ROWS, Kind::Gauge, "Rows in a reference table."),
+    (
+        REFERENCE_STATE_BYTES,
+        Kind::Gauge,
+        "Bytes a reference table holds.",
+    ),
+    (ALERTS_FIRED, Kind::Counter, "Alerts fired."),
+    (ALERT_ACTIVE, Kind::Gauge, "1 while an alert is active."),
+    (
+        BARRIERS_COMPLETED,
+        Kind::Counter,
+        "Checkpoint epochs completed.",
+    ),
+    (
+        LAST_EPOCH,
+        Kind::Gauge,
+        "The last completed checkpoint epoch.",
+    ),
+    (
+        CHECKPOINT_FAILURES,
+        Kind::Counter,
+        "Checkpoints that failed.",
+    ),
+    (
+        CHECKPOINT_BYTES,
+        Kind::Gauge,
+        "Bytes the last checkpoint wrote.",
+    ),
+    (
+        CHECKPOINT_DURATION_MS,
+        Kind::Gauge,
+        "How long the last checkpoint took, in milliseconds.",
+    ),
+    (
+        CHECKPOINT_ALIGNMENT_MS,
+        Kind::Gauge,
+        "Barrier alignment time of the last checkpoint, in milliseconds.",
+    ),
+    (
+        TRANSIENT_ERRORS,
+        Kind::Counter,
+        "Transient errors (each restarts the run from its latest checkpoint).",
+    ),
+    (
+        RESTARTS,
+        Kind::Counter,
+        "Restarts from the latest checkpoint after a transient error.",
+    ),
+    (
+        ENDPOINT_CONNECTIONS,
+        Kind::Gauge,
+        "Open connections to the HTTP endpoint.",
+    ),
+    (
+        ENDPOINT_CONNECTIONS_CLOSED,
+        Kind::Counter,
+        "Endpoint connections closed by the endpoint, by reason.",
+    ),
+];
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Counter,
+    Gauge,
+}
+
+/// Describes every metric to the installed recorder, so `/metrics` has `# HELP` lines.
+pub fn describe_all() {
+    for &(name, kind, help) in DESCRIPTIONS {
+        match kind {
+            Kind::Counter => metrics::describe_counter!(name, help),
+            Kind::Gauge => metrics::describe_gauge!(name, help),
+        }
+    }
+}

@@ -171,6 +171,13 @@ fn explain_and_metrics_of_a_running_pipeline() {
         .unwrap();
     child.kill().unwrap();
     child.wait().unwrap();
+    for line in [
+        "# HELP watershed_dead_letter_records_total ",
+        "# TYPE watershed_dead_letter_records_total counter",
+        "# HELP watershed_records_out_total ",
+    ] {
+        assert!(metrics.contains(line), "no `{line}` in:\n{metrics}");
+    }
     assert!(
         metrics.contains("watershed_dead_letter_records_total{node=\"s\"} 1"),
         "{metrics}"
