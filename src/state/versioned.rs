@@ -287,10 +287,15 @@ pub struct Shape {
     pub row: usize,
 }
 
-/// Decodes `count` values from `bytes`, which must hold exactly those.
-fn check_values(bytes: &[u8], count: usize) -> Result<(), String> {
+/// Decodes `count` values from `bytes`, which must hold exactly those; returns the bytes
+/// the first `split` of them take.
+fn check_values(bytes: &[u8], count: usize, split: usize) -> Result<usize, String> {
     let mut rest = bytes;
+    let mut split_at = 0;
     for i in 0..count {
+        if i == split {
+            split_at = bytes.len() - rest.len();
+        }
         let (_, tail): (Value, &[u8]) = postcard::take_from_bytes(rest)
             .map_err(|e| format!("value {} of {count} does not decode: {e}", i + 1))?;
         rest = tail;
@@ -298,32 +303,36 @@ fn check_values(bytes: &[u8], count: usize) -> Result<(), String> {
     if !rest.is_empty() {
         return Err(format!("{} bytes after its {count} values", rest.len()));
     }
-    Ok(())
+    Ok(if split >= count {
+        bytes.len()
+    } else {
+        split_at
+    })
 }
 
 /// Checks that a record's body decodes: its metadata as a version of type `V` and a time,
-/// its key as `shape.key` values, its row (unless a delete) as `shape.row` values.
+/// its key as `shape.key` values, its row (unless a delete) as `shape.row` values (a key
+/// stored as the start of its row: the first `shape.key` of them).
 fn check_body<V: for<'de> Deserialize<'de>>(b: &Body<'_>, shape: Shape) -> Result<(), String> {
     let (_, rest): ((V, Option<EventTime>), &[u8]) = postcard::take_from_bytes(b.meta)
         .map_err(|e| format!("its version does not decode: {e}"))?;
     if !rest.is_empty() {
         return Err("bytes after its version".into());
     }
-    let count = if b.key_in_row {
-        if b.row.is_empty() {
-            return Err("a delete without its key".into());
+    if b.key_in_row {
+        if b.row.is_empty() || shape.key > shape.row {
+            return Err("its key is not the start of a row".into());
         }
-        shape.key
     } else {
-        read_varint(b.key, &mut 0).ok_or("its key's length does not decode")?
-    };
-    if count != shape.key {
-        return Err(format!(
-            "its key has {count} values, the table's {}",
-            shape.key
-        ));
+        let count = read_varint(b.key, &mut 0).ok_or("its key's length does not decode")?;
+        if count != shape.key {
+            return Err(format!(
+                "its key has {count} values, the table's {}",
+                shape.key
+            ));
+        }
+        check_values(b.key_body, count, count).map_err(|e| format!("its key: {e}"))?;
     }
-    check_values(b.key_body, count).map_err(|e| format!("its key: {e}"))?;
     if !b.row.is_empty() {
         let mut at = 0;
         let count = read_varint(b.row, &mut at).ok_or("its row's length does not decode")?;
@@ -333,7 +342,14 @@ fn check_body<V: for<'de> Deserialize<'de>>(b: &Body<'_>, shape: Shape) -> Resul
                 shape.row
             ));
         }
-        check_values(&b.row[at..], count).map_err(|e| format!("its row: {e}"))?;
+        let key_len =
+            check_values(&b.row[at..], count, shape.key).map_err(|e| format!("its row: {e}"))?;
+        if b.key_in_row && key_len != b.key_body.len() {
+            return Err(format!(
+                "its key is not the first {} values of its row",
+                shape.key
+            ));
+        }
     }
     Ok(())
 }
@@ -1063,7 +1079,7 @@ where
                 shape.key
             ));
         }
-        check_values(&key[at..], count)
+        check_values(&key[at..], count, count).map(|_| ())
     }
 
     /// Checks versions `export_key` gave (a key's stored value in a disk table's change log)
