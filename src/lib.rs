@@ -12,6 +12,8 @@ pub mod components;
 pub mod config;
 pub mod dataflow;
 pub mod dead_letter;
+#[cfg(test)]
+mod decoders_fuzz;
 pub mod error;
 pub mod failpoint;
 pub mod format;

@@ -1,7 +1,9 @@
 //! Restarting after a transient failure: a run that fails with an error that may go away
 //! (a connection refused, a disk that was full) is run again from its latest complete
 //! checkpoint after a capped, jittered backoff — the same restore as after a crash, so
-//! nothing is lost or doubled. Every restart is counted (`watershed_restarts_total`); a
+//! nothing is lost or doubled (until the run has completed a checkpoint of its own, it starts
+//! again as it first did: from the checkpoint asked for, or from scratch after
+//! `--fresh-start`). Every restart is counted (`watershed_restarts_total`); a
 //! streak of them is logged once. Without a checkpoint directory a restart would read the
 //! input again from the start, so the failure stops the run instead; definite, config and
 //! internal errors always stop it.
@@ -36,11 +38,11 @@ pub fn run_restarting(
     let restarts = metrics::counter!(crate::metrics::RESTARTS);
     // The newest checkpoint in the directory before the first run: one above it was
     // completed by this run.
-    let mut before: Option<Option<Epoch>> = None;
+    let mut newest_at_start: Option<Option<Epoch>> = None;
     loop {
         let plan = make_plan()?;
         let dir = plan.options.checkpoint_dir.clone();
-        let before = *before.get_or_insert_with(|| dir.as_deref().and_then(highest_epoch));
+        let before = *newest_at_start.get_or_insert_with(|| dir.as_deref().and_then(highest_epoch));
         let error = match run(plan, ctx.clone()) {
             Ok(summary) => {
                 streak.succeeded();

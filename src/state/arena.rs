@@ -111,6 +111,11 @@ impl Arena {
         1 << self.bits
     }
 
+    /// Bytes after which a chunk is frozen: every record starts below it in its chunk.
+    pub fn chunk_limit(&self) -> usize {
+        self.limit()
+    }
+
     /// What a tail is allocated with: the limit and room for the record that crosses it.
     fn chunk_capacity(&self) -> usize {
         self.limit() + self.limit() / 8

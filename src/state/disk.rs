@@ -16,7 +16,9 @@
 //! and hands every sealed segment to the checkpoint as a file blob, so a checkpoint writes
 //! only the changes since the last one and links the rest. When the log grows past twice the
 //! stored data, a snapshot first rewrites it as one segment from the store. A restore
-//! replays the segments into a new store. The store itself is a working copy in a
+//! replays the segments into a new store, checking each change first (its lengths within the
+//! segment, a key and versions of the table's `Shape` that decode), so that what the store
+//! holds is trusted afterwards. The store itself is a working copy in a
 //! temporary directory (removed when the table is dropped): what survives a crash is the
 //! checkpoint. A working copy `watershed-table-<id>/` has a lock file beside it,
 //! `watershed-table-<id>.lock`, created (and locked) before the directory and removed after
@@ -36,7 +38,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::StateError;
 use crate::state::arena::unique_id;
-use crate::state::versioned::{Located, RowRef, put_varint};
+use crate::state::versioned::{Located, RowRef, Shape, put_varint, take_varint};
 use crate::state::{Applied, Blob, Blobs, VersionedTable};
 use crate::types::{EventTime, Value};
 
@@ -342,7 +344,7 @@ where
             return;
         }
         if let Some(v) = self.stored(encoded) {
-            let (written_after, versions) = split_stored(&v);
+            let (written_after, versions) = split_checked(&v);
             self.cache
                 .import_key(versions, written_after < self.expirations);
         }
@@ -390,18 +392,23 @@ where
         }
         let versions = self.stored_value(&self.cache.export_key(key).unwrap_or_default());
         match before {
+            // Counts (restored from a snapshot, not trusted to be exact) saturate.
             None => {
-                self.keys += 1;
-                self.stored_bytes += (encoded.len() + versions.len()) as u64;
+                self.keys = self.keys.saturating_add(1);
+                self.stored_bytes = self
+                    .stored_bytes
+                    .saturating_add((encoded.len() + versions.len()) as u64);
             }
             Some(n) => {
-                self.stored_bytes =
-                    (self.stored_bytes + versions.len() as u64).saturating_sub(n as u64);
+                self.stored_bytes = self
+                    .stored_bytes
+                    .saturating_add(versions.len() as u64)
+                    .saturating_sub(n as u64);
             }
         }
         match (was_live, row.is_some()) {
-            (false, true) => self.live += 1,
-            (true, false) => self.live -= 1,
+            (false, true) => self.live = self.live.saturating_add(1),
+            (true, false) => self.live = self.live.saturating_sub(1),
             _ => {}
         }
         if let Err(e) = self.rows.insert(&encoded, &versions) {
@@ -457,7 +464,7 @@ where
     /// call would have: watermarks given never go backwards).
     pub fn expire(&mut self, watermark: EventTime) {
         self.cache.expire(watermark);
-        self.expirations += 1;
+        self.expirations = self.expirations.saturating_add(1);
     }
 
     pub fn shrink_to_fit(&mut self) {
@@ -482,7 +489,7 @@ where
                 }
             };
             one.clear();
-            let (written_after, versions) = split_stored(&v);
+            let (written_after, versions) = split_checked(&v);
             if !one.import_key(versions, written_after < self.expirations) {
                 continue;
             }
@@ -574,7 +581,11 @@ where
             (log.sealed_bytes(), log.base_bytes)
         };
         if self.log.borrow().sealed.len() > 1
-            && sealed > 2 * base.max(self.stored_bytes) + (64 << 20)
+            && sealed
+                > base
+                    .max(self.stored_bytes)
+                    .saturating_mul(2)
+                    .saturating_add(64 << 20)
         {
             self.rewrite_log()
                 .map_err(|e| io_error("cannot rewrite the change log", e))?;
@@ -609,6 +620,7 @@ where
         bytes: &[u8],
         blobs: &Blobs,
         opts: &DiskOptions,
+        shape: Shape,
     ) -> Result<DiskTable<V>, StateError> {
         let fail = |reason: String| StateError::decode("disk table", reason);
         let image: Image = postcard::from_bytes(bytes).map_err(|e| fail(e.to_string()))?;
@@ -640,7 +652,7 @@ where
                     crc32fast::hash(b)
                 }
             };
-            t.replay(&path)?;
+            t.replay(&path, shape)?;
             sealed.push(Segment {
                 id: id.clone(),
                 path,
@@ -656,28 +668,41 @@ where
         Ok(t)
     }
 
-    /// Writes a segment's changes into the store, in order.
-    fn replay(&self, path: &Path) -> Result<(), StateError> {
+    /// Writes a segment's changes into the store, in order, each checked first: a key of
+    /// `shape`, and versions that decode (what the store holds is trusted afterwards).
+    fn replay(&self, path: &Path, shape: Shape) -> Result<(), StateError> {
         let fail = |reason: String| {
             StateError::decode("disk table", format!("{}: {reason}", path.display()))
         };
         let file = File::open(path).map_err(|e| fail(e.to_string()))?;
+        // No length in the segment can exceed what is left of it.
+        let mut left = file.metadata().map_err(|e| fail(e.to_string()))?.len();
         let mut input = BufReader::with_capacity(1 << 20, file);
         let mut batch = self.db.batch();
         let mut in_batch = 0;
         let (mut key, mut versions) = (Vec::new(), Vec::new());
+        let mut change = 0u64;
+        let mut read_part = |input: &mut BufReader<File>, buf: &mut Vec<u8>, n: usize| {
+            if n as u64 > left {
+                return Err("a length runs past the end of the segment".to_string());
+            }
+            left -= n as u64;
+            buf.resize(n, 0);
+            input.read_exact(buf).map_err(|e| e.to_string())
+        };
         while let Some(n) = read_varint(&mut input).map_err(|e| fail(e.to_string()))? {
-            key.resize(n, 0);
-            input
-                .read_exact(&mut key)
-                .map_err(|e| fail(e.to_string()))?;
+            change += 1;
+            let bad = |why: String| fail(format!("change {change}: {why}"));
+            read_part(&mut input, &mut key, n).map_err(bad)?;
             let m = read_varint(&mut input)
-                .map_err(|e| fail(e.to_string()))?
-                .ok_or_else(|| fail("a change is cut short".into()))?;
-            versions.resize(m, 0);
-            input
-                .read_exact(&mut versions)
-                .map_err(|e| fail(e.to_string()))?;
+                .map_err(|e| bad(e.to_string()))?
+                .ok_or_else(|| bad("it is cut short".into()))?;
+            read_part(&mut input, &mut versions, m).map_err(bad)?;
+            VersionedTable::<V>::check_key(&key, shape)
+                .map_err(|e| bad(format!("its key: {e}")))?;
+            let (_, exported) = split_stored(&versions)
+                .ok_or_else(|| bad("its expiration count does not decode".into()))?;
+            VersionedTable::<V>::check_exported(exported, &key, shape).map_err(bad)?;
             batch.insert(&self.rows, &key[..], &versions[..]);
             in_batch += 1;
             if in_batch == REPLAY_BATCH {
@@ -691,18 +716,15 @@ where
     }
 }
 
-/// (`expire` calls before it was written, versions) of a stored value.
-fn split_stored(value: &[u8]) -> (u64, &[u8]) {
-    let (mut n, mut shift, mut at) = (0u64, 0, 0);
-    while let Some(&b) = value.get(at) {
-        at += 1;
-        n |= u64::from(b & 0x7f) << shift;
-        shift += 7;
-        if b & 0x80 == 0 || shift > 63 {
-            break;
-        }
-    }
-    (n, &value[at..])
+/// (`expire` calls before it was written, versions) of a stored value; `None` if the count
+/// does not decode.
+fn split_stored(value: &[u8]) -> Option<(u64, &[u8])> {
+    take_varint(value).map(|(n, rest)| (n as u64, rest))
+}
+
+/// `split_stored` of a value in the store, which `apply` wrote or `replay` checked.
+fn split_checked(value: &[u8]) -> (u64, &[u8]) {
+    split_stored(value).expect("stored values were checked")
 }
 
 /// A varint, or `None` at the end of the input (before its first byte).
@@ -801,6 +823,50 @@ mod tests {
         }
     }
 
+    /// Regression: a change log segment whose checksum was valid but whose lengths were not
+    /// made the replay allocate what a length said (aborting the process), and a stored
+    /// value that did not decode panicked at its first lookup.
+    #[test]
+    fn a_change_log_that_does_not_decode_is_refused_at_restore() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = options(dir.path(), 10);
+        let mut t: DiskTable<u64> = DiskTable::new(None, &opts).unwrap();
+        for i in 0..5 {
+            t.apply(
+                &k(i),
+                i as u64 + 1,
+                0,
+                Some(&[Value::Int(i), Value::Int(i)]),
+            );
+        }
+        let mut blobs = Blobs::new();
+        let bytes = t.snapshot(&mut blobs).unwrap();
+        let (id, blob) = blobs.iter().next().unwrap();
+        let segment = blob.load().unwrap().to_vec();
+        let shape = Shape { key: 1, row: 2 };
+        let restore_with = |segment: Vec<u8>| {
+            let mut spoilt = blobs.clone();
+            spoilt.insert(id.clone(), Blob::Bytes(segment.into()));
+            DiskTable::<u64>::restore(&bytes, &spoilt, &opts, shape).map(|_| ())
+        };
+        let huge = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f].to_vec();
+        let e = restore_with(huge).unwrap_err().to_string();
+        assert!(e.contains("change 1") && e.contains("past the end"), "{e}");
+        // The first change's versions, their last byte spoilt.
+        let mut bad = segment.clone();
+        let key_len = bad[0] as usize;
+        let versions_len = bad[1 + key_len] as usize;
+        bad[1 + key_len + versions_len] = 0xff;
+        let e = restore_with(bad).unwrap_err().to_string();
+        assert!(e.contains("change 1"), "{e}");
+        let e = DiskTable::<u64>::restore(&bytes, &blobs, &opts, Shape { key: 2, row: 2 })
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("its key"), "{e}");
+        assert!(restore_with(segment).is_ok());
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(48))]
         /// Oracle: a disk table with a tiny cache answers every lookup as a memory table given
@@ -839,7 +905,7 @@ mod tests {
                             }
                         }
                         earlier = Some(blobs.clone());
-                        disk = DiskTable::restore(&bytes, &blobs, &opts).unwrap();
+                        disk = DiskTable::restore(&bytes, &blobs, &opts, Shape { key: 1, row: 2 }).unwrap();
                     }
                 }
             }
@@ -916,7 +982,8 @@ mod tests {
         let logged: u64 = blobs.values().map(Blob::len).sum();
         // 75,000 changes of about 1 KB were logged; a rewrite keeps the 50 rows and what came after.
         assert!(logged < 20_000_000, "{logged} bytes of log for 50 rows");
-        let r: DiskTable<u64> = DiskTable::restore(&bytes, &blobs, &opts).unwrap();
+        let r: DiskTable<u64> =
+            DiskTable::restore(&bytes, &blobs, &opts, Shape { key: 1, row: 3 }).unwrap();
         let mut keys = r.keys();
         keys.sort_by_key(|k| format!("{k:?}"));
         assert_eq!(keys.len(), 50);

@@ -23,7 +23,7 @@ use std::sync::Arc;
 pub use sealed_log::SealedLog;
 pub use spill::SpillQueue;
 pub use table::{ReferenceTable, StateBackend};
-pub use versioned::{Applied, VersionedTable};
+pub use versioned::{Applied, Shape, VersionedTable};
 
 /// Immutable parts of a snapshot by id. An id always names the same bytes, so a checkpoint
 /// store that has written a blob once need not write it again.

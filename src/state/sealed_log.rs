@@ -55,6 +55,9 @@ pub enum SealedLogError {
     },
     #[error("{0}")]
     Corrupt(#[from] postcard::Error),
+    /// Items that decode but do not fit their owner.
+    #[error("{0}")]
+    Misshapen(String),
 }
 
 impl<T: Serialize + DeserializeOwned> SealedLog<T> {

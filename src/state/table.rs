@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::StateError;
 use crate::state::disk::{DiskOptions, DiskTable};
-use crate::state::versioned::{Located, RowRef};
+use crate::state::versioned::{Located, RowRef, Shape};
 use crate::state::{Applied, Blobs, VersionedTable};
 use crate::types::{EventTime, Value};
 
@@ -186,11 +186,12 @@ where
     }
 
     /// The table a snapshot holds, kept where `backend` says; it must be where the snapshot
-    /// was taken.
+    /// was taken, and its keys and rows of `shape`.
     pub fn restore(
         bytes: &[u8],
         blobs: &Blobs,
         backend: &StateBackend,
+        shape: Shape,
     ) -> Result<ReferenceTable<V>, StateError> {
         let fail = |reason: String| StateError::decode("reference table", reason);
         let (tag, body) = bytes
@@ -203,10 +204,10 @@ where
         };
         match backend {
             StateBackend::Memory if *tag == MEMORY_TAG => Ok(ReferenceTable::Memory(
-                VersionedTable::restore(body, blobs)?,
+                VersionedTable::restore(body, blobs, shape)?,
             )),
             StateBackend::Disk(opts) if *tag == DISK_TAG => Ok(ReferenceTable::Disk(Box::new(
-                DiskTable::restore(body, blobs, opts)?,
+                DiskTable::restore(body, blobs, opts, shape)?,
             ))),
             _ => Err(fail(format!(
                 "the checkpoint keeps this table in {saved}, the pipeline's state.backend is now {}: run with state.backend {saved} to restore it",

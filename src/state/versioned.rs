@@ -24,6 +24,11 @@
 //! are), and key and row are postcard-encoded values (a row of length 0 is a delete). A lookup reads a few bytes of the hash table and one record; a row is
 //! decoded only when it is read (`RowRef::values`). Superseded records are garbage until the
 //! arena is compacted (when they are half of it, and at every `expire`).
+//!
+//! The arena is trusted by lookups: what `apply` writes is well formed, and `restore` checks
+//! every record of a snapshot (lengths, version, key and row of the table's `Shape`, the link
+//! to the key's previous version) before the table uses it, so a malformed snapshot is an
+//! error at restore, never a panic at a later lookup.
 
 use std::marker::PhantomData;
 
@@ -129,18 +134,36 @@ pub(crate) fn put_varint(out: &mut Vec<u8>, mut v: usize) {
     out.push(v as u8);
 }
 
-fn get_varint(bytes: &[u8], at: &mut usize) -> usize {
+/// The LEB128 varint at `bytes[*at..]`, moving `at` past it; `None` if it is cut short or
+/// does not fit a `usize`.
+fn read_varint(bytes: &[u8], at: &mut usize) -> Option<usize> {
     let mut v = 0usize;
-    let mut shift = 0;
+    let mut shift = 0u32;
     loop {
-        let b = bytes[*at];
+        let b = *bytes.get(*at)?;
         *at += 1;
-        v |= usize::from(b & 0x7f) << shift;
+        let bits = usize::from(b & 0x7f);
+        if shift >= usize::BITS || (bits << shift) >> shift != bits {
+            return None;
+        }
+        v |= bits << shift;
         if b & 0x80 == 0 {
-            return v;
+            return Some(v);
         }
         shift += 7;
     }
+}
+
+/// The varint at the start of `bytes` and the bytes after it; `None` if it does not decode.
+pub(crate) fn take_varint(bytes: &[u8]) -> Option<(usize, &[u8])> {
+    let mut at = 0;
+    let v = read_varint(bytes, &mut at)?;
+    Some((v, &bytes[at..]))
+}
+
+/// `read_varint` of bytes this table wrote or checked (`check_body`).
+fn get_varint(bytes: &[u8], at: &mut usize) -> usize {
+    read_varint(bytes, at).expect("stored bytes were checked")
 }
 
 /// One record, parsed (borrowing the arena).
@@ -180,43 +203,155 @@ fn varint_len(bytes: &[u8]) -> usize {
         .map_or(bytes.len(), |i| i + 1)
 }
 
+/// The record at `offset`, which `apply`, `import_key` or `restore` (after `check_body`)
+/// put there.
 fn record(arena: &Arena, offset: u32) -> Record<'_> {
-    let (arena, start) = arena.at(offset);
+    let (bytes, start) = arena.at(offset);
+    parse_record(bytes, start).expect("stored records were checked")
+}
+
+/// The record starting at `bytes[start..]`, if its lengths fit in `bytes`; its contents are
+/// not decoded (see `check_record`).
+fn parse_record(bytes: &[u8], start: usize) -> Option<Record<'_>> {
     let mut at = start;
-    let prev = match get_varint(arena, &mut at) {
+    let prev = match read_varint(bytes, &mut at)? {
         0 => NONE,
-        p => (p - 1) as u32,
+        p => u32::try_from(p - 1).ok()?,
     };
-    let body_start = at;
-    let meta_len = get_varint(arena, &mut at);
+    let (body, len) = parse_body(bytes, at)?;
+    Some(Record {
+        prev,
+        body: body.bytes,
+        meta: body.meta,
+        key_body: body.key_body,
+        row: body.row,
+        len: at - start + len,
+    })
+}
+
+/// A record's bytes after `prev`, parsed.
+struct Body<'a> {
+    bytes: &'a [u8],
+    meta: &'a [u8],
+    /// The key as stored apart (its count and values); empty when it is the row's start.
+    key: &'a [u8],
+    key_in_row: bool,
+    key_body: &'a [u8],
+    row: &'a [u8],
+}
+
+/// The body starting at `bytes[start..]` and its length, if its lengths fit in `bytes`.
+fn parse_body(bytes: &[u8], start: usize) -> Option<(Body<'_>, usize)> {
+    let mut at = start;
+    let meta_len = read_varint(bytes, &mut at)?;
     // Even: a key stored apart, of this many bytes / 2; odd: the key is the first
     // (this / 2) bytes of the row's values.
-    let key_field = get_varint(arena, &mut at);
-    let row_len = get_varint(arena, &mut at);
+    let key_field = read_varint(bytes, &mut at)?;
+    let row_len = read_varint(bytes, &mut at)?;
     let (key_len, prefix) = if key_field & 1 == 0 {
         (key_field >> 1, None)
     } else {
         (0, Some(key_field >> 1))
     };
-    let meta = &arena[at..at + meta_len];
-    let key = &arena[at + meta_len..at + meta_len + key_len];
-    let row = &arena[at + meta_len + key_len..at + meta_len + key_len + row_len];
+    let meta_end = at.checked_add(meta_len)?;
+    let key_end = meta_end.checked_add(key_len)?;
+    let end = key_end.checked_add(row_len)?;
+    let meta = bytes.get(at..meta_end)?;
+    let key = bytes.get(meta_end..key_end)?;
+    let row = bytes.get(key_end..end)?;
     let key_body = match prefix {
-        None => &key[varint_len(key)..],
+        None => key.get(varint_len(key)..)?,
         Some(n) => {
             let h = varint_len(row);
-            &row[h..h + n]
+            row.get(h..h.checked_add(n)?)?
         }
     };
-    let end = at + meta_len + key_len + row_len;
-    Record {
-        prev,
-        body: &arena[body_start..end],
-        meta,
-        key_body,
-        row,
-        len: end - start,
+    Some((
+        Body {
+            bytes: bytes.get(start..end)?,
+            meta,
+            key,
+            key_in_row: prefix.is_some(),
+            key_body,
+            row,
+        },
+        end - start,
+    ))
+}
+
+/// How many values a table's keys and rows hold: what a restore checks every stored record
+/// against, so that what it gives back can be indexed by column.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shape {
+    pub key: usize,
+    pub row: usize,
+}
+
+/// Decodes `count` values from `bytes`, which must hold exactly those; returns the bytes
+/// the first `split` of them take.
+fn check_values(bytes: &[u8], count: usize, split: usize) -> Result<usize, String> {
+    let mut rest = bytes;
+    let mut split_at = 0;
+    for i in 0..count {
+        if i == split {
+            split_at = bytes.len() - rest.len();
+        }
+        let (_, tail): (Value, &[u8]) = postcard::take_from_bytes(rest)
+            .map_err(|e| format!("value {} of {count} does not decode: {e}", i + 1))?;
+        rest = tail;
     }
+    if !rest.is_empty() {
+        return Err(format!("{} bytes after its {count} values", rest.len()));
+    }
+    Ok(if split >= count {
+        bytes.len()
+    } else {
+        split_at
+    })
+}
+
+/// Checks that a record's body decodes: its metadata as a version of type `V` and a time,
+/// its key as `shape.key` values, its row (unless a delete) as `shape.row` values (a key
+/// stored as the start of its row: the first `shape.key` of them).
+fn check_body<V: for<'de> Deserialize<'de>>(b: &Body<'_>, shape: Shape) -> Result<(), String> {
+    let (_, rest): ((V, Option<EventTime>), &[u8]) = postcard::take_from_bytes(b.meta)
+        .map_err(|e| format!("its version does not decode: {e}"))?;
+    if !rest.is_empty() {
+        return Err("bytes after its version".into());
+    }
+    if b.key_in_row {
+        if b.row.is_empty() || shape.key > shape.row {
+            return Err("its key is not the start of a row".into());
+        }
+    } else {
+        let count = read_varint(b.key, &mut 0).ok_or("its key's length does not decode")?;
+        if count != shape.key {
+            return Err(format!(
+                "its key has {count} values, the table's {}",
+                shape.key
+            ));
+        }
+        check_values(b.key_body, count, count).map_err(|e| format!("its key: {e}"))?;
+    }
+    if !b.row.is_empty() {
+        let mut at = 0;
+        let count = read_varint(b.row, &mut at).ok_or("its row's length does not decode")?;
+        if count != shape.row {
+            return Err(format!(
+                "its row has {count} values, the table's {}",
+                shape.row
+            ));
+        }
+        let key_len =
+            check_values(&b.row[at..], count, shape.key).map_err(|e| format!("its row: {e}"))?;
+        if b.key_in_row && key_len != b.key_body.len() {
+            return Err(format!(
+                "its key is not the first {} values of its row",
+                shape.key
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A key's bytes: postcard, with decimals normalized, so that equal keys (`Value::eq`) have
@@ -854,13 +989,26 @@ where
         .map_err(|e| StateError::encode("versioned table", e))
     }
 
-    /// The table `snapshot` encoded, its chunks taken from `blobs`.
-    pub fn restore(bytes: &[u8], blobs: &Blobs) -> Result<VersionedTable<V>, StateError> {
-        let image: Image =
-            postcard::from_bytes(bytes).map_err(|e| StateError::decode("versioned table", e))?;
+    /// The table `snapshot` encoded, its chunks taken from `blobs`. Every record is checked
+    /// before the table uses it: its lengths, its version, key and row (keys and rows of
+    /// `shape`), and its link to the key's previous version; a snapshot that does not pass
+    /// is an error naming what is wrong, never a table that fails later.
+    pub fn restore(
+        bytes: &[u8],
+        blobs: &Blobs,
+        shape: Shape,
+    ) -> Result<VersionedTable<V>, StateError> {
+        let fail = |reason: String| StateError::decode("versioned table", reason);
+        let image: Image = postcard::from_bytes(bytes).map_err(|e| fail(e.to_string()))?;
         let mut t = VersionedTable::new(image.retention_ms);
         t.arena = Arena::from_image(image.arena, blobs)?;
-        t.live = image.live;
+        if image.garbage > t.arena.len() {
+            return Err(fail(format!(
+                "{} bytes of garbage in an arena of {}",
+                image.garbage,
+                t.arena.len()
+            )));
+        }
         t.garbage = image.garbage;
         t.expired_at = image.expired_at;
         t.next_expiry = image.next_expiry;
@@ -873,11 +1021,32 @@ where
             hasher,
             ..
         } = &mut t;
+        let limit = arena.chunk_limit();
+        // Where records start, in order: a record's `prev` must be one of them.
+        let mut starts: Vec<u32> = Vec::new();
         for (base, chunk) in arena.chunks() {
             let mut within = 0usize;
             while within < chunk.len() {
                 let off = base | within as u32;
-                let r = record(arena, off);
+                let bad = |why: String| fail(format!("the record at offset {off:#x} {why}"));
+                if within >= limit {
+                    return Err(bad(format!("starts past its chunk's {limit} bytes")));
+                }
+                let r = parse_record(chunk, within)
+                    .ok_or_else(|| bad("is cut short or its lengths overflow".into()))?;
+                let (body, _) = parse_body(r.body, 0).expect("parsed once already");
+                check_body::<V>(&body, shape).map_err(bad)?;
+                if r.prev != NONE {
+                    let linked = starts.binary_search(&r.prev).is_ok()
+                        && record(arena, r.prev).key_body == r.key_body;
+                    if !linked {
+                        return Err(bad(format!(
+                            "links to {:#x}, not an earlier version of its key",
+                            r.prev
+                        )));
+                    }
+                }
+                starts.push(off);
                 within += r.len;
                 let hash = hasher.hash_one(&r.key_values()[..]);
                 match index.find_mut(hash, |&o| record(arena, o).key_body == r.key_body) {
@@ -890,7 +1059,54 @@ where
                 }
             }
         }
+        // Counted from the records rather than taken from the image: they are what lookups
+        // answer from.
+        t.live = t
+            .index
+            .iter()
+            .filter(|&&o| !record(&t.arena, o).row.is_empty())
+            .count();
         Ok(t)
+    }
+
+    /// Checks a key's encoding as `encode_key` gives it: `shape.key` values.
+    pub fn check_key(key: &[u8], shape: Shape) -> Result<(), String> {
+        let mut at = 0;
+        let count = read_varint(key, &mut at).ok_or("its length does not decode")?;
+        if count != shape.key {
+            return Err(format!(
+                "it has {count} values, the table's keys {}",
+                shape.key
+            ));
+        }
+        check_values(&key[at..], count, count).map(|_| ())
+    }
+
+    /// Checks versions `export_key` gave (a key's stored value in a disk table's change log)
+    /// before `import_key` takes them in: each a record body that decodes, keys and rows of
+    /// `shape`, all of the key whose encoding is `key`.
+    pub fn check_exported(exported: &[u8], key: &[u8], shape: Shape) -> Result<(), String> {
+        let key_body = key.get(varint_len(key)..).unwrap_or_default();
+        let mut at = 0;
+        let mut n = 0;
+        while at < exported.len() {
+            n += 1;
+            let len = read_varint(exported, &mut at)
+                .ok_or_else(|| format!("the length of version {n} does not decode"))?;
+            let end = at
+                .checked_add(len)
+                .filter(|&e| e <= exported.len())
+                .ok_or_else(|| format!("version {n} is cut short"))?;
+            let (body, _) = parse_body(&exported[..end], at)
+                .filter(|(_, used)| at + used == end)
+                .ok_or_else(|| format!("version {n}'s lengths do not add up"))?;
+            check_body::<V>(&body, shape).map_err(|e| format!("version {n}: {e}"))?;
+            if body.key_body != key_body {
+                return Err(format!("version {n} is of another key"));
+            }
+            at = end;
+        }
+        Ok(())
     }
 }
 
@@ -925,7 +1141,17 @@ mod tests {
     {
         let mut blobs = Blobs::new();
         let bytes = t.snapshot(&mut blobs).unwrap();
-        VersionedTable::restore(&bytes, &blobs).unwrap()
+        VersionedTable::restore(&bytes, &blobs, shape_of(t)).unwrap()
+    }
+
+    /// The shape of a test table's keys and rows (1 and 1 when it holds none).
+    fn shape_of<V>(t: &VersionedTable<V>) -> Shape
+    where
+        V: Ord + Copy + Serialize + for<'de> Deserialize<'de>,
+    {
+        let key = t.keys().first().map_or(1, |k| k.len());
+        let row = t.rows().first().map_or(1, |(_, r)| r.values().len());
+        Shape { key, row }
     }
 
     fn got(r: Option<RowRef<'_>>) -> Option<Vec<Value>> {
@@ -1108,7 +1334,7 @@ mod tests {
         };
         check(&round_trip(&t), &t);
         // The first snapshot still restores what the table was then.
-        let old = VersionedTable::<u64>::restore(&bytes, &first).unwrap();
+        let old = VersionedTable::<u64>::restore(&bytes, &first, Shape { key: 1, row: 2 }).unwrap();
         assert_eq!(old.len(), 400);
         // A compaction writes a new arena: nothing is shared any more.
         t.expire(100_000);
@@ -1116,6 +1342,48 @@ mod tests {
         t.snapshot(&mut third).unwrap();
         assert!(third.keys().all(|id| !second.contains_key(id)));
         check(&round_trip(&t), &t);
+    }
+
+    /// Regression: a snapshot whose checksums were valid but whose records were not (a
+    /// length past its chunk) panicked with a slice index out of range on restore.
+    #[test]
+    fn a_snapshot_with_malformed_records_is_refused_not_a_panic() {
+        use std::sync::Arc;
+        let mut t: VersionedTable<u64> = VersionedTable::new(None);
+        for i in 0..100 {
+            let r = vec![Value::Int(i), Value::from("some text to fill chunks")];
+            t.apply(&k(i), i as u64, 0, Some(&r));
+        }
+        let mut blobs = Blobs::new();
+        let bytes = t.snapshot(&mut blobs).unwrap();
+        let shape = Shape { key: 1, row: 2 };
+        let id = blobs.keys().next().unwrap().clone();
+        let chunk = blobs[&id].load().unwrap();
+        let restore_with = |chunk: Vec<u8>| {
+            let mut spoilt = blobs.clone();
+            spoilt.insert(id.clone(), crate::state::Blob::Bytes(Arc::from(chunk)));
+            VersionedTable::<u64>::restore(&bytes, &spoilt, shape).map(|_| ())
+        };
+        // The first record's metadata length (after its `prev`) made far too long.
+        let mut long = chunk.to_vec();
+        long[1..4].copy_from_slice(&[0xff, 0xff, 0x7f]);
+        let e = restore_with(long).unwrap_err().to_string();
+        assert!(
+            e.contains("record at offset 0x0") && e.contains("cut short"),
+            "{e}"
+        );
+        // A row value that does not decode.
+        let mut bad = chunk.to_vec();
+        let last = bad.len() - 1;
+        bad[last] = 0xff;
+        assert!(restore_with(bad).is_err());
+        // Rows of another width than the table's.
+        let e = VersionedTable::<u64>::restore(&bytes, &blobs, Shape { key: 1, row: 3 })
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("its row has 2 values, the table's 3"), "{e}");
+        assert!(VersionedTable::<u64>::restore(&bytes, &blobs, shape).is_ok());
     }
 
     proptest! {

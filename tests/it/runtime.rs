@@ -121,6 +121,16 @@ fn run_restarting(
     yaml: &str,
     flaky: bool,
 ) -> Result<runtime::RunSummary, watershed::error::RunError> {
+    run_restarting_from(dir, yaml, flaky, false)
+}
+
+/// `run_restarting`, started from scratch (`run --fresh-start`) when `fresh`.
+fn run_restarting_from(
+    dir: &std::path::Path,
+    yaml: &str,
+    flaky: bool,
+    fresh: bool,
+) -> Result<runtime::RunSummary, watershed::error::RunError> {
     use std::sync::Arc;
     use std::sync::atomic::AtomicBool;
     use watershed::runtime::NodeKind;
@@ -145,7 +155,8 @@ fn run_restarting(
         Ok(plan)
     };
     let clock = ManualClock::new(T0);
-    let ctx = RunContext::new(clock.clone(), StatusRegistry::new("restarts"));
+    let mut ctx = RunContext::new(clock.clone(), StatusRegistry::new("restarts"));
+    ctx.fresh_start = fresh;
     let backoff = watershed::runtime::retry::Backoff::with_seed(
         Duration::from_millis(100),
         Duration::from_secs(1),
@@ -161,11 +172,10 @@ fn run_restarting(
     run.join().unwrap()
 }
 
-#[test]
-fn a_transient_sink_failure_restarts_from_the_checkpoint_without_losing_or_doubling() {
-    let pipeline = |dir: &std::path::Path| {
-        format!(
-            "name: restarts
+/// The pipeline of the restart tests, with its checkpoints and output under `dir`.
+fn restarts_pipeline(dir: &std::path::Path) -> String {
+    format!(
+        "name: restarts
 checkpoint: {{interval: 300ms, dir: \"{}\"}}
 alerts: {{watermark_stall: off}}
 sources:
@@ -179,14 +189,42 @@ operators:
 sinks:
   out: {{input: counts, file: \"{}\"}}
 ",
-            dir.join("cp").display(),
-            dir.join("out.jsonl").display()
-        )
-    };
+        dir.join("cp").display(),
+        dir.join("out.jsonl").display()
+    )
+}
+
+/// A run started from scratch over broken checkpoints that then fails transiently restarts
+/// from the checkpoint it completed itself (numbered above the broken ones), not from
+/// scratch again nor from a broken one.
+#[test]
+fn a_fresh_start_that_fails_transiently_restarts_from_its_own_checkpoint() {
     let straight = tempfile::tempdir().unwrap();
-    run_restarting(straight.path(), &pipeline(straight.path()), false).unwrap();
+    run_restarting(straight.path(), &restarts_pipeline(straight.path()), false).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("cp").join("chk-000000000009");
+    std::fs::create_dir_all(&broken).unwrap();
+    std::fs::write(broken.join("MANIFEST"), "not a manifest").unwrap();
+    let yaml = restarts_pipeline(dir.path());
+    let refused = run_restarting_from(dir.path(), &yaml, false, false).unwrap_err();
+    assert!(
+        refused.to_string().contains("none of the 1 checkpoints"),
+        "{refused}"
+    );
+    let summary = run_restarting_from(dir.path(), &yaml, true, true).unwrap();
+    let (epoch, _) = summary.restored_from.expect("restored after the failure");
+    assert!(epoch > 9, "restored epoch {epoch}");
+    let read = |d: &std::path::Path| std::fs::read_to_string(d.join("out.jsonl")).unwrap();
+    assert!(!read(straight.path()).is_empty());
+    assert_eq!(read(dir.path()), read(straight.path()));
+}
+
+#[test]
+fn a_transient_sink_failure_restarts_from_the_checkpoint_without_losing_or_doubling() {
+    let straight = tempfile::tempdir().unwrap();
+    run_restarting(straight.path(), &restarts_pipeline(straight.path()), false).unwrap();
     let flaky = tempfile::tempdir().unwrap();
-    let summary = run_restarting(flaky.path(), &pipeline(flaky.path()), true).unwrap();
+    let summary = run_restarting(flaky.path(), &restarts_pipeline(flaky.path()), true).unwrap();
     assert!(
         summary.restored_from.is_some(),
         "the second run restored a checkpoint"

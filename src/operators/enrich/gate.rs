@@ -235,7 +235,8 @@ impl EnrichOperator {
         Ok(self.gate_log.export(blobs))
     }
 
-    /// Puts back the gate's events from the segments `ids` (a fresh queue and log).
+    /// Puts back the gate's events from the segments `ids` (a fresh queue and log); each
+    /// batch must hold rows of the events' columns.
     pub(super) fn restore_gate(
         &mut self,
         ids: &[String],
@@ -243,12 +244,23 @@ impl EnrichOperator {
     ) -> Result<(), SealedLogError> {
         let mut gate = queue(self.spec.strategy);
         let (mut gate_min, mut gate_events) = (None, 0);
+        let width = self.event_schema.len();
+        let mut misshapen = None;
         let log = SealedLog::restore(GATE_LOG, ids, blobs, |g: GateRows| {
             let n = g.times.len();
+            if n.checked_mul(width) != Some(g.values.len()) {
+                misshapen.get_or_insert((g.values.len(), n));
+                return;
+            }
             gate_min = g.times.iter().copied().chain(gate_min).min();
             gate_events += n;
             gate.push(g, n);
         })?;
+        if let Some((values, rows)) = misshapen {
+            return Err(SealedLogError::Misshapen(format!(
+                "a batch of {rows} events holds {values} values, the events have {width} columns"
+            )));
+        }
         self.gate = gate;
         self.gate_min = gate_min;
         self.gate_events = gate_events;

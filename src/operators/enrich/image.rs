@@ -8,10 +8,13 @@ use serde::{Deserialize, Serialize};
 use super::gate::Pending;
 use super::{EnrichOperator, JoinStats};
 use crate::error::StateError;
-use crate::state::{Blobs, ReferenceTable, StateImage};
+use crate::state::{Blobs, ReferenceTable, Shape, StateImage};
 use crate::types::EventTime;
 
 const SNAPSHOT_VERSION: u8 = 10;
+
+/// No run counts this far; a snapshot that does was not written by one.
+const MAX_COUNT: u64 = 1 << 62;
 
 #[derive(Serialize, Deserialize)]
 struct Image {
@@ -66,7 +69,32 @@ impl EnrichOperator {
             )));
         }
         let image: Image = postcard::from_bytes(snapshot).map_err(|e| fail(e.to_string()))?;
-        self.table = ReferenceTable::restore(&image.table, blobs, &self.spec.state)?;
+        let counts = [
+            image.next_seq,
+            image.stats.lookups,
+            image.stats.matched,
+            image.stats.misses,
+        ];
+        if counts.iter().any(|&n| n >= MAX_COUNT) {
+            return Err(fail(format!(
+                "its counters {counts:?} are beyond any a run reaches"
+            )));
+        }
+        // Events are indexed by column: each must have the events' columns.
+        let width = self.event_schema.len();
+        for (what, list) in [("waiting", &image.waiting), ("held", &image.held)] {
+            if let Some(p) = list.iter().find(|p| p.row.len() != width) {
+                return Err(fail(format!(
+                    "a {what} event has {} values, the events have {width} columns",
+                    p.row.len()
+                )));
+            }
+        }
+        let shape = Shape {
+            key: self.layout.primary_key.len(),
+            row: self.layout.stored.len(),
+        };
+        self.table = ReferenceTable::restore(&image.table, blobs, &self.spec.state, shape)?;
         self.rebuild_index();
         self.latest_valid_from = image.latest_valid_from;
         self.snapshot_done = image.snapshot_done;

@@ -128,6 +128,39 @@ pub(super) fn new_accs(plans: &[AggPlan]) -> Box<[Acc]> {
     plans.iter().map(AggPlan::new_acc).collect()
 }
 
+/// No accumulator counts this many rows; a restored one that does was not written by a run.
+const MAX_COUNT: u64 = 1 << 62;
+
+/// Checks restored accumulators: one per aggregate, each of the kind its aggregate starts
+/// with, its counts within what a run reaches (so that adding rows and merging never fail).
+pub(super) fn check_accs(accs: &[Acc], plans: &[AggPlan]) -> Result<(), String> {
+    if accs.len() != plans.len() {
+        return Err(format!(
+            "{} accumulators for {} aggregates",
+            accs.len(),
+            plans.len()
+        ));
+    }
+    for (i, (acc, plan)) in accs.iter().zip(plans).enumerate() {
+        if std::mem::discriminant(acc) != std::mem::discriminant(&plan.new_acc()) {
+            return Err(format!(
+                "accumulator {} is not one of `{}`",
+                i + 1,
+                plan.function.name()
+            ));
+        }
+        let count = match acc {
+            Acc::Count(c) => u64::try_from(*c).unwrap_or(u64::MAX),
+            Acc::Int { n, .. } | Acc::Float { n, .. } | Acc::Decimal { n, .. } => *n,
+            Acc::Min(_) | Acc::Max(_) | Acc::Distinct(_) => 0,
+        };
+        if count >= MAX_COUNT {
+            return Err(format!("accumulator {} counts {count} rows", i + 1));
+        }
+    }
+    Ok(())
+}
+
 pub(super) fn update_accs(accs: &mut [Acc], plans: &[AggPlan], row: &[Value]) {
     for (acc, plan) in accs.iter_mut().zip(plans) {
         acc.update(plan.field.map(|c| &row[c]));

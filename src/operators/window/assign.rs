@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::aggregate::{Acc, new_accs, update_accs};
+use super::aggregate::{Acc, AggPlan, check_accs, new_accs, update_accs};
 use super::key::{GroupKey, KeyLike, RowKey, cmp_keys};
 use super::{FastMap, Layout, clamp_i64, emit_row, is_due, is_expired};
 use crate::dataflow::Output;
@@ -40,6 +40,18 @@ pub(super) type Groups = FastMap<GroupKey, Slot>;
 
 /// Rows waiting for their window to fire (see `FixedState::add`), by window start.
 pub(super) type Deferred = BTreeMap<EventTime, Vec<Box<[Value]>>>;
+
+impl Slot {
+    /// Checks a restored slot against the aggregates (`check_accs`) and its revision (the
+    /// next one must exist).
+    pub(super) fn check(&self, plans: &[AggPlan]) -> Result<(), String> {
+        check_accs(&self.accs, plans)?;
+        if self.emitted == Some(u32::MAX) {
+            return Err("its last revision is the highest there is".into());
+        }
+        Ok(())
+    }
+}
 
 #[derive(Debug)]
 pub(super) struct FixedState {

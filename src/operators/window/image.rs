@@ -109,14 +109,10 @@ impl WindowOperator {
                 "the snapshot was taken with a different window key, kind or aggregates".into(),
             ));
         }
+        self.check(&image)
+            .map_err(|e| fail(format!("the snapshot is malformed: {e}")))?;
         self.state = match (image.state, &self.state) {
             (StateIn::Fixed(panes, deferred), WindowState::Fixed(st)) => {
-                let width = self.input_schema.len();
-                if deferred.values().flatten().any(|row| row.len() != width) {
-                    return Err(fail(format!(
-                        "a row kept for a window does not have the input's {width} columns"
-                    )));
-                }
                 let mut fresh = FixedState::new(st.size, st.slide);
                 fresh.panes = panes;
                 fresh.deferred = deferred;
@@ -133,4 +129,37 @@ impl WindowOperator {
         self.fired_count = image.fired_count;
         Ok(())
     }
+
+    /// Checks what the operator relies on in a decoded snapshot: keys of the window's key
+    /// columns, accumulators of its aggregates, sessions in order, counts a run reaches.
+    fn check(&self, image: &ImageIn) -> Result<(), String> {
+        let (key_width, plans) = (self.layout.key_columns.len(), &self.layout.plans[..]);
+        if image.late_count.max(image.fired_count) >= MAX_COUNT {
+            return Err("its counters are beyond any a run reaches".into());
+        }
+        match &image.state {
+            StateIn::Fixed(panes, deferred) => {
+                let width = self.input_schema.len();
+                if deferred.values().flatten().any(|row| row.len() != width) {
+                    return Err(format!(
+                        "a row kept for a window does not have the input's {width} columns"
+                    ));
+                }
+                for (key, slot) in panes.values().flatten() {
+                    if key.0.len() != key_width {
+                        return Err(format!(
+                            "a key has {} values, the window's key {key_width}",
+                            key.0.len()
+                        ));
+                    }
+                    slot.check(plans)?;
+                }
+            }
+            StateIn::Session(keys) => KeySessions::check_all(keys, key_width, plans)?,
+        }
+        Ok(())
+    }
 }
+
+/// No run counts this far; a snapshot that does was not written by one.
+const MAX_COUNT: u64 = 1 << 62;

@@ -7,7 +7,7 @@ use std::ops::Bound;
 
 use serde::{Deserialize, Serialize};
 
-use super::aggregate::{Acc, new_accs, update_accs};
+use super::aggregate::{Acc, AggPlan, check_accs, new_accs, update_accs};
 use super::key::{GroupKey, KeyLike, RowKey, cmp_keys};
 use super::{FastMap, Layout, RETRACTED, emit_row, is_due, is_expired};
 use crate::dataflow::Output;
@@ -32,6 +32,57 @@ pub(super) struct KeySessions {
     sessions: Vec<Session>,
     #[serde(skip)]
     dirty: bool,
+}
+
+impl KeySessions {
+    /// Checks every key's restored sessions (`check`), and that no key is listed twice.
+    pub(super) fn check_all(
+        keys: &[KeySessions],
+        key_width: usize,
+        plans: &[AggPlan],
+    ) -> Result<(), String> {
+        if keys.len() >= u32::MAX as usize {
+            return Err(format!("{} session keys", keys.len()));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for ks in keys {
+            ks.check(key_width, plans)?;
+            if !seen.insert(&ks.key) {
+                return Err("a key is listed twice".into());
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks restored sessions of a key of `key_width` values: at least one, each of the
+    /// aggregates (`check_accs`) with a next revision, sorted, disjoint and not touching.
+    pub(super) fn check(&self, key_width: usize, plans: &[AggPlan]) -> Result<(), String> {
+        if self.key.0.len() != key_width {
+            return Err(format!(
+                "a key has {} values, the window's key {key_width}",
+                self.key.0.len()
+            ));
+        }
+        if self.sessions.is_empty() {
+            return Err("a key without sessions".into());
+        }
+        for (i, s) in self.sessions.iter().enumerate() {
+            if s.start > s.end {
+                return Err(format!(
+                    "a session ends ({}) before it starts ({})",
+                    s.end, s.start
+                ));
+            }
+            if i > 0 && self.sessions[i - 1].end >= s.start {
+                return Err("a key's sessions overlap or are out of order".into());
+            }
+            check_accs(&s.accs, plans)?;
+            if s.emitted == Some(u32::MAX) {
+                return Err("a session's last revision is the highest there is".into());
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug)]

@@ -240,7 +240,8 @@ impl<D: LineDecoder> FileSource<D> {
                 return Ok((lines, true));
             }
             let record_offset = p.offset;
-            p.offset += (p.partial.len() + n) as u64;
+            // Saturating: a restored position is not trusted to be one a run reached.
+            p.offset = p.offset.saturating_add((p.partial.len() + n) as u64);
             let line: &[u8] = if p.partial.is_empty() {
                 &self.line_buf
             } else {
@@ -255,7 +256,7 @@ impl<D: LineDecoder> FileSource<D> {
                     break;
                 }
             }
-            p.line += 1;
+            p.line = p.line.saturating_add(1);
             lines += 1;
             if body.iter().all(|b| b.is_ascii_whitespace()) {
                 p.partial.clear();

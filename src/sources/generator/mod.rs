@@ -208,6 +208,9 @@ pub struct GeneratorPosition {
     pub start_ms: Option<i64>,
 }
 
+/// No run generates this many records; a position beyond is not one a run wrote.
+const MAX_RECORD: u64 = 1 << 62;
+
 impl ConnectorPosition for GeneratorPosition {
     const KIND: &'static str = "generator";
     const VERSION: u32 = 1;
@@ -327,7 +330,7 @@ impl GeneratorSource {
         let mut offset = (i as f64 * self.interval_us / 1000.0) as i64;
         for q in &self.spec.quiet {
             if offset >= q.at.as_millis() as i64 {
-                offset += q.duration.as_millis() as i64;
+                offset = offset.saturating_add(q.duration.as_millis() as i64);
             }
         }
         offset
@@ -367,9 +370,11 @@ impl GeneratorSource {
         } else {
             (mix(r2) % (jitter_ms + 1)) as i64
         };
-        let event_time = start_ms + self.offset_ms(i) - jitter;
+        let event_time = start_ms
+            .saturating_add(self.offset_ms(i))
+            .saturating_sub(jitter);
         let batch = &mut out.records;
-        batch.push_value(Value::Timestamp(event_time * 1000));
+        batch.push_value(Value::Timestamp(event_time.saturating_mul(1000)));
         batch.push_value(Value::Str(self.hosts[host].clone()));
         batch.push_value(Value::Int(*port));
         if let Some(v) = vendor {
@@ -411,8 +416,9 @@ impl Source for GeneratorSource {
             let mut n = 0;
             while n < max_records && !self.exhausted(i) {
                 if self.spec.rate.is_some() {
-                    let due =
-                        started_at + self.due_offset_ms(i) - self.due_offset_ms(self.paced_from);
+                    let due = started_at
+                        .saturating_add(self.due_offset_ms(i))
+                        .saturating_sub(self.due_offset_ms(self.paced_from));
                     if due > now_ms {
                         earliest_due = Some(earliest_due.map_or(due, |d: i64| d.min(due)));
                         if n == 0 {
@@ -466,6 +472,7 @@ impl Source for GeneratorSource {
     }
 
     fn seek(&mut self, positions: &[SourcePosition]) -> Result<(), RunError> {
+        let stride = u64::from(self.spec.partitions.max(1));
         for p in &mut self.partitions {
             let at = match positions
                 .iter()
@@ -476,6 +483,19 @@ impl Source for GeneratorSource {
                         .position
                         .decode::<GeneratorPosition>()
                         .map_err(|e| RunError::restore(self.node.clone(), e))?;
+                    // A partition generates every `stride`-th record from its first.
+                    if at.next < p.first
+                        || (at.next - p.first) % stride != 0
+                        || at.next >= MAX_RECORD
+                    {
+                        return Err(RunError::restore(
+                            self.node.clone(),
+                            format!(
+                                "position {} of partition {} is not one of its records",
+                                sp.position, p.label
+                            ),
+                        ));
+                    }
                     Some((at.next, at.start_ms))
                 }
                 None => None,
@@ -535,6 +555,33 @@ mod tests {
         d.seek(&pos).unwrap();
         let rest = drain(&mut d, 0);
         assert_eq!(out.records.len() + rest.len(), 500);
+    }
+
+    /// A position that is not one of the partition's records, or whose times run past any
+    /// event time, is refused or saturates: it never makes the source fail later.
+    #[test]
+    fn a_position_that_is_not_one_of_the_partitions_records_is_refused() {
+        let spec = GeneratorSpec {
+            count: None,
+            partitions: 2,
+            start_ms: Some(0),
+            interval: Some(Duration::from_secs(3600)),
+            ..GeneratorSpec::default()
+        };
+        let mut g = GeneratorSource::new("g", spec.clone(), 0, 1);
+        let mut pos = g.positions();
+        let at =
+            |next: u64, start_ms: Option<i64>| Position::of(&GeneratorPosition { next, start_ms });
+        for bad in [3, 1 << 62, u64::MAX] {
+            pos[0].position = at(bad, None);
+            let e = g.seek(&pos).unwrap_err().to_string();
+            assert!(e.contains("not one of its records"), "{bad}: {e}");
+        }
+        pos[0].position = at(1 << 61, Some(i64::MAX));
+        g.seek(&pos).unwrap();
+        let mut out = buffers(&g);
+        g.read(&mut out, 10, 0).unwrap();
+        assert!(!out.records.is_empty());
     }
 
     #[test]
