@@ -217,15 +217,29 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
             parallelism,
             metrics_addr,
             allow_remote_endpoints,
-        } => demo(
-            pipeline
-                .as_deref()
-                .unwrap_or(Path::new(watershed::cli::demo::PIPELINE)),
-            &out,
-            parallelism,
-            &metrics_addr,
-            allow_remote_endpoints,
-        ),
+        } => {
+            // The shipped pipeline and data are in the binary: written to a directory of the
+            // run's own, removed when it ends.
+            let (path, shipped) = match pipeline {
+                Some(p) => (p, None),
+                None => {
+                    let files = watershed::cli::demo_files::DemoFiles::unpack().map_err(|e| {
+                        anyhow::anyhow!(
+                            "cannot write the demo's files to a temporary directory: {e}"
+                        )
+                    })?;
+                    (files.pipeline(), Some(files))
+                }
+            };
+            demo(
+                &path,
+                shipped.is_some(),
+                &out,
+                parallelism,
+                &metrics_addr,
+                allow_remote_endpoints,
+            )
+        }
         Command::Run {
             pipeline,
             parallelism,
@@ -594,11 +608,14 @@ fn checkpoints_inspect(path: &Path) -> anyhow::Result<ExitCode> {
 
 fn demo(
     path: &Path,
+    shipped: bool,
     out: &Path,
     parallelism: Option<usize>,
     metrics_addr: &str,
     allow_remote: bool,
 ) -> anyhow::Result<ExitCode> {
+    // Outputs go under `--out` as the caller sees it, wherever the pipeline file is.
+    let out = &std::path::absolute(out)?;
     let overrides = Overrides {
         parallelism,
         metrics_addr: Some(metrics_addr.to_string()),
@@ -615,7 +632,11 @@ fn demo(
     eprintln!(
         "demo: pipeline `{}` ({}), outputs under {}",
         compiled.plan.name,
-        path.display(),
+        if shipped {
+            "examples/demo.yaml, shipped in the binary".to_string()
+        } else {
+            path.display().to_string()
+        },
         out.display()
     );
     let summary = start(
@@ -632,7 +653,8 @@ fn demo(
         },
     )?;
     let totals = watershed::cli::demo::DemoTotals::from_report(&summary.report);
-    eprint!(
+    // The summary is the command's answer (stdout); progress went to stderr.
+    print!(
         "{}",
         watershed::cli::demo::summary(&totals, summary.elapsed_ms, &outputs)
     );

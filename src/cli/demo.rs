@@ -6,9 +6,6 @@ use std::fmt::Write;
 
 use crate::status::{Role, StatusReport};
 
-/// The demo's pipeline file, shipped with the project.
-pub const PIPELINE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/demo.yaml");
-
 /// Totals the demo reports, from one status snapshot.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct DemoTotals {

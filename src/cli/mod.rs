@@ -6,4 +6,5 @@
 
 pub mod bench;
 pub mod demo;
+pub mod demo_files;
 pub mod explain;

@@ -325,7 +325,13 @@ fn demo_prints_progress_and_a_summary_and_writes_under_out() {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("events"),
+        "progress goes to stderr:\n{stderr}"
+    );
+    // The summary is the answer: on stdout.
     for want in [
         "demo finished",
         "events in        1000",
@@ -334,10 +340,36 @@ fn demo_prints_progress_and_a_summary_and_writes_under_out() {
         "late records     0",
         "dead letters     0",
     ] {
-        assert!(stderr.contains(want), "missing `{want}` in:\n{stderr}");
+        assert!(stdout.contains(want), "missing `{want}` in:\n{stdout}");
     }
     let flags = std::fs::read_to_string(work.path().join("results/kev_flags.jsonl")).unwrap();
     assert_eq!(flags.lines().count(), 1121);
+}
+
+/// A copy of the binary, alone in a directory with no checkout, runs the shipped demo: its
+/// pipeline and data are in the binary.
+#[test]
+fn a_copied_binary_runs_the_demo_from_anywhere() {
+    let work = tempfile::tempdir().unwrap();
+    let copy = work.path().join("watershed");
+    std::fs::copy(env!("CARGO_BIN_EXE_watershed"), &copy).unwrap();
+    let out = Command::new(&copy)
+        .args(["demo", "--out", "results", "--metrics-addr", "off"])
+        .current_dir(work.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("shipped in the binary"), "{stderr}");
+    let rows = std::fs::read_to_string(work.path().join("results/observations.jsonl")).unwrap();
+    assert!(rows.lines().count() > 100_000, "the demo's enriched rows");
+    // Nothing but the copy and the results is left behind.
+    let mut left: Vec<String> = std::fs::read_dir(work.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["results", "watershed"]);
 }
 
 #[test]

@@ -128,6 +128,7 @@ impl EnrichOperator {
                     // Already behind the watermark: everything it can match is known.
                     self.join(&event, time, out, false);
                 } else {
+                    self.waiting_min = Some(self.waiting_min.map_or(time, |m| m.min(time)));
                     self.waiting.push(Pending {
                         row: event,
                         time,
@@ -210,6 +211,7 @@ impl EnrichOperator {
             self.waiting.sort_by_key(|p| p.time);
             let n = self.waiting.partition_point(|p| p.time <= watermark);
             let due: Vec<Pending> = self.waiting.drain(..n).collect();
+            self.waiting_min = self.waiting.first().map(|p| p.time);
             for p in due {
                 self.row_ref(p.lateness_ref, out);
                 self.join(&p.row, p.time, out, false);

@@ -102,6 +102,7 @@ impl EnrichOperator {
         self.restore_gate(&image.gate_segments, blobs)
             .map_err(|e| StateError::decode(&self.name, e))?;
         self.waiting = image.waiting;
+        self.waiting_min = self.waiting.iter().map(|p| p.time).min();
         self.restore_held(image.held);
         self.next_seq = image.next_seq;
         self.stats = image.stats;

@@ -32,7 +32,8 @@
 //! With `gated`, events wait (in arrival order) until the reference table's snapshot is
 //! complete (its `snapshot_end` row), so no event is enriched against a half-loaded table.
 //! Buffered and held events hold back the watermark the runtime forwards, so they are never
-//! late downstream. The gate keeps `max_buffered` events in memory and spills the rest to a
+//! late downstream; as-of events waiting for the watermark keep the instance from being
+//! forwarded as idle. The gate keeps `max_buffered` events in memory and spills the rest to a
 //! local file (`state::SpillQueue`), so memory stays bounded and nothing is dropped or
 //! enriched early. If every input ends first, the gate opens on the partial table.
 //!
@@ -117,6 +118,8 @@ pub struct EnrichOperator {
     row_ref: Option<EventTime>,
     /// As-of events waiting for the watermark.
     waiting: Vec<Pending>,
+    /// The earliest time among `waiting`.
+    waiting_min: Option<EventTime>,
     /// Held misses by join key.
     held: Map<Box<[Value]>, Vec<Pending>>,
     held_count: usize,
@@ -212,6 +215,7 @@ impl EnrichOperator {
             gate_events: 0,
             gate_min: None,
             waiting: Vec::new(),
+            waiting_min: None,
             held: Map::default(),
             held_count: 0,
             next_seq: 0,
@@ -347,7 +351,10 @@ impl Operator for EnrichOperator {
     }
 
     fn watermark_hold(&self) -> Option<EventTime> {
-        [self.gate_min, self.held_times.min()]
+        // As-of events waiting count too: an instance that still has events to emit must not
+        // tell its consumers it is idle (they would move on without it, and the events would
+        // then be late), though they never lower the watermark it forwards (they are ahead).
+        [self.gate_min, self.held_times.min(), self.waiting_min]
             .into_iter()
             .flatten()
             .min()

@@ -305,6 +305,10 @@ fn as_of_joins_the_version_valid_at_the_event_time() {
         events(&[("early", "openssl", "1", 50), ("late", "openssl", "1", 150)]),
     );
     assert!(h.take("main").is_empty(), "as-of waits for the watermark");
+    // Events still to emit: the instance must not be forwarded as idle (its consumers would
+    // move on and these would then be late), yet its watermark is not lowered (they are
+    // ahead of it).
+    assert_eq!(h.operator().watermark_hold(), Some(49));
     h.watermark(0, Watermark::EventTime(200));
     assert!(
         h.take("main").is_empty(),
@@ -317,6 +321,11 @@ fn as_of_joins_the_version_valid_at_the_event_time() {
             ("early".into(), "CVE-OLD".into(), true),
             ("late".into(), "CVE-NEW".into(), true)
         ]
+    );
+    assert_eq!(
+        h.operator().watermark_hold(),
+        None,
+        "nothing waits any more"
     );
 }
 
