@@ -328,7 +328,7 @@ fn demo_prints_progress_and_a_summary_and_writes_under_out() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stderr}");
     assert!(
-        stderr.contains("events"),
+        stderr.contains("demo: pipeline") && !stdout.contains("demo: pipeline"),
         "progress goes to stderr:\n{stderr}"
     );
     // The summary is the answer: on stdout.
