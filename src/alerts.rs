@@ -82,8 +82,15 @@ pub struct AlertEvaluator {
     gate_shut_since: BTreeMap<String, i64>,
 }
 
+/// A duration for people: whole seconds and up, or milliseconds under a second.
 pub fn format_ms(ms: i64) -> String {
-    let d = std::time::Duration::from_millis(ms.max(0) as u64 / 1000 * 1000);
+    let ms = ms.max(0) as u64;
+    // Under a second the milliseconds matter (an idle_timeout of 500ms is not "0s").
+    let d = if ms < 1000 {
+        std::time::Duration::from_millis(ms)
+    } else {
+        std::time::Duration::from_millis(ms / 1000 * 1000)
+    };
     humantime::format_duration(d).to_string()
 }
 
@@ -290,6 +297,14 @@ impl AlertEvaluator {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn durations_under_a_second_keep_their_milliseconds() {
+        assert_eq!(format_ms(500), "500ms");
+        assert_eq!(format_ms(0), "0s");
+        assert_eq!(format_ms(61_250), "1m 1s");
+    }
+
     use super::*;
 
     fn gated(now_ms: i64, open: bool) -> StatusReport {

@@ -20,16 +20,27 @@ pub fn format_time(t: EventTime) -> String {
     }
 }
 
+/// A watermark this far behind the clock is not live data (or the input has stalled).
+const HISTORICAL_LAG_MS: i64 = 24 * 3600 * 1000;
+
 fn watermark_line(r: &StatusReport, i: &InstanceReport) -> String {
     let wm = match (i.watermark, i.idle) {
         (_, true) => "idle (does not hold back consumers)".to_string(),
         (None, false) => "none yet".to_string(),
         (Some(w), false) if w == EventTime::MAX => "end of input".to_string(),
-        (Some(w), false) => format!(
-            "{} (lag {})",
-            format_time(w),
-            format_ms(r.now_ms.saturating_sub(w))
-        ),
+        (Some(w), false) => {
+            let lag = r.now_ms.saturating_sub(w);
+            format!(
+                "{} (lag {}{})",
+                format_time(w),
+                format_ms(lag),
+                if lag >= HISTORICAL_LAG_MS {
+                    " behind the clock: historical or replayed data, or a stalled input"
+                } else {
+                    ""
+                }
+            )
+        }
     };
     let mut s = format!("{}  watermark {wm}", i.label());
     if i.finished {
