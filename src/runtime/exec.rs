@@ -212,6 +212,31 @@ fn check_restorable(plan: &Plan, r: &Restored) -> Result<(), RunError> {
         .iter()
         .flat_map(|n| (0..n.parallelism).map(move |i| format!("{}#{i}", n.name)))
         .collect();
+    // Keyed state is spread over instances by key hash modulo the instance count: restored
+    // into another count, keys would be looked for in the wrong instance. Until state is
+    // split into key groups that can be redistributed, a different count is refused.
+    for node in &plan.nodes {
+        let prefix = format!("{}#", node.name);
+        let taken = r
+            .operators
+            .keys()
+            .chain(r.sinks.keys())
+            .filter(|l| l.starts_with(&prefix))
+            .count();
+        if taken > 0 && taken != node.parallelism {
+            return Err(RunError::Restore {
+                component: node.name.clone(),
+                message: format!(
+                    "checkpoint {} was taken with {taken} instance(s) of `{}`, this run has {}: \
+                     its state cannot be redistributed to another count yet; run with \
+                     `--parallelism {taken}` (or the pipeline's former `parallelism`)",
+                    r.path.display(),
+                    node.name,
+                    node.parallelism
+                ),
+            });
+        }
+    }
     for label in r.operators.keys().chain(r.sinks.keys()) {
         if !labels.contains(label) {
             return Err(RunError::Restore {

@@ -291,3 +291,24 @@ fn a_sink_added_to_the_pipeline_is_named_in_a_warning() {
     assert!(warning.contains("sink=added#0"), "{warning}");
     assert_eq!(std::fs::read(w.path("out/added.jsonl")).unwrap(), b"");
 }
+
+/// Regression: a checkpoint taken with 2 instances restored with `--parallelism 3` was
+/// accepted and misplaced keyed state (lines lost and doubled). Until keyed state can be
+/// redistributed, any other instance count is refused, naming the count to use; the same
+/// count restores.
+#[test]
+fn a_checkpoint_restored_with_another_parallelism_is_refused_naming_the_count() {
+    let w = Work::new();
+    w.run_ok(&["--parallelism", "2"]);
+    let before = w.outputs();
+    for other in ["1", "3"] {
+        let stderr = w.run_refused(&["--parallelism", other]);
+        assert!(
+            stderr.contains("taken with 2 instance(s)") && stderr.contains("--parallelism 2"),
+            "--parallelism {other}: {stderr}"
+        );
+        assert_eq!(w.outputs(), before, "the outputs are left alone");
+    }
+    let again = w.run_ok(&["--parallelism", "2"]);
+    assert!(again.contains("restored from checkpoint"), "{again}");
+}
