@@ -312,3 +312,24 @@ fn a_checkpoint_restored_with_another_parallelism_is_refused_naming_the_count() 
     let again = w.run_ok(&["--parallelism", "2"]);
     assert!(again.contains("restored from checkpoint"), "{again}");
 }
+
+/// Regression: a change stream's table columns reordered between runs restored the stored
+/// rows by position (`severity` showed a CWE). State carries the columns it was written with;
+/// a restore into other columns is refused, naming the table and both column lists.
+#[test]
+fn a_table_whose_columns_changed_is_refused_not_restored_by_position() {
+    let w = Work::new();
+    w.run_ok(&[]);
+    let before = w.outputs();
+    w.edit_pipeline(
+        "severity: string, description: string, cwe: string}",
+        "cwe: string, description: string, severity: string}",
+    );
+    let stderr = w.run_refused(&[]);
+    assert!(
+        stderr.contains("table `public.cve`") || stderr.contains("table `cve`"),
+        "names the table: {stderr}"
+    );
+    assert!(stderr.contains("severity: string"), "{stderr}");
+    assert_eq!(w.outputs(), before, "the outputs are left alone");
+}

@@ -11,7 +11,7 @@ use crate::error::StateError;
 use crate::state::{Blobs, ReferenceTable, Shape, StateImage};
 use crate::types::EventTime;
 
-const SNAPSHOT_VERSION: u8 = 10;
+const SNAPSHOT_VERSION: u8 = 11;
 
 /// No run counts this far; a snapshot that does was not written by one.
 const MAX_COUNT: u64 = 1 << 62;
@@ -19,6 +19,11 @@ const MAX_COUNT: u64 = 1 << 62;
 #[derive(Serialize, Deserialize)]
 struct Image {
     version: u8,
+    /// The table's stored columns and the events' columns (name and type, in order) the
+    /// state was written with: rows are positional, so a restore into other columns would
+    /// put values under the wrong names.
+    table_columns: Vec<(String, String)>,
+    event_columns: Vec<(String, String)>,
     #[serde(with = "serde_bytes")]
     table: Vec<u8>,
     latest_valid_from: EventTime,
@@ -33,7 +38,35 @@ struct Image {
     last_sweep: Option<EventTime>,
 }
 
+fn describe_columns(columns: &[(String, String)]) -> String {
+    let list: Vec<String> = columns.iter().map(|(n, t)| format!("{n}: {t}")).collect();
+    format!("[{}]", list.join(", "))
+}
+
 impl EnrichOperator {
+    /// The stored table columns and the event columns, as (name, type).
+    fn state_columns(&self) -> (Vec<(String, String)>, Vec<(String, String)>) {
+        let fields = &self.layout.table_schema.fields;
+        let table = self
+            .layout
+            .stored
+            .iter()
+            .map(|&i| {
+                fields.get(i).map_or_else(
+                    || (format!("#{i}"), String::new()),
+                    |f| (f.name.to_string(), f.data_type.to_string()),
+                )
+            })
+            .collect();
+        let events = self
+            .event_schema
+            .fields
+            .iter()
+            .map(|f| (f.name.to_string(), f.data_type.to_string()))
+            .collect();
+        (table, events)
+    }
+
     /// The operator's snapshot; the gate's new events are sealed into a segment first.
     pub(super) fn encode_image(&mut self) -> Result<StateImage, StateError> {
         self.measure_state();
@@ -41,8 +74,11 @@ impl EnrichOperator {
         let gate_segments = self.seal_gate(&mut blobs).map_err(|e| {
             StateError::encode(&self.name, format!("cannot seal the gate's events: {e}"))
         })?;
+        let (table_columns, event_columns) = self.state_columns();
         let image = Image {
             version: SNAPSHOT_VERSION,
+            table_columns,
+            event_columns,
             table: self.table.snapshot(&mut blobs)?,
             latest_valid_from: self.latest_valid_from,
             snapshot_done: self.snapshot_done,
@@ -69,6 +105,29 @@ impl EnrichOperator {
             )));
         }
         let image: Image = postcard::from_bytes(snapshot).map_err(|e| fail(e.to_string()))?;
+        let (table_columns, event_columns) = self.state_columns();
+        for (what, then, now) in [
+            (
+                format!("table `{}`", self.spec.table),
+                &image.table_columns,
+                &table_columns,
+            ),
+            (
+                "the events".to_string(),
+                &image.event_columns,
+                &event_columns,
+            ),
+        ] {
+            if then != now {
+                return Err(fail(format!(
+                    "the state was written for {what} with columns {} and the pipeline now has {}: \
+                     columns cannot be mapped by name yet; restore with the columns as they were, \
+                     or start afresh (`run --fresh-start`)",
+                    describe_columns(then),
+                    describe_columns(now)
+                )));
+            }
+        }
         let counts = [
             image.next_seq,
             image.stats.lookups,
