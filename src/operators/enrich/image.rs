@@ -22,8 +22,8 @@ struct Image {
     /// The table's stored columns and the events' columns (name and type, in order) the
     /// state was written with: rows are positional, so a restore into other columns would
     /// put values under the wrong names.
-    table_columns: Vec<(String, String)>,
-    event_columns: Vec<(String, String)>,
+    table_columns: Columns,
+    event_columns: Columns,
     #[serde(with = "serde_bytes")]
     table: Vec<u8>,
     latest_valid_from: EventTime,
@@ -38,6 +38,9 @@ struct Image {
     last_sweep: Option<EventTime>,
 }
 
+/// Columns as (name, type), in order.
+type Columns = Vec<(String, String)>;
+
 fn describe_columns(columns: &[(String, String)]) -> String {
     let list: Vec<String> = columns.iter().map(|(n, t)| format!("{n}: {t}")).collect();
     format!("[{}]", list.join(", "))
@@ -45,7 +48,7 @@ fn describe_columns(columns: &[(String, String)]) -> String {
 
 impl EnrichOperator {
     /// The stored table columns and the event columns, as (name, type).
-    fn state_columns(&self) -> (Vec<(String, String)>, Vec<(String, String)>) {
+    fn state_columns(&self) -> (Columns, Columns) {
         let fields = &self.layout.table_schema.fields;
         let table = self
             .layout
