@@ -45,7 +45,9 @@ fn demo_pipeline(out: &Path, checkpoints: Option<&Path>) -> String {
     replace("      rate: 14 ", "      # no pacing ");
     replace("    idle_timeout: 1s ", "    # ");
     replace("    idle_timeout: 500ms ", "    # ");
-    replace("count: 60000", "count: 16000");
+    // Long enough that the kills and failpoints all happen before the end even when a busy
+    // machine stretches the delays between them (and short of the pause at 10m).
+    replace("count: 60000", "count: 28000");
     replace("rate: 12000 ", "rate: 1500 ");
     replace("max_out_of_orderness: 3s", "max_out_of_orderness: 10s");
     text
