@@ -169,7 +169,8 @@ impl DebeziumDecoder {
                 let value = parse_top(text.as_bytes())?;
                 self.decode_value(&value, key.as_deref(), topic.as_deref())
             }
-            _ => self.tombstone(key.as_deref(), topic.as_deref()),
+            Some(_) => self.tombstone(key.as_deref(), topic.as_deref()),
+            None => Err(err("record has a key but no value")),
         }
     }
 
@@ -265,11 +266,36 @@ impl DebeziumDecoder {
         for row in before.iter_mut().chain(after.iter_mut()) {
             row.resize(width, Value::Null);
         }
+        if source.table.is_none() && op != Op::Message {
+            return Err(err(format!("op {op_text}: source.table is null")));
+        }
+        if matches!(op, Op::Create | Op::Update | Op::Read) && after.is_none() {
+            return Err(err(format!("op {op_text} without an after row")));
+        }
+        if let Some(t) = configured {
+            // A row without its primary key would become a null key in the table.
+            let (name, row) = match (&after, &before) {
+                (Some(row), _) => ("after", Some(row)),
+                (None, row) => ("before", row.as_ref()),
+            };
+            if let Some(row) = row
+                && let Some(&i) = t.key_columns.iter().find(|&&i| row[i] == Value::Null)
+            {
+                return Err(err(format!(
+                    "{name} lacks key column `{}` of table {table}",
+                    plan.names[i]
+                )));
+            }
+        }
 
         let key = match key {
             Some(text) => {
                 let parsed = KeyInput::parse(text)?;
-                self.decode_key(&parsed, Some(&plan), configured.is_some())?
+                let key = self.decode_key(&parsed, Some(&plan), configured.is_some())?;
+                if let (Some(t), Some(row)) = (configured, after.as_ref().or(before.as_ref())) {
+                    check_key(&key, t, &plan, row)?;
+                }
+                key
             }
             None => match configured {
                 Some(t) => {
@@ -333,6 +359,28 @@ impl DebeziumDecoder {
         }
         Ok(out)
     }
+}
+
+/// A record's key must name the same row as the value's key columns: a disagreement would
+/// file the row under the wrong key (or delete the wrong one).
+fn check_key(key: &Key, table: &Table, plan: &Plan, row: &[Value]) -> Result<(), DecodeError> {
+    for &i in &table.key_columns {
+        let name = &plan.names[i];
+        match key.iter().find(|(k, _)| k == name) {
+            Some((_, v)) if *v == row[i] => {}
+            Some(_) => {
+                return Err(err(format!(
+                    "record key `{name}` disagrees with the value's key column `{name}`"
+                )));
+            }
+            None => {
+                return Err(err(format!(
+                    "record key lacks key column `{name}` of the value"
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 impl ChangeFormat for DebeziumDecoder {

@@ -442,3 +442,65 @@ fn config_errors() {
     )]);
     assert!(bad_scale.is_err());
 }
+
+/// `op: c` with `after: null`, an `after` without its key column, a `{key, value}` record
+/// whose key names another row, a record without `value` and `source.table: null` used to
+/// decode into rows of nulls, null keys or the wrong key: each is now an error (a dead letter
+/// with the reason).
+#[test]
+fn records_that_would_become_null_rows_or_wrong_keys_are_dead_letters() {
+    let d = configured();
+    let src = r#""source":{"schema":"public","table":"customers","lsn":7}"#;
+    let cases = [
+        (
+            format!(r#"{{"op":"c","before":null,"after":null,{src}}}"#),
+            "op c without an after row",
+        ),
+        (
+            format!(r#"{{"op":"u","after":null,{src}}}"#),
+            "op u without an after row",
+        ),
+        (
+            format!(r#"{{"op":"c","after":{{"name":"a"}},{src}}}"#),
+            "after lacks key column `id` of table public.customers",
+        ),
+        (
+            format!(r#"{{"op":"c","after":{{"id":null,"name":"a"}},{src}}}"#),
+            "after lacks key column `id`",
+        ),
+        (
+            format!(r#"{{"op":"d","before":{{"name":"a"}},{src}}}"#),
+            "before lacks key column `id`",
+        ),
+        (
+            format!(r#"{{"key":{{"id":2}},"value":{{"op":"c","after":{{"id":1}},{src}}}}}"#),
+            "record key `id` disagrees with the value's key column `id`",
+        ),
+        (
+            format!(r#"{{"key":{{"other":1}},"value":{{"op":"c","after":{{"id":1}},{src}}}}}"#),
+            "record key lacks key column `id` of the value",
+        ),
+        (
+            r#"{"key":{"id":1},"topic":"dbz.public.customers"}"#.to_owned(),
+            "record has a key but no value",
+        ),
+        (
+            r#"{"op":"c","after":{"id":1},"source":{"schema":"public","table":null,"lsn":7}}"#
+                .to_owned(),
+            "op c: source.table is null",
+        ),
+    ];
+    for (input, reason) in &cases {
+        let e = d.decode(input.as_bytes()).unwrap_err();
+        assert!(e.reason.contains(reason), "{input}: {}", e.reason);
+        assert_eq!(e.reason, e.reason.to_lowercase(), "{input}");
+    }
+    // The same records when they are right still decode.
+    let ok = format!(r#"{{"key":{{"id":1}},"value":{{"op":"c","after":{{"id":1}},{src}}}}}"#);
+    assert_eq!(change(d.decode(ok.as_bytes()).unwrap()).key, key_id(1));
+    let tombstone = r#"{"key":{"id":1},"value":null,"topic":"dbz.public.customers"}"#;
+    assert!(matches!(
+        d.decode(tombstone.as_bytes()).unwrap(),
+        Decoded::Tombstone { .. }
+    ));
+}
