@@ -25,13 +25,14 @@
 //!   metadata, `m` (logical message) events and changes of tables not configured are skipped
 //!   and counted (`watershed_cdc_skipped_records_total`).
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, OnceLock};
 
 use compact_str::CompactString;
 
 use crate::cdc::inspect::normalize;
 use crate::cdc::rows::{change_schema, push_change, push_snapshot_end};
-use crate::cdc::{Decoded, Op, SnapshotMarker, TableId};
+use crate::cdc::{Change, Decoded, Op, SnapshotMarker, TableId, Version};
 use crate::dataflow::{PortSpec, ReadBuffers};
 use crate::types::{DataType, Field, Schema, SchemaRef, Value};
 
@@ -99,6 +100,46 @@ pub struct ChangeStream {
     snapshot_ended: Vec<bool>,
     main_consumed: bool,
     skipped: metrics::Counter,
+    node: String,
+    /// Versions handed out in arrival order; see `ArrivalOrder`.
+    arrival: ArrivalOrder,
+    /// Partitions whose records fell back to arrival order (warned once each).
+    warned_arrival: BTreeSet<usize>,
+}
+
+/// What orders records that carry no position (no `lsn`, `sequence`, binlog file and
+/// position, `change_lsn`, `scn` or `ord`): the order they arrive in, within a partition.
+/// Part of the stream's checkpointed state, so a restart that replays from the checkpoint
+/// hands out the same versions again.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ArrivalOrder {
+    /// The last version seen or handed out, per partition.
+    pub last: BTreeMap<usize, Version>,
+    /// The highest version of a snapshot read seen: a partition starts after it, so that
+    /// streamed changes order after the snapshot.
+    pub snapshot_high: Version,
+}
+
+impl ArrivalOrder {
+    /// Gives `change` a version if it has none (`Version::UNKNOWN`, except incremental
+    /// snapshot reads, which apply only to absent keys); records the version otherwise.
+    /// True when it gave one.
+    fn order(&mut self, partition: usize, change: &mut Change) -> bool {
+        let last = self.last.entry(partition).or_insert(self.snapshot_high);
+        let given =
+            change.version == Version::UNKNOWN && change.snapshot != SnapshotMarker::Incremental;
+        if given {
+            change.version = Version {
+                commit_lsn: last.commit_lsn,
+                ordinal: last.ordinal + 1,
+            };
+        }
+        *last = (*last).max(change.version);
+        if change.snapshot.is_snapshot() {
+            self.snapshot_high = self.snapshot_high.max(change.version);
+        }
+        given
+    }
 }
 
 impl ChangeStream {
@@ -115,6 +156,9 @@ impl ChangeStream {
             tables,
             index,
             main_consumed: false,
+            node: node.to_string(),
+            arrival: ArrivalOrder::default(),
+            warned_arrival: BTreeSet::new(),
             skipped: metrics::counter!(crate::metrics::CDC_SKIPPED_RECORDS, crate::metrics::LABEL_NODE => node.to_string()),
         }
     }
@@ -141,8 +185,27 @@ impl ChangeStream {
         self.main_consumed = consumed.first().copied().unwrap_or(false);
     }
 
-    /// Applies one decoded record, read at processing time `now_ms`.
-    pub fn apply(&mut self, decoded: &Decoded, out: &mut ReadBuffers, now_ms: i64) {
+    /// Applies one decoded record of `partition`, read at processing time `now_ms`.
+    pub fn apply(
+        &mut self,
+        partition: usize,
+        mut decoded: Decoded,
+        out: &mut ReadBuffers,
+        now_ms: i64,
+    ) {
+        if let Decoded::Change(c) = &mut decoded
+            && c.op != Op::Message
+            && self.arrival.order(partition, c)
+            && self.warned_arrival.insert(partition)
+        {
+            tracing::warn!(
+                node = %self.node,
+                partition,
+                table = %c.table,
+                "change records carry no position (lsn, sequence, binlog file and pos, change_lsn, scn or ord): their versions fall back to arrival order within the partition"
+            );
+        }
+        let decoded = &decoded;
         let change = match decoded {
             Decoded::Change(c) if c.op != Op::Message => c,
             Decoded::Heartbeat { ts_ms } => {
@@ -194,6 +257,16 @@ impl ChangeStream {
             .filter(|(_, e)| **e)
             .map(|(t, _)| t.port.clone())
             .collect()
+    }
+
+    /// The arrival order of records without a position: what a restart must remember.
+    pub fn arrival_order(&self) -> &ArrivalOrder {
+        &self.arrival
+    }
+
+    /// Takes up `arrival_order` from before a restart.
+    pub fn restore_arrival_order(&mut self, arrival: ArrivalOrder) {
+        self.arrival = arrival;
     }
 
     /// Takes up `ended_snapshots` from before a restart (tables no longer configured are
@@ -320,7 +393,7 @@ mod tests {
             // A second `last` and the end of the snapshot input end nothing again.
             change("orders", Op::Read, 8, Last, 620),
         ] {
-            stream.apply(&decoded, &mut out, 0);
+            stream.apply(0, decoded, &mut out, 0);
         }
         stream.end_snapshots(&mut out);
 
@@ -373,7 +446,8 @@ mod tests {
         stream.connect_ports(&[true, false, true, true]);
         let mut out = buffers(&tables());
         stream.apply(
-            &change("customers", Op::Read, 1, SnapshotMarker::True, 100),
+            0,
+            change("customers", Op::Read, 1, SnapshotMarker::True, 100),
             &mut out,
             0,
         );
@@ -392,7 +466,7 @@ mod tests {
         if let Decoded::Change(c) = &mut untimed {
             c.source_ts_ms = None;
         }
-        stream.apply(&untimed, &mut out, 777);
+        stream.apply(0, untimed, &mut out, 777);
         assert_eq!(out.extra[1].event_times(), [0, 777]);
         assert_eq!(out.records.len(), 2);
         assert_eq!(out.records.row(0)[0], Value::from("customers"));

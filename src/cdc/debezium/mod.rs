@@ -1,4 +1,5 @@
-//! Decodes Debezium (Postgres connector) JSON records into `Decoded` values: typed `Change`s,
+//! Decodes Debezium JSON records (Postgres first; the versions of the MySQL, SQL Server,
+//! Oracle and MongoDB connectors too) into `Decoded` values: typed `Change`s,
 //! tombstones, heartbeats and transaction metadata.
 //!
 //! Accepted inputs, each one JSON document:
@@ -327,7 +328,7 @@ impl DebeziumDecoder {
             unavailable,
             version,
             snapshot,
-            tx_id: source.tx_id,
+            tx_id: source.tx_id(),
             source_ts_ms: source.ts_ms,
         }))
     }
