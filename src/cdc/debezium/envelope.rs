@@ -203,6 +203,9 @@ pub(super) struct Source<'a> {
     pub(super) schema: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     pub(super) table: Option<Cow<'a, str>>,
+    /// The database (MySQL's schema).
+    #[serde(borrow, default)]
+    pub(super) db: Option<Cow<'a, str>>,
     #[serde(borrow, default, deserialize_with = "raw_field")]
     pub(super) snapshot: Option<&'a RawValue>,
     #[serde(borrow, default, deserialize_with = "raw_field")]

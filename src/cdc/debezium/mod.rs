@@ -55,6 +55,7 @@ mod tests;
 mod values;
 
 use std::borrow::Cow;
+use std::collections::BTreeSet;
 
 use ahash::AHashMap;
 use compact_str::CompactString;
@@ -77,6 +78,11 @@ pub use crate::cdc::stream::TableConfig;
 #[derive(Debug, Default)]
 pub struct DebeziumDecoder {
     tables: AHashMap<TableId, Table>,
+    /// Configured tables by table name alone, for records without `source.schema` (MySQL
+    /// sends `db` and `table`).
+    by_name: AHashMap<String, Vec<TableId>>,
+    /// Table names already warned about (matched without a schema, or ambiguous).
+    warned: std::sync::Mutex<BTreeSet<String>>,
 }
 
 #[derive(Debug)]
@@ -137,7 +143,59 @@ impl DebeziumDecoder {
                 },
             );
         }
-        Ok(DebeziumDecoder { tables: map })
+        let mut by_name: AHashMap<String, Vec<TableId>> = AHashMap::new();
+        for id in map.keys() {
+            by_name
+                .entry(id.table.clone())
+                .or_default()
+                .push(id.clone());
+        }
+        for ids in by_name.values_mut() {
+            ids.sort();
+        }
+        Ok(DebeziumDecoder {
+            tables: map,
+            by_name,
+            warned: Default::default(),
+        })
+    }
+
+    /// The table of a record whose `source` has no `schema`: the configured table of that
+    /// name when exactly one has it (WARN once), else the name alone (not configured: the
+    /// change stream skips it, counted; WARN once when several schemas have the name).
+    fn table_without_schema(&self, name: &str) -> TableId {
+        let ids = self
+            .by_name
+            .get(name)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let first = {
+            let mut warned = self.warned.lock().unwrap_or_else(|e| e.into_inner());
+            warned.len() < 1000 && warned.insert(name.to_owned())
+        };
+        match ids {
+            [id] => {
+                if first {
+                    tracing::warn!(
+                        table = %name,
+                        configured = %id,
+                        "change records without source.schema: matched to the only configured table of that name"
+                    );
+                }
+                id.clone()
+            }
+            _ => {
+                if first && !ids.is_empty() {
+                    let names: Vec<String> = ids.iter().map(ToString::to_string).collect();
+                    tracing::warn!(
+                        table = %name,
+                        configured = %names.join(", "),
+                        "change records without source.schema match several configured tables: skipped"
+                    );
+                }
+                TableId::new("", name)
+            }
+        }
     }
 
     /// Decodes one record. Bad input is an error with a lowercase reason; never panics.
@@ -225,9 +283,18 @@ impl DebeziumDecoder {
             .source
             .as_ref()
             .ok_or_else(|| err("envelope has no source block"))?;
-        let table = TableId {
-            schema: source.schema.as_deref().unwrap_or_default().to_owned(),
-            table: source.table.as_deref().unwrap_or_default().to_owned(),
+        let table = match (source.schema.as_deref(), source.table.as_deref()) {
+            (None | Some(""), Some(name)) if !name.is_empty() => {
+                match source.db.as_deref().map(|db| TableId::new(db, name)) {
+                    // MySQL: the database is the schema.
+                    Some(id) if self.tables.contains_key(&id) => id,
+                    _ => self.table_without_schema(name),
+                }
+            }
+            (schema, name) => TableId {
+                schema: schema.unwrap_or_default().to_owned(),
+                table: name.unwrap_or_default().to_owned(),
+            },
         };
         let snapshot = source.snapshot_marker()?;
         let version = source.version()?;

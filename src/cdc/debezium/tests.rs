@@ -504,3 +504,35 @@ fn records_that_would_become_null_rows_or_wrong_keys_are_dead_letters() {
         Decoded::Tombstone { .. }
     ));
 }
+
+/// Records without `source.schema` (MySQL sends `db` and `table`) matched no configured
+/// `schema.table`: every row was skipped and the reference table stayed empty. They now
+/// match the configured table of the database, else the only configured table of that name;
+/// with several of that name they stay unmatched (skipped by the change stream, counted).
+#[test]
+fn records_without_source_schema_match_by_database_or_table_name() {
+    let Some(dir) = data_dir("test-fixtures") else {
+        return;
+    };
+    let bytes = std::fs::read(dir.join("serde-update.json")).unwrap();
+    let customers = |schema: &str| {
+        (
+            TableId::new(schema, "customers"),
+            TableConfig::new(customers_schema()).with_key(&["id"]),
+        )
+    };
+    // The only `customers` configured, in another schema: matched by name.
+    let c = change(configured().decode(&bytes).unwrap());
+    assert_eq!(c.table, TableId::new("public", "customers"));
+    assert_eq!(c.key, key_id(1004));
+    assert_eq!(c.after.unwrap()[0], Value::Int(1004));
+    // The record's database configured among others of that name: the database wins.
+    let d = DebeziumDecoder::new([customers("inventory"), customers("public")]).unwrap();
+    let c = change(d.decode(&bytes).unwrap());
+    assert_eq!(c.table, TableId::new("inventory", "customers"));
+    assert_eq!(c.key, key_id(1004));
+    // Two configured tables of that name, neither the database: not matched.
+    let d = DebeziumDecoder::new([customers("a"), customers("b")]).unwrap();
+    let c = change(d.decode(&bytes).unwrap());
+    assert_eq!(c.table, TableId::new("", "customers"));
+}
