@@ -24,6 +24,12 @@
 //! - Tombstones (sent after each delete, which already removed the row), transaction
 //!   metadata, `m` (logical message) events and changes of tables not configured are skipped
 //!   and counted (`watershed_cdc_skipped_records_total`).
+//! - While a configured table has received no change, each new table not configured whose
+//!   changes arrive is a WARN naming it and the silent tables, and `warnings` (shown in
+//!   `/status`) says the same: a schema or table name that does not match is not silent.
+//! - A change without a position (`Version::UNKNOWN`) gets the next version in arrival order
+//!   within its partition (`ArrivalOrder`, after every snapshot read seen; WARN once per
+//!   partition); it is part of the decoder state the transport checkpoints.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, OnceLock};
@@ -105,7 +111,14 @@ pub struct ChangeStream {
     arrival: ArrivalOrder,
     /// Partitions whose records fell back to arrival order (warned once each).
     warned_arrival: BTreeSet<usize>,
+    /// Per table: has it received a change?
+    received: Vec<bool>,
+    /// Tables not configured whose changes arrived (the first `MAX_SEEN`).
+    seen_unconfigured: BTreeSet<String>,
 }
+
+/// How many tables not configured a stream remembers by name.
+const MAX_SEEN: usize = 32;
 
 /// What orders records that carry no position (no `lsn`, `sequence`, binlog file and
 /// position, `change_lsn`, `scn` or `ord`): the order they arrive in, within a partition.
@@ -153,12 +166,14 @@ impl ChangeStream {
             .collect();
         ChangeStream {
             snapshot_ended: vec![false; tables.len()],
+            received: vec![false; tables.len()],
             tables,
             index,
             main_consumed: false,
             node: node.to_string(),
             arrival: ArrivalOrder::default(),
             warned_arrival: BTreeSet::new(),
+            seen_unconfigured: BTreeSet::new(),
             skipped: metrics::counter!(crate::metrics::CDC_SKIPPED_RECORDS, crate::metrics::LABEL_NODE => node.to_string()),
         }
     }
@@ -219,8 +234,10 @@ impl ChangeStream {
         };
         let Some(&t) = self.index.get(&change.table) else {
             self.skipped.increment(1);
+            self.saw_unconfigured(&change.table);
             return;
         };
+        self.received[t] = true;
         let at = change.source_ts_ms.unwrap_or(now_ms);
         push_change(&mut out.extra[t], change, at);
         if self.main_consumed {
@@ -257,6 +274,52 @@ impl ChangeStream {
             .filter(|(_, e)| **e)
             .map(|(t, _)| t.port.clone())
             .collect()
+    }
+
+    /// A change of a table not configured: WARN, naming it, when it is new and a configured
+    /// table has received nothing yet (a table name or schema that does not match).
+    fn saw_unconfigured(&mut self, table: &TableId) {
+        if table.table.is_empty() || self.seen_unconfigured.len() >= MAX_SEEN {
+            return;
+        }
+        let name = table.to_string();
+        if self.seen_unconfigured.contains(&name) {
+            return;
+        }
+        self.seen_unconfigured.insert(name);
+        let silent = self.silent_tables();
+        if !silent.is_empty() {
+            tracing::warn!(
+                node = %self.node,
+                seen = %table,
+                waiting = %silent.join(", "),
+                "configured tables have received no change while changes of a table not configured arrive: check the configured schema and table names"
+            );
+        }
+    }
+
+    /// Configured tables that have received no change.
+    fn silent_tables(&self) -> Vec<String> {
+        self.tables
+            .iter()
+            .zip(&self.received)
+            .filter(|(_, r)| !**r)
+            .map(|(t, _)| t.id.to_string())
+            .collect()
+    }
+
+    /// What `/status` shows about this stream: when a configured table has received nothing
+    /// while changes of tables not configured arrived, one line naming both.
+    pub fn warnings(&self) -> Vec<String> {
+        if self.seen_unconfigured.is_empty() || self.received.iter().all(|r| *r) {
+            return Vec::new();
+        }
+        let seen: Vec<&str> = self.seen_unconfigured.iter().map(String::as_str).collect();
+        vec![format!(
+            "configured tables {} have received no change; changes of tables not configured arrived: {}",
+            self.silent_tables().join(", "),
+            seen.join(", ")
+        )]
     }
 
     /// The arrival order of records without a position: what a restart must remember.
@@ -437,6 +500,47 @@ mod tests {
                 .contains(r#"watershed_cdc_skipped_records_total{node="ref"} 4"#),
             "{}",
             handle.render()
+        );
+    }
+
+    /// Changes of tables not configured (a misspelt schema) were skipped with no word: the
+    /// configured tables stayed empty, the gate opened on them and every lookup missed. The
+    /// stream now says so, naming the tables seen, until every configured table has
+    /// received a change.
+    #[test]
+    fn configured_tables_silent_while_other_tables_arrive_is_a_warning_naming_them() {
+        let mut stream = ChangeStream::new("ref", tables());
+        let mut out = buffers(&tables());
+        assert!(stream.warnings().is_empty());
+        let mut other = change("customers", Op::Create, 1, SnapshotMarker::False, 100);
+        if let Decoded::Change(c) = &mut other {
+            c.table = TableId::new("app", "customers");
+        }
+        stream.apply(0, other.clone(), &mut out, 0);
+        stream.apply(0, other, &mut out, 0);
+        assert_eq!(
+            stream.warnings(),
+            [
+                "configured tables public.customers, public.orders have received no change; \
+              changes of tables not configured arrived: app.customers"
+            ]
+        );
+        stream.apply(
+            0,
+            change("customers", Op::Create, 1, SnapshotMarker::False, 110),
+            &mut out,
+            0,
+        );
+        assert!(stream.warnings()[0].starts_with("configured tables public.orders have"));
+        stream.apply(
+            0,
+            change("orders", Op::Create, 1, SnapshotMarker::False, 120),
+            &mut out,
+            0,
+        );
+        assert!(
+            stream.warnings().is_empty(),
+            "every configured table has data"
         );
     }
 

@@ -74,6 +74,10 @@ impl<F: ChangeFormat> LineDecoder for ChangeDecoder<F> {
         self.stream.connect_ports(consumed);
     }
 
+    fn warnings(&self) -> Vec<String> {
+        self.stream.warnings()
+    }
+
     fn decode_line(
         &mut self,
         partition: usize,
