@@ -322,6 +322,24 @@ impl ChangeStream {
         )]
     }
 
+    /// The ports of the tables that have received a change: what a restart must remember,
+    /// so that it does not warn about them.
+    pub fn received_tables(&self) -> Vec<String> {
+        self.tables
+            .iter()
+            .zip(&self.received)
+            .filter(|(_, r)| **r)
+            .map(|(t, _)| t.port.clone())
+            .collect()
+    }
+
+    /// Takes up `received_tables` from before a restart.
+    pub fn restore_received_tables(&mut self, ports: &[String]) {
+        for (t, received) in self.tables.iter().zip(self.received.iter_mut()) {
+            *received = ports.contains(&t.port);
+        }
+    }
+
     /// The arrival order of records without a position: what a restart must remember.
     pub fn arrival_order(&self) -> &ArrivalOrder {
         &self.arrival

@@ -96,14 +96,18 @@ impl<F: ChangeFormat> LineDecoder for ChangeDecoder<F> {
         }
     }
 
-    /// The tables whose snapshot has ended and the arrival order of records without a
-    /// position.
+    /// The tables whose snapshot has ended, the tables that have received a change and the
+    /// arrival order of records without a position.
     fn state(&self) -> Option<serde_json::Value> {
         let ended = self.stream.ended_snapshots();
         let arrival = self.stream.arrival_order();
         let mut state = serde_json::Map::new();
         if !ended.is_empty() {
             state.insert("snapshot_ended".into(), serde_json::json!(ended));
+        }
+        let received = self.stream.received_tables();
+        if !received.is_empty() {
+            state.insert("received".into(), serde_json::json!(received));
         }
         if *arrival != ArrivalOrder::default() {
             state.insert("arrival_order".into(), serde_json::json!(arrival));
@@ -124,6 +128,12 @@ impl<F: ChangeFormat> LineDecoder for ChangeDecoder<F> {
                 .map_err(|e| format!("the change stream's arrival order does not decode: {e}"))?,
         };
         self.stream.restore_arrival_order(arrival);
+        let received: Vec<String> = match state.and_then(|s| s.get("received")) {
+            None => Vec::new(),
+            Some(v) => serde_json::from_value(v.clone())
+                .map_err(|e| format!("the change stream's received tables do not decode: {e}"))?,
+        };
+        self.stream.restore_received_tables(&received);
         Ok(())
     }
 }
@@ -360,6 +370,7 @@ mod arrival_order_tests {
         // Restored from the state taken after the first change: the same versions follow.
         let mut restored = ChangeDecoder::new("ref", customers(), 1).unwrap();
         restored.restore_state(state.as_ref()).unwrap();
+        assert_eq!(restored.stream.received_tables(), ["customers"]);
         let mut again = buffers(&restored);
         for l in &changes[1..] {
             restored
