@@ -329,6 +329,7 @@ mod tests {
                     ("gate_open".into(), u64::from(open)),
                     ("gate_buffered".into(), 42),
                 ],
+                warnings: Vec::new(),
             }],
             sources: Vec::new(),
             checkpoints: None,

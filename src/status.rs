@@ -1,7 +1,9 @@
 //! Live status of a running pipeline: its name and run id (random, one per process; the
 //! commands that talk to a running pipeline check the name), per node instance its
 //! watermark, idleness, which input holds its watermark and since when, and record counts;
-//! per source partition its watermark, idleness and last activity. Tasks write it when
+//! per source partition its watermark, idleness and last activity; the warnings a component
+//! reports about itself (a change stream whose configured tables receive nothing while
+//! changes of tables not configured arrive, naming them). Tasks write it when
 //! something changes (atomics, no locks on the per-record path); `/status`, `watershed
 //! explain` and the alert rules read snapshots.
 
@@ -81,6 +83,8 @@ pub struct InstanceStatus {
     /// Counters and gauges the component reports about itself (an enrichment's lookups and
     /// gate, a source's idleness transitions), by name.
     stats: std::sync::Mutex<Vec<(String, u64)>>,
+    /// Conditions the component reports about itself (`Source::warnings`).
+    warnings: Mutex<Vec<String>>,
 }
 
 impl InstanceStatus {
@@ -118,6 +122,7 @@ impl InstanceStatus {
             partitions: Mutex::new(partitions),
             finished: AtomicBool::new(false),
             stats: std::sync::Mutex::new(Vec::new()),
+            warnings: Mutex::new(Vec::new()),
         }
     }
 
@@ -155,6 +160,14 @@ impl InstanceStatus {
         let mut s = self.stats.lock().unwrap_or_else(|e| e.into_inner());
         s.clear();
         s.extend(stats.iter().map(|(k, v)| (k.to_string(), *v)));
+    }
+
+    /// Replaces the component's warnings.
+    pub fn set_warnings(&self, warnings: Vec<String>) {
+        let mut w = self.warnings.lock().unwrap_or_else(|e| e.into_inner());
+        if *w != warnings {
+            *w = warnings;
+        }
     }
 
     pub fn label(&self) -> String {
@@ -224,6 +237,11 @@ impl InstanceStatus {
                 .collect(),
             finished: self.finished.load(Ordering::Relaxed),
             stats: self.stats.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            warnings: self
+                .warnings
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
         }
     }
 }
@@ -352,6 +370,10 @@ pub struct InstanceReport {
     /// The component's own counters and gauges.
     #[serde(default)]
     pub stats: Vec<(String, u64)>,
+    /// Conditions the component reports about itself, e.g. a change stream whose configured
+    /// tables receive nothing while changes of tables not configured arrive.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 impl InstanceReport {

@@ -37,6 +37,30 @@
 //!   0 and, without a `sequence` either, their version is `Version::UNKNOWN` (0, 0); apply
 //!   them only when the key is absent.
 //! - `m` (logical message) events carry no table: `TableId` is empty there.
+//!
+//! # Versions of the other Debezium connectors
+//!
+//! The decoder takes the position each connector gives (whichever fields the `source` block
+//! has, in this order), so that the materializer (`state::versioned`, which compares versions
+//! per key and drops a change not newer than the key's) sees them in log order. Both parts
+//! stay below 2^63 (the `_lsn`/`_ordinal` columns are integers). Per key, log order of the
+//! changes is commit order: a second writer of a row waits for the first to commit.
+//! - MySQL / MariaDB (`file`, `pos`, `row`): binlog files are `<base>.<NNNNNN>`, numbered in
+//!   order; `(file number << 32 | pos, row)`. A record with only a `gtid` has no position.
+//! - SQL Server (`commit_lsn`, `change_lsn`, `event_serial_no`; LSNs are hex
+//!   `vlf:block:slot`, e.g. `0000002b:00000af0:0002`): the change LSN (else, for snapshot
+//!   reads, the commit LSN) as `(vlf << 32 | block, slot << 32 | event_serial_no)`. The
+//!   change LSN alone is used rather than the commit LSN first because both do not fit two
+//!   63-bit integers, and per key it gives the same order.
+//! - Oracle (`scn`, `commit_scn`, decimal strings): `(commit_scn, scn)`; a snapshot read has
+//!   only `scn`: `(scn, scn)`.
+//! - MongoDB (`ord` within the oplog second `ts_ms`): `(ts_ms, ord)`.
+//!
+//! A record with none of these (nor `lsn`/`sequence`) decodes with `Version::UNKNOWN`, and
+//! the change stream (`stream::ArrivalOrder`) gives it the next version in arrival order
+//! within its partition, after every snapshot read seen, with a WARN once per partition;
+//! the counter is part of the source's checkpointed decoder state, so a replay after a
+//! restart hands out the same versions. Incremental-snapshot reads keep `UNKNOWN`.
 
 pub mod debezium;
 pub mod inspect;

@@ -24,14 +24,21 @@
 //! - Tombstones (sent after each delete, which already removed the row), transaction
 //!   metadata, `m` (logical message) events and changes of tables not configured are skipped
 //!   and counted (`watershed_cdc_skipped_records_total`).
+//! - While a configured table has received no change, each new table not configured whose
+//!   changes arrive is a WARN naming it and the silent tables, and `warnings` (shown in
+//!   `/status`) says the same: a schema or table name that does not match is not silent.
+//! - A change without a position (`Version::UNKNOWN`) gets the next version in arrival order
+//!   within its partition (`ArrivalOrder`, after every snapshot read seen; WARN once per
+//!   partition); it is part of the decoder state the transport checkpoints.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, OnceLock};
 
 use compact_str::CompactString;
 
 use crate::cdc::inspect::normalize;
 use crate::cdc::rows::{change_schema, push_change, push_snapshot_end};
-use crate::cdc::{Decoded, Op, SnapshotMarker, TableId};
+use crate::cdc::{Change, Decoded, Op, SnapshotMarker, TableId, Version};
 use crate::dataflow::{PortSpec, ReadBuffers};
 use crate::types::{DataType, Field, Schema, SchemaRef, Value};
 
@@ -99,6 +106,53 @@ pub struct ChangeStream {
     snapshot_ended: Vec<bool>,
     main_consumed: bool,
     skipped: metrics::Counter,
+    node: String,
+    /// Versions handed out in arrival order; see `ArrivalOrder`.
+    arrival: ArrivalOrder,
+    /// Partitions whose records fell back to arrival order (warned once each).
+    warned_arrival: BTreeSet<usize>,
+    /// Per table: has it received a change?
+    received: Vec<bool>,
+    /// Tables not configured whose changes arrived (the first `MAX_SEEN`).
+    seen_unconfigured: BTreeSet<String>,
+}
+
+/// How many tables not configured a stream remembers by name.
+const MAX_SEEN: usize = 32;
+
+/// What orders records that carry no position (no `lsn`, `sequence`, binlog file and
+/// position, `change_lsn`, `scn` or `ord`): the order they arrive in, within a partition.
+/// Part of the stream's checkpointed state, so a restart that replays from the checkpoint
+/// hands out the same versions again.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ArrivalOrder {
+    /// The last version seen or handed out, per partition.
+    pub last: BTreeMap<usize, Version>,
+    /// The highest version of a snapshot read seen: a partition starts after it, so that
+    /// streamed changes order after the snapshot.
+    pub snapshot_high: Version,
+}
+
+impl ArrivalOrder {
+    /// Gives `change` a version if it has none (`Version::UNKNOWN`, except incremental
+    /// snapshot reads, which apply only to absent keys); records the version otherwise.
+    /// True when it gave one.
+    fn order(&mut self, partition: usize, change: &mut Change) -> bool {
+        let last = self.last.entry(partition).or_insert(self.snapshot_high);
+        let given =
+            change.version == Version::UNKNOWN && change.snapshot != SnapshotMarker::Incremental;
+        if given {
+            change.version = Version {
+                commit_lsn: last.commit_lsn,
+                ordinal: last.ordinal + 1,
+            };
+        }
+        *last = (*last).max(change.version);
+        if change.snapshot.is_snapshot() {
+            self.snapshot_high = self.snapshot_high.max(change.version);
+        }
+        given
+    }
 }
 
 impl ChangeStream {
@@ -112,9 +166,14 @@ impl ChangeStream {
             .collect();
         ChangeStream {
             snapshot_ended: vec![false; tables.len()],
+            received: vec![false; tables.len()],
             tables,
             index,
             main_consumed: false,
+            node: node.to_string(),
+            arrival: ArrivalOrder::default(),
+            warned_arrival: BTreeSet::new(),
+            seen_unconfigured: BTreeSet::new(),
             skipped: metrics::counter!(crate::metrics::CDC_SKIPPED_RECORDS, crate::metrics::LABEL_NODE => node.to_string()),
         }
     }
@@ -141,8 +200,27 @@ impl ChangeStream {
         self.main_consumed = consumed.first().copied().unwrap_or(false);
     }
 
-    /// Applies one decoded record, read at processing time `now_ms`.
-    pub fn apply(&mut self, decoded: &Decoded, out: &mut ReadBuffers, now_ms: i64) {
+    /// Applies one decoded record of `partition`, read at processing time `now_ms`.
+    pub fn apply(
+        &mut self,
+        partition: usize,
+        mut decoded: Decoded,
+        out: &mut ReadBuffers,
+        now_ms: i64,
+    ) {
+        if let Decoded::Change(c) = &mut decoded
+            && c.op != Op::Message
+            && self.arrival.order(partition, c)
+            && self.warned_arrival.insert(partition)
+        {
+            tracing::warn!(
+                node = %self.node,
+                partition,
+                table = %c.table,
+                "change records carry no position (lsn, sequence, binlog file and pos, change_lsn, scn or ord): their versions fall back to arrival order within the partition"
+            );
+        }
+        let decoded = &decoded;
         let change = match decoded {
             Decoded::Change(c) if c.op != Op::Message => c,
             Decoded::Heartbeat { ts_ms } => {
@@ -156,8 +234,10 @@ impl ChangeStream {
         };
         let Some(&t) = self.index.get(&change.table) else {
             self.skipped.increment(1);
+            self.saw_unconfigured(&change.table);
             return;
         };
+        self.received[t] = true;
         let at = change.source_ts_ms.unwrap_or(now_ms);
         push_change(&mut out.extra[t], change, at);
         if self.main_consumed {
@@ -194,6 +274,80 @@ impl ChangeStream {
             .filter(|(_, e)| **e)
             .map(|(t, _)| t.port.clone())
             .collect()
+    }
+
+    /// A change of a table not configured: WARN, naming it, when it is new and a configured
+    /// table has received nothing yet (a table name or schema that does not match).
+    fn saw_unconfigured(&mut self, table: &TableId) {
+        if table.table.is_empty() || self.seen_unconfigured.len() >= MAX_SEEN {
+            return;
+        }
+        let name = table.to_string();
+        if self.seen_unconfigured.contains(&name) {
+            return;
+        }
+        self.seen_unconfigured.insert(name);
+        let silent = self.silent_tables();
+        if !silent.is_empty() {
+            tracing::warn!(
+                node = %self.node,
+                seen = %table,
+                waiting = %silent.join(", "),
+                "configured tables have received no change while changes of a table not configured arrive: check the configured schema and table names"
+            );
+        }
+    }
+
+    /// Configured tables that have received no change.
+    fn silent_tables(&self) -> Vec<String> {
+        self.tables
+            .iter()
+            .zip(&self.received)
+            .filter(|(_, r)| !**r)
+            .map(|(t, _)| t.id.to_string())
+            .collect()
+    }
+
+    /// What `/status` shows about this stream: when a configured table has received nothing
+    /// while changes of tables not configured arrived, one line naming both.
+    pub fn warnings(&self) -> Vec<String> {
+        if self.seen_unconfigured.is_empty() || self.received.iter().all(|r| *r) {
+            return Vec::new();
+        }
+        let seen: Vec<&str> = self.seen_unconfigured.iter().map(String::as_str).collect();
+        vec![format!(
+            "configured tables {} have received no change; changes of tables not configured arrived: {}",
+            self.silent_tables().join(", "),
+            seen.join(", ")
+        )]
+    }
+
+    /// The ports of the tables that have received a change: what a restart must remember,
+    /// so that it does not warn about them.
+    pub fn received_tables(&self) -> Vec<String> {
+        self.tables
+            .iter()
+            .zip(&self.received)
+            .filter(|(_, r)| **r)
+            .map(|(t, _)| t.port.clone())
+            .collect()
+    }
+
+    /// Takes up `received_tables` from before a restart.
+    pub fn restore_received_tables(&mut self, ports: &[String]) {
+        for (t, received) in self.tables.iter().zip(self.received.iter_mut()) {
+            *received = ports.contains(&t.port);
+        }
+    }
+
+    /// The arrival order of records without a position: what a restart must remember.
+    pub fn arrival_order(&self) -> &ArrivalOrder {
+        &self.arrival
+    }
+
+    /// Takes up `arrival_order` from before a restart.
+    pub fn restore_arrival_order(&mut self, arrival: ArrivalOrder) {
+        self.arrival = arrival;
     }
 
     /// Takes up `ended_snapshots` from before a restart (tables no longer configured are
@@ -320,7 +474,7 @@ mod tests {
             // A second `last` and the end of the snapshot input end nothing again.
             change("orders", Op::Read, 8, Last, 620),
         ] {
-            stream.apply(&decoded, &mut out, 0);
+            stream.apply(0, decoded, &mut out, 0);
         }
         stream.end_snapshots(&mut out);
 
@@ -367,13 +521,55 @@ mod tests {
         );
     }
 
+    /// Changes of tables not configured (a misspelt schema) were skipped with no word: the
+    /// configured tables stayed empty, the gate opened on them and every lookup missed. The
+    /// stream now says so, naming the tables seen, until every configured table has
+    /// received a change.
+    #[test]
+    fn configured_tables_silent_while_other_tables_arrive_is_a_warning_naming_them() {
+        let mut stream = ChangeStream::new("ref", tables());
+        let mut out = buffers(&tables());
+        assert!(stream.warnings().is_empty());
+        let mut other = change("customers", Op::Create, 1, SnapshotMarker::False, 100);
+        if let Decoded::Change(c) = &mut other {
+            c.table = TableId::new("app", "customers");
+        }
+        stream.apply(0, other.clone(), &mut out, 0);
+        stream.apply(0, other, &mut out, 0);
+        assert_eq!(
+            stream.warnings(),
+            [
+                "configured tables public.customers, public.orders have received no change; \
+              changes of tables not configured arrived: app.customers"
+            ]
+        );
+        stream.apply(
+            0,
+            change("customers", Op::Create, 1, SnapshotMarker::False, 110),
+            &mut out,
+            0,
+        );
+        assert!(stream.warnings()[0].starts_with("configured tables public.orders have"));
+        stream.apply(
+            0,
+            change("orders", Op::Create, 1, SnapshotMarker::False, 120),
+            &mut out,
+            0,
+        );
+        assert!(
+            stream.warnings().is_empty(),
+            "every configured table has data"
+        );
+    }
+
     #[test]
     fn end_of_the_snapshot_input_ends_every_table_once_and_main_is_built_when_read() {
         let mut stream = ChangeStream::new("ref", tables());
         stream.connect_ports(&[true, false, true, true]);
         let mut out = buffers(&tables());
         stream.apply(
-            &change("customers", Op::Read, 1, SnapshotMarker::True, 100),
+            0,
+            change("customers", Op::Read, 1, SnapshotMarker::True, 100),
             &mut out,
             0,
         );
@@ -392,7 +588,7 @@ mod tests {
         if let Decoded::Change(c) = &mut untimed {
             c.source_ts_ms = None;
         }
-        stream.apply(&untimed, &mut out, 777);
+        stream.apply(0, untimed, &mut out, 777);
         assert_eq!(out.extra[1].event_times(), [0, 777]);
         assert_eq!(out.records.len(), 2);
         assert_eq!(out.records.row(0)[0], Value::from("customers"));

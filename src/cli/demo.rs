@@ -220,6 +220,7 @@ mod tests {
             partitions: Vec::new(),
             finished: true,
             stats: stats.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+            warnings: Vec::new(),
         }
     }
 

@@ -126,4 +126,10 @@ pub trait Source: Send {
     fn bootstrap_done(&self) -> bool {
         true
     }
+
+    /// Conditions an operator should see in `/status` (a change stream whose configured
+    /// tables receive nothing while other tables' changes arrive); usually none.
+    fn warnings(&self) -> Vec<String> {
+        Vec::new()
+    }
 }

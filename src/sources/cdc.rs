@@ -10,6 +10,7 @@
 //! `dead_letter` (with the file and line, by the file source), and which partitions are
 //! snapshot files.
 
+use crate::cdc::stream::ArrivalOrder;
 use crate::cdc::{ChangeFormat, ChangeStream, DebeziumDecoder};
 use crate::dataflow::{PortSpec, ReadBuffers};
 use crate::format::DecodeError;
@@ -73,15 +74,19 @@ impl<F: ChangeFormat> LineDecoder for ChangeDecoder<F> {
         self.stream.connect_ports(consumed);
     }
 
+    fn warnings(&self) -> Vec<String> {
+        self.stream.warnings()
+    }
+
     fn decode_line(
         &mut self,
-        _partition: usize,
+        partition: usize,
         line: &[u8],
         out: &mut ReadBuffers,
         now_ms: i64,
     ) -> Result<(), DecodeError> {
         let decoded = self.format.decode(line)?;
-        self.stream.apply(&decoded, out, now_ms);
+        self.stream.apply(partition, decoded, out, now_ms);
         Ok(())
     }
 
@@ -91,10 +96,23 @@ impl<F: ChangeFormat> LineDecoder for ChangeDecoder<F> {
         }
     }
 
-    /// The tables whose snapshot has ended.
+    /// The tables whose snapshot has ended, the tables that have received a change and the
+    /// arrival order of records without a position.
     fn state(&self) -> Option<serde_json::Value> {
         let ended = self.stream.ended_snapshots();
-        (!ended.is_empty()).then(|| serde_json::json!({ "snapshot_ended": ended }))
+        let arrival = self.stream.arrival_order();
+        let mut state = serde_json::Map::new();
+        if !ended.is_empty() {
+            state.insert("snapshot_ended".into(), serde_json::json!(ended));
+        }
+        let received = self.stream.received_tables();
+        if !received.is_empty() {
+            state.insert("received".into(), serde_json::json!(received));
+        }
+        if *arrival != ArrivalOrder::default() {
+            state.insert("arrival_order".into(), serde_json::json!(arrival));
+        }
+        (!state.is_empty()).then_some(serde_json::Value::Object(state))
     }
 
     fn restore_state(&mut self, state: Option<&serde_json::Value>) -> Result<(), String> {
@@ -104,6 +122,18 @@ impl<F: ChangeFormat> LineDecoder for ChangeDecoder<F> {
                 .map_err(|e| format!("the change stream's ended snapshots do not decode: {e}"))?,
         };
         self.stream.restore_ended_snapshots(&ended);
+        let arrival: ArrivalOrder = match state.and_then(|s| s.get("arrival_order")) {
+            None => ArrivalOrder::default(),
+            Some(v) => serde_json::from_value(v.clone())
+                .map_err(|e| format!("the change stream's arrival order does not decode: {e}"))?,
+        };
+        self.stream.restore_arrival_order(arrival);
+        let received: Vec<String> = match state.and_then(|s| s.get("received")) {
+            None => Vec::new(),
+            Some(v) => serde_json::from_value(v.clone())
+                .map_err(|e| format!("the change stream's received tables do not decode: {e}"))?,
+        };
+        self.stream.restore_received_tables(&received);
         Ok(())
     }
 }
@@ -255,5 +285,99 @@ mod tests {
         );
         assert_eq!(row_op(out.extra[0].row(1)), RowOp::SnapshotEnd);
         assert_eq!(out.extra[0].event_time(1), 100);
+    }
+}
+
+#[cfg(test)]
+mod arrival_order_tests {
+    use super::*;
+    use crate::cdc::Version;
+    use crate::cdc::rows::row_version;
+    use crate::dataflow::ReadBuffers;
+    use crate::types::Batch;
+
+    fn customers() -> Vec<CdcTable> {
+        use crate::cdc::{TableConfig, TableId};
+        use crate::types::{DataType, Field, Schema};
+        let schema = std::sync::Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int),
+            Field::new("name", DataType::String),
+        ]));
+        vec![CdcTable {
+            port: "customers".into(),
+            id: TableId::new("public", "customers"),
+            config: TableConfig::new(schema).with_key(&["id"]),
+        }]
+    }
+
+    fn buffers(decoder: &ChangeDecoder) -> ReadBuffers {
+        ReadBuffers {
+            records: Batch::new(main_schema()),
+            dead_letters: Batch::new(crate::dead_letter::schema()),
+            extra: decoder
+                .extra_ports()
+                .into_iter()
+                .map(|p| Batch::new(p.schema))
+                .collect(),
+            progress: None,
+            caught_up: Vec::new(),
+            ready: Vec::new(),
+        }
+    }
+
+    fn line(op: &str, id: i64, name: &str, snapshot: &str) -> String {
+        format!(
+            r#"{{"op":"{op}","before":null,"after":{{"id":{id},"name":"{name}"}},"source":{{"schema":"public","table":"customers","snapshot":"{snapshot}","ts_ms":{id}}}}}"#
+        )
+    }
+
+    /// Records without `source.lsn`/`sequence` all got version (0, 0): every update or delete
+    /// after the snapshot was then dropped as stale. They now get versions in arrival order
+    /// within their partition, after the snapshot's, and a restart from the checkpointed
+    /// decoder state hands out the same versions again.
+    #[test]
+    fn records_without_a_position_are_versioned_in_arrival_order_after_the_snapshot() {
+        let snapshot = [line("r", 1, "a", "first"), line("r", 2, "b", "last")];
+        let changes = [
+            line("u", 1, "a2", "false"),
+            line("u", 2, "b2", "false"),
+            line("u", 1, "a3", "false"),
+        ];
+        let mut decoder = ChangeDecoder::new("ref", customers(), 1).unwrap();
+        let mut out = buffers(&decoder);
+        for l in &snapshot {
+            decoder.decode_line(0, l.as_bytes(), &mut out, 0).unwrap();
+        }
+        decoder.partition_ended(0, &mut out);
+        decoder
+            .decode_line(1, changes[0].as_bytes(), &mut out, 0)
+            .unwrap();
+        let state = decoder.state();
+        for l in &changes[1..] {
+            decoder.decode_line(1, l.as_bytes(), &mut out, 0).unwrap();
+        }
+        let versions: Vec<Version> = out.extra[0]
+            .rows()
+            .map(|(r, _)| row_version(r))
+            .filter(|v| *v != Version::UNKNOWN) // the snapshot end marker
+            .collect();
+        assert_eq!(versions.len(), 5);
+        assert!(
+            versions.windows(2).all(|w| w[0] < w[1]),
+            "arrival order, the snapshot first: {versions:?}"
+        );
+
+        // Restored from the state taken after the first change: the same versions follow.
+        let mut restored = ChangeDecoder::new("ref", customers(), 1).unwrap();
+        restored.restore_state(state.as_ref()).unwrap();
+        assert_eq!(restored.stream.received_tables(), ["customers"]);
+        let mut again = buffers(&restored);
+        for l in &changes[1..] {
+            restored
+                .decode_line(1, l.as_bytes(), &mut again, 0)
+                .unwrap();
+        }
+        let replayed: Vec<Version> = again.extra[0].rows().map(|(r, _)| row_version(r)).collect();
+        assert_eq!(replayed, versions[3..]);
     }
 }

@@ -1,6 +1,7 @@
 //! Integration tests: whole pipelines, driven step by step on a manual clock or run through
 //! the `watershed` binary.
 
+mod cdc_status;
 mod cli;
 mod contract;
 mod crash;

@@ -1,8 +1,9 @@
 //! The top level of a Debezium record, read in one serde pass: the `{key, value}` record,
 //! the JsonConverter `{schema, payload}` wrapper and the envelope (`Top`, `Inner`), with
 //! `before`/`after`/`schema` kept raw; the `source` block (`Source`: table, snapshot marker,
-//! `Version` from `lsn` and `sequence`); keys (`KeyInput`); heartbeats and transaction
-//! metadata (`non_change`); the table named by a topic.
+//! `Version` from each connector's position: Postgres `lsn` and `sequence`, MySQL binlog
+//! file and position, SQL Server LSNs, Oracle SCNs, MongoDB `ord`); keys (`KeyInput`);
+//! heartbeats and transaction metadata (`non_change`); the table named by a topic.
 //!
 //! Owns the record's shape, not the typing of rows (`schema.rs`, `values.rs`) nor the walk
 //! from a record to a `Decoded` (`mod.rs`).
@@ -202,16 +203,41 @@ pub(super) struct Source<'a> {
     pub(super) schema: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     pub(super) table: Option<Cow<'a, str>>,
+    /// The database (MySQL's schema).
+    #[serde(borrow, default)]
+    pub(super) db: Option<Cow<'a, str>>,
     #[serde(borrow, default, deserialize_with = "raw_field")]
     pub(super) snapshot: Option<&'a RawValue>,
     #[serde(borrow, default, deserialize_with = "raw_field")]
     pub(super) sequence: Option<&'a RawValue>,
     #[serde(default)]
     pub(super) lsn: Option<u64>,
-    #[serde(default, rename = "txId")]
-    pub(super) tx_id: Option<i64>,
+    #[serde(borrow, default, deserialize_with = "raw_field", rename = "txId")]
+    tx_id: Option<&'a RawValue>,
     #[serde(default)]
     pub(super) ts_ms: Option<i64>,
+    // MySQL / MariaDB: binlog file, position and row in the event.
+    #[serde(borrow, default)]
+    file: Option<Cow<'a, str>>,
+    #[serde(default)]
+    pos: Option<u64>,
+    #[serde(default)]
+    row: Option<u64>,
+    // SQL Server: `vlf:block:slot` hex LSNs and the serial of an event within a change LSN.
+    #[serde(borrow, default)]
+    commit_lsn: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    change_lsn: Option<Cow<'a, str>>,
+    #[serde(borrow, default, deserialize_with = "raw_field")]
+    event_serial_no: Option<&'a RawValue>,
+    // Oracle: system change numbers, decimal strings.
+    #[serde(borrow, default, deserialize_with = "raw_field")]
+    scn: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "raw_field")]
+    commit_scn: Option<&'a RawValue>,
+    // MongoDB: the event's order within its oplog second (`ts_ms`).
+    #[serde(default)]
+    ord: Option<u64>,
 }
 
 impl Source<'_> {
@@ -232,8 +258,56 @@ impl Source<'_> {
         })
     }
 
-    /// See the `cdc` module docs.
+    /// `txId`: an integer (Postgres), else `None` (Oracle and SQL Server name transactions
+    /// with strings).
+    pub(super) fn tx_id(&self) -> Option<i64> {
+        let raw = self.tx_id?.get();
+        raw.parse().ok().or_else(|| unquote(raw)?.parse().ok())
+    }
+
+    /// The version of the change from the position its connector gives, whichever it is:
+    /// see "Versions" in the `cdc` module docs. `Version::UNKNOWN` when the record carries
+    /// none (the change stream then falls back to arrival order).
     pub(super) fn version(&self) -> Result<Version, DecodeError> {
+        if self.lsn.is_some() || self.sequence.is_some_and(|s| !is_null(s)) {
+            return self.postgres_version();
+        }
+        if let (Some(file), Some(pos)) = (&self.file, self.pos) {
+            return mysql_version(file, pos, self.row.unwrap_or(0));
+        }
+        if let Some(lsn) = self.change_lsn.as_ref().or(self.commit_lsn.as_ref()) {
+            let (high, slot) = sqlserver_lsn(lsn)?;
+            let serial = decimal(self.event_serial_no, "event_serial_no")?.unwrap_or(0);
+            if serial > u64::from(u32::MAX) {
+                return Err(err(format!(
+                    "source.event_serial_no {serial} is out of range"
+                )));
+            }
+            return Ok(Version {
+                commit_lsn: high,
+                ordinal: (slot << 32) | serial,
+            });
+        }
+        let scn = decimal(self.scn, "scn")?;
+        let commit_scn = decimal(self.commit_scn, "commit_scn")?;
+        if let Some(at) = scn.or(commit_scn) {
+            return Ok(Version {
+                commit_lsn: commit_scn.unwrap_or(at),
+                ordinal: at,
+            });
+        }
+        if let (Some(ord), Some(ts_ms)) = (self.ord, self.ts_ms) {
+            return Ok(Version {
+                commit_lsn: u64::try_from(ts_ms)
+                    .map_err(|_| err(format!("source.ts_ms {ts_ms} is negative")))?,
+                ordinal: ord,
+            });
+        }
+        Ok(Version::UNKNOWN)
+    }
+
+    /// Postgres: see the `cdc` module docs.
+    fn postgres_version(&self) -> Result<Version, DecodeError> {
         let (last_commit, current) = match self.sequence {
             Some(raw) if !is_null(raw) => match sequence_fast(raw.get()) {
                 Some(pair) => pair,
@@ -258,6 +332,73 @@ impl Source<'_> {
             _ => Version::UNKNOWN,
         })
     }
+}
+
+/// A non-negative integer below 2^63 given as a number or a decimal string; null is `None`.
+fn decimal(raw: Option<&RawValue>, name: &str) -> Result<Option<u64>, DecodeError> {
+    let Some(raw) = raw.filter(|r| !is_null(r)) else {
+        return Ok(None);
+    };
+    let text = unquote(raw.get()).unwrap_or(Cow::Borrowed(raw.get()));
+    match text.parse::<u64>() {
+        Ok(n) if n <= i64::MAX as u64 => Ok(Some(n)),
+        _ => Err(err(format!(
+            "invalid source.{name} \"{}\"",
+            text.escape_debug()
+        ))),
+    }
+}
+
+/// MySQL: binlog files are `<base>.<NNNNNN>`, in order of their number; a position within
+/// a file is below 2^32 (`max_binlog_size` is at most 1 GiB). Version: (file number << 32 |
+/// position, row within the event).
+fn mysql_version(file: &str, pos: u64, row: u64) -> Result<Version, DecodeError> {
+    let number = file
+        .rsplit_once('.')
+        .and_then(|(_, n)| n.parse::<u64>().ok())
+        .filter(|&n| n < 1 << 31)
+        .ok_or_else(|| {
+            err(format!(
+                "source.file \"{}\" is not a binlog file name (<base>.<number>)",
+                file.escape_debug()
+            ))
+        })?;
+    if pos > u64::from(u32::MAX) {
+        return Err(err(format!("source.pos {pos} is out of range")));
+    }
+    Ok(Version {
+        commit_lsn: (number << 32) | pos,
+        ordinal: row,
+    })
+}
+
+/// A SQL Server LSN, `vlf:block:slot` in hex (`0000002b:00000af0:0002`): (vlf << 32 | block,
+/// slot). The virtual log file's sequence number is a positive 4-byte integer.
+fn sqlserver_lsn(text: &str) -> Result<(u64, u64), DecodeError> {
+    let bad = || {
+        err(format!(
+            "invalid sql server lsn \"{}\"",
+            text.escape_debug()
+        ))
+    };
+    let mut parts = text.split(':');
+    let mut part = |max: u64| -> Result<u64, DecodeError> {
+        let p = parts.next().ok_or_else(bad)?;
+        if p.is_empty() || p.len() > 8 {
+            return Err(bad());
+        }
+        u64::from_str_radix(p, 16)
+            .ok()
+            .filter(|&n| n <= max)
+            .ok_or_else(bad)
+    };
+    let vlf = part(i32::MAX as u64)?;
+    let block = part(u64::from(u32::MAX))?;
+    let slot = part(u64::from(u16::MAX))?;
+    if parts.next().is_some() {
+        return Err(bad());
+    }
+    Ok(((vlf << 32) | block, slot))
 }
 
 /// `source.sequence` read from its raw JSON text (`"[null,\"26413656\"]"`) without
@@ -437,6 +578,93 @@ mod tests {
         );
         assert_eq!(first.version.commit_lsn, 26417712);
         assert!(first.version > snapshot);
+    }
+
+    /// Records of other connectors than Postgres carry no `lsn` or `sequence`: they all got
+    /// version (0, 0), so every update after the first was dropped as stale. Each connector's
+    /// own position now orders them.
+    #[test]
+    fn versions_come_from_each_connectors_position() {
+        let d = DebeziumDecoder::default();
+        let version = |source: &str| {
+            let record = format!(
+                r#"{{"op":"u","after":{{"id":1}},"source":{{"db":"inventory","table":"customers",{source}}}}}"#
+            );
+            change(d.decode(record.as_bytes()).unwrap()).version
+        };
+        let v = |commit_lsn: u64, ordinal: u64| Version {
+            commit_lsn,
+            ordinal,
+        };
+        // MySQL: the real record of the connector's test fixtures, then later positions.
+        if let Some(dir) = crate::cdc::debezium::tests::data_dir("test-fixtures") {
+            let bytes = std::fs::read(dir.join("serde-update.json")).unwrap();
+            let c = change(d.decode(&bytes).unwrap());
+            assert_eq!(c.version, v((3 << 32) | 154, 0));
+        }
+        let mysql = [
+            r#""file":"mysql-bin.000003","pos":154,"row":0"#,
+            r#""file":"mysql-bin.000003","pos":154,"row":1"#,
+            r#""file":"mysql-bin.000003","pos":570,"row":0"#,
+            r#""file":"mysql-bin.000004","pos":4,"row":0"#,
+            r#""file":"mysql-bin.000010","pos":4,"row":0"#,
+        ];
+        // SQL Server: the commit LSN orders a snapshot read (no change LSN), then change LSN
+        // and event serial order changes (hex `vlf:block:slot`).
+        let sqlserver = [
+            r#""commit_lsn":"00000025:00000d98:0001","change_lsn":null"#,
+            r#""commit_lsn":"00000027:00000758:0005","change_lsn":"00000027:00000758:0003","event_serial_no":"1""#,
+            r#""commit_lsn":"00000027:00000758:0005","change_lsn":"00000027:00000758:0003","event_serial_no":2"#,
+            r#""commit_lsn":"00000027:00000a10:0002","change_lsn":"00000027:00000a10:0002","event_serial_no":1"#,
+            r#""commit_lsn":"0000002b:00000af0:0002","change_lsn":"0000002b:00000af0:0002","event_serial_no":1"#,
+        ];
+        // Oracle: a snapshot read has only `scn`; changes `scn` and `commit_scn`.
+        let oracle = [
+            r#""scn":"2122184","commit_scn":null"#,
+            r#""scn":"2122185","commit_scn":"2122187""#,
+            r#""scn":"2122186","commit_scn":"2122187""#,
+            r#""scn":"2122190","commit_scn":"2122200""#,
+        ];
+        // MongoDB: `ord` within the oplog second `ts_ms`.
+        let mongodb = [
+            r#""ts_ms":1558965508000,"ord":1"#,
+            r#""ts_ms":1558965508000,"ord":2"#,
+            r#""ts_ms":1558965509000,"ord":1"#,
+        ];
+        for positions in [&mysql[..], &sqlserver, &oracle, &mongodb] {
+            let versions: Vec<Version> = positions.iter().map(|p| version(p)).collect();
+            assert!(
+                versions.windows(2).all(|w| w[0] < w[1]),
+                "{positions:?}: {versions:?}"
+            );
+            assert!(versions.iter().all(|v| v.commit_lsn <= i64::MAX as u64));
+            assert!(versions.iter().all(|v| *v != Version::UNKNOWN));
+        }
+        assert_eq!(version(mysql[3]), v((4 << 32) | 4, 0));
+        assert_eq!(
+            version(sqlserver[4]),
+            v((0x2b << 32) | 0xaf0, (2 << 32) | 1)
+        );
+        assert_eq!(version(oracle[1]), v(2122187, 2122185));
+        // A GTID alone, or nothing: no position (the change stream falls back to arrival).
+        assert_eq!(
+            version(r#""gtid":"3e11fa47-71ca-11e1-9e33-c80aa9429562:23""#),
+            Version::UNKNOWN
+        );
+        // Positions that cannot be ordered are errors with the reason.
+        let d = DebeziumDecoder::default();
+        for (source, reason) in [
+            (r#""file":"mysql-bin","pos":4"#, "is not a binlog file name"),
+            (r#""change_lsn":"27:758""#, "invalid sql server lsn"),
+            (r#""change_lsn":"ffffffff:0:0""#, "invalid sql server lsn"),
+            (r#""scn":"12x""#, "invalid source.scn"),
+        ] {
+            let record = format!(
+                r#"{{"op":"u","after":{{"id":1}},"source":{{"table":"customers",{source}}}}}"#
+            );
+            let e = d.decode(record.as_bytes()).unwrap_err();
+            assert!(e.reason.contains(reason), "{source}: {}", e.reason);
+        }
     }
 
     #[test]

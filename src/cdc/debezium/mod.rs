@@ -1,4 +1,5 @@
-//! Decodes Debezium (Postgres connector) JSON records into `Decoded` values: typed `Change`s,
+//! Decodes Debezium JSON records (Postgres first; the versions of the MySQL, SQL Server,
+//! Oracle and MongoDB connectors too) into `Decoded` values: typed `Change`s,
 //! tombstones, heartbeats and transaction metadata.
 //!
 //! Accepted inputs, each one JSON document:
@@ -54,6 +55,7 @@ mod tests;
 mod values;
 
 use std::borrow::Cow;
+use std::collections::BTreeSet;
 
 use ahash::AHashMap;
 use compact_str::CompactString;
@@ -76,6 +78,11 @@ pub use crate::cdc::stream::TableConfig;
 #[derive(Debug, Default)]
 pub struct DebeziumDecoder {
     tables: AHashMap<TableId, Table>,
+    /// Configured tables by table name alone, for records without `source.schema` (MySQL
+    /// sends `db` and `table`).
+    by_name: AHashMap<String, Vec<TableId>>,
+    /// Table names already warned about (matched without a schema, or ambiguous).
+    warned: std::sync::Mutex<BTreeSet<String>>,
 }
 
 #[derive(Debug)]
@@ -136,7 +143,59 @@ impl DebeziumDecoder {
                 },
             );
         }
-        Ok(DebeziumDecoder { tables: map })
+        let mut by_name: AHashMap<String, Vec<TableId>> = AHashMap::new();
+        for id in map.keys() {
+            by_name
+                .entry(id.table.clone())
+                .or_default()
+                .push(id.clone());
+        }
+        for ids in by_name.values_mut() {
+            ids.sort();
+        }
+        Ok(DebeziumDecoder {
+            tables: map,
+            by_name,
+            warned: Default::default(),
+        })
+    }
+
+    /// The table of a record whose `source` has no `schema`: the configured table of that
+    /// name when exactly one has it (WARN once), else the name alone (not configured: the
+    /// change stream skips it, counted; WARN once when several schemas have the name).
+    fn table_without_schema(&self, name: &str) -> TableId {
+        let ids = self
+            .by_name
+            .get(name)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let first = {
+            let mut warned = self.warned.lock().unwrap_or_else(|e| e.into_inner());
+            warned.len() < 1000 && warned.insert(name.to_owned())
+        };
+        match ids {
+            [id] => {
+                if first {
+                    tracing::warn!(
+                        table = %name,
+                        configured = %id,
+                        "change records without source.schema: matched to the only configured table of that name"
+                    );
+                }
+                id.clone()
+            }
+            _ => {
+                if first && !ids.is_empty() {
+                    let names: Vec<String> = ids.iter().map(ToString::to_string).collect();
+                    tracing::warn!(
+                        table = %name,
+                        configured = %names.join(", "),
+                        "change records without source.schema match several configured tables: skipped"
+                    );
+                }
+                TableId::new("", name)
+            }
+        }
     }
 
     /// Decodes one record. Bad input is an error with a lowercase reason; never panics.
@@ -169,7 +228,8 @@ impl DebeziumDecoder {
                 let value = parse_top(text.as_bytes())?;
                 self.decode_value(&value, key.as_deref(), topic.as_deref())
             }
-            _ => self.tombstone(key.as_deref(), topic.as_deref()),
+            Some(_) => self.tombstone(key.as_deref(), topic.as_deref()),
+            None => Err(err("record has a key but no value")),
         }
     }
 
@@ -223,9 +283,18 @@ impl DebeziumDecoder {
             .source
             .as_ref()
             .ok_or_else(|| err("envelope has no source block"))?;
-        let table = TableId {
-            schema: source.schema.as_deref().unwrap_or_default().to_owned(),
-            table: source.table.as_deref().unwrap_or_default().to_owned(),
+        let table = match (source.schema.as_deref(), source.table.as_deref()) {
+            (None | Some(""), Some(name)) if !name.is_empty() => {
+                match source.db.as_deref().map(|db| TableId::new(db, name)) {
+                    // MySQL: the database is the schema.
+                    Some(id) if self.tables.contains_key(&id) => id,
+                    _ => self.table_without_schema(name),
+                }
+            }
+            (schema, name) => TableId {
+                schema: schema.unwrap_or_default().to_owned(),
+                table: name.unwrap_or_default().to_owned(),
+            },
         };
         let snapshot = source.snapshot_marker()?;
         let version = source.version()?;
@@ -265,11 +334,36 @@ impl DebeziumDecoder {
         for row in before.iter_mut().chain(after.iter_mut()) {
             row.resize(width, Value::Null);
         }
+        if source.table.is_none() && op != Op::Message {
+            return Err(err(format!("op {op_text}: source.table is null")));
+        }
+        if matches!(op, Op::Create | Op::Update | Op::Read) && after.is_none() {
+            return Err(err(format!("op {op_text} without an after row")));
+        }
+        if let Some(t) = configured {
+            // A row without its primary key would become a null key in the table.
+            let (name, row) = match (&after, &before) {
+                (Some(row), _) => ("after", Some(row)),
+                (None, row) => ("before", row.as_ref()),
+            };
+            if let Some(row) = row
+                && let Some(&i) = t.key_columns.iter().find(|&&i| row[i] == Value::Null)
+            {
+                return Err(err(format!(
+                    "{name} lacks key column `{}` of table {table}",
+                    plan.names[i]
+                )));
+            }
+        }
 
         let key = match key {
             Some(text) => {
                 let parsed = KeyInput::parse(text)?;
-                self.decode_key(&parsed, Some(&plan), configured.is_some())?
+                let key = self.decode_key(&parsed, Some(&plan), configured.is_some())?;
+                if let (Some(t), Some(row)) = (configured, after.as_ref().or(before.as_ref())) {
+                    check_key(&key, t, &plan, row)?;
+                }
+                key
             }
             None => match configured {
                 Some(t) => {
@@ -301,7 +395,7 @@ impl DebeziumDecoder {
             unavailable,
             version,
             snapshot,
-            tx_id: source.tx_id,
+            tx_id: source.tx_id(),
             source_ts_ms: source.ts_ms,
         }))
     }
@@ -333,6 +427,28 @@ impl DebeziumDecoder {
         }
         Ok(out)
     }
+}
+
+/// A record's key must name the same row as the value's key columns: a disagreement would
+/// file the row under the wrong key (or delete the wrong one).
+fn check_key(key: &Key, table: &Table, plan: &Plan, row: &[Value]) -> Result<(), DecodeError> {
+    for &i in &table.key_columns {
+        let name = &plan.names[i];
+        match key.iter().find(|(k, _)| k == name) {
+            Some((_, v)) if *v == row[i] => {}
+            Some(_) => {
+                return Err(err(format!(
+                    "record key `{name}` disagrees with the value's key column `{name}`"
+                )));
+            }
+            None => {
+                return Err(err(format!(
+                    "record key lacks key column `{name}` of the value"
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 impl ChangeFormat for DebeziumDecoder {

@@ -442,3 +442,97 @@ fn config_errors() {
     )]);
     assert!(bad_scale.is_err());
 }
+
+/// `op: c` with `after: null`, an `after` without its key column, a `{key, value}` record
+/// whose key names another row, a record without `value` and `source.table: null` used to
+/// decode into rows of nulls, null keys or the wrong key: each is now an error (a dead letter
+/// with the reason).
+#[test]
+fn records_that_would_become_null_rows_or_wrong_keys_are_dead_letters() {
+    let d = configured();
+    let src = r#""source":{"schema":"public","table":"customers","lsn":7}"#;
+    let cases = [
+        (
+            format!(r#"{{"op":"c","before":null,"after":null,{src}}}"#),
+            "op c without an after row",
+        ),
+        (
+            format!(r#"{{"op":"u","after":null,{src}}}"#),
+            "op u without an after row",
+        ),
+        (
+            format!(r#"{{"op":"c","after":{{"name":"a"}},{src}}}"#),
+            "after lacks key column `id` of table public.customers",
+        ),
+        (
+            format!(r#"{{"op":"c","after":{{"id":null,"name":"a"}},{src}}}"#),
+            "after lacks key column `id`",
+        ),
+        (
+            format!(r#"{{"op":"d","before":{{"name":"a"}},{src}}}"#),
+            "before lacks key column `id`",
+        ),
+        (
+            format!(r#"{{"key":{{"id":2}},"value":{{"op":"c","after":{{"id":1}},{src}}}}}"#),
+            "record key `id` disagrees with the value's key column `id`",
+        ),
+        (
+            format!(r#"{{"key":{{"other":1}},"value":{{"op":"c","after":{{"id":1}},{src}}}}}"#),
+            "record key lacks key column `id` of the value",
+        ),
+        (
+            r#"{"key":{"id":1},"topic":"dbz.public.customers"}"#.to_owned(),
+            "record has a key but no value",
+        ),
+        (
+            r#"{"op":"c","after":{"id":1},"source":{"schema":"public","table":null,"lsn":7}}"#
+                .to_owned(),
+            "op c: source.table is null",
+        ),
+    ];
+    for (input, reason) in &cases {
+        let e = d.decode(input.as_bytes()).unwrap_err();
+        assert!(e.reason.contains(reason), "{input}: {}", e.reason);
+        assert_eq!(e.reason, e.reason.to_lowercase(), "{input}");
+    }
+    // The same records when they are right still decode.
+    let ok = format!(r#"{{"key":{{"id":1}},"value":{{"op":"c","after":{{"id":1}},{src}}}}}"#);
+    assert_eq!(change(d.decode(ok.as_bytes()).unwrap()).key, key_id(1));
+    let tombstone = r#"{"key":{"id":1},"value":null,"topic":"dbz.public.customers"}"#;
+    assert!(matches!(
+        d.decode(tombstone.as_bytes()).unwrap(),
+        Decoded::Tombstone { .. }
+    ));
+}
+
+/// Records without `source.schema` (MySQL sends `db` and `table`) matched no configured
+/// `schema.table`: every row was skipped and the reference table stayed empty. They now
+/// match the configured table of the database, else the only configured table of that name;
+/// with several of that name they stay unmatched (skipped by the change stream, counted).
+#[test]
+fn records_without_source_schema_match_by_database_or_table_name() {
+    let Some(dir) = data_dir("test-fixtures") else {
+        return;
+    };
+    let bytes = std::fs::read(dir.join("serde-update.json")).unwrap();
+    let customers = |schema: &str| {
+        (
+            TableId::new(schema, "customers"),
+            TableConfig::new(customers_schema()).with_key(&["id"]),
+        )
+    };
+    // The only `customers` configured, in another schema: matched by name.
+    let c = change(configured().decode(&bytes).unwrap());
+    assert_eq!(c.table, TableId::new("public", "customers"));
+    assert_eq!(c.key, key_id(1004));
+    assert_eq!(c.after.unwrap()[0], Value::Int(1004));
+    // The record's database configured among others of that name: the database wins.
+    let d = DebeziumDecoder::new([customers("inventory"), customers("public")]).unwrap();
+    let c = change(d.decode(&bytes).unwrap());
+    assert_eq!(c.table, TableId::new("inventory", "customers"));
+    assert_eq!(c.key, key_id(1004));
+    // Two configured tables of that name, neither the database: not matched.
+    let d = DebeziumDecoder::new([customers("a"), customers("b")]).unwrap();
+    let c = change(d.decode(&bytes).unwrap());
+    assert_eq!(c.table, TableId::new("", "customers"));
+}

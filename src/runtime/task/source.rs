@@ -183,6 +183,7 @@ impl SourceDriver {
         emit: &mut impl FnMut(Emit) -> Result<(), RunError>,
     ) -> Result<SourceStep, RunError> {
         let status = self.source.read(&mut self.bufs, self.batch_size, now_ms)?;
+        self.status.set_warnings(self.source.warnings());
         for p in self.bufs.caught_up.drain(..) {
             if p < self.names.len() {
                 self.watermarks.on_caught_up(p, now_ms);

@@ -63,6 +63,11 @@ pub trait LineDecoder: Send {
         let _ = state;
         Ok(())
     }
+
+    /// What the source shows in `/status` (`Source::warnings`); usually nothing.
+    fn warnings(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 impl LineDecoder for JsonDecoder {
@@ -291,6 +296,10 @@ impl<D: LineDecoder> Source for FileSource<D> {
 
     fn connect_ports(&mut self, consumed: &[bool]) {
         self.decoder.connect_ports(consumed);
+    }
+
+    fn warnings(&self) -> Vec<String> {
+        self.decoder.warnings()
     }
 
     fn partitions(&self) -> Vec<String> {
