@@ -521,3 +521,35 @@ fn checkpoints_list_of_a_missing_directory_creates_nothing() {
     assert!(stderr.contains("no checkpoint directory at"), "{stderr}");
     assert!(!dir.path().join("no").exists(), "nothing is created");
 }
+
+#[test]
+fn a_file_listed_twice_or_matched_by_a_glob_is_read_once() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("in.jsonl"),
+        "{\"ts\":1,\"k\":\"a\"}\n{\"ts\":2,\"k\":\"b\"}\n",
+    )
+    .unwrap();
+    let path = dir.path().join("p.yaml");
+    std::fs::write(
+        &path,
+        "sources:\n  s:\n    file:\n      paths: [in.jsonl, ./in.jsonl, \"in*.jsonl\"]\n    \
+         schema: {ts: int, k: string}\n    event_time: {field: ts}\n\
+         sinks:\n  out:\n    input: s\n    file: out.jsonl\n",
+    )
+    .unwrap();
+    let out = watershed()
+        .args(["run", "--metrics-addr", "off"])
+        .arg(&path)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let written = std::fs::read_to_string(dir.path().join("out.jsonl")).unwrap();
+    assert_eq!(written.lines().count(), 2, "{written}");
+    assert!(
+        stderr.contains("sources.s.file.paths: `") && stderr.contains("it is read once"),
+        "{stderr}"
+    );
+}

@@ -103,6 +103,7 @@ impl FileConfig {
             cx.base_dir,
             &cx.location,
         );
+        let paths = read_once(cx, paths);
         let schema = schema?;
         let event_time = match cx.event_time_field {
             Some(ef) => {
@@ -240,6 +241,8 @@ impl FileConfig {
                 )
             })
             .collect();
+        let snapshot = read_once(cx, snapshot);
+        let changes = read_once_after(cx, &snapshot, changes);
         let snapshot_files = snapshot.len();
         let mut paths = snapshot;
         paths.extend(changes);
@@ -284,7 +287,7 @@ impl FileConfig {
         list: &[S<String>],
         base: &Path,
         block_at: &serde_saphyr::Location,
-    ) -> Vec<PathBuf> {
+    ) -> Vec<Listed> {
         let field = format!("{block}.{what}");
         let mut out = Vec::new();
         if list.is_empty() && what == "paths" && self.snapshot.is_empty() {
@@ -302,7 +305,11 @@ impl FileConfig {
                         format!("no such file `{}`", joined.display()),
                     );
                 }
-                out.push(joined);
+                out.push(Listed {
+                    path: joined,
+                    at: p.referenced,
+                    what: what.to_string(),
+                });
                 continue;
             }
             match glob::glob(&pattern) {
@@ -316,7 +323,11 @@ impl FileConfig {
                             format!("no file matches `{pattern}`"),
                         );
                     }
-                    out.extend(found);
+                    out.extend(found.into_iter().map(|path| Listed {
+                        path,
+                        at: p.referenced,
+                        what: what.to_string(),
+                    }));
                 }
                 Err(e) => issues.at(
                     &p.referenced,
@@ -327,4 +338,56 @@ impl FileConfig {
         }
         out
     }
+}
+
+/// A file as listed (or matched by a glob): where in the pipeline file, and in which list.
+struct Listed {
+    path: PathBuf,
+    at: serde_saphyr::Location,
+    what: String,
+}
+
+/// The listed files, each once: a file listed twice, matched by two globs, or reached
+/// through another path (`./a.jsonl`, a symbolic link) would otherwise be read twice. The
+/// first listing wins; each later one is a warning.
+fn read_once(cx: &mut SourceContext<'_>, listed: Vec<Listed>) -> Vec<PathBuf> {
+    read_once_after(cx, &[], listed)
+}
+
+/// `read_once`, also dropping files already in `before` (an earlier list of the block).
+fn read_once_after(
+    cx: &mut SourceContext<'_>,
+    before: &[PathBuf],
+    listed: Vec<Listed>,
+) -> Vec<PathBuf> {
+    let mut seen: Vec<(PathBuf, PathBuf)> = before
+        .iter()
+        .map(|p| (same_file_key(p), p.clone()))
+        .collect();
+    let mut out = Vec::new();
+    for l in listed {
+        let key = same_file_key(&l.path);
+        if let Some((_, first)) = seen.iter().find(|(k, _)| *k == key) {
+            let message = if *first == l.path {
+                format!("`{}` is listed twice; it is read once", l.path.display())
+            } else {
+                format!(
+                    "`{}` is the same file as `{}`; it is read once",
+                    l.path.display(),
+                    first.display()
+                )
+            };
+            cx.warn(&l.at, &l.what, message);
+            continue;
+        }
+        seen.push((key, l.path.clone()));
+        out.push(l.path);
+    }
+    out
+}
+
+/// What identifies a listed file: its canonical path, or (a followed file that does not
+/// exist yet) its path without `.` components.
+fn same_file_key(path: &Path) -> PathBuf {
+    std::fs::canonicalize(path).unwrap_or_else(|_| path.components().collect())
 }
