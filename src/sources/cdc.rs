@@ -182,6 +182,7 @@ mod tests {
                 base_dir: None,
                 sequential: true,
                 paced_from: 0,
+                max_line_bytes: crate::sources::file::DEFAULT_MAX_LINE_BYTES,
             },
             decoder,
         );
@@ -235,6 +236,7 @@ mod tests {
                 base_dir: None,
                 sequential: true,
                 paced_from: 1,
+                max_line_bytes: crate::sources::file::DEFAULT_MAX_LINE_BYTES,
             },
             decoder,
         );

@@ -16,7 +16,7 @@ use crate::dataflow::Source;
 use crate::format::json::{EventTimeSource, JsonDecoder};
 use crate::runtime::plan::SourceFactory;
 use crate::sources::cdc::{ChangeDecoder, main_schema};
-use crate::sources::file::{FileSource, FileSourceSpec};
+use crate::sources::file::{DEFAULT_MAX_LINE_BYTES, FileSource, FileSourceSpec};
 use crate::types::DataType;
 
 #[derive(Debug, Deserialize)]
@@ -39,6 +39,20 @@ pub struct FileConfig {
     /// possible.
     pub rate: Option<S<f64>>,
     pub poll_interval: Option<S<String>>,
+    /// The longest line (bytes, without its newline) read whole; a longer one goes to
+    /// `dead_letter` with its length and its first KiB. Default 4 MiB.
+    pub max_line_bytes: Option<S<u64>>,
+}
+
+/// Bounds of `max_line_bytes`: a line must be able to hold a record, and a buffer of the
+/// maximum must fit in memory.
+const MAX_LINE_BYTES_RANGE: std::ops::RangeInclusive<u64> = 64..=(1 << 30);
+
+/// How the files are read, whatever their format.
+struct Reading {
+    rate: Option<f64>,
+    poll_interval: Duration,
+    max_line_bytes: usize,
 }
 
 const FORMATS: &str = "`json` or `debezium`";
@@ -71,22 +85,43 @@ impl SourceConfig for FileConfig {
             .rate
             .as_ref()
             .and_then(|r| cx.issues.positive(r, &format!("{}.rate", cx.field)));
+        let max_line_bytes = match &self.max_line_bytes {
+            None => DEFAULT_MAX_LINE_BYTES,
+            Some(m) if MAX_LINE_BYTES_RANGE.contains(&m.value) => m.value as usize,
+            Some(m) => {
+                cx.issue(
+                    &m.referenced,
+                    "max_line_bytes",
+                    format!(
+                        "must be from {} to {} (bytes)",
+                        MAX_LINE_BYTES_RANGE.start(),
+                        MAX_LINE_BYTES_RANGE.end()
+                    ),
+                );
+                DEFAULT_MAX_LINE_BYTES
+            }
+        };
+        let reading = Reading {
+            rate,
+            poll_interval,
+            max_line_bytes,
+        };
         if debezium {
-            self.change_stream(cx, rate, poll_interval)
+            self.change_stream(cx, reading)
         } else {
-            self.rows(cx, rate, poll_interval)
+            self.rows(cx, reading)
         }
     }
 }
 
 impl FileConfig {
     /// JSON lines of the source's `schema`, one partition per file.
-    fn rows(
-        &self,
-        cx: &mut SourceContext<'_>,
-        rate: Option<f64>,
-        poll_interval: Duration,
-    ) -> Option<BuiltSource> {
+    fn rows(&self, cx: &mut SourceContext<'_>, reading: Reading) -> Option<BuiltSource> {
+        let Reading {
+            rate,
+            poll_interval,
+            max_line_bytes,
+        } = reading;
         if let Some(first) = self.snapshot.first() {
             cx.issue(
                 &first.referenced,
@@ -165,6 +200,7 @@ impl FileConfig {
                     base_dir: Some(base.clone()),
                     sequential: false,
                     paced_from: 0,
+                    max_line_bytes,
                 },
                 decoder,
             )) as Box<dyn Source>)
@@ -181,12 +217,12 @@ impl FileConfig {
 
     /// Debezium records of the source's `tables`: snapshot files, then change files, as one
     /// log read by one instance.
-    fn change_stream(
-        &self,
-        cx: &mut SourceContext<'_>,
-        rate: Option<f64>,
-        poll_interval: Duration,
-    ) -> Option<BuiltSource> {
+    fn change_stream(&self, cx: &mut SourceContext<'_>, reading: Reading) -> Option<BuiltSource> {
+        let Reading {
+            rate,
+            poll_interval,
+            max_line_bytes,
+        } = reading;
         if let Some(f) = cx.event_time_field {
             let field = format!("{}.event_time.field", cx.field_prefix());
             cx.issues.at(
@@ -264,6 +300,7 @@ impl FileConfig {
                     base_dir: Some(base.clone()),
                     sequential: true,
                     paced_from: snapshot_files,
+                    max_line_bytes,
                 },
                 decoder,
             )) as Box<dyn Source>)

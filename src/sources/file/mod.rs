@@ -7,7 +7,7 @@
 //! (`JsonDecoder`) or change rows of several tables (`sources::cdc::ChangeDecoder`).
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Seek, SeekFrom};
+use std::io::{self, BufRead, BufReader, Seek, SeekFrom};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -101,6 +101,22 @@ pub struct FileSourceSpec {
     /// Partitions before this index are read without the `rate` limit (a change stream's
     /// snapshot files).
     pub paced_from: usize,
+    /// The longest line read whole; a longer one goes to `dead_letter` with its length and
+    /// its first `LONG_LINE_KEPT` bytes, and is skipped without being held in memory.
+    pub max_line_bytes: usize,
+}
+
+/// `max_line_bytes` unless configured: 4 MiB.
+pub const DEFAULT_MAX_LINE_BYTES: usize = 4 * 1024 * 1024;
+
+/// How much of a line longer than `max_line_bytes` its dead letter keeps (at most
+/// `max_line_bytes`).
+pub const LONG_LINE_KEPT: usize = 1024;
+
+/// A line longer than `max_line_bytes` being skipped: its length so far and its first bytes.
+struct LongLine {
+    len: u64,
+    head: Vec<u8>,
 }
 
 struct Partition {
@@ -109,8 +125,12 @@ struct Partition {
     reader: Option<BufReader<File>>,
     offset: u64,
     line: u64,
-    /// Bytes of a line whose newline has not arrived yet (follow mode).
+    /// Bytes of a line whose newline has not arrived yet (follow mode), at most
+    /// `max_line_bytes` and its newline.
     partial: Vec<u8>,
+    /// A line longer than `max_line_bytes` being skipped; `offset` stays at its start until
+    /// its newline is found.
+    long: Option<LongLine>,
     ended: bool,
 }
 
@@ -136,7 +156,6 @@ pub struct FileSource<D = JsonDecoder> {
     partitions: Vec<Partition>,
     decoder: D,
     next: usize,
-    line_buf: Vec<u8>,
     started_at_ms: Option<i64>,
     emitted: u64,
     /// Bootstrapping: read only the unpaced snapshot partitions (those before `paced_from`).
@@ -161,6 +180,7 @@ impl<D: LineDecoder> FileSource<D> {
                 offset: 0,
                 line: 0,
                 partial: Vec::new(),
+                long: None,
                 ended: false,
             })
             .collect();
@@ -170,7 +190,6 @@ impl<D: LineDecoder> FileSource<D> {
             partitions,
             decoder,
             next: 0,
-            line_buf: Vec::with_capacity(4096),
             started_at_ms: None,
             emitted: 0,
             bootstrap: false,
@@ -225,30 +244,59 @@ impl<D: LineDecoder> FileSource<D> {
         Self::open(p)?;
         let reader = p.reader.as_mut().expect("opened");
         let mut lines = 0;
+        let limit = self.spec.max_line_bytes.max(1);
         while lines < max {
-            self.line_buf.clear();
-            let n = reader
-                .read_until(b'\n', &mut self.line_buf)
-                .map_err(|e| RunError::io(format!("cannot read {}", p.path.display()), e))?;
-            if n == 0 {
+            let read_err = |e| RunError::io(format!("cannot read {}", p.path.display()), e);
+            if let Some(long) = &mut p.long {
+                let (n, newline) = skip_line(reader).map_err(read_err)?;
+                long.len += n as u64;
+                if !newline && follows {
+                    // The rest of the line has not arrived yet.
+                    return Ok((lines, true));
+                }
+                let long = p.long.take().expect("skipping");
+                let record_offset = p.offset;
+                p.offset = p.offset.saturating_add(long.len);
+                p.line = p.line.saturating_add(1);
+                lines += 1;
+                let position = format!("{}:{} (byte {})", p.label, p.line, record_offset);
+                let reason = format!(
+                    "line of {} bytes is longer than max_line_bytes ({limit}); its first {} \
+                     bytes are kept",
+                    long.len,
+                    long.head.len()
+                );
+                dead_letter::push(
+                    &mut out.dead_letters,
+                    &self.node,
+                    &p.label,
+                    &position,
+                    &reason,
+                    &long.head,
+                    now_ms,
+                );
+                continue;
+            }
+            let newline = read_bounded(reader, &mut p.partial, limit).map_err(read_err)?;
+            if !newline && p.partial.len() > limit {
+                // Too long to hold: keep its head and skip to its newline.
+                p.long = Some(LongLine {
+                    len: p.partial.len() as u64,
+                    head: p.partial[..LONG_LINE_KEPT.min(limit)].to_vec(),
+                });
+                p.partial.clear();
+                continue;
+            }
+            if !newline && (p.partial.is_empty() || follows) {
+                // The end of the file, or (followed) a line whose newline has not arrived
+                // yet: kept for later.
                 return Ok((lines, true));
             }
-            let complete = self.line_buf.last() == Some(&b'\n');
-            if !complete && follows {
-                // The writer has not finished this line yet: keep it for later.
-                p.partial.extend_from_slice(&self.line_buf);
-                return Ok((lines, true));
-            }
+            // A whole line, or the last one of a file that is not followed.
             let record_offset = p.offset;
             // Saturating: a restored position is not trusted to be one a run reached.
-            p.offset = p.offset.saturating_add((p.partial.len() + n) as u64);
-            let line: &[u8] = if p.partial.is_empty() {
-                &self.line_buf
-            } else {
-                p.partial.extend_from_slice(&self.line_buf);
-                &p.partial
-            };
-            let mut body = line;
+            p.offset = p.offset.saturating_add(p.partial.len() as u64);
+            let mut body: &[u8] = &p.partial;
             while let Some((&last, rest)) = body.split_last() {
                 if last == b'\n' || last == b'\r' {
                     body = rest;
@@ -258,11 +306,9 @@ impl<D: LineDecoder> FileSource<D> {
             }
             p.line = p.line.saturating_add(1);
             lines += 1;
-            if body.iter().all(|b| b.is_ascii_whitespace()) {
-                p.partial.clear();
-                continue;
-            }
-            if let Err(e) = self.decoder.decode_line(i, body, out, now_ms) {
+            if !body.iter().all(|b| b.is_ascii_whitespace())
+                && let Err(e) = self.decoder.decode_line(i, body, out, now_ms)
+            {
                 let position = format!("{}:{} (byte {})", p.label, p.line, record_offset);
                 dead_letter::push(
                     &mut out.dead_letters,
@@ -277,6 +323,56 @@ impl<D: LineDecoder> FileSource<D> {
             p.partial.clear();
         }
         Ok((lines, false))
+    }
+}
+
+/// Appends to `buf` up to and including the next newline, stopping once `buf` holds more
+/// than `limit` bytes or at the end of the file. Returns whether the newline was reached.
+fn read_bounded(r: &mut impl BufRead, buf: &mut Vec<u8>, limit: usize) -> io::Result<bool> {
+    loop {
+        let avail = match r.fill_buf() {
+            Ok(a) => a,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if avail.is_empty() {
+            return Ok(false);
+        }
+        let room = (limit + 1).saturating_sub(buf.len()).max(1);
+        let take = avail.len().min(room);
+        if let Some(i) = avail[..take].iter().position(|&b| b == b'\n') {
+            buf.extend_from_slice(&avail[..=i]);
+            r.consume(i + 1);
+            return Ok(true);
+        }
+        buf.extend_from_slice(&avail[..take]);
+        r.consume(take);
+        if buf.len() > limit {
+            return Ok(false);
+        }
+    }
+}
+
+/// Skips to just after the next newline or to the end of the file, holding nothing. Returns
+/// the bytes skipped and whether the newline was reached.
+fn skip_line(r: &mut impl BufRead) -> io::Result<(usize, bool)> {
+    let mut total = 0;
+    loop {
+        let avail = match r.fill_buf() {
+            Ok(a) => a,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if avail.is_empty() {
+            return Ok((total, false));
+        }
+        if let Some(i) = avail.iter().position(|&b| b == b'\n') {
+            r.consume(i + 1);
+            return Ok((total + i + 1, true));
+        }
+        let n = avail.len();
+        r.consume(n);
+        total += n;
     }
 }
 
@@ -404,6 +500,7 @@ impl<D: LineDecoder> Source for FileSource<D> {
             p.line = line;
             p.reader = None;
             p.partial.clear();
+            p.long = None;
             p.ended = false;
         }
         self.decoder
@@ -436,6 +533,7 @@ mod tests {
                 base_dir: None,
                 sequential: false,
                 paced_from: 0,
+                max_line_bytes: DEFAULT_MAX_LINE_BYTES,
             },
             decoder,
         )
@@ -578,5 +676,73 @@ mod tests {
         ));
         s.read(&mut out, 1000, 1000).unwrap();
         assert_eq!(out.records.len(), 11);
+    }
+
+    #[test]
+    fn a_line_longer_than_max_line_bytes_goes_to_dead_letter_truncated_with_its_length() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.jsonl");
+        let long = "x".repeat(10_000);
+        std::fs::write(
+            &path,
+            format!("{{\"k\":\"a\",\"ts\":1}}\n{long}\n{{\"k\":\"b\",\"ts\":2}}\n{long}"),
+        )
+        .unwrap();
+        let mut s = source(vec![path], false);
+        s.spec.max_line_bytes = 100;
+        let mut out = buffers(&s);
+        s.read(&mut out, 100, 0).unwrap();
+        assert_eq!(out.records.len(), 2);
+        assert_eq!(out.records.row(1)[0], Value::from("b"));
+        // The long line in the middle, and the unterminated last one.
+        assert_eq!(out.dead_letters.len(), 2);
+        let dl = out.dead_letters.row(0);
+        assert!(dl[2].as_str().unwrap().ends_with("a.jsonl:2 (byte 17)"));
+        let reason = dl[3].as_str().unwrap();
+        assert!(reason.contains("line of 10001 bytes"), "{reason}");
+        assert!(reason.contains("max_line_bytes (100)"), "{reason}");
+        assert_eq!(dl[4].as_str().unwrap(), &long[..100]);
+        let last = out.dead_letters.row(1)[3].as_str().unwrap().to_string();
+        assert!(last.contains("line of 10000 bytes"), "{last}");
+        // Never held whole.
+        assert!(s.partitions[0].partial.capacity() < 1000);
+        let at: FilePosition = s.positions()[0].position.decode().unwrap();
+        assert_eq!((at.offset, at.line), (17 + 10_001 + 17 + 10_000, 4));
+    }
+
+    #[test]
+    fn a_followed_long_line_is_skipped_as_it_arrives_and_restarts_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.jsonl");
+        let mut f = std::fs::File::create(&path).unwrap();
+        write!(f, "{}", "y".repeat(500)).unwrap();
+        f.flush().unwrap();
+        let mut s = source(vec![path.clone()], true);
+        s.spec.max_line_bytes = 100;
+        let mut out = buffers(&s);
+        assert!(matches!(
+            s.read(&mut out, 100, 0).unwrap(),
+            ReadStatus::Pending { .. }
+        ));
+        assert_eq!(out.dead_letters.len(), 0);
+        // A checkpoint now resumes at the long line's start.
+        let mid = s.positions();
+        assert_eq!(mid[0].position.decode::<FilePosition>().unwrap().offset, 0);
+        writeln!(f, "{}\n{{\"k\":\"c\",\"ts\":3}}", "y".repeat(500)).unwrap();
+        f.flush().unwrap();
+        s.read(&mut out, 100, 60).unwrap();
+        assert_eq!(out.dead_letters.len(), 1);
+        let reason = out.dead_letters.row(0)[3].as_str().unwrap().to_string();
+        assert!(reason.contains("line of 1001 bytes"), "{reason}");
+        assert_eq!(out.records.len(), 1);
+        // Restored mid-line: the same dead letter, then the record.
+        let mut again = source(vec![path], true);
+        again.spec.max_line_bytes = 100;
+        again.seek(&mid).unwrap();
+        let mut out2 = buffers(&again);
+        again.read(&mut out2, 100, 0).unwrap();
+        assert_eq!(out2.dead_letters.len(), 1);
+        assert_eq!(out2.records.len(), 1);
+        assert_eq!(again.positions(), s.positions());
     }
 }
