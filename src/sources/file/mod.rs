@@ -8,7 +8,8 @@
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Seek, SeekFrom};
-use std::path::PathBuf;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::dataflow::PortSpec;
@@ -131,22 +132,119 @@ struct Partition {
     /// A line longer than `max_line_bytes` being skipped; `offset` stays at its start until
     /// its newline is found.
     long: Option<LongLine>,
+    /// The file being read (once open).
+    id: Option<FileIdentity>,
+    /// The file a restored position was in, to be found when the partition opens.
+    expect: Option<FileIdentity>,
+    /// The last read reached the end of the file.
+    idle: bool,
+    /// The file was rotated: read it to its end, then the new file at the path.
+    draining: bool,
     ended: bool,
 }
 
 /// Where a file partition is: the byte offset of the next line and the lines before it,
 /// and what the line decoder remembers (a change stream's ended snapshots), if anything.
+///
+/// Version 2 adds the identity of the file the offset is in; a version 1 position (no
+/// identity) applies to whatever file is at the path.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FilePosition {
     pub offset: u64,
     pub line: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decoder: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<FileIdentity>,
 }
 
 impl ConnectorPosition for FilePosition {
     const KIND: &'static str = "file";
-    const VERSION: u32 = 1;
+    const VERSION: u32 = 2;
+}
+
+/// Which file a position is in, whatever its name: device and inode, and a fingerprint of
+/// its first bytes (up to `FINGERPRINT_BYTES`), so an inode reused by a new file after the
+/// old one was deleted is not taken for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FileIdentity {
+    pub dev: u64,
+    pub inode: u64,
+    /// How many of the first bytes the fingerprint covers (fewer in a short file).
+    pub head_len: u64,
+    /// CRC-32 of those bytes.
+    pub head_crc: u32,
+}
+
+/// What became of a partition's file since it was last read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FileChange {
+    Same,
+    Rotated,
+    Truncated,
+}
+
+/// How many first bytes of a file its fingerprint covers once it has them.
+pub const FINGERPRINT_BYTES: u64 = 256;
+
+/// The identity of an open file.
+fn identify(f: &File) -> io::Result<FileIdentity> {
+    let meta = f.metadata()?;
+    let head_len = meta.len().min(FINGERPRINT_BYTES);
+    let head_crc = head_crc(f, head_len)?.unwrap_or(0);
+    Ok(FileIdentity {
+        dev: meta.dev(),
+        inode: meta.ino(),
+        head_len,
+        head_crc,
+    })
+}
+
+/// CRC-32 of the first `len` bytes of `f`, or `None` if it has fewer.
+fn head_crc(f: &File, len: u64) -> io::Result<Option<u32>> {
+    let mut head = vec![0u8; len.min(FINGERPRINT_BYTES) as usize];
+    let mut got = 0;
+    while got < head.len() {
+        match f.read_at(&mut head[got..], got as u64) {
+            Ok(0) => return Ok(None),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Some(crc32fast::hash(&head)))
+}
+
+/// Whether open file `f` is the file `id` names (an unreadable file is not).
+fn is_file(id: &FileIdentity, f: &File) -> bool {
+    let Ok(meta) = f.metadata() else {
+        return false;
+    };
+    (meta.dev(), meta.ino()) == (id.dev, id.inode)
+        && matches!(head_crc(f, id.head_len), Ok(Some(crc)) if crc == id.head_crc)
+}
+
+/// A file named `id` in the directory of `path` under another name (rotated), opened.
+fn find_rotated(path: &Path, id: &FileIdentity) -> Option<(PathBuf, File)> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let Ok(meta) = entry.metadata() else {
+            continue;
+        };
+        if !meta.is_file() || (meta.dev(), meta.ino()) != (id.dev, id.inode) {
+            continue;
+        }
+        let candidate = entry.path();
+        if let Ok(f) = File::open(&candidate)
+            && is_file(id, &f)
+        {
+            return Some((candidate, f));
+        }
+    }
+    None
 }
 
 /// A file source instance.
@@ -181,6 +279,10 @@ impl<D: LineDecoder> FileSource<D> {
                 line: 0,
                 partial: Vec::new(),
                 long: None,
+                id: None,
+                expect: None,
+                idle: false,
+                draining: false,
                 ended: false,
             })
             .collect();
@@ -196,17 +298,145 @@ impl<D: LineDecoder> FileSource<D> {
         }
     }
 
-    fn open(p: &mut Partition) -> Result<(), RunError> {
-        if p.reader.is_none() {
-            let mut f = File::open(&p.path)
-                .map_err(|e| RunError::io(format!("cannot open {}", p.path.display()), e))?;
-            if p.offset > 0 {
-                f.seek(SeekFrom::Start(p.offset))
-                    .map_err(|e| RunError::io(format!("cannot seek {}", p.path.display()), e))?;
-            }
-            p.reader = Some(BufReader::with_capacity(256 * 1024, f));
+    /// Opens partition `p`'s file at its offset if it is not open: the file at its path,
+    /// unless a restored position names another file (by identity). Then a file with that
+    /// identity under another name in the same directory (rotated) is read to its end first;
+    /// if there is none, the file at the path is read from its start. A file shorter than
+    /// the offset (truncated) is read from its start.
+    fn open(node: &str, p: &mut Partition) -> Result<(), RunError> {
+        if p.reader.is_some() {
+            return Ok(());
         }
+        let cannot = |what: &str, path: &Path, e| {
+            RunError::io(format!("cannot {what} {}", path.display()), e)
+        };
+        let at_path = File::open(&p.path);
+        let (mut f, id) = match (p.expect.take(), at_path) {
+            (None, at_path) => {
+                let f = at_path.map_err(|e| cannot("open", &p.path, e))?;
+                let id = identify(&f).map_err(|e| cannot("read", &p.path, e))?;
+                (f, id)
+            }
+            (Some(want), Ok(f)) if is_file(&want, &f) => (f, want),
+            (Some(want), at_path) => match find_rotated(&p.path, &want) {
+                Some((rotated, f)) => {
+                    tracing::warn!(source = node, file = %p.path.display(), rotated = %rotated.display(),
+                        "the checkpoint's file was rotated: reading it to its end, then the new file");
+                    (f, want)
+                }
+                None => {
+                    let f = at_path.map_err(|e| cannot("open", &p.path, e))?;
+                    let id = identify(&f).map_err(|e| cannot("read", &p.path, e))?;
+                    tracing::warn!(source = node, file = %p.path.display(),
+                        "not the file the checkpoint read (replaced or rotated away): reading it from the start");
+                    p.offset = 0;
+                    p.line = 0;
+                    (f, id)
+                }
+            },
+        };
+        let size = f.metadata().map_err(|e| cannot("read", &p.path, e))?.len();
+        if size < p.offset {
+            tracing::warn!(source = node, file = %p.path.display(), offset = p.offset, size,
+                "the file is shorter than the checkpoint's offset (truncated): reading it from the start");
+            p.offset = 0;
+            p.line = 0;
+        }
+        if p.offset > 0 {
+            f.seek(SeekFrom::Start(p.offset))
+                .map_err(|e| cannot("seek", &p.path, e))?;
+        }
+        p.id = Some(id);
+        p.reader = Some(BufReader::with_capacity(256 * 1024, f));
         Ok(())
+    }
+
+    /// Whether the file at partition `i`'s path is still the one being read: `Rotated`
+    /// (another file is at the path), `Truncated` (shorter than what was read, or its first
+    /// bytes changed) or `Same`. Nothing at the path (between a rename and the new file) is
+    /// `Same`: the open file is read on.
+    fn check_file(&mut self, i: usize) -> FileChange {
+        let p = &mut self.partitions[i];
+        let (Some(id), Some(reader)) = (p.id, p.reader.as_ref()) else {
+            return FileChange::Same;
+        };
+        let Ok(meta) = std::fs::metadata(&p.path) else {
+            return FileChange::Same;
+        };
+        if (meta.dev(), meta.ino()) != (id.dev, id.inode) {
+            return FileChange::Rotated;
+        }
+        let read_to = p
+            .offset
+            .saturating_add(p.partial.len() as u64)
+            .saturating_add(p.long.as_ref().map_or(0, |l| l.len));
+        if meta.len() < read_to || !is_file(&id, reader.get_ref()) {
+            return FileChange::Truncated;
+        }
+        if id.head_len < FINGERPRINT_BYTES.min(meta.len()) {
+            // The fingerprint covers more of the file as it grows.
+            p.id = identify(reader.get_ref()).ok().or(p.id);
+        }
+        FileChange::Same
+    }
+
+    /// Partition `i` reads the file at its path from its start.
+    fn restart(&mut self, i: usize) {
+        let p = &mut self.partitions[i];
+        p.reader = None;
+        p.id = None;
+        p.expect = None;
+        p.offset = 0;
+        p.line = 0;
+        p.partial.clear();
+        p.long = None;
+        p.draining = false;
+        p.idle = false;
+    }
+
+    /// Reads partition `i`, first (after it was found at its end) making sure its file is
+    /// still the one at its path: a truncated file is read again from its start; a rotated
+    /// one is read to its end, unterminated last line included, then the new file from its
+    /// start.
+    fn read_file(
+        &mut self,
+        i: usize,
+        out: &mut ReadBuffers,
+        max: usize,
+        now_ms: i64,
+    ) -> Result<(usize, bool), RunError> {
+        let follows = self.follows(i);
+        if follows && self.partitions[i].idle && !self.partitions[i].draining {
+            match self.check_file(i) {
+                FileChange::Same => {}
+                FileChange::Rotated => {
+                    tracing::info!(source = %self.node, file = %self.partitions[i].path.display(),
+                        "file rotated: reading the old file to its end, then the new one");
+                    self.partitions[i].draining = true;
+                }
+                FileChange::Truncated => {
+                    tracing::warn!(source = %self.node, file = %self.partitions[i].path.display(),
+                        "file truncated or rewritten: reading it from the start");
+                    self.restart(i);
+                }
+            }
+        }
+        let draining = self.partitions[i].draining;
+        let (mut lines, mut at_end) =
+            self.read_partition(i, out, max, now_ms, follows && !draining)?;
+        self.partitions[i].idle = at_end;
+        // A file not followed ends here, unless it was a restored position's rotated file.
+        let switch = at_end && (draining || !follows && self.check_file(i) == FileChange::Rotated);
+        if switch {
+            self.restart(i);
+            if lines == 0 {
+                (lines, at_end) = self.read_partition(i, out, max, now_ms, follows)?;
+                self.partitions[i].idle = at_end;
+            } else {
+                at_end = false;
+            }
+        }
+        Ok((lines, at_end))
     }
 
     /// Whether partition `i` is tailed at its end: every file in follow mode, or only the
@@ -238,10 +468,10 @@ impl<D: LineDecoder> FileSource<D> {
         out: &mut ReadBuffers,
         max: usize,
         now_ms: i64,
+        follows: bool,
     ) -> Result<(usize, bool), RunError> {
-        let follows = self.follows(i);
         let p = &mut self.partitions[i];
-        Self::open(p)?;
+        Self::open(&self.node, p)?;
         let reader = p.reader.as_mut().expect("opened");
         let mut lines = 0;
         let limit = self.spec.max_line_bytes.max(1);
@@ -421,7 +651,7 @@ impl<D: LineDecoder> Source for FileSource<D> {
                     Err(retry_at_ms) => return Ok(ReadStatus::Pending { retry_at_ms }),
                 }
             };
-            let (lines, at_end) = self.read_partition(i, out, max, now_ms)?;
+            let (lines, at_end) = self.read_file(i, out, max, now_ms)?;
             if lines > 0 {
                 if i >= self.spec.paced_from {
                     self.emitted += lines as u64;
@@ -474,6 +704,7 @@ impl<D: LineDecoder> Source for FileSource<D> {
                     offset: p.offset,
                     line: p.line,
                     decoder: decoder.clone(),
+                    file: p.id.or(p.expect),
                 }),
             })
             .collect()
@@ -485,19 +716,23 @@ impl<D: LineDecoder> Source for FileSource<D> {
             let found = positions
                 .iter()
                 .find(|sp| sp.source == self.node && sp.partition == p.label);
-            let (offset, line) = match found {
+            let (offset, line, file) = match found {
                 Some(sp) => {
                     let at = sp
                         .position
                         .decode::<FilePosition>()
                         .map_err(|e| RunError::restore(self.node.clone(), e))?;
                     decoder = decoder.or(at.decoder);
-                    (at.offset, at.line)
+                    (at.offset, at.line, at.file)
                 }
-                None => (0, 0),
+                None => (0, 0, None),
             };
             p.offset = offset;
             p.line = line;
+            p.id = None;
+            p.expect = file;
+            p.idle = false;
+            p.draining = false;
             p.reader = None;
             p.partial.clear();
             p.long = None;
@@ -613,6 +848,7 @@ mod tests {
             offset: 17,
             line: 1,
             decoder: None,
+            file: None,
         });
         again.seek(&first).unwrap();
         let mut out2 = buffers(&again);
@@ -744,5 +980,133 @@ mod tests {
         assert_eq!(out2.dead_letters.len(), 1);
         assert_eq!(out2.records.len(), 1);
         assert_eq!(again.positions(), s.positions());
+    }
+
+    fn line(k: &str, ts: i64) -> String {
+        format!("{{\"k\":\"{k}\",\"ts\":{ts}}}\n")
+    }
+
+    /// Keys of the records read until the source has nothing more now.
+    fn read_keys(s: &mut FileSource, now_ms: i64) -> Vec<String> {
+        let mut out = buffers(s);
+        while let ReadStatus::Data { .. } = s.read(&mut out, 100, now_ms).unwrap() {}
+        (0..out.records.len())
+            .map(|r| out.records.row(r)[0].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    fn append(path: &Path, text: &str) {
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(path)
+            .unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+    }
+
+    #[test]
+    fn a_followed_file_rotated_is_read_to_its_end_then_the_new_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.jsonl");
+        append(&path, &line("a", 1));
+        let mut s = source(vec![path.clone()], true);
+        assert_eq!(read_keys(&mut s, 0), ["a"]);
+        // Written before the rotation but not read yet, then an unterminated last line.
+        append(&path, &(line("b", 2) + "{\"k\":\"c\",\"ts\":3}"));
+        std::fs::rename(&path, dir.path().join("a.jsonl.1")).unwrap();
+        append(&path, &line("d", 4));
+        assert_eq!(read_keys(&mut s, 10), ["b", "c", "d"]);
+        append(&path, &line("e", 5));
+        assert_eq!(read_keys(&mut s, 20), ["e"]);
+        let at: FilePosition = s.positions()[0].position.decode().unwrap();
+        assert_eq!(at.line, 2);
+        let new = std::fs::metadata(&path).unwrap();
+        assert_eq!(at.file.unwrap().inode, new.ino());
+    }
+
+    #[test]
+    fn a_followed_file_truncated_or_rewritten_is_read_from_its_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.jsonl");
+        append(&path, &(line("a", 1) + &line("b", 2)));
+        let mut s = source(vec![path.clone()], true);
+        assert_eq!(read_keys(&mut s, 0), ["a", "b"]);
+        // Truncated (same inode) and rewritten shorter.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap()
+            .write_all(line("c", 3).as_bytes())
+            .unwrap();
+        assert_eq!(read_keys(&mut s, 10), ["c"]);
+        // Rewritten in place, longer than what was read: the first bytes differ.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap()
+            .write_all((line("x", 9) + &line("y", 9)).as_bytes())
+            .unwrap();
+        assert_eq!(read_keys(&mut s, 20), ["x", "y"]);
+        let at: FilePosition = s.positions()[0].position.decode().unwrap();
+        assert_eq!(at.line, 2);
+    }
+
+    #[test]
+    fn a_restored_position_finishes_the_rotated_file_then_reads_the_new_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.jsonl");
+        append(&path, &line("a", 1));
+        let mut s = source(vec![path.clone()], true);
+        assert_eq!(read_keys(&mut s, 0), ["a"]);
+        let checkpoint = s.positions();
+        append(&path, &line("b", 2));
+        std::fs::rename(&path, dir.path().join("a.jsonl.1")).unwrap();
+        append(&path, &line("c", 3));
+        let mut again = source(vec![path.clone()], true);
+        again.seek(&checkpoint).unwrap();
+        assert_eq!(read_keys(&mut again, 0), ["b", "c"]);
+    }
+
+    #[test]
+    fn a_restored_position_whose_file_is_gone_reads_the_new_file_from_its_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.jsonl");
+        append(&path, &(line("a", 1) + &line("b", 2)));
+        let mut s = source(vec![path.clone()], false);
+        assert_eq!(read_keys(&mut s, 0), ["a", "b"]);
+        let checkpoint = s.positions();
+        std::fs::remove_file(&path).unwrap();
+        // Perhaps under the same inode: the fingerprint tells them apart.
+        append(&path, &(line("c", 3) + &line("d", 4) + &line("e", 5)));
+        let mut again = source(vec![path.clone()], false);
+        again.seek(&checkpoint).unwrap();
+        assert_eq!(read_keys(&mut again, 0), ["c", "d", "e"]);
+    }
+
+    #[test]
+    fn a_version_1_position_applies_to_the_file_at_the_path_unless_it_is_shorter() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.jsonl");
+        append(&path, &(line("a", 1) + &line("b", 2)));
+        let label = path.display().to_string();
+        let v1 = |offset: u64| {
+            let text = format!(r#"{{"kind":"file","offset":{offset},"line":1}}"#);
+            vec![SourcePosition {
+                source: "src".into(),
+                partition: label.clone(),
+                position: serde_json::from_str(&text).unwrap(),
+            }]
+        };
+        let mut s = source(vec![path.clone()], false);
+        s.seek(&v1(17)).unwrap();
+        assert_eq!(read_keys(&mut s, 0), ["b"]);
+        let at: FilePosition = s.positions()[0].position.decode().unwrap();
+        assert_eq!(at.file.unwrap().head_len, 34);
+        // An offset past the end: the file was truncated, read from its start.
+        let mut s = source(vec![path], false);
+        s.seek(&v1(1000)).unwrap();
+        assert_eq!(read_keys(&mut s, 0), ["a", "b"]);
     }
 }
