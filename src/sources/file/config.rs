@@ -2,6 +2,8 @@
 //! pacing and tailing, and the format of their lines — `json` (rows of the source's
 //! `schema`, each file its own partition) or `debezium` (a change stream of the source's
 //! `tables`: the snapshot files, then the change files, read in order as one log).
+//! Each file is read once however often it is listed or matched (compared by canonical
+//! path; a repeat is a warning), and `max_line_bytes` bounds the line held in memory.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

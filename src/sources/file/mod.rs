@@ -5,6 +5,27 @@
 //!
 //! What a line becomes is the `LineDecoder`'s business: typed rows of one schema
 //! (`JsonDecoder`) or change rows of several tables (`sources::cdc::ChangeDecoder`).
+//!
+//! Progress: a partition's position is the byte offset of its next line, its line number
+//! and the identity of the file the offset is in (`FileIdentity`: device, inode and a CRC
+//! of the first 256 bytes, so a reused inode is told apart). A restart seeks there; a replay
+//! reads the same lines again.
+//!
+//! Files change under a reader; a partition follows its path:
+//! - rotated (another file now at the path, the old one renamed): the old file is read to
+//!   its end, its unterminated last line included, then the new one from its start;
+//! - truncated or rewritten (shorter than what was read, or its first bytes changed): read
+//!   again from its start, with a WARN;
+//! - on restore, a position whose file is no longer at the path: a file with its identity
+//!   in the same directory (rotated) is read to its end first; if there is none, the file at
+//!   the path is read from its start, with a WARN. A version 1 position (no identity) applies
+//!   to the file at the path, from its start if that is shorter than the offset.
+//!
+//! Followed files are checked when a read finds them at their end and the next read begins,
+//! so lines written to a rotated file after the new one was first read are not seen.
+//!
+//! A line longer than `max_line_bytes` is never held whole: its first KiB is kept, the rest
+//! skipped to the newline, and it goes to `dead_letter` with its length.
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Seek, SeekFrom};
