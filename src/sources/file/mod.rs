@@ -1130,4 +1130,38 @@ mod tests {
         s.seek(&v1(1000)).unwrap();
         assert_eq!(read_keys(&mut s, 0), ["a", "b"]);
     }
+
+    #[test]
+    fn a_restored_identity_of_no_file_reads_the_file_from_its_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.jsonl");
+        append(&path, &(line("a", 1) + &line("b", 2)));
+        let meta = std::fs::metadata(&path).unwrap();
+        let mut s = source(vec![path.clone()], false);
+        let mut positions = s.positions();
+        // Bytes from disk: the right inode with an impossible fingerprint, or no such file.
+        for file in [
+            FileIdentity {
+                dev: meta.dev(),
+                inode: meta.ino(),
+                head_len: u64::MAX,
+                head_crc: 0,
+            },
+            FileIdentity {
+                dev: u64::MAX,
+                inode: 0,
+                head_len: 0,
+                head_crc: 0,
+            },
+        ] {
+            positions[0].position = Position::of(&FilePosition {
+                offset: 17,
+                line: 1,
+                decoder: None,
+                file: Some(file),
+            });
+            s.seek(&positions).unwrap();
+            assert_eq!(read_keys(&mut s, 0), ["a", "b"]);
+        }
+    }
 }
