@@ -725,6 +725,7 @@ mod tests {
                         offset: 100 * epoch,
                         line: epoch,
                         decoder: None,
+                        file: None,
                     }),
                 }],
                 max_event_times: vec![Some(1_000 * epoch as i64)],

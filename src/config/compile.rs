@@ -377,6 +377,8 @@ pub fn compile(
                     schema_used: false,
                     tables_used: false,
                     event_time_field: et.and_then(|e| e.field.as_ref()),
+                    pipeline: path,
+                    warnings: &mut warnings,
                 };
                 let built = block.build(&mut cx);
                 let unused = [

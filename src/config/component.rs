@@ -61,6 +61,10 @@ pub struct SourceContext<'a> {
     pub(crate) tables_used: bool,
     /// `event_time.field`.
     pub event_time_field: Option<&'a S<String>>,
+    /// The pipeline file, to place warnings.
+    pub pipeline: &'a Path,
+    /// Warnings: settings that work but are probably not what was meant.
+    pub warnings: &'a mut Vec<String>,
 }
 
 impl SourceContext<'_> {
@@ -115,6 +119,16 @@ impl SourceContext<'_> {
     /// Reports a problem with the block's field `sub` (e.g. `rate`) at `at`.
     pub fn issue(&mut self, at: &Location, sub: &str, message: impl Into<String>) {
         self.issues.in_block(at, &self.field, sub, message);
+    }
+
+    /// Warns about the block's field `sub` at `at` (the pipeline still runs).
+    pub fn warn(&mut self, at: &Location, sub: &str, message: impl std::fmt::Display) {
+        self.warnings.push(format!(
+            "{}:{}: {}.{sub}: {message}",
+            self.pipeline.display(),
+            at.line(),
+            self.field
+        ));
     }
 }
 

@@ -212,6 +212,7 @@ mod tests {
                 base_dir: None,
                 sequential: true,
                 paced_from: 0,
+                max_line_bytes: crate::sources::file::DEFAULT_MAX_LINE_BYTES,
             },
             decoder,
         );
@@ -265,6 +266,7 @@ mod tests {
                 base_dir: None,
                 sequential: true,
                 paced_from: 1,
+                max_line_bytes: crate::sources::file::DEFAULT_MAX_LINE_BYTES,
             },
             decoder,
         );

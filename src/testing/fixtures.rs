@@ -102,6 +102,7 @@ impl FileJsonFixture {
                 base_dir: Some(dir.to_path_buf()),
                 sequential: false,
                 paced_from: 0,
+                max_line_bytes: crate::sources::file::DEFAULT_MAX_LINE_BYTES,
             },
             JsonDecoder::new(Self::schema(), EventTimeSource::Field(0)),
         ))
@@ -412,6 +413,7 @@ impl CdcFileFixture {
                 base_dir: Some(dir.to_path_buf()),
                 sequential: true,
                 paced_from: 1,
+                max_line_bytes: crate::sources::file::DEFAULT_MAX_LINE_BYTES,
             },
             decoder,
         ))

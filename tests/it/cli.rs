@@ -553,3 +553,118 @@ fn checkpoints_list_of_a_missing_directory_creates_nothing() {
     assert!(stderr.contains("no checkpoint directory at"), "{stderr}");
     assert!(!dir.path().join("no").exists(), "nothing is created");
 }
+
+#[test]
+fn a_file_listed_twice_or_matched_by_a_glob_is_read_once() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("in.jsonl"),
+        "{\"ts\":1,\"k\":\"a\"}\n{\"ts\":2,\"k\":\"b\"}\n",
+    )
+    .unwrap();
+    let path = dir.path().join("p.yaml");
+    std::fs::write(
+        &path,
+        "sources:\n  s:\n    file:\n      paths: [in.jsonl, ./in.jsonl, \"in*.jsonl\"]\n    \
+         schema: {ts: int, k: string}\n    event_time: {field: ts}\n\
+         sinks:\n  out:\n    input: s\n    file: out.jsonl\n",
+    )
+    .unwrap();
+    let out = watershed()
+        .args(["run", "--metrics-addr", "off"])
+        .arg(&path)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let written = std::fs::read_to_string(dir.path().join("out.jsonl")).unwrap();
+    assert_eq!(written.lines().count(), 2, "{written}");
+    assert!(
+        stderr.contains("sources.s.file.paths: `") && stderr.contains("it is read once"),
+        "{stderr}"
+    );
+}
+
+/// Lines of a running pipeline's standard output, as they come.
+fn stdout_lines(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let _ = tx.send(line.unwrap_or_default());
+        }
+    });
+    rx
+}
+
+/// Waits (bounded) until the lines seen include every one of `keys`; returns every line.
+fn wait_for_keys(
+    rx: &std::sync::mpsc::Receiver<String>,
+    seen: &mut Vec<String>,
+    keys: &[&str],
+    child: &mut std::process::Child,
+) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let has = |seen: &[String], k: &str| {
+        let needle = format!("\"k\":\"{k}\"");
+        seen.iter().any(|l| l.contains(&needle))
+    };
+    while !keys.iter().all(|k| has(seen, k)) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => seen.push(line),
+            Err(_) => {
+                child.kill().unwrap();
+                panic!("no {keys:?} in the output: {seen:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_followed_file_rotated_while_running_is_read_to_its_end_then_the_new_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(&input, "{\"ts\":1,\"k\":\"a\"}\n").unwrap();
+    let path = dir.path().join("p.yaml");
+    std::fs::write(
+        &path,
+        "checkpoint: {interval: 100ms}\nsources:\n  s:\n    file: {paths: [in.jsonl], follow: true, \
+         poll_interval: 10ms}\n    schema: {ts: int, k: string}\n    event_time: {field: ts}\n\
+         sinks:\n  out: {input: s, stdout: true}\n",
+    )
+    .unwrap();
+    let mut child = watershed()
+        .args(["run", "--metrics-addr", "off"])
+        .arg(&path)
+        .current_dir(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let rx = stdout_lines(&mut child);
+    let mut seen = Vec::new();
+    wait_for_keys(&rx, &mut seen, &["a"], &mut child);
+    // The writer adds a line, rotates the file away and starts a new one.
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&input)
+        .unwrap();
+    std::io::Write::write_all(&mut f, b"{\"ts\":2,\"k\":\"b\"}\n").unwrap();
+    drop(f);
+    std::fs::rename(&input, dir.path().join("in.jsonl.1")).unwrap();
+    std::fs::write(&input, "{\"ts\":3,\"k\":\"c\"}\n").unwrap();
+    wait_for_keys(&rx, &mut seen, &["b", "c"], &mut child);
+    // Truncated and rewritten: read from its start.
+    std::fs::write(&input, "{\"ts\":4,\"k\":\"d\"}\n").unwrap();
+    wait_for_keys(&rx, &mut seen, &["d"], &mut child);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let keys: Vec<&str> = seen
+        .iter()
+        .filter_map(|l| l.split("\"k\":\"").nth(1))
+        .filter_map(|rest| rest.split('"').next())
+        .collect();
+    assert_eq!(keys, ["a", "b", "c", "d"], "{seen:?}");
+}

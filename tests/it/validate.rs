@@ -66,6 +66,14 @@ fn file_source_settings() {
 }
 
 #[test]
+fn max_line_bytes_is_bounded() {
+    expect(
+        &format!("sources:\n  f:\n    file: {{paths: [in.jsonl], max_line_bytes: 3}}\n{ROWS}"),
+        &["field `sources.f.file.max_line_bytes`: must be from 64 to 1073741824 (bytes)"],
+    );
+}
+
+#[test]
 fn change_stream_settings() {
     expect(
         "sources:\n  c:\n    file: {format: debezium, snapshot: [in.jsonl]}\n    tables:\n      t: {key: [x], columns: {id: int}}\n    schema: {id: int}\n",

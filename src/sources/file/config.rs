@@ -2,6 +2,8 @@
 //! pacing and tailing, and the format of their lines — `json` (rows of the source's
 //! `schema`, each file its own partition) or `debezium` (a change stream of the source's
 //! `tables`: the snapshot files, then the change files, read in order as one log).
+//! Each file is read once however often it is listed or matched (compared by canonical
+//! path; a repeat is a warning), and `max_line_bytes` bounds the line held in memory.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -16,7 +18,7 @@ use crate::dataflow::Source;
 use crate::format::json::{EventTimeSource, JsonDecoder};
 use crate::runtime::plan::SourceFactory;
 use crate::sources::cdc::{ChangeDecoder, main_schema};
-use crate::sources::file::{FileSource, FileSourceSpec};
+use crate::sources::file::{DEFAULT_MAX_LINE_BYTES, FileSource, FileSourceSpec};
 use crate::types::DataType;
 
 #[derive(Debug, Deserialize)]
@@ -39,6 +41,20 @@ pub struct FileConfig {
     /// possible.
     pub rate: Option<S<f64>>,
     pub poll_interval: Option<S<String>>,
+    /// The longest line (bytes, without its newline) read whole; a longer one goes to
+    /// `dead_letter` with its length and its first KiB. Default 4 MiB.
+    pub max_line_bytes: Option<S<u64>>,
+}
+
+/// Bounds of `max_line_bytes`: a line must be able to hold a record, and a buffer of the
+/// maximum must fit in memory.
+const MAX_LINE_BYTES_RANGE: std::ops::RangeInclusive<u64> = 64..=(1 << 30);
+
+/// How the files are read, whatever their format.
+struct Reading {
+    rate: Option<f64>,
+    poll_interval: Duration,
+    max_line_bytes: usize,
 }
 
 const FORMATS: &str = "`json` or `debezium`";
@@ -71,22 +87,43 @@ impl SourceConfig for FileConfig {
             .rate
             .as_ref()
             .and_then(|r| cx.issues.positive(r, &format!("{}.rate", cx.field)));
+        let max_line_bytes = match &self.max_line_bytes {
+            None => DEFAULT_MAX_LINE_BYTES,
+            Some(m) if MAX_LINE_BYTES_RANGE.contains(&m.value) => m.value as usize,
+            Some(m) => {
+                cx.issue(
+                    &m.referenced,
+                    "max_line_bytes",
+                    format!(
+                        "must be from {} to {} (bytes)",
+                        MAX_LINE_BYTES_RANGE.start(),
+                        MAX_LINE_BYTES_RANGE.end()
+                    ),
+                );
+                DEFAULT_MAX_LINE_BYTES
+            }
+        };
+        let reading = Reading {
+            rate,
+            poll_interval,
+            max_line_bytes,
+        };
         if debezium {
-            self.change_stream(cx, rate, poll_interval)
+            self.change_stream(cx, reading)
         } else {
-            self.rows(cx, rate, poll_interval)
+            self.rows(cx, reading)
         }
     }
 }
 
 impl FileConfig {
     /// JSON lines of the source's `schema`, one partition per file.
-    fn rows(
-        &self,
-        cx: &mut SourceContext<'_>,
-        rate: Option<f64>,
-        poll_interval: Duration,
-    ) -> Option<BuiltSource> {
+    fn rows(&self, cx: &mut SourceContext<'_>, reading: Reading) -> Option<BuiltSource> {
+        let Reading {
+            rate,
+            poll_interval,
+            max_line_bytes,
+        } = reading;
         if let Some(first) = self.snapshot.first() {
             cx.issue(
                 &first.referenced,
@@ -103,6 +140,7 @@ impl FileConfig {
             cx.base_dir,
             &cx.location,
         );
+        let paths = read_once(cx, paths);
         let schema = schema?;
         let event_time = match cx.event_time_field {
             Some(ef) => {
@@ -164,6 +202,7 @@ impl FileConfig {
                     base_dir: Some(base.clone()),
                     sequential: false,
                     paced_from: 0,
+                    max_line_bytes,
                 },
                 decoder,
             )) as Box<dyn Source>)
@@ -180,12 +219,12 @@ impl FileConfig {
 
     /// Debezium records of the source's `tables`: snapshot files, then change files, as one
     /// log read by one instance.
-    fn change_stream(
-        &self,
-        cx: &mut SourceContext<'_>,
-        rate: Option<f64>,
-        poll_interval: Duration,
-    ) -> Option<BuiltSource> {
+    fn change_stream(&self, cx: &mut SourceContext<'_>, reading: Reading) -> Option<BuiltSource> {
+        let Reading {
+            rate,
+            poll_interval,
+            max_line_bytes,
+        } = reading;
         if let Some(f) = cx.event_time_field {
             let field = format!("{}.event_time.field", cx.field_prefix());
             cx.issues.at(
@@ -240,6 +279,8 @@ impl FileConfig {
                 )
             })
             .collect();
+        let snapshot = read_once(cx, snapshot);
+        let changes = read_once_after(cx, &snapshot, changes);
         let snapshot_files = snapshot.len();
         let mut paths = snapshot;
         paths.extend(changes);
@@ -261,6 +302,7 @@ impl FileConfig {
                     base_dir: Some(base.clone()),
                     sequential: true,
                     paced_from: snapshot_files,
+                    max_line_bytes,
                 },
                 decoder,
             )) as Box<dyn Source>)
@@ -284,7 +326,7 @@ impl FileConfig {
         list: &[S<String>],
         base: &Path,
         block_at: &serde_saphyr::Location,
-    ) -> Vec<PathBuf> {
+    ) -> Vec<Listed> {
         let field = format!("{block}.{what}");
         let mut out = Vec::new();
         if list.is_empty() && what == "paths" && self.snapshot.is_empty() {
@@ -302,7 +344,11 @@ impl FileConfig {
                         format!("no such file `{}`", joined.display()),
                     );
                 }
-                out.push(joined);
+                out.push(Listed {
+                    path: joined,
+                    at: p.referenced,
+                    what: what.to_string(),
+                });
                 continue;
             }
             match glob::glob(&pattern) {
@@ -316,7 +362,11 @@ impl FileConfig {
                             format!("no file matches `{pattern}`"),
                         );
                     }
-                    out.extend(found);
+                    out.extend(found.into_iter().map(|path| Listed {
+                        path,
+                        at: p.referenced,
+                        what: what.to_string(),
+                    }));
                 }
                 Err(e) => issues.at(
                     &p.referenced,
@@ -327,4 +377,56 @@ impl FileConfig {
         }
         out
     }
+}
+
+/// A file as listed (or matched by a glob): where in the pipeline file, and in which list.
+struct Listed {
+    path: PathBuf,
+    at: serde_saphyr::Location,
+    what: String,
+}
+
+/// The listed files, each once: a file listed twice, matched by two globs, or reached
+/// through another path (`./a.jsonl`, a symbolic link) would otherwise be read twice. The
+/// first listing wins; each later one is a warning.
+fn read_once(cx: &mut SourceContext<'_>, listed: Vec<Listed>) -> Vec<PathBuf> {
+    read_once_after(cx, &[], listed)
+}
+
+/// `read_once`, also dropping files already in `before` (an earlier list of the block).
+fn read_once_after(
+    cx: &mut SourceContext<'_>,
+    before: &[PathBuf],
+    listed: Vec<Listed>,
+) -> Vec<PathBuf> {
+    let mut seen: Vec<(PathBuf, PathBuf)> = before
+        .iter()
+        .map(|p| (same_file_key(p), p.clone()))
+        .collect();
+    let mut out = Vec::new();
+    for l in listed {
+        let key = same_file_key(&l.path);
+        if let Some((_, first)) = seen.iter().find(|(k, _)| *k == key) {
+            let message = if *first == l.path {
+                format!("`{}` is listed twice; it is read once", l.path.display())
+            } else {
+                format!(
+                    "`{}` is the same file as `{}`; it is read once",
+                    l.path.display(),
+                    first.display()
+                )
+            };
+            cx.warn(&l.at, &l.what, message);
+            continue;
+        }
+        seen.push((key, l.path.clone()));
+        out.push(l.path);
+    }
+    out
+}
+
+/// What identifies a listed file: its canonical path, or (a followed file that does not
+/// exist yet) its path without `.` components.
+fn same_file_key(path: &Path) -> PathBuf {
+    std::fs::canonicalize(path).unwrap_or_else(|_| path.components().collect())
 }

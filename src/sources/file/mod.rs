@@ -5,10 +5,32 @@
 //!
 //! What a line becomes is the `LineDecoder`'s business: typed rows of one schema
 //! (`JsonDecoder`) or change rows of several tables (`sources::cdc::ChangeDecoder`).
+//!
+//! Progress: a partition's position is the byte offset of its next line, its line number
+//! and the identity of the file the offset is in (`FileIdentity`: device, inode and a CRC
+//! of the first 256 bytes, so a reused inode is told apart). A restart seeks there; a replay
+//! reads the same lines again.
+//!
+//! Files change under a reader; a partition follows its path:
+//! - rotated (another file now at the path, the old one renamed): the old file is read to
+//!   its end, its unterminated last line included, then the new one from its start;
+//! - truncated or rewritten (shorter than what was read, or its first bytes changed): read
+//!   again from its start, with a WARN;
+//! - on restore, a position whose file is no longer at the path: a file with its identity
+//!   in the same directory (rotated) is read to its end first; if there is none, the file at
+//!   the path is read from its start, with a WARN. A version 1 position (no identity) applies
+//!   to the file at the path, from its start if that is shorter than the offset.
+//!
+//! Followed files are checked when a read finds them at their end and the next read begins,
+//! so lines written to a rotated file after the new one was first read are not seen.
+//!
+//! A line longer than `max_line_bytes` is never held whole: its first KiB is kept, the rest
+//! skipped to the newline, and it goes to `dead_letter` with its length.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Seek, SeekFrom};
-use std::path::PathBuf;
+use std::io::{self, BufRead, BufReader, Seek, SeekFrom};
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::dataflow::PortSpec;
@@ -106,6 +128,22 @@ pub struct FileSourceSpec {
     /// Partitions before this index are read without the `rate` limit (a change stream's
     /// snapshot files).
     pub paced_from: usize,
+    /// The longest line read whole; a longer one goes to `dead_letter` with its length and
+    /// its first `LONG_LINE_KEPT` bytes, and is skipped without being held in memory.
+    pub max_line_bytes: usize,
+}
+
+/// `max_line_bytes` unless configured: 4 MiB.
+pub const DEFAULT_MAX_LINE_BYTES: usize = 4 * 1024 * 1024;
+
+/// How much of a line longer than `max_line_bytes` its dead letter keeps (at most
+/// `max_line_bytes`).
+pub const LONG_LINE_KEPT: usize = 1024;
+
+/// A line longer than `max_line_bytes` being skipped: its length so far and its first bytes.
+struct LongLine {
+    len: u64,
+    head: Vec<u8>,
 }
 
 struct Partition {
@@ -114,24 +152,125 @@ struct Partition {
     reader: Option<BufReader<File>>,
     offset: u64,
     line: u64,
-    /// Bytes of a line whose newline has not arrived yet (follow mode).
+    /// Bytes of a line whose newline has not arrived yet (follow mode), at most
+    /// `max_line_bytes` and its newline.
     partial: Vec<u8>,
+    /// A line longer than `max_line_bytes` being skipped; `offset` stays at its start until
+    /// its newline is found.
+    long: Option<LongLine>,
+    /// The file being read (once open).
+    id: Option<FileIdentity>,
+    /// The file a restored position was in, to be found when the partition opens.
+    expect: Option<FileIdentity>,
+    /// The last read reached the end of the file.
+    idle: bool,
+    /// The file was rotated: read it to its end, then the new file at the path.
+    draining: bool,
     ended: bool,
 }
 
 /// Where a file partition is: the byte offset of the next line and the lines before it,
 /// and what the line decoder remembers (a change stream's ended snapshots), if anything.
+///
+/// Version 2 adds the identity of the file the offset is in; a version 1 position (no
+/// identity) applies to whatever file is at the path.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct FilePosition {
     pub offset: u64,
     pub line: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub decoder: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<FileIdentity>,
 }
 
 impl ConnectorPosition for FilePosition {
     const KIND: &'static str = "file";
-    const VERSION: u32 = 1;
+    const VERSION: u32 = 2;
+}
+
+/// Which file a position is in, whatever its name: device and inode, and a fingerprint of
+/// its first bytes (up to `FINGERPRINT_BYTES`), so an inode reused by a new file after the
+/// old one was deleted is not taken for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FileIdentity {
+    pub dev: u64,
+    pub inode: u64,
+    /// How many of the first bytes the fingerprint covers (fewer in a short file).
+    pub head_len: u64,
+    /// CRC-32 of those bytes.
+    pub head_crc: u32,
+}
+
+/// What became of a partition's file since it was last read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FileChange {
+    Same,
+    Rotated,
+    Truncated,
+}
+
+/// How many first bytes of a file its fingerprint covers once it has them.
+pub const FINGERPRINT_BYTES: u64 = 256;
+
+/// The identity of an open file.
+fn identify(f: &File) -> io::Result<FileIdentity> {
+    let meta = f.metadata()?;
+    let head_len = meta.len().min(FINGERPRINT_BYTES);
+    let head_crc = head_crc(f, head_len)?.unwrap_or(0);
+    Ok(FileIdentity {
+        dev: meta.dev(),
+        inode: meta.ino(),
+        head_len,
+        head_crc,
+    })
+}
+
+/// CRC-32 of the first `len` bytes of `f`, or `None` if it has fewer.
+fn head_crc(f: &File, len: u64) -> io::Result<Option<u32>> {
+    let mut head = vec![0u8; len.min(FINGERPRINT_BYTES) as usize];
+    let mut got = 0;
+    while got < head.len() {
+        match f.read_at(&mut head[got..], got as u64) {
+            Ok(0) => return Ok(None),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Some(crc32fast::hash(&head)))
+}
+
+/// Whether open file `f` is the file `id` names (an unreadable file is not).
+fn is_file(id: &FileIdentity, f: &File) -> bool {
+    let Ok(meta) = f.metadata() else {
+        return false;
+    };
+    (meta.dev(), meta.ino()) == (id.dev, id.inode)
+        && matches!(head_crc(f, id.head_len), Ok(Some(crc)) if crc == id.head_crc)
+}
+
+/// A file named `id` in the directory of `path` under another name (rotated), opened.
+fn find_rotated(path: &Path, id: &FileIdentity) -> Option<(PathBuf, File)> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let Ok(meta) = entry.metadata() else {
+            continue;
+        };
+        if !meta.is_file() || (meta.dev(), meta.ino()) != (id.dev, id.inode) {
+            continue;
+        }
+        let candidate = entry.path();
+        if let Ok(f) = File::open(&candidate)
+            && is_file(id, &f)
+        {
+            return Some((candidate, f));
+        }
+    }
+    None
 }
 
 /// A file source instance.
@@ -141,7 +280,6 @@ pub struct FileSource<D = JsonDecoder> {
     partitions: Vec<Partition>,
     decoder: D,
     next: usize,
-    line_buf: Vec<u8>,
     started_at_ms: Option<i64>,
     emitted: u64,
     /// Bootstrapping: read only the unpaced snapshot partitions (those before `paced_from`).
@@ -166,6 +304,11 @@ impl<D: LineDecoder> FileSource<D> {
                 offset: 0,
                 line: 0,
                 partial: Vec::new(),
+                long: None,
+                id: None,
+                expect: None,
+                idle: false,
+                draining: false,
                 ended: false,
             })
             .collect();
@@ -175,24 +318,151 @@ impl<D: LineDecoder> FileSource<D> {
             partitions,
             decoder,
             next: 0,
-            line_buf: Vec::with_capacity(4096),
             started_at_ms: None,
             emitted: 0,
             bootstrap: false,
         }
     }
 
-    fn open(p: &mut Partition) -> Result<(), RunError> {
-        if p.reader.is_none() {
-            let mut f = File::open(&p.path)
-                .map_err(|e| RunError::io(format!("cannot open {}", p.path.display()), e))?;
-            if p.offset > 0 {
-                f.seek(SeekFrom::Start(p.offset))
-                    .map_err(|e| RunError::io(format!("cannot seek {}", p.path.display()), e))?;
-            }
-            p.reader = Some(BufReader::with_capacity(256 * 1024, f));
+    /// Opens partition `p`'s file at its offset if it is not open: the file at its path,
+    /// unless a restored position names another file (by identity). Then a file with that
+    /// identity under another name in the same directory (rotated) is read to its end first;
+    /// if there is none, the file at the path is read from its start. A file shorter than
+    /// the offset (truncated) is read from its start.
+    fn open(node: &str, p: &mut Partition) -> Result<(), RunError> {
+        if p.reader.is_some() {
+            return Ok(());
         }
+        let cannot = |what: &str, path: &Path, e| {
+            RunError::io(format!("cannot {what} {}", path.display()), e)
+        };
+        let at_path = File::open(&p.path);
+        let (mut f, id) = match (p.expect.take(), at_path) {
+            (None, at_path) => {
+                let f = at_path.map_err(|e| cannot("open", &p.path, e))?;
+                let id = identify(&f).map_err(|e| cannot("read", &p.path, e))?;
+                (f, id)
+            }
+            (Some(want), Ok(f)) if is_file(&want, &f) => (f, want),
+            (Some(want), at_path) => match find_rotated(&p.path, &want) {
+                Some((rotated, f)) => {
+                    tracing::warn!(source = node, file = %p.path.display(), rotated = %rotated.display(),
+                        "the checkpoint's file was rotated: reading it to its end, then the new file");
+                    (f, want)
+                }
+                None => {
+                    let f = at_path.map_err(|e| cannot("open", &p.path, e))?;
+                    let id = identify(&f).map_err(|e| cannot("read", &p.path, e))?;
+                    tracing::warn!(source = node, file = %p.path.display(),
+                        "not the file the checkpoint read (replaced or rotated away): reading it from the start");
+                    p.offset = 0;
+                    p.line = 0;
+                    (f, id)
+                }
+            },
+        };
+        let size = f.metadata().map_err(|e| cannot("read", &p.path, e))?.len();
+        if size < p.offset {
+            tracing::warn!(source = node, file = %p.path.display(), offset = p.offset, size,
+                "the file is shorter than the checkpoint's offset (truncated): reading it from the start");
+            p.offset = 0;
+            p.line = 0;
+        }
+        if p.offset > 0 {
+            f.seek(SeekFrom::Start(p.offset))
+                .map_err(|e| cannot("seek", &p.path, e))?;
+        }
+        p.id = Some(id);
+        p.reader = Some(BufReader::with_capacity(256 * 1024, f));
         Ok(())
+    }
+
+    /// Whether the file at partition `i`'s path is still the one being read: `Rotated`
+    /// (another file is at the path), `Truncated` (shorter than what was read, or its first
+    /// bytes changed) or `Same`. Nothing at the path (between a rename and the new file) is
+    /// `Same`: the open file is read on.
+    fn check_file(&mut self, i: usize) -> FileChange {
+        let p = &mut self.partitions[i];
+        let (Some(id), Some(reader)) = (p.id, p.reader.as_ref()) else {
+            return FileChange::Same;
+        };
+        let Ok(meta) = std::fs::metadata(&p.path) else {
+            return FileChange::Same;
+        };
+        if (meta.dev(), meta.ino()) != (id.dev, id.inode) {
+            return FileChange::Rotated;
+        }
+        let read_to = p
+            .offset
+            .saturating_add(p.partial.len() as u64)
+            .saturating_add(p.long.as_ref().map_or(0, |l| l.len));
+        if meta.len() < read_to || !is_file(&id, reader.get_ref()) {
+            return FileChange::Truncated;
+        }
+        if id.head_len < FINGERPRINT_BYTES.min(meta.len()) {
+            // The fingerprint covers more of the file as it grows.
+            p.id = identify(reader.get_ref()).ok().or(p.id);
+        }
+        FileChange::Same
+    }
+
+    /// Partition `i` reads the file at its path from its start.
+    fn restart(&mut self, i: usize) {
+        let p = &mut self.partitions[i];
+        p.reader = None;
+        p.id = None;
+        p.expect = None;
+        p.offset = 0;
+        p.line = 0;
+        p.partial.clear();
+        p.long = None;
+        p.draining = false;
+        p.idle = false;
+    }
+
+    /// Reads partition `i`, first (after it was found at its end) making sure its file is
+    /// still the one at its path: a truncated file is read again from its start; a rotated
+    /// one is read to its end, unterminated last line included, then the new file from its
+    /// start.
+    fn read_file(
+        &mut self,
+        i: usize,
+        out: &mut ReadBuffers,
+        max: usize,
+        now_ms: i64,
+    ) -> Result<(usize, bool), RunError> {
+        let follows = self.follows(i);
+        if follows && self.partitions[i].idle && !self.partitions[i].draining {
+            match self.check_file(i) {
+                FileChange::Same => {}
+                FileChange::Rotated => {
+                    tracing::info!(source = %self.node, file = %self.partitions[i].path.display(),
+                        "file rotated: reading the old file to its end, then the new one");
+                    self.partitions[i].draining = true;
+                }
+                FileChange::Truncated => {
+                    tracing::warn!(source = %self.node, file = %self.partitions[i].path.display(),
+                        "file truncated or rewritten: reading it from the start");
+                    self.restart(i);
+                }
+            }
+        }
+        let draining = self.partitions[i].draining;
+        let (mut lines, mut at_end) =
+            self.read_partition(i, out, max, now_ms, follows && !draining)?;
+        self.partitions[i].idle = at_end;
+        // A file not followed ends here, unless it was a restored position's rotated file.
+        let switch = at_end && (draining || !follows && self.check_file(i) == FileChange::Rotated);
+        if switch {
+            self.restart(i);
+            if lines == 0 {
+                (lines, at_end) = self.read_partition(i, out, max, now_ms, follows)?;
+                self.partitions[i].idle = at_end;
+            } else {
+                at_end = false;
+            }
+        }
+        Ok((lines, at_end))
     }
 
     /// Whether partition `i` is tailed at its end: every file in follow mode, or only the
@@ -224,36 +494,65 @@ impl<D: LineDecoder> FileSource<D> {
         out: &mut ReadBuffers,
         max: usize,
         now_ms: i64,
+        follows: bool,
     ) -> Result<(usize, bool), RunError> {
-        let follows = self.follows(i);
         let p = &mut self.partitions[i];
-        Self::open(p)?;
+        Self::open(&self.node, p)?;
         let reader = p.reader.as_mut().expect("opened");
         let mut lines = 0;
+        let limit = self.spec.max_line_bytes.max(1);
         while lines < max {
-            self.line_buf.clear();
-            let n = reader
-                .read_until(b'\n', &mut self.line_buf)
-                .map_err(|e| RunError::io(format!("cannot read {}", p.path.display()), e))?;
-            if n == 0 {
+            let read_err = |e| RunError::io(format!("cannot read {}", p.path.display()), e);
+            if let Some(long) = &mut p.long {
+                let (n, newline) = skip_line(reader).map_err(read_err)?;
+                long.len += n as u64;
+                if !newline && follows {
+                    // The rest of the line has not arrived yet.
+                    return Ok((lines, true));
+                }
+                let long = p.long.take().expect("skipping");
+                let record_offset = p.offset;
+                p.offset = p.offset.saturating_add(long.len);
+                p.line = p.line.saturating_add(1);
+                lines += 1;
+                let position = format!("{}:{} (byte {})", p.label, p.line, record_offset);
+                let reason = format!(
+                    "line of {} bytes is longer than max_line_bytes ({limit}); its first {} \
+                     bytes are kept",
+                    long.len,
+                    long.head.len()
+                );
+                dead_letter::push(
+                    &mut out.dead_letters,
+                    &self.node,
+                    &p.label,
+                    &position,
+                    &reason,
+                    &long.head,
+                    now_ms,
+                );
+                continue;
+            }
+            let newline = read_bounded(reader, &mut p.partial, limit).map_err(read_err)?;
+            if !newline && p.partial.len() > limit {
+                // Too long to hold: keep its head and skip to its newline.
+                p.long = Some(LongLine {
+                    len: p.partial.len() as u64,
+                    head: p.partial[..LONG_LINE_KEPT.min(limit)].to_vec(),
+                });
+                p.partial.clear();
+                continue;
+            }
+            if !newline && (p.partial.is_empty() || follows) {
+                // The end of the file, or (followed) a line whose newline has not arrived
+                // yet: kept for later.
                 return Ok((lines, true));
             }
-            let complete = self.line_buf.last() == Some(&b'\n');
-            if !complete && follows {
-                // The writer has not finished this line yet: keep it for later.
-                p.partial.extend_from_slice(&self.line_buf);
-                return Ok((lines, true));
-            }
+            // A whole line, or the last one of a file that is not followed.
             let record_offset = p.offset;
             // Saturating: a restored position is not trusted to be one a run reached.
-            p.offset = p.offset.saturating_add((p.partial.len() + n) as u64);
-            let line: &[u8] = if p.partial.is_empty() {
-                &self.line_buf
-            } else {
-                p.partial.extend_from_slice(&self.line_buf);
-                &p.partial
-            };
-            let mut body = line;
+            p.offset = p.offset.saturating_add(p.partial.len() as u64);
+            let mut body: &[u8] = &p.partial;
             while let Some((&last, rest)) = body.split_last() {
                 if last == b'\n' || last == b'\r' {
                     body = rest;
@@ -263,11 +562,9 @@ impl<D: LineDecoder> FileSource<D> {
             }
             p.line = p.line.saturating_add(1);
             lines += 1;
-            if body.iter().all(|b| b.is_ascii_whitespace()) {
-                p.partial.clear();
-                continue;
-            }
-            if let Err(e) = self.decoder.decode_line(i, body, out, now_ms) {
+            if !body.iter().all(|b| b.is_ascii_whitespace())
+                && let Err(e) = self.decoder.decode_line(i, body, out, now_ms)
+            {
                 let position = format!("{}:{} (byte {})", p.label, p.line, record_offset);
                 dead_letter::push(
                     &mut out.dead_letters,
@@ -282,6 +579,56 @@ impl<D: LineDecoder> FileSource<D> {
             p.partial.clear();
         }
         Ok((lines, false))
+    }
+}
+
+/// Appends to `buf` up to and including the next newline, stopping once `buf` holds more
+/// than `limit` bytes or at the end of the file. Returns whether the newline was reached.
+fn read_bounded(r: &mut impl BufRead, buf: &mut Vec<u8>, limit: usize) -> io::Result<bool> {
+    loop {
+        let avail = match r.fill_buf() {
+            Ok(a) => a,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if avail.is_empty() {
+            return Ok(false);
+        }
+        let room = (limit + 1).saturating_sub(buf.len()).max(1);
+        let take = avail.len().min(room);
+        if let Some(i) = avail[..take].iter().position(|&b| b == b'\n') {
+            buf.extend_from_slice(&avail[..=i]);
+            r.consume(i + 1);
+            return Ok(true);
+        }
+        buf.extend_from_slice(&avail[..take]);
+        r.consume(take);
+        if buf.len() > limit {
+            return Ok(false);
+        }
+    }
+}
+
+/// Skips to just after the next newline or to the end of the file, holding nothing. Returns
+/// the bytes skipped and whether the newline was reached.
+fn skip_line(r: &mut impl BufRead) -> io::Result<(usize, bool)> {
+    let mut total = 0;
+    loop {
+        let avail = match r.fill_buf() {
+            Ok(a) => a,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if avail.is_empty() {
+            return Ok((total, false));
+        }
+        if let Some(i) = avail.iter().position(|&b| b == b'\n') {
+            r.consume(i + 1);
+            return Ok((total + i + 1, true));
+        }
+        let n = avail.len();
+        r.consume(n);
+        total += n;
     }
 }
 
@@ -334,7 +681,7 @@ impl<D: LineDecoder> Source for FileSource<D> {
                     Err(retry_at_ms) => return Ok(ReadStatus::Pending { retry_at_ms }),
                 }
             };
-            let (lines, at_end) = self.read_partition(i, out, max, now_ms)?;
+            let (lines, at_end) = self.read_file(i, out, max, now_ms)?;
             if lines > 0 {
                 if i >= self.spec.paced_from {
                     self.emitted += lines as u64;
@@ -387,6 +734,7 @@ impl<D: LineDecoder> Source for FileSource<D> {
                     offset: p.offset,
                     line: p.line,
                     decoder: decoder.clone(),
+                    file: p.id.or(p.expect),
                 }),
             })
             .collect()
@@ -398,21 +746,26 @@ impl<D: LineDecoder> Source for FileSource<D> {
             let found = positions
                 .iter()
                 .find(|sp| sp.source == self.node && sp.partition == p.label);
-            let (offset, line) = match found {
+            let (offset, line, file) = match found {
                 Some(sp) => {
                     let at = sp
                         .position
                         .decode::<FilePosition>()
                         .map_err(|e| RunError::restore(self.node.clone(), e))?;
                     decoder = decoder.or(at.decoder);
-                    (at.offset, at.line)
+                    (at.offset, at.line, at.file)
                 }
-                None => (0, 0),
+                None => (0, 0, None),
             };
             p.offset = offset;
             p.line = line;
+            p.id = None;
+            p.expect = file;
+            p.idle = false;
+            p.draining = false;
             p.reader = None;
             p.partial.clear();
+            p.long = None;
             p.ended = false;
         }
         self.decoder
@@ -445,6 +798,7 @@ mod tests {
                 base_dir: None,
                 sequential: false,
                 paced_from: 0,
+                max_line_bytes: DEFAULT_MAX_LINE_BYTES,
             },
             decoder,
         )
@@ -524,6 +878,7 @@ mod tests {
             offset: 17,
             line: 1,
             decoder: None,
+            file: None,
         });
         again.seek(&first).unwrap();
         let mut out2 = buffers(&again);
@@ -587,5 +942,235 @@ mod tests {
         ));
         s.read(&mut out, 1000, 1000).unwrap();
         assert_eq!(out.records.len(), 11);
+    }
+
+    #[test]
+    fn a_line_longer_than_max_line_bytes_goes_to_dead_letter_truncated_with_its_length() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.jsonl");
+        let long = "x".repeat(10_000);
+        std::fs::write(
+            &path,
+            format!("{{\"k\":\"a\",\"ts\":1}}\n{long}\n{{\"k\":\"b\",\"ts\":2}}\n{long}"),
+        )
+        .unwrap();
+        let mut s = source(vec![path], false);
+        s.spec.max_line_bytes = 100;
+        let mut out = buffers(&s);
+        s.read(&mut out, 100, 0).unwrap();
+        assert_eq!(out.records.len(), 2);
+        assert_eq!(out.records.row(1)[0], Value::from("b"));
+        // The long line in the middle, and the unterminated last one.
+        assert_eq!(out.dead_letters.len(), 2);
+        let dl = out.dead_letters.row(0);
+        assert!(dl[2].as_str().unwrap().ends_with("a.jsonl:2 (byte 17)"));
+        let reason = dl[3].as_str().unwrap();
+        assert!(reason.contains("line of 10001 bytes"), "{reason}");
+        assert!(reason.contains("max_line_bytes (100)"), "{reason}");
+        assert_eq!(dl[4].as_str().unwrap(), &long[..100]);
+        let last = out.dead_letters.row(1)[3].as_str().unwrap().to_string();
+        assert!(last.contains("line of 10000 bytes"), "{last}");
+        // Never held whole.
+        assert!(s.partitions[0].partial.capacity() < 1000);
+        let at: FilePosition = s.positions()[0].position.decode().unwrap();
+        assert_eq!((at.offset, at.line), (17 + 10_001 + 17 + 10_000, 4));
+    }
+
+    #[test]
+    fn a_followed_long_line_is_skipped_as_it_arrives_and_restarts_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.jsonl");
+        let mut f = std::fs::File::create(&path).unwrap();
+        write!(f, "{}", "y".repeat(500)).unwrap();
+        f.flush().unwrap();
+        let mut s = source(vec![path.clone()], true);
+        s.spec.max_line_bytes = 100;
+        let mut out = buffers(&s);
+        assert!(matches!(
+            s.read(&mut out, 100, 0).unwrap(),
+            ReadStatus::Pending { .. }
+        ));
+        assert_eq!(out.dead_letters.len(), 0);
+        // A checkpoint now resumes at the long line's start.
+        let mid = s.positions();
+        assert_eq!(mid[0].position.decode::<FilePosition>().unwrap().offset, 0);
+        writeln!(f, "{}\n{{\"k\":\"c\",\"ts\":3}}", "y".repeat(500)).unwrap();
+        f.flush().unwrap();
+        s.read(&mut out, 100, 60).unwrap();
+        assert_eq!(out.dead_letters.len(), 1);
+        let reason = out.dead_letters.row(0)[3].as_str().unwrap().to_string();
+        assert!(reason.contains("line of 1001 bytes"), "{reason}");
+        assert_eq!(out.records.len(), 1);
+        // Restored mid-line: the same dead letter, then the record.
+        let mut again = source(vec![path], true);
+        again.spec.max_line_bytes = 100;
+        again.seek(&mid).unwrap();
+        let mut out2 = buffers(&again);
+        again.read(&mut out2, 100, 0).unwrap();
+        assert_eq!(out2.dead_letters.len(), 1);
+        assert_eq!(out2.records.len(), 1);
+        assert_eq!(again.positions(), s.positions());
+    }
+
+    fn line(k: &str, ts: i64) -> String {
+        format!("{{\"k\":\"{k}\",\"ts\":{ts}}}\n")
+    }
+
+    /// Keys of the records read until the source has nothing more now.
+    fn read_keys(s: &mut FileSource, now_ms: i64) -> Vec<String> {
+        let mut out = buffers(s);
+        while let ReadStatus::Data { .. } = s.read(&mut out, 100, now_ms).unwrap() {}
+        (0..out.records.len())
+            .map(|r| out.records.row(r)[0].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    fn append(path: &Path, text: &str) {
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(path)
+            .unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+    }
+
+    #[test]
+    fn a_followed_file_rotated_is_read_to_its_end_then_the_new_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.jsonl");
+        append(&path, &line("a", 1));
+        let mut s = source(vec![path.clone()], true);
+        assert_eq!(read_keys(&mut s, 0), ["a"]);
+        // Written before the rotation but not read yet, then an unterminated last line.
+        append(&path, &(line("b", 2) + "{\"k\":\"c\",\"ts\":3}"));
+        std::fs::rename(&path, dir.path().join("a.jsonl.1")).unwrap();
+        append(&path, &line("d", 4));
+        assert_eq!(read_keys(&mut s, 10), ["b", "c", "d"]);
+        append(&path, &line("e", 5));
+        assert_eq!(read_keys(&mut s, 20), ["e"]);
+        let at: FilePosition = s.positions()[0].position.decode().unwrap();
+        assert_eq!(at.line, 2);
+        let new = std::fs::metadata(&path).unwrap();
+        assert_eq!(at.file.unwrap().inode, new.ino());
+    }
+
+    #[test]
+    fn a_followed_file_truncated_or_rewritten_is_read_from_its_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.jsonl");
+        append(&path, &(line("a", 1) + &line("b", 2)));
+        let mut s = source(vec![path.clone()], true);
+        assert_eq!(read_keys(&mut s, 0), ["a", "b"]);
+        // Truncated (same inode) and rewritten shorter.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap()
+            .write_all(line("c", 3).as_bytes())
+            .unwrap();
+        assert_eq!(read_keys(&mut s, 10), ["c"]);
+        // Rewritten in place, longer than what was read: the first bytes differ.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap()
+            .write_all((line("x", 9) + &line("y", 9)).as_bytes())
+            .unwrap();
+        assert_eq!(read_keys(&mut s, 20), ["x", "y"]);
+        let at: FilePosition = s.positions()[0].position.decode().unwrap();
+        assert_eq!(at.line, 2);
+    }
+
+    #[test]
+    fn a_restored_position_finishes_the_rotated_file_then_reads_the_new_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.jsonl");
+        append(&path, &line("a", 1));
+        let mut s = source(vec![path.clone()], true);
+        assert_eq!(read_keys(&mut s, 0), ["a"]);
+        let checkpoint = s.positions();
+        append(&path, &line("b", 2));
+        std::fs::rename(&path, dir.path().join("a.jsonl.1")).unwrap();
+        append(&path, &line("c", 3));
+        let mut again = source(vec![path.clone()], true);
+        again.seek(&checkpoint).unwrap();
+        assert_eq!(read_keys(&mut again, 0), ["b", "c"]);
+    }
+
+    #[test]
+    fn a_restored_position_whose_file_is_gone_reads_the_new_file_from_its_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.jsonl");
+        append(&path, &(line("a", 1) + &line("b", 2)));
+        let mut s = source(vec![path.clone()], false);
+        assert_eq!(read_keys(&mut s, 0), ["a", "b"]);
+        let checkpoint = s.positions();
+        std::fs::remove_file(&path).unwrap();
+        // Perhaps under the same inode: the fingerprint tells them apart.
+        append(&path, &(line("c", 3) + &line("d", 4) + &line("e", 5)));
+        let mut again = source(vec![path.clone()], false);
+        again.seek(&checkpoint).unwrap();
+        assert_eq!(read_keys(&mut again, 0), ["c", "d", "e"]);
+    }
+
+    #[test]
+    fn a_version_1_position_applies_to_the_file_at_the_path_unless_it_is_shorter() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.jsonl");
+        append(&path, &(line("a", 1) + &line("b", 2)));
+        let label = path.display().to_string();
+        let v1 = |offset: u64| {
+            let text = format!(r#"{{"kind":"file","offset":{offset},"line":1}}"#);
+            vec![SourcePosition {
+                source: "src".into(),
+                partition: label.clone(),
+                position: serde_json::from_str(&text).unwrap(),
+            }]
+        };
+        let mut s = source(vec![path.clone()], false);
+        s.seek(&v1(17)).unwrap();
+        assert_eq!(read_keys(&mut s, 0), ["b"]);
+        let at: FilePosition = s.positions()[0].position.decode().unwrap();
+        assert_eq!(at.file.unwrap().head_len, 34);
+        // An offset past the end: the file was truncated, read from its start.
+        let mut s = source(vec![path], false);
+        s.seek(&v1(1000)).unwrap();
+        assert_eq!(read_keys(&mut s, 0), ["a", "b"]);
+    }
+
+    #[test]
+    fn a_restored_identity_of_no_file_reads_the_file_from_its_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.jsonl");
+        append(&path, &(line("a", 1) + &line("b", 2)));
+        let meta = std::fs::metadata(&path).unwrap();
+        let mut s = source(vec![path.clone()], false);
+        let mut positions = s.positions();
+        // Bytes from disk: the right inode with an impossible fingerprint, or no such file.
+        for file in [
+            FileIdentity {
+                dev: meta.dev(),
+                inode: meta.ino(),
+                head_len: u64::MAX,
+                head_crc: 0,
+            },
+            FileIdentity {
+                dev: u64::MAX,
+                inode: 0,
+                head_len: 0,
+                head_crc: 0,
+            },
+        ] {
+            positions[0].position = Position::of(&FilePosition {
+                offset: 17,
+                line: 1,
+                decoder: None,
+                file: Some(file),
+            });
+            s.seek(&positions).unwrap();
+            assert_eq!(read_keys(&mut s, 0), ["a", "b"]);
+        }
     }
 }
