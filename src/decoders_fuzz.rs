@@ -452,6 +452,7 @@ fn enrich() -> EnrichOperator {
         primary_key: vec!["id".into()],
         key: vec![("product".into(), "product".into())],
         columns: Some(vec!["cve".into()]),
+        distinct: Vec::new(),
         version_range: Some(VersionRangeSpec {
             version: "version".into(),
             exact: Some("version".into()),

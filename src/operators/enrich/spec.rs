@@ -130,6 +130,9 @@ pub struct EnrichSpec {
     pub key: Vec<(String, String)>,
     /// Reference columns added to the output; `None`: all not already in the event.
     pub columns: Option<Vec<String>>,
+    /// Table columns of which an event keeps one match per distinct value (the first in
+    /// primary-key order); empty: every match.
+    pub distinct: Vec<String>,
     pub version_range: Option<VersionRangeSpec>,
     /// More conditions every match must meet, besides the join key.
     pub conditions: Vec<Condition>,

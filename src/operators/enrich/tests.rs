@@ -44,6 +44,7 @@ pub(super) fn spec(mode: JoinMode, miss: MissPolicy, strategy: EnrichStrategy) -
         primary_key: vec!["id".into()],
         key: vec![("product".into(), "product".into())],
         columns: Some(vec!["cve".into()]),
+        distinct: Vec::new(),
         version_range: Some(VersionRangeSpec {
             version: "version".into(),
             exact: Some("version".into()),
@@ -395,6 +396,56 @@ fn residual_conditions_filter_matches_and_key_the_memo() {
         .unwrap();
     assert_eq!(e.field, "where[0]");
     assert!(e.message.contains("one type"), "{}", e.message);
+}
+
+#[test]
+fn a_cve_with_several_matching_rules_is_emitted_once_with_distinct() {
+    // Jenkins 1.302: one CVE with an LTS and a weekly rule that both admit it, and a
+    // second CVE with one rule. Without `distinct` one row per rule, with it one per CVE
+    // (the first rule in primary-key order), in lookup and as-of mode.
+    let reference = changes(&[
+        (("r", 5, 3, "jenkins", "CVE-A", "", "1.0", "2.0"), 0),
+        (("r", 5, 1, "jenkins", "CVE-A", "1.302", "", ""), 0),
+        (("r", 5, 2, "jenkins", "CVE-B", "*", "", ""), 0),
+        (("r", 5, 4, "jenkins", "CVE-B", "", "3.0", ""), 0),
+    ]);
+    let probe = events(&[("h1", "jenkins", "1.302", 10), ("h2", "jenkins", "2.5", 11)]);
+    for mode in [JoinMode::Lookup, JoinMode::AsOf { retention_ms: None }] {
+        let mut spec = spec(mode, MissPolicy::Emit, EnrichStrategy::Gradual);
+        spec.columns = Some(vec!["cve".into(), "version_start_including".into()]);
+        let run = |spec: EnrichSpec| {
+            let mut h = Harness::new(op(spec), 2);
+            h.data(1, reference.clone());
+            h.data(0, probe.clone());
+            h.watermark_all(crate::time::watermark::END_OF_TIME);
+            h.take("main")
+                .into_iter()
+                .map(|(r, _)| {
+                    let v = |i: usize| r[i].as_str().unwrap_or("-").to_string();
+                    (v(0), v(3), v(4))
+                })
+                .collect::<Vec<_>>()
+        };
+        let all = run(spec.clone());
+        assert_eq!(all.len(), 4, "{all:?}");
+        spec.distinct = vec!["cve".into()];
+        assert_eq!(
+            run(spec),
+            vec![
+                // CVE-A by its rule 1 (no start bound), not rule 3 (from 1.0).
+                ("h1".into(), "CVE-A".into(), "-".into()),
+                ("h1".into(), "CVE-B".into(), "-".into()),
+                ("h2".into(), "CVE-B".into(), "-".into()),
+            ]
+        );
+    }
+    let mut bad = spec(JoinMode::Lookup, MissPolicy::Emit, EnrichStrategy::Gradual);
+    bad.distinct = vec!["cve".into(), "nope".into()];
+    let e = EnrichOperator::new("e", bad, events_schema(), &change_schema())
+        .err()
+        .unwrap();
+    assert_eq!(e.field, "distinct[1]");
+    assert!(e.message.contains("`nope` is not a column of table `cpe`"));
 }
 
 fn spec_for_conditions() -> EnrichSpec {
