@@ -460,6 +460,7 @@ fn enrich() -> EnrichOperator {
             start_excluding: None,
             end_including: None,
             end_excluding: Some("version_end_excluding".into()),
+            update: None,
         }),
         conditions: Vec::new(),
         mode: JoinMode::AsOf {

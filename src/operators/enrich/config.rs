@@ -56,6 +56,8 @@ pub struct VersionRangeYaml {
     pub start_excluding: Option<S<String>>,
     pub end_including: Option<S<String>>,
     pub end_excluding: Option<S<String>>,
+    /// The CPE update field (default `update` where the table has it).
+    pub update: Option<S<String>>,
 }
 
 impl OperatorConfig for EnrichConfig {
@@ -179,6 +181,7 @@ impl EnrichConfig {
                 start_excluding: pick(&v.start_excluding, nvd.start_excluding),
                 end_including: pick(&v.end_including, nvd.end_including),
                 end_excluding: pick(&v.end_excluding, nvd.end_excluding),
+                update: pick(&v.update, nvd.update),
             }
         });
         let mut conditions = Vec::new();

@@ -63,6 +63,7 @@ impl EnrichOperator {
             start_excluding: text(&cols[2]),
             end_including: text(&cols[3]),
             end_excluding: text(&cols[4]),
+            update: text(&cols[5]),
         };
         match version {
             Value::Str(v) => range.matches(v),

@@ -21,7 +21,7 @@ pub(super) struct Layout {
     /// Table columns of which an event keeps one match per distinct value (`spec.distinct`).
     pub(super) distinct: Vec<usize>,
     /// Event column of the observed version, and table columns of the rule.
-    pub(super) version: Option<(usize, [Option<usize>; 5])>,
+    pub(super) version: Option<(usize, [Option<usize>; 6])>,
     pub(super) table_schema: Schema,
     /// The table's columns the join reads (key, primary key, selected, distinct, rule and
     /// condition columns), as indices into the change rows' table columns: only these are stored, and
@@ -145,6 +145,7 @@ impl Layout {
                         col(&v.start_excluding, "start_excluding")?,
                         col(&v.end_including, "end_including")?,
                         col(&v.end_excluding, "end_excluding")?,
+                        col(&v.update, "update")?,
                     ],
                 ))
             }

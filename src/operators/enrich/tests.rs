@@ -52,6 +52,7 @@ pub(super) fn spec(mode: JoinMode, miss: MissPolicy, strategy: EnrichStrategy) -
             start_excluding: None,
             end_including: None,
             end_excluding: Some("version_end_excluding".into()),
+            update: None,
         }),
         conditions: Vec::new(),
         mode,
@@ -446,6 +447,67 @@ fn a_cve_with_several_matching_rules_is_emitted_once_with_distinct() {
         .unwrap();
     assert_eq!(e.field, "distinct[1]");
     assert!(e.message.contains("`nope` is not a column of table `cpe`"));
+}
+
+#[test]
+fn a_rule_with_a_cpe_update_admits_only_that_update() {
+    // openssh `5.9p1` is NVD version `5.9` update `p1`: before the update was carried, the
+    // rule matched the observed `5.9` and never `5.9p1`.
+    let table = Schema::new(vec![
+        Field::new("id", DataType::Int),
+        Field::new("product", DataType::String),
+        Field::new("cve", DataType::String),
+        Field::new("version", DataType::String),
+        Field::new("update", DataType::String),
+    ]);
+    let reference = rows::change_schema(&table);
+    let mut spec = spec(JoinMode::Lookup, MissPolicy::Emit, EnrichStrategy::Gradual);
+    spec.version_range = Some(VersionRangeSpec {
+        version: "version".into(),
+        exact: Some("version".into()),
+        start_including: None,
+        start_excluding: None,
+        end_including: None,
+        end_excluding: None,
+        update: Some("update".into()),
+    });
+    let op = EnrichOperator::new("e", spec, events_schema(), &reference).unwrap();
+    let mut h = Harness::new(op, 2);
+    let mut b = Batch::new(reference.clone());
+    for (id, cve, version, update) in [
+        (1, "CVE-P1", "5.9", "p1"),
+        (2, "CVE-ANY", "5.9", "*"),
+        (3, "CVE-NA", "5.9", "-"),
+    ] {
+        b.push_row(
+            [
+                s("r"),
+                Value::Int(5),
+                Value::Int(0),
+                s("true"),
+                Value::Null,
+                Value::Int(id),
+                s("openssh"),
+                s(cve),
+                s(version),
+                s(update),
+            ],
+            0,
+        );
+    }
+    h.data(1, b);
+    h.data(
+        0,
+        events(&[("a", "openssh", "5.9p1", 1), ("b", "openssh", "5.9", 2)]),
+    );
+    assert_eq!(
+        cves(&h.take("main")),
+        vec![
+            ("a".into(), "CVE-P1".into(), true),
+            ("b".into(), "CVE-ANY".into(), true),
+            ("b".into(), "CVE-NA".into(), true),
+        ]
+    );
 }
 
 fn spec_for_conditions() -> EnrichSpec {
