@@ -190,7 +190,7 @@ pub fn summary(t: &DemoTotals, elapsed_ms: i64, outputs: &[(String, String)]) ->
     if let Some(pairs) = t.pairs() {
         let _ = writeln!(
             s,
-            "  (event, CVE)     {pairs} distinct (observation, CVE) pairs"
+            "  CVE pairs        {pairs} distinct (observation, CVE) pairs"
         );
     }
     let _ = writeln!(
