@@ -45,7 +45,7 @@ fn demo_pipeline(out: &Path, checkpoints: Option<&Path>) -> String {
     replace("      rate: 14 ", "      # no pacing ");
     replace("    idle_timeout: 1s ", "    # ");
     replace("    idle_timeout: 500ms ", "    # ");
-    replace("count: 60000", "count: 16000");
+    replace("count: 60000", "count: 24000");
     replace("rate: 12000 ", "rate: 1500 ");
     replace("max_out_of_orderness: 3s", "max_out_of_orderness: 10s");
     text
