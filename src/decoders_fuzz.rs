@@ -452,6 +452,7 @@ fn enrich() -> EnrichOperator {
         primary_key: vec!["id".into()],
         key: vec![("product".into(), "product".into())],
         columns: Some(vec!["cve".into()]),
+        distinct: Vec::new(),
         version_range: Some(VersionRangeSpec {
             version: "version".into(),
             exact: Some("version".into()),
@@ -459,6 +460,7 @@ fn enrich() -> EnrichOperator {
             start_excluding: None,
             end_including: None,
             end_excluding: Some("version_end_excluding".into()),
+            update: None,
         }),
         conditions: Vec::new(),
         mode: JoinMode::AsOf {

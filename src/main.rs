@@ -652,7 +652,11 @@ fn demo(
             );
         },
     )?;
-    let totals = watershed::cli::demo::DemoTotals::from_report(&summary.report);
+    let mut totals = watershed::cli::demo::DemoTotals::from_report(&summary.report);
+    totals.kev_events = outputs
+        .iter()
+        .find(|(name, _)| name == "kev_flags")
+        .and_then(|(_, target)| watershed::cli::demo::kev_observations(Path::new(target)));
     // The summary is the command's answer (stdout); progress went to stderr.
     print!(
         "{}",

@@ -1,6 +1,13 @@
 //! `watershed demo`: what it prints while the shipped CVE pipeline (`examples/demo.yaml`)
-//! runs and when it ends. Reads only the status document the runtime publishes, so the same
-//! numbers are what `/status` shows; runs nothing itself (the CLI runs the pipeline).
+//! runs and when it ends. Its counts come from the status document the runtime publishes, so
+//! the same numbers are what `/status` shows, except the observations on a KEV CVE, which
+//! are counted in the `kev_flags` output once the run has ended; runs nothing itself (the
+//! CLI runs the pipeline).
+//!
+//! What is counted is named for what it is: events (observations) in, events that matched
+//! at least one CVE, distinct (observation, CVE) pairs (the first join's rows less its misses,
+//! one per CVE with `distinct: [cve_id]`), rows written by all sinks together; and for KEV,
+//! observations on a KEV CVE and (observation, KEV CVE) pairs.
 
 use std::fmt::Write;
 
@@ -13,7 +20,7 @@ pub struct DemoTotals {
     pub events_in: u64,
     /// Change records read by change-stream sources.
     pub changes_in: u64,
-    /// Rows the first enrichment stage emitted (events times their matches).
+    /// Rows the first enrichment stage emitted: one per (event, match), and one per miss.
     pub enriched_out: u64,
     /// Rows written by every sink.
     pub rows_written: u64,
@@ -24,8 +31,10 @@ pub struct DemoTotals {
     pub idle_releases: u64,
     pub late: u64,
     pub dead_letters: u64,
-    /// Rows into the sink named `kev_flags`, if there is one.
-    pub kev_matches: Option<u64>,
+    /// Rows into the sink named `kev_flags`, if there is one: (observation, KEV CVE) pairs.
+    pub kev_pairs: Option<u64>,
+    /// Distinct observations in the `kev_flags` output (`kev_observations`), once known.
+    pub kev_events: Option<u64>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -33,6 +42,7 @@ pub struct JoinTotals {
     pub node: String,
     pub lookups: u64,
     pub matched: u64,
+    pub misses: u64,
     pub gate_open: bool,
     pub gate_buffered: u64,
     pub reference_rows: u64,
@@ -69,7 +79,7 @@ impl DemoTotals {
             if i.role == Role::Sink {
                 t.rows_written += i.records_in;
                 if i.node == "kev_flags" {
-                    *t.kev_matches.get_or_insert(0) += i.records_in;
+                    *t.kev_pairs.get_or_insert(0) += i.records_in;
                 }
             }
         }
@@ -83,6 +93,7 @@ impl DemoTotals {
                 node: node.to_string(),
                 lookups: sum("lookups"),
                 matched: sum("matched"),
+                misses: sum("misses"),
                 gate_open: instances.iter().all(|i| i.stat("gate_open") != Some(0)),
                 gate_buffered: sum("gate_buffered"),
                 // Every instance holds the whole (broadcast) table.
@@ -110,6 +121,19 @@ impl DemoTotals {
                 .sum();
         }
         t
+    }
+
+    /// Events the first join matched with at least one reference row.
+    pub fn events_matched(&self) -> Option<u64> {
+        self.joins.first().map(|j| j.matched)
+    }
+
+    /// The first join's rows that are matches (not misses): with `distinct: [cve_id]`, the
+    /// distinct (observation, CVE) pairs.
+    pub fn pairs(&self) -> Option<u64> {
+        self.joins
+            .first()
+            .map(|j| self.enriched_out.saturating_sub(j.misses))
     }
 
     /// The first join's share of events that found at least one reference row.
@@ -153,18 +177,24 @@ pub fn summary(t: &DemoTotals, elapsed_ms: i64, outputs: &[(String, String)]) ->
         t.events_in as f64 / secs,
         t.changes_in
     );
-    let _ = writeln!(
-        s,
-        "  enriched rows    {} (one per event and matching CVE); {} rows written",
-        t.enriched_out, t.rows_written
-    );
-    if let Some(rate) = t.hit_rate() {
+    if let (Some(matched), Some(rate)) = (t.events_matched(), t.hit_rate()) {
         let _ = writeln!(
             s,
-            "  hit rate         {:.1}% of events matched at least one CVE",
+            "  events with CVE  {matched} ({:.1}% of events matched at least one CVE)",
             rate * 100.0
         );
     }
+    if let Some(pairs) = t.pairs() {
+        let _ = writeln!(
+            s,
+            "  CVE pairs        {pairs} distinct (observation, CVE) pairs"
+        );
+    }
+    let _ = writeln!(
+        s,
+        "  rows written     {} (all outputs together)",
+        t.rows_written
+    );
     for j in &t.joins {
         let _ = writeln!(
             s,
@@ -176,10 +206,14 @@ pub fn summary(t: &DemoTotals, elapsed_ms: i64, outputs: &[(String, String)]) ->
             j.reference_bytes / j.reference_rows.max(1)
         );
     }
-    if let Some(k) = t.kev_matches {
+    if let Some(pairs) = t.kev_pairs {
+        let events = t
+            .kev_events
+            .map_or_else(|| "?".to_string(), |n| n.to_string());
         let _ = writeln!(
             s,
-            "  KEV matches      {k} (events on a CVE in CISA's Known Exploited Vulnerabilities)"
+            "  KEV              {events} events on a CVE in CISA's Known Exploited \
+             Vulnerabilities; {pairs} (observation, KEV CVE) pairs"
         );
     }
     let _ = writeln!(
@@ -193,6 +227,18 @@ pub fn summary(t: &DemoTotals, elapsed_ms: i64, outputs: &[(String, String)]) ->
         let _ = writeln!(s, "  output {name:<24} {target}");
     }
     s
+}
+
+/// The distinct `observation_id`s in a JSON-lines output (`None`: unreadable, or a line
+/// without one).
+pub fn kev_observations(path: &std::path::Path) -> Option<u64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let mut ids = std::collections::HashSet::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let row: serde_json::Value = serde_json::from_str(line).ok()?;
+        ids.insert(row.get("observation_id")?.as_i64()?);
+    }
+    Some(ids.len() as u64)
 }
 
 #[cfg(test)]
@@ -225,6 +271,19 @@ mod tests {
     }
 
     #[test]
+    fn kev_observations_count_distinct_observations_not_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kev.jsonl");
+        std::fs::write(
+            &path,
+            "{\"observation_id\":1,\"cve_id\":\"A\"}\n{\"observation_id\":1,\"cve_id\":\"B\"}\n{\"observation_id\":7,\"cve_id\":\"A\"}\n",
+        )
+        .unwrap();
+        assert_eq!(kev_observations(&path), Some(2));
+        assert_eq!(kev_observations(&dir.path().join("none.jsonl")), None);
+    }
+
+    #[test]
     fn totals_come_from_the_status_document() {
         let report = StatusReport {
             pipeline: "demo".into(),
@@ -250,6 +309,7 @@ mod tests {
                     &[
                         ("lookups", 100),
                         ("matched", 75),
+                        ("misses", 25),
                         ("gate_open", 1),
                         ("reference_rows", 9),
                     ],
@@ -266,10 +326,21 @@ mod tests {
         assert_eq!(t.enriched_out, 240);
         assert_eq!(t.hit_rate(), Some(0.75));
         assert_eq!((t.late, t.dead_letters, t.idle_releases), (4, 1, 2));
-        assert_eq!(t.kev_matches, Some(100));
+        assert_eq!(t.kev_pairs, Some(100));
         assert_eq!(t.rows_written, 100);
+        assert_eq!((t.events_matched(), t.pairs()), (Some(75), Some(215)));
+        let mut t = t;
+        t.kev_events = Some(60);
         let text = summary(&t, 2_000, &[("kev_flags".into(), "out/kev.jsonl".into())]);
-        assert!(text.contains("75.0%"), "{text}");
+        assert!(text.contains("events with CVE  75 (75.0%"), "{text}");
+        assert!(
+            text.contains("215 distinct (observation, CVE) pairs"),
+            "{text}"
+        );
+        assert!(
+            text.contains("60 events on a CVE in CISA's Known Exploited Vulnerabilities; 100 (observation, KEV CVE) pairs"),
+            "{text}"
+        );
         assert!(text.contains("out/kev.jsonl"));
         assert!(progress_line(&t, 1_000).contains("gates open"));
     }

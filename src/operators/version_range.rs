@@ -49,8 +49,13 @@
 //! version; `-` (not applicable) matches only an observed version that is empty or `-`; any
 //! other value must equal the observed version in the order above. An observed version with
 //! no letter or digit in it is unknown: it matches `*` rows and (when empty or `-`) `-` rows,
-//! never a range or an exact version. Other CPE attributes, such as `update`, are not
-//! considered here.
+//! never a range or an exact version.
+//!
+//! A CPE's `update` field (`cpe:2.3:a:openbsd:openssh:5.9:p1`: version `5.9`, update `p1`)
+//! narrows an exact version: a row with a specific update admits only that update of the
+//! version, read as the version followed by the update (`5.9` + `p1` is the observed
+//! `5.9p1`, and not `5.9`); an update that is `*`, `-`, empty or absent leaves the row as
+//! without one. Ranges and `*` versions ignore the update (NVD's rows with bounds have `*`).
 
 use std::cmp::Ordering;
 
@@ -60,8 +65,14 @@ pub fn compare_versions(a: &str, b: &str) -> Ordering {
     if a == b {
         return Ordering::Equal;
     }
-    let mut left = Keys::new(a);
-    let mut right = Keys::new(b);
+    compare_keys(Keys::new(a), Keys::new(b))
+}
+
+/// Compares two sequences of keys, the shorter padded with zero.
+fn compare_keys<'a, 'b>(
+    mut left: impl Iterator<Item = Key<'a>>,
+    mut right: impl Iterator<Item = Key<'b>>,
+) -> Ordering {
     loop {
         let (l, r) = match (left.next(), right.next()) {
             (None, None) => return Ordering::Equal,
@@ -83,6 +94,8 @@ pub struct VersionRange {
     pub start_excluding: Option<String>,
     pub end_including: Option<String>,
     pub end_excluding: Option<String>,
+    /// The CPE update field: a specific update narrows `exact`; `*`, `-` or `None`: any.
+    pub update: Option<String>,
 }
 
 impl VersionRange {
@@ -107,9 +120,19 @@ impl VersionRange {
             None | Some("" | "*") => true,
             Some("-") => is_not_applicable(version),
             Some(exact) => {
-                has_version_content(version)
-                    && has_version_content(exact)
-                    && compare_versions(version, exact).is_eq()
+                if !(has_version_content(version) && has_version_content(exact)) {
+                    return false;
+                }
+                match present(&self.update).filter(|u| !matches!(*u, "*" | "-")) {
+                    None => compare_versions(version, exact).is_eq(),
+                    // The version followed by the update; a separator between them, so
+                    // that `1.0` + `1` is `1.0.1`, not `1.01`.
+                    Some(update) => compare_keys(
+                        Keys::new(version),
+                        Keys::new(exact).chain(Keys::new(update)),
+                    )
+                    .is_eq(),
+                }
             }
         }
     }
@@ -290,6 +313,36 @@ mod tests {
         }
     }
 
+    /// openssh `5.9p1` is NVD version `5.9` update `p1`: such a row admits `5.9p1` only,
+    /// not `5.9` nor another update; an update `*` or `-` admits the version as before.
+    #[test]
+    fn an_exact_rule_with_an_update_admits_only_that_update() {
+        let with = |v: &str, u: &str| VersionRange {
+            update: Some(u.to_string()),
+            ..exact(v)
+        };
+        let p1 = with("5.9", "p1");
+        assert!(p1.matches("5.9p1"));
+        assert!(p1.matches("5.9.p1"));
+        assert!(p1.matches("5.9P1"));
+        assert!(!p1.matches("5.9"));
+        assert!(!p1.matches("5.9p2"));
+        assert!(!p1.matches("5.8p1"));
+        assert!(with("1.0", "1").matches("1.0.1"));
+        assert!(!with("1.0", "1").matches("1.01"));
+        assert!(with("2.0", "rc1").matches("2.0-rc1"));
+        assert!(!with("2.0", "rc1").matches("2.0"));
+        for any in ["*", "-", "", " "] {
+            assert!(with("5.9", any).matches("5.9"), "update {any:?}");
+            assert!(!with("5.9", any).matches("5.9p1"), "update {any:?}");
+        }
+        // Ranges and `*` versions do not look at the update.
+        let mut r = range("5.0", "", "", "6.0");
+        r.update = Some("p1".into());
+        assert!(r.matches("5.9p1") && r.matches("5.9"));
+        assert!(with("*", "p1").matches("7.0"));
+    }
+
     fn range(si: &str, se: &str, ei: &str, ee: &str) -> VersionRange {
         let opt = |s: &str| Some(s.to_string());
         VersionRange {
@@ -298,6 +351,7 @@ mod tests {
             start_excluding: opt(se),
             end_including: opt(ei),
             end_excluding: opt(ee),
+            update: None,
         }
     }
 
@@ -612,6 +666,7 @@ mod tests {
                 start_excluding: None,
                 end_including: Some(b.clone()),
                 end_excluding: None,
+                update: None,
             };
             let _ = row.matches(&a);
             let _ = exact(&b).matches(&a);
@@ -699,6 +754,7 @@ mod tests {
                 start_excluding: bound(1),
                 end_including: bound(2),
                 end_excluding: bound(3),
+                update: None,
             };
             if row.matches("1.0.2") {
                 all.insert(get(cve).to_string());

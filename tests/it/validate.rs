@@ -148,6 +148,16 @@ fn enrich_settings() {
             "p.yaml:13:43: field `operators.e.enrich.columns[0]`: `site` is not a column of table `hosts`",
         ],
     );
+    let yaml = format!(
+        "sources:\n  f:\n    file: {{paths: [in.jsonl]}}\n{ROWS}  c:\n    file: {{format: debezium, snapshot: [in.jsonl]}}\n    tables:\n      hosts: {{key: [host], columns: {{host: string, owner: string}}}}\noperators:\n  e:\n    inputs: [f, c.hosts]\n    enrich: {{key: {{host: host}}, distinct: [owner, site]}}\n  g:\n    inputs: [f, c.hosts]\n    enrich: {{key: {{host: host}}, distinct: []}}\n"
+    );
+    expect(
+        &yaml,
+        &[
+            "p.yaml:13:51: field `operators.e.enrich.distinct[1]`: `site` is not a column of table `hosts`",
+            "p.yaml:16:43: field `operators.g.enrich.distinct`: name at least one table column",
+        ],
+    );
 }
 
 #[test]

@@ -127,6 +127,7 @@ fn reference_state_bytes(rows: u64) -> anyhow::Result<(f64, f64, f64)> {
         primary_key: vec!["host".into()],
         key: vec![("host".into(), "host".into())],
         columns: None,
+        distinct: Vec::new(),
         version_range: None,
         conditions: Vec::new(),
         mode: JoinMode::Lookup,

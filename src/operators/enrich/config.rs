@@ -1,6 +1,6 @@
 //! The `enrich:` block of an operator: the events (first input) joined with a change
 //! stream's table port (second input, broadcast to every instance) — join key, version rule,
-//! residual conditions, columns, mode, miss policy and gating.
+//! residual conditions, columns, distinct matches, mode, miss policy and gating.
 
 use std::sync::Arc;
 
@@ -26,6 +26,9 @@ pub struct EnrichConfig {
     /// Event column -> table column.
     pub key: S<IndexMap<String, S<String>>>,
     pub columns: Option<Vec<S<String>>>,
+    /// Table columns: an event keeps one match per distinct value of them (the first in
+    /// primary-key order), e.g. `[cve_id]`.
+    pub distinct: Option<S<Vec<S<String>>>>,
     pub version_range: Option<S<VersionRangeYaml>>,
     /// Residual conditions, each `event_column OP table_column` with OP one of
     /// `= != < <= > >=`.
@@ -53,6 +56,8 @@ pub struct VersionRangeYaml {
     pub start_excluding: Option<S<String>>,
     pub end_including: Option<S<String>>,
     pub end_excluding: Option<S<String>>,
+    /// The CPE update field (default `update` where the table has it).
+    pub update: Option<S<String>>,
 }
 
 impl OperatorConfig for EnrichConfig {
@@ -176,6 +181,7 @@ impl EnrichConfig {
                 start_excluding: pick(&v.start_excluding, nvd.start_excluding),
                 end_including: pick(&v.end_including, nvd.end_including),
                 end_excluding: pick(&v.end_excluding, nvd.end_excluding),
+                update: pick(&v.update, nvd.update),
             }
         });
         let mut conditions = Vec::new();
@@ -192,6 +198,15 @@ impl EnrichConfig {
                 ),
             }
         }
+        if let Some(d) = &y.distinct
+            && d.value.is_empty()
+        {
+            issues.at(
+                &d.referenced,
+                format!("{f}.distinct"),
+                "name at least one table column, e.g. `distinct: [cve_id]`, or leave it out",
+            );
+        }
         let spec = EnrichSpec {
             table,
             primary_key,
@@ -205,6 +220,11 @@ impl EnrichConfig {
                 .columns
                 .as_ref()
                 .map(|c| c.iter().map(|x| x.value.clone()).collect()),
+            distinct: y
+                .distinct
+                .as_ref()
+                .map(|d| d.value.iter().map(|x| x.value.clone()).collect())
+                .unwrap_or_default(),
             version_range,
             conditions,
             mode,
@@ -307,6 +327,13 @@ fn locate_enrich_field(y: &EnrichConfig, field: &str) -> Option<Location> {
         .and_then(|n| n.parse::<usize>().ok())
     {
         return y.columns.as_ref()?.get(i).map(|c| c.referenced);
+    }
+    if let Some(i) = field
+        .strip_prefix("distinct[")
+        .and_then(|r| r.split(']').next())
+        .and_then(|n| n.parse::<usize>().ok())
+    {
+        return y.distinct.as_ref()?.value.get(i).map(|c| c.referenced);
     }
     if let Some(i) = field
         .strip_prefix("where[")

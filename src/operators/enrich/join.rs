@@ -1,13 +1,14 @@
 //! Joining events with the reference table: the probe (join key, version, condition
 //! columns), the matches of a probe (by the index, the residual conditions and the version
-//! rule, memoized against the latest table), the direct path when the join key is the
-//! primary key (lookups done in chunks so their memory reads overlap), the output rows, and
-//! what the miss policy does with an event that matched nothing.
+//! rule, the first per distinct value of the `distinct` columns, memoized against the
+//! latest table), the direct path when the join key is the primary key (lookups done in
+//! chunks so their memory reads overlap), the output rows, and what the miss policy does
+//! with an event that matched nothing.
 
 use std::sync::Arc;
 
 use super::gate::Pending;
-use super::{EnrichOperator, JoinMode, MissPolicy};
+use super::{EnrichOperator, JoinMode, Map, MissPolicy};
 use crate::dataflow::Output;
 use crate::operators::version_range::VersionRange;
 use crate::state::versioned::RowRef;
@@ -15,6 +16,10 @@ use crate::types::{EventTime, Value};
 
 /// One matched reference row, projected to the selected columns.
 pub(super) type Projected = Box<[Value]>;
+
+/// A match being collected: its primary key, its values of the `distinct` columns (none
+/// without `distinct`) and its projected row.
+type Found<'a> = (&'a [Value], Box<[Value]>, Projected);
 
 /// Most memoized probes kept; beyond it the memo starts over.
 const MEMO_LIMIT: usize = 1 << 18;
@@ -58,6 +63,7 @@ impl EnrichOperator {
             start_excluding: text(&cols[2]),
             end_including: text(&cols[3]),
             end_excluding: text(&cols[4]),
+            update: text(&cols[5]),
         };
         match version {
             Value::Str(v) => range.matches(v),
@@ -77,7 +83,7 @@ impl EnrichOperator {
         let key_len = self.layout.event_key.len();
         let (join_key, rest) = self.probe_key.split_at(key_len);
         let (version, conditions) = rest.split_at(usize::from(self.layout.version.is_some()));
-        let mut found: Vec<(&[Value], Projected)> = Vec::new();
+        let mut found: Vec<Found<'_>> = Vec::new();
         if let Some(pks) = self.index.get(join_key) {
             self.table.warm(pks.iter().map(|p| &p[..]));
             for pk in pks {
@@ -105,13 +111,19 @@ impl EnrichOperator {
                     && conditions_hold
                     && version.first().is_none_or(|v| self.version_admits(v, row))
                 {
-                    found.push((pk, self.project(row)));
+                    let distinct = self.layout.distinct.iter().map(|&i| row[i].clone());
+                    found.push((pk, distinct.collect(), self.project(row)));
                 }
             }
         }
         // In primary-key order, so that output does not depend on arrival or restore order.
         found.sort_by(|a, b| cmp_values(a.0, b.0));
-        let found: Arc<[Projected]> = found.into_iter().map(|(_, p)| p).collect();
+        if found.len() > 1 && !self.layout.distinct.is_empty() {
+            // The first match per distinct value, in primary-key order.
+            let mut seen: Map<Box<[Value]>, ()> = Map::default();
+            found.retain(|(_, d, _)| seen.insert(d.clone(), ()).is_none());
+        }
+        let found: Arc<[Projected]> = found.into_iter().map(|(_, _, p)| p).collect();
         if memoizable {
             if self.memo.len() >= MEMO_LIMIT {
                 self.memo.clear();

@@ -18,11 +18,13 @@ pub(super) struct Layout {
     pub(super) primary_key: Vec<usize>,
     /// Table columns copied to the output.
     pub(super) selected: Vec<usize>,
+    /// Table columns of which an event keeps one match per distinct value (`spec.distinct`).
+    pub(super) distinct: Vec<usize>,
     /// Event column of the observed version, and table columns of the rule.
-    pub(super) version: Option<(usize, [Option<usize>; 5])>,
+    pub(super) version: Option<(usize, [Option<usize>; 6])>,
     pub(super) table_schema: Schema,
-    /// The table's columns the join reads (key, primary key, selected, rule and condition
-    /// columns), as indices into the change rows' table columns: only these are stored, and
+    /// The table's columns the join reads (key, primary key, selected, distinct, rule and
+    /// condition columns), as indices into the change rows' table columns: only these are stored, and
     /// every other index of the layout points into a stored row.
     pub(super) stored: Vec<usize>,
     /// Residual conditions: (event column, op, table column).
@@ -97,6 +99,12 @@ impl Layout {
                 .filter(|&i| event_schema.index_of(&table_schema.field(i).name).is_none())
                 .collect(),
         };
+        let distinct: Vec<usize> = spec
+            .distinct
+            .iter()
+            .enumerate()
+            .map(|(i, c)| table_col(&format!("distinct[{i}]"), c))
+            .collect::<Result<_, _>>()?;
         let matched_name = format!("{}_matched", spec.table);
         let mut fields = event_schema.fields.clone();
         for (n, &i) in selected.iter().enumerate() {
@@ -137,6 +145,7 @@ impl Layout {
                         col(&v.start_excluding, "start_excluding")?,
                         col(&v.end_including, "end_including")?,
                         col(&v.end_excluding, "end_excluding")?,
+                        col(&v.update, "update")?,
                     ],
                 ))
             }
@@ -168,6 +177,7 @@ impl Layout {
         let mut rest: Vec<usize> = table_key
             .iter()
             .chain(&selected)
+            .chain(&distinct)
             .chain(version.iter().flat_map(|(_, cols)| cols.iter().flatten()))
             .chain(conditions.iter().map(|(_, _, t)| t))
             .copied()
@@ -187,6 +197,7 @@ impl Layout {
         let table_key: Vec<usize> = table_key.into_iter().map(at).collect();
         let primary_key: Vec<usize> = primary_key.into_iter().map(at).collect();
         let selected: Vec<usize> = selected.into_iter().map(at).collect();
+        let distinct: Vec<usize> = distinct.into_iter().map(at).collect();
         let version = version.map(|(e, cols)| (e, cols.map(|c| c.map(at))));
         let conditions: Vec<(usize, CmpOp, usize)> = conditions
             .into_iter()
@@ -205,6 +216,7 @@ impl Layout {
             table_key,
             primary_key,
             selected,
+            distinct,
             version,
             table_schema,
             stored,

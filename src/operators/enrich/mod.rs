@@ -20,7 +20,11 @@
 //! An event matches every reference row whose join columns equal the event's, that meets
 //! the residual conditions (`event column OP table column`) and, with a `version_range`,
 //! whose NVD version rule admits the event's version: 1:N, one output row per match, the
-//! event's columns then the selected reference columns then `<table>_matched`. `lookup`
+//! event's columns then the selected reference columns then `<table>_matched`. With
+//! `distinct` columns an event keeps, of its matches, the first (in primary-key order) per
+//! distinct value of those columns: e.g. one row per CVE, although several of its CPE rules
+//! admit the version (NVD: a CVE applies if any of its rules matches). This is done when a
+//! probe's matches are computed, so memoized probes cost nothing more. `lookup`
 //! joins the latest rows at once; `as_of` waits until the watermark (the minimum over both
 //! inputs, so the reference side's progress counts) passes the event's time and joins the
 //! rows valid at that time. A miss is emitted with null reference columns and

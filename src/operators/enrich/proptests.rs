@@ -293,6 +293,7 @@ proptest! {
             primary_key: vec!["id".into()],
             key: vec![("id".into(), "id".into())],
             columns: Some(vec!["product".into()]),
+            distinct: Vec::new(),
             version_range: None,
             conditions: Vec::new(),
             mode: JoinMode::Lookup,
@@ -332,11 +333,15 @@ proptest! {
 
     /// Oracle: as-of enrichment equals a nested loop over the reference history, per
     /// event: the rows whose latest version (by LSN, replays ignored) with a
-    /// `valid_from <= t` is live and has the event's product.
+    /// `valid_from <= t` is live and has the event's product; with `distinct: [cve]`, the
+    /// first of those (by id) per CVE.
     #[test]
-    fn as_of_join_equals_a_nested_loop_over_the_history(steps in arb_steps()) {
+    fn as_of_join_equals_a_nested_loop_over_the_history(steps in arb_steps(), distinct in any::<bool>()) {
         let steps = lawful(&steps);
-        let spec = spec(JoinMode::AsOf { retention_ms: None }, MissPolicy::Emit, EnrichStrategy::Gradual);
+        let mut spec = spec(JoinMode::AsOf { retention_ms: None }, MissPolicy::Emit, EnrichStrategy::Gradual);
+        if distinct {
+            spec.distinct = vec!["cve".into()];
+        }
         let got = drive(&spec, &script(&steps), None);
         // The history as the materializer sees it: per id, versions in LSN order.
         let mut lsn = 0i64;
@@ -364,7 +369,10 @@ proptest! {
             let mut matches = Vec::new();
             for id in 0..4 {
                 let v = history.iter().filter(|h| h.0 == id && h.2 <= *t).max_by_key(|h| h.1);
-                if let Some((_, _, _, Some((prod, cve)))) = v && prod == p {
+                if let Some((_, _, _, Some((prod, cve)))) = v
+                    && prod == p
+                    && !(distinct && matches.contains(cve))
+                {
                     matches.push(cve.clone());
                 }
             }
@@ -385,16 +393,20 @@ proptest! {
     }
 
     /// Checkpoint after any step, restore into a fresh instance, continue: the same
-    /// output as an uninterrupted run, for every mode, miss policy and strategy. With the
-    /// table on disk (a cache of two keys), the same output as in memory.
+    /// output as an uninterrupted run, for every mode, miss policy and strategy, with and
+    /// without `distinct`. With the table on disk (a cache of two keys), the same output
+    /// as in memory.
     #[test]
-    fn restore_anywhere_matches_uninterrupted(steps in arb_steps(), cut in 0usize..60, which in 0usize..8) {
+    fn restore_anywhere_matches_uninterrupted(steps in arb_steps(), cut in 0usize..60, which in 0usize..8, distinct in any::<bool>()) {
         let mut spec = match which % 4 {
             0 => spec(JoinMode::Lookup, MissPolicy::Emit, EnrichStrategy::Gated { max_buffered: 5 }),
             1 => spec(JoinMode::AsOf { retention_ms: Some(30) }, MissPolicy::Emit, EnrichStrategy::Gradual),
             2 => spec(JoinMode::Lookup, MissPolicy::Hold { timeout_ms: 20 }, EnrichStrategy::Gradual),
             _ => spec(JoinMode::AsOf { retention_ms: None }, MissPolicy::Hold { timeout_ms: 20 }, EnrichStrategy::Gated { max_buffered: 100 }),
         };
+        if distinct {
+            spec.distinct = vec!["cve".into()];
+        }
         let s = script(&lawful(&steps));
         let in_memory = drive(&spec, &s, None);
         if which >= 4 {

@@ -53,6 +53,8 @@ pub struct VersionRangeSpec {
     pub start_excluding: Option<String>,
     pub end_including: Option<String>,
     pub end_excluding: Option<String>,
+    /// Reference column: the CPE update field, which narrows an exact version.
+    pub update: Option<String>,
 }
 
 impl VersionRangeSpec {
@@ -65,6 +67,7 @@ impl VersionRangeSpec {
             start_excluding: Some("version_start_excluding".into()),
             end_including: Some("version_end_including".into()),
             end_excluding: Some("version_end_excluding".into()),
+            update: Some("update".into()),
         }
     }
 }
@@ -130,6 +133,9 @@ pub struct EnrichSpec {
     pub key: Vec<(String, String)>,
     /// Reference columns added to the output; `None`: all not already in the event.
     pub columns: Option<Vec<String>>,
+    /// Table columns of which an event keeps one match per distinct value (the first in
+    /// primary-key order); empty: every match.
+    pub distinct: Vec<String>,
     pub version_range: Option<VersionRangeSpec>,
     /// More conditions every match must meet, besides the join key.
     pub conditions: Vec<Condition>,

@@ -44,6 +44,7 @@ pub(super) fn spec(mode: JoinMode, miss: MissPolicy, strategy: EnrichStrategy) -
         primary_key: vec!["id".into()],
         key: vec![("product".into(), "product".into())],
         columns: Some(vec!["cve".into()]),
+        distinct: Vec::new(),
         version_range: Some(VersionRangeSpec {
             version: "version".into(),
             exact: Some("version".into()),
@@ -51,6 +52,7 @@ pub(super) fn spec(mode: JoinMode, miss: MissPolicy, strategy: EnrichStrategy) -
             start_excluding: None,
             end_including: None,
             end_excluding: Some("version_end_excluding".into()),
+            update: None,
         }),
         conditions: Vec::new(),
         mode,
@@ -404,6 +406,117 @@ fn residual_conditions_filter_matches_and_key_the_memo() {
         .unwrap();
     assert_eq!(e.field, "where[0]");
     assert!(e.message.contains("one type"), "{}", e.message);
+}
+
+#[test]
+fn a_cve_with_several_matching_rules_is_emitted_once_with_distinct() {
+    // Jenkins 1.302: one CVE with an LTS and a weekly rule that both admit it, and a
+    // second CVE with one rule. Without `distinct` one row per rule, with it one per CVE
+    // (the first rule in primary-key order), in lookup and as-of mode.
+    let reference = changes(&[
+        (("r", 5, 3, "jenkins", "CVE-A", "", "1.0", "2.0"), 0),
+        (("r", 5, 1, "jenkins", "CVE-A", "1.302", "", ""), 0),
+        (("r", 5, 2, "jenkins", "CVE-B", "*", "", ""), 0),
+        (("r", 5, 4, "jenkins", "CVE-B", "", "3.0", ""), 0),
+    ]);
+    let probe = events(&[("h1", "jenkins", "1.302", 10), ("h2", "jenkins", "2.5", 11)]);
+    for mode in [JoinMode::Lookup, JoinMode::AsOf { retention_ms: None }] {
+        let mut spec = spec(mode, MissPolicy::Emit, EnrichStrategy::Gradual);
+        spec.columns = Some(vec!["cve".into(), "version_start_including".into()]);
+        let run = |spec: EnrichSpec| {
+            let mut h = Harness::new(op(spec), 2);
+            h.data(1, reference.clone());
+            h.data(0, probe.clone());
+            h.watermark_all(crate::time::watermark::END_OF_TIME);
+            h.take("main")
+                .into_iter()
+                .map(|(r, _)| {
+                    let v = |i: usize| r[i].as_str().unwrap_or("-").to_string();
+                    (v(0), v(3), v(4))
+                })
+                .collect::<Vec<_>>()
+        };
+        let all = run(spec.clone());
+        assert_eq!(all.len(), 4, "{all:?}");
+        spec.distinct = vec!["cve".into()];
+        assert_eq!(
+            run(spec),
+            vec![
+                // CVE-A by its rule 1 (no start bound), not rule 3 (from 1.0).
+                ("h1".into(), "CVE-A".into(), "-".into()),
+                ("h1".into(), "CVE-B".into(), "-".into()),
+                ("h2".into(), "CVE-B".into(), "-".into()),
+            ]
+        );
+    }
+    let mut bad = spec(JoinMode::Lookup, MissPolicy::Emit, EnrichStrategy::Gradual);
+    bad.distinct = vec!["cve".into(), "nope".into()];
+    let e = EnrichOperator::new("e", bad, events_schema(), &change_schema())
+        .err()
+        .unwrap();
+    assert_eq!(e.field, "distinct[1]");
+    assert!(e.message.contains("`nope` is not a column of table `cpe`"));
+}
+
+#[test]
+fn a_rule_with_a_cpe_update_admits_only_that_update() {
+    // openssh `5.9p1` is NVD version `5.9` update `p1`: before the update was carried, the
+    // rule matched the observed `5.9` and never `5.9p1`.
+    let table = Schema::new(vec![
+        Field::new("id", DataType::Int),
+        Field::new("product", DataType::String),
+        Field::new("cve", DataType::String),
+        Field::new("version", DataType::String),
+        Field::new("update", DataType::String),
+    ]);
+    let reference = rows::change_schema(&table);
+    let mut spec = spec(JoinMode::Lookup, MissPolicy::Emit, EnrichStrategy::Gradual);
+    spec.version_range = Some(VersionRangeSpec {
+        version: "version".into(),
+        exact: Some("version".into()),
+        start_including: None,
+        start_excluding: None,
+        end_including: None,
+        end_excluding: None,
+        update: Some("update".into()),
+    });
+    let op = EnrichOperator::new("e", spec, events_schema(), &reference).unwrap();
+    let mut h = Harness::new(op, 2);
+    let mut b = Batch::new(reference.clone());
+    for (id, cve, version, update) in [
+        (1, "CVE-P1", "5.9", "p1"),
+        (2, "CVE-ANY", "5.9", "*"),
+        (3, "CVE-NA", "5.9", "-"),
+    ] {
+        b.push_row(
+            [
+                s("r"),
+                Value::Int(5),
+                Value::Int(0),
+                s("true"),
+                Value::Null,
+                Value::Int(id),
+                s("openssh"),
+                s(cve),
+                s(version),
+                s(update),
+            ],
+            0,
+        );
+    }
+    h.data(1, b);
+    h.data(
+        0,
+        events(&[("a", "openssh", "5.9p1", 1), ("b", "openssh", "5.9", 2)]),
+    );
+    assert_eq!(
+        cves(&h.take("main")),
+        vec![
+            ("a".into(), "CVE-P1".into(), true),
+            ("b".into(), "CVE-ANY".into(), true),
+            ("b".into(), "CVE-NA".into(), true),
+        ]
+    );
 }
 
 fn spec_for_conditions() -> EnrichSpec {

@@ -26,7 +26,8 @@ pub struct GeneratorConfig {
     pub quiet: Vec<S<QuietYaml>>,
     pub partitions: Option<S<u32>>,
     pub seed: Option<u64>,
-    /// CSV `vendor,product,version,port,weight` of what hosts run (adds a `vendor` column).
+    /// CSV `vendor,product,version,port,weight` of what hosts run (adds a `vendor` column,
+    /// and an `observation_id` column that identifies each record).
     pub vocabulary: Option<S<String>>,
 }
 

@@ -161,10 +161,13 @@ pub fn observation_schema() -> SchemaRef {
     ]))
 }
 
-/// The schema of a generator with a vocabulary: `vendor` after `port`.
+/// The schema of a generator with a vocabulary: `vendor` after `port`, and last
+/// `observation_id`, the record's number in the generator's sequence, which identifies an
+/// observation (host, time and port together need not be unique).
 pub fn vendor_observation_schema() -> SchemaRef {
     let mut fields = observation_schema().fields.clone();
     fields.insert(3, Field::new("vendor", DataType::String));
+    fields.push(Field::new("observation_id", DataType::Int));
     Arc::new(Schema::new(fields))
 }
 
@@ -383,6 +386,9 @@ impl GeneratorSource {
         batch.push_value(Value::Str(product.clone()));
         batch.push_value(Value::Str(version.clone()));
         batch.push_value(Value::Int((r2 >> 48) as i64 % 1500 + 40));
+        if self.spec.vocabulary.is_some() {
+            batch.push_value(Value::Int(i as i64));
+        }
         batch.finish_row(event_time);
     }
 }
@@ -662,6 +668,37 @@ mod tests {
         };
         assert_eq!(out.ready, vec![1 - partition]);
         assert!(out.caught_up.is_empty());
+    }
+
+    /// Host, time and port need not identify an observation; `observation_id` does.
+    #[test]
+    fn vocabulary_records_carry_a_unique_observation_id() {
+        let entry = VocabularyEntry {
+            vendor: "openbsd".into(),
+            product: "openssh".into(),
+            version: "5.9p1".into(),
+            port: 22,
+            weight: 1,
+        };
+        let spec = GeneratorSpec {
+            count: Some(300),
+            partitions: 2,
+            hosts: 3,
+            start_ms: Some(0),
+            vocabulary: Some(vec![entry].into()),
+            ..GeneratorSpec::default()
+        };
+        let schema = schema_for(&spec);
+        let id = schema.index_of("observation_id").unwrap();
+        let mut ids = std::collections::BTreeSet::new();
+        for p in 0..2 {
+            let mut g = GeneratorSource::new("g", spec.clone(), p, 2);
+            for (row, _) in drain(&mut g, 0).rows() {
+                assert_eq!(row.len(), schema.len());
+                assert!(ids.insert(row[id].as_i64().unwrap()));
+            }
+        }
+        assert_eq!(ids, (0..300).collect());
     }
 
     #[test]
