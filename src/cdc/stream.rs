@@ -401,17 +401,7 @@ mod tests {
     }
 
     fn buffers(tables: &[CdcTable]) -> ReadBuffers {
-        ReadBuffers {
-            records: Batch::new(main_schema()),
-            dead_letters: Batch::new(crate::dead_letter::schema()),
-            extra: ChangeStream::table_ports(tables)
-                .into_iter()
-                .map(|p| Batch::new(p.schema))
-                .collect(),
-            progress: None,
-            caught_up: Vec::new(),
-            ready: Vec::new(),
-        }
+        ReadBuffers::for_ports(main_schema(), ChangeStream::table_ports(tables))
     }
 
     /// A change built by hand, as any format would produce it.

@@ -50,11 +50,15 @@ pub struct ReadBuffers {
 impl ReadBuffers {
     /// Empty buffers for `source`'s ports.
     pub fn for_source(source: &dyn Source) -> ReadBuffers {
+        ReadBuffers::for_ports(source.schema(), source.extra_ports())
+    }
+
+    /// Empty buffers for a source of records with `schema` and these extra ports.
+    pub fn for_ports(schema: SchemaRef, extra_ports: Vec<PortSpec>) -> ReadBuffers {
         ReadBuffers {
-            records: Batch::new(source.schema()),
+            records: Batch::new(schema),
             dead_letters: Batch::new(crate::dead_letter::schema()),
-            extra: source
-                .extra_ports()
+            extra: extra_ports
                 .into_iter()
                 .map(|p| Batch::new(p.schema))
                 .collect(),

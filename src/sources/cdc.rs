@@ -296,7 +296,6 @@ mod arrival_order_tests {
     use crate::cdc::Version;
     use crate::cdc::rows::row_version;
     use crate::dataflow::ReadBuffers;
-    use crate::types::Batch;
 
     fn customers() -> Vec<CdcTable> {
         use crate::cdc::{TableConfig, TableId};
@@ -313,18 +312,7 @@ mod arrival_order_tests {
     }
 
     fn buffers(decoder: &ChangeDecoder) -> ReadBuffers {
-        ReadBuffers {
-            records: Batch::new(main_schema()),
-            dead_letters: Batch::new(crate::dead_letter::schema()),
-            extra: decoder
-                .extra_ports()
-                .into_iter()
-                .map(|p| Batch::new(p.schema))
-                .collect(),
-            progress: None,
-            caught_up: Vec::new(),
-            ready: Vec::new(),
-        }
+        ReadBuffers::for_ports(main_schema(), decoder.extra_ports())
     }
 
     fn line(op: &str, id: i64, name: &str, snapshot: &str) -> String {

@@ -73,7 +73,7 @@ fn start(pipeline: &Path, failpoint: Option<&str>) -> Child {
     cmd.spawn().unwrap()
 }
 
-fn sorted_lines(dir: &Path) -> Vec<(String, Vec<String>)> {
+pub(crate) fn sorted_lines(dir: &Path) -> Vec<(String, Vec<String>)> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap()
         .flatten()

@@ -5,7 +5,7 @@
 //! sources block) and with every operator slowed down (as when starved of CPU), gives the same
 //! lines in every output, late records included.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 fn demo_pipeline(out: &Path) -> String {
@@ -14,28 +14,6 @@ fn demo_pipeline(out: &Path) -> String {
     assert!(text.contains("watershed-out/") && text.contains("demo/"));
     text.replace("demo/", &format!("{}/demo/", root.display()))
         .replace("watershed-out/", &format!("{}/", out.display()))
-}
-
-fn sorted_outputs(dir: &Path) -> Vec<(String, Vec<String>)> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .collect();
-    files.sort();
-    files
-        .into_iter()
-        .map(|f| {
-            let name = f.file_name().unwrap().to_string_lossy().into_owned();
-            let mut lines: Vec<String> = std::fs::read_to_string(&f)
-                .unwrap()
-                .lines()
-                .map(String::from)
-                .collect();
-            lines.sort();
-            (name, lines)
-        })
-        .collect()
 }
 
 /// Runs the demo pipeline with `WATERSHED_SLOW` set to `slow` (if any); its sorted outputs.
@@ -53,7 +31,7 @@ fn run(dir: &Path, name: &str, slow: Option<&str>) -> Vec<(String, Vec<String>)>
     }
     let status = cmd.status().unwrap();
     assert!(status.success(), "{name}: {status}");
-    sorted_outputs(&out)
+    super::crash::sorted_lines(&out)
 }
 
 #[test]
