@@ -412,10 +412,18 @@ proptest! {
     #![proptest_config(config(512))]
 
     #[test]
-    fn window_restore_never_panics(which in 0usize..2, spoil in spoil()) {
+    fn window_restore_never_panics(which in 0usize..2, spoil in spoil(), rescale in any::<bool>()) {
         let image = spoil.apply(&window_images()[which]);
         let mut op = window(KINDS[which]);
-        if op.restore(&image).is_ok() {
+        // Restored as one instance, or with a valid image into another number of instances.
+        let restored = if rescale {
+            let valid = window_images()[which].clone();
+            let from = crate::dataflow::Rescale::new(0, 1, vec![&valid, &image]);
+            op.restore_rescaled(&from)
+        } else {
+            op.restore(&image)
+        };
+        if restored.is_ok() {
             let mut h = Harness::new(op, 1);
             h.data(0, window_rows(20));
             h.watermark_all(18_000);
@@ -542,10 +550,18 @@ proptest! {
     #![proptest_config(config(512))]
 
     #[test]
-    fn enrich_restore_never_panics(which in 0usize..2, spoil in spoil()) {
+    fn enrich_restore_never_panics(which in 0usize..2, spoil in spoil(), rescale in any::<bool>()) {
         let image = spoil.apply(&enrich_images()[which]);
         let mut op = enrich();
-        if op.restore(&image).is_ok() {
+        // Restored as one instance, or with a valid image into another number of instances.
+        let restored = if rescale {
+            let valid = enrich_images()[which].clone();
+            let from = crate::dataflow::Rescale::new(0, 1, vec![&valid, &image]);
+            op.restore_rescaled(&from)
+        } else {
+            op.restore(&image)
+        };
+        if restored.is_ok() {
             let mut h = Harness::new(op, 2);
             h.data(0, enrich_events(40));
             h.data(1, changes(50, 5, true));

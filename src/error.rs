@@ -84,6 +84,8 @@ pub enum StateError {
     Encode { operator: String, reason: String },
     #[error("cannot decode state of {operator}: {reason}")]
     Decode { operator: String, reason: String },
+    #[error("cannot restore into another number of instances: {reason}")]
+    Rescale { reason: String },
 }
 
 impl StateError {

@@ -28,7 +28,8 @@
 //! one stops holding it; every partition held at a barrier is in that checkpoint.
 //!
 //! # An operator's life
-//! `restore` (from a checkpoint) or nothing, then `process` per batch and `on_watermark` per
+//! `restore` (from a checkpoint), `restore_rescaled` (from a checkpoint taken with another
+//! number of instances: `key_group`) or nothing, then `process` per batch and `on_watermark` per
 //! advance of the merged watermark, in arrival order. At a barrier (aligned over all inputs
 //! by the runtime) `snapshot` is called after everything before the barrier was processed;
 //! its image goes into the checkpoint. Operators are synchronous and do no I/O; state that
@@ -40,6 +41,7 @@
 //! not yet visible and returns what a restart needs; `commit(epoch)` after the checkpoint is
 //! durable; at the end of the input a last `pre_commit(FINAL_EPOCH)`, its `commit`, `finish`.
 
+pub mod key_group;
 pub mod message;
 pub mod operator;
 pub mod port;
@@ -47,6 +49,7 @@ pub mod position;
 pub mod sink;
 pub mod source;
 
+pub use key_group::Rescale;
 pub use message::{FINAL_EPOCH, Message};
 pub use operator::Operator;
 pub use port::{DEAD_LETTER_PORT, FLUSH_ROWS, LATE_PORT, MAIN_PORT, MISS_PORT, Output, PortSpec};

@@ -1,6 +1,7 @@
 //! The `Operator` contract: synchronous, deterministic transformations between sources and
 //! sinks. See the contract in `dataflow`'s header for the order of calls.
 
+use crate::dataflow::key_group::Rescale;
 use crate::dataflow::port::{Output, PortSpec};
 use crate::error::StateError;
 use crate::state::StateImage;
@@ -23,6 +24,22 @@ pub trait Operator: Send {
 
     /// Replaces the operator's state with a snapshot taken by `snapshot`.
     fn restore(&mut self, snapshot: &StateImage) -> Result<(), StateError>;
+
+    /// Restores this instance from a checkpoint taken with another number of instances of
+    /// the operator (`from` holds every former instance's snapshot): it keeps the keyed
+    /// state whose key group it owns now (`Rescale::owns_key`) and the unkeyed state of the
+    /// former instances it takes (`Rescale::takes`), so that the new instances together hold
+    /// exactly what the former ones did. An operator without state need not implement it.
+    fn restore_rescaled(&mut self, from: &Rescale<'_>) -> Result<(), StateError> {
+        match from.snapshots.iter().find(|s| !s.is_empty()) {
+            None => Ok(()),
+            Some(_) => Err(StateError::Rescale {
+                reason: "this operator's state cannot be spread over another number of \
+                         instances"
+                    .into(),
+            }),
+        }
+    }
 
     /// The event time below which the operator may still emit records (it buffers older
     /// ones): the runtime forwards no watermark above it, so buffered records are never late

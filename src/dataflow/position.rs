@@ -68,13 +68,16 @@ impl Position {
     }
 }
 
-/// For people: `file line 500, offset 19500`.
+/// For people: `file line 500, offset 19500` (the scalar fields: a file's identity or a
+/// decoder's state, nested, are for the connector).
 impl fmt::Display for Position {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.kind)?;
         match &self.value {
             serde_json::Value::Object(fields) => {
-                for (i, (k, v)) in fields.iter().filter(|(_, v)| !v.is_null()).enumerate() {
+                let scalar =
+                    |v: &serde_json::Value| !(v.is_null() || v.is_object() || v.is_array());
+                for (i, (k, v)) in fields.iter().filter(|(_, v)| scalar(v)).enumerate() {
                     let sep = if i == 0 { " " } else { ", " };
                     write!(f, "{sep}{k} {v}")?;
                 }

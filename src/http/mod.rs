@@ -14,7 +14,8 @@
 //! - State-changing requests (`POST /savepoint`) need the run's token (`token`) as
 //!   `Authorization: Bearer <token>`: 401 without it.
 //! - A request whose `Origin` is not the endpoint's own (`http://<Host>`) is refused with
-//!   403: a browser's cross-site request, whatever page made it.
+//!   403: a browser's cross-site request, whatever page made it. On a loopback endpoint a
+//!   request whose `Host` is not a loopback name is refused too (DNS rebinding).
 //! - The endpoint binds only loopback addresses unless `--allow-remote-endpoints` says
 //!   otherwise: `/metrics` and `/status` answer anyone who can reach them.
 //! - An address in use is an error before the run starts, never a run without endpoint.
@@ -150,7 +151,7 @@ pub fn start(settings: &Settings, services: Services) -> Result<Endpoint, RunErr
     )
     .map_err(|e| RunError::io("cannot write the endpoint's token file", e))?;
     let connections = conn::Connections::new(settings.limits);
-    let app = router(services, token.clone());
+    let app = router(services, token.clone(), settings.allow_remote);
     let conns = connections.clone();
     let spawned = std::thread::Builder::new()
         .name("http".into())
@@ -167,7 +168,7 @@ pub fn start(settings: &Settings, services: Services) -> Result<Endpoint, RunErr
     })
 }
 
-fn router(services: Services, token: Token) -> Router {
+fn router(services: Services, token: Token, allow_remote: bool) -> Router {
     let state = AppState {
         prometheus: services.prometheus,
         status: services.status,
@@ -185,7 +186,45 @@ fn router(services: Services, token: Token) -> Router {
         .route("/status", get(status_doc))
         .merge(changing)
         .layer(middleware::from_fn(same_origin))
+        .layer(middleware::from_fn_with_state(allow_remote, loopback_host))
         .with_state(state)
+}
+
+/// On a loopback endpoint, refuses a request whose `Host` is not a loopback name
+/// (`localhost`, `127.x.x.x`, `[::1]`): a page whose own name was made to resolve to
+/// 127.0.0.1 (DNS rebinding) passes the `Origin` check, not this one.
+async fn loopback_host(State(allow_remote): State<bool>, req: Request, next: Next) -> Response {
+    if !allow_remote {
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok());
+        if !host.is_some_and(is_loopback_host) {
+            return (
+                StatusCode::FORBIDDEN,
+                "this endpoint answers only requests addressed to a loopback name \
+                 (`Host: localhost`, `127.0.0.1`, `[::1]`)",
+            )
+                .into_response();
+        }
+    }
+    next.run(req).await
+}
+
+/// Whether a `Host` header names this machine's loopback: `localhost`, an IPv4 loopback
+/// address or `[::1]`, with or without a port.
+fn is_loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(rest) => match rest.split_once(']') {
+            Some((v6, port)) if port.is_empty() || port.starts_with(':') => v6,
+            _ => return false,
+        },
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.to_canonical().is_loopback())
 }
 
 /// Refuses a request whose `Origin` is not the endpoint's own.
@@ -387,6 +426,53 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn loopback_hosts_are_recognized() {
+        for ok in [
+            "localhost",
+            "LOCALHOST:9464",
+            "127.0.0.1",
+            "127.0.0.1:9464",
+            "127.3.4.5:1",
+            "[::1]",
+            "[::1]:9464",
+        ] {
+            assert!(is_loopback_host(ok), "{ok}");
+        }
+        for bad in [
+            "attacker.example",
+            "attacker.example:9464",
+            "localhost.attacker.example",
+            "10.0.0.1:9464",
+            "[::2]:9464",
+            "[::1]x",
+            "",
+        ] {
+            assert!(!is_loopback_host(bad), "{bad}");
+        }
+    }
+
+    /// Regression: a page whose own name resolves to 127.0.0.1 (DNS rebinding) sends its
+    /// own name as `Host` and `Origin`, which agree: only the `Host` check stops it.
+    #[test]
+    fn a_rebound_name_is_refused_on_a_loopback_endpoint() {
+        let cp = tempfile::tempdir().unwrap();
+        let (e, _requests) = serve(cp.path(), Limits::default());
+        let ask = |host: &str| {
+            client::exchange(
+                e.addr,
+                &format!("GET /status HTTP/1.0\r\nHost: {host}\r\nOrigin: http://{host}\r\n\r\n"),
+                Duration::from_secs(60),
+            )
+            .unwrap()
+        };
+        let (status, body) = ask("rebound.example:9464");
+        assert_eq!(status, 403, "{body}");
+        assert!(body.contains("loopback name"), "{body}");
+        assert_eq!(ask(&e.addr.to_string()).0, 200);
+        assert_eq!(ask(&format!("localhost:{}", e.addr.port())).0, 200);
     }
 
     #[test]

@@ -18,8 +18,8 @@ use crossbeam_channel::{Receiver, Sender, bounded, unbounded};
 
 use crate::alerts::{AlertEvaluator, AlertKind};
 use crate::checkpoint::{Checkpoint, CheckpointStore, Restored, store};
-use crate::dataflow::Sink;
 use crate::dataflow::{DEAD_LETTER_PORT, LATE_PORT};
+use crate::dataflow::{Rescale, Sink};
 use crate::error::RunError;
 use crate::metrics as m;
 use crate::runtime::coordinator::{CheckpointCoordinator, Purpose};
@@ -204,55 +204,97 @@ fn checkpoint_to_restore(
         .map_err(|e| RunError::restore("checkpoints", e))
 }
 
-/// Checks that a checkpoint fits the plan: every operator state it holds has an instance to
-/// go to (a different parallelism would lose or misplace keyed state).
+/// Checks that a checkpoint fits the plan: every state it holds belongs to a node of the
+/// plan, under instance numbers `0..m`. An operator or source taken with another number of
+/// instances is restored by redistributing its state (`former_instances`); a sink cannot be
+/// (each instance is its own output).
 fn check_restorable(plan: &Plan, r: &Restored) -> Result<(), RunError> {
-    let labels: Vec<String> = plan
-        .nodes
-        .iter()
-        .flat_map(|n| (0..n.parallelism).map(move |i| format!("{}#{i}", n.name)))
-        .collect();
-    // Keyed state is spread over instances by key hash modulo the instance count: restored
-    // into another count, keys would be looked for in the wrong instance. Until state is
-    // split into key groups that can be redistributed, a different count is refused.
+    let labels = r
+        .operators
+        .keys()
+        .chain(r.sinks.keys())
+        .chain(r.manifest.sources.keys());
+    for label in labels {
+        let node = label
+            .rsplit_once('#')
+            .and_then(|(name, i)| Some((name, i.parse::<usize>().ok()?)))
+            .and_then(|(name, _)| plan.nodes.iter().find(|n| n.name == name));
+        if node.is_none() {
+            return Err(RunError::Restore {
+                component: label.clone(),
+                message: format!(
+                    "checkpoint {} holds state for `{label}`, which this pipeline does not have \
+                     (was it taken with another pipeline file?)",
+                    r.path.display()
+                ),
+            });
+        }
+    }
     for node in &plan.nodes {
-        let prefix = format!("{}#", node.name);
-        let taken = r
-            .operators
-            .keys()
-            .chain(r.sinks.keys())
-            .filter(|l| l.starts_with(&prefix))
-            .count();
-        if taken > 0 && taken != node.parallelism {
+        let taken = former_instances(r, node);
+        let Some(m) = taken else { continue };
+        if m != node.parallelism && matches!(node.kind, NodeKind::Sink { .. }) {
             return Err(RunError::Restore {
                 component: node.name.clone(),
                 message: format!(
-                    "checkpoint {} was taken with {taken} instance(s) of `{}`, this run has {}: \
-                     its state cannot be redistributed to another count yet; run with \
-                     `--parallelism {taken}` (or the pipeline's former `parallelism`)",
+                    "checkpoint {} was taken with {m} instance(s) of sink `{}`, this run has {}; \
+                     a sink's instances cannot be merged or split",
                     r.path.display(),
                     node.name,
                     node.parallelism
                 ),
             });
         }
-    }
-    for label in r.operators.keys().chain(r.sinks.keys()) {
-        if !labels.contains(label) {
-            return Err(RunError::Restore {
-                component: label.clone(),
-                message: format!(
-                    "checkpoint {} holds state for `{label}`, which this pipeline does not have \
-                     (was it taken with another parallelism or another pipeline file?)",
-                    r.path.display()
-                ),
-            });
+        if m != node.parallelism {
+            tracing::warn!(node = %node.name, former = m, now = node.parallelism, "restoring into another number of instances: state is redistributed by key group");
         }
     }
     if r.manifest.pipeline != plan.name {
         tracing::warn!(checkpoint = %r.manifest.pipeline, pipeline = %plan.name, "restoring a checkpoint taken by a pipeline of another name");
     }
     Ok(())
+}
+
+/// How many instances of `node` the checkpoint holds state for (`None`: none), checked to
+/// be numbered `0..m`.
+fn former_instances(r: &Restored, node: &PlanNode) -> Option<usize> {
+    let prefix = format!("{}#", node.name);
+    let mut seen: Vec<usize> = r
+        .operators
+        .keys()
+        .chain(r.sinks.keys())
+        .chain(r.manifest.sources.keys())
+        .filter_map(|l| l.strip_prefix(&prefix)?.parse().ok())
+        .collect();
+    seen.sort_unstable();
+    seen.dedup();
+    let m = seen.last().map(|&last| last + 1)?;
+    Some(m)
+}
+
+/// The positions and watermark state of every former instance of source `node`, as one:
+/// a run with another number of instances matches its partitions in it by name.
+fn merged_source_checkpoint(r: &Restored, node: &PlanNode) -> crate::checkpoint::SourceCheckpoint {
+    let prefix = format!("{}#", node.name);
+    let mut merged = crate::checkpoint::SourceCheckpoint::default();
+    for (label, at) in &r.manifest.sources {
+        if label
+            .strip_prefix(&prefix)
+            .is_none_or(|i| i.parse::<usize>().is_err())
+        {
+            continue;
+        }
+        merged.positions.extend(at.positions.iter().cloned());
+        // Checkpoints of manifest format 2 and older do not name the partitions of their
+        // watermark state: without names it cannot be matched, the partitions start without.
+        if at.partitions.len() == at.max_event_times.len() {
+            merged.partitions.extend(at.partitions.iter().cloned());
+            merged
+                .max_event_times
+                .extend(at.max_event_times.iter().copied());
+        }
+    }
+    merged
 }
 
 /// The channels of a run: one bounded inbound channel per instance, whose slots are, per
@@ -470,10 +512,16 @@ impl Launcher<'_> {
                 let batch_size = self.plan.options.batch_size;
                 let mut driver = SourceDriver::new(source, watermark, batch_size, status, now);
                 if let Some(r) = self.restored {
-                    match r.manifest.sources.get(&label) {
-                        Some(at) => driver.restore(at)?,
-                        None => {
-                            tracing::warn!(source = %label, "not in the checkpoint: reads from the start")
+                    if former_instances(r, node).is_some_and(|m| m != node.parallelism) {
+                        // Partitions are matched by name: each instance finds its own among
+                        // those of every former instance.
+                        driver.restore(&merged_source_checkpoint(r, node))?;
+                    } else {
+                        match r.manifest.sources.get(&label) {
+                            Some(at) => driver.restore(at)?,
+                            None => {
+                                tracing::warn!(source = %label, "not in the checkpoint: reads from the start")
+                            }
                         }
                     }
                 }
@@ -499,8 +547,28 @@ impl Launcher<'_> {
                 let router = Router::new(ports, counters, status.clone());
                 let slots = self.wiring.slot_inputs[ni].clone();
                 let mut driver = OperatorDriver::new(op, slots, status, now);
-                if let Some(state) = self.restored.and_then(|r| r.operators.get(&label)) {
-                    driver.restore(state)?;
+                if let Some(r) = self.restored {
+                    match former_instances(r, node) {
+                        Some(m) if m != node.parallelism => {
+                            let empty = crate::state::StateImage::default();
+                            let snapshots = (0..m)
+                                .map(|j| {
+                                    r.operators
+                                        .get(&format!("{}#{j}", node.name))
+                                        .unwrap_or(&empty)
+                                })
+                                .collect();
+                            let from = Rescale::new(inst, node.parallelism, snapshots);
+                            driver
+                                .restore_rescaled(&from)
+                                .map_err(|e| RunError::restore(label.clone(), e))?;
+                        }
+                        _ => {
+                            if let Some(state) = r.operators.get(&label) {
+                                driver.restore(state)?;
+                            }
+                        }
+                    }
                 }
                 let task = OperatorTask::new(
                     driver,

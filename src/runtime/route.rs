@@ -1,15 +1,15 @@
 //! Routing of a task's output ports to the input channels of downstream instances: forward,
 //! a single consumer, round-robin, or a keyed hash shuffle (rows with equal key columns
-//! always reach the same instance). Watermarks, barriers and `End` go to every consumer.
-
-use std::hash::{BuildHasher, Hash, Hasher};
+//! always reach the same instance, the owner of their key group: `dataflow::key_group`).
+//! Watermarks, barriers and `End` go to every consumer.
 
 use crossbeam_channel::Sender;
 
 use crate::dataflow::Message;
+use crate::dataflow::key_group::{key_hasher, owner_of_row};
 use crate::error::RunError;
 use crate::status::InstanceStatus;
-use crate::types::{Batch, Value};
+use crate::types::Batch;
 
 /// How rows of one edge are spread over the consumer's instances.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -56,27 +56,6 @@ impl EdgeOut {
     }
 }
 
-/// The hasher for keyed shuffles: fixed seeds, so a key maps to the same instance in every
-/// run and every process.
-pub fn shuffle_hasher() -> ahash::RandomState {
-    ahash::RandomState::with_seeds(
-        0x5157_4152_4544_5348,
-        0x6b65_7965_645f_7368,
-        0x7566_666c_655f_7631,
-        0x7761_7465_7273_6864,
-    )
-}
-
-/// The instance (of `n`) that owns the row's key.
-#[inline]
-pub fn owner_of(hasher: &ahash::RandomState, row: &[Value], cols: &[usize], n: usize) -> usize {
-    let mut state = hasher.build_hasher();
-    for &c in cols {
-        row[c].hash(&mut state);
-    }
-    ((state.finish() as u128 * n as u128) >> 64) as usize
-}
-
 /// All output edges of one task instance, by port.
 pub struct Router {
     ports: Vec<Vec<EdgeOut>>,
@@ -94,7 +73,7 @@ impl Router {
     ) -> Router {
         Router {
             ports,
-            hasher: shuffle_hasher(),
+            hasher: key_hasher(),
             counters,
             status,
         }
@@ -153,7 +132,7 @@ impl Router {
                     0
                 } else {
                     let hasher = &self.hasher;
-                    let parts = batch.split_by(n, |row| owner_of(hasher, row, cols, n));
+                    let parts = batch.split_by(n, |row| owner_of_row(hasher, row, cols, n));
                     for (i, part) in parts.into_iter().enumerate() {
                         if !part.is_empty() {
                             edge.senders[i]
@@ -187,25 +166,19 @@ impl Router {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::types::Value;
+
     #[test]
     fn equal_keys_go_to_the_same_instance() {
-        let h = shuffle_hasher();
+        let h = key_hasher();
         let a = [Value::from("10.0.0.1"), Value::Int(443)];
         let b = [Value::from("10.0.0.1"), Value::Int(443)];
         for n in 1..8 {
-            assert_eq!(owner_of(&h, &a, &[0, 1], n), owner_of(&h, &b, &[0, 1], n));
-            assert!(owner_of(&h, &a, &[0, 1], n) < n);
+            assert_eq!(
+                owner_of_row(&h, &a, &[0, 1], n),
+                owner_of_row(&h, &b, &[0, 1], n)
+            );
+            assert!(owner_of_row(&h, &a, &[0, 1], n) < n);
         }
-    }
-
-    #[test]
-    fn keys_spread_over_instances() {
-        let h = shuffle_hasher();
-        let mut counts = [0usize; 4];
-        for i in 0..4000 {
-            let row = [Value::Str(compact_str::format_compact!("host-{i}"))];
-            counts[owner_of(&h, &row, &[0], 4)] += 1;
-        }
-        assert!(counts.iter().all(|&c| c > 800), "{counts:?}");
     }
 }

@@ -1,6 +1,6 @@
 //! The operator test harness: feed an operator data, watermarks and barriers by hand, read
 //! what it emitted per port, snapshot it at a barrier and restore the snapshot into a fresh
-//! instance. Used by unit tests, property tests and the golden tests; not used at run time.
+//! instance (or the snapshots of several instances into another number of them). Used by unit tests, property tests and the golden tests; not used at run time.
 //! `contract` holds the checks every source and sink connector must pass, `fixtures` the
 //! connectors of this repository set up for them.
 
@@ -9,7 +9,7 @@ pub mod fixtures;
 
 use std::collections::BTreeMap;
 
-use crate::dataflow::{Operator, Output};
+use crate::dataflow::{Operator, Output, Rescale};
 use crate::state::StateImage;
 use crate::time::{InputWatermarks, Watermark};
 use crate::types::{Batch, EventTime, Value};
@@ -76,6 +76,21 @@ impl<O: Operator> Harness<O> {
     pub fn restore(fresh: O, snapshot: &StateImage, inputs: usize) -> Harness<O> {
         let mut h = Harness::new(fresh, inputs);
         h.op.restore(snapshot).expect("restore");
+        h
+    }
+
+    /// Restores instance `instance` of `parallelism` into `fresh` from `snapshots`, one per
+    /// instance of a run with another number of instances (`Operator::restore_rescaled`).
+    pub fn restore_rescaled(
+        fresh: O,
+        instance: usize,
+        parallelism: usize,
+        snapshots: &[StateImage],
+        inputs: usize,
+    ) -> Harness<O> {
+        let mut h = Harness::new(fresh, inputs);
+        let from = Rescale::new(instance, parallelism, snapshots.iter().collect());
+        h.op.restore_rescaled(&from).expect("restore");
         h
     }
 

@@ -237,6 +237,32 @@ impl EnrichOperator {
         Ok(self.gate_log.export(blobs))
     }
 
+    /// Adds the gate's events of another former instance (its segments `ids`) after this
+    /// one's: they are sealed into this instance's log at its next snapshot.
+    pub(super) fn append_gate(
+        &mut self,
+        ids: &[String],
+        blobs: &Blobs,
+    ) -> Result<(), SealedLogError> {
+        let width = self.event_schema.len();
+        let mut rows = Vec::new();
+        SealedLog::restore(GATE_LOG, ids, blobs, |g: GateRows| rows.push(g))?;
+        for g in rows {
+            let n = g.times.len();
+            if n.checked_mul(width) != Some(g.values.len()) {
+                return Err(SealedLogError::Misshapen(format!(
+                    "a batch of {n} events holds {} values, the events have {width} columns",
+                    g.values.len()
+                )));
+            }
+            self.gate_min = g.times.iter().copied().chain(self.gate_min).min();
+            self.gate_events += n;
+            self.gate.push(g, n);
+        }
+        self.counters.gate_buffered.set(self.gate_events as f64);
+        Ok(())
+    }
+
     /// Puts back the gate's events from the segments `ids` (a fresh queue and log); each
     /// batch must hold rows of the events' columns.
     pub(super) fn restore_gate(

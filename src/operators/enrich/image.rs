@@ -1,12 +1,14 @@
 //! The enrichment operator's snapshot format (postcard, version `SNAPSHOT_VERSION`): the
 //! table's own image (its large parts as blobs), the ids of the gate's segments (blobs
 //! too), the as-of events waiting and the held misses, and the join's counts. Written by
-//! `snapshot`, read by `restore` into an operator built from the same spec.
+//! `snapshot`, read by `restore` into an operator built from the same spec, or by
+//! `restore_rescaled` from the snapshots of another number of instances.
 
 use serde::{Deserialize, Serialize};
 
 use super::gate::Pending;
 use super::{EnrichOperator, JoinStats};
+use crate::dataflow::Rescale;
 use crate::error::StateError;
 use crate::state::{Blobs, ReferenceTable, Shape, StateImage};
 use crate::types::EventTime;
@@ -99,8 +101,86 @@ impl EnrichOperator {
 
     /// Replaces the operator's state with a snapshot `encode_image` took.
     pub(super) fn decode_image(&mut self, snapshot: &StateImage) -> Result<(), StateError> {
+        let image = self.parse_image(snapshot)?;
+        self.install_image(image, &snapshot.blobs)
+    }
+
+    /// Restores from the snapshots of another number of instances. Every instance holds the
+    /// whole table (its input is broadcast), so the table comes from one former instance:
+    /// the first this instance takes, else instance 0. The events the former instances held
+    /// (at the gate, waiting for the watermark, held misses) and their counts go whole to the
+    /// one new instance that takes each former one (`Rescale::takes`), in former instance
+    /// order; the watermark is the highest former one (none was past what the sources had
+    /// at the barrier).
+    pub(super) fn decode_rescaled(&mut self, from: &Rescale<'_>) -> Result<(), StateError> {
+        let taken: Vec<&StateImage> = from
+            .taken()
+            .map(|(_, s)| s)
+            .filter(|s| !s.is_empty())
+            .collect();
+        let Some(base) = taken
+            .first()
+            .copied()
+            .or_else(|| from.snapshots.iter().copied().find(|s| !s.is_empty()))
+        else {
+            return Ok(());
+        };
+        let mut watermark = None;
+        for snapshot in from.snapshots.iter().filter(|s| !s.is_empty()) {
+            watermark = watermark.max(self.parse_image(snapshot)?.watermark);
+        }
+        self.decode_image(base)?;
+        if taken.is_empty() {
+            // The table only: the former instance's events and counts are another's.
+            self.restore_gate(&[], &base.blobs)
+                .map_err(|e| StateError::decode(&self.name, e))?;
+            self.waiting.clear();
+            self.waiting_min = None;
+            self.restore_held(Vec::new());
+            self.stats = JoinStats::default();
+        }
+        for snapshot in taken.iter().skip(1) {
+            let image = self.parse_image(snapshot)?;
+            self.merge_pending(image, &snapshot.blobs)?;
+        }
+        self.watermark = watermark;
+        Ok(())
+    }
+
+    /// Adds the events and counts of another former instance's image to this one's.
+    fn merge_pending(&mut self, image: Image, blobs: &Blobs) -> Result<(), StateError> {
+        if image.snapshot_done != self.snapshot_done {
+            // Every instance sees the table's changes in the same order before a barrier.
+            return Err(StateError::decode(
+                &self.name,
+                "the former instances' snapshots disagree on whether the table's snapshot was \
+                 complete",
+            ));
+        }
+        self.append_gate(&image.gate_segments, blobs)
+            .map_err(|e| StateError::decode(&self.name, e))?;
+        self.waiting.extend(image.waiting);
+        self.waiting_min = self.waiting.iter().map(|p| p.time).min();
+        // Held misses keep their order: the former instance's come after this one's.
+        let offset = self.next_seq;
+        let mut held = self.held_in_order();
+        held.extend(image.held.into_iter().map(|mut p| {
+            p.seq += offset;
+            p
+        }));
+        self.restore_held(held);
+        self.next_seq += image.next_seq;
+        self.stats.lookups += image.stats.lookups;
+        self.stats.matched += image.stats.matched;
+        self.stats.misses += image.stats.misses;
+        Ok(())
+    }
+
+    /// Decodes a snapshot and checks it against this operator (its columns, its counts,
+    /// the width of the events it holds).
+    fn parse_image(&self, snapshot: &StateImage) -> Result<Image, StateError> {
         let fail = |reason: String| StateError::decode(&self.name, reason);
-        let (snapshot, blobs) = (&snapshot.bytes[..], &snapshot.blobs);
+        let snapshot = &snapshot.bytes[..];
         if snapshot.first().copied() != Some(SNAPSHOT_VERSION) {
             return Err(fail(format!(
                 "unknown snapshot version {:?} (this build reads {SNAPSHOT_VERSION})",
@@ -152,6 +232,11 @@ impl EnrichOperator {
                 )));
             }
         }
+        Ok(image)
+    }
+
+    /// Replaces the operator's state with a checked image.
+    fn install_image(&mut self, image: Image, blobs: &Blobs) -> Result<(), StateError> {
         let shape = Shape {
             key: self.layout.primary_key.len(),
             row: self.layout.stored.len(),

@@ -2,7 +2,9 @@
 //! owned state, with the same field order. It holds the key, kind and aggregates the
 //! snapshot was taken with (a restore into another spec is refused), the watermark, the
 //! counters and every window with its accumulators, last emitted revision and whether late
-//! rows changed it since, and the late rows kept aside for windows not yet due.
+//! rows changed it since, and the late rows kept aside for windows not yet due. A restore
+//! into another number of instances keeps what belongs to the keys it owns
+//! (`decode_rescaled`).
 
 use std::collections::BTreeMap;
 
@@ -12,6 +14,7 @@ use serde::{Deserialize, Serialize, Serializer};
 use super::assign::{Deferred, FixedState, Groups};
 use super::session::{KeySessions, SessionState};
 use super::{AggregateSpec, WindowKind, WindowOperator, WindowState};
+use crate::dataflow::Rescale;
 use crate::error::StateError;
 use crate::state::StateImage;
 use crate::types::EventTime;
@@ -92,6 +95,92 @@ impl WindowOperator {
     /// Replaces the operator's state with a snapshot `encode_image` took with the same key,
     /// kind and aggregates.
     pub(super) fn decode_image(&mut self, snapshot: &StateImage) -> Result<(), StateError> {
+        let image = self.parse_image(snapshot)?;
+        let fail = |reason: String| StateError::decode(&self.name, reason);
+        self.state = match (image.state, &self.state) {
+            (StateIn::Fixed(panes, deferred), WindowState::Fixed(st)) => {
+                let mut fresh = FixedState::new(st.size, st.slide);
+                fresh.panes = panes;
+                fresh.deferred = deferred;
+                WindowState::Fixed(fresh)
+            }
+            (StateIn::Session(keys), WindowState::Session(st)) => {
+                WindowState::Session(SessionState::from_keys(st.gap, keys))
+            }
+            _ => return Err(fail("the snapshot holds another kind of window".into())),
+        };
+        self.watermark = image.watermark;
+        self.late_count = image.late_count;
+        self.fired_count = image.fired_count;
+        Ok(())
+    }
+
+    /// Restores from the snapshots of another number of instances: the windows, sessions
+    /// and rows kept aside of the keys this instance owns now, the counters of the former
+    /// instances it takes, and the highest former watermark (each former instance's was at
+    /// most the sources' at the barrier, so no row still to come is behind it).
+    pub(super) fn decode_rescaled(&mut self, from: &Rescale<'_>) -> Result<(), StateError> {
+        let key_columns = self.layout.key_columns.clone();
+        let (mut watermark, mut late_count, mut fired_count) = (None, 0, 0);
+        let mut panes: BTreeMap<EventTime, Groups> = BTreeMap::new();
+        let mut deferred = Deferred::new();
+        let mut sessions: Vec<KeySessions> = Vec::new();
+        for (j, snapshot) in from.snapshots.iter().enumerate() {
+            if snapshot.is_empty() {
+                continue;
+            }
+            let image = self.parse_image(snapshot)?;
+            watermark = watermark.max(image.watermark);
+            if from.takes(j) {
+                late_count += image.late_count;
+                fired_count += image.fired_count;
+            }
+            match image.state {
+                StateIn::Fixed(former_panes, former_deferred) => {
+                    for (start, groups) in former_panes {
+                        let owned: Vec<_> = groups
+                            .into_iter()
+                            .filter(|(key, _)| from.owns_key(key.0.iter()))
+                            .collect();
+                        if !owned.is_empty() {
+                            panes.entry(start).or_default().extend(owned);
+                        }
+                    }
+                    for (start, rows) in former_deferred {
+                        let owned: Vec<_> = rows
+                            .into_iter()
+                            .filter(|row| from.owns_row(row, &key_columns))
+                            .collect();
+                        if !owned.is_empty() {
+                            deferred.entry(start).or_default().extend(owned);
+                        }
+                    }
+                }
+                StateIn::Session(keys) => sessions.extend(
+                    keys.into_iter()
+                        .filter(|ks| from.owns_key(ks.key().0.iter())),
+                ),
+            }
+        }
+        self.state = match &self.state {
+            WindowState::Fixed(st) => {
+                let mut fresh = FixedState::new(st.size, st.slide);
+                fresh.panes = panes;
+                fresh.deferred = deferred;
+                WindowState::Fixed(fresh)
+            }
+            WindowState::Session(st) => {
+                WindowState::Session(SessionState::from_keys(st.gap, sessions))
+            }
+        };
+        self.watermark = watermark;
+        self.late_count = late_count;
+        self.fired_count = fired_count;
+        Ok(())
+    }
+
+    /// Decodes and checks a snapshot taken with this operator's key, kind and aggregates.
+    fn parse_image(&self, snapshot: &StateImage) -> Result<ImageIn, StateError> {
         let snapshot = &snapshot.bytes[..];
         let fail = |reason: String| StateError::decode(&self.name, reason);
         let version = snapshot.first().copied();
@@ -111,23 +200,16 @@ impl WindowOperator {
         }
         self.check(&image)
             .map_err(|e| fail(format!("the snapshot is malformed: {e}")))?;
-        self.state = match (image.state, &self.state) {
-            (StateIn::Fixed(panes, deferred), WindowState::Fixed(st)) => {
-                let mut fresh = FixedState::new(st.size, st.slide);
-                fresh.panes = panes;
-                fresh.deferred = deferred;
-                WindowState::Fixed(fresh)
-            }
-            (StateIn::Session(keys), WindowState::Session(st)) => {
-                WindowState::Session(SessionState::from_keys(st.gap, keys))
-            }
-            _ => return Err(fail("the snapshot holds another kind of window".into())),
-        };
+        let kind_matches = matches!(
+            (&image.state, &self.state),
+            (StateIn::Fixed(..), WindowState::Fixed(_))
+                | (StateIn::Session(_), WindowState::Session(_))
+        );
+        if !kind_matches {
+            return Err(fail("the snapshot holds another kind of window".into()));
+        }
         debug_assert_eq!(image.version, SNAPSHOT_VERSION);
-        self.watermark = image.watermark;
-        self.late_count = image.late_count;
-        self.fired_count = image.fired_count;
-        Ok(())
+        Ok(image)
     }
 
     /// Checks what the operator relies on in a decoded snapshot: keys of the window's key

@@ -445,4 +445,8 @@ impl Operator for WindowOperator {
     fn restore(&mut self, snapshot: &StateImage) -> Result<(), StateError> {
         self.decode_image(snapshot)
     }
+
+    fn restore_rescaled(&mut self, from: &crate::dataflow::Rescale<'_>) -> Result<(), StateError> {
+        self.decode_rescaled(from)
+    }
 }

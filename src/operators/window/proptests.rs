@@ -7,10 +7,14 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 
-use super::tests::{Step, all_aggs, i, run, s, spec};
+use super::tests::{RunOutput, Step, all_aggs, i, input, run, s, spec};
 use super::{RETRACTED, WindowKind};
+use super::{WindowOperator, WindowSpec};
+use crate::dataflow::key_group::{key_hasher, owner_of_row};
 use crate::testing::EmittedRow;
+use crate::testing::Harness;
 use crate::time::watermark::END_OF_TIME;
+use crate::types::Batch;
 use crate::types::{EventTime, Value};
 
 /// A result's identity: key, window start, window end (milliseconds).
@@ -222,6 +226,59 @@ fn arb_script() -> impl Strategy<Value = Vec<Step>> {
     })
 }
 
+/// Runs `steps` on `former` instances (rows routed by key as the keyed shuffle does), and
+/// after step `cut` on `now` instances restored from their snapshots; returns everything
+/// emitted, sorted, and the counts summed over instances.
+fn run_rescaled(
+    spec: &WindowSpec,
+    steps: &[Step],
+    cut: usize,
+    former: usize,
+    now: usize,
+) -> RunOutput {
+    let fresh = || WindowOperator::new("w", spec.clone(), input()).unwrap();
+    let hasher = key_hasher();
+    let mut instances: Vec<Harness<WindowOperator>> =
+        (0..former).map(|_| Harness::new(fresh(), 1)).collect();
+    let (mut main, mut late) = (Vec::new(), Vec::new());
+    for (n, step) in steps.iter().enumerate() {
+        match step {
+            Step::Data(rows) => {
+                let count = instances.len();
+                let mut parts: Vec<Batch> = (0..count).map(|_| Batch::new(input())).collect();
+                for (user, amount, t) in rows {
+                    let row = [user.clone(), amount.clone()];
+                    parts[owner_of_row(&hasher, &row, &[0], count)].push_row(row, *t);
+                }
+                for (h, part) in instances.iter_mut().zip(parts) {
+                    if !part.is_empty() {
+                        h.data(0, part);
+                    }
+                }
+            }
+            Step::Watermark(t) => instances.iter_mut().for_each(|h| h.watermark_all(*t)),
+        }
+        for h in &mut instances {
+            main.extend(h.take("main"));
+            late.extend(h.take("late"));
+        }
+        if n == cut {
+            let snapshots: Vec<_> = instances.iter_mut().map(Harness::barrier).collect();
+            instances = (0..now)
+                .map(|i| Harness::restore_rescaled(fresh(), i, now, &snapshots, 1))
+                .collect();
+        }
+    }
+    main.sort_by(|a, b| format!("{a:?}").cmp(&format!("{b:?}")));
+    late.sort_by(|a, b| format!("{a:?}").cmp(&format!("{b:?}")));
+    RunOutput {
+        main,
+        late,
+        late_count: instances.iter().map(|h| h.operator().late_count()).sum(),
+        fired_count: instances.iter().map(|h| h.operator().fired_count()).sum(),
+    }
+}
+
 fn arb_shape() -> impl Strategy<Value = Shape> {
     prop_oneof![
         (1i64..25).prop_map(Shape::Tumbling),
@@ -256,6 +313,27 @@ proptest! {
     #[test]
     fn sessions_match_oracle(gap in 1i64..15, lateness in 0i64..20, steps in arb_script()) {
         check_against_oracle(Shape::Session(gap), lateness, &steps);
+    }
+
+    #[test]
+    fn rescaling_anywhere_matches_uninterrupted(
+        shape in arb_shape(),
+        lateness in 0i64..20,
+        steps in arb_script(),
+        cut in any::<prop::sample::Index>(),
+        former in 1usize..=4,
+        now in 1usize..=4,
+    ) {
+        let spec = spec(shape.kind(), lateness as u64, all_aggs());
+        let straight = run(&spec, &steps, None);
+        let (mut main, mut late) = (straight.main, straight.late);
+        main.sort_by(|a, b| format!("{a:?}").cmp(&format!("{b:?}")));
+        late.sort_by(|a, b| format!("{a:?}").cmp(&format!("{b:?}")));
+        let rescaled = run_rescaled(&spec, &steps, cut.index(steps.len()), former, now);
+        prop_assert_eq!(rescaled.main, main);
+        prop_assert_eq!(rescaled.late, late);
+        prop_assert_eq!(rescaled.late_count, straight.late_count);
+        prop_assert_eq!(rescaled.fired_count, straight.fired_count);
     }
 
     #[test]

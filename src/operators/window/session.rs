@@ -35,6 +35,11 @@ pub(super) struct KeySessions {
 }
 
 impl KeySessions {
+    /// The group key these sessions are of.
+    pub(super) fn key(&self) -> &GroupKey {
+        &self.key
+    }
+
     /// Checks every key's restored sessions (`check`), and that no key is listed twice.
     pub(super) fn check_all(
         keys: &[KeySessions],

@@ -8,7 +8,7 @@ use super::*;
 use crate::testing::{EmittedRow, Harness};
 use crate::time::watermark::END_OF_TIME;
 
-fn input() -> SchemaRef {
+pub(super) fn input() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("user", DataType::String),
         Field::new("amount", DataType::Int),

@@ -68,6 +68,14 @@ impl OperatorDriver {
         Ok(self.op.restore(state)?)
     }
 
+    /// Restores from the snapshots of another number of instances (`Operator::restore_rescaled`).
+    pub fn restore_rescaled(
+        &mut self,
+        from: &crate::dataflow::Rescale<'_>,
+    ) -> Result<(), crate::error::StateError> {
+        self.op.restore_rescaled(from)
+    }
+
     pub fn is_finished(&self) -> bool {
         self.gate.is_finished()
     }

@@ -317,10 +317,21 @@ impl SourceDriver {
                 crate::format::display_event_time(t)
             )
         };
+        // Which record it was is the source's business; where the partition stands after the
+        // read that returned it is known: the record is at or before that position.
+        let mut position: Option<String> = None;
+        let source = &self.source;
         for batch in std::iter::once(&mut bufs.records).chain(bufs.extra.iter_mut()) {
             if !batch.event_times().iter().any(|&t| ahead(t)) {
                 continue;
             }
+            let position = position.get_or_insert_with(|| {
+                source
+                    .positions()
+                    .iter()
+                    .find(|sp| sp.partition == partition)
+                    .map_or_else(String::new, |sp| format!("up to {}", sp.position))
+            });
             let encoder = crate::format::json::JsonEncoder::new(batch.schema().clone());
             let mut kept = Batch::new(batch.schema().clone());
             let mut raw = Vec::new();
@@ -332,7 +343,7 @@ impl SourceDriver {
                         &mut bufs.dead_letters,
                         node,
                         partition,
-                        "",
+                        position,
                         &reason(t),
                         &raw,
                         t,
