@@ -520,6 +520,37 @@ where
         });
     }
 
+    /// Every version held (as after the last `expire`), key by key and oldest first within
+    /// a key, as `VersionedTable::for_each_version` gives them; an error if the store could
+    /// not be read whole.
+    pub fn for_each_version(
+        &self,
+        mut f: impl FnMut(&[Value], V, EventTime, Option<&[Value]>),
+    ) -> Result<(), StateError> {
+        self.for_each_stored(|_, one, key| {
+            one.for_each_version(|_, version, valid_from, row| f(key, version, valid_from, row));
+        });
+        match self.failed.borrow().as_ref() {
+            Some(e) => Err(io_error("cannot read the store", e)),
+            None => Ok(()),
+        }
+    }
+
+    /// How long (event time) history is kept (`None`: latest only).
+    pub fn retention_ms(&self) -> Option<i64> {
+        self.retention_ms
+    }
+
+    /// The highest watermark `expire` was given.
+    pub fn expired_at(&self) -> Option<EventTime> {
+        self.cache.expired_at()
+    }
+
+    /// Sets what `expire` was given last (a table rebuilt from another).
+    pub fn set_expired_at(&mut self, at: Option<EventTime>) {
+        self.cache.set_expired_at(at);
+    }
+
     /// Rewrites the log as one segment holding every stored key (trimmed by the last
     /// `expire`), replacing the sealed segments.
     fn rewrite_log(&self) -> std::io::Result<()> {

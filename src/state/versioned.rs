@@ -966,6 +966,25 @@ where
         out
     }
 
+    /// Every version held, key by key and oldest first within a key: the key, the version,
+    /// the time it is valid from and its row (`None`: a delete).
+    pub fn for_each_version(&self, mut f: impl FnMut(&[Value], V, EventTime, Option<&[Value]>)) {
+        for &latest in &self.index {
+            let key = record(&self.arena, latest).key_values();
+            for off in self.chain(latest) {
+                let r = record(&self.arena, off);
+                let (version, valid_from) = Self::meta(r.meta);
+                let row = (!r.row.is_empty()).then(|| RowRef(r.row).values());
+                f(&key, version, valid_from, row.as_deref());
+            }
+        }
+    }
+
+    /// How long (event time) history is kept (`None`: latest only).
+    pub fn retention_ms(&self) -> Option<i64> {
+        self.retention_ms
+    }
+
     /// Versions held in total (rows and tombstones, current and historical).
     pub fn versions_held(&self) -> usize {
         self.index.iter().map(|&o| self.chain(o).len()).sum()

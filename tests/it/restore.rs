@@ -1,8 +1,9 @@
 //! Restarts that cannot continue exactly, through the real binary: checkpoints that are all
 //! broken (one missing shared blob), a newer one broken and an older one good, an output file
-//! deleted between runs, a sink renamed to another file, a sink added to the pipeline. Each
-//! either restores exactly the right state or stops saying why; a fresh start happens only
-//! when asked for (`run --fresh-start`).
+//! deleted between runs, a sink renamed to another file, a sink added to the pipeline, a
+//! reference table's columns reordered, added or retyped. Each either restores exactly the
+//! right state or stops saying why; a fresh start happens only when asked for
+//! (`run --fresh-start`).
 //!
 //! The pipeline is the golden `cve_demo_small` case (the demo's reference tables from a
 //! change stream, four enrichments, routes, windows, seven file sinks), run with a
@@ -393,23 +394,124 @@ fn restarts_with_another_parallelism_continue_exactly() {
     }
 }
 
+/// The case bootstrapped (its reference snapshots only, into a savepoint), then the
+/// pipeline edited by `edit`, then run from the savepoint: what the run writes to stderr.
+fn bootstrapped_then_edited(w: &Work, edit: impl FnOnce(&Work)) -> String {
+    let savepoint = w.path("bootstrap");
+    let boot = Command::new(env!("CARGO_BIN_EXE_watershed"))
+        .env("WATERSHED_ARENA_CHUNK_BITS", "8")
+        .args(["bootstrap", "--log", "warn"])
+        .arg(w.path("pipeline.yaml"))
+        .arg("--savepoint")
+        .arg(&savepoint)
+        .current_dir(w.dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        boot.status.success(),
+        "{}",
+        String::from_utf8_lossy(&boot.stderr)
+    );
+    edit(w);
+    let stderr = w.run_ok(&["--from-savepoint", savepoint.to_str().unwrap()]);
+    assert!(stderr.contains("restored from checkpoint"), "{stderr}");
+    stderr
+}
+
 /// Regression: a change stream's table columns reordered between runs restored the stored
-/// rows by position (`severity` showed a CWE). State carries the columns it was written with;
-/// a restore into other columns is refused, naming the table and both column lists.
+/// rows by position (`severity` showed a CWE). State carries the columns it was written
+/// with, and a restore maps its rows by name: a run from a savepoint taken before the
+/// reorder writes exactly the lines of an uninterrupted run.
 #[test]
-fn a_table_whose_columns_changed_is_refused_not_restored_by_position() {
+fn a_table_whose_columns_were_reordered_is_restored_by_name() {
+    let w = Work::new();
+    bootstrapped_then_edited(&w, |w| {
+        w.edit_pipeline(
+            "severity: string, description: string, cwe: string}",
+            "cwe: string, description: string, severity: string}",
+        )
+    });
+    for e in std::fs::read_dir(w.path("expected")).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        assert_eq!(
+            sorted_lines(&w.path("out").join(&name)),
+            w.expected(&name),
+            "{name}"
+        );
+    }
+}
+
+/// A table column added to an enrichment's `columns` (and to a sink's) after the state was
+/// written: the rows restored have null there until they change, the run says so at WARN
+/// naming the table and the column, and everything else is as in an uninterrupted run.
+#[test]
+fn a_column_added_to_an_enrichment_is_null_in_restored_rows_with_a_warning() {
+    let w = Work::new();
+    let stderr = bootstrapped_then_edited(&w, |w| {
+        w.edit_pipeline(
+            "columns: [cvss3_score, severity, cwe, description]",
+            "columns: [cvss3_score, severity, cwe, description, last_modified]",
+        );
+        w.edit_pipeline(
+            "cve_id, cvss3_score, kev_matched]",
+            "cve_id, cvss3_score, kev_matched, last_modified]",
+        );
+    });
+    let warning = stderr
+        .lines()
+        .find(|l| l.contains("WARN") && l.contains("not in the checkpoint"))
+        .unwrap_or_else(|| panic!("no warning about the added column:\n{stderr}"));
+    assert!(warning.contains("table=cve"), "{warning}");
+    assert!(warning.contains("`last_modified`"), "{warning}");
+    assert!(
+        warning.contains("null there until they change"),
+        "{warning}"
+    );
+
+    // Without the new column, the lines are the uninterrupted run's.
+    let without = |lines: Vec<String>| {
+        let mut v: Vec<String> = lines
+            .iter()
+            .map(|l| {
+                let mut row: serde_json::Value = serde_json::from_str(l).unwrap();
+                row.as_object_mut().unwrap().remove("last_modified");
+                row.to_string()
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let got = sorted_lines(&w.path("out/observations.jsonl"));
+    assert!(
+        got.iter().all(|l| l.contains("\"last_modified\":")),
+        "every line has the new column"
+    );
+    assert!(
+        got.iter()
+            .any(|l| l.contains("\"last_modified\":\"2026-01-01T00:18:51")),
+        "a row changed after the restart has it"
+    );
+    assert_eq!(without(got), without(w.expected("observations.jsonl")));
+    assert_eq!(
+        sorted_lines(&w.path("out/cve_details.jsonl")),
+        w.expected("cve_details.jsonl")
+    );
+}
+
+/// A column whose type changed cannot be restored: refused, naming the table, the column
+/// and both types.
+#[test]
+fn a_table_column_whose_type_changed_is_refused_naming_it() {
     let w = Work::new();
     w.run_ok(&[]);
     let before = w.outputs();
-    w.edit_pipeline(
-        "severity: string, description: string, cwe: string}",
-        "cwe: string, description: string, severity: string}",
-    );
+    w.edit_pipeline("severity: string,", "severity: int,");
     let stderr = w.run_refused(&[]);
     assert!(
-        stderr.contains("table `public.cve`") || stderr.contains("table `cve`"),
-        "names the table: {stderr}"
+        stderr.contains(
+            "table `cve`: column `severity` was string when the state was written and is int now"
+        ),
+        "{stderr}"
     );
-    assert!(stderr.contains("severity: string"), "{stderr}");
     assert_eq!(w.outputs(), before, "the outputs are left alone");
 }

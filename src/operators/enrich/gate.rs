@@ -6,6 +6,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::image::ColumnMap;
 use super::{EnrichOperator, EnrichStrategy, JoinMode, MissPolicy};
 use crate::dataflow::Output;
 use crate::state::sealed_log::SealedLogError;
@@ -243,17 +244,23 @@ impl EnrichOperator {
         &mut self,
         ids: &[String],
         blobs: &Blobs,
+        map: Option<&ColumnMap>,
     ) -> Result<(), SealedLogError> {
-        let width = self.event_schema.len();
+        let width = map.map_or(self.event_schema.len(), |m| m.width);
         let mut rows = Vec::new();
         SealedLog::restore(GATE_LOG, ids, blobs, |g: GateRows| rows.push(g))?;
-        for g in rows {
+        for mut g in rows {
             let n = g.times.len();
             if n.checked_mul(width) != Some(g.values.len()) {
                 return Err(SealedLogError::Misshapen(format!(
-                    "a batch of {n} events holds {} values, the events have {width} columns",
+                    "a batch of {n} events holds {} values, the events had {width} columns",
                     g.values.len()
                 )));
+            }
+            if let Some(m) = map {
+                g.values = (0..n)
+                    .flat_map(|i| m.row(&g.values[i * width..(i + 1) * width]))
+                    .collect();
             }
             self.gate_min = g.times.iter().copied().chain(self.gate_min).min();
             self.gate_events += n;
@@ -264,21 +271,29 @@ impl EnrichOperator {
     }
 
     /// Puts back the gate's events from the segments `ids` (a fresh queue and log); each
-    /// batch must hold rows of the events' columns.
+    /// batch must hold rows of the columns they were written with. With `map` (the events'
+    /// columns changed) the rows are mapped to the columns of now, and the log starts empty:
+    /// the old segments hold rows of the old columns, so the next snapshot seals them anew.
     pub(super) fn restore_gate(
         &mut self,
         ids: &[String],
         blobs: &Blobs,
+        map: Option<&ColumnMap>,
     ) -> Result<(), SealedLogError> {
         let mut gate = queue(self.spec.strategy);
         let (mut gate_min, mut gate_events) = (None, 0);
-        let width = self.event_schema.len();
+        let width = map.map_or(self.event_schema.len(), |m| m.width);
         let mut misshapen = None;
-        let log = SealedLog::restore(GATE_LOG, ids, blobs, |g: GateRows| {
+        let log = SealedLog::restore(GATE_LOG, ids, blobs, |mut g: GateRows| {
             let n = g.times.len();
             if n.checked_mul(width) != Some(g.values.len()) {
                 misshapen.get_or_insert((g.values.len(), n));
                 return;
+            }
+            if let Some(m) = map {
+                g.values = (0..n)
+                    .flat_map(|i| m.row(&g.values[i * width..(i + 1) * width]))
+                    .collect();
             }
             gate_min = g.times.iter().copied().chain(gate_min).min();
             gate_events += n;
@@ -286,13 +301,17 @@ impl EnrichOperator {
         })?;
         if let Some((values, rows)) = misshapen {
             return Err(SealedLogError::Misshapen(format!(
-                "a batch of {rows} events holds {values} values, the events have {width} columns"
+                "a batch of {rows} events holds {values} values, the events had {width} columns"
             )));
         }
         self.gate = gate;
         self.gate_min = gate_min;
         self.gate_events = gate_events;
-        self.gate_log = log;
+        self.gate_log = if map.is_some() {
+            SealedLog::new(GATE_LOG)
+        } else {
+            log
+        };
         Ok(())
     }
 

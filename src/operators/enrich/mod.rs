@@ -46,7 +46,8 @@
 //! gate, waiting for the watermark and held, and the join's counts. The gate's events are
 //! sealed into segments (`state::SealedLog`): a snapshot seals only those that arrived since
 //! the last one, and later checkpoints share the earlier segments. A restore into an
-//! operator built from the same spec continues as the uninterrupted operator would.
+//! operator built from the same spec continues as the uninterrupted operator would; into
+//! one whose table or event columns changed, the state is mapped by column name (`image`).
 //!
 //! # Hot path
 //! Results of a probe (join key + version) are memoized against the latest table and reused
@@ -59,6 +60,8 @@
 //! `reference` the materializing of changes, `join` lookups, matching and misses, `gate` the
 //! gate, as-of waiting and held misses, `image` the snapshot format.
 
+#[cfg(test)]
+mod column_changes;
 pub mod config;
 mod gate;
 mod image;
