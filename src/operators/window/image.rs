@@ -1,6 +1,7 @@
 //! The window operator's snapshot format (postcard): written from borrowed state, read into
 //! owned state, with the same field order. It holds the key, kind and aggregates the
-//! snapshot was taken with (a restore into another spec is refused), the watermark, the
+//! snapshot was taken with (a restore into another spec is refused) and the input's columns
+//! (rows kept aside are mapped to the columns of now by name), the watermark, the
 //! counters and every window with its accumulators, last emitted revision and whether late
 //! rows changed it since, and the late rows kept aside for windows not yet due. A restore
 //! into another number of instances keeps what belongs to the keys it owns
@@ -17,13 +18,15 @@ use super::{AggregateSpec, WindowKind, WindowOperator, WindowState};
 use crate::dataflow::Rescale;
 use crate::error::StateError;
 use crate::state::StateImage;
-use crate::types::EventTime;
+use crate::types::{EventTime, Value};
 
-const SNAPSHOT_VERSION: u8 = 2;
+const SNAPSHOT_VERSION: u8 = 3;
 
 #[derive(Serialize)]
 struct ImageOut<'a> {
     version: u8,
+    /// The input's columns (name, type) the rows kept aside were written with.
+    input_columns: Vec<(String, String)>,
     key: &'a [String],
     kind: WindowKind,
     aggregates: &'a [AggregateSpec],
@@ -56,6 +59,7 @@ impl Serialize for LiveKeys<'_> {
 #[derive(Deserialize)]
 struct ImageIn {
     version: u8,
+    input_columns: Vec<(String, String)>,
     key: Vec<String>,
     kind: WindowKind,
     aggregates: Vec<AggregateSpec>,
@@ -76,6 +80,7 @@ impl WindowOperator {
     pub(super) fn encode_image(&self) -> Result<StateImage, StateError> {
         let image = ImageOut {
             version: SNAPSHOT_VERSION,
+            input_columns: self.input_columns(),
             key: &self.spec.key,
             kind: self.spec.kind,
             aggregates: &self.spec.aggregates,
@@ -198,6 +203,8 @@ impl WindowOperator {
                 "the snapshot was taken with a different window key, kind or aggregates".into(),
             ));
         }
+        let mut image = image;
+        self.map_kept_rows(&mut image).map_err(fail)?;
         self.check(&image)
             .map_err(|e| fail(format!("the snapshot is malformed: {e}")))?;
         let kind_matches = matches!(
@@ -210,6 +217,60 @@ impl WindowOperator {
         }
         debug_assert_eq!(image.version, SNAPSHOT_VERSION);
         Ok(image)
+    }
+
+    /// The input's columns as (name, type).
+    fn input_columns(&self) -> Vec<(String, String)> {
+        self.input_schema
+            .fields
+            .iter()
+            .map(|f| (f.name.to_string(), f.data_type.to_string()))
+            .collect()
+    }
+
+    /// Maps the rows kept aside in `image` (whole input rows) by name onto the input's
+    /// columns of now when they changed: a column gone is dropped, a new one is null; a
+    /// column whose type changed is refused, naming it.
+    fn map_kept_rows(&self, image: &mut ImageIn) -> Result<(), String> {
+        let now = self.input_columns();
+        let then = &image.input_columns;
+        if *then == now {
+            return Ok(());
+        }
+        let mut from = Vec::with_capacity(now.len());
+        for (name, ty) in &now {
+            let at = then.iter().position(|(n, _)| n == name);
+            if let Some(i) = at
+                && then[i].1 != *ty
+            {
+                return Err(format!(
+                    "the input's column `{name}` was {} when the state was written and is {ty} \
+                     now: rows kept for windows cannot be restored; give it its type back, or \
+                     start afresh (`run --fresh-start`)",
+                    then[i].1
+                ));
+            }
+            from.push(at);
+        }
+        let width = then.len();
+        if let StateIn::Fixed(_, deferred) = &mut image.state {
+            for rows in deferred.values_mut() {
+                for row in rows.iter_mut() {
+                    if row.len() != width {
+                        return Err(format!(
+                            "the snapshot is malformed: a row kept for a window has {} values, \
+                             the input had {width} columns",
+                            row.len()
+                        ));
+                    }
+                    *row = from
+                        .iter()
+                        .map(|at| at.and_then(|i| row.get(i)).cloned().unwrap_or(Value::Null))
+                        .collect();
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Checks what the operator relies on in a decoded snapshot: keys of the window's key

@@ -786,3 +786,40 @@ fn session_restore_continues_exactly() {
             .any(|(r, _)| r.last() == Some(&i(RETRACTED)))
     );
 }
+
+/// Regression: the rows a window keeps aside are whole input rows, restored by position: with
+/// the input's columns reordered between runs, `amount` would have been read from `user`.
+/// They are mapped by name (a new column is null); a column whose type changed is refused.
+#[test]
+fn rows_kept_aside_are_restored_by_column_name() {
+    let mut h = harness(&spec(tumbling(10_000), 5000, small_aggs()));
+    h.data(0, batch(&[(s("a"), i(1), 1000)]));
+    h.watermark_all(5000);
+    // Late by its reference, kept aside until the window fires.
+    h.data(0, batch_behind(&[(s("a"), i(2), 2000, Some(12_000))]));
+    let snap = h.barrier();
+
+    let reordered = Arc::new(Schema::new(vec![
+        Field::new("note", DataType::String),
+        Field::new("amount", DataType::Int),
+        Field::new("user", DataType::String),
+    ]));
+    let fresh =
+        WindowOperator::new("w", spec(tumbling(10_000), 5000, small_aggs()), reordered).unwrap();
+    let mut h = Harness::restore(fresh, &snap, 1);
+    h.watermark_all(20_000);
+    let main = h.take("main");
+    assert_eq!(main.len(), 2, "{main:?}");
+    // The key is the last column now, aggregates follow the bounds.
+    assert_eq!(main[1].0[0], s("a"));
+    assert_eq!(&main[1].0[3..5], &[i(2), i(3)], "{main:?}");
+
+    let retyped = Arc::new(Schema::new(vec![
+        Field::new("user", DataType::String),
+        Field::new("amount", DataType::Float),
+    ]));
+    let mut op =
+        WindowOperator::new("w", spec(tumbling(10_000), 5000, small_aggs()), retyped).unwrap();
+    let err = op.restore(&snap).unwrap_err().to_string();
+    assert!(err.contains("`amount`") && err.contains("int"), "{err}");
+}
