@@ -13,7 +13,7 @@ use serde::ser::SerializeSeq;
 use serde::{Deserialize, Serialize, Serializer};
 
 use super::assign::{Deferred, FixedState, Groups};
-use super::session::{KeySessions, SessionState};
+use super::session::{KeySessions, SessionDeferred, SessionState};
 use super::{AggregateSpec, WindowKind, WindowOperator, WindowState};
 use crate::dataflow::Rescale;
 use crate::error::StateError;
@@ -39,7 +39,7 @@ struct ImageOut<'a> {
 #[derive(Serialize)]
 enum StateOut<'a> {
     Fixed(&'a BTreeMap<EventTime, Groups>, &'a Deferred),
-    Session(LiveKeys<'a>),
+    Session(LiveKeys<'a>, &'a SessionDeferred),
 }
 
 /// The live keys of the session slab, written as a sequence.
@@ -72,7 +72,7 @@ struct ImageIn {
 #[derive(Deserialize)]
 enum StateIn {
     Fixed(BTreeMap<EventTime, Groups>, Deferred),
-    Session(Vec<KeySessions>),
+    Session(Vec<KeySessions>, SessionDeferred),
 }
 
 impl WindowOperator {
@@ -89,7 +89,7 @@ impl WindowOperator {
             fired_count: self.fired_count,
             state: match &self.state {
                 WindowState::Fixed(st) => StateOut::Fixed(&st.panes, &st.deferred),
-                WindowState::Session(st) => StateOut::Session(LiveKeys(&st.keys)),
+                WindowState::Session(st) => StateOut::Session(LiveKeys(&st.keys), &st.deferred),
             },
         };
         postcard::to_stdvec(&image)
@@ -109,8 +109,8 @@ impl WindowOperator {
                 fresh.deferred = deferred;
                 WindowState::Fixed(fresh)
             }
-            (StateIn::Session(keys), WindowState::Session(st)) => {
-                WindowState::Session(SessionState::from_keys(st.gap, keys))
+            (StateIn::Session(keys, deferred), WindowState::Session(st)) => {
+                WindowState::Session(SessionState::from_keys(st.gap, keys, deferred))
             }
             _ => return Err(fail("the snapshot holds another kind of window".into())),
         };
@@ -130,6 +130,7 @@ impl WindowOperator {
         let mut panes: BTreeMap<EventTime, Groups> = BTreeMap::new();
         let mut deferred = Deferred::new();
         let mut sessions: Vec<KeySessions> = Vec::new();
+        let mut session_deferred = SessionDeferred::new();
         for (j, snapshot) in from.snapshots.iter().enumerate() {
             if snapshot.is_empty() {
                 continue;
@@ -161,10 +162,21 @@ impl WindowOperator {
                         }
                     }
                 }
-                StateIn::Session(keys) => sessions.extend(
-                    keys.into_iter()
-                        .filter(|ks| from.owns_key(ks.key().0.iter())),
-                ),
+                StateIn::Session(keys, former_deferred) => {
+                    sessions.extend(
+                        keys.into_iter()
+                            .filter(|ks| from.owns_key(ks.key().0.iter())),
+                    );
+                    for (reference, rows) in former_deferred {
+                        let owned: Vec<_> = rows
+                            .into_iter()
+                            .filter(|(row, _)| from.owns_row(row, &key_columns))
+                            .collect();
+                        if !owned.is_empty() {
+                            session_deferred.entry(reference).or_default().extend(owned);
+                        }
+                    }
+                }
             }
         }
         self.state = match &self.state {
@@ -175,7 +187,7 @@ impl WindowOperator {
                 WindowState::Fixed(fresh)
             }
             WindowState::Session(st) => {
-                WindowState::Session(SessionState::from_keys(st.gap, sessions))
+                WindowState::Session(SessionState::from_keys(st.gap, sessions, session_deferred))
             }
         };
         self.watermark = watermark;
@@ -210,7 +222,7 @@ impl WindowOperator {
         let kind_matches = matches!(
             (&image.state, &self.state),
             (StateIn::Fixed(..), WindowState::Fixed(_))
-                | (StateIn::Session(_), WindowState::Session(_))
+                | (StateIn::Session(..), WindowState::Session(_))
         );
         if !kind_matches {
             return Err(fail("the snapshot holds another kind of window".into()));
@@ -253,22 +265,26 @@ impl WindowOperator {
             from.push(at);
         }
         let width = then.len();
-        if let StateIn::Fixed(_, deferred) = &mut image.state {
-            for rows in deferred.values_mut() {
-                for row in rows.iter_mut() {
-                    if row.len() != width {
-                        return Err(format!(
-                            "the snapshot is malformed: a row kept for a window has {} values, \
-                             the input had {width} columns",
-                            row.len()
-                        ));
-                    }
-                    *row = from
-                        .iter()
-                        .map(|at| at.and_then(|i| row.get(i)).cloned().unwrap_or(Value::Null))
-                        .collect();
-                }
+        let rows: Vec<&mut Box<[Value]>> = match &mut image.state {
+            StateIn::Fixed(_, deferred) => deferred.values_mut().flatten().collect(),
+            StateIn::Session(_, deferred) => deferred
+                .values_mut()
+                .flatten()
+                .map(|(row, _)| row)
+                .collect(),
+        };
+        for row in rows {
+            if row.len() != width {
+                return Err(format!(
+                    "the snapshot is malformed: a row kept for a window has {} values, the \
+                     input had {width} columns",
+                    row.len()
+                ));
             }
+            *row = from
+                .iter()
+                .map(|at| at.and_then(|i| row.get(i)).cloned().unwrap_or(Value::Null))
+                .collect();
         }
         Ok(())
     }
@@ -298,7 +314,19 @@ impl WindowOperator {
                     slot.check(plans)?;
                 }
             }
-            StateIn::Session(keys) => KeySessions::check_all(keys, key_width, plans)?,
+            StateIn::Session(keys, deferred) => {
+                KeySessions::check_all(keys, key_width, plans)?;
+                let width = self.input_schema.len();
+                if deferred
+                    .values()
+                    .flatten()
+                    .any(|(row, _)| row.len() != width)
+                {
+                    return Err(format!(
+                        "a row kept for a session does not have the input's {width} columns"
+                    ));
+                }
+            }
         }
         Ok(())
     }

@@ -412,8 +412,16 @@ impl Operator for WindowOperator {
                     // Too late for even a session of its own by its reference: late
                     // whenever it arrives.
                     let own_end = t.saturating_add(st.gap);
-                    !is_expired(own_end, lateness_ref, self.layout.lateness)
-                        && st.add(&self.layout, w, row, t)
+                    if is_expired(own_end, lateness_ref, self.layout.lateness) {
+                        false
+                    } else if let Some(r) = lateness_ref.filter(|&r| w.is_none_or(|w| w <= r)) {
+                        // Behind its partition: goes in when the watermark passes its
+                        // reference, whenever (and beside whichever rows) it arrived.
+                        st.defer(r, row, t);
+                        true
+                    } else {
+                        st.add(&self.layout, w, row, t)
+                    }
                 }
             };
             if !accepted {
@@ -433,7 +441,7 @@ impl Operator for WindowOperator {
         }
         self.fired_count += match &mut self.state {
             WindowState::Fixed(st) => st.advance(&self.layout, prev, watermark, out),
-            WindowState::Session(st) => st.advance(&self.layout, prev, watermark, out),
+            WindowState::Session(st) => st.advance_to(&self.layout, prev, watermark, out),
         };
         self.watermark = Some(watermark);
     }

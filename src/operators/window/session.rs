@@ -1,8 +1,16 @@
 //! The state of session windows (`SessionState`): per key, sorted disjoint sessions that a
 //! row opens, extends or merges; which fire when the watermark moves, which are dropped, and
 //! the retractions a late row causes when it changes the bounds of a session that fired.
+//!
+//! A row behind its partition's watermark (its lateness reference) that arrives while the
+//! operator's watermark has not passed that reference is kept aside and applied when the
+//! watermark passes the reference, as if it had arrived right then: sessions due by the
+//! reference fire first, then every row of that reference goes in, in a fixed order (all of
+//! them have arrived by then: a row is read before its partition's watermark moves past its
+//! reference). How early such a row reaches the operator, and next to which others, thus
+//! changes nothing in the output.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Bound;
 
 use serde::{Deserialize, Serialize};
@@ -103,7 +111,13 @@ pub(super) struct SessionState {
     dirty: Vec<u32>,
     /// (start, end, key id) of emitted sessions that vanished in the current `process` call.
     retracted: Vec<(EventTime, EventTime, u32)>,
+    /// Rows behind their lateness reference, kept aside until the watermark reaches it: by
+    /// reference, as (row, event time).
+    pub(super) deferred: SessionDeferred,
 }
+
+/// Rows kept aside by lateness reference (see the module documentation).
+pub(super) type SessionDeferred = BTreeMap<EventTime, Vec<(Box<[Value]>, EventTime)>>;
 
 impl SessionState {
     pub(super) fn new(gap: i64) -> SessionState {
@@ -115,11 +129,17 @@ impl SessionState {
             by_end: BTreeSet::new(),
             dirty: Vec::new(),
             retracted: Vec::new(),
+            deferred: SessionDeferred::new(),
         }
     }
 
-    pub(super) fn from_keys(gap: i64, keys: Vec<KeySessions>) -> SessionState {
+    pub(super) fn from_keys(
+        gap: i64,
+        keys: Vec<KeySessions>,
+        deferred: SessionDeferred,
+    ) -> SessionState {
         let mut st = SessionState::new(gap);
+        st.deferred = deferred;
         for ks in keys {
             let id = st.keys.len() as u32;
             st.ids.insert(ks.key.clone(), id);
@@ -300,8 +320,49 @@ impl SessionState {
         fired
     }
 
+    /// Keeps aside a row behind its lateness reference `reference` (above the watermark).
+    pub(super) fn defer(&mut self, reference: EventTime, row: &[Value], t: EventTime) {
+        self.deferred
+            .entry(reference)
+            .or_default()
+            .push((row.into(), t));
+    }
+
+    /// Moves the watermark from `prev` to `w`: in order of event time, the rows kept aside
+    /// whose reference it passes (is above) go in once the sessions due by their reference
+    /// fired; then
+    /// the sessions due at `w` fire and expired ones are dropped.
+    pub(super) fn advance_to(
+        &mut self,
+        layout: &Layout,
+        prev: Option<EventTime>,
+        w: EventTime,
+        out: &mut Output,
+    ) -> u64 {
+        let mut fired = 0;
+        let mut at = prev;
+        while let Some(entry) = self.deferred.first_entry() {
+            // Rows of a reference keep arriving until the watermark is past it.
+            let reference = *entry.key();
+            if reference >= w {
+                break;
+            }
+            let mut rows = entry.remove();
+            if at.is_none_or(|a| reference > a) {
+                fired += self.advance(layout, at, reference, out);
+                at = Some(reference);
+            }
+            rows.sort_by(|a, b| a.1.cmp(&b.1).then_with(|| cmp_keys(&a.0, &b.0)));
+            for (row, t) in rows {
+                self.add(layout, at, &row, t);
+            }
+            fired += self.flush(layout, out);
+        }
+        fired + self.advance(layout, at, w, out)
+    }
+
     /// Fires the sessions that became due between `prev` and `w`, then drops expired ones.
-    pub(super) fn advance(
+    fn advance(
         &mut self,
         layout: &Layout,
         prev: Option<EventTime>,
