@@ -496,6 +496,7 @@ impl Launcher<'_> {
             stopping: self.stopping.clone(),
             clock: ctx.clock.clone(),
         };
+        let panic_link = link.clone();
         let (role, control, handle) = match &node.kind {
             NodeKind::Source { factory, watermark } => {
                 let mut source = factory(inst, node.parallelism)?;
@@ -531,7 +532,7 @@ impl Launcher<'_> {
                 (
                     Role::Source,
                     Some(ctl_tx),
-                    spawn(&label, move || task.run())?,
+                    spawn(&panic_link, move || task.run())?,
                 )
             }
             NodeKind::Operator { factory, .. } => {
@@ -577,7 +578,11 @@ impl Launcher<'_> {
                     link,
                     self.finished_operators.clone(),
                 );
-                (Role::Operator, None, spawn(&label, move || task.run())?)
+                (
+                    Role::Operator,
+                    None,
+                    spawn(&panic_link, move || task.run())?,
+                )
             }
             NodeKind::Sink { factory } => {
                 let sink: Box<dyn Sink> = if bootstrap {
@@ -605,7 +610,11 @@ impl Launcher<'_> {
                 let (ctl_tx, ctl_rx) = unbounded::<Control>();
                 let inbound = inbound.expect("receiver");
                 let task = SinkTask::new(driver, inbound, ctl_rx, link, restored, bootstrap);
-                (Role::Sink, Some(ctl_tx), spawn(&label, move || task.run())?)
+                (
+                    Role::Sink,
+                    Some(ctl_tx),
+                    spawn(&panic_link, move || task.run())?,
+                )
             }
         };
         Ok(Instance {
@@ -677,7 +686,29 @@ fn supervise(
                 tracing::info!(source = %label, "bootstrap: read what it needs");
                 bootstrapped.insert(label, ());
             }
-            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                // A task reports before its thread ends: a thread that ended, with no report
+                // left in the queue, died without one (a panic). Waiting for it would never
+                // end. (Its thread ended first, so a report it sent is in the queue by now.)
+                let silent: Vec<&Instance> = instances
+                    .iter()
+                    .filter(|i| i.handle.is_finished() && !finished.contains_key(&i.label))
+                    .collect();
+                if reports.is_empty() {
+                    for i in silent {
+                        let e = RunError::Stopped {
+                            task: i.label.clone(),
+                            why: "its thread ended without reporting (it panicked)",
+                        };
+                        tracing::error!(task = %i.label, error = %e, "task failed");
+                        finished.insert(i.label.clone(), ());
+                        if first_error.is_none() {
+                            first_error = Some(e);
+                            tell(instances, Role::Sink, Control::Stop);
+                        }
+                    }
+                }
+            }
             Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
         }
 

@@ -255,3 +255,61 @@ sinks:
         "{error}"
     );
 }
+
+/// A sink that panics on its first batch (a bug in a component).
+struct PanickingSink(Box<dyn watershed::dataflow::Sink>);
+
+impl watershed::dataflow::Sink for PanickingSink {
+    fn guarantee(&self) -> watershed::dataflow::Guarantee {
+        self.0.guarantee()
+    }
+    fn write(&mut self, _: &watershed::types::Batch) -> Result<(), watershed::error::RunError> {
+        panic!("a component's bug");
+    }
+    fn pre_commit(&mut self, e: u64) -> Result<Vec<u8>, watershed::error::RunError> {
+        self.0.pre_commit(e)
+    }
+    fn commit(&mut self, e: u64) -> Result<(), watershed::error::RunError> {
+        self.0.commit(e)
+    }
+    fn recover(&mut self, s: Option<&[u8]>) -> Result<(), watershed::error::RunError> {
+        self.0.recover(s)
+    }
+    fn finish(&mut self) -> Result<(), watershed::error::RunError> {
+        self.0.finish()
+    }
+}
+
+/// Regression: a task whose thread died without reporting (a panic) left the supervisor
+/// waiting for it forever, the run hung. It now stops the run with an error naming the task.
+#[test]
+fn a_task_that_panics_stops_the_run_instead_of_hanging_it() {
+    use std::sync::Arc;
+    use watershed::runtime::NodeKind;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.yaml");
+    std::fs::write(&path, restarts_pipeline(dir.path())).unwrap();
+    let mut plan = config::load_and_compile(&path, &Overrides::default())
+        .unwrap()
+        .plan;
+    for node in &mut plan.nodes {
+        if let NodeKind::Sink { factory } = &mut node.kind {
+            let inner = factory.clone();
+            *factory = Arc::new(move |i| {
+                Ok(Box::new(PanickingSink(inner(i)?)) as Box<dyn watershed::dataflow::Sink>)
+            });
+        }
+    }
+    let clock = ManualClock::new(T0);
+    let ctx = RunContext::new(clock.clone(), StatusRegistry::new("restarts"));
+    let run = std::thread::spawn(move || runtime::run(plan, ctx));
+    let mut steps = 0;
+    while !run.is_finished() && steps < 20_000 {
+        clock.advance(Duration::from_millis(5));
+        std::thread::sleep(Duration::from_millis(1));
+        steps += 1;
+    }
+    assert!(run.is_finished(), "the run hangs");
+    let err = run.join().unwrap().unwrap_err().to_string();
+    assert!(err.contains("out#0") && err.contains("panicked"), "{err}");
+}

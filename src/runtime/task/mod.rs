@@ -109,6 +109,7 @@ pub(crate) fn tell(instances: &[Instance], role: Role, c: Control) {
 }
 
 /// What a task thread shares with the rest of the run.
+#[derive(Clone)]
 pub(crate) struct TaskLink {
     /// The task's label (`node#instance`).
     pub name: String,
@@ -159,14 +160,26 @@ fn route(router: &mut Router, e: Emit) -> Result<(), RunError> {
 
 /// Starts a task's thread, named by its label.
 pub(crate) fn spawn(
-    label: &str,
+    link: &TaskLink,
     f: impl FnOnce() + Send + 'static,
 ) -> Result<JoinHandle<()>, RunError> {
+    let label = link.name.clone();
+    // A task that panics reports it like any failure, so the run stops naming it (instead
+    // of waiting for a report that never comes, or naming a task it stopped).
+    let on_panic = link.clone();
+    let body = move || {
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_err() {
+            on_panic.end(Err(RunError::Stopped {
+                task: on_panic.name.clone(),
+                why: "it panicked (a bug: please report it)",
+            }));
+        }
+    };
     std::thread::Builder::new()
-        .name(label.to_string())
-        .spawn(f)
+        .name(label.clone())
+        .spawn(body)
         .map_err(|e| RunError::External {
-            component: label.to_string(),
+            component: label,
             message: format!(
                 "cannot start a thread ({e}): lower the parallelism or raise the process's \
                  thread limit"
