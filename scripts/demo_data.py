@@ -188,13 +188,16 @@ def compare_versions(a: str, b: str) -> int:
     return _cmp_keys(version_keys(a), version_keys(b))
 
 
-@functools.lru_cache(maxsize=None)
-def normal_keys(v: str) -> tuple:
-    """The keys without trailing zeros: equal versions have equal normal keys."""
-    k = version_keys(v)
+def strip_zeros(k: tuple) -> tuple:
     while k and k[-1] == _ZERO:
         k = k[:-1]
     return k
+
+
+@functools.lru_cache(maxsize=None)
+def normal_keys(v: str) -> tuple:
+    """The keys without trailing zeros: equal versions have equal normal keys."""
+    return strip_zeros(version_keys(v))
 
 
 version_key = functools.cmp_to_key(compare_versions)
@@ -202,6 +205,39 @@ version_key = functools.cmp_to_key(compare_versions)
 
 def has_version_content(v: str) -> bool:
     return any(c.isascii() and c.isalnum() for c in v)
+
+
+# The CPE `update` field (`cpe:2.3:a:openbsd:openssh:5.9:p1`: version `5.9`, update `p1`), as
+# the pipeline's version rule (src/operators/version_range.rs) reads it. The observed version is
+# one string, in which the update follows the version (nmap reports OpenSSH `5.9p1`), so a
+# specific update completes the row's version: an exact version `5.9` with update `p1` admits
+# the observed `5.9p1` only, and an end bound `7.2` with update `p1` ends at `7.2p1`. `*`
+# (what NVD writes for names without an update) and `-` (no update) add nothing: the row's
+# version is compared as written, so `5.9` with `*` admits `5.9` and not `5.9p1`. Reading `*`
+# as "any update" would need the observed string split into version and update, and that split
+# differs by product (OpenSSL's `1.0.2k` is version `1.0.2k`, not `1.0.2` update `k`).
+def specific_update(update) -> str | None:
+    u = (update or "").strip()
+    return None if u in ("", "*", "-") else u
+
+
+def update_keys(version: str, update) -> tuple:
+    """The keys of a row's version followed by its update, as the pipeline compares them."""
+    u = specific_update(update)
+    return version_keys(version) + (version_keys(u) if u else ())
+
+
+def with_update(version: str, update) -> str:
+    """The observed version string of a version and update: `5.9` + `p1` is `5.9p1`,
+    `8.1` + `r1.0` is `8.1r1.0`, `4.1` + `update_2` is `4.1-update_2`; compares equal to the
+    row's version followed by its update."""
+    u = specific_update(update)
+    if u is None:
+        return version
+    # Written together only where the digit/letter boundary separates them.
+    joined = version + u if version[-1:].isdigit() and u[:1].isalpha() and "_" not in u else f"{version}-{u}"
+    assert version_keys(joined) == update_keys(version, u), (version, u)
+    return joined
 
 
 def nvd_time_to_zoned(value: str) -> str:
@@ -260,7 +296,8 @@ def read_nmap(scan_dir: str):
 
 
 def read_cpe_matches(path: str):
-    """Vulnerable part-`a` rows by (vendor, product), deduplicated on the columns we keep."""
+    """Vulnerable part-`a` rows by (vendor, product), deduplicated on the columns we keep:
+    (cve, version, the four bounds, update), the update as NVD writes it (`*`, `-` or one)."""
     by_product: dict[tuple[str, str], set] = {}
     with open(path, newline="", encoding="utf-8") as f:
         for r in csv.DictReader(f):
@@ -273,6 +310,7 @@ def read_cpe_matches(path: str):
                 r["versionStartExcluding"] or None,
                 r["versionEndIncluding"] or None,
                 r["versionEndExcluding"] or None,
+                r["update"],
             )
             by_product.setdefault((r["vendor"], r["product"]), set()).add(row)
     return by_product
@@ -351,7 +389,8 @@ def read_cve5_scores(cve5_dir: str):
 class Matcher:
     """The CVEs of one product's rows that an observed version matches, by the NVD match rule:
     bounds, when present, decide; else `*` matches any version, `-` only a missing one, and an
-    exact version an equal one (trailing zeros insignificant). Exact rows are looked up by
+    exact version an equal one (trailing zeros insignificant). A specific update completes an
+    exact version and the end bounds (see `specific_update`). Exact rows are looked up by
     their normal keys."""
 
     def __init__(self, rows):
@@ -360,9 +399,14 @@ class Matcher:
         self.any: set = set()
         self.dash: set = set()
         for row in rows:
-            cve, v, si, se, ei, ee = row
+            cve, v, si, se, ei, ee, update = row
             if si or se or ei or ee:
-                keys = tuple(normal_keys(b) if b else None for b in (si, se, ei, ee))
+                keys = (
+                    normal_keys(si) if si else None,
+                    normal_keys(se) if se else None,
+                    strip_zeros(update_keys(ei, update)) if ei else None,
+                    strip_zeros(update_keys(ee, update)) if ee else None,
+                )
                 self.ranges.append((cve, keys))
                 continue
             v = (v or "").strip()
@@ -371,7 +415,7 @@ class Matcher:
             elif v == "-":
                 self.dash.add(cve)
             elif has_version_content(v):
-                self.exact.setdefault(normal_keys(v), set()).add(cve)
+                self.exact.setdefault(strip_zeros(update_keys(v, update)), set()).add(cve)
 
     def cves(self, version: str) -> set:
         out = set(self.any)
@@ -399,10 +443,12 @@ def pick_versions(rows, kev_ids):
     versions and inclusive range bounds): those matching the most KEV CVEs first, then those
     matching the most CVEs, spread over release series (major.minor)."""
     names = set()
-    for _, v, si, _, ei, _ in rows:
-        for x in (v, si, ei):
+    for _, v, si, _, ei, _, update in rows:
+        for x in (v, ei):
             if x and x not in ("*", "-"):
-                names.add(x)
+                names.add(with_update(x, update))
+        if si and si not in ("*", "-"):
+            names.add(si)
     stats = {}
     matcher = Matcher(rows)
     for v in names:
@@ -432,7 +478,7 @@ def unmatched_versions(rows):
     """Two versions of a next major release, newer than every version and range bound the
     product's rows mention, checked to match no row (none where a row covers all versions)."""
     mentioned = set()
-    for _, v, si, se, ei, ee in rows:
+    for _, v, si, se, ei, ee, _ in rows:
         for x in (v, si, se, ei, ee):
             if x and x not in ("*", "-"):
                 mentioned.add(x)
@@ -488,7 +534,7 @@ def build_tables(products, cpe_rows, nvd, kev):
             cpe_match.append((vp, row))
     cpe_match.sort(key=lambda t: (cve_sort_key(t[1][0]), t[0], tuple(x or "" for x in t[1][1:])))
     cpe_table = []
-    for i, ((vendor, product), (cve_id, version, si, se, ei, ee)) in enumerate(cpe_match, 1):
+    for i, ((vendor, product), (cve_id, version, si, se, ei, ee, update)) in enumerate(cpe_match, 1):
         cpe_table.append(
             {
                 "id": i,
@@ -496,6 +542,7 @@ def build_tables(products, cpe_rows, nvd, kev):
                 "vendor": vendor,
                 "product": product,
                 "version": version,
+                "update": update,
                 "version_start_including": si,
                 "version_start_excluding": se,
                 "version_end_including": ei,
@@ -647,7 +694,7 @@ def build_changes(tables, held, held_recs, next_rec_id, nvd, cve5_scores, vocab_
     rescore = rescore[:CVE_UPDATES]
     vocab_hits = {}
     for r in tables["cpe_match"]:
-        if (r["vendor"], r["product"], r["version"]) in vocab_versions:
+        if (r["vendor"], r["product"], with_update(r["version"], r["update"])) in vocab_versions:
             vocab_hits.setdefault(r["cve_id"], (r["vendor"], r["product"]))
     used_products = set()
     by_id = {row["cve_id"]: row for row in cves}
@@ -833,7 +880,10 @@ Debezium 3.6.3 captures in `debezium/captured-3.6.3/`. Regenerate from the repos
 
     python3 scripts/demo_data.py --data ../shared/data --out examples/demo
 
-The script is deterministic: the same inputs give the same bytes.
+The script is deterministic: the same inputs give the same bytes. A run's CVE matches can be
+checked against this script's own implementation of the match rule with
+
+    python3 scripts/check_demo_matches.py --reference examples/demo/reference --output watershed-out/observations.jsonl
 
 ## Files
 
@@ -842,7 +892,9 @@ observation stream is made of ("host X runs vendor/product/version on port P"). 
 {WEIGHT_SCAN} are the versioned part-`a` service CPEs (`cpe:/a:vendor:product:version`) of the
 nmap reports in `scans/nmap-xml-python-libnmap/*.xml`, with their port. Rows of weight
 {WEIGHT_EXTRA} add, for each product, up to {VERSIONS_PER_PRODUCT} vulnerable versions named in
-the product's rows of the CPE match table (exact versions and inclusive range bounds): those
+the product's rows of the CPE match table (exact versions and inclusive range bounds, with the
+row's CPE update written after the version where it has one, as a scanner reports it: version
+`5.9` update `p1` is `5.9p1`, `8.1` update `r1.0` is `8.1r1.0`): those
 matching the most CISA KEV CVEs first, then those matching the most CVEs, at most one or two per
 release series; and two versions of a next major release, newer than every version and range
 bound of the product, which match no CVE, so that not every observation is a hit. Products with
@@ -866,9 +918,21 @@ the last row of each table but the last, `last` on the last record and `true` el
 | table | rows | columns (PostgreSQL type) |
 |---|---|---|
 | cve | {s['rows']['cve']} | cve_id text PK, published timestamptz, last_modified timestamptz, cvss3_score numeric(3,1) null, severity text null, description text, cwe text null |
-| cpe_match | {s['rows']['cpe_match']} | id bigint PK, cve_id text, vendor text, product text, version text, version_start_including text null, version_start_excluding text null, version_end_including text null, version_end_excluding text null, vulnerable boolean |
+| cpe_match | {s['rows']['cpe_match']} | id bigint PK, cve_id text, vendor text, product text, version text, update text, version_start_including text null, version_start_excluding text null, version_end_including text null, version_end_excluding text null, vulnerable boolean |
 | kev | {s['rows']['kev']} | cve_id text PK, vendor_project text, product text, vulnerability_name text, date_added date, due_date date, required_action text, known_ransomware text |
 | vendor_recommendation | {s['rows']['vendor_recommendation']} | id bigint PK, cve_id text, source text, recommendation text, url text null |
+
+`update` is the CPE update field, matched as the pipeline's version rule reads it
+(`src/operators/version_range.rs`). The observed version is one string with the update after
+the version, as nmap reports OpenSSH `5.9p1`, and a specific update completes the row's
+version: version `5.9` update `p1` admits the observed `5.9p1` (also written `5.9.p1` or
+`5.9P1`), not `5.9` nor `5.9p2`; with an end bound it moves the bound (`versionEndIncluding`
+`7.2` update `p1`, NVD's "before 7.2p2", admits versions up to `7.2p1`). `*`, NVD's fill for
+names without an update, and `-`, "no update", both leave the version as written: `5.9` with
+update `*` or `-` admits `5.9` only. NVD lists `5.9` and `5.9` update `p1` as separate rows
+where both are affected; reading `*` as "any update" would need the observed string split into
+version and update, and that split differs by product (OpenSSL's `1.0.2k` is version `1.0.2k`,
+not `1.0.2` update `k`). A `*` or `-` version and the start bounds ignore the update.
 
 On the wire: timestamptz columns are ZonedTimestamp strings (`2017-03-01T15:59:00.000000Z`),
 `date` columns are days since 1970-01-01, `numeric` is a decimal string (`"9.8"`).
@@ -909,9 +973,12 @@ grows from transaction to transaction. `source.snapshot` is `"false"`.
 ## Derivation
 
 * `cpe_match`: the rows of `nvd/nvd-subset-cpe-matches.csv` with `vulnerable=True` and part `a`
-  whose (vendor, product) is in the vocabulary, deduplicated on the columns kept (the CPE
-  `update` field and the configuration node are dropped), sorted by CVE number, vendor, product,
-  version and range bounds; `id` is the 1-based position in that order.
+  whose (vendor, product) is in the vocabulary, deduplicated on the columns kept (the
+  configuration node is dropped), sorted by CVE number, vendor, product, version, range bounds
+  and update; `id` is the 1-based position in that order. `update` is field 7 of `cpe23Uri` as
+  NVD writes it: {s['update_rows']['specific']} rows have a specific update
+  ({s['update_rows']['exact']} with an exact version, {s['update_rows']['range']} with a range
+  bound), {s['update_rows']['*']} have `*` and {s['update_rows']['-']} have `-`.
 * `cve`: every CVE with a `cpe_match` row, from `nvd/nvdcve-1.1-subset-kev-and-network-products.json`:
   first English description cut to {DESCRIPTION_MAX} characters, first `CWE-n` of the problem
   type, CVSS v3 base score and severity (null where the record has none).
@@ -946,7 +1013,7 @@ def generate(products, scan_rows, cpe_rows, nvd, kev, cve5_scores, kev_catalog, 
     for r in tables["cpe_match"]:
         by_vp.setdefault((r["vendor"], r["product"]), []).append(
             (r["cve_id"], r["version"], r["version_start_including"], r["version_start_excluding"],
-             r["version_end_including"], r["version_end_excluding"]))
+             r["version_end_including"], r["version_end_excluding"], r["update"]))
     all_kev = {r["cve_id"] for r in tables["kev"]} | {r["cve_id"] for r in held}
     vocab_hit = vocab_kev = 0
     kev_hit = set()
@@ -956,6 +1023,17 @@ def generate(products, scan_rows, cpe_rows, nvd, kev, cve5_scores, kev_catalog, 
         vocab_hit += bool(m)
         vocab_kev += bool(m & kev_ids)
         kev_hit |= m & all_kev
+    update_rows = {"specific": 0, "exact": 0, "range": 0, "*": 0, "-": 0}
+    for r in tables["cpe_match"]:
+        if specific_update(r["update"]) is None:
+            update_rows[r["update"].strip() or "*"] += 1
+            continue
+        update_rows["specific"] += 1
+        bounds = ("version_start_including", "version_start_excluding", "version_end_including", "version_end_excluding")
+        if any(r[b] for b in bounds):
+            update_rows["range"] += 1
+        elif r["version"] not in ("*", "-"):
+            update_rows["exact"] += 1
     no_miss = [f"{v}:{p}" for v, p in sorted(products) if not product_versions((v, p), cpe_rows, kev_ids)[1]]
     real = [(c, who) for c, who, _ in info["rescored"] if who != "nvd-cvss-v2"]
     summary = {
@@ -972,6 +1050,7 @@ def generate(products, scan_rows, cpe_rows, nvd, kev, cve5_scores, kev_catalog, 
         "snapshot_lines": len(snap),
         "change_lines": len(changes),
         "rows": {t: len(tables[t]) for t in TABLES},
+        "update_rows": update_rows,
         "held": len(held),
         "updates": len(info["rescored"]),
         "toast": sum(1 for _, _, t in info["rescored"] if t),
@@ -1055,6 +1134,7 @@ def main(argv=None):
     print(f"products ({len(products)}): {', '.join(v + ':' + p for v, p in sorted(products))}")
     print(f"left out: {', '.join(v + ':' + p for v, p in dropped) or 'none'}")
     print(f"rows: {summary['rows']}, vocabulary {summary['vocab_rows']}")
+    print(f"cpe_match update: {summary['update_rows']}")
     print(f"held-back KEV: {summary['info']['held_kev']}")
     print(f"re-scored: {summary['info']['rescored']}")
     print(f"files: {sizes}, total {sum(sizes.values())}")

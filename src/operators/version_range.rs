@@ -52,10 +52,16 @@
 //! never a range or an exact version.
 //!
 //! A CPE's `update` field (`cpe:2.3:a:openbsd:openssh:5.9:p1`: version `5.9`, update `p1`)
-//! narrows an exact version: a row with a specific update admits only that update of the
-//! version, read as the version followed by the update (`5.9` + `p1` is the observed
-//! `5.9p1`, and not `5.9`); an update that is `*`, `-`, empty or absent leaves the row as
-//! without one. Ranges and `*` versions ignore the update (NVD's rows with bounds have `*`).
+//! completes the row's version, read as the version followed by the update: an exact row
+//! with a specific update admits only that update of the version (`5.9` + `p1` is the
+//! observed `5.9p1`, and not `5.9` nor `5.9p2`); an end bound with one ends at that update
+//! (NVD writes "through 7.2p1" as `versionEndIncluding` `7.2` with update `p1`, so `7.2p1`
+//! and `7.1p2` are in, `7.2p2` is out). Start bounds are compared as written (no row of the
+//! NVD data here pairs one with an update), and so is everything when the update is `*`,
+//! `-`, empty or absent: the observed version is one string, so `5.9` with update `*`
+//! cannot be told to admit `5.9p1` without also admitting OpenSSL's `1.0.2k` under `1.0.2`;
+//! NVD writes the names that have no update with `*`, and lists `5.9` and `5.9` update `p1`
+//! apart. A `*` or `-` version ignores the update.
 
 use std::cmp::Ordering;
 
@@ -94,7 +100,8 @@ pub struct VersionRange {
     pub start_excluding: Option<String>,
     pub end_including: Option<String>,
     pub end_excluding: Option<String>,
-    /// The CPE update field: a specific update narrows `exact`; `*`, `-` or `None`: any.
+    /// The CPE update field: a specific update completes `exact` or the end bounds; `*`,
+    /// `-` or `None`: none.
     pub update: Option<String>,
 }
 
@@ -105,36 +112,40 @@ impl VersionRange {
         let start_excluding = present(&self.start_excluding);
         let end_including = present(&self.end_including);
         let end_excluding = present(&self.end_excluding);
+        let update = present(&self.update).filter(|u| !matches!(*u, "*" | "-"));
         if start_including.is_some()
             || start_excluding.is_some()
             || end_including.is_some()
             || end_excluding.is_some()
         {
+            let to_end = |b: &str| compare_with_update(version, b, update);
             return has_version_content(version)
                 && start_including.is_none_or(|b| compare_versions(version, b).is_ge())
                 && start_excluding.is_none_or(|b| compare_versions(version, b).is_gt())
-                && end_including.is_none_or(|b| compare_versions(version, b).is_le())
-                && end_excluding.is_none_or(|b| compare_versions(version, b).is_lt());
+                && end_including.is_none_or(|b| to_end(b).is_le())
+                && end_excluding.is_none_or(|b| to_end(b).is_lt());
         }
         match self.exact.as_deref().map(str::trim) {
             None | Some("" | "*") => true,
             Some("-") => is_not_applicable(version),
             Some(exact) => {
-                if !(has_version_content(version) && has_version_content(exact)) {
-                    return false;
-                }
-                match present(&self.update).filter(|u| !matches!(*u, "*" | "-")) {
-                    None => compare_versions(version, exact).is_eq(),
-                    // The version followed by the update; a separator between them, so
-                    // that `1.0` + `1` is `1.0.1`, not `1.01`.
-                    Some(update) => compare_keys(
-                        Keys::new(version),
-                        Keys::new(exact).chain(Keys::new(update)),
-                    )
-                    .is_eq(),
-                }
+                has_version_content(version)
+                    && has_version_content(exact)
+                    && compare_with_update(version, exact, update).is_eq()
             }
         }
+    }
+}
+
+/// Compares `version` with a row's version followed by its update, if any. The two are read
+/// as separate runs, so that `1.0` + `1` is `1.0.1`, not `1.01`.
+fn compare_with_update(version: &str, row_version: &str, update: Option<&str>) -> Ordering {
+    match update {
+        None => compare_versions(version, row_version),
+        Some(update) => compare_keys(
+            Keys::new(version),
+            Keys::new(row_version).chain(Keys::new(update)),
+        ),
     }
 }
 
@@ -314,7 +325,7 @@ mod tests {
     }
 
     /// openssh `5.9p1` is NVD version `5.9` update `p1`: such a row admits `5.9p1` only,
-    /// not `5.9` nor another update; an update `*` or `-` admits the version as before.
+    /// not `5.9` nor another update; an update `*` or `-` admits the bare version only.
     #[test]
     fn an_exact_rule_with_an_update_admits_only_that_update() {
         let with = |v: &str, u: &str| VersionRange {
@@ -336,11 +347,38 @@ mod tests {
             assert!(with("5.9", any).matches("5.9"), "update {any:?}");
             assert!(!with("5.9", any).matches("5.9p1"), "update {any:?}");
         }
-        // Ranges and `*` versions do not look at the update.
+        // Start bounds and `*` versions do not look at the update.
         let mut r = range("5.0", "", "", "6.0");
         r.update = Some("p1".into());
-        assert!(r.matches("5.9p1") && r.matches("5.9"));
+        assert!(r.matches("5.9p1") && r.matches("5.9") && r.matches("5.0"));
         assert!(with("*", "p1").matches("7.0"));
+    }
+
+    /// NVD's CVE-2016-3115 ("OpenSSH before 7.2p2") is `versionEndIncluding` `7.2` with update
+    /// `p1`: the bound is `7.2p1`. Read without its update it was `7.2`, and the affected
+    /// `7.2p1` fell outside.
+    #[test]
+    fn an_end_bound_with_an_update_ends_at_that_update() {
+        let through = |end: &str, u: &str| VersionRange {
+            update: Some(u.to_string()),
+            ..range("", "", end, "")
+        };
+        let r = through("7.2", "p1");
+        for v in ["7.2p1", "7.2", "7.1p2", "6.6p1", "1.2.3"] {
+            assert!(r.matches(v), "{v}");
+        }
+        for v in ["7.2p2", "7.2.1", "7.3"] {
+            assert!(!r.matches(v), "{v}");
+        }
+        let before = VersionRange {
+            update: Some("r1".into()),
+            ..range("", "", "", "5.6.36")
+        };
+        assert!(before.matches("5.6.36") && !before.matches("5.6.36-r1"));
+        for any in ["*", "-", ""] {
+            let r = through("7.2", any);
+            assert!(r.matches("7.2") && !r.matches("7.2p1"), "update {any:?}");
+        }
     }
 
     fn range(si: &str, se: &str, ei: &str, ee: &str) -> VersionRange {

@@ -335,8 +335,8 @@ fn demo_prints_progress_and_a_summary_and_writes_under_out() {
     for want in [
         "demo finished",
         "events in        1000",
-        "events with CVE  690 (69.0%",
-        "2517 distinct (observation, CVE) pairs",
+        "events with CVE  784 (78.4%",
+        "2705 distinct (observation, CVE) pairs",
         "KEV              439 events on a CVE in CISA's Known Exploited Vulnerabilities; 634 (observation, KEV CVE) pairs",
         "late records     0",
         "dead letters     0",

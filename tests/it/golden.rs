@@ -1,7 +1,9 @@
 //! Golden pipelines: each folder under `tests/pipelines/` holds a `pipeline.yaml`, its inputs
 //! and `expected/`, the exact outputs. The pipeline runs through the `watershed` binary in a
 //! fresh working directory at several parallelisms; every output file must hold exactly the
-//! expected lines (compared as sorted multisets, since instances interleave).
+//! expected lines (compared as sorted multisets, since instances interleave). The expected
+//! files are what `watershed run pipeline.yaml` writes under `out/` in an empty directory;
+//! after a deliberate change, rerun it and check the difference line by line.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

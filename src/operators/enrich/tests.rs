@@ -461,13 +461,15 @@ fn a_cve_with_several_matching_rules_is_emitted_once_with_distinct() {
 #[test]
 fn a_rule_with_a_cpe_update_admits_only_that_update() {
     // openssh `5.9p1` is NVD version `5.9` update `p1`: before the update was carried, the
-    // rule matched the observed `5.9` and never `5.9p1`.
+    // rule matched the observed `5.9` and never `5.9p1`. `*` and `-` leave the bare version;
+    // an end bound with an update ends at that update ("before 7.2p2": through `7.2p1`).
     let table = Schema::new(vec![
         Field::new("id", DataType::Int),
         Field::new("product", DataType::String),
         Field::new("cve", DataType::String),
         Field::new("version", DataType::String),
         Field::new("update", DataType::String),
+        Field::new("version_end_including", DataType::String),
     ]);
     let reference = rows::change_schema(&table);
     let mut spec = spec(JoinMode::Lookup, MissPolicy::Emit, EnrichStrategy::Gradual);
@@ -476,17 +478,19 @@ fn a_rule_with_a_cpe_update_admits_only_that_update() {
         exact: Some("version".into()),
         start_including: None,
         start_excluding: None,
-        end_including: None,
+        end_including: Some("version_end_including".into()),
         end_excluding: None,
         update: Some("update".into()),
     });
     let op = EnrichOperator::new("e", spec, events_schema(), &reference).unwrap();
     let mut h = Harness::new(op, 2);
     let mut b = Batch::new(reference.clone());
-    for (id, cve, version, update) in [
-        (1, "CVE-P1", "5.9", "p1"),
-        (2, "CVE-ANY", "5.9", "*"),
-        (3, "CVE-NA", "5.9", "-"),
+    for (id, cve, version, update, end) in [
+        (1, "CVE-P1", "5.9", "p1", None),
+        (2, "CVE-ANY", "5.9", "*", None),
+        (3, "CVE-NA", "5.9", "-", None),
+        (4, "CVE-P2", "5.9", "p2", None),
+        (5, "CVE-THRU-7.2P1", "*", "p1", Some("7.2")),
     ] {
         b.push_row(
             [
@@ -500,6 +504,7 @@ fn a_rule_with_a_cpe_update_admits_only_that_update() {
                 s(cve),
                 s(version),
                 s(update),
+                end.map_or(Value::Null, s),
             ],
             0,
         );
@@ -507,14 +512,27 @@ fn a_rule_with_a_cpe_update_admits_only_that_update() {
     h.data(1, b);
     h.data(
         0,
-        events(&[("a", "openssh", "5.9p1", 1), ("b", "openssh", "5.9", 2)]),
+        events(&[
+            ("a", "openssh", "5.9p1", 1),
+            ("b", "openssh", "5.9", 2),
+            ("c", "openssh", "5.9p2", 3),
+            ("d", "openssh", "7.2p1", 4),
+            ("e", "openssh", "7.2p2", 5),
+        ]),
     );
+    let found = |host: &str, cve: &str| (host.to_string(), cve.to_string(), true);
     assert_eq!(
         cves(&h.take("main")),
         vec![
-            ("a".into(), "CVE-P1".into(), true),
-            ("b".into(), "CVE-ANY".into(), true),
-            ("b".into(), "CVE-NA".into(), true),
+            found("a", "CVE-P1"),
+            found("a", "CVE-THRU-7.2P1"),
+            found("b", "CVE-ANY"),
+            found("b", "CVE-NA"),
+            found("b", "CVE-THRU-7.2P1"),
+            found("c", "CVE-P2"),
+            found("c", "CVE-THRU-7.2P1"),
+            found("d", "CVE-THRU-7.2P1"),
+            ("e".into(), "-".into(), false),
         ]
     );
 }
