@@ -596,7 +596,7 @@ fn read_bounded(r: &mut impl BufRead, buf: &mut Vec<u8>, limit: usize) -> io::Re
         }
         let room = (limit + 1).saturating_sub(buf.len()).max(1);
         let take = avail.len().min(room);
-        if let Some(i) = avail[..take].iter().position(|&b| b == b'\n') {
+        if let Some(i) = memchr::memchr(b'\n', &avail[..take]) {
             buf.extend_from_slice(&avail[..=i]);
             r.consume(i + 1);
             return Ok(true);
@@ -622,7 +622,7 @@ fn skip_line(r: &mut impl BufRead) -> io::Result<(usize, bool)> {
         if avail.is_empty() {
             return Ok((total, false));
         }
-        if let Some(i) = avail.iter().position(|&b| b == b'\n') {
+        if let Some(i) = memchr::memchr(b'\n', avail) {
             r.consume(i + 1);
             return Ok((total + i + 1, true));
         }
