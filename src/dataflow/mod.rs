@@ -37,7 +37,9 @@
 //!
 //! # A sink's life
 //! `recover` once (with its pre-commit from the checkpoint restored, or `None`), then
-//! `write` per batch; at a barrier `pre_commit(epoch)` makes what was written durable but
+//! `write` per batch (and `flush` once written rows have waited `FLUSH_INTERVAL`, for a
+//! sink that can show them before a commit); at a barrier `pre_commit(epoch)` makes what was
+//! written durable but
 //! not yet visible and returns what a restart needs; `commit(epoch)` after the checkpoint is
 //! durable; at the end of the input a last `pre_commit(FINAL_EPOCH)`, its `commit`, `finish`.
 
@@ -54,5 +56,5 @@ pub use message::{FINAL_EPOCH, Message};
 pub use operator::Operator;
 pub use port::{DEAD_LETTER_PORT, FLUSH_ROWS, LATE_PORT, MAIN_PORT, MISS_PORT, Output, PortSpec};
 pub use position::{ConnectorPosition, Position, PositionError, SourcePosition};
-pub use sink::{Guarantee, Sink};
+pub use sink::{FLUSH_INTERVAL, Guarantee, Sink};
 pub use source::{ReadBuffers, ReadStatus, Source};

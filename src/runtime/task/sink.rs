@@ -3,7 +3,9 @@
 //! its input it pre-commits for the run's last checkpoint (`FINAL_EPOCH`). `SinkTask` is its
 //! thread: it recovers the sink, then feeds it its inbound channel and commits each epoch
 //! when told the checkpoint is durable (`CheckpointDone`); once its input has ended it only
-//! waits for the last commit, then finishes the sink. `Discard` is the sink of a bootstrap.
+//! waits for the last commit, then finishes the sink. Rows written wait at most
+//! `FLUSH_INTERVAL` (after the next message, or when the input pauses that long) before the
+//! sink is asked to show them. `Discard` is the sink of a bootstrap.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -12,7 +14,7 @@ use crossbeam_channel::{Receiver, never, select};
 
 use super::{BarrierAck, Control, FINAL_EPOCH, TaskLink};
 use crate::dataflow::Message;
-use crate::dataflow::{Guarantee, Sink};
+use crate::dataflow::{FLUSH_INTERVAL, Guarantee, Sink};
 use crate::error::RunError;
 use crate::runtime::gate::{GateEvent, InputGate};
 use crate::runtime::route::Envelope;
@@ -25,6 +27,9 @@ pub struct SinkDriver {
     gate: InputGate,
     status: Arc<InstanceStatus>,
     events: Vec<GateEvent>,
+    /// When the oldest row written since the sink last flushed or pre-committed was written
+    /// (processing time); `None`: nothing waits.
+    unflushed_since: Option<i64>,
 }
 
 impl SinkDriver {
@@ -39,6 +44,20 @@ impl SinkDriver {
             gate: InputGate::new(slot_input, now_ms),
             status,
             events: Vec::new(),
+            unflushed_since: None,
+        }
+    }
+
+    /// Flushes the sink once written rows have waited `FLUSH_INTERVAL`, so that a sink that
+    /// can show them before a commit does not hold them until the next barrier. Called after
+    /// each message and when the input pauses.
+    pub fn flush_due(&mut self, now_ms: i64) -> Result<(), RunError> {
+        match self.unflushed_since {
+            Some(since) if now_ms - since >= FLUSH_INTERVAL.as_millis() as i64 => {
+                self.unflushed_since = None;
+                self.sink.flush()
+            }
+            _ => Ok(()),
         }
     }
 
@@ -81,10 +100,12 @@ impl SinkDriver {
                 GateEvent::Data { batch, .. } => {
                     self.status.add_records_in(batch.len() as u64, now_ms);
                     crate::failpoint::slow("sink-write");
+                    self.unflushed_since.get_or_insert(now_ms);
                     self.sink.write(&batch)
                 }
                 GateEvent::Watermark(_) => Ok(()),
                 GateEvent::Barrier(epoch) => self.sink.pre_commit(epoch).map(|state| {
+                    self.unflushed_since = None;
                     ack(BarrierAck::Sink { epoch, state });
                 }),
                 GateEvent::End => self.sink.pre_commit(FINAL_EPOCH).map(|state| {
@@ -173,7 +194,9 @@ impl SinkTask {
                         }
                         return Err(link.stopped("an upstream task stopped"));
                     };
-                    self.driver.on_message(slot as usize, msg, link.clock.now_ms(), &mut ack)?;
+                    let now = link.clock.now_ms();
+                    self.driver.on_message(slot as usize, msg, now, &mut ack)?;
+                    self.driver.flush_due(now)?;
                 }
                 recv(self.control) -> c => match c {
                     Ok(Control::CheckpointDone(epoch)) => {
@@ -192,6 +215,9 @@ impl SinkTask {
                         return Err(link.stopped("the run stopped before its last commit"));
                     }
                 },
+                default(FLUSH_INTERVAL) => {
+                    self.driver.flush_due(link.clock.now_ms())?;
+                }
             }
         }
     }
@@ -218,5 +244,43 @@ impl Sink for Discard {
     }
     fn finish(&mut self) -> Result<(), RunError> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sinks::file::JsonLinesSink;
+    use crate::status::{InstanceStatus, Role};
+    use crate::types::{Batch, DataType, Field, Schema, Value};
+
+    /// Regression: a straight-through file sink showed its lines only at the next barrier
+    /// (10 s by default). Written lines now wait at most `FLUSH_INTERVAL` of processing time.
+    #[test]
+    fn written_rows_are_flushed_once_they_have_waited_the_flush_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.jsonl");
+        let schema = Arc::new(Schema::new(vec![Field::new("n", DataType::Int)]));
+        let sink = JsonLinesSink::create("out", &path, schema.clone(), None, false).unwrap();
+        let status = Arc::new(InstanceStatus::new(
+            "out",
+            0,
+            Role::Sink,
+            vec!["up#0".into()],
+            &["main".into()],
+            0,
+        ));
+        let mut driver = SinkDriver::new(Box::new(sink), vec![0], status, 0);
+        driver.recover(None).unwrap();
+        let mut batch = Batch::new(schema);
+        batch.push_row([Value::Int(7)], 0);
+        let interval = FLUSH_INTERVAL.as_millis() as i64;
+        driver
+            .on_message(0, Message::Data(batch), 1_000, &mut |_| {})
+            .unwrap();
+        driver.flush_due(1_000 + interval - 1).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"", "still buffered");
+        driver.flush_due(1_000 + interval).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"{\"n\":7}\n");
     }
 }

@@ -11,10 +11,11 @@
 //! removes pending files the checkpoint does not know. A restarted run thus never duplicates
 //! or loses a line. Readers see lines only once their checkpoint is durable.
 //!
-//! Without a checkpoint directory the sink writes straight through and flushes at barriers:
-//! at-least-once. Its pre-commit is the output's length at the barrier; restored from a
-//! checkpoint or savepoint (`--from-savepoint`) it keeps that much and writes on after it;
-//! started without one it begins the file afresh.
+//! Without a checkpoint directory the sink writes straight through and flushes at barriers
+//! and whenever written lines have waited `FLUSH_INTERVAL` (100 ms): at-least-once. Its
+//! pre-commit is the output's length at the barrier; restored from a checkpoint or savepoint
+//! (`--from-savepoint`) it keeps that much and writes on after it; started without one it
+//! begins the file afresh.
 //!
 //! Either way a pre-commit also names the output (its absolute path) and holds a checksum of
 //! the last `MARK_BYTES` bytes before the length it records. A restart checks the output
@@ -568,6 +569,12 @@ impl Sink for JsonLinesSink {
     }
 
     fn finish(&mut self) -> Result<(), RunError> {
+        self.flush()
+    }
+
+    /// A straight-through file shows its lines (without syncing them); a transactional one
+    /// shows nothing before its commit.
+    fn flush(&mut self) -> Result<(), RunError> {
         let r = match &mut self.out {
             Target::Direct(d) => d.writer.flush(),
             Target::Transactional(_) => Ok(()),

@@ -1,5 +1,6 @@
 //! The stdout sink: JSON lines on standard output, one object per row, in schema order (or
-//! the sink's `columns`), flushed at every barrier and at the end.
+//! the sink's `columns`), flushed at every barrier, at the end, and whenever written lines have
+//! waited `FLUSH_INTERVAL`.
 //!
 //! Protocol: nothing printed can be taken back, so the sink is at-least-once — a restart
 //! from a checkpoint prints again what came after it. Its pre-commit is empty; `commit`
@@ -73,6 +74,10 @@ impl Sink for StdoutSink {
     }
 
     fn finish(&mut self) -> Result<(), RunError> {
+        self.flush()
+    }
+
+    fn flush(&mut self) -> Result<(), RunError> {
         self.out.flush().map_err(StdoutSink::io)
     }
 }
