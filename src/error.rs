@@ -182,6 +182,20 @@ impl RunError {
         }
     }
 
+    /// A task stopped because another did (its input closed, its output closed, the run
+    /// stopped): not the cause of a failure, which another task reports.
+    pub fn is_knock_on(&self) -> bool {
+        matches!(
+            self,
+            RunError::Stopped {
+                why: "an upstream task stopped"
+                    | "a downstream task stopped"
+                    | "the run stopped before its last commit",
+                ..
+            }
+        )
+    }
+
     pub fn class(&self) -> ErrorClass {
         match self {
             RunError::Config(_) => ErrorClass::Config,

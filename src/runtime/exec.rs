@@ -675,10 +675,15 @@ fn supervise(
             Ok(Report::Failed(label, e)) => {
                 tracing::error!(task = %label, error = %e, "task failed");
                 finished.insert(label, ());
-                if first_error.is_none() {
+                if first_error.as_ref().is_some_and(RunError::is_knock_on) && !e.is_knock_on() {
+                    // The cause, reported after a task it stopped: the run's error is the cause.
                     first_error = Some(e);
-                    // Sinks waiting for their last commit would wait forever.
+                } else if first_error.is_none() {
+                    first_error = Some(e);
+                    // Sinks waiting for their last commit would wait forever, and so would
+                    // sources that read to their end and wait for the run's last checkpoint.
                     tell(instances, Role::Sink, Control::Stop);
+                    tell(instances, Role::Source, Control::Stop);
                 }
             }
             Ok(Report::Ack(label, ack)) => co.ack(label, ack, clock.now_ms()),

@@ -313,3 +313,109 @@ fn a_task_that_panics_stops_the_run_instead_of_hanging_it() {
     let err = run.join().unwrap().unwrap_err().to_string();
     assert!(err.contains("out#0") && err.contains("panicked"), "{err}");
 }
+
+/// An operator that panics on its first batch (a bug in a component).
+struct PanickingOperator(Box<dyn watershed::dataflow::Operator>);
+
+impl watershed::dataflow::Operator for PanickingOperator {
+    fn ports(&self) -> Vec<watershed::dataflow::PortSpec> {
+        self.0.ports()
+    }
+    fn process(
+        &mut self,
+        _: usize,
+        _: watershed::types::Batch,
+        _: &mut watershed::dataflow::Output,
+    ) {
+        panic!("a component's bug");
+    }
+    fn on_watermark(
+        &mut self,
+        w: watershed::types::EventTime,
+        out: &mut watershed::dataflow::Output,
+    ) {
+        self.0.on_watermark(w, out)
+    }
+    fn snapshot(&mut self) -> Result<watershed::state::StateImage, watershed::error::StateError> {
+        self.0.snapshot()
+    }
+    fn restore(
+        &mut self,
+        s: &watershed::state::StateImage,
+    ) -> Result<(), watershed::error::StateError> {
+        self.0.restore(s)
+    }
+}
+
+/// Regression: a source that read its input to the end kept its channels open while it
+/// waited for the run's last checkpoint, so when another input of the same operator failed,
+/// that operator waited on the finished source forever and the run hung. A failure now
+/// stops the run, with the failing task named, and its knock-on stops do not hide it.
+#[test]
+fn a_failure_beside_a_source_that_read_to_its_end_stops_the_run() {
+    use std::sync::Arc;
+    use watershed::runtime::NodeKind;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("hosts.jsonl"),
+        r#"{"op":"r","before":null,"after":{"host":"host-1","site":"a"},"source":{"schema":"public","table":"hosts","lsn":1,"ts_ms":1767225600000}}
+"#,
+    )
+    .unwrap();
+    let yaml = format!(
+        "name: failing
+checkpoint: {{interval: 300ms, dir: \"{cp}\"}}
+alerts: {{watermark_stall: off}}
+sources:
+  obs:
+    generator: {{rate: 200, count: 600, hosts: 5, start: \"2026-01-01T00:00:00Z\"}}
+  ref:
+    file: {{format: debezium, snapshot: [\"{hosts}\"]}}
+    tables:
+      hosts: {{key: [host], columns: {{host: string, site: string}}}}
+operators:
+  counts:
+    inputs: [obs]
+    window: {{key: [host], tumbling: 1s, aggregates: {{n: count}}}}
+  sited:
+    inputs: [counts, ref.hosts]
+    enrich: {{key: {{host: host}}, columns: [site]}}
+sinks:
+  out: {{input: sited, file: \"{out}\"}}
+",
+        cp = dir.path().join("cp").display(),
+        hosts = dir.path().join("hosts.jsonl").display(),
+        out = dir.path().join("out.jsonl").display(),
+    );
+    let path = dir.path().join("p.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    let mut plan = config::load_and_compile(&path, &Overrides::default())
+        .unwrap()
+        .plan;
+    for node in &mut plan.nodes {
+        if node.name == "counts"
+            && let NodeKind::Operator { factory, .. } = &mut node.kind
+        {
+            let inner = factory.clone();
+            *factory = Arc::new(move |i| {
+                Ok(Box::new(PanickingOperator(inner(i)?))
+                    as Box<dyn watershed::dataflow::Operator>)
+            });
+        }
+    }
+    let clock = ManualClock::new(T0);
+    let ctx = RunContext::new(clock.clone(), StatusRegistry::new("failing"));
+    let run = std::thread::spawn(move || runtime::run(plan, ctx));
+    let mut steps = 0;
+    while !run.is_finished() && steps < 20_000 {
+        clock.advance(Duration::from_millis(5));
+        std::thread::sleep(Duration::from_millis(1));
+        steps += 1;
+    }
+    assert!(run.is_finished(), "the run hangs");
+    let err = run.join().unwrap().unwrap_err().to_string();
+    assert!(
+        err.contains("counts#") && err.contains("panicked"),
+        "{err}"
+    );
+}

@@ -476,7 +476,18 @@ impl SourceTask {
         self.link
             .end(result.map(|_| Some(self.driver.checkpoint())));
         if ended {
-            self.await_last_checkpoint();
+            // Everything, `End` included, is sent: the channels to the consumers close now.
+            // Kept open while waiting, a consumer whose other inputs stopped without an
+            // `End` (a failing run) would wait on this one forever, and the run with it.
+            let SourceTask {
+                mut driver,
+                router,
+                control,
+                link,
+                ..
+            } = self;
+            drop(router);
+            await_last_checkpoint(&mut driver, &control, &link);
         }
     }
 
@@ -528,23 +539,23 @@ impl SourceTask {
             }
         }
     }
+}
 
-    /// A source that read its input to the end learns of the run's last checkpoint too, to
-    /// acknowledge where it ended upstream.
-    fn await_last_checkpoint(&mut self) {
-        while let Ok(c) = self.control.recv() {
-            match c {
-                Control::CheckpointDone(epoch) => {
-                    if let Err(e) = self.driver.checkpoint_complete(epoch) {
-                        tracing::warn!(task = %self.link.name, error = %e, "acknowledging the last checkpoint upstream failed");
-                    }
-                    if epoch == FINAL_EPOCH {
-                        break;
-                    }
+/// A source that read its input to the end learns of the run's last checkpoint too, to
+/// acknowledge where it ended upstream.
+fn await_last_checkpoint(driver: &mut SourceDriver, control: &Receiver<Control>, link: &TaskLink) {
+    while let Ok(c) = control.recv() {
+        match c {
+            Control::CheckpointDone(epoch) => {
+                if let Err(e) = driver.checkpoint_complete(epoch) {
+                    tracing::warn!(task = %link.name, error = %e, "acknowledging the last checkpoint upstream failed");
                 }
-                Control::Stop => break,
-                Control::Barrier(_) => {}
+                if epoch == FINAL_EPOCH {
+                    break;
+                }
             }
+            Control::Stop => break,
+            Control::Barrier(_) => {}
         }
     }
 }
