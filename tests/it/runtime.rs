@@ -414,8 +414,5 @@ sinks:
     }
     assert!(run.is_finished(), "the run hangs");
     let err = run.join().unwrap().unwrap_err().to_string();
-    assert!(
-        err.contains("counts#") && err.contains("panicked"),
-        "{err}"
-    );
+    assert!(err.contains("counts#") && err.contains("panicked"), "{err}");
 }
