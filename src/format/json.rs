@@ -698,7 +698,7 @@ static ESCAPE: [u8; 256] = {
 };
 
 /// Appends `s` as a JSON string literal.
-fn write_json_str(s: &str, out: &mut Vec<u8>) {
+pub fn write_json_str(s: &str, out: &mut Vec<u8>) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let bytes = s.as_bytes();
     out.reserve(bytes.len() + 2);

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::ceiling::{enrich_ceiling, file_ceiling, generator_ceiling};
+use super::job::{self, DELETES_PER_100K as DELETES_PER_100K_SHOWN, UPDATES_PER_100K as UPDATES_PER_100K_SHOWN};
 use super::input::{
     HOSTS, START, START_MS, host_name, input_files, reference_row, write_enrich_input, write_input,
     write_reference,
@@ -524,4 +525,161 @@ pub(super) fn enrich_case(
         state / json.max(1e-9)
     );
     Ok(usize::from(!same))
+}
+
+/// The `job` case's pipeline: the observations (all ten fields declared) looked up in the
+/// reference table (snapshot, then its changes), gated, joined in `mode`.
+fn job_yaml(
+    mode: job::Mode,
+    parallelism: usize,
+    events: &Path,
+    snapshot: &Path,
+    stream: &Path,
+    out: &Path,
+) -> String {
+    format!(
+        "name: bench-job\nparallelism: {parallelism}\nenrichment: {{strategy: gated}}\nsources:\n  obs:\n    file: {{paths: [\"{}\"]}}\n    schema: {}\n    event_time: {{field: ts, max_out_of_orderness: 5s}}\n  ref:\n    file: {{format: debezium, snapshot: [\"{}\"], paths: [\"{}\"]}}\n    tables:\n      hosts: {{key: [host], columns: {{host: string, owner: string, criticality: int, site: string}}}}\noperators:\n  enrich:\n    inputs: [obs, ref.hosts]\n    enrich: {{key: {{host: host}}, mode: {}}}\nsinks:\n  out: {{input: enrich, file: \"{}\"}}\n",
+        events.display(),
+        job::SCHEMA,
+        snapshot.display(),
+        stream.display(),
+        mode.name(),
+        out.display()
+    )
+}
+
+/// The enrichment job of BENCHMARKS.md (see `job`): the ceiling and the pipeline in
+/// `lookup` mode at each parallelism and in `as_of` mode at parallelism 1, alternating in
+/// every round; whole runs (load included) and the steady state inside each run. Returns
+/// the number of failed checks.
+pub(super) fn job_case(
+    records: u64,
+    rows: u64,
+    parallelism: &[usize],
+    rounds: usize,
+    dir: &Path,
+) -> anyhow::Result<usize> {
+    let snapshot = dir.join(format!("job-snapshot-{rows}.jsonl"));
+    let stream = dir.join(format!("job-changes-{rows}.jsonl"));
+    let events = dir.join(format!("job-events-{records}.jsonl"));
+    job::write_reference(rows, records, &snapshot, &stream)?;
+    job::write_events(records, rows, &events)?;
+    let bytes = std::fs::metadata(&events)?.len();
+    let mut runs: Vec<(job::Mode, usize)> = parallelism
+        .iter()
+        .map(|&p| (job::Mode::Lookup, p))
+        .collect();
+    runs.push((job::Mode::AsOf, 1));
+    // Per run: whole-run measures, steady rates, peak memory, check failures.
+    struct Runs {
+        whole: Vec<Measure>,
+        steady: Vec<f64>,
+        peak_mb: f64,
+        failed: Option<String>,
+    }
+    let blank = || Runs {
+        whole: Vec::new(),
+        steady: Vec::new(),
+        peak_mb: 0.0,
+        failed: None,
+    };
+    let mut ceilings = [blank(), blank()];
+    let mut pipelines: Vec<Runs> = runs.iter().map(|_| blank()).collect();
+    let ceiling_out = |mode: job::Mode| dir.join(format!("job-ceiling-{}.jsonl", mode.name()));
+    let out = dir.join("job-out.jsonl");
+    for _ in 0..rounds {
+        for (m, mode) in [job::Mode::Lookup, job::Mode::AsOf].into_iter().enumerate() {
+            let mut loop_cpu = 0.0;
+            let whole = measure(|| {
+                loop_cpu = job::ceiling(mode, &snapshot, &stream, &events, &ceiling_out(mode))?;
+                Ok(())
+            })?;
+            ceilings[m].steady.push(records as f64 / loop_cpu.max(1e-9));
+            ceilings[m].whole.push(whole);
+        }
+        for (r, &(mode, p)) in runs.iter().enumerate() {
+            let yaml = job_yaml(mode, p, &events, &snapshot, &stream, &out);
+            let mut sampled = None;
+            let whole = measure(|| {
+                sampled = Some(super::sample::run_sampled(&yaml, dir, "job", records)?);
+                Ok(())
+            })?;
+            let sampled = sampled.expect("measured");
+            let run = &mut pipelines[r];
+            run.whole.push(whole);
+            run.steady.extend(sampled.steady);
+            run.peak_mb = run.peak_mb.max(sampled.peak_mb);
+            if run.failed.is_none()
+                && let Err(e) = job::check(
+                    mode,
+                    rows,
+                    records,
+                    &snapshot,
+                    &stream,
+                    &ceiling_out(mode),
+                    &out,
+                )?
+            {
+                run.failed = Some(e);
+            }
+        }
+    }
+    for f in [&snapshot, &stream, &events, &out] {
+        let _ = std::fs::remove_file(f);
+    }
+    for mode in [job::Mode::Lookup, job::Mode::AsOf] {
+        let _ = std::fs::remove_file(ceiling_out(mode));
+    }
+    let median = |mut v: Vec<f64>| -> Option<f64> {
+        v.sort_by(f64::total_cmp);
+        (!v.is_empty()).then(|| v[v.len() / 2])
+    };
+    let whole_cpu = |r: &Runs| median(r.whole.iter().map(|m| m.cpu).collect()).unwrap_or(0.0);
+    let whole_wall = |r: &Runs| median(r.whole.iter().map(|m| m.wall).collect()).unwrap_or(0.0);
+    let per_cpu = |cpu: f64| records as f64 / cpu.max(1e-9);
+    println!(
+        "\n## job: {records} observations ({:.0} bytes each, ten fields declared) → `enrich` in a {rows}-row Debezium table with {} updates and {} deletes → file (median of {rounds} rounds)",
+        bytes as f64 / records as f64,
+        UPDATES_PER_100K_SHOWN * rows / 100_000,
+        DELETES_PER_100K_SHOWN * rows / 100_000,
+    );
+    println!(
+        "| run | events/CPU-s, whole run | events/CPU-s, steady state | vs ceiling (whole / steady) | CPU s | wall s | peak RSS MB | output equals ceiling |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---|");
+    for (m, mode) in [job::Mode::Lookup, job::Mode::AsOf].into_iter().enumerate() {
+        let c = &ceilings[m];
+        println!(
+            "| plain loop, {} (ceiling) | {:.0} | {:.0} | 100% / 100% | {:.2} | {:.2} | — | — |",
+            mode.name(),
+            per_cpu(whole_cpu(c)),
+            median(c.steady.clone()).unwrap_or(0.0),
+            whole_cpu(c),
+            whole_wall(c)
+        );
+    }
+    let mut failures = 0;
+    for (r, &(mode, p)) in runs.iter().enumerate() {
+        let run = &pipelines[r];
+        let c = &ceilings[usize::from(mode == job::Mode::AsOf)];
+        let steady = median(run.steady.clone());
+        let ceiling_steady = median(c.steady.clone()).unwrap_or(f64::NAN);
+        println!(
+            "| pipeline, `{}`, parallelism {p} | {:.0} | {} | {:.0}% / {} | {:.2} | {:.2} | {:.0} | {} |",
+            mode.name(),
+            per_cpu(whole_cpu(run)),
+            steady.map_or("—".into(), |s| format!("{s:.0}")),
+            100.0 * whole_cpu(c) / whole_cpu(run).max(1e-9),
+            steady.map_or("—".into(), |s| format!("{:.0}%", 100.0 * s / ceiling_steady)),
+            whole_cpu(run),
+            whole_wall(run),
+            run.peak_mb,
+            if run.failed.is_none() { "yes" } else { "NO" }
+        );
+        if let Some(e) = &run.failed {
+            failures += 1;
+            eprintln!("job, {}, parallelism {p}: {e}", mode.name());
+        }
+    }
+    Ok(failures)
 }

@@ -12,12 +12,16 @@
 mod cases;
 mod ceiling;
 mod input;
+mod job;
 mod process;
 mod report;
+mod sample;
 
 use std::path::PathBuf;
 
-use cases::{bootstrap_case, checkpoint_case, enrich_case, file_case, generator_case, lookup_case};
+use cases::{
+    bootstrap_case, checkpoint_case, enrich_case, file_case, generator_case, job_case, lookup_case,
+};
 use report::peak_rss_mb;
 
 #[derive(clap::Args, Debug, Clone)]
@@ -35,7 +39,10 @@ pub struct BenchArgs {
     /// Which benchmark: `generator`, `file`, `enrich`, `all` (those three), `lookup` (the
     /// reference table alone: one-by-one against batched lookups), `checkpoint` (the enrich
     /// case checkpointing every 10 s and every 1 s, and its restore) or `bootstrap` (the
-    /// enrich case started from a bootstrapped savepoint instead of behind a gate).
+    /// enrich case started from a bootstrapped savepoint instead of behind a gate) or `job`
+    /// (the enrichment job of BENCHMARKS.md: 594-byte observations, all ten fields declared,
+    /// looked up in a Debezium table with updates and deletes, in `lookup` and `as_of` mode,
+    /// against the strongest plain loop, whole runs and steady state).
     #[arg(long, default_value = "all")]
     pub case: String,
     /// Reference table sizes of the enrich case.
@@ -97,6 +104,11 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     if args.case == "lookup" {
         for &rows in &args.reference_rows {
             lookup_case(rows);
+        }
+    }
+    if args.case == "job" {
+        for &rows in &args.reference_rows {
+            failures += job_case(n, rows, &args.parallelism, args.rounds.max(1), &dir)?;
         }
     }
     if args.case == "all" || args.case == "enrich" {

@@ -15,7 +15,7 @@ fn rusage(who: libc::c_int) -> libc::rusage {
 
 /// CPU time (user + system) so far of this process and of the pipeline runs it waited for,
 /// in seconds.
-fn cpu_seconds() -> f64 {
+pub(super) fn cpu_seconds() -> f64 {
     let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
     [libc::RUSAGE_SELF, libc::RUSAGE_CHILDREN]
         .into_iter()
