@@ -14,7 +14,8 @@ use serde_saphyr::Location;
 use crate::alerts::AlertRules;
 use crate::components::{OperatorYaml, SinkYaml, SourceYaml};
 use crate::config::component::{
-    EnrichmentDefaults, OperatorContext, OperatorInput, SinkContext, SourceContext, one_of,
+    EnrichmentDefaults, OperatorContext, OperatorInput, SinkContext, SourceContext, UnreadColumns,
+    one_of,
 };
 use crate::config::issues::{Issues, MAX_PARALLELISM, valid_name};
 use crate::config::tables;
@@ -305,6 +306,12 @@ pub fn compile(
     let enrichment =
         enrichment_defaults(&mut issues, file.enrichment.as_ref(), file.state.as_ref());
 
+    // Column names operators read, and whether every sink writes JSON: the rest of the
+    // sources' string columns can be carried undecoded (`UnreadColumns`).
+    let unread = UnreadColumns::default();
+    let mut read_columns: HashSet<String> = HashSet::new();
+    let mut sinks_write_json = true;
+
     // Sources.
     let multi_source = file.sources.len() > 1;
     for (name, src) in &file.sources {
@@ -379,17 +386,9 @@ pub fn compile(
                     event_time_field: et.and_then(|e| e.field.as_ref()),
                     pipeline: path,
                     warnings: &mut warnings,
+                    unread: unread.clone(),
                 };
                 let built = block.build(&mut cx);
-                let unused = [
-                    (
-                        cx.schema.as_ref().filter(|_| !cx.schema_used),
-                        "schema",
-                        "rows",
-                    ),
-                    (None, "", ""),
-                ];
-                let _ = unused;
                 let (schema_unused, tables_unused) = (
                     cx.schema.as_ref().filter(|_| !cx.schema_used).map(|s| s.1),
                     cx.tables.as_ref().filter(|_| !cx.tables_used).map(|t| t.1),
@@ -527,6 +526,7 @@ pub fn compile(
         let Some(built) = block.build(&mut cx) else {
             continue;
         };
+        read_columns.extend(built.reads);
         add_node(
             &mut nodes,
             &mut infos,
@@ -634,6 +634,7 @@ pub fn compile(
                             );
                         }
                     }
+                    sinks_write_json &= b.writes_json;
                     outputs.push((name.clone(), b.target));
                     sink_guarantees.push((name.clone(), b.guarantee));
                     b.factory
@@ -651,6 +652,10 @@ pub fn compile(
             inputs: inputs.iter().map(|(r, _)| *r).collect(),
             ports: Vec::new(),
         });
+    }
+
+    if sinks_write_json {
+        unread.set_read(read_columns);
     }
 
     // Ports nobody reads: data there is counted but not kept.

@@ -12,7 +12,9 @@
 //! - `SinkConfig::build` gets its input schema and column selection and returns its factory,
 //!   where it writes and the delivery guarantee it gives.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 
 use serde_saphyr::Location;
 
@@ -65,6 +67,29 @@ pub struct SourceContext<'a> {
     pub pipeline: &'a Path,
     /// Warnings: settings that work but are probably not what was meant.
     pub warnings: &'a mut Vec<String>,
+    /// The columns no operator reads, known once the whole pipeline is built (factories
+    /// run after that): a decoder may carry such columns undecoded.
+    pub unread: UnreadColumns,
+}
+
+/// Which columns no operator of the pipeline reads, known to `compile` once every node is
+/// built: it sets the names the operators read (and leaves it unset, so that nothing counts
+/// as unread, when a sink needs every value typed). A source of JSON rows carries its
+/// string columns that no one reads as their JSON text (`JsonDecoder::carrying_raw`): they
+/// are only copied on the way to the sinks. Names, not positions: a column read anywhere
+/// under its name is decoded everywhere.
+#[derive(Clone, Debug, Default)]
+pub struct UnreadColumns(Arc<OnceLock<HashSet<String>>>);
+
+impl UnreadColumns {
+    /// Whether no operator reads column `name` (false until `compile` has decided).
+    pub fn contains(&self, name: &str) -> bool {
+        self.0.get().is_some_and(|read| !read.contains(name))
+    }
+
+    pub(crate) fn set_read(&self, read: HashSet<String>) {
+        let _ = self.0.set(read);
+    }
 }
 
 impl SourceContext<'_> {
@@ -216,6 +241,9 @@ pub struct BuiltOperator {
     pub key_columns: Option<Vec<usize>>,
     /// Inputs every instance receives in full (a reference table's changes).
     pub broadcast_inputs: Vec<usize>,
+    /// The input columns the operator computes with (compares, hashes, aggregates, parses),
+    /// by name; every other column it only copies to its outputs, if at all.
+    pub reads: Vec<String>,
 }
 
 /// What a sink's block is built with.
@@ -255,6 +283,9 @@ pub struct BuiltSink {
     pub guarantee: Guarantee,
     /// A file only this sink may write (two sinks on one file lose lines).
     pub writes: Option<PathBuf>,
+    /// Whether the sink writes JSON, taking a string column carried as its JSON text
+    /// (`UnreadColumns`) as it is; `false` when it needs every value typed.
+    pub writes_json: bool,
 }
 
 /// Declares the kinds of one section of the pipeline file: the section's node struct (the

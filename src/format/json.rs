@@ -24,6 +24,10 @@
 //! | json      | any JSON value, kept as its text (whitespace removed) | the text as is          |
 //! | null      | `null` only                                     | `null`                        |
 //!
+//! A `string` field that no operator of the pipeline reads can be carried as its JSON text
+//! instead (`JsonDecoder::carrying_raw`): the literal, escapes and all, checked once and
+//! written back byte for byte, so a long payload is neither unescaped nor escaped again.
+//!
 //! `null` is accepted for every type and decodes to `Value::Null`; a missing field is
 //! `Value::Null` too. So a `json` field holding JSON `null` reads back as `Value::Null`.
 //! Duplicate keys: the last one wins.
@@ -55,6 +59,8 @@ const LINEAR_KEY_LIMIT: usize = 16;
 struct FieldSpec {
     name: CompactString,
     data_type: DataType,
+    /// A string field no operator reads: kept as its JSON text (`JsonDecoder::carrying_raw`).
+    raw: bool,
 }
 
 /// Key → field index, built once per decoder.
@@ -106,6 +112,7 @@ impl JsonDecoder {
             .map(|f| FieldSpec {
                 name: f.name.clone(),
                 data_type: f.data_type,
+                raw: false,
             })
             .collect();
         if let EventTimeSource::Field(i) = event_time {
@@ -130,6 +137,26 @@ impl JsonDecoder {
 
     pub fn schema(&self) -> &SchemaRef {
         &self.schema
+    }
+
+    /// Carries the `string` fields for which `unread` is true (no operator of the pipeline
+    /// reads them; its sinks write JSON) as their JSON text: a string literal, escapes
+    /// included, checked once here (well-formed, UTF-8) and written back byte for byte as a
+    /// `Value::Json`. Nothing is unescaped on the way in nor escaped on the way out. A value
+    /// that is not a string (or null) is refused as for a typed string field.
+    pub fn carrying_raw(mut self, unread: impl Fn(&str) -> bool) -> JsonDecoder {
+        for f in self.fields.iter_mut() {
+            f.raw = f.data_type == DataType::String && unread(&f.name);
+        }
+        self
+    }
+
+    /// The fields carried as JSON text (`carrying_raw`).
+    pub fn raw_fields(&self) -> impl Iterator<Item = &str> {
+        self.fields
+            .iter()
+            .filter(|f| f.raw)
+            .map(|f| f.name.as_str())
     }
 
     /// Decodes one JSON object (one line, without its newline; surrounding whitespace is
@@ -364,6 +391,14 @@ impl<'de> DeserializeSeed<'de> for FieldSeed<'_> {
     type Value = Value;
 
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
+        if self.0.raw {
+            let raw = <&'de RawValue>::deserialize(deserializer)?.get();
+            return match raw.as_bytes()[0] {
+                b'"' => Ok(Value::Json(raw.into())),
+                b'n' => Ok(Value::Null),
+                first => Err(self.mismatch(json_kind(first))),
+            };
+        }
         match self.0.data_type {
             // These need the value's exact text: take it as a borrowed slice of the input.
             DataType::Float | DataType::Decimal | DataType::Json => {
@@ -755,6 +790,59 @@ mod tests {
             ("j", DataType::Json),
             ("n", DataType::Null),
         ])
+    }
+
+    /// Unread string fields are carried as their text and written back byte for byte;
+    /// what a typed string field refuses, a carried one refuses too (a dead letter).
+    #[test]
+    fn unread_strings_are_carried_as_their_json_text() {
+        let s = schema(&[
+            ("host", DataType::String),
+            ("payload", DataType::String),
+            ("n", DataType::Int),
+        ]);
+        let decoder = JsonDecoder::new(s.clone(), EventTimeSource::None)
+            .carrying_raw(|name| name == "payload" || name == "n");
+        assert_eq!(decoder.raw_fields().collect::<Vec<_>>(), ["payload"]);
+        let encoder = JsonEncoder::new(s.clone());
+        let roundtrip = |line: &[u8]| -> Result<(Vec<Value>, String), DecodeError> {
+            let mut batch = Batch::new(s.clone());
+            decoder.decode_into(line, &mut batch, 0)?;
+            let mut out = Vec::new();
+            encoder.encode_row(batch.row(0), &mut out);
+            Ok((batch.row(0).to_vec(), String::from_utf8(out).unwrap()))
+        };
+        // Escapes the encoder would write otherwise (`\/`, `\u00e9`) come back as they were.
+        let line = br#"{"host":"a\u00e9","payload":"x\/y\u00e9\r\n\"q\"","n":1}"#;
+        let (row, out) = roundtrip(line).unwrap();
+        assert_eq!(row[0], Value::from("aé"), "a read field is typed");
+        assert_eq!(row[1], Value::Json(r#""x\/y\u00e9\r\n\"q\"""#.into()));
+        assert_eq!(
+            out,
+            r#"{"host":"aé","payload":"x\/y\u00e9\r\n\"q\"","n":1}"#
+        );
+        let (row, out) = roundtrip(br#"{"host":"h","payload":null}"#).unwrap();
+        assert_eq!(row[1], Value::Null);
+        assert_eq!(out, r#"{"host":"h","payload":null,"n":null}"#);
+        let mut invalid_utf8 = br#"{"payload":"ab"}"#.to_vec();
+        invalid_utf8[13] = 0xff;
+        for (bad, why) in [
+            (
+                &br#"{"payload":5}"#[..],
+                "field `payload`: expected string, found number",
+            ),
+            (
+                br#"{"payload":["a"]}"#,
+                "field `payload`: expected string, found array",
+            ),
+            (br#"{"payload":"bad \x escape"}"#, "invalid escape"),
+            (b"{\"payload\":\"tab\tinside\"}", "control character"),
+            (br#"{"payload":"unterminated}"#, "end of input"),
+            (&invalid_utf8, "unicode"),
+        ] {
+            let err = roundtrip(bad).unwrap_err().to_string();
+            assert!(err.contains(why), "{}: {err}", String::from_utf8_lossy(bad));
+        }
     }
 
     fn decode(schema: &SchemaRef, line: &str) -> Result<Vec<Value>, DecodeError> {

@@ -669,3 +669,50 @@ fn a_followed_file_rotated_while_running_is_read_to_its_end_then_the_new_file() 
         .collect();
     assert_eq!(keys, ["a", "b", "c", "d"], "{seen:?}");
 }
+
+/// String columns that no operator reads are written back byte for byte (escapes as they
+/// were: `\/`, `\u00e9`), and still checked: a malformed one is a dead letter. A column read
+/// by an operator (here `route`'s `k`, also in the branch that does not route) is decoded.
+#[test]
+fn unread_string_columns_are_copied_as_they_were_and_still_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("in.jsonl"),
+        concat!(
+            r#"{"ts":1,"k":"\u0061","note":"a\/b \u00e9\r\n"}"#,
+            "\n",
+            r#"{"ts":2,"k":"b","note":"bad \x escape"}"#,
+            "\n",
+            r#"{"ts":3,"k":"b","note":5}"#,
+            "\n",
+        ),
+    )
+    .unwrap();
+    let path = dir.path().join("p.yaml");
+    std::fs::write(
+        &path,
+        "sources:\n  s:\n    file: {paths: [in.jsonl]}\n    schema: {ts: int, k: string, note: string}\n    event_time: {field: ts}\n\
+         operators:\n  r:\n    inputs: [s]\n    route: {field: k, ports: {a: [a]}}\n\
+         sinks:\n  all: {input: s, file: all.jsonl}\n  routed: {input: r.a, file: a.jsonl}\n  bad: {input: s.dead_letter, file: bad.jsonl}\n  rest: {input: r, file: rest.jsonl}\n",
+    )
+    .unwrap();
+    let out = watershed()
+        .args(["run", "--metrics-addr", "off"])
+        .arg(&path)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let read = |f: &str| std::fs::read_to_string(dir.path().join(f)).unwrap();
+    let copied = r#"{"ts":1,"k":"a","note":"a\/b \u00e9\r\n"}"#;
+    assert_eq!(read("all.jsonl"), format!("{copied}\n"));
+    assert_eq!(read("a.jsonl"), format!("{copied}\n"));
+    let bad = read("bad.jsonl");
+    assert_eq!(bad.lines().count(), 2, "{bad}");
+    assert!(
+        bad.contains("invalid escape")
+            && bad.contains("field `note`: expected string, found number"),
+        "{bad}"
+    );
+}

@@ -6,10 +6,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::ceiling::{enrich_ceiling, file_ceiling, generator_ceiling};
-use super::job::{self, DELETES_PER_100K as DELETES_PER_100K_SHOWN, UPDATES_PER_100K as UPDATES_PER_100K_SHOWN};
 use super::input::{
     HOSTS, START, START_MS, host_name, input_files, reference_row, write_enrich_input, write_input,
     write_reference,
+};
+use super::job::{
+    self, DELETES_PER_100K as DELETES_PER_100K_SHOWN, UPDATES_PER_100K as UPDATES_PER_100K_SHOWN,
 };
 use super::process::{LAST_RUN_PEAK_MB, run_pipeline, watershed};
 use super::report::{Measure, measure, report, sorted_lines};
@@ -557,6 +559,7 @@ pub(super) fn job_case(
     rows: u64,
     parallelism: &[usize],
     rounds: usize,
+    against: Option<&Path>,
     dir: &Path,
 ) -> anyhow::Result<usize> {
     let snapshot = dir.join(format!("job-snapshot-{rows}.jsonl"));
@@ -565,11 +568,17 @@ pub(super) fn job_case(
     job::write_reference(rows, records, &snapshot, &stream)?;
     job::write_events(records, rows, &events)?;
     let bytes = std::fs::metadata(&events)?.len();
-    let mut runs: Vec<(job::Mode, usize)> = parallelism
+    // (mode, parallelism, binary): this one, and the other one's right after it.
+    let this = std::env::current_exe()?;
+    let binaries: Vec<&Path> = std::iter::once(this.as_path()).chain(against).collect();
+    let mut runs: Vec<(job::Mode, usize, &Path)> = Vec::new();
+    for (mode, p) in parallelism
         .iter()
         .map(|&p| (job::Mode::Lookup, p))
-        .collect();
-    runs.push((job::Mode::AsOf, 1));
+        .chain([(job::Mode::AsOf, 1)])
+    {
+        runs.extend(binaries.iter().map(|&b| (mode, p, b)));
+    }
     // Per run: whole-run measures, steady rates, peak memory, check failures.
     struct Runs {
         whole: Vec<Measure>,
@@ -597,11 +606,11 @@ pub(super) fn job_case(
             ceilings[m].steady.push(records as f64 / loop_cpu.max(1e-9));
             ceilings[m].whole.push(whole);
         }
-        for (r, &(mode, p)) in runs.iter().enumerate() {
+        for (r, &(mode, p, exe)) in runs.iter().enumerate() {
             let yaml = job_yaml(mode, p, &events, &snapshot, &stream, &out);
             let mut sampled = None;
             let whole = measure(|| {
-                sampled = Some(super::sample::run_sampled(&yaml, dir, "job", records)?);
+                sampled = Some(super::sample::run_sampled(exe, &yaml, dir, "job", records)?);
                 Ok(())
             })?;
             let sampled = sampled.expect("measured");
@@ -659,18 +668,26 @@ pub(super) fn job_case(
         );
     }
     let mut failures = 0;
-    for (r, &(mode, p)) in runs.iter().enumerate() {
+    for (r, &(mode, p, exe)) in runs.iter().enumerate() {
         let run = &pipelines[r];
+        let which = if exe == this.as_path() {
+            String::new()
+        } else {
+            format!(" ({})", exe.display())
+        };
         let c = &ceilings[usize::from(mode == job::Mode::AsOf)];
         let steady = median(run.steady.clone());
         let ceiling_steady = median(c.steady.clone()).unwrap_or(f64::NAN);
         println!(
-            "| pipeline, `{}`, parallelism {p} | {:.0} | {} | {:.0}% / {} | {:.2} | {:.2} | {:.0} | {} |",
+            "| pipeline{which}, `{}`, parallelism {p} | {:.0} | {} | {:.0}% / {} | {:.2} | {:.2} | {:.0} | {} |",
             mode.name(),
             per_cpu(whole_cpu(run)),
             steady.map_or("—".into(), |s| format!("{s:.0}")),
             100.0 * whole_cpu(c) / whole_cpu(run).max(1e-9),
-            steady.map_or("—".into(), |s| format!("{:.0}%", 100.0 * s / ceiling_steady)),
+            steady.map_or("—".into(), |s| format!(
+                "{:.0}%",
+                100.0 * s / ceiling_steady
+            )),
             whole_cpu(run),
             whole_wall(run),
             run.peak_mb,

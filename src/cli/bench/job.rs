@@ -5,9 +5,10 @@
 //! by updates and deletes spread over the events' time span.
 //!
 //! The ceiling is the strongest plain loop for the same output: one thread, a borrowed parse
-//! of each line (`serde` into `&str`/`Cow`/`RawValue` fields), an `ahash` map, and one output
-//! buffer reused for every line, written with the same string and timestamp writers as the
-//! pipeline's encoder. It loads the reference files itself (parsing the change events), so
+//! of each line (`serde` into `&str`/`Cow`/`RawValue` fields: the strings it does not look at
+//! are checked and copied as their JSON text, as the pipeline carries unread columns), an
+//! `ahash` map, and one output buffer reused for every line, written with the same string
+//! and timestamp writers as the pipeline's encoder. It loads the reference files itself (parsing the change events), so
 //! whole-run figures compare like with like.
 //!
 //! What the outputs must agree on: with `as_of`, every event joins the row valid at its time,
@@ -183,24 +184,28 @@ pub(super) fn write_events(records: u64, rows: u64, path: &Path) -> anyhow::Resu
     Ok(())
 }
 
+/// An observation as the ceiling reads it: the fields it computes with typed, the others
+/// kept as their checked JSON text and copied (what the pipeline does with columns no
+/// operator reads).
 #[derive(Deserialize)]
 struct Event<'a> {
     ts: &'a str,
-    host: &'a str,
+    #[serde(borrow)]
+    host: Cow<'a, str>,
     port: i64,
     #[serde(borrow)]
-    product: Cow<'a, str>,
+    product: &'a RawValue,
     #[serde(borrow)]
-    version: Cow<'a, str>,
+    version: &'a RawValue,
     bytes: i64,
     #[serde(borrow)]
-    os: Cow<'a, str>,
+    os: &'a RawValue,
     #[serde(borrow)]
-    cpe: Cow<'a, str>,
+    cpe: &'a RawValue,
     #[serde(borrow)]
     tags: &'a RawValue,
     #[serde(borrow)]
-    payload: Cow<'a, str>,
+    payload: &'a RawValue,
 }
 
 #[derive(Deserialize)]
@@ -281,15 +286,16 @@ fn load_reference(snapshot: &Path, stream: &Path) -> anyhow::Result<AHashMap<Box
                 break;
             }
             let env: RefEnvelope = serde_json::from_slice(line.trim_ascii_end())?;
-            let valid_from = if from_start { i64::MIN } else { env.source.ts_ms };
+            let valid_from = if from_start {
+                i64::MIN
+            } else {
+                env.source.ts_ms
+            };
             let (host, suffix) = match (env.op, &env.after, &env.before) {
                 ("d", _, Some(before)) => (before.host.as_ref(), None),
                 (_, Some(after), _) => {
                     let mut s = Vec::with_capacity(80);
-                    joined_suffix(
-                        Some((&after.owner, after.criticality, &after.site)),
-                        &mut s,
-                    );
+                    joined_suffix(Some((&after.owner, after.criticality, &after.site)), &mut s);
                     (after.host.as_ref(), Some(s.into_boxed_slice()))
                 }
                 _ => anyhow::bail!("a reference change without its row"),
@@ -324,9 +330,9 @@ pub(super) fn ceiling(
             break;
         }
         let e: Event = serde_json::from_slice(line.trim_ascii_end())?;
-        let micros = parse_timestamp(e.ts)
-            .ok_or_else(|| anyhow::anyhow!("bad timestamp {}", e.ts))?;
-        let versions = table.get(e.host);
+        let micros =
+            parse_timestamp(e.ts).ok_or_else(|| anyhow::anyhow!("bad timestamp {}", e.ts))?;
+        let versions = table.get(e.host.as_ref());
         let found = versions.and_then(|v| match mode {
             Mode::Lookup => v.last(),
             Mode::AsOf => {
@@ -338,23 +344,23 @@ pub(super) fn ceiling(
         buf.extend_from_slice(b"{\"ts\":\"");
         write_timestamp(micros, &mut buf);
         buf.extend_from_slice(b"\",\"host\":");
-        write_json_str(e.host, &mut buf);
+        write_json_str(&e.host, &mut buf);
         buf.extend_from_slice(b",\"port\":");
         buf.extend_from_slice(itoa::Buffer::new().format(e.port).as_bytes());
         buf.extend_from_slice(b",\"product\":");
-        write_json_str(&e.product, &mut buf);
+        buf.extend_from_slice(e.product.get().as_bytes());
         buf.extend_from_slice(b",\"version\":");
-        write_json_str(&e.version, &mut buf);
+        buf.extend_from_slice(e.version.get().as_bytes());
         buf.extend_from_slice(b",\"bytes\":");
         buf.extend_from_slice(itoa::Buffer::new().format(e.bytes).as_bytes());
         buf.extend_from_slice(b",\"os\":");
-        write_json_str(&e.os, &mut buf);
+        buf.extend_from_slice(e.os.get().as_bytes());
         buf.extend_from_slice(b",\"cpe\":");
-        write_json_str(&e.cpe, &mut buf);
+        buf.extend_from_slice(e.cpe.get().as_bytes());
         buf.extend_from_slice(b",\"tags\":");
         buf.extend_from_slice(e.tags.get().as_bytes());
         buf.extend_from_slice(b",\"payload\":");
-        write_json_str(&e.payload, &mut buf);
+        buf.extend_from_slice(e.payload.get().as_bytes());
         match found.and_then(|(_, s)| s.as_deref()) {
             Some(suffix) => buf.extend_from_slice(suffix),
             None => joined_suffix(None, &mut buf),
@@ -393,13 +399,16 @@ fn normalized<'l>(
         .rfind(",\"owner\":")
         .ok_or_else(|| format!("no joined columns in {line}"))?;
     let allowed = suffixes.get(host).is_some_and(|(rows, deleted)| {
-        rows.contains(line[at..].as_bytes())
+        rows.contains(&line.as_bytes()[at..])
             || (*deleted && line[at..].ends_with("\"hosts_matched\":false}"))
     });
     if !allowed {
         return Err(format!("a version the host never had: {line}"));
     }
-    Ok(Cow::Owned(format!("{}<one of the host's versions>", &line[..at])))
+    Ok(Cow::Owned(format!(
+        "{}<one of the host's versions>",
+        &line[..at]
+    )))
 }
 
 /// Compares a pipeline's output with the ceiling's (see the module docs); `Err` says how
@@ -493,8 +502,11 @@ mod tests {
                 Ok(())
             );
             let broken = dir.path().join("broken.jsonl");
-            std::fs::write(&broken, lines.replacen("\"owner\":\"team-", "\"owner\":\"tea-", 1))
-                .unwrap();
+            std::fs::write(
+                &broken,
+                lines.replacen("\"owner\":\"team-", "\"owner\":\"tea-", 1),
+            )
+            .unwrap();
             assert!(
                 check(mode, rows, records, &snap, &stream, &out, &broken)
                     .unwrap()

@@ -60,6 +60,10 @@ pub struct BenchArgs {
     /// pipeline's `state.backend`).
     #[arg(long, default_value = "memory")]
     pub state: String,
+    /// Another `watershed` binary whose pipelines the `job` case runs too, right after this
+    /// one's in every round (an earlier build, to compare in one sitting).
+    #[arg(long)]
+    pub against: Option<PathBuf>,
 }
 
 /// Runs the selected benchmarks and prints markdown tables.
@@ -108,7 +112,14 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     }
     if args.case == "job" {
         for &rows in &args.reference_rows {
-            failures += job_case(n, rows, &args.parallelism, args.rounds.max(1), &dir)?;
+            failures += job_case(
+                n,
+                rows,
+                &args.parallelism,
+                args.rounds.max(1),
+                args.against.as_deref(),
+                &dir,
+            )?;
         }
     }
     if args.case == "all" || args.case == "enrich" {

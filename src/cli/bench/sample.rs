@@ -59,9 +59,10 @@ fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
-/// Runs the pipeline `yaml` (written to `dir/<name>.yaml`) and samples it; `expected` is
-/// the number of records its sinks take in all.
+/// Runs the pipeline `yaml` (written to `dir/<name>.yaml`) with the `watershed` binary
+/// `exe` and samples it; `expected` is the number of records its sinks take in all.
 pub(super) fn run_sampled(
+    exe: &Path,
     yaml: &str,
     dir: &Path,
     name: &str,
@@ -70,7 +71,7 @@ pub(super) fn run_sampled(
     let path = dir.join(format!("{name}.yaml"));
     std::fs::write(&path, yaml)?;
     let port = free_port()?;
-    let mut child = std::process::Command::new(std::env::current_exe()?)
+    let mut child = std::process::Command::new(exe)
         .args(["run", "--log", "error", "--metrics-addr"])
         .arg(format!("127.0.0.1:{port}"))
         .arg(&path)

@@ -245,6 +245,11 @@ impl EnrichConfig {
                 return None;
             }
         };
+        let reads: Vec<String> = probe
+            .event_columns_read()
+            .into_iter()
+            .map(|c| events.field(c).name.to_string())
+            .collect();
         let node = name.to_string();
         let factory: OperatorFactory = Arc::new(move |_| {
             let op = EnrichOperator::new(&node, spec.clone(), events.clone(), &reference)
@@ -256,6 +261,7 @@ impl EnrichConfig {
             factory,
             key_columns: None,
             broadcast_inputs: vec![1],
+            reads,
         })
     }
 }

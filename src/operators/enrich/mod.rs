@@ -237,6 +237,16 @@ impl EnrichOperator {
         })
     }
 
+    /// The event columns the join computes with: the join key, the conditions' and the
+    /// version rule's columns (every other event column is only copied to the output).
+    pub fn event_columns_read(&self) -> Vec<usize> {
+        let l = &self.layout;
+        let mut read: Vec<usize> = l.event_key.clone();
+        read.extend(l.conditions.iter().map(|&(e, _, _)| e));
+        read.extend(l.version.iter().map(|&(e, _)| e));
+        read
+    }
+
     /// Rows the table holds now.
     pub fn reference_rows(&self) -> usize {
         self.table.len()

@@ -70,6 +70,7 @@ impl OperatorConfig for RouteConfig {
             }
         };
         let column = column.value.clone();
+        let reads: Vec<String> = vec![schema.field(probe.column()).name.to_string()];
         let node = cx.name.to_string();
         let factory: OperatorFactory = Arc::new(move |_| {
             let op = RouteOperator::new(&column, ports.clone(), schema.clone())
@@ -81,6 +82,7 @@ impl OperatorConfig for RouteConfig {
             factory,
             key_columns: None,
             broadcast_inputs: Vec::new(),
+            reads,
         })
     }
 }

@@ -24,6 +24,11 @@ pub struct RouteOperator {
 }
 
 impl RouteOperator {
+    /// The column rows are routed by.
+    pub fn column(&self) -> usize {
+        self.column
+    }
+
     pub fn new(
         field: &str,
         ports: Vec<RoutePort>,

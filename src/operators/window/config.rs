@@ -59,6 +59,11 @@ impl OperatorConfig for WindowConfig {
                 return None;
             }
         };
+        let reads: Vec<String> = probe
+            .columns_read()
+            .into_iter()
+            .map(|c| schema.field(c).name.to_string())
+            .collect();
         let node = cx.name.to_string();
         let factory: OperatorFactory = Arc::new(move |_| {
             let op = WindowOperator::new(&node, spec.clone(), schema.clone())
@@ -70,6 +75,7 @@ impl OperatorConfig for WindowConfig {
             factory,
             key_columns: Some(key_columns),
             broadcast_inputs: Vec::new(),
+            reads,
         })
     }
 }

@@ -146,6 +146,13 @@ pub struct WindowOperator {
 }
 
 impl WindowOperator {
+    /// The input columns the windows compute with: the key and the aggregates' fields.
+    pub fn columns_read(&self) -> Vec<usize> {
+        let mut read = self.layout.key_columns.to_vec();
+        read.extend(self.layout.plans.iter().filter_map(|p| p.field));
+        read
+    }
+
     /// Validates `spec` against `input_schema` and builds the operator.
     pub fn new(
         name: &str,

@@ -48,6 +48,7 @@ impl SinkConfig for FileSinkConfig {
             } else {
                 Guarantee::AtLeastOnce
             },
+            writes_json: true,
         })
     }
 }

@@ -35,6 +35,7 @@ impl SinkConfig for StdoutConfig {
             target: "stdout".into(),
             guarantee: Guarantee::AtLeastOnce,
             writes: None,
+            writes_json: true,
         })
     }
 }

@@ -184,6 +184,7 @@ impl FileConfig {
         let node = cx.name.to_string();
         let base = cx.base_dir.to_path_buf();
         let decoder_schema = schema.clone();
+        let unread = cx.unread.clone();
         let factory: SourceFactory = Arc::new(move |inst, par| {
             let mine = paths
                 .iter()
@@ -191,7 +192,8 @@ impl FileConfig {
                 .filter(|(i, _)| i % par == inst)
                 .map(|(_, p)| p.clone())
                 .collect();
-            let decoder = JsonDecoder::new(decoder_schema.clone(), event_time);
+            let decoder = JsonDecoder::new(decoder_schema.clone(), event_time)
+                .carrying_raw(|column| unread.contains(column));
             Ok(Box::new(FileSource::new(
                 &node,
                 FileSourceSpec {
