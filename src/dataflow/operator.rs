@@ -19,6 +19,13 @@ pub trait Operator: Send {
     /// The merged watermark of the operator's inputs advanced to `watermark`.
     fn on_watermark(&mut self, watermark: EventTime, out: &mut Output);
 
+    /// The watermark of input `input` alone (the minimum over the instances feeding it,
+    /// none of them idle) rose to `watermark`; called only for an operator with several
+    /// inputs, in order with their records, before the merged watermark it may move. For
+    /// operators whose inputs play different parts: an as-of join needs only its reference
+    /// side to have passed an event's time to join it.
+    fn on_input_watermark(&mut self, _input: usize, _watermark: EventTime) {}
+
     /// Serializes the operator's state (taken at a barrier, after all input before it).
     fn snapshot(&mut self) -> Result<StateImage, StateError>;
 

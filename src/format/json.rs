@@ -51,6 +51,10 @@ use super::{
 };
 use crate::types::{Batch, DataType, EventTime, SchemaRef, Value};
 
+/// A carried string this short without escapes is held as a `Value::Str` (inline, no
+/// allocation): writing it back gives the same bytes.
+const INLINE_RAW: usize = 24;
+
 /// Schemas up to this width match keys by a linear scan of byte slices (faster than hashing
 /// for a handful of short names); wider ones use a hash map.
 const LINEAR_KEY_LIMIT: usize = 16;
@@ -394,6 +398,11 @@ impl<'de> DeserializeSeed<'de> for FieldSeed<'_> {
         if self.0.raw {
             let raw = <&'de RawValue>::deserialize(deserializer)?.get();
             return match raw.as_bytes()[0] {
+                // Short and without escapes, the text is its own value, held inline (no
+                // allocation) and written back the same; otherwise the literal is kept.
+                b'"' if raw.len() <= INLINE_RAW + 2 && !raw.contains('\\') => {
+                    Ok(Value::Str(CompactString::from(&raw[1..raw.len() - 1])))
+                }
                 b'"' => Ok(Value::Json(raw.into())),
                 b'n' => Ok(Value::Null),
                 first => Err(self.mismatch(json_kind(first))),
@@ -821,6 +830,10 @@ mod tests {
             out,
             r#"{"host":"aé","payload":"x\/y\u00e9\r\n\"q\"","n":1}"#
         );
+        // Short and without escapes: held inline, the same bytes written.
+        let (row, out) = roundtrip(r#"{"host":"h","payload":"short é"}"#.as_bytes()).unwrap();
+        assert_eq!(row[1], Value::from("short é"));
+        assert_eq!(out, r#"{"host":"h","payload":"short é","n":null}"#);
         let (row, out) = roundtrip(br#"{"host":"h","payload":null}"#).unwrap();
         assert_eq!(row[1], Value::Null);
         assert_eq!(out, r#"{"host":"h","payload":null,"n":null}"#);

@@ -15,6 +15,10 @@ use crate::types::{Batch, Epoch, EventTime};
 pub enum GateEvent {
     /// A batch from input edge `input`.
     Data { input: usize, batch: Batch },
+    /// The watermark of input edge `input` alone (the minimum over its slots, none idle)
+    /// rose to this time; only for a task with several input edges, and before the merged
+    /// watermark it may move.
+    InputWatermark { input: usize, watermark: EventTime },
     /// The merged watermark changed.
     Watermark(Watermark),
     /// Every live slot has delivered this barrier; everything before it has been let through.
@@ -35,12 +39,21 @@ pub struct InputGate {
     last_alignment_ms: i64,
     buffered: VecDeque<(usize, Message)>,
     finished: bool,
+    /// Per input edge, the watermark last reported as `InputWatermark` (empty with one edge).
+    input_watermarks: Vec<Option<EventTime>>,
 }
 
 impl InputGate {
     pub fn new(slot_input: Vec<usize>, now_ms: i64) -> InputGate {
         let n = slot_input.len();
+        let edges = slot_input.iter().max().map_or(0, |m| m + 1);
+        let several = slot_input.iter().any(|&i| i != slot_input[0]);
         InputGate {
+            input_watermarks: if several {
+                vec![None; edges]
+            } else {
+                Vec::new()
+            },
             slot_input,
             watermarks: InputWatermarks::new(n, now_ms),
             blocked: vec![false; n],
@@ -130,8 +143,37 @@ impl InputGate {
         now_ms: i64,
         emit: &mut impl FnMut(GateEvent),
     ) {
-        if let Some(w) = self.watermarks.update(slot, wm, now_ms) {
+        let merged = self.watermarks.update(slot, wm, now_ms);
+        if !self.input_watermarks.is_empty() {
+            self.input_watermark(self.slot_input[slot], emit);
+        }
+        if let Some(w) = merged {
             emit(GateEvent::Watermark(w));
+        }
+    }
+
+    /// Reports input edge `input`'s own watermark if it rose: the minimum over its slots,
+    /// nothing while one of them is idle or has not reported (it promises nothing).
+    fn input_watermark(&mut self, input: usize, emit: &mut impl FnMut(GateEvent)) {
+        let mut min: Option<EventTime> = None;
+        for (slot, &i) in self.slot_input.iter().enumerate() {
+            if i != input {
+                continue;
+            }
+            match self.watermarks.input_watermark(slot) {
+                Some(w) if !self.watermarks.input_is_idle(slot) => {
+                    min = Some(min.map_or(w, |m| m.min(w)));
+                }
+                _ => return,
+            }
+        }
+        let Some(w) = min else { return };
+        if self.input_watermarks[input].is_none_or(|last| w > last) {
+            self.input_watermarks[input] = Some(w);
+            emit(GateEvent::InputWatermark {
+                input,
+                watermark: w,
+            });
         }
     }
 
@@ -197,6 +239,31 @@ mod tests {
                     batch: batch(5)
                 }
             ]
+        );
+    }
+
+    /// With several input edges, each edge's own watermark (the minimum over its slots) is
+    /// reported as it rises, before the merged watermark; not while a slot of the edge is
+    /// idle or has not reported, and never backwards.
+    #[test]
+    fn each_input_edge_reports_its_own_watermark() {
+        // Slots 0 and 1 feed edge 0, slot 2 feeds edge 1.
+        let mut g = InputGate::new(vec![0, 0, 1], 0);
+        let wm = |t| Message::Watermark(Watermark::EventTime(t));
+        let edge = |input, watermark| GateEvent::InputWatermark { input, watermark };
+        assert_eq!(run(&mut g, 2, wm(50)), vec![edge(1, 50)]);
+        assert!(run(&mut g, 0, wm(10)).is_empty(), "slot 1 has not reported");
+        assert_eq!(
+            run(&mut g, 1, wm(20)),
+            vec![edge(0, 10), GateEvent::Watermark(Watermark::EventTime(10))]
+        );
+        assert_eq!(run(&mut g, 2, Message::Watermark(Watermark::Idle)), vec![]);
+        assert!(run(&mut g, 2, wm(40)).is_empty(), "not backwards");
+        assert_eq!(run(&mut g, 2, Message::End), vec![edge(1, END_OF_TIME)]);
+        // The merged watermark is emitted after the edge's.
+        assert_eq!(
+            run(&mut g, 0, wm(30)),
+            vec![edge(0, 20), GateEvent::Watermark(Watermark::EventTime(20))]
         );
     }
 

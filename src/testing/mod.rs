@@ -22,6 +22,8 @@ pub struct Harness<O: Operator> {
     op: O,
     out: Output<'static>,
     watermarks: InputWatermarks,
+    /// Per input, the watermark last told to the operator (`Operator::on_input_watermark`).
+    input_watermarks: Vec<Option<EventTime>>,
     port_names: Vec<String>,
     emitted: BTreeMap<String, Vec<EmittedRow>>,
 }
@@ -35,6 +37,7 @@ impl<O: Operator> Harness<O> {
             op,
             out: Output::new(ports),
             watermarks: InputWatermarks::new(inputs, 0),
+            input_watermarks: vec![None; inputs],
             port_names,
             emitted: BTreeMap::new(),
         }
@@ -50,9 +53,19 @@ impl<O: Operator> Harness<O> {
         self.collect();
     }
 
-    /// Sends a watermark on `input`; the operator sees it if the merged watermark advances.
+    /// Sends a watermark on `input`; with several inputs the operator sees the input's own
+    /// watermark rise, and it sees the merged watermark if that advances.
     pub fn watermark(&mut self, input: usize, wm: Watermark) {
-        if let Some(Watermark::EventTime(t)) = self.watermarks.update(input, wm, 0) {
+        let merged = self.watermarks.update(input, wm, 0);
+        if self.input_watermarks.len() > 1
+            && !self.watermarks.input_is_idle(input)
+            && let Some(w) = self.watermarks.input_watermark(input)
+            && self.input_watermarks[input].is_none_or(|last| w > last)
+        {
+            self.input_watermarks[input] = Some(w);
+            self.op.on_input_watermark(input, w);
+        }
+        if let Some(Watermark::EventTime(t)) = merged {
             self.op.on_watermark(t, &mut self.out);
             self.collect();
         }

@@ -125,8 +125,8 @@ impl EnrichOperator {
         match self.spec.mode {
             JoinMode::Lookup => self.join(&event, time, out, false),
             JoinMode::AsOf { .. } => {
-                if self.watermark.is_some_and(|w| time <= w) {
-                    // Already behind the watermark: everything it can match is known.
+                if self.as_of_ready(time) {
+                    // Everything it can match is known.
                     self.join(&event, time, out, false);
                 } else {
                     self.waiting_min = Some(self.waiting_min.map_or(time, |m| m.min(time)));

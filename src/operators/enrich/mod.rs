@@ -25,11 +25,13 @@
 //! distinct value of those columns: e.g. one row per CVE, although several of its CPE rules
 //! admit the version (NVD: a CVE applies if any of its rules matches). This is done when a
 //! probe's matches are computed, so memoized probes cost nothing more. `lookup`
-//! joins the latest rows at once; `as_of` waits until the watermark (the minimum over both
-//! inputs, so the reference side's progress counts) passes the event's time and joins the
-//! rows valid at that time. A miss is emitted with null reference columns and
-//! `<table>_matched = false` (`emit`), sent to the `miss` port (`port`), counted and dropped
-//! (`drop`, an inner join), or held until its join key gets a row or the watermark passes
+//! joins the latest rows at once; `as_of` joins the rows valid at the event's time once
+//! every change valid then has arrived: at once when the reference input's own watermark
+//! has passed the event's time (the usual case: a table whose changes predate the events),
+//! else when the merged watermark (the minimum over both inputs) does (a change arriving
+//! behind the reference side's watermark, late, counts for later events only). A miss is
+//! emitted with null reference columns and `<table>_matched = false` (`emit`), sent to the
+//! `miss` port (`port`), counted and dropped (`drop`, an inner join), or held until its join key gets a row or the watermark passes
 //! its time plus the timeout (`hold`), then emitted as a miss.
 //!
 //! # Gating
@@ -113,6 +115,11 @@ pub struct EnrichOperator {
     latest_valid_from: EventTime,
     snapshot_done: bool,
     watermark: Option<EventTime>,
+    /// The reference input's own watermark (`on_input_watermark`): an as-of event at or
+    /// behind it finds every change valid at its time already applied, so it is joined at
+    /// once instead of waiting for the merged watermark. Not part of snapshots (the inputs
+    /// report it again after a restore).
+    reference_watermark: Option<EventTime>,
     /// Events waiting for the snapshot: the first `max_buffered` in memory, the rest spilled.
     gate: SpillQueue<GateRows>,
     /// The gate's events already in checkpoint segments (the first `gate_log.sealed()`).
@@ -217,6 +224,7 @@ impl EnrichOperator {
             latest_valid_from: EventTime::MIN,
             snapshot_done: false,
             watermark: None,
+            reference_watermark: None,
             row_ref: None,
             gate_log: SealedLog::new(GATE_LOG),
             gate_events: 0,
@@ -291,6 +299,15 @@ impl EnrichOperator {
         self.counters.state_bytes.set(bytes as f64);
     }
 
+    /// Whether an as-of event of time `time` can be joined now: every change valid at its
+    /// time has arrived (the merged or the reference input's watermark is at or past it).
+    fn as_of_ready(&self, time: EventTime) -> bool {
+        [self.watermark, self.reference_watermark]
+            .into_iter()
+            .flatten()
+            .any(|w| time <= w)
+    }
+
     /// Whether the gate is open (always, for `gradual`).
     pub fn gate_open(&self) -> bool {
         !self.gated_shut()
@@ -343,10 +360,20 @@ impl Operator for EnrichOperator {
             self.join_rows(&rows, out);
         } else {
             for (row, t) in batch.rows() {
-                self.admit(row.to_vec(), t, out);
+                if self.as_of_ready(t) {
+                    self.join(row, t, out, false);
+                } else {
+                    self.admit(row.to_vec(), t, out);
+                }
             }
         }
         self.publish_counts();
+    }
+
+    fn on_input_watermark(&mut self, input: usize, watermark: EventTime) {
+        if input == 1 {
+            self.reference_watermark = Some(watermark);
+        }
     }
 
     fn on_watermark(&mut self, watermark: EventTime, out: &mut Output) {

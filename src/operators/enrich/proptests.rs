@@ -11,6 +11,7 @@ use super::tests::{END, change_schema, changes, events, op, s, spec};
 use super::{EnrichOperator, EnrichSpec, EnrichStrategy, JoinMode, MissPolicy};
 use crate::state::StateBackend;
 use crate::testing::Harness;
+use crate::time::Watermark;
 use crate::types::{Batch, DataType, EventTime, Field, Schema, Value};
 
 /// A random script: reference changes (ids 0..4, products p0..p2, increasing LSNs with
@@ -47,6 +48,11 @@ fn arb_steps() -> impl Strategy<Value = Vec<Step>> {
 /// The steps with every reference change after the watermark (as a source's watermark
 /// promises); events may still be late.
 fn lawful(steps: &[Step]) -> Vec<Step> {
+    lawful_ahead(steps, 0)
+}
+
+/// `lawful` for a reference side whose watermark runs `ahead` of the events' (`drive_ahead`).
+fn lawful_ahead(steps: &[Step], ahead: i64) -> Vec<Step> {
     let mut wm = i64::MIN;
     steps
         .iter()
@@ -68,7 +74,7 @@ fn lawful(steps: &[Step]) -> Vec<Step> {
                 cve: *cve,
                 delete: *delete,
                 lsn_back: *lsn_back,
-                t: (*t).max(wm.saturating_add(1)),
+                t: (*t).max(wm.saturating_add(ahead).saturating_add(1)),
             },
             _ => st.clone(),
         })
@@ -142,6 +148,30 @@ fn drive(
                 all.extend(h.take("main"));
             }
         }
+    }
+    h.watermark_all(crate::time::watermark::END_OF_TIME);
+    all.extend(h.take("main"));
+    all
+}
+
+/// `drive` without restores, the reference side's watermark `ahead` of the events' (a
+/// table whose changes predate the events): as-of events behind it are joined at once.
+fn drive_ahead(
+    spec: &EnrichSpec,
+    steps: &[(usize, Option<Batch>, Option<i64>)],
+    ahead: i64,
+) -> Vec<(Vec<Value>, EventTime)> {
+    let mut h = Harness::new(op(spec.clone()), 2);
+    let mut all = Vec::new();
+    for (input, batch, wm) in steps {
+        if let Some(b) = batch {
+            h.data(*input, b.clone());
+        }
+        if let Some(w) = wm {
+            h.watermark(1, Watermark::EventTime(w + ahead));
+            h.watermark(0, Watermark::EventTime(*w));
+        }
+        all.extend(h.take("main"));
     }
     h.watermark_all(crate::time::watermark::END_OF_TIME);
     all.extend(h.take("main"));
@@ -388,13 +418,17 @@ proptest! {
     /// `valid_from <= t` is live and has the event's product; with `distinct: [cve]`, the
     /// first of those (by id) per CVE.
     #[test]
-    fn as_of_join_equals_a_nested_loop_over_the_history(steps in arb_steps(), distinct in any::<bool>()) {
-        let steps = lawful(&steps);
+    /// The reference side's watermark may run ahead of the events' (`ahead`): events behind
+    /// it are joined at once, the others when the merged watermark passes them; the same
+    /// rows either way.
+    #[test]
+    fn as_of_join_equals_a_nested_loop_over_the_history(steps in arb_steps(), distinct in any::<bool>(), ahead in prop_oneof![Just(0i64), 1i64..50]) {
+        let steps = lawful_ahead(&steps, ahead);
         let mut spec = spec(JoinMode::AsOf { retention_ms: None }, MissPolicy::Emit, EnrichStrategy::Gradual);
         if distinct {
             spec.distinct = vec!["cve".into()];
         }
-        let got = drive(&spec, &script(&steps), None);
+        let got = drive_ahead(&spec, &script(&steps), ahead);
         // The history as the materializer sees it: per id, versions in LSN order.
         let mut lsn = 0i64;
         // (id, lsn, valid_from, live row as (product, cve)).

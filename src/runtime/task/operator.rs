@@ -120,6 +120,9 @@ impl OperatorDriver {
                         self.forward_watermark(emit)?;
                     }
                 }
+                GateEvent::InputWatermark { input, watermark } => {
+                    self.op.on_input_watermark(input, watermark);
+                }
                 GateEvent::Watermark(wm) => {
                     if let Watermark::EventTime(t) = wm {
                         self.call(emit, |op, out| op.on_watermark(t, out))?;

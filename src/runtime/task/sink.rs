@@ -103,7 +103,7 @@ impl SinkDriver {
                     self.unflushed_since.get_or_insert(now_ms);
                     self.sink.write(&batch)
                 }
-                GateEvent::Watermark(_) => Ok(()),
+                GateEvent::Watermark(_) | GateEvent::InputWatermark { .. } => Ok(()),
                 GateEvent::Barrier(epoch) => self.sink.pre_commit(epoch).map(|state| {
                     self.unflushed_since = None;
                     ack(BarrierAck::Sink { epoch, state });
