@@ -377,6 +377,12 @@ impl Batch {
         })
     }
 
+    /// The rows' values (row after row, `width` each) to change in place, and their event
+    /// times: for an operator that moves values out of a batch it owns.
+    pub fn values_mut(&mut self) -> (&mut [Value], &[EventTime]) {
+        (&mut self.values, &self.event_times)
+    }
+
     /// Appends a row. Panics if `row` does not have the schema's width (a programming error,
     /// never a data error: decoders always produce full rows).
     pub fn push_row(&mut self, row: impl IntoIterator<Item = Value>, event_time: EventTime) {

@@ -155,14 +155,9 @@ impl EnrichOperator {
             }
         };
         let width = self.event_schema.len();
-        for rows in waiting {
+        for mut rows in waiting {
             if self.spec.mode == JoinMode::Lookup && rows.refs.is_empty() {
-                let list: Vec<(&[Value], EventTime)> = rows
-                    .values
-                    .chunks(width.max(1))
-                    .zip(rows.times.iter().copied())
-                    .collect();
-                self.join_rows(&list, out);
+                self.join_rows(&mut rows.values, &rows.times, out);
                 continue;
             }
             let mut values = rows.values.into_iter();

@@ -175,6 +175,28 @@ impl EnrichOperator {
         for v in event {
             batch.push_value(v.clone());
         }
+        self.push_selected(row, time, batch);
+    }
+
+    /// `emit_direct` for an event the operator owns and emits once: its values are moved,
+    /// not copied (a long string is not allocated and copied again).
+    fn emit_direct_taking(
+        &self,
+        event: &mut [Value],
+        row: RowRef<'_>,
+        time: EventTime,
+        out: &mut Output,
+    ) {
+        let batch = out.port(0);
+        for v in event {
+            batch.push_value(std::mem::take(v));
+        }
+        self.push_selected(row, time, batch);
+    }
+
+    /// Appends the selected columns of the stored `row` and `<table>_matched`, and ends the
+    /// output row.
+    fn push_selected(&self, row: RowRef<'_>, time: EventTime, batch: &mut crate::types::Batch) {
         let selected = &self.layout.selected;
         if selected.windows(2).all(|w| w[0] < w[1]) {
             // Decoded straight into the output, in one pass over the stored row.
@@ -197,33 +219,45 @@ impl EnrichOperator {
         batch.finish_row(time);
     }
 
-    /// Joins events in lookup mode. On the direct path with a one-column key, the lookups of
-    /// up to `LOCATE_CHUNK` events are done together (`VersionedTable::locate_many`), so that
-    /// their memory reads overlap; otherwise one event after another.
-    pub(super) fn join_rows(&mut self, rows: &[(&[Value], EventTime)], out: &mut Output) {
+    /// Joins events the operator owns (`values`: rows of the event schema, one per time in
+    /// `times`) against the latest rows: in `lookup` mode, or in `as_of` mode when the caller
+    /// checked that every event is ready and no version is newer than them. On the direct
+    /// path with a one-column key, the lookups of up to `LOCATE_CHUNK` events are done
+    /// together (`VersionedTable::locate_many`), so that their memory reads overlap, and a
+    /// matched event's values are moved into the output; otherwise one event after another.
+    pub(super) fn join_rows(
+        &mut self,
+        values: &mut [Value],
+        times: &[EventTime],
+        out: &mut Output,
+    ) {
+        let width = self.event_schema.len();
         let key = match self.layout.event_key[..] {
-            [key] if self.layout.direct && self.spec.mode == JoinMode::Lookup => key,
+            [key] if self.layout.direct && width > 0 => key,
             _ => {
-                for &(row, t) in rows {
+                for (row, &t) in values.chunks(width.max(1)).zip(times) {
                     self.join(row, t, out, false);
                 }
                 return;
             }
         };
         let mut located = std::mem::take(&mut self.located);
-        for chunk in rows.chunks(LOCATE_CHUNK) {
+        for (chunk, chunk_times) in values
+            .chunks_mut(width * LOCATE_CHUNK)
+            .zip(times.chunks(LOCATE_CHUNK))
+        {
             self.table
-                .warm(chunk.iter().map(|(r, _)| std::slice::from_ref(&r[key])));
+                .warm(chunk.chunks(width).map(|r| std::slice::from_ref(&r[key])));
             self.table.locate_many(
-                chunk.iter().map(|(r, _)| std::slice::from_ref(&r[key])),
+                chunk.chunks(width).map(|r| std::slice::from_ref(&r[key])),
                 &mut located,
             );
-            for (&(row, t), at) in chunk.iter().zip(&located) {
+            for ((row, &t), at) in chunk.chunks_mut(width).zip(chunk_times).zip(&located) {
                 self.stats.lookups += 1;
                 match at.and_then(|at| self.table.row_at(at)) {
                     Some(found) => {
                         self.stats.matched += 1;
-                        self.emit_direct(row, found, t, out);
+                        self.emit_direct_taking(row, found, t, out);
                     }
                     None => self.on_miss(row, t, out, false),
                 }

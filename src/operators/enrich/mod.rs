@@ -299,6 +299,16 @@ impl EnrichOperator {
         self.counters.state_bytes.set(bytes as f64);
     }
 
+    /// Whether every as-of event of `batch` can be joined now against the latest rows: each
+    /// is ready (`as_of_ready`) and no row version is newer than it.
+    fn joins_at_latest(&self, batch: &Batch) -> bool {
+        let times = batch.event_times();
+        let (Some(&min), Some(&max)) = (times.iter().min(), times.iter().max()) else {
+            return false;
+        };
+        min >= self.latest_valid_from && self.as_of_ready(max)
+    }
+
     /// Whether an as-of event of time `time` can be joined now: every change valid at its
     /// time has arrived (the merged or the reference input's watermark is at or past it).
     fn as_of_ready(&self, time: EventTime) -> bool {
@@ -355,9 +365,10 @@ impl Operator for EnrichOperator {
                 self.admit(row.to_vec(), t, out);
             }
             self.row_ref(None, out);
-        } else if self.spec.mode == JoinMode::Lookup {
-            let rows: Vec<(&[Value], EventTime)> = batch.rows().collect();
-            self.join_rows(&rows, out);
+        } else if self.spec.mode == JoinMode::Lookup || self.joins_at_latest(&batch) {
+            let mut batch = batch;
+            let (values, times) = batch.values_mut();
+            self.join_rows(values, times, out);
         } else {
             for (row, t) in batch.rows() {
                 if self.as_of_ready(t) {
