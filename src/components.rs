@@ -23,6 +23,7 @@ section! {
     kinds {
         generator: crate::sources::generator::GeneratorConfig,
         file: crate::sources::file::FileConfig,
+        kafka: crate::sources::kafka::KafkaSourceConfig,
     }
 }
 
@@ -51,5 +52,6 @@ section! {
     kinds {
         file: crate::sinks::file::FileSinkConfig,
         stdout: crate::sinks::stdout::StdoutConfig,
+        kafka: crate::sinks::kafka::KafkaSinkConfig,
     }
 }

@@ -167,6 +167,10 @@ pub fn compile(
         options.checkpoint_dir = Some(d.clone());
     }
     let transactional = options.checkpoint_dir.is_some();
+    let pipeline_name = file.name.clone().unwrap_or_else(|| {
+        path.file_stem()
+            .map_or("pipeline".into(), |s| s.to_string_lossy().into_owned())
+    });
     let mut rules = AlertRules::default();
     if let Some(a) = &file.alerts {
         for (name, value, rule) in [
@@ -617,6 +621,8 @@ pub fn compile(
                     schema: schema.clone(),
                     columns,
                     transactional,
+                    checkpoint_dir: options.checkpoint_dir.clone(),
+                    pipeline: &pipeline_name,
                     overrides,
                 };
                 block.build(&mut cx).map(|b| {
@@ -716,10 +722,7 @@ pub fn compile(
         .map_err(|e| file.interpolation.restore_error(e))?;
     Ok(Compiled {
         plan: Plan {
-            name: file.name.clone().unwrap_or_else(|| {
-                path.file_stem()
-                    .map_or("pipeline".into(), |s| s.to_string_lossy().into_owned())
-            }),
+            name: pipeline_name,
             nodes,
             options,
         },

@@ -23,10 +23,11 @@ use crate::config::Overrides;
 use crate::config::issues::Issues;
 use crate::config::yaml::S;
 use crate::dataflow::{Guarantee, PortSpec};
+use crate::format::EventTimeSource;
 use crate::operators::enrich::EnrichStrategy;
 use crate::runtime::plan::{OperatorFactory, SinkFactory, SourceFactory};
 use crate::state::StateBackend;
-use crate::types::SchemaRef;
+use crate::types::{DataType, SchemaRef};
 
 /// A source kind's block.
 pub trait SourceConfig: std::fmt::Debug {
@@ -115,6 +116,46 @@ impl SourceContext<'_> {
                 let field = format!("{}.tables", self.field_prefix());
                 self.issues.at(&self.location, field, why);
                 None
+            }
+        }
+    }
+
+    /// The `event_time.field` column of `schema` (reported when it is missing or neither a
+    /// timestamp nor an int); `None` when there is no such field.
+    pub fn event_time_column(&mut self, schema: &SchemaRef) -> EventTimeSource {
+        let Some(ef) = self.event_time_field else {
+            return EventTimeSource::None;
+        };
+        let field = format!("{}.event_time.field", self.field_prefix());
+        match schema.index_of(&ef.value) {
+            Some(i)
+                if matches!(
+                    schema.field(i).data_type,
+                    DataType::Timestamp | DataType::Int
+                ) =>
+            {
+                EventTimeSource::Field(i)
+            }
+            Some(i) => {
+                self.issues.at(
+                    &ef.referenced,
+                    field,
+                    format!(
+                        "`{}` is {}, an event-time column must be timestamp or int (epoch \
+                         milliseconds)",
+                        ef.value,
+                        schema.field(i).data_type
+                    ),
+                );
+                EventTimeSource::None
+            }
+            None => {
+                self.issues.at(
+                    &ef.referenced,
+                    field,
+                    format!("`{}` is not a column of the schema", ef.value),
+                );
+                EventTimeSource::None
             }
         }
     }
@@ -259,6 +300,11 @@ pub struct SinkContext<'a> {
     pub columns: Option<Vec<usize>>,
     /// The pipeline keeps checkpoints (`checkpoint.dir`): sinks can be transactional.
     pub transactional: bool,
+    /// The checkpoint directory, where a transactional sink may keep what it has not
+    /// committed yet (under a directory of its own).
+    pub checkpoint_dir: Option<PathBuf>,
+    /// The pipeline's name (`name:`, else the file's stem).
+    pub pipeline: &'a str,
     pub overrides: &'a Overrides,
 }
 

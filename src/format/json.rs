@@ -680,7 +680,8 @@ impl JsonEncoder {
     }
 }
 
-fn write_value(value: &Value, out: &mut Vec<u8>) {
+/// Writes one value as JSON (see the table at the top).
+pub fn write_value(value: &Value, out: &mut Vec<u8>) {
     match value {
         Value::Null => out.extend_from_slice(b"null"),
         Value::Bool(true) => out.extend_from_slice(b"true"),

@@ -3,4 +3,5 @@
 //! of the stream. Sinks declare the delivery guarantee they give.
 
 pub mod file;
+pub mod kafka;
 pub mod stdout;

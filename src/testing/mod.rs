@@ -6,6 +6,8 @@
 
 pub mod contract;
 pub mod fixtures;
+pub mod kafka_fixtures;
+pub mod services;
 
 use std::collections::BTreeMap;
 

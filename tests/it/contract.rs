@@ -5,6 +5,7 @@ use watershed::testing::contract::{check_sink, check_source};
 use watershed::testing::fixtures::{
     CdcFileFixture, FileJsonFixture, FileSinkFixture, GeneratorFixture, StdoutSinkFixture,
 };
+use watershed::testing::kafka_fixtures::{KafkaSinkFixture, KafkaSourceFixture};
 
 #[test]
 fn file_source() {
@@ -39,4 +40,19 @@ fn file_sink_straight_through() {
 #[test]
 fn stdout_sink() {
     check_sink(&StdoutSinkFixture)
+}
+
+#[test]
+fn kafka_source() {
+    check_source(&KafkaSourceFixture::new())
+}
+
+#[test]
+fn kafka_sink_at_least_once() {
+    check_sink(&KafkaSinkFixture::at_least_once())
+}
+
+#[test]
+fn kafka_sink_exactly_once() {
+    check_sink(&KafkaSinkFixture::exactly_once())
 }

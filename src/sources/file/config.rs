@@ -15,11 +15,10 @@ use crate::config::component::{BuiltSource, SourceConfig, SourceContext};
 use crate::config::issues::Issues;
 use crate::config::yaml::S;
 use crate::dataflow::Source;
-use crate::format::json::{EventTimeSource, JsonDecoder};
+use crate::format::json::JsonDecoder;
 use crate::runtime::plan::SourceFactory;
 use crate::sources::cdc::{ChangeDecoder, main_schema};
 use crate::sources::file::{DEFAULT_MAX_LINE_BYTES, FileSource, FileSourceSpec};
-use crate::types::DataType;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -142,43 +141,7 @@ impl FileConfig {
         );
         let paths = read_once(cx, paths);
         let schema = schema?;
-        let event_time = match cx.event_time_field {
-            Some(ef) => {
-                let field = format!("{}.event_time.field", cx.field_prefix());
-                match schema.index_of(&ef.value) {
-                    Some(i)
-                        if matches!(
-                            schema.field(i).data_type,
-                            DataType::Timestamp | DataType::Int
-                        ) =>
-                    {
-                        EventTimeSource::Field(i)
-                    }
-                    Some(i) => {
-                        cx.issues.at(
-                            &ef.referenced,
-                            field,
-                            format!(
-                                "`{}` is {}, an event-time column must be timestamp or int \
-                                 (epoch milliseconds)",
-                                ef.value,
-                                schema.field(i).data_type
-                            ),
-                        );
-                        EventTimeSource::None
-                    }
-                    None => {
-                        cx.issues.at(
-                            &ef.referenced,
-                            field,
-                            format!("`{}` is not a column of the schema", ef.value),
-                        );
-                        EventTimeSource::None
-                    }
-                }
-            }
-            None => EventTimeSource::None,
-        };
+        let event_time = cx.event_time_column(&schema);
         let rate = rate.map(|r| r / cx.parallelism as f64);
         let follow = self.follow;
         let node = cx.name.to_string();

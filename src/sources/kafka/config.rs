@@ -1,0 +1,218 @@
+//! The `kafka:` block of a source: the brokers and client `properties`, the `topics` (or a
+//! `pattern`, with a `group`), the consumer `group`, where partitions without an offset
+//! `start`, and which columns come from the record instead of its value (`metadata`).
+//! Values are JSON objects of the source's `schema`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use indexmap::IndexMap;
+use serde::Deserialize;
+
+use crate::config::component::{BuiltSource, SourceConfig, SourceContext};
+use crate::config::yaml::S;
+use crate::dataflow::Source;
+use crate::format::json::JsonDecoder;
+use crate::kafka::{PropertyValue, check_client};
+use crate::runtime::plan::SourceFactory;
+use crate::sources::kafka::{
+    JsonRecords, KafkaSource, KafkaSourceSpec, KeyType, MetadataColumns, Start, TimeType, Topics,
+};
+use crate::types::DataType;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSourceConfig {
+    /// `host:port[,host:port...]`.
+    pub brokers: S<String>,
+    /// librdkafka settings passed through (TLS, SASL, timeouts); values may be `${VAR}`.
+    #[serde(default)]
+    pub properties: IndexMap<String, S<PropertyValue>>,
+    /// Topic names.
+    #[serde(default)]
+    pub topics: Vec<S<String>>,
+    /// A regular expression over topic names, instead of `topics` (needs `group`).
+    pub pattern: Option<S<String>>,
+    /// The consumer group: processes started with the same group share the partitions.
+    /// Without one, every partition is read, split over the source's instances.
+    pub group: Option<S<String>>,
+    /// `earliest` (default) or `latest`: where a partition without a checkpointed or
+    /// committed offset starts.
+    pub start: Option<S<String>>,
+    /// Columns filled from the record: `key`, `topic`, `partition`, `offset`, `timestamp`,
+    /// `headers`, each naming a column of the schema.
+    #[serde(default)]
+    pub metadata: IndexMap<String, S<String>>,
+    /// How long to wait before asking again when no record is ready (default 10ms).
+    pub poll_interval: Option<S<String>>,
+}
+
+impl SourceConfig for KafkaSourceConfig {
+    fn build(&self, cx: &mut SourceContext<'_>) -> Option<BuiltSource> {
+        let client = match check_client(&self.brokers, &self.properties) {
+            Ok(c) => Some(c),
+            Err(problems) => {
+                for (field, at, message) in problems {
+                    cx.issue(&at, &field, message);
+                }
+                None
+            }
+        };
+        let topics = match (&self.pattern, self.topics.is_empty()) {
+            (Some(p), true) => {
+                if self.group.is_none() {
+                    cx.issue(
+                        &p.referenced,
+                        "pattern",
+                        "a topic pattern needs a consumer `group` (without one, list the \
+                         `topics`)",
+                    );
+                }
+                Some(Topics::Pattern(p.value.clone()))
+            }
+            (Some(p), false) => {
+                cx.issue(
+                    &p.referenced,
+                    "pattern",
+                    "give `topics` or `pattern`, not both",
+                );
+                None
+            }
+            (None, true) => {
+                let at = cx.location;
+                cx.issue(&at, "topics", "list the topics to read (or a `pattern`)");
+                None
+            }
+            (None, false) => {
+                let mut names = Vec::new();
+                for t in &self.topics {
+                    if t.value.trim().is_empty() {
+                        cx.issue(&t.referenced, "topics", "a topic name cannot be empty");
+                    } else if names.contains(&t.value) {
+                        cx.warn(
+                            &t.referenced,
+                            "topics",
+                            format!("`{}` is listed twice; it is read once", t.value),
+                        );
+                    } else {
+                        names.push(t.value.clone());
+                    }
+                }
+                Some(Topics::Names(names))
+            }
+        };
+        let start = match self
+            .start
+            .as_ref()
+            .map(|s| (s.value.as_str(), s.referenced))
+        {
+            None | Some(("earliest", _)) => Start::Earliest,
+            Some(("latest", _)) => Start::Latest,
+            Some((other, at)) => {
+                cx.issue(
+                    &at,
+                    "start",
+                    format!("unknown start `{other}`; use `earliest` or `latest`"),
+                );
+                Start::Earliest
+            }
+        };
+        if let Some(g) = &self.group
+            && g.value.trim().is_empty()
+        {
+            cx.issue(&g.referenced, "group", "a group name cannot be empty");
+        }
+        let poll_interval = self
+            .poll_interval
+            .as_ref()
+            .and_then(|d| {
+                cx.issues
+                    .duration(d, &format!("{}.poll_interval", cx.field))
+            })
+            .unwrap_or(Duration::from_millis(10));
+        let schema = cx.rows("a Kafka source needs a `schema` (column: type) of its values")?;
+        let event_time = cx.event_time_column(&schema);
+        let mut metadata = MetadataColumns::default();
+        for (kind, column) in &self.metadata {
+            let Some(i) = schema.index_of(&column.value) else {
+                cx.issue(
+                    &column.referenced,
+                    &format!("metadata.{kind}"),
+                    format!("`{}` is not a column of the schema", column.value),
+                );
+                continue;
+            };
+            let t = schema.field(i).data_type;
+            let wrong = |cx: &mut SourceContext<'_>, want: &str| {
+                cx.issue(
+                    &column.referenced,
+                    &format!("metadata.{kind}"),
+                    format!(
+                        "`{}` is {t}; the record's {kind} needs {want}",
+                        column.value
+                    ),
+                );
+            };
+            match kind.as_str() {
+                "key" => match t {
+                    DataType::String => metadata.key = Some((i, KeyType::Text)),
+                    DataType::Bytes => metadata.key = Some((i, KeyType::Bytes)),
+                    _ => wrong(cx, "a string or bytes column"),
+                },
+                "topic" if t == DataType::String => metadata.topic = Some(i),
+                "topic" => wrong(cx, "a string column"),
+                "partition" if t == DataType::Int => metadata.partition = Some(i),
+                "partition" => wrong(cx, "an int column"),
+                "offset" if t == DataType::Int => metadata.offset = Some(i),
+                "offset" => wrong(cx, "an int column"),
+                "timestamp" => match t {
+                    DataType::Timestamp => metadata.timestamp = Some((i, TimeType::Timestamp)),
+                    DataType::Int => metadata.timestamp = Some((i, TimeType::Millis)),
+                    _ => wrong(cx, "a timestamp or int (epoch milliseconds) column"),
+                },
+                "headers" if t == DataType::Json => metadata.headers = Some(i),
+                "headers" => wrong(cx, "a json column"),
+                other => cx.issue(
+                    &column.referenced,
+                    "metadata",
+                    format!(
+                        "unknown metadata `{other}`; use `key`, `topic`, `partition`, \
+                         `offset`, `timestamp` or `headers`"
+                    ),
+                ),
+            }
+        }
+        let (client, topics) = (client?, topics?);
+        let node = cx.name.to_string();
+        let group = self.group.as_ref().map(|g| g.value.clone());
+        let decoder_schema = schema.clone();
+        let unread = cx.unread.clone();
+        let factory: SourceFactory = Arc::new(move |instance, parallelism| {
+            let decoder = JsonDecoder::new(decoder_schema.clone(), event_time)
+                .carrying_raw(|column| unread.contains(column));
+            let source = KafkaSource::new(
+                KafkaSourceSpec {
+                    node: node.clone(),
+                    client: client.clone(),
+                    topics: topics.clone(),
+                    group: group.clone(),
+                    start,
+                    poll_interval,
+                    metadata,
+                    instance,
+                    parallelism,
+                },
+                JsonRecords(decoder),
+            )?;
+            Ok(Box::new(source) as Box<dyn Source>)
+        });
+        Some(BuiltSource {
+            schema,
+            extra_ports: Vec::new(),
+            table_keys: Vec::new(),
+            factory,
+            dead_letters: true,
+            main_is_view: false,
+        })
+    }
+}

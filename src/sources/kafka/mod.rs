@@ -1,0 +1,812 @@
+//! The Kafka source: records of one or more topics (or a topic pattern), each Kafka
+//! partition its own source partition (`topic/3`) with its own watermark and idleness.
+//!
+//! Two ways to get partitions:
+//! - **a consumer group** (`group`): the group's coordinator spreads the topics' partitions
+//!   over the instances of every process started with the same group; a rebalance assigns
+//!   and revokes them (`ReadStatus::PartitionsChanged`: a new partition starts without a
+//!   watermark and does not move the source's back, a revoked one stops holding it);
+//! - **assigned** (no group): every partition of the topics, split over the source's
+//!   instances by index (`i % parallelism`), read from the start or from the checkpoint.
+//!
+//! Positions are offsets: a partition's position is the offset of its next record (`None`
+//! until a record was read or a position restored: the partition then starts where `start`
+//! says, or at the group's committed offset). Offsets live in checkpoints and a restore
+//! seeks there; the group's committed offsets are used only for partitions the checkpoint
+//! does not hold. Offsets are committed to the group only when the checkpoint holding them
+//! is durable (`checkpoint_complete`), so lag tools are truthful and a crash never skips.
+//!
+//! A partition is caught up when the client's queue holds nothing for it and its position
+//! has reached the high watermark librdkafka last saw (no broker call): that, for
+//! `idle_timeout`, is what makes it idle — never a slow consumer.
+//!
+//! Each record's value is decoded by the source's `RecordDecoder` (JSON rows of the
+//! `schema`, or Debezium changes); the record's key, topic, partition, offset, timestamp and
+//! headers can be columns (`metadata`). Its event time is the event-time field, or else the
+//! record's timestamp (create or log-append time, as the topic keeps it). A record that does
+//! not decode goes to `dead_letter` with its topic/partition and offset.
+
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Headers, Message, OwnedMessage};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::{ClientContext, TopicPartitionList as Tpl};
+use serde::{Deserialize, Serialize};
+
+use crate::dataflow::{
+    ConnectorPosition, PortSpec, Position, ReadBuffers, ReadStatus, Source, SourcePosition,
+};
+use crate::dead_letter;
+use crate::error::RunError;
+use crate::format::DecodeError;
+use crate::kafka::{Client, LogContext, run_error};
+use crate::types::{Epoch, EventTime, SchemaRef, Value};
+
+pub mod config;
+pub use config::KafkaSourceConfig;
+
+/// How long metadata and assignment calls to the broker may take before they fail (and the
+/// run is retried).
+const BROKER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A partition's position: the offset of its next record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KafkaOffset {
+    pub topic: String,
+    pub partition: i32,
+    /// `None`: nothing read yet; the partition starts where `start` (or the group) says.
+    pub offset: Option<i64>,
+}
+
+impl ConnectorPosition for KafkaOffset {
+    const KIND: &'static str = "kafka";
+    const VERSION: u32 = 1;
+}
+
+/// Where a partition without a checkpointed (or committed) offset starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Start {
+    Earliest,
+    Latest,
+}
+
+/// Which topics.
+#[derive(Clone, Debug)]
+pub enum Topics {
+    Names(Vec<String>),
+    /// A regular expression over topic names (librdkafka's syntax, `^` added).
+    Pattern(String),
+}
+
+/// Columns filled from the record rather than its value (indexes into the schema).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MetadataColumns {
+    pub key: Option<(usize, KeyType)>,
+    pub topic: Option<usize>,
+    pub partition: Option<usize>,
+    pub offset: Option<usize>,
+    pub timestamp: Option<(usize, TimeType)>,
+    pub headers: Option<usize>,
+}
+
+/// How a key column holds the key: text (UTF-8 required) or bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyType {
+    Text,
+    Bytes,
+}
+
+/// How a timestamp column holds the record's timestamp.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimeType {
+    Timestamp,
+    Millis,
+}
+
+/// One Kafka record as a decoder sees it.
+pub struct Record<'a> {
+    pub value: Option<&'a [u8]>,
+    pub key: Option<&'a [u8]>,
+    /// The record's timestamp (ms), when it has one.
+    pub timestamp: Option<i64>,
+}
+
+/// Turns one record into rows on the source's ports.
+pub trait RecordDecoder: Send {
+    fn schema(&self) -> SchemaRef;
+
+    fn extra_ports(&self) -> Vec<PortSpec> {
+        Vec::new()
+    }
+
+    /// Decodes `record` of partition `partition` into `out`; `Ok(false)`: nothing to emit
+    /// (a tombstone a change stream skips). An error sends the record to `dead_letter`.
+    fn decode(
+        &mut self,
+        partition: usize,
+        record: &Record<'_>,
+        out: &mut ReadBuffers,
+        now_ms: i64,
+    ) -> Result<bool, DecodeError>;
+}
+
+/// JSON objects of one schema.
+pub struct JsonRecords(pub crate::format::json::JsonDecoder);
+
+impl RecordDecoder for JsonRecords {
+    fn schema(&self) -> SchemaRef {
+        self.0.schema().clone()
+    }
+
+    fn decode(
+        &mut self,
+        _partition: usize,
+        record: &Record<'_>,
+        out: &mut ReadBuffers,
+        now_ms: i64,
+    ) -> Result<bool, DecodeError> {
+        let value = record
+            .value
+            .ok_or_else(|| DecodeError::new("the record has no value (a tombstone)"))?;
+        self.0
+            .decode_into(value, &mut out.records, record.timestamp.unwrap_or(now_ms))?;
+        Ok(true)
+    }
+}
+
+/// What the consumer's rebalance callback shares with the source: offsets to start newly
+/// assigned partitions at, and whether the assignment changed since the source last looked.
+#[derive(Default)]
+struct Shared {
+    restored: HashMap<(String, i32), i64>,
+    changed: bool,
+    /// The partitions read so far and where (revoked ones are kept: a later assignment
+    /// goes on from there).
+    read_to: HashMap<(String, i32), i64>,
+}
+
+/// The consumer's context: logs, and applies restored offsets on assignment.
+struct SourceContext {
+    log: LogContext,
+    shared: Arc<Mutex<Shared>>,
+}
+
+impl ClientContext for SourceContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        self.log.log(level, fac, message)
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.log.error(error, reason)
+    }
+}
+
+impl ConsumerContext for SourceContext {
+    fn rebalance(
+        &self,
+        consumer: &BaseConsumer<Self>,
+        err: rdkafka::types::RDKafkaRespErr,
+        tpl: &mut TopicPartitionList,
+    ) {
+        use rdkafka::types::RDKafkaRespErr as E;
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            rdkafka::consumer::RebalanceProtocol::Cooperative
+        );
+        let result = match err {
+            E::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                // Start each partition where the checkpoint (or this run) left it; others at
+                // the group's committed offset, else `auto.offset.reset`.
+                let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+                for mut e in tpl.elements() {
+                    let key = (e.topic().to_string(), e.partition());
+                    let at = shared.read_to.get(&key).or(shared.restored.get(&key));
+                    if let Some(&o) = at {
+                        let _ = e.set_offset(Offset::Offset(o));
+                    }
+                }
+                shared.changed = true;
+                if cooperative {
+                    consumer.incremental_assign(tpl)
+                } else {
+                    consumer.assign(tpl)
+                }
+            }
+            E::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                self.shared
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .changed = true;
+                if cooperative {
+                    consumer.incremental_unassign(tpl)
+                } else {
+                    consumer.unassign()
+                }
+            }
+            other => {
+                tracing::warn!(node = %self.log.node, error = ?other, "kafka: rebalance failed; the group retries");
+                consumer.unassign()
+            }
+        };
+        if let Err(e) = result {
+            tracing::warn!(node = %self.log.node, error = %e, "kafka: applying a rebalance failed");
+        }
+    }
+}
+
+/// One partition this instance reads.
+struct Part {
+    topic: String,
+    topic_c: CString,
+    partition: i32,
+    name: String,
+    /// Offset of the next record to return; `None` before the first.
+    next: Option<i64>,
+}
+
+/// What decoding needs, apart from the consumer (records borrow the consumer).
+struct Reader<D> {
+    node: String,
+    parts: Vec<Part>,
+    decoder: D,
+    metadata: MetadataColumns,
+}
+
+impl<D: RecordDecoder> Reader<D> {
+    /// Decodes one record of partition `i` into `out`.
+    fn take(&mut self, i: usize, m: &impl Message, out: &mut ReadBuffers, now_ms: i64) {
+        let record = Record {
+            value: m.payload(),
+            key: m.key(),
+            timestamp: m.timestamp().to_millis(),
+        };
+        let before = out.records.len();
+        let key_ok = match (self.metadata.key, record.key) {
+            (Some((_, KeyType::Text)), Some(k)) => std::str::from_utf8(k).is_ok(),
+            _ => true,
+        };
+        let decoded = if key_ok {
+            self.decoder.decode(i, &record, out, now_ms)
+        } else {
+            Err(DecodeError::new(
+                "the record's key is not UTF-8 text (declare its column as bytes)",
+            ))
+        };
+        match decoded {
+            Ok(true) => {
+                if out.records.len() > before {
+                    self.fill_metadata(i, m, out);
+                }
+            }
+            Ok(false) => {}
+            Err(e) => {
+                let at: EventTime = record.timestamp.unwrap_or(now_ms);
+                dead_letter::push(
+                    &mut out.dead_letters,
+                    &self.node,
+                    &self.parts[i].name,
+                    &format!("offset {}", m.offset()),
+                    &e.reason,
+                    m.payload().unwrap_or_default(),
+                    at,
+                );
+            }
+        }
+        self.parts[i].next = Some(m.offset() + 1);
+    }
+
+    fn fill_metadata(&self, i: usize, m: &impl Message, out: &mut ReadBuffers) {
+        let meta = self.metadata;
+        let p = &self.parts[i];
+        let width = out.records.width();
+        let (values, _) = out.records.values_mut();
+        let len = values.len();
+        let row = &mut values[len - width..];
+        if let Some((c, t)) = meta.key {
+            row[c] = match (m.key(), t) {
+                (None, _) => Value::Null,
+                (Some(k), KeyType::Bytes) => Value::Bytes(k.into()),
+                (Some(k), KeyType::Text) => Value::from(String::from_utf8_lossy(k).as_ref()),
+            };
+        }
+        if let Some(c) = meta.topic {
+            row[c] = Value::from(p.topic.as_str());
+        }
+        if let Some(c) = meta.partition {
+            row[c] = Value::Int(i64::from(p.partition));
+        }
+        if let Some(c) = meta.offset {
+            row[c] = Value::Int(m.offset());
+        }
+        if let Some((c, t)) = meta.timestamp {
+            row[c] = match (m.timestamp().to_millis(), t) {
+                (Some(ms), TimeType::Timestamp) => Value::Timestamp(ms.saturating_mul(1000)),
+                (Some(ms), TimeType::Millis) => Value::Int(ms),
+                (None, _) => Value::Null,
+            };
+        }
+        if let Some(c) = meta.headers {
+            row[c] = headers_json(m);
+        }
+    }
+}
+
+/// How the source gets its partitions.
+enum Mode {
+    /// A consumer group assigns them.
+    Group { group: String },
+    /// Fixed at the start: these `(topic, partition)`s.
+    Assigned { partitions: Vec<(String, i32)> },
+}
+
+/// Everything a Kafka source instance needs to start.
+pub struct KafkaSourceSpec {
+    pub node: String,
+    pub client: Client,
+    pub topics: Topics,
+    pub group: Option<String>,
+    pub start: Start,
+    pub poll_interval: Duration,
+    pub metadata: MetadataColumns,
+    pub instance: usize,
+    pub parallelism: usize,
+}
+
+/// Reads Kafka records into rows.
+pub struct KafkaSource<D: RecordDecoder> {
+    node: String,
+    consumer: BaseConsumer<SourceContext>,
+    shared: Arc<Mutex<Shared>>,
+    mode: Mode,
+    start: Start,
+    r: Reader<D>,
+    index: HashMap<(String, i32), usize>,
+    /// Assigned mode: the assignment is made at the first read (after `seek`).
+    assigned: bool,
+    /// A record of another partition than the one being returned, for the next call.
+    carry: Option<OwnedMessage>,
+    poll_interval_ms: i64,
+}
+
+impl<D: RecordDecoder> KafkaSource<D> {
+    /// Connects (no records are fetched before the first read). In assigned mode the
+    /// topics' partitions are looked up now: a topic that does not exist is an error.
+    pub fn new(spec: KafkaSourceSpec, decoder: D) -> Result<KafkaSource<D>, RunError> {
+        let node = spec.node.clone();
+        let shared = Arc::new(Mutex::new(Shared::default()));
+        let reset = match spec.start {
+            Start::Earliest => "earliest",
+            Start::Latest => "latest",
+        };
+        let mut owned = vec![
+            ("enable.auto.commit", "false"),
+            ("enable.auto.offset.store", "false"),
+            ("enable.partition.eof", "false"),
+            ("auto.offset.reset", reset),
+        ];
+        // librdkafka needs a group id even to assign partitions; without `group` it names
+        // no group that is ever joined or committed to.
+        let unjoined = format!("watershed.{}.unjoined", spec.node);
+        owned.push(("group.id", spec.group.as_deref().unwrap_or(&unjoined)));
+        let context = SourceContext {
+            log: LogContext::new(&node),
+            shared: shared.clone(),
+        };
+        let consumer: BaseConsumer<SourceContext> = spec
+            .client
+            .config(&owned)
+            .create_with_context(context)
+            .map_err(|e| run_error(&node, "creating the consumer", &e))?;
+        let mode = match &spec.group {
+            Some(group) => {
+                let subscription: Vec<String> = match &spec.topics {
+                    Topics::Names(names) => names.clone(),
+                    Topics::Pattern(p) => {
+                        vec![if p.starts_with('^') {
+                            p.clone()
+                        } else {
+                            format!("^{p}")
+                        }]
+                    }
+                };
+                let refs: Vec<&str> = subscription.iter().map(String::as_str).collect();
+                consumer
+                    .subscribe(&refs)
+                    .map_err(|e| run_error(&node, "subscribing", &e))?;
+                Mode::Group {
+                    group: group.clone(),
+                }
+            }
+            None => {
+                let all = list_partitions(&consumer, &node, &spec.topics)?;
+                let partitions = all
+                    .into_iter()
+                    .enumerate()
+                    .filter(|(i, _)| i % spec.parallelism.max(1) == spec.instance)
+                    .map(|(_, p)| p)
+                    .collect();
+                Mode::Assigned { partitions }
+            }
+        };
+        let mut source = KafkaSource {
+            node,
+            consumer,
+            shared,
+            mode,
+            start: spec.start,
+            r: Reader {
+                node: spec.node.clone(),
+                parts: Vec::new(),
+                decoder,
+                metadata: spec.metadata,
+            },
+            index: HashMap::new(),
+            assigned: false,
+            carry: None,
+            poll_interval_ms: spec.poll_interval.as_millis().max(1) as i64,
+        };
+        if let Mode::Assigned { partitions } = &source.mode {
+            let list = partitions.clone();
+            source.set_parts(list);
+        }
+        Ok(source)
+    }
+
+    fn set_parts(&mut self, list: Vec<(String, i32)>) {
+        let old: HashMap<(String, i32), Option<i64>> = self
+            .r
+            .parts
+            .drain(..)
+            .map(|p| ((p.topic, p.partition), p.next))
+            .collect();
+        let shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+        self.r.parts = list
+            .into_iter()
+            .map(|(topic, partition)| {
+                let key = (topic.clone(), partition);
+                let next = old
+                    .get(&key)
+                    .copied()
+                    .flatten()
+                    .or_else(|| shared.read_to.get(&key).copied())
+                    .or_else(|| shared.restored.get(&key).copied());
+                Part {
+                    topic_c: CString::new(topic.as_str()).unwrap_or_default(),
+                    name: format!("{topic}/{partition}"),
+                    topic,
+                    partition,
+                    next,
+                }
+            })
+            .collect();
+        drop(shared);
+        self.index = self
+            .r
+            .parts
+            .iter()
+            .enumerate()
+            .map(|(i, p)| ((p.topic.clone(), p.partition), i))
+            .collect();
+    }
+
+    /// Assigned mode: assigns the partitions, each from its position or from `start`.
+    fn assign(&mut self) -> Result<(), RunError> {
+        let mut tpl = Tpl::new();
+        for p in &self.r.parts {
+            let offset = match (p.next, self.start) {
+                (Some(o), _) => Offset::Offset(o),
+                (None, Start::Earliest) => Offset::Beginning,
+                (None, Start::Latest) => Offset::End,
+            };
+            tpl.add_partition_offset(&p.topic, p.partition, offset)
+                .map_err(|e| run_error(&self.node, "assigning partitions", &e))?;
+        }
+        self.consumer
+            .assign(&tpl)
+            .map_err(|e| run_error(&self.node, "assigning partitions", &e))?;
+        self.assigned = true;
+        Ok(())
+    }
+
+    /// Group mode: the partitions the group assigned now, in a stable order.
+    fn group_assignment(&self) -> Result<Vec<(String, i32)>, RunError> {
+        let tpl = self
+            .consumer
+            .assignment()
+            .map_err(|e| run_error(&self.node, "reading the assignment", &e))?;
+        let mut list: Vec<(String, i32)> = tpl
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_string(), e.partition()))
+            .collect();
+        list.sort();
+        Ok(list)
+    }
+
+    /// Whether partition `i` has nothing more to read as far as the client knows: its
+    /// position has reached the high watermark last fetched (cached, no broker call).
+    fn at_end(&self, i: usize) -> bool {
+        let p = &self.r.parts[i];
+        let (mut low, mut high) = (-1i64, -1i64);
+        // SAFETY: a valid client pointer, a NUL-terminated topic name and two out-parameters;
+        // librdkafka only reads its cache.
+        let err = unsafe {
+            rdkafka::bindings::rd_kafka_get_watermark_offsets(
+                self.consumer.client().native_ptr(),
+                p.topic_c.as_ptr(),
+                p.partition,
+                &mut low,
+                &mut high,
+            )
+        };
+        if err != rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR || high < 0 {
+            // Nothing fetched yet: an empty queue is all we know.
+            return true;
+        }
+        match p.next {
+            Some(next) => next >= high,
+            None => high <= low,
+        }
+    }
+}
+
+/// The record's headers as a JSON object (name → text, or base64 when not UTF-8; a
+/// repeated name keeps its last value).
+fn headers_json(m: &impl Message) -> Value {
+    let Some(headers) = m.headers() else {
+        return Value::Null;
+    };
+    let mut map = serde_json::Map::new();
+    for h in headers.iter() {
+        let v = match h.value {
+            None => serde_json::Value::Null,
+            Some(b) => match std::str::from_utf8(b) {
+                Ok(s) => serde_json::Value::String(s.to_string()),
+                Err(_) => {
+                    use base64::Engine as _;
+                    serde_json::Value::String(base64::engine::general_purpose::STANDARD.encode(b))
+                }
+            },
+        };
+        map.insert(h.key.to_string(), v);
+    }
+    Value::Json(serde_json::Value::Object(map).to_string().into())
+}
+
+/// Every partition of `topics`, sorted; a named topic that does not exist is an error.
+fn list_partitions(
+    consumer: &BaseConsumer<SourceContext>,
+    node: &str,
+    topics: &Topics,
+) -> Result<Vec<(String, i32)>, RunError> {
+    let metadata = consumer
+        .fetch_metadata(None, BROKER_TIMEOUT)
+        .map_err(|e| run_error(node, "reading the topics' metadata", &e))?;
+    let mut out = Vec::new();
+    match topics {
+        Topics::Names(names) => {
+            for name in names {
+                let Some(t) = metadata.topics().iter().find(|t| t.name() == name) else {
+                    return Err(RunError::External {
+                        component: node.to_string(),
+                        message: format!("kafka: topic `{name}` does not exist"),
+                        class: crate::error::ErrorClass::Definite,
+                    });
+                };
+                out.extend(t.partitions().iter().map(|p| (name.clone(), p.id())));
+            }
+        }
+        Topics::Pattern(_) => {
+            return Err(RunError::build(
+                node,
+                "a topic pattern needs a consumer group (`group`)",
+            ));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+impl<D: RecordDecoder> Source for KafkaSource<D> {
+    fn schema(&self) -> SchemaRef {
+        self.r.decoder.schema()
+    }
+
+    fn partitions(&self) -> Vec<String> {
+        self.r.parts.iter().map(|p| p.name.clone()).collect()
+    }
+
+    fn extra_ports(&self) -> Vec<PortSpec> {
+        self.r.decoder.extra_ports()
+    }
+
+    fn read(
+        &mut self,
+        out: &mut ReadBuffers,
+        max_records: usize,
+        now_ms: i64,
+    ) -> Result<ReadStatus, RunError> {
+        if !self.assigned && matches!(self.mode, Mode::Assigned { .. }) {
+            self.assign()?;
+        }
+        if self.take_change()? {
+            return Ok(ReadStatus::PartitionsChanged);
+        }
+        let mut current: Option<usize> = None;
+        let mut n = 0;
+        if let Some(m) = self.carry.take() {
+            // A partition revoked since is another instance's now.
+            if let Some(i) = self.index_of(&m) {
+                self.r.take(i, &m, out, now_ms);
+                current = Some(i);
+                n += 1;
+            }
+        }
+        while n < max_records.max(1) {
+            let Some(polled) = self.consumer.poll(Duration::ZERO) else {
+                break;
+            };
+            let m = match polled {
+                Ok(m) => m,
+                Err(e) => {
+                    if crate::kafka::class_of(&e) == crate::error::ErrorClass::Definite {
+                        return Err(run_error(&self.node, "reading", &e));
+                    }
+                    self.consumer.context().log.transport_error(&e);
+                    break;
+                }
+            };
+            let Some(i) = self.index_of(&m) else {
+                // A partition assigned by a rebalance during this poll: next call.
+                self.carry = Some(m.detach());
+                break;
+            };
+            match current {
+                None => current = Some(i),
+                Some(c) if c != i => {
+                    out.ready.push(i);
+                    self.carry = Some(m.detach());
+                    break;
+                }
+                Some(_) => {}
+            }
+            self.r.take(i, &m, out, now_ms);
+            n += 1;
+        }
+        if let Some(i) = current {
+            self.consumer.context().log.recovered();
+            return Ok(ReadStatus::Data { partition: i });
+        }
+        for i in 0..self.r.parts.len() {
+            if self.at_end(i) {
+                out.caught_up.push(i);
+            }
+        }
+        Ok(ReadStatus::Pending {
+            retry_at_ms: now_ms + self.poll_interval_ms,
+        })
+    }
+
+    fn positions(&self) -> Vec<SourcePosition> {
+        self.r
+            .parts
+            .iter()
+            .map(|p| SourcePosition {
+                source: self.node.clone(),
+                partition: p.name.clone(),
+                position: Position::of(&KafkaOffset {
+                    topic: p.topic.clone(),
+                    partition: p.partition,
+                    offset: p.next,
+                }),
+            })
+            .collect()
+    }
+
+    fn seek(&mut self, positions: &[SourcePosition]) -> Result<(), RunError> {
+        let mut restored = HashMap::new();
+        for sp in positions {
+            let o: KafkaOffset = sp
+                .position
+                .decode()
+                .map_err(|e| RunError::restore(&self.node, e))?;
+            if sp.partition != format!("{}/{}", o.topic, o.partition) {
+                return Err(RunError::restore(
+                    &self.node,
+                    format!(
+                        "position {} is recorded for partition `{}`",
+                        sp.position, sp.partition
+                    ),
+                ));
+            }
+            if let Some(off) = o.offset {
+                if off < 0 {
+                    return Err(RunError::restore(
+                        &self.node,
+                        format!("position {} has a negative offset", sp.position),
+                    ));
+                }
+                restored.insert((o.topic, o.partition), off);
+            }
+        }
+        {
+            let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+            shared.restored = restored.clone();
+            shared.read_to.clear();
+        }
+        for p in &mut self.r.parts {
+            p.next = restored.get(&(p.topic.clone(), p.partition)).copied();
+        }
+        if self.assigned {
+            self.assign()?;
+        }
+        Ok(())
+    }
+
+    fn checkpoint_complete(
+        &mut self,
+        _epoch: Epoch,
+        positions: &[SourcePosition],
+    ) -> Result<(), RunError> {
+        let Mode::Group { group } = &self.mode else {
+            return Ok(());
+        };
+        let mut tpl = Tpl::new();
+        for sp in positions {
+            let Ok(o) = sp.position.decode::<KafkaOffset>() else {
+                continue;
+            };
+            let (Some(off), Some(_)) = (o.offset, self.index.get(&(o.topic.clone(), o.partition)))
+            else {
+                continue;
+            };
+            let _ = tpl.add_partition_offset(&o.topic, o.partition, Offset::Offset(off));
+        }
+        if tpl.count() == 0 {
+            return Ok(());
+        }
+        // Async: a failed commit (a rebalance took the partition) is logged by librdkafka and
+        // repaired by the next checkpoint's; the checkpoint, not the group, is the truth.
+        if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
+            tracing::debug!(node = %self.node, group = %group, error = %e, "kafka: committing offsets failed for now");
+        }
+        Ok(())
+    }
+}
+
+impl<D: RecordDecoder> KafkaSource<D> {
+    fn index_of(&self, m: &impl Message) -> Option<usize> {
+        self.index
+            .get(&(m.topic().to_string(), m.partition()))
+            .copied()
+    }
+
+    /// Group mode: whether a rebalance changed the assignment (the partition list is then
+    /// updated, remembering where each partition was read to).
+    fn take_change(&mut self) -> Result<bool, RunError> {
+        let Mode::Group { .. } = self.mode else {
+            return Ok(false);
+        };
+        // Serve the group (rebalances run inside poll) without taking a record.
+        let changed = {
+            let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+            for p in &self.r.parts {
+                if let Some(n) = p.next {
+                    shared.read_to.insert((p.topic.clone(), p.partition), n);
+                }
+            }
+            std::mem::take(&mut shared.changed)
+        };
+        if !changed {
+            return Ok(false);
+        }
+        let list = self.group_assignment()?;
+        self.set_parts(list);
+        Ok(true)
+    }
+}
