@@ -8,6 +8,7 @@ mod crash;
 mod determinism;
 mod endpoint;
 mod golden;
+mod kafka;
 mod multi_speed;
 mod partitions;
 mod restore;

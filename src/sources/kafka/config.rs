@@ -13,10 +13,13 @@ use crate::config::component::{BuiltSource, SourceConfig, SourceContext};
 use crate::config::yaml::S;
 use crate::dataflow::Source;
 use crate::format::json::JsonDecoder;
+use crate::kafka::Client;
 use crate::kafka::{PropertyValue, check_client};
 use crate::runtime::plan::SourceFactory;
+use crate::sources::cdc::{ChangeDecoder, main_schema};
 use crate::sources::kafka::{
-    JsonRecords, KafkaSource, KafkaSourceSpec, KeyType, MetadataColumns, Start, TimeType, Topics,
+    ChangeRecords, JsonRecords, KafkaSource, KafkaSourceSpec, KeyType, MetadataColumns, Start,
+    TimeType, Topics,
 };
 use crate::types::DataType;
 
@@ -45,10 +48,41 @@ pub struct KafkaSourceConfig {
     pub metadata: IndexMap<String, S<String>>,
     /// How long to wait before asking again when no record is ready (default 10ms).
     pub poll_interval: Option<S<String>>,
+    /// `json` (default: rows of the `schema`) or `debezium` (a change stream of the
+    /// source's `tables`).
+    pub format: Option<S<String>>,
+    /// With `format: debezium` and no `topics`: Debezium's `topic.prefix`; the topics are
+    /// then `<prefix>.<schema>.<table>` for each table, and the heartbeat topic
+    /// `__debezium-heartbeat.<prefix>` when it exists.
+    pub topic_prefix: Option<S<String>>,
 }
 
 impl SourceConfig for KafkaSourceConfig {
     fn build(&self, cx: &mut SourceContext<'_>) -> Option<BuiltSource> {
+        let debezium = match self
+            .format
+            .as_ref()
+            .map(|f| (f.value.as_str(), f.referenced))
+        {
+            None | Some(("json", _)) => false,
+            Some(("debezium", _)) => true,
+            Some((other, at)) => {
+                cx.issue(
+                    &at,
+                    "format",
+                    format!("unknown format `{other}`; use `json` or `debezium`"),
+                );
+                cx.skip_unused_checks();
+                return None;
+            }
+        };
+        if !debezium && let Some(p) = &self.topic_prefix {
+            cx.issue(
+                &p.referenced,
+                "topic_prefix",
+                "names Debezium's topics: set `format: debezium`",
+            );
+        }
         let client = match check_client(&self.brokers, &self.properties) {
             Ok(c) => Some(c),
             Err(problems) => {
@@ -78,9 +112,17 @@ impl SourceConfig for KafkaSourceConfig {
                 );
                 None
             }
+            (None, true) if debezium && self.topic_prefix.is_some() => {
+                Some(Topics::Names(Vec::new()))
+            }
             (None, true) => {
                 let at = cx.location;
-                cx.issue(&at, "topics", "list the topics to read (or a `pattern`)");
+                let what = if debezium {
+                    "list the topics to read (or give Debezium's `topic_prefix`)"
+                } else {
+                    "list the topics to read (or a `pattern`)"
+                };
+                cx.issue(&at, "topics", what);
                 None
             }
             (None, false) => {
@@ -130,6 +172,9 @@ impl SourceConfig for KafkaSourceConfig {
                     .duration(d, &format!("{}.poll_interval", cx.field))
             })
             .unwrap_or(Duration::from_millis(10));
+        if debezium {
+            return self.change_stream(cx, client?, topics?, start, poll_interval);
+        }
         let schema = cx.rows("a Kafka source needs a `schema` (column: type) of its values")?;
         let event_time = cx.event_time_column(&schema);
         let mut metadata = MetadataColumns::default();
@@ -213,6 +258,112 @@ impl SourceConfig for KafkaSourceConfig {
             factory,
             dead_letters: true,
             main_is_view: false,
+        })
+    }
+}
+
+impl KafkaSourceConfig {
+    /// Debezium change events of the source's `tables`, read in full by one instance (its
+    /// table ports are broadcast to every instance downstream): no consumer group.
+    fn change_stream(
+        &self,
+        cx: &mut SourceContext<'_>,
+        client: Client,
+        topics: Topics,
+        start: Start,
+        poll_interval: Duration,
+    ) -> Option<BuiltSource> {
+        if let Some(g) = &self.group {
+            cx.issue(
+                &g.referenced,
+                "group",
+                "a change stream is read in full by every process (reference tables are \
+                 broadcast): remove `group`",
+            );
+        }
+        if let Some(p) = &self.pattern {
+            cx.issue(
+                &p.referenced,
+                "pattern",
+                "a change stream reads named topics: use `topics` or `topic_prefix`",
+            );
+        }
+        if let Some((_, at)) = self.metadata.first().map(|(k, v)| (k, v.referenced)) {
+            cx.issue(
+                &at,
+                "metadata",
+                "a change stream's rows are its tables' columns",
+            );
+        }
+        if let Some(f) = cx.event_time_field {
+            let field = format!("{}.event_time.field", cx.field_prefix());
+            cx.issues.at(
+                &f.referenced,
+                field,
+                "a change stream's event time is the commit time (`source.ts_ms`); remove \
+                 `field`",
+            );
+        }
+        let tables = cx.change_tables(
+            "a change stream (`format: debezium`) needs its `tables:` (port: {key, columns})",
+        )?;
+        if let Err(e) = ChangeDecoder::new(cx.name, tables.clone(), 0) {
+            let (at, field) = (cx.location, format!("{}.tables", cx.field_prefix()));
+            cx.issues.at(&at, field, e.reason);
+            return None;
+        }
+        let (topics, optional) = match (topics, &self.topic_prefix) {
+            (Topics::Names(names), Some(prefix)) if names.is_empty() => (
+                tables
+                    .iter()
+                    .map(|t| format!("{}.{}", prefix.value, t.id))
+                    .collect::<Vec<_>>(),
+                vec![format!("__debezium-heartbeat.{}", prefix.value)],
+            ),
+            (Topics::Names(names), _) => (names, Vec::new()),
+            (Topics::Pattern(_), _) => return None,
+        };
+        let extra_ports = ChangeDecoder::table_ports(&tables);
+        let table_keys = tables
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                (
+                    2 + i,
+                    t.config.key_columns.iter().map(|k| k.to_string()).collect(),
+                )
+            })
+            .collect();
+        let node = cx.name.to_string();
+        let factory: SourceFactory = Arc::new(move |instance, _parallelism| {
+            let decoder = ChangeDecoder::new(&node, tables.clone(), 0)
+                .map_err(|e| crate::error::RunError::build(node.clone(), e.reason))?;
+            let spec = KafkaSourceSpec {
+                node: node.clone(),
+                client: client.clone(),
+                topics: Topics::Names(topics.clone()),
+                group: None,
+                start,
+                poll_interval,
+                metadata: MetadataColumns::default(),
+                // One instance reads every partition, in full.
+                instance: 0,
+                parallelism: 1,
+            };
+            let source = if instance == 0 {
+                KafkaSource::new_with_optional(spec, ChangeRecords::new(decoder), &optional)?
+            } else {
+                KafkaSource::idle(spec, ChangeRecords::new(decoder))?
+            };
+            Ok(Box::new(source) as Box<dyn Source>)
+        });
+        Some(BuiltSource {
+            schema: main_schema(),
+            extra_ports,
+            table_keys,
+            factory,
+            dead_letters: true,
+            main_is_view: true,
         })
     }
 }

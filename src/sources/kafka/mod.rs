@@ -61,6 +61,9 @@ pub struct KafkaOffset {
     pub partition: i32,
     /// `None`: nothing read yet; the partition starts where `start` (or the group) says.
     pub offset: Option<i64>,
+    /// What the decoder remembers across a restart (a change stream's ended snapshots).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decoder: Option<serde_json::Value>,
 }
 
 impl ConnectorPosition for KafkaOffset {
@@ -124,15 +127,131 @@ pub trait RecordDecoder: Send {
         Vec::new()
     }
 
-    /// Decodes `record` of partition `partition` into `out`; `Ok(false)`: nothing to emit
-    /// (a tombstone a change stream skips). An error sends the record to `dead_letter`.
+    fn connect_ports(&mut self, consumed: &[bool]) {
+        let _ = consumed;
+    }
+
+    /// Decodes `record` of partition `partition` (of topic `topic`) into `out`; `Ok(false)`:
+    /// no row for the main port (a change stream's rows go to its table ports). An error
+    /// sends the record to `dead_letter`.
     fn decode(
         &mut self,
         partition: usize,
+        topic: &str,
         record: &Record<'_>,
         out: &mut ReadBuffers,
         now_ms: i64,
     ) -> Result<bool, DecodeError>;
+
+    /// What the decoder must remember across a restart, kept in the positions.
+    fn state(&self) -> Option<serde_json::Value> {
+        None
+    }
+
+    /// Takes up `state` from restored positions (`None`: start afresh).
+    fn restore_state(&mut self, state: Option<&serde_json::Value>) -> Result<(), String> {
+        let _ = state;
+        Ok(())
+    }
+
+    /// Conditions to show in `/status`.
+    fn warnings(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// Whether progress one record gives (a Debezium heartbeat) holds for every partition
+    /// of the source, not only the one it was read from: one connector writes them all.
+    fn progress_is_shared(&self) -> bool {
+        false
+    }
+}
+
+/// Debezium change events (JSON, with or without the schema envelope), one topic per table
+/// (`<prefix>.<schema>.<table>`) or many tables in one topic, tombstones (skipped and
+/// counted) and heartbeats (progress): each record is handed to the change-stream machinery
+/// as the `{topic, key, value}` record the file source also reads.
+pub struct ChangeRecords {
+    decoder: crate::sources::cdc::ChangeDecoder,
+    record: Vec<u8>,
+}
+
+impl ChangeRecords {
+    pub fn new(decoder: crate::sources::cdc::ChangeDecoder) -> ChangeRecords {
+        ChangeRecords {
+            decoder,
+            record: Vec::with_capacity(4096),
+        }
+    }
+}
+
+impl RecordDecoder for ChangeRecords {
+    fn schema(&self) -> SchemaRef {
+        crate::sources::cdc::main_schema()
+    }
+
+    fn extra_ports(&self) -> Vec<PortSpec> {
+        use crate::sources::file::LineDecoder;
+        self.decoder.extra_ports()
+    }
+
+    fn connect_ports(&mut self, consumed: &[bool]) {
+        use crate::sources::file::LineDecoder;
+        self.decoder.connect_ports(consumed)
+    }
+
+    fn decode(
+        &mut self,
+        partition: usize,
+        topic: &str,
+        record: &Record<'_>,
+        out: &mut ReadBuffers,
+        now_ms: i64,
+    ) -> Result<bool, DecodeError> {
+        use crate::sources::file::LineDecoder;
+        let json = |bytes: Option<&[u8]>, what: &str| -> Result<(), DecodeError> {
+            match bytes {
+                Some(b) if serde_json::from_slice::<serde::de::IgnoredAny>(b).is_err() => {
+                    Err(DecodeError::new(format!("the record's {what} is not JSON")))
+                }
+                _ => Ok(()),
+            }
+        };
+        // Each must be one JSON value, or it could reach into the record around it.
+        json(record.key, "key")?;
+        json(record.value, "value")?;
+        let r = &mut self.record;
+        r.clear();
+        r.extend_from_slice(b"{\"topic\":");
+        crate::format::json::write_json_str(topic, r);
+        r.extend_from_slice(b",\"key\":");
+        r.extend_from_slice(record.key.unwrap_or(b"null"));
+        r.extend_from_slice(b",\"value\":");
+        r.extend_from_slice(record.value.unwrap_or(b"null"));
+        r.push(b'}');
+        let line = std::mem::take(&mut self.record);
+        let result = self.decoder.decode_line(partition, &line, out, now_ms);
+        self.record = line;
+        result.map(|()| false)
+    }
+
+    fn state(&self) -> Option<serde_json::Value> {
+        use crate::sources::file::LineDecoder;
+        self.decoder.state()
+    }
+
+    fn restore_state(&mut self, state: Option<&serde_json::Value>) -> Result<(), String> {
+        use crate::sources::file::LineDecoder;
+        self.decoder.restore_state(state)
+    }
+
+    fn warnings(&self) -> Vec<String> {
+        use crate::sources::file::LineDecoder;
+        self.decoder.warnings()
+    }
+
+    fn progress_is_shared(&self) -> bool {
+        true
+    }
 }
 
 /// JSON objects of one schema.
@@ -146,6 +265,7 @@ impl RecordDecoder for JsonRecords {
     fn decode(
         &mut self,
         _partition: usize,
+        _topic: &str,
         record: &Record<'_>,
         out: &mut ReadBuffers,
         now_ms: i64,
@@ -271,7 +391,8 @@ impl<D: RecordDecoder> Reader<D> {
             _ => true,
         };
         let decoded = if key_ok {
-            self.decoder.decode(i, &record, out, now_ms)
+            self.decoder
+                .decode(i, &self.parts[i].topic, &record, out, now_ms)
         } else {
             Err(DecodeError::new(
                 "the record's key is not UTF-8 text (declare its column as bytes)",
@@ -370,6 +491,8 @@ pub struct KafkaSource<D: RecordDecoder> {
     assigned: bool,
     /// A record of another partition than the one being returned, for the next call.
     carry: Option<OwnedMessage>,
+    /// Shared progress (a heartbeat) still to hand to other partitions, one per call.
+    progress_queue: Vec<(usize, EventTime)>,
     poll_interval_ms: i64,
 }
 
@@ -377,6 +500,30 @@ impl<D: RecordDecoder> KafkaSource<D> {
     /// Connects (no records are fetched before the first read). In assigned mode the
     /// topics' partitions are looked up now: a topic that does not exist is an error.
     pub fn new(spec: KafkaSourceSpec, decoder: D) -> Result<KafkaSource<D>, RunError> {
+        KafkaSource::open(spec, decoder, &[], true)
+    }
+
+    /// As `new`, also reading the topics in `optional` that exist now (a Debezium heartbeat
+    /// topic, which exists only when heartbeats are on).
+    pub fn new_with_optional(
+        spec: KafkaSourceSpec,
+        decoder: D,
+        optional: &[String],
+    ) -> Result<KafkaSource<D>, RunError> {
+        KafkaSource::open(spec, decoder, optional, true)
+    }
+
+    /// An instance with no partitions (another instance reads them all): it ends at once.
+    pub fn idle(spec: KafkaSourceSpec, decoder: D) -> Result<KafkaSource<D>, RunError> {
+        KafkaSource::open(spec, decoder, &[], false)
+    }
+
+    fn open(
+        spec: KafkaSourceSpec,
+        decoder: D,
+        optional: &[String],
+        read: bool,
+    ) -> Result<KafkaSource<D>, RunError> {
         let node = spec.node.clone();
         let shared = Arc::new(Mutex::new(Shared::default()));
         let reset = match spec.start {
@@ -422,8 +569,11 @@ impl<D: RecordDecoder> KafkaSource<D> {
                     group: group.clone(),
                 }
             }
+            None if !read => Mode::Assigned {
+                partitions: Vec::new(),
+            },
             None => {
-                let all = list_partitions(&consumer, &node, &spec.topics)?;
+                let all = list_partitions(&consumer, &node, &spec.topics, optional)?;
                 let partitions = all
                     .into_iter()
                     .enumerate()
@@ -448,6 +598,7 @@ impl<D: RecordDecoder> KafkaSource<D> {
             index: HashMap::new(),
             assigned: false,
             carry: None,
+            progress_queue: Vec::new(),
             poll_interval_ms: spec.poll_interval.as_millis().max(1) as i64,
         };
         if let Mode::Assigned { partitions } = &source.mode {
@@ -545,8 +696,8 @@ impl<D: RecordDecoder> KafkaSource<D> {
             )
         };
         if err != rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR || high < 0 {
-            // Nothing fetched yet: an empty queue is all we know.
-            return true;
+            // Nothing fetched yet: it may hold records.
+            return false;
         }
         match p.next {
             Some(next) => next >= high,
@@ -583,6 +734,7 @@ fn list_partitions(
     consumer: &BaseConsumer<SourceContext>,
     node: &str,
     topics: &Topics,
+    optional: &[String],
 ) -> Result<Vec<(String, i32)>, RunError> {
     let metadata = consumer
         .fetch_metadata(None, BROKER_TIMEOUT)
@@ -608,6 +760,16 @@ fn list_partitions(
             ));
         }
     }
+    for name in optional {
+        match metadata.topics().iter().find(|t| t.name() == name) {
+            Some(t) if !t.partitions().is_empty() => {
+                out.extend(t.partitions().iter().map(|p| (name.clone(), p.id())));
+            }
+            _ => {
+                tracing::info!(node = %node, topic = %name, "kafka: topic not there (yet); not read")
+            }
+        }
+    }
     out.sort();
     Ok(out)
 }
@@ -631,11 +793,21 @@ impl<D: RecordDecoder> Source for KafkaSource<D> {
         max_records: usize,
         now_ms: i64,
     ) -> Result<ReadStatus, RunError> {
+        if let Mode::Assigned { partitions } = &self.mode
+            && partitions.is_empty()
+        {
+            return Ok(ReadStatus::Finished);
+        }
         if !self.assigned && matches!(self.mode, Mode::Assigned { .. }) {
             self.assign()?;
         }
         if self.take_change()? {
+            self.progress_queue.clear();
             return Ok(ReadStatus::PartitionsChanged);
+        }
+        if let Some((i, t)) = self.progress_queue.pop() {
+            out.progress = Some(t);
+            return Ok(ReadStatus::Data { partition: i });
         }
         let mut current: Option<usize> = None;
         let mut n = 0;
@@ -680,6 +852,17 @@ impl<D: RecordDecoder> Source for KafkaSource<D> {
         }
         if let Some(i) = current {
             self.consumer.context().log.recovered();
+            if let Some(t) = out.progress
+                && self.r.decoder.progress_is_shared()
+            {
+                // A heartbeat: every other partition that has nothing left to read is at
+                // least that far (one connector writes them all, in commit order); one with
+                // records still to read keeps its own watermark until they are read.
+                self.progress_queue = (0..self.r.parts.len())
+                    .filter(|&j| j != i && self.at_end(j))
+                    .map(|j| (j, t))
+                    .collect();
+            }
             return Ok(ReadStatus::Data { partition: i });
         }
         for i in 0..self.r.parts.len() {
@@ -693,6 +876,7 @@ impl<D: RecordDecoder> Source for KafkaSource<D> {
     }
 
     fn positions(&self) -> Vec<SourcePosition> {
+        let decoder = self.r.decoder.state();
         self.r
             .parts
             .iter()
@@ -703,6 +887,7 @@ impl<D: RecordDecoder> Source for KafkaSource<D> {
                     topic: p.topic.clone(),
                     partition: p.partition,
                     offset: p.next,
+                    decoder: decoder.clone(),
                 }),
             })
             .collect()
@@ -710,6 +895,7 @@ impl<D: RecordDecoder> Source for KafkaSource<D> {
 
     fn seek(&mut self, positions: &[SourcePosition]) -> Result<(), RunError> {
         let mut restored = HashMap::new();
+        let mut decoder = None;
         for sp in positions {
             let o: KafkaOffset = sp
                 .position
@@ -724,6 +910,7 @@ impl<D: RecordDecoder> Source for KafkaSource<D> {
                     ),
                 ));
             }
+            decoder = decoder.or(o.decoder);
             if let Some(off) = o.offset {
                 if off < 0 {
                     return Err(RunError::restore(
@@ -742,10 +929,22 @@ impl<D: RecordDecoder> Source for KafkaSource<D> {
         for p in &mut self.r.parts {
             p.next = restored.get(&(p.topic.clone(), p.partition)).copied();
         }
+        self.r
+            .decoder
+            .restore_state(decoder.as_ref())
+            .map_err(|e| RunError::restore(&self.node, e))?;
         if self.assigned {
             self.assign()?;
         }
         Ok(())
+    }
+
+    fn connect_ports(&mut self, consumed: &[bool]) {
+        self.r.decoder.connect_ports(consumed)
+    }
+
+    fn warnings(&self) -> Vec<String> {
+        self.r.decoder.warnings()
     }
 
     fn checkpoint_complete(
