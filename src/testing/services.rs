@@ -119,13 +119,30 @@ impl Broker {
     /// watermark is exact then), record `i` with timestamp `T0 + i` ms (so two brokers given
     /// the same records hold the same), and waits until all are acknowledged.
     pub fn produce(&self, topic: &str, records: &[TestRecord<'_>]) {
-        let producer: BaseProducer = ClientConfig::new()
-            .set("bootstrap.servers", &self.addr)
-            .set("linger.ms", "0")
-            .set("batch.num.messages", "1")
-            .set("enable.idempotence", "true")
-            .create()
-            .expect("a producer");
+        self.producer().produce(topic, records);
+    }
+
+    /// A producer to send with several times (`TestProducer::produce`).
+    pub fn producer(&self) -> TestProducer {
+        TestProducer(
+            ClientConfig::new()
+                .set("bootstrap.servers", &self.addr)
+                .set("linger.ms", "0")
+                .set("batch.num.messages", "1")
+                .set("enable.idempotence", "true")
+                .create()
+                .expect("a producer"),
+        )
+    }
+}
+
+/// A producer of test records.
+pub struct TestProducer(BaseProducer);
+
+impl TestProducer {
+    /// As `Broker::produce`.
+    pub fn produce(&self, topic: &str, records: &[TestRecord<'_>]) {
+        let producer = &self.0;
         for (i, (partition, key, value)) in records.iter().enumerate() {
             let mut r: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic)
                 .partition(*partition)

@@ -291,3 +291,403 @@ fn kafka_to_as_of_enrichment_to_exactly_once_kafka_survives_kills_tansu_shows_ab
     let dead = std::fs::read_to_string(dir.path().join("dead.jsonl")).unwrap_or_default();
     assert!(dead.is_empty(), "no dead letters expected: {dead}");
 }
+
+// ---------------------------------------------------------------------------------------
+// Per-partition event time: a silent partition, with and without an idle timeout
+// ---------------------------------------------------------------------------------------
+
+mod event_time {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use watershed::alerts::{AlertEvaluator, AlertKind, AlertRules};
+    use watershed::dataflow::{Message, Operator, Source};
+    use watershed::format::EventTimeSource;
+    use watershed::format::json::JsonDecoder;
+    use watershed::kafka::Client;
+    use watershed::operators::window::{
+        AggregateFn, AggregateSpec, WindowKind, WindowOperator, WindowSpec,
+    };
+    use watershed::runtime::plan::WatermarkSpec;
+    use watershed::runtime::task::{BarrierAck, Emit, OperatorDriver, SourceDriver, SourceStep};
+    use watershed::sources::kafka::{
+        JsonRecords, KafkaSource, KafkaSourceSpec, MetadataColumns, Start, Topics,
+    };
+    use watershed::status::{
+        InstanceStatus, Role, SourceExpectations, StatusRegistry, StatusReport,
+    };
+    use watershed::testing::contract::T0;
+    use watershed::testing::kafka_fixtures::unique;
+    use watershed::testing::services::{Broker, TestProducer, TestRecord};
+    use watershed::types::{DataType, Field, Schema, Value};
+
+    struct Outcome {
+        /// (processing time, window end) of every window fired.
+        fired: Vec<(i64, i64)>,
+        alerts: Vec<(i64, AlertKind, String)>,
+        report: StatusReport,
+    }
+
+    /// Every partition gets a record per second of event time for the first 10 seconds;
+    /// then partitions 0–2 go on (`live`, produced while the run goes on) and partition 3 is
+    /// silent.
+    fn fill(broker: &Broker) -> String {
+        let topic = unique("silent");
+        broker.create_topic(&topic, 4);
+        let producer = broker.producer();
+        for s in 0..10 {
+            live(&producer, &topic, s, 4);
+        }
+        topic
+    }
+
+    /// Second `s` of event time on partitions `0..partitions`.
+    fn live(producer: &TestProducer, topic: &str, s: i64, partitions: i32) {
+        let values: Vec<(i32, String)> = (0..partitions)
+            .map(|p| (p, format!(r#"{{"ts":{},"n":{s}}}"#, T0 + s * 1000)))
+            .collect();
+        let records: Vec<TestRecord<'_>> = values
+            .iter()
+            .map(|(p, v)| (*p, None, Some(v.as_bytes())))
+            .collect();
+        producer.produce(topic, &records);
+    }
+
+    /// Reads the topic through the runtime's source driver into a 30 s tumbling count, on a
+    /// manual clock (100 ms steps, 90 s, one second of event time produced on partitions 0–2
+    /// per second), evaluating the alert rules every second.
+    fn simulate(broker: &Broker, topic: &str, idle_timeout: Option<Duration>) -> Outcome {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("ts", DataType::Timestamp),
+            Field::new("n", DataType::Int),
+        ]));
+        let source = KafkaSource::new(
+            KafkaSourceSpec {
+                node: "obs".into(),
+                client: Client::plain(&broker.addr),
+                topics: Topics::Names(vec![topic.into()]),
+                group: None,
+                start: Start::Earliest,
+                poll_interval: Duration::from_millis(10),
+                metadata: MetadataColumns::default(),
+                instance: 0,
+                parallelism: 1,
+            },
+            JsonRecords(JsonDecoder::new(schema.clone(), EventTimeSource::Field(0))),
+        )
+        .unwrap();
+        let registry = StatusRegistry::new("kafka-silent");
+        let status = registry.register(InstanceStatus::new(
+            "obs",
+            0,
+            Role::Source,
+            source.partitions(),
+            &["main".into(), "dead_letter".into()],
+            T0,
+        ));
+        registry.expect_source(SourceExpectations {
+            source: "obs".into(),
+            expected_interval_ms: Some(30_000),
+            idle_timeout_ms: idle_timeout.map(|d| d.as_millis() as i64),
+        });
+        let mut driver = SourceDriver::new(
+            Box::new(source),
+            &WatermarkSpec {
+                max_ahead: None,
+                max_out_of_orderness: Duration::from_secs(1),
+                idle_timeout,
+                expected_interval: Some(Duration::from_secs(30)),
+            },
+            64,
+            status,
+            T0,
+        );
+        let spec = WindowSpec {
+            key: vec![],
+            kind: WindowKind::Tumbling {
+                size: Duration::from_secs(30),
+            },
+            allowed_lateness: Duration::ZERO,
+            aggregates: vec![AggregateSpec {
+                name: "events".into(),
+                function: AggregateFn::Count,
+                field: None,
+            }],
+        };
+        let op = WindowOperator::new("per_30s", spec, schema).unwrap();
+        let ports: Vec<String> = op.ports().iter().map(|p| p.name.clone()).collect();
+        let wstatus = registry.register(InstanceStatus::new(
+            "per_30s",
+            0,
+            Role::Operator,
+            vec!["obs#0".into()],
+            &ports,
+            T0,
+        ));
+        let mut window = OperatorDriver::new(Box::new(op), vec![0], wstatus, T0);
+        let mut evaluator = AlertEvaluator::new(AlertRules {
+            watermark_lag_ms: None,
+            watermark_stall_ms: Some(20_000),
+            enrichment_gate_ms: None,
+            checkpoint_age_ms: None,
+        });
+        let mut out = Outcome {
+            fired: Vec::new(),
+            alerts: Vec::new(),
+            report: registry.snapshot(T0),
+        };
+        let producer = broker.producer();
+        let mut now = T0;
+        while now <= T0 + 90_000 {
+            let mut pending: Vec<Message> = Vec::new();
+            loop {
+                let mut emit = |e: Emit| {
+                    match e {
+                        Emit::Port(0, b) => pending.push(Message::Data(b)),
+                        Emit::Port(_, _) => {}
+                        Emit::Control(m) => pending.push(m),
+                    }
+                    Ok(())
+                };
+                match driver.step(now, &mut emit).unwrap() {
+                    SourceStep::Continue => continue,
+                    SourceStep::WaitUntil(_) | SourceStep::Finished => break,
+                }
+            }
+            for msg in pending {
+                let mut emit = |e: Emit| {
+                    if let Emit::Port(0, b) = e {
+                        for (row, _) in b.rows() {
+                            let Value::Timestamp(end) = row[1] else {
+                                panic!("window_end")
+                            };
+                            out.fired.push((now, end / 1000));
+                        }
+                    }
+                    Ok(())
+                };
+                window
+                    .on_message(0, msg, now, &mut emit, &mut |_: BarrierAck| {})
+                    .unwrap();
+            }
+            if (now - T0) % 1000 == 0 {
+                for ev in evaluator.evaluate(&registry.snapshot(now)) {
+                    if ev.firing {
+                        out.alerts.push((now, ev.kind, ev.message));
+                    }
+                }
+                let s = (now - T0) / 1000;
+                if s >= 10 {
+                    live(&producer, topic, s, 3);
+                }
+            }
+            // The broker is real: give its fetches real time.
+            std::thread::sleep(Duration::from_millis(3));
+            now += 100;
+        }
+        out.report = registry.snapshot(now);
+        out
+    }
+
+    #[test]
+    fn a_silent_kafka_partition_is_released_by_its_idle_timeout() {
+        let broker = Broker::shared();
+        let topic = fill(broker);
+        let out = simulate(broker, &topic, Some(Duration::from_secs(5)));
+        let ends: Vec<i64> = out.fired.iter().map(|(_, e)| *e).collect();
+        // Partition 3 turns idle 5 s after it was read to its end; the other three carry
+        // event time on: each window fires once the live partitions pass its end.
+        assert_eq!(ends, vec![T0 + 30_000, T0 + 60_000], "{:?}", out.fired);
+        for (at, end) in &out.fired {
+            assert!(*at <= end + 5_000, "window {end} fired late, at {at}");
+        }
+        assert!(
+            out.alerts.iter().all(|a| a.1 != AlertKind::WatermarkStall),
+            "{:?}",
+            out.alerts
+        );
+    }
+
+    #[test]
+    fn a_silent_kafka_partition_without_idle_timeout_stalls_and_is_named() {
+        let broker = Broker::shared();
+        let topic = fill(broker);
+        let out = simulate(broker, &topic, None);
+        assert!(out.fired.is_empty(), "windows fired: {:?}", out.fired);
+        let partition = format!("{topic}/3");
+        let stall = out
+            .alerts
+            .iter()
+            .find(|a| a.1 == AlertKind::WatermarkStall)
+            .unwrap_or_else(|| {
+                panic!(
+                    "a watermark_stall alert: {:?}\n{}",
+                    out.alerts,
+                    watershed::cli::explain::render(&out.report)
+                )
+            });
+        assert!(stall.2.contains(&partition), "{}", stall.2);
+        assert!(stall.2.contains("no idle_timeout"), "{}", stall.2);
+        let text = watershed::cli::explain::render(&out.report);
+        assert!(
+            text.contains(&format!("source `obs` partition `{partition}`")),
+            "{text}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Bad records, and a broker outage
+// ---------------------------------------------------------------------------------------
+
+/// Runs `pipeline` until `done` holds (checked every 200 ms, at most `limit`), then stops it
+/// with SIGTERM and returns its stderr.
+fn run_until(pipeline: &Path, limit: Duration, mut done: impl FnMut() -> bool) -> String {
+    let child = start(pipeline);
+    let deadline = Instant::now() + limit;
+    while !done() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    signal(&child, libc::SIGTERM);
+    let err = stderr_of(child);
+    assert!(!err.contains("panicked"), "{err}");
+    err
+}
+
+fn lines(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn ten_thousand_mixed_records_every_bad_one_is_a_dead_letter_with_its_offset() {
+    let broker = Broker::shared();
+    let topic = watershed::testing::kafka_fixtures::unique("mixed");
+    broker.create_topic(&topic, 2);
+    let mut values: Vec<(i32, Option<Vec<u8>>, bool)> = Vec::new();
+    for i in 0..10_000usize {
+        let p = (i % 2) as i32;
+        let (value, good): (Option<Vec<u8>>, bool) = match i % 10 {
+            1 => (Some(br#"{"ts":17672256"#.to_vec()), false),
+            3 => (
+                Some(format!(r#"{{"ts":"yesterday","host":"h","n":{i}}}"#).into_bytes()),
+                false,
+            ),
+            5 => (
+                Some(format!(r#"{{"ts":{},"host":7,"n":{i}}}"#, T0 + i as i64).into_bytes()),
+                false,
+            ),
+            7 => (
+                Some(vec![0xff, 0xfe, 0x00, (i % 251) as u8, 0x80, b'{']),
+                false,
+            ),
+            9 if i % 100 == 99 => (None, false),
+            _ => (
+                Some(format!(r#"{{"ts":{},"host":"h{i}","n":{i}}}"#, T0 + i as i64).into_bytes()),
+                true,
+            ),
+        };
+        values.push((p, value, good));
+    }
+    let records: Vec<TestRecord<'_>> = values
+        .iter()
+        .map(|(p, v, _)| (*p, None, v.as_deref()))
+        .collect();
+    broker.produce(&topic, &records);
+    let good = values.iter().filter(|v| v.2).count();
+    let bad = values.len() - good;
+
+    let dir = tempfile::tempdir().unwrap();
+    let (out, dead) = (dir.path().join("out.jsonl"), dir.path().join("dead.jsonl"));
+    let pipeline = dir.path().join("pipeline.yaml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            r#"name: mixed
+sources:
+  obs:
+    kafka: {{brokers: "{}", topics: [{topic}]}}
+    schema: {{ts: timestamp, host: string, n: int}}
+    event_time: {{field: ts, max_out_of_orderness: 1h}}
+sinks:
+  out: {{input: obs, file: "{}"}}
+  dead: {{input: obs.dead_letter, file: "{}"}}
+"#,
+            broker.addr,
+            out.display(),
+            dead.display()
+        ),
+    )
+    .unwrap();
+    let count = |p: &Path| std::fs::read_to_string(p).map_or(0, |t| t.lines().count());
+    let err = run_until(&pipeline, Duration::from_secs(60), || {
+        count(&out) >= good && count(&dead) >= bad
+    });
+    let rows = lines(&out);
+    let letters = lines(&dead);
+    assert_eq!((rows.len(), letters.len()), (good, bad), "{err}");
+    let mut ns: Vec<i64> = rows.iter().map(|r| r["n"].as_i64().unwrap()).collect();
+    ns.sort_unstable();
+    let want: Vec<i64> = (0..10_000i64).filter(|i| values[*i as usize].2).collect();
+    assert_eq!(ns, want);
+    // Record i is offset i / 2 of partition i % 2.
+    let mut positions: Vec<(String, String)> = letters
+        .iter()
+        .map(|d| {
+            assert!(!d["reason"].as_str().unwrap().is_empty(), "{d}");
+            (
+                d["partition"].as_str().unwrap().to_string(),
+                d["position"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    positions.sort();
+    let mut expected: Vec<(String, String)> = (0..10_000usize)
+        .filter(|&i| !values[i].2)
+        .map(|i| (format!("{topic}/{}", i % 2), format!("offset {}", i / 2)))
+        .collect();
+    expected.sort();
+    assert_eq!(positions, expected);
+}
+
+#[test]
+fn a_broker_paused_for_ten_seconds_loses_and_doubles_nothing() {
+    let broker = Broker::start();
+    fill_reference(&broker);
+    let observations = fill_observations(&broker, "obs");
+    broker.create_topic("enriched", 1);
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = pipeline(&broker, "obs", "enriched", dir.path());
+    let child = start(&pipeline);
+    // Let it get going, then take the broker away for 10 s mid-run.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while committed_once(read_topic(&broker.addr, "enriched"))
+        .0
+        .is_empty()
+    {
+        assert!(Instant::now() < deadline, "no output before the outage");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    broker.pause(true);
+    std::thread::sleep(Duration::from_secs(10));
+    broker.pause(false);
+    let want = observations.len();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while committed_once(read_topic(&broker.addr, "enriched")).0.len() < want
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    signal(&child, libc::SIGTERM);
+    let err = stderr_of(child);
+    assert!(!err.contains("panicked"), "{err}");
+    let (got, _) = committed_once(read_topic(&broker.addr, "enriched"));
+    let mut ns: Vec<i64> = got.iter().map(|v| v["n"].as_i64().unwrap()).collect();
+    ns.sort_unstable();
+    let mut want_ns: Vec<i64> = observations.iter().map(|o| o.0 as i64).collect();
+    want_ns.sort_unstable();
+    assert_eq!(ns, want_ns, "{err}");
+}

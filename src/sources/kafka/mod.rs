@@ -367,6 +367,8 @@ struct Part {
     name: String,
     /// Offset of the next record to return; `None` before the first.
     next: Option<i64>,
+    /// The shared progress (heartbeat) this partition was given last.
+    given: Option<EventTime>,
 }
 
 /// What decoding needs, apart from the consumer (records borrow the consumer).
@@ -491,7 +493,9 @@ pub struct KafkaSource<D: RecordDecoder> {
     assigned: bool,
     /// A record of another partition than the one being returned, for the next call.
     carry: Option<OwnedMessage>,
-    /// Shared progress (a heartbeat) still to hand to other partitions, one per call.
+    /// The latest shared progress read (a Debezium heartbeat's time).
+    heartbeat: Option<EventTime>,
+    /// Shared progress still to hand to partitions, one per call.
     progress_queue: Vec<(usize, EventTime)>,
     poll_interval_ms: i64,
 }
@@ -598,6 +602,7 @@ impl<D: RecordDecoder> KafkaSource<D> {
             index: HashMap::new(),
             assigned: false,
             carry: None,
+            heartbeat: None,
             progress_queue: Vec::new(),
             poll_interval_ms: spec.poll_interval.as_millis().max(1) as i64,
         };
@@ -632,6 +637,7 @@ impl<D: RecordDecoder> KafkaSource<D> {
                     topic,
                     partition,
                     next,
+                    given: None,
                 }
             })
             .collect();
@@ -855,13 +861,9 @@ impl<D: RecordDecoder> Source for KafkaSource<D> {
             if let Some(t) = out.progress
                 && self.r.decoder.progress_is_shared()
             {
-                // A heartbeat: every other partition that has nothing left to read is at
-                // least that far (one connector writes them all, in commit order); one with
-                // records still to read keeps its own watermark until they are read.
-                self.progress_queue = (0..self.r.parts.len())
-                    .filter(|&j| j != i && self.at_end(j))
-                    .map(|j| (j, t))
-                    .collect();
+                self.heartbeat = self.heartbeat.max(Some(t));
+                self.r.parts[i].given = self.r.parts[i].given.max(Some(t));
+                self.share_progress();
             }
             return Ok(ReadStatus::Data { partition: i });
         }
@@ -869,6 +871,12 @@ impl<D: RecordDecoder> Source for KafkaSource<D> {
             if self.at_end(i) {
                 out.caught_up.push(i);
             }
+        }
+        self.share_progress();
+        if let Some((i, t)) = self.progress_queue.pop() {
+            out.caught_up.clear();
+            out.progress = Some(t);
+            return Ok(ReadStatus::Data { partition: i });
         }
         Ok(ReadStatus::Pending {
             retry_at_ms: now_ms + self.poll_interval_ms,
@@ -979,6 +987,21 @@ impl<D: RecordDecoder> Source for KafkaSource<D> {
 }
 
 impl<D: RecordDecoder> KafkaSource<D> {
+    /// Queues the latest heartbeat for every partition that has nothing left to read and has
+    /// not had it: one connector writes all of a change stream's topics in commit order, so
+    /// a heartbeat at `t` says such a partition holds nothing before `t` either. A partition
+    /// with records still to read keeps its own watermark until they are read (and gets the
+    /// heartbeat then).
+    fn share_progress(&mut self) {
+        let Some(h) = self.heartbeat else { return };
+        for j in 0..self.r.parts.len() {
+            if self.r.parts[j].given < Some(h) && self.at_end(j) {
+                self.r.parts[j].given = Some(h);
+                self.progress_queue.push((j, h));
+            }
+        }
+    }
+
     fn index_of(&self, m: &impl Message) -> Option<usize> {
         self.index
             .get(&(m.topic().to_string(), m.partition()))
