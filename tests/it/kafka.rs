@@ -691,3 +691,107 @@ fn a_broker_paused_for_ten_seconds_loses_and_doubles_nothing() {
     want_ns.sort_unstable();
     assert_eq!(ns, want_ns, "{err}");
 }
+
+// ---------------------------------------------------------------------------------------
+// The consumer group
+// ---------------------------------------------------------------------------------------
+
+/// The group's committed offsets of `topic`, by partition.
+fn committed(broker: &Broker, group: &str, topic: &str, partitions: i32) -> Vec<i64> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &broker.addr)
+        .set("group.id", group)
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition(topic, p);
+    }
+    let got = consumer
+        .committed_offsets(tpl, Duration::from_secs(10))
+        .unwrap();
+    (0..partitions)
+        .map(|p| match got.find_partition(topic, p).map(|e| e.offset()) {
+            Some(Offset::Offset(o)) => o,
+            _ => -1,
+        })
+        .collect()
+}
+
+#[test]
+fn a_group_commits_offsets_once_checkpointed_and_a_run_without_a_checkpoint_resumes_there() {
+    let broker = Broker::shared();
+    let topic = watershed::testing::kafka_fixtures::unique("grouped");
+    let group = watershed::testing::kafka_fixtures::unique("group");
+    broker.create_topic(&topic, 3);
+    let batch = |from: usize, to: usize| -> Vec<(i32, String)> {
+        (from..to)
+            .map(|i| {
+                (
+                    (i % 3) as i32,
+                    format!(r#"{{"ts":{},"host":"h","n":{i}}}"#, T0 + i as i64),
+                )
+            })
+            .collect()
+    };
+    let send = |values: &[(i32, String)]| {
+        let records: Vec<TestRecord<'_>> = values
+            .iter()
+            .map(|(p, v)| (*p, None, Some(v.as_bytes())))
+            .collect();
+        broker.produce(&topic, &records);
+    };
+    send(&batch(0, 300));
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, out: &Path, checkpoints: &Path| -> PathBuf {
+        let path = dir.path().join(name);
+        std::fs::write(
+            &path,
+            format!(
+                r#"name: grouped
+checkpoint: {{interval: 200ms, dir: "{}"}}
+sources:
+  obs:
+    kafka:
+      brokers: "{}"
+      topics: [{topic}]
+      group: {group}
+      properties: {{session.timeout.ms: 6000}}
+    schema: {{ts: timestamp, host: string, n: int}}
+    event_time: {{field: ts}}
+sinks:
+  out: {{input: obs, file: "{}"}}
+"#,
+                checkpoints.display(),
+                broker.addr,
+                out.display()
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let count = |p: &Path| std::fs::read_to_string(p).map_or(0, |t| t.lines().count());
+    let first_out = dir.path().join("first.jsonl");
+    let first = write("first.yaml", &first_out, &dir.path().join("ck1"));
+    let err = run_until(&first, Duration::from_secs(60), || {
+        count(&first_out) >= 300 && committed(broker, &group, &topic, 3) == vec![100, 100, 100]
+    });
+    assert_eq!(count(&first_out), 300, "{err}");
+    assert_eq!(committed(broker, &group, &topic, 3), vec![100, 100, 100], "{err}");
+
+    // More records; a run with a new checkpoint directory starts at the group's offsets.
+    send(&batch(300, 360));
+    let second_out = dir.path().join("second.jsonl");
+    let second = write("second.yaml", &second_out, &dir.path().join("ck2"));
+    let err = run_until(&second, Duration::from_secs(60), || {
+        count(&second_out) >= 60 && committed(broker, &group, &topic, 3) == vec![120, 120, 120]
+    });
+    let mut ns: Vec<i64> = lines(&second_out)
+        .iter()
+        .map(|r| r["n"].as_i64().unwrap())
+        .collect();
+    ns.sort_unstable();
+    assert_eq!(ns, (300..360).collect::<Vec<i64>>(), "{err}");
+}
