@@ -779,7 +779,11 @@ sinks:
         count(&first_out) >= 300 && committed(broker, &group, &topic, 3) == vec![100, 100, 100]
     });
     assert_eq!(count(&first_out), 300, "{err}");
-    assert_eq!(committed(broker, &group, &topic, 3), vec![100, 100, 100], "{err}");
+    assert_eq!(
+        committed(broker, &group, &topic, 3),
+        vec![100, 100, 100],
+        "{err}"
+    );
 
     // More records; a run with a new checkpoint directory starts at the group's offsets.
     send(&batch(300, 360));
@@ -794,4 +798,120 @@ sinks:
         .collect();
     ns.sort_unstable();
     assert_eq!(ns, (300..360).collect::<Vec<i64>>(), "{err}");
+}
+
+// ---------------------------------------------------------------------------------------
+// Settings: secrets and mistakes
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn a_secret_from_the_environment_never_shows_in_validate_explain_or_the_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = watershed::testing::services::free_port();
+    let pipeline = dir.path().join("p.yaml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            r#"name: secret
+sources:
+  obs:
+    kafka:
+      brokers: "127.0.0.1:{port}"
+      topics: [x]
+      group: g
+      properties: {{security.protocol: SASL_PLAINTEXT, sasl.mechanism: PLAIN, sasl.username: u, sasl.password: "${{KAFKA_PASSWORD}}"}}
+    schema: {{ts: timestamp, n: int}}
+    event_time: {{field: ts}}
+sinks:
+  out:
+    input: obs
+    kafka: {{brokers: "127.0.0.1:{port}", topic: y, properties: {{sasl.password: "${{KAFKA_PASSWORD}}"}}}}
+"#
+        ),
+    )
+    .unwrap();
+    let secret = "s3cr3t-Pa55";
+    let run = |args: &[&str]| -> String {
+        let out = Command::new(env!("CARGO_BIN_EXE_watershed"))
+            .args(args)
+            .arg(&pipeline)
+            .env("KAFKA_PASSWORD", secret)
+            .output()
+            .unwrap();
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    for args in [&["validate"][..], &["explain"][..]] {
+        let text = run(args);
+        assert!(!text.contains(secret), "{args:?}: {text}");
+    }
+    // A run against a broker that is not there, logging everything librdkafka says.
+    let child = Command::new(env!("CARGO_BIN_EXE_watershed"))
+        .args(["run", "--log", "trace", "--metrics-addr", "off"])
+        .arg(&pipeline)
+        .env("KAFKA_PASSWORD", secret)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    signal(&child, libc::SIGTERM);
+    let out = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("broker unreachable"), "{text}");
+    assert!(!text.contains(secret), "the secret is in the logs");
+}
+
+#[test]
+fn kafka_setting_mistakes_name_the_line_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = dir.path().join("p.yaml");
+    std::fs::write(
+        &pipeline,
+        r#"name: mistakes
+sources:
+  obs:
+    kafka:
+      brokers: "127.0.0.1:9092"
+      topics: [x]
+      start: sideways
+      properties: {group.id: mine, no.such.property: 1}
+    schema: {ts: timestamp, n: int}
+sinks:
+  out:
+    input: obs
+    kafka: {brokers: "127.0.0.1:9092", topic: y, guarantee: exactly_once, key: [nope]}
+"#,
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_watershed"))
+        .arg("validate")
+        .arg(&pipeline)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stderr);
+    for want in [
+        ":7:",
+        "sources.obs.kafka.start",
+        "`sideways`",
+        ":8:",
+        "sources.obs.kafka.properties.group.id",
+        "use `group`",
+        "sources.obs.kafka.properties.no.such.property",
+        ":13:",
+        "sinks.out.kafka.guarantee",
+        "checkpoint.dir",
+        "sinks.out.kafka.key",
+        "`nope`",
+    ] {
+        assert!(text.contains(want), "missing `{want}` in:\n{text}");
+    }
 }
