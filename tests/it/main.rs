@@ -5,6 +5,7 @@ mod cdc_status;
 mod cli;
 mod contract;
 mod crash;
+mod debezium;
 mod determinism;
 mod endpoint;
 mod golden;
