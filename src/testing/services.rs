@@ -89,6 +89,11 @@ impl Broker {
         }
     }
 
+    /// The broker's process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
     /// Pauses the broker (SIGSTOP) or lets it go on (SIGCONT): an outage that keeps its data.
     pub fn pause(&self, paused: bool) {
         let signal = if paused { libc::SIGSTOP } else { libc::SIGCONT };

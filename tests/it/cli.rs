@@ -216,7 +216,12 @@ fn readme_pipeline_examples_are_valid() {
         let end = block.find("```").unwrap();
         let path = dir.path().join(format!("p{checked}.yaml"));
         std::fs::write(&path, &block[..end]).unwrap();
-        let out = watershed().arg("validate").arg(&path).output().unwrap();
+        let out = watershed()
+            .arg("validate")
+            .arg(&path)
+            .env("KAFKA_PASSWORD", "an example")
+            .output()
+            .unwrap();
         assert!(
             out.status.success(),
             "README yaml block {checked}: {}",
@@ -225,7 +230,7 @@ fn readme_pipeline_examples_are_valid() {
         checked += 1;
         rest = &block[end..];
     }
-    assert_eq!(checked, 2, "both README pipeline examples are checked");
+    assert_eq!(checked, 3, "every README pipeline example is checked");
 }
 
 #[test]

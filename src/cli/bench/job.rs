@@ -271,11 +271,14 @@ impl Mode {
 
 /// The versions of one host: (valid from, the row's pre-encoded joined suffix or `None`
 /// for deleted), oldest first.
-type Versions = Vec<(i64, Option<Box<[u8]>>)>;
+pub(super) type Versions = Vec<(i64, Option<Box<[u8]>>)>;
 
 /// Reads the reference files into host → versions (suffixes encoded once at load, as a
 /// plain loop would keep the bytes it writes).
-fn load_reference(snapshot: &Path, stream: &Path) -> anyhow::Result<AHashMap<Box<str>, Versions>> {
+pub(super) fn load_reference(
+    snapshot: &Path,
+    stream: &Path,
+) -> anyhow::Result<AHashMap<Box<str>, Versions>> {
     let mut table: AHashMap<Box<str>, Versions> = AHashMap::with_capacity(1 << 17);
     let mut line = Vec::with_capacity(1024);
     for (path, from_start) in [(snapshot, true), (stream, false)] {
@@ -329,47 +332,58 @@ pub(super) fn ceiling(
         if reader.read_until(b'\n', &mut line)? == 0 {
             break;
         }
-        let e: Event = serde_json::from_slice(line.trim_ascii_end())?;
-        let micros =
-            parse_timestamp(e.ts).ok_or_else(|| anyhow::anyhow!("bad timestamp {}", e.ts))?;
-        let versions = table.get(e.host.as_ref());
-        let found = versions.and_then(|v| match mode {
-            Mode::Lookup => v.last(),
-            Mode::AsOf => {
-                let t = micros.div_euclid(1000);
-                v.iter().rev().find(|(from, _)| *from <= t)
-            }
-        });
         buf.clear();
-        buf.extend_from_slice(b"{\"ts\":\"");
-        write_timestamp(micros, &mut buf);
-        buf.extend_from_slice(b"\",\"host\":");
-        write_json_str(&e.host, &mut buf);
-        buf.extend_from_slice(b",\"port\":");
-        buf.extend_from_slice(itoa::Buffer::new().format(e.port).as_bytes());
-        buf.extend_from_slice(b",\"product\":");
-        buf.extend_from_slice(e.product.get().as_bytes());
-        buf.extend_from_slice(b",\"version\":");
-        buf.extend_from_slice(e.version.get().as_bytes());
-        buf.extend_from_slice(b",\"bytes\":");
-        buf.extend_from_slice(itoa::Buffer::new().format(e.bytes).as_bytes());
-        buf.extend_from_slice(b",\"os\":");
-        buf.extend_from_slice(e.os.get().as_bytes());
-        buf.extend_from_slice(b",\"cpe\":");
-        buf.extend_from_slice(e.cpe.get().as_bytes());
-        buf.extend_from_slice(b",\"tags\":");
-        buf.extend_from_slice(e.tags.get().as_bytes());
-        buf.extend_from_slice(b",\"payload\":");
-        buf.extend_from_slice(e.payload.get().as_bytes());
-        match found.and_then(|(_, s)| s.as_deref()) {
-            Some(suffix) => buf.extend_from_slice(suffix),
-            None => joined_suffix(None, &mut buf),
-        }
+        join_line(mode, &table, line.trim_ascii_end(), &mut buf)?;
         buf.push(b'\n');
         w.write_all(&buf)?;
     }
     w.flush()?;
     Ok(cpu_seconds() - loaded)
+}
+
+/// One observation `line` joined with the `table` as the ceiling writes it (without its
+/// newline), appended to `buf`.
+pub(super) fn join_line(
+    mode: Mode,
+    table: &AHashMap<Box<str>, Versions>,
+    line: &[u8],
+    buf: &mut Vec<u8>,
+) -> anyhow::Result<()> {
+    let e: Event = serde_json::from_slice(line)?;
+    let micros = parse_timestamp(e.ts).ok_or_else(|| anyhow::anyhow!("bad timestamp {}", e.ts))?;
+    let versions = table.get(e.host.as_ref());
+    let found = versions.and_then(|v| match mode {
+        Mode::Lookup => v.last(),
+        Mode::AsOf => {
+            let t = micros.div_euclid(1000);
+            v.iter().rev().find(|(from, _)| *from <= t)
+        }
+    });
+    buf.extend_from_slice(b"{\"ts\":\"");
+    write_timestamp(micros, buf);
+    buf.extend_from_slice(b"\",\"host\":");
+    write_json_str(&e.host, buf);
+    buf.extend_from_slice(b",\"port\":");
+    buf.extend_from_slice(itoa::Buffer::new().format(e.port).as_bytes());
+    buf.extend_from_slice(b",\"product\":");
+    buf.extend_from_slice(e.product.get().as_bytes());
+    buf.extend_from_slice(b",\"version\":");
+    buf.extend_from_slice(e.version.get().as_bytes());
+    buf.extend_from_slice(b",\"bytes\":");
+    buf.extend_from_slice(itoa::Buffer::new().format(e.bytes).as_bytes());
+    buf.extend_from_slice(b",\"os\":");
+    buf.extend_from_slice(e.os.get().as_bytes());
+    buf.extend_from_slice(b",\"cpe\":");
+    buf.extend_from_slice(e.cpe.get().as_bytes());
+    buf.extend_from_slice(b",\"tags\":");
+    buf.extend_from_slice(e.tags.get().as_bytes());
+    buf.extend_from_slice(b",\"payload\":");
+    buf.extend_from_slice(e.payload.get().as_bytes());
+    match found.and_then(|(_, s)| s.as_deref()) {
+        Some(suffix) => buf.extend_from_slice(suffix),
+        None => joined_suffix(None, buf),
+    }
+    Ok(())
 }
 
 /// Hosts whose row changed after the snapshot.

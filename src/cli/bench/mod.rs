@@ -13,6 +13,7 @@ mod cases;
 mod ceiling;
 mod input;
 mod job;
+mod kafka;
 mod process;
 mod report;
 mod sample;
@@ -42,7 +43,9 @@ pub struct BenchArgs {
     /// enrich case started from a bootstrapped savepoint instead of behind a gate) or `job`
     /// (the enrichment job of BENCHMARKS.md: 594-byte observations, all ten fields declared,
     /// looked up in a Debezium table with updates and deletes, in `lookup` and `as_of` mode,
-    /// against the strongest plain loop, whole runs and steady state).
+    /// against the strongest plain loop, whole runs and steady state) or `kafka` (that job
+    /// read from and written to a Kafka-protocol broker on loopback, against a plain rdkafka
+    /// consume → join → produce loop; `--kafka-records`, the first `--reference-rows`).
     #[arg(long, default_value = "all")]
     pub case: String,
     /// Reference table sizes of the enrich case.
@@ -60,6 +63,9 @@ pub struct BenchArgs {
     /// pipeline's `state.backend`).
     #[arg(long, default_value = "memory")]
     pub state: String,
+    /// Observations of the kafka case (held in the broker's memory: about 600 bytes each).
+    #[arg(long, default_value_t = 500_000)]
+    pub kafka_records: u64,
     /// Another `watershed` binary whose pipelines the `job` case runs too, right after this
     /// one's in every round (an earlier build, to compare in one sitting).
     #[arg(long)]
@@ -121,6 +127,10 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
                 &dir,
             )?;
         }
+    }
+    if args.case == "kafka" {
+        let rows = args.reference_rows.first().copied().unwrap_or(100_000);
+        kafka::kafka_case(args.kafka_records, rows, args.rounds.max(1), &dir)?;
     }
     if args.case == "all" || args.case == "enrich" {
         for &rows in &args.reference_rows {

@@ -18,7 +18,7 @@ pub(super) struct Sampled {
 }
 
 /// CPU time (user + system) of process `pid` so far, in seconds.
-fn process_cpu(pid: u32) -> Option<f64> {
+pub(super) fn process_cpu(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The fields after the command name (which may hold spaces), from `state` on.
     let rest = &stat[stat.rfind(')')? + 2..];
@@ -31,7 +31,7 @@ fn process_cpu(pid: u32) -> Option<f64> {
 }
 
 /// Records taken by the sinks of the pipeline serving `/status` on `port`.
-fn sink_records(port: u16) -> Option<u64> {
+pub(super) fn sink_records(port: u16) -> Option<u64> {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
     write!(

@@ -1,0 +1,276 @@
+//! `bench --case kafka`: the enrichment job of `job` read from and written to Kafka. A
+//! broker (tansu, as the tests run it) on loopback gets the observations on one partition
+//! and the reference table's Debezium snapshot, updates and deletes on its change topic.
+//! The ceiling is a plain loop in this process: an rdkafka consumer reading the partition,
+//! the `job` ceiling's borrowed parse and hash lookup (the table loaded from the files
+//! first), an rdkafka producer writing each joined record — measured from the first record
+//! to the last acknowledgement. The pipeline (`watershed run`: Kafka source, gated lookup
+//! enrichment, at-least-once Kafka sink) is sampled from its own counters between 20% and
+//! 80% of its output, and stopped once every record is out. Reported: events per CPU-second
+//! of each process, wall events per second, and the broker's CPU while each ran.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+
+use super::job;
+use super::report::cpu_seconds;
+use super::sample::{process_cpu, sink_records};
+use crate::testing::services::Broker;
+
+/// What one measured run gave.
+struct Rate {
+    per_cpu: f64,
+    per_wall: f64,
+    broker_cpu: f64,
+}
+
+/// Sends every line of `path` to `topic` (partition 0), batched.
+fn fill(broker: &str, topic: &str, path: &Path) -> anyhow::Result<u64> {
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", broker)
+        .set("linger.ms", "20")
+        .set("batch.size", "1000000")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()?;
+    let mut reader = BufReader::with_capacity(1 << 20, std::fs::File::open(path)?);
+    let mut line = Vec::with_capacity(1024);
+    let mut n = 0;
+    loop {
+        line.clear();
+        if reader.read_until(b'\n', &mut line)? == 0 {
+            break;
+        }
+        let value = line.trim_ascii_end();
+        loop {
+            match producer.send(
+                BaseRecord::<[u8], [u8]>::to(topic)
+                    .partition(0)
+                    .payload(value),
+            ) {
+                Ok(()) => break,
+                Err((e, _))
+                    if e.rdkafka_error_code()
+                        == Some(rdkafka::types::RDKafkaErrorCode::QueueFull) =>
+                {
+                    producer.poll(Duration::from_millis(20));
+                }
+                Err((e, _)) => return Err(e.into()),
+            }
+        }
+        n += 1;
+    }
+    producer.flush(Duration::from_secs(120))?;
+    Ok(n)
+}
+
+/// The plain consumer → join → producer loop over `records` observations.
+fn ceiling(
+    broker: &Broker,
+    records: u64,
+    snapshot: &Path,
+    stream: &Path,
+    out_topic: &str,
+) -> anyhow::Result<Rate> {
+    let table = job::load_reference(snapshot, stream)?;
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &broker.addr)
+        .set("group.id", "bench-ceiling")
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset("obs", 0, Offset::Beginning)?;
+    consumer.assign(&tpl)?;
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &broker.addr)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .create()?;
+    let (cpu0, wall0, broker0) = (cpu_seconds(), Instant::now(), process_cpu(broker.pid()));
+    let mut buf = Vec::with_capacity(2048);
+    let mut n = 0;
+    while n < records {
+        let Some(m) = consumer.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        let m = m?;
+        buf.clear();
+        job::join_line(
+            job::Mode::Lookup,
+            &table,
+            m.payload().unwrap_or_default(),
+            &mut buf,
+        )?;
+        loop {
+            match producer.send(BaseRecord::<[u8], [u8]>::to(out_topic).payload(&buf)) {
+                Ok(()) => break,
+                Err((e, _))
+                    if e.rdkafka_error_code()
+                        == Some(rdkafka::types::RDKafkaErrorCode::QueueFull) =>
+                {
+                    producer.poll(Duration::from_millis(5));
+                }
+                Err((e, _)) => return Err(e.into()),
+            }
+        }
+        producer.poll(Duration::ZERO);
+        n += 1;
+    }
+    producer.flush(Duration::from_secs(120))?;
+    let cpu = cpu_seconds() - cpu0;
+    let wall = wall0.elapsed().as_secs_f64();
+    Ok(Rate {
+        per_cpu: n as f64 / cpu,
+        per_wall: n as f64 / wall,
+        broker_cpu: process_cpu(broker.pid())
+            .zip(broker0)
+            .map_or(f64::NAN, |(a, b)| (a - b) / cpu),
+    })
+}
+
+/// The pipeline, sampled between 20% and 80% of its output, stopped when all is out.
+fn pipeline(broker: &Broker, records: u64, dir: &Path, round: usize) -> anyhow::Result<Rate> {
+    let yaml = format!(
+        r#"name: bench-kafka
+parallelism: 1
+enrichment: {{strategy: gated}}
+sources:
+  obs:
+    kafka: {{brokers: "{b}", topics: [obs], group: bench-{round}}}
+    schema: {schema}
+    event_time: {{field: ts, max_out_of_orderness: 5s}}
+  ref:
+    kafka: {{brokers: "{b}", format: debezium, topic_prefix: bench}}
+    tables:
+      hosts:
+        key: [host]
+        columns: {{host: string, owner: string, criticality: int, site: string}}
+operators:
+  join:
+    inputs: [obs, ref.hosts]
+    enrich: {{key: {{host: host}}, columns: [owner, criticality, site], mode: lookup}}
+sinks:
+  out:
+    input: join
+    kafka: {{brokers: "{b}", topic: out-{round}, properties: {{linger.ms: 5}}}}
+"#,
+        b = broker.addr,
+        schema = job::SCHEMA,
+    );
+    let path = dir.join(format!("kafka-{round}.yaml"));
+    std::fs::write(&path, yaml)?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let mut child = std::process::Command::new(std::env::current_exe()?)
+        .args(["run", "--log", "error", "--metrics-addr"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg(&path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let (low, high) = (records / 5, records * 4 / 5);
+    let mut first: Option<(u64, f64, Instant, f64)> = None;
+    let mut last = first;
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    loop {
+        std::thread::sleep(Duration::from_millis(100));
+        let broker_cpu = process_cpu(broker.pid()).unwrap_or(f64::NAN);
+        let (Some(cpu), Some(n)) = (process_cpu(child.id()), sink_records(port)) else {
+            if let Some(status) = child.try_wait()? {
+                anyhow::bail!("the pipeline stopped early: {status}");
+            }
+            continue;
+        };
+        if n >= low && n <= high {
+            let sample = Some((n, cpu, Instant::now(), broker_cpu));
+            first = first.or(sample);
+            last = sample;
+        }
+        if n >= records || Instant::now() > deadline {
+            break;
+        }
+    }
+    // SAFETY: signalling the child this bench started.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+    }
+    child.wait()?;
+    match (first, last) {
+        (Some((n0, c0, t0, b0)), Some((n1, c1, t1, b1))) if n1 > n0 && c1 > c0 => Ok(Rate {
+            per_cpu: (n1 - n0) as f64 / (c1 - c0),
+            per_wall: (n1 - n0) as f64 / (t1 - t0).as_secs_f64(),
+            broker_cpu: (b1 - b0) / (c1 - c0),
+        }),
+        _ => anyhow::bail!("too few samples between 20% and 80% of the output"),
+    }
+}
+
+pub(super) fn kafka_case(records: u64, rows: u64, rounds: usize, dir: &Path) -> anyhow::Result<()> {
+    let snapshot = dir.join(format!("job-snapshot-{rows}.jsonl"));
+    let stream = dir.join(format!("job-changes-{rows}.jsonl"));
+    let events = dir.join(format!("job-events-{records}.jsonl"));
+    job::write_reference(rows, records, &snapshot, &stream)?;
+    job::write_events(records, rows, &events)?;
+    let broker = Broker::start();
+    broker.create_topic("obs", 1);
+    broker.create_topic("bench.public.hosts", 1);
+    fill(&broker.addr, "obs", &events)?;
+    fill(&broker.addr, "bench.public.hosts", &snapshot)?;
+    fill(&broker.addr, "bench.public.hosts", &stream)?;
+    println!(
+        "kafka: {records} observations, {rows} reference rows, broker tansu on {} (loopback), {rounds} rounds",
+        broker.addr
+    );
+    println!(
+        "{:<34} {:>14} {:>12} {:>16}",
+        "", "events/CPU-s", "events/s", "broker CPU/CPU-s"
+    );
+    let mut ceilings = Vec::new();
+    let mut pipelines = Vec::new();
+    for round in 0..rounds {
+        let c = ceiling(
+            &broker,
+            records,
+            &snapshot,
+            &stream,
+            &format!("ceiling-{round}"),
+        )?;
+        let p = pipeline(&broker, records, dir, round)?;
+        println!(
+            "round {round}: ceiling {:>10.0} {:>12.0} | pipeline {:>10.0} {:>12.0} ({:.0}% of the ceiling)",
+            c.per_cpu,
+            c.per_wall,
+            p.per_cpu,
+            p.per_wall,
+            100.0 * p.per_cpu / c.per_cpu
+        );
+        ceilings.push(c);
+        pipelines.push(p);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let row = |name: &str, rates: &[Rate]| {
+        let mut cpu: Vec<f64> = rates.iter().map(|r| r.per_cpu).collect();
+        let mut wall: Vec<f64> = rates.iter().map(|r| r.per_wall).collect();
+        let mut b: Vec<f64> = rates.iter().map(|r| r.broker_cpu).collect();
+        let (cpu, wall, b) = (median(&mut cpu), median(&mut wall), median(&mut b));
+        println!("{name:<34} {cpu:>14.0} {wall:>12.0} {b:>16.2}");
+        cpu
+    };
+    let c = row("ceiling: rdkafka consume→join→produce", &ceilings);
+    let p = row("pipeline, parallelism 1", &pipelines);
+    println!(
+        "pipeline at {:.0}% of the ceiling per CPU-second (median of {rounds})",
+        100.0 * p / c
+    );
+    Ok(())
+}
