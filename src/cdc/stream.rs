@@ -17,8 +17,9 @@
 //! - A heartbeat is progress without a change: it moves the partition's watermark to its
 //!   time, so a quiet but healthy database does not hold event time back.
 //! - A table's snapshot ends at its `last_in_data_collection` marker, at the `last` marker
-//!   (which ends every table's), or when the transport's snapshot input is over
-//!   (`end_snapshots`: the end of the last snapshot file); the stream then emits one
+//!   (which ends every table's when the transport reads one log; see `separate_logs`), or
+//!   when the transport's snapshot input is over (`end_snapshots`: the end of the last
+//!   snapshot file, or every topic read to its end after `last`); the stream then emits one
 //!   `snapshot_end` row on the table's port, once per table (what a gated enrichment waits
 //!   for).
 //! - Tombstones (sent after each delete, which already removed the row), transaction
@@ -115,6 +116,12 @@ pub struct ChangeStream {
     received: Vec<bool>,
     /// Tables not configured whose changes arrived (the first `MAX_SEEN`).
     seen_unconfigured: BTreeSet<String>,
+    /// The transport reads each table from a log of its own (a topic per table): the `last`
+    /// marker ends only its own table, and the transport ends the others once it has read
+    /// every log to its end (`end_snapshots`).
+    separate_logs: bool,
+    /// The `last` marker has been read.
+    last_seen: bool,
 }
 
 /// How many tables not configured a stream remembers by name.
@@ -174,8 +181,32 @@ impl ChangeStream {
             arrival: ArrivalOrder::default(),
             warned_arrival: BTreeSet::new(),
             seen_unconfigured: BTreeSet::new(),
+            separate_logs: false,
+            last_seen: false,
             skipped: metrics::counter!(crate::metrics::CDC_SKIPPED_RECORDS, crate::metrics::LABEL_NODE => node.to_string()),
         }
+    }
+
+    /// The same stream, its tables read from logs of their own (see `separate_logs`).
+    pub fn with_separate_logs(mut self) -> ChangeStream {
+        self.separate_logs = true;
+        self
+    }
+
+    /// Whether the `last` marker was read while some table's snapshot has not ended: the
+    /// transport ends them once it has read every log to its end.
+    pub fn snapshot_end_pending(&self) -> bool {
+        self.last_seen && self.snapshot_ended.iter().any(|e| !e)
+    }
+
+    /// Whether the `last` marker has been read (kept across restarts).
+    pub fn last_seen(&self) -> bool {
+        self.last_seen
+    }
+
+    /// Takes up `last_seen` from before a restart.
+    pub fn restore_last_seen(&mut self, seen: bool) {
+        self.last_seen = seen;
     }
 
     /// Ports of the tables, in order (a change source's ports 2..).
@@ -254,8 +285,13 @@ impl ChangeStream {
         match change.snapshot {
             SnapshotMarker::LastInDataCollection => self.end_snapshot(t, out, at),
             SnapshotMarker::Last => {
-                for i in 0..self.tables.len() {
-                    self.end_snapshot(i, out, at);
+                self.last_seen = true;
+                if self.separate_logs {
+                    self.end_snapshot(t, out, at);
+                } else {
+                    for i in 0..self.tables.len() {
+                        self.end_snapshot(i, out, at);
+                    }
                 }
             }
             _ => {}

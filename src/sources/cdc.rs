@@ -47,6 +47,28 @@ impl ChangeDecoder {
     pub fn table_ports(tables: &[CdcTable]) -> Vec<PortSpec> {
         ChangeStream::table_ports(tables)
     }
+
+    /// Debezium records of `tables`, each table from a log of its own (a topic per table):
+    /// see `ChangeStream::with_separate_logs`.
+    pub fn separate_logs(node: &str, tables: Vec<CdcTable>) -> Result<ChangeDecoder, DecodeError> {
+        let format = DebeziumDecoder::new(tables.iter().map(|t| (t.id.clone(), t.config.clone())))?;
+        Ok(ChangeDecoder::with_format(
+            format,
+            ChangeStream::new(node, tables).with_separate_logs(),
+            0,
+        ))
+    }
+
+    /// Whether the `last` marker was read while some table's snapshot has not ended.
+    pub fn snapshot_end_pending(&self) -> bool {
+        self.stream.snapshot_end_pending()
+    }
+
+    /// Ends the snapshot of every table not ended yet (every log has been read to its end
+    /// after the `last` marker).
+    pub fn end_snapshots(&mut self, out: &mut ReadBuffers) {
+        self.stream.end_snapshots(out)
+    }
 }
 
 impl<F: ChangeFormat> ChangeDecoder<F> {
@@ -112,6 +134,9 @@ impl<F: ChangeFormat> LineDecoder for ChangeDecoder<F> {
         if *arrival != ArrivalOrder::default() {
             state.insert("arrival_order".into(), serde_json::json!(arrival));
         }
+        if self.stream.last_seen() {
+            state.insert("last_seen".into(), serde_json::json!(true));
+        }
         (!state.is_empty()).then_some(serde_json::Value::Object(state))
     }
 
@@ -134,6 +159,13 @@ impl<F: ChangeFormat> LineDecoder for ChangeDecoder<F> {
                 .map_err(|e| format!("the change stream's received tables do not decode: {e}"))?,
         };
         self.stream.restore_received_tables(&received);
+        let last_seen = match state.and_then(|s| s.get("last_seen")) {
+            None => false,
+            Some(v) => v
+                .as_bool()
+                .ok_or_else(|| "the change stream's `last_seen` is not a boolean".to_string())?,
+        };
+        self.stream.restore_last_seen(last_seen);
         Ok(())
     }
 }

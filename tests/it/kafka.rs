@@ -915,3 +915,88 @@ sinks:
         assert!(text.contains(want), "missing `{want}` in:\n{text}");
     }
 }
+
+/// Regression: with a topic per table, Debezium's `last` marker (on the last table's topic)
+/// ended every table's snapshot when it was read, before the other topics were: a gated
+/// enrichment opened on a table with none of its rows (seen on the demo: `cpe_match rows=0`).
+/// Now `last` ends its own table, and the others once every topic has been read to its end.
+#[test]
+fn a_table_snapshot_ends_after_its_own_rows_whatever_topic_is_read_first() {
+    let broker = Broker::shared();
+    let prefix = watershed::testing::kafka_fixtures::unique("snap");
+    let (big, small) = (
+        format!("{prefix}.public.big"),
+        format!("{prefix}.public.small"),
+    );
+    broker.create_topic(&big, 1);
+    broker.create_topic(&small, 1);
+    let row = |table: &str, id: usize, marker: &str| {
+        format!(
+            r#"{{"before":null,"after":{{"id":{id}}},"source":{{"version":"3.6.3","connector":"postgresql","name":"{prefix}","ts_ms":{T0},"snapshot":"{marker}","db":"d","schema":"public","table":"{table}","txId":1,"lsn":100,"sequence":"[null,\"100\"]"}},"op":"r","ts_ms":{T0}}}"#
+        )
+    };
+    // The big table first, without a marker of its own (as a connector before 2.x writes
+    // it); the small one last, its last row marked `last`.
+    let big_rows: Vec<String> = (0..3_000).map(|i| row("big", i, "true")).collect();
+    let small_rows: Vec<String> = (0..3)
+        .map(|i| row("small", i, if i == 2 { "last" } else { "true" }))
+        .collect();
+    let as_records = |rows: &[String]| -> Vec<(i32, Option<Vec<u8>>, Vec<u8>)> {
+        rows.iter()
+            .map(|r| (0, None, r.as_bytes().to_vec()))
+            .collect()
+    };
+    let send = |topic: &str, rows: &[String]| {
+        let owned = as_records(rows);
+        let records: Vec<TestRecord<'_>> = owned
+            .iter()
+            .map(|(p, k, v)| (*p, k.as_deref(), Some(v.as_slice())))
+            .collect();
+        broker.produce(topic, &records);
+    };
+    send(&big, &big_rows);
+    send(&small, &small_rows);
+    let dir = tempfile::tempdir().unwrap();
+    let (out_big, out_small) = (dir.path().join("big.jsonl"), dir.path().join("small.jsonl"));
+    let pipeline = dir.path().join("p.yaml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            r#"name: snapshots
+sources:
+  ref:
+    kafka: {{brokers: "{}", format: debezium, topic_prefix: {prefix}}}
+    tables:
+      big: {{key: [id], columns: {{id: int}}}}
+      small: {{key: [id], columns: {{id: int}}}}
+sinks:
+  big: {{input: ref.big, file: "{}"}}
+  small: {{input: ref.small, file: "{}"}}
+"#,
+            broker.addr,
+            out_big.display(),
+            out_small.display()
+        ),
+    )
+    .unwrap();
+    let count = |p: &Path| std::fs::read_to_string(p).map_or(0, |t| t.lines().count());
+    let err = run_until(&pipeline, Duration::from_secs(60), || {
+        count(&out_big) >= 3_001 && count(&out_small) >= 4
+    });
+    for (path, rows) in [(&out_big, 3_000), (&out_small, 3)] {
+        let lines = lines(path);
+        assert_eq!(lines.len(), rows + 1, "{}: {err}", path.display());
+        let ends: Vec<usize> = lines
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l["_op"] == "snapshot_end")
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(
+            ends,
+            vec![rows],
+            "{}: the snapshot ends after its rows",
+            path.display()
+        );
+    }
+}

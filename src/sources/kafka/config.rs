@@ -336,7 +336,9 @@ impl KafkaSourceConfig {
             .collect();
         let node = cx.name.to_string();
         let factory: SourceFactory = Arc::new(move |instance, _parallelism| {
-            let decoder = ChangeDecoder::new(&node, tables.clone(), 0)
+            // A topic per table (or several tables in one): `last` ends its own topic's
+            // tables, and the others once every topic is read to its end.
+            let decoder = ChangeDecoder::separate_logs(&node, tables.clone())
                 .map_err(|e| crate::error::RunError::build(node.clone(), e.reason))?;
             let spec = KafkaSourceSpec {
                 node: node.clone(),

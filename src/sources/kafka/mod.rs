@@ -164,6 +164,17 @@ pub trait RecordDecoder: Send {
     fn progress_is_shared(&self) -> bool {
         false
     }
+
+    /// Whether the decoder waits for every partition to be read to its end to finish
+    /// something (a change stream's snapshot, after its `last` marker).
+    fn waits_for_the_end(&self) -> bool {
+        false
+    }
+
+    /// Every partition has been read to its end while `waits_for_the_end`: finish it.
+    fn at_the_end(&mut self, out: &mut ReadBuffers) {
+        let _ = out;
+    }
 }
 
 /// Debezium change events (JSON, with or without the schema envelope), one topic per table
@@ -251,6 +262,17 @@ impl RecordDecoder for ChangeRecords {
 
     fn progress_is_shared(&self) -> bool {
         true
+    }
+
+    fn waits_for_the_end(&self) -> bool {
+        self.decoder.snapshot_end_pending()
+    }
+
+    /// The `last` marker ended its own table's snapshot; the tables of the other topics end
+    /// theirs once every topic has been read to its end (a table with no rows has no marker
+    /// of its own).
+    fn at_the_end(&mut self, out: &mut ReadBuffers) {
+        self.decoder.end_snapshots(out)
     }
 }
 
@@ -871,6 +893,14 @@ impl<D: RecordDecoder> Source for KafkaSource<D> {
             if self.at_end(i) {
                 out.caught_up.push(i);
             }
+        }
+        if self.r.decoder.waits_for_the_end()
+            && !self.r.parts.is_empty()
+            && out.caught_up.len() == self.r.parts.len()
+        {
+            self.r.decoder.at_the_end(out);
+            out.caught_up.clear();
+            return Ok(ReadStatus::Data { partition: 0 });
         }
         self.share_progress();
         if let Some((i, t)) = self.progress_queue.pop() {
