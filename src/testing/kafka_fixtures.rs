@@ -230,6 +230,7 @@ impl SinkTarget for Topic {
             columns: None,
             key: KeySpec::Column(0),
             delivery,
+            debezium: None,
         }))
     }
 

@@ -28,6 +28,11 @@ pub struct KafkaSinkConfig {
     pub key: Vec<S<String>>,
     /// `at_least_once` (default) or `exactly_once`.
     pub guarantee: Option<S<String>>,
+    /// `json` (default: the row as a JSON object) or `debezium` (a table port's change rows as
+    /// Debezium change events; needs `table` and the table's `key`).
+    pub format: Option<S<String>>,
+    /// With `format: debezium`: the table the events name, `schema.table`.
+    pub table: Option<S<String>>,
     /// Prefix of the producers' transactional ids (default `watershed.<pipeline>.<sink>`);
     /// instance `i` uses `<prefix>.<i>`. Keep it stable across restarts.
     pub transactional_id: Option<S<String>>,
@@ -58,6 +63,87 @@ impl SinkConfig for KafkaSinkConfig {
                 ),
             }
         }
+        let debezium = match self
+            .format
+            .as_ref()
+            .map(|f| (f.value.as_str(), f.referenced))
+        {
+            None | Some(("json", _)) => {
+                if let Some(t) = &self.table {
+                    cx.issue(
+                        &t.referenced,
+                        "table",
+                        "names the table of `format: debezium`",
+                    );
+                }
+                None
+            }
+            Some(("debezium", at)) => {
+                if !crate::cdc::rows::is_change_schema(&cx.schema) {
+                    cx.issue(
+                        &at,
+                        "format",
+                        "Debezium events are written from a table port of a change stream \
+                         (`source.table`): this input has no change rows",
+                    );
+                    None
+                } else if key_columns.is_empty() {
+                    cx.issue(&at, "key", "name the table's key columns: `key: [id]`");
+                    None
+                } else if key_columns
+                    .iter()
+                    .any(|&k| k < crate::cdc::rows::META_COLUMNS)
+                {
+                    cx.issue(&at, "key", "key columns are the table's own columns");
+                    None
+                } else if cx.columns.is_some() {
+                    cx.issue(
+                        &at,
+                        "format",
+                        "Debezium events carry every column: remove `columns`",
+                    );
+                    None
+                } else {
+                    match self
+                        .table
+                        .as_ref()
+                        .map(|t| (t.value.split_once('.'), t.referenced))
+                    {
+                        Some((Some((schema, table)), _))
+                            if !schema.is_empty() && !table.is_empty() =>
+                        {
+                            Some(crate::sinks::kafka::DebeziumEvents::new(
+                                cx.schema.clone(),
+                                schema,
+                                table,
+                                key_columns.clone(),
+                                cx.pipeline,
+                            ))
+                        }
+                        Some((_, at)) => {
+                            cx.issue(&at, "table", "write it as `schema.table`");
+                            None
+                        }
+                        None => {
+                            cx.issue(
+                                &at,
+                                "table",
+                                "name the table the events are of: `table: public.hosts`",
+                            );
+                            None
+                        }
+                    }
+                }
+            }
+            Some((other, at)) => {
+                cx.issue(
+                    &at,
+                    "format",
+                    format!("unknown format `{other}`; use `json` or `debezium`"),
+                );
+                None
+            }
+        };
         let key = match key_columns.as_slice() {
             [] => KeySpec::None,
             [one] => KeySpec::Column(*one),
@@ -118,6 +204,7 @@ impl SinkConfig for KafkaSinkConfig {
             columns: cx.columns.clone(),
             key,
             delivery: Delivery::AtLeastOnce,
+            debezium,
         };
         let exactly_once = guarantee == Guarantee::ExactlyOnce;
         let factory: SinkFactory = Arc::new(move |instance| {

@@ -47,7 +47,9 @@ use crate::kafka::{Client, LogContext, run_error};
 use crate::types::{Batch, Epoch, SchemaRef, Value};
 
 pub mod config;
+pub mod debezium;
 pub use config::KafkaSinkConfig;
+pub use debezium::DebeziumEvents;
 
 /// How long flushes and transaction steps may take before they fail (transient: the run
 /// restarts from its checkpoint).
@@ -87,6 +89,8 @@ pub struct KafkaSinkSpec {
     pub columns: Option<Vec<usize>>,
     pub key: KeySpec,
     pub delivery: Delivery,
+    /// `Some`: the input is a table port's change rows, written as Debezium events.
+    pub debezium: Option<DebeziumEvents>,
 }
 
 /// The producer's context: logs, and counts records the broker refused for good.
@@ -188,27 +192,27 @@ impl KafkaSink {
         })
     }
 
-    /// The key of `row` into `self.key`; false: the record has no key.
-    fn encode_key(&mut self, row: &[Value]) -> bool {
-        self.key.clear();
+    /// The key of `row` into `key`; false: the record has no key.
+    fn encode_key(&self, row: &[Value], key: &mut Vec<u8>) -> bool {
+        key.clear();
         match &self.spec.key {
             KeySpec::None => false,
             KeySpec::Column(c) => {
                 match &row[*c] {
-                    Value::Str(s) => self.key.extend_from_slice(s.as_bytes()),
+                    Value::Str(s) => key.extend_from_slice(s.as_bytes()),
                     // A string carried as its JSON literal (a column no operator reads).
                     Value::Json(raw) => match serde_json::from_str::<String>(raw) {
-                        Ok(s) => self.key.extend_from_slice(s.as_bytes()),
-                        Err(_) => self.key.extend_from_slice(raw.as_bytes()),
+                        Ok(s) => key.extend_from_slice(s.as_bytes()),
+                        Err(_) => key.extend_from_slice(raw.as_bytes()),
                     },
                     Value::Null => return false,
-                    other => write_value(other, &mut self.key),
+                    other => write_value(other, key),
                 }
                 true
             }
             KeySpec::Object(_) => {
                 if let Some(k) = &self.key_encoder {
-                    k.encode_row(row, &mut self.key);
+                    k.encode_row(row, key);
                 }
                 true
             }
@@ -222,10 +226,13 @@ impl KafkaSink {
         node: &str,
         topic: &str,
         key: Option<&[u8]>,
-        value: &[u8],
+        value: Option<&[u8]>,
     ) -> Result<(), RunError> {
         loop {
-            let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).payload(value);
+            let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic);
+            if let Some(v) = value {
+                record = record.payload(v);
+            }
             if let Some(k) = key {
                 record = record.key(k);
             }
@@ -266,6 +273,60 @@ impl KafkaSink {
         Ok(())
     }
 
+    /// Encodes and delivers every row of `batch` (`key`, `value`: scratch buffers).
+    fn write_rows(
+        &mut self,
+        batch: &Batch,
+        key: &mut Vec<u8>,
+        value: &mut Vec<u8>,
+    ) -> Result<(), RunError> {
+        if let Some(events) = self.spec.debezium.clone() {
+            for i in 0..batch.len() {
+                events.encode(batch, i, key, value, |e| self.deliver(e.key, e.value))?;
+            }
+            return Ok(());
+        }
+        for (row, _) in batch.rows() {
+            let keyed = self.encode_key(row, key);
+            value.clear();
+            self.encoder.encode_row(row, value);
+            self.deliver(keyed.then_some(key.as_slice()), Some(value))?;
+        }
+        Ok(())
+    }
+
+    /// One record: into the epoch's spool (exactly-once) or to the producer.
+    fn deliver(&mut self, key: Option<&[u8]>, value: Option<&[u8]>) -> Result<(), RunError> {
+        if let Some(tx) = &mut self.tx {
+            let spool = match &mut tx.open {
+                Some(w) => w,
+                None => {
+                    let path = spool_path(&tx.dir, tx.seq + 1);
+                    let f = File::create(&path).map_err(|e| {
+                        RunError::io(
+                            format!("{}: creating {}", self.spec.node, path.display()),
+                            e,
+                        )
+                    })?;
+                    tx.open.insert(BufWriter::with_capacity(1 << 16, f))
+                }
+            };
+            return write_spooled(spool, key, value)
+                .map_err(|e| RunError::io(format!("{}: writing its spool", self.spec.node), e));
+        }
+        let producer = self.producer.as_ref().ok_or_else(|| RunError::Stopped {
+            task: self.spec.node.clone(),
+            why: "the sink was used before `recover`",
+        })?;
+        KafkaSink::send(producer, &self.spec.node, &self.spec.topic, key, value)?;
+        self.since_poll += 1;
+        if self.since_poll >= POLL_EVERY {
+            producer.poll(Duration::ZERO);
+            self.since_poll = 0;
+        }
+        Ok(())
+    }
+
     fn io(&self, doing: &str, e: std::io::Error) -> RunError {
         RunError::io(format!("{}: {doing}", self.spec.node), e)
     }
@@ -280,49 +341,13 @@ impl Sink for KafkaSink {
     }
 
     fn write(&mut self, batch: &Batch) -> Result<(), RunError> {
-        for (row, _) in batch.rows() {
-            let keyed = self.encode_key(row);
-            self.value.clear();
-            self.encoder.encode_row(row, &mut self.value);
-            if let Some(tx) = &mut self.tx {
-                let spool = match &mut tx.open {
-                    Some(w) => w,
-                    None => {
-                        let path = spool_path(&tx.dir, tx.seq + 1);
-                        let f = File::create(&path).map_err(|e| {
-                            RunError::io(
-                                format!("{}: creating {}", self.spec.node, path.display()),
-                                e,
-                            )
-                        })?;
-                        tx.open.insert(BufWriter::with_capacity(1 << 16, f))
-                    }
-                };
-                let key = keyed.then_some(self.key.as_slice());
-                write_spooled(spool, key, &self.value).map_err(|e| {
-                    RunError::io(format!("{}: writing its spool", self.spec.node), e)
-                })?;
-                continue;
-            }
-            let producer = self.producer.as_ref().ok_or_else(|| RunError::Stopped {
-                task: self.spec.node.clone(),
-                why: "the sink was used before `recover`",
-            })?;
-            let key = keyed.then_some(self.key.as_slice());
-            KafkaSink::send(
-                producer,
-                &self.spec.node,
-                &self.spec.topic,
-                key,
-                &self.value,
-            )?;
-            self.since_poll += 1;
-            if self.since_poll >= POLL_EVERY {
-                producer.poll(Duration::ZERO);
-                self.since_poll = 0;
-            }
-        }
-        Ok(())
+        let (mut key, mut value) = (
+            std::mem::take(&mut self.key),
+            std::mem::take(&mut self.value),
+        );
+        let result = self.write_rows(batch, &mut key, &mut value);
+        (self.key, self.value) = (key, value);
+        result
     }
 
     fn pre_commit(&mut self, epoch: Epoch) -> Result<Vec<u8>, RunError> {
@@ -390,7 +415,7 @@ impl Sink for KafkaSink {
                     _ => return Ok(()),
                 }
             };
-            self.deliver(next)?;
+            self.send_spool(next)?;
         }
     }
 
@@ -484,7 +509,7 @@ impl Sink for KafkaSink {
                 remove(&spool_path(spool_dir, seq)).map_err(|e| self.io("removing a spool", e))?;
             } else {
                 // Covered by the checkpoint, its transaction aborted or never begun.
-                self.deliver(seq)?;
+                self.send_spool(seq)?;
                 marker = Some(seq);
             }
         }
@@ -523,7 +548,7 @@ impl KafkaSink {
     }
 
     /// One transaction holding spool `seq` and the marker `seq`; the spool is removed after.
-    fn deliver(&mut self, seq: u64) -> Result<(), RunError> {
+    fn send_spool(&mut self, seq: u64) -> Result<(), RunError> {
         let node = self.spec.node.clone();
         let path = spool_path(&self.tx.as_ref().expect("transactions").dir, seq);
         let producer = self.producer()?;
@@ -538,9 +563,10 @@ impl KafkaSink {
         loop {
             match read_spooled(&mut reader, &mut key, &mut value) {
                 Ok(None) => break,
-                Ok(Some(keyed)) => {
+                Ok(Some(Spooled { keyed, valued })) => {
                     let k = keyed.then_some(key.as_slice());
-                    KafkaSink::send(producer, &node, &self.spec.topic, k, &value)?;
+                    let v = valued.then_some(value.as_slice());
+                    KafkaSink::send(producer, &node, &self.spec.topic, k, v)?;
                     sent += 1;
                     if sent.is_multiple_of(POLL_EVERY) {
                         producer.poll(Duration::ZERO);
@@ -656,26 +682,39 @@ const NO_KEY: u32 = u32::MAX;
 /// The most a spooled key or value may claim to hold (a damaged length is not allocated).
 const MAX_SPOOLED: u32 = 1 << 30;
 
-/// One record into a spool: key length (`NO_KEY` for none), key, value length, value.
-fn write_spooled(w: &mut impl Write, key: Option<&[u8]>, value: &[u8]) -> std::io::Result<()> {
-    match key {
-        Some(k) => {
-            w.write_all(&(k.len() as u32).to_le_bytes())?;
-            w.write_all(k)?;
+/// One record into a spool: key length (`NO_KEY` for none), key, value length (`NO_KEY`
+/// for a tombstone), value.
+fn write_spooled(
+    w: &mut impl Write,
+    key: Option<&[u8]>,
+    value: Option<&[u8]>,
+) -> std::io::Result<()> {
+    for part in [key, value] {
+        match part {
+            Some(b) => {
+                w.write_all(&(b.len() as u32).to_le_bytes())?;
+                w.write_all(b)?;
+            }
+            None => w.write_all(&NO_KEY.to_le_bytes())?,
         }
-        None => w.write_all(&NO_KEY.to_le_bytes())?,
     }
-    w.write_all(&(value.len() as u32).to_le_bytes())?;
-    w.write_all(value)
+    Ok(())
 }
 
-/// The next record of a spool: `Ok(None)` at its end, `Ok(Some(keyed))` with the key and
+/// Whether a spooled record has a key and a value.
+#[derive(Debug, PartialEq, Eq)]
+struct Spooled {
+    keyed: bool,
+    valued: bool,
+}
+
+/// The next record of a spool: `Ok(None)` at its end, else what it holds with the key and
 /// value filled; a cut or impossible record is an error.
 fn read_spooled(
     r: &mut impl Read,
     key: &mut Vec<u8>,
     value: &mut Vec<u8>,
-) -> Result<Option<bool>, String> {
+) -> Result<Option<Spooled>, String> {
     let mut len = [0u8; 4];
     match r.read(&mut len[..1]) {
         Ok(0) => return Ok(None),
@@ -698,14 +737,17 @@ fn read_spooled(
     r.read_exact(&mut len)
         .map_err(|_| "a record's value length is cut off".to_string())?;
     let vlen = u32::from_le_bytes(len);
-    if vlen > MAX_SPOOLED {
-        return Err(format!("a value claims {vlen} bytes"));
-    }
+    let valued = vlen != NO_KEY;
     value.clear();
-    value.resize(vlen as usize, 0);
-    r.read_exact(value)
-        .map_err(|_| "a record's value is cut off".to_string())?;
-    Ok(Some(keyed))
+    if valued {
+        if vlen > MAX_SPOOLED {
+            return Err(format!("a value claims {vlen} bytes"));
+        }
+        value.resize(vlen as usize, 0);
+        r.read_exact(value)
+            .map_err(|_| "a record's value is cut off".to_string())?;
+    }
+    Ok(Some(Spooled { keyed, valued }))
 }
 
 #[cfg(test)]
@@ -715,25 +757,32 @@ mod tests {
     #[test]
     fn spooled_records_read_back_and_damage_is_an_error_not_a_panic() {
         let mut buf = Vec::new();
-        write_spooled(&mut buf, Some(b"k1"), b"{\"a\":1}").unwrap();
-        write_spooled(&mut buf, None, b"").unwrap();
+        write_spooled(&mut buf, Some(b"k1"), Some(b"{\"a\":1}")).unwrap();
+        write_spooled(&mut buf, None, Some(b"")).unwrap();
+        write_spooled(&mut buf, Some(b"k2"), None).unwrap();
         let (mut k, mut v) = (Vec::new(), Vec::new());
         let mut r = buf.as_slice();
-        assert_eq!(read_spooled(&mut r, &mut k, &mut v), Ok(Some(true)));
+        let spooled = |keyed, valued| Ok(Some(Spooled { keyed, valued }));
+        assert_eq!(read_spooled(&mut r, &mut k, &mut v), spooled(true, true));
         assert_eq!(
             (k.as_slice(), v.as_slice()),
             (&b"k1"[..], &b"{\"a\":1}"[..])
         );
-        assert_eq!(read_spooled(&mut r, &mut k, &mut v), Ok(Some(false)));
+        assert_eq!(read_spooled(&mut r, &mut k, &mut v), spooled(false, true));
+        assert_eq!(read_spooled(&mut r, &mut k, &mut v), spooled(true, false));
+        assert_eq!(k.as_slice(), b"k2");
         assert_eq!(read_spooled(&mut r, &mut k, &mut v), Ok(None));
         for cut in 1..buf.len() {
             let mut r = &buf[..cut];
-            let mut result = Ok(Some(true));
+            let mut result = Ok(Some(Spooled {
+                keyed: true,
+                valued: true,
+            }));
             while let Ok(Some(_)) = result {
                 result = read_spooled(&mut r, &mut k, &mut v);
             }
             // Either a clean end exactly between records, or an error.
-            if cut != 17 {
+            if cut != 17 && cut != 25 {
                 assert!(result.is_err(), "cut at {cut}: {result:?}");
             }
         }
