@@ -196,7 +196,8 @@ mod tests {
     #[test]
     fn change_rows_become_debezium_events_that_decode_to_the_same_changes() {
         let (enc, batch, config) = events();
-        let mut out: Vec<(Option<Vec<u8>>, Option<Vec<u8>>)> = Vec::new();
+        type Record = (Option<Vec<u8>>, Option<Vec<u8>>);
+        let mut out: Vec<Record> = Vec::new();
         let (mut k, mut v) = (Vec::new(), Vec::new());
         for i in 0..batch.len() {
             enc.encode(&batch, i, &mut k, &mut v, |e| {
