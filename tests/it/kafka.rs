@@ -1058,3 +1058,99 @@ sinks:
     assert!(b.iter().any(|v| v["_op"] == "snapshot_end"));
     assert!(b.iter().any(|v| v["_op"] == "d"));
 }
+
+/// The record's key, topic, partition, offset, timestamp and headers as columns; without an
+/// event-time field, the record's timestamp is the event time.
+#[test]
+fn record_metadata_columns_and_the_record_timestamp_as_event_time() {
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let broker = Broker::shared();
+    let topic = watershed::testing::kafka_fixtures::unique("meta");
+    broker.create_topic(&topic, 1);
+    let producer: BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &broker.addr)
+        .create()
+        .unwrap();
+    let headers = OwnedHeaders::new()
+        .insert(Header {
+            key: "trace",
+            value: Some("abc"),
+        })
+        .insert(Header {
+            key: "bin",
+            value: Some(&[0xffu8, 0x00][..]),
+        });
+    producer
+        .send(
+            BaseRecord::to(&topic)
+                .key("k-1")
+                .payload(r#"{"n":1}"#)
+                .timestamp(T0 + 42)
+                .headers(headers),
+        )
+        .map_err(|(e, _)| e)
+        .unwrap();
+    producer
+        .send(
+            BaseRecord::<str, str>::to(&topic)
+                .payload(r#"{"n":2}"#)
+                .timestamp(T0 + 43),
+        )
+        .map_err(|(e, _)| e)
+        .unwrap();
+    producer.flush(Duration::from_secs(10)).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.jsonl");
+    let minutes = dir.path().join("minutes.jsonl");
+    let pipeline = dir.path().join("p.yaml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            r#"name: meta
+sources:
+  obs:
+    kafka:
+      brokers: "{}"
+      topics: [{topic}]
+      metadata: {{key: k, topic: t, partition: p, offset: o, timestamp: at, headers: h}}
+    schema: {{n: int, k: string, t: string, p: int, o: int, at: timestamp, h: json}}
+operators:
+  minutes:
+    inputs: [obs]
+    window: {{tumbling: 1m, aggregates: {{records: count}}}}
+sinks:
+  out: {{input: obs, file: "{}"}}
+  per_minute: {{input: minutes, file: "{}"}}
+"#,
+            broker.addr,
+            out.display(),
+            minutes.display()
+        ),
+    )
+    .unwrap();
+    let count = |p: &Path| std::fs::read_to_string(p).map_or(0, |t| t.lines().count());
+    let err = run_until(&pipeline, Duration::from_secs(30), || count(&out) >= 2);
+    let rows = lines(&out);
+    assert_eq!(rows.len(), 2, "{err}");
+    assert_eq!(rows[0]["k"], "k-1");
+    assert_eq!(rows[0]["t"], topic.as_str());
+    assert_eq!(
+        (rows[0]["p"].as_i64(), rows[0]["o"].as_i64()),
+        (Some(0), Some(0))
+    );
+    assert_eq!(rows[0]["at"], "2026-01-01T00:00:00.042Z");
+    assert_eq!(
+        rows[0]["h"],
+        serde_json::json!({"trace": "abc", "bin": "/wA="})
+    );
+    assert_eq!(rows[1]["k"], serde_json::Value::Null);
+    assert_eq!(rows[1]["h"], serde_json::Value::Null);
+    assert_eq!(rows[1]["o"].as_i64(), Some(1));
+    // Both records in the first minute of 2026 by their timestamps (the run drains at the
+    // stop, firing the window).
+    let windows = lines(&minutes);
+    assert_eq!(windows.len(), 1, "{windows:?}");
+    assert_eq!(windows[0]["window_start"], "2026-01-01T00:00:00.000Z");
+    assert_eq!(windows[0]["records"], 2);
+}
