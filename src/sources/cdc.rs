@@ -19,6 +19,52 @@ use crate::types::SchemaRef;
 
 pub use crate::cdc::stream::{CdcTable, main_schema};
 
+/// A change stream's `tables:`, checked, with what its source declares of them.
+pub struct ChangeTables {
+    pub tables: Vec<CdcTable>,
+    /// The source's ports 2.., one per table.
+    pub ports: Vec<PortSpec>,
+    /// The primary key of each table port, by port index.
+    pub keys: Vec<(usize, Vec<String>)>,
+}
+
+/// The `tables:` of a change-stream source block (of any transport), checked: an
+/// `event_time.field` is reported (the commit time is the event time), missing or undecodable
+/// tables too (`None`).
+pub fn change_tables(cx: &mut crate::config::component::SourceContext<'_>) -> Option<ChangeTables> {
+    if let Some(f) = cx.event_time_field {
+        let field = format!("{}.event_time.field", cx.field_prefix());
+        cx.issues.at(
+            &f.referenced,
+            field,
+            "a change stream's event time is the commit time (`source.ts_ms`); remove `field`",
+        );
+    }
+    let tables = cx.change_tables(
+        "a change stream (`format: debezium`) needs its `tables:` (port: {key, columns})",
+    )?;
+    if let Err(e) = ChangeDecoder::new(cx.name, tables.clone(), 0) {
+        let (at, field) = (cx.location, format!("{}.tables", cx.field_prefix()));
+        cx.issues.at(&at, field, e.reason);
+        return None;
+    }
+    let keys = tables
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            (
+                2 + i,
+                t.config.key_columns.iter().map(|k| k.to_string()).collect(),
+            )
+        })
+        .collect();
+    Some(ChangeTables {
+        ports: ChangeDecoder::table_ports(&tables),
+        tables,
+        keys,
+    })
+}
+
 /// Decodes lines of change records with a format (Debezium by default) into change rows,
 /// one extra port per table.
 pub struct ChangeDecoder<F = DebeziumDecoder> {

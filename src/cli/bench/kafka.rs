@@ -31,6 +31,31 @@ struct Rate {
     broker_cpu: f64,
 }
 
+/// Sends `value` to `topic` (to `partition`, or by the partitioner), waiting while the
+/// producer's queue is full.
+fn send(
+    producer: &BaseProducer,
+    topic: &str,
+    partition: Option<i32>,
+    value: &[u8],
+) -> anyhow::Result<()> {
+    loop {
+        let mut record = BaseRecord::<[u8], [u8]>::to(topic).payload(value);
+        if let Some(p) = partition {
+            record = record.partition(p);
+        }
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((e, _))
+                if e.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::QueueFull) =>
+            {
+                producer.poll(Duration::from_millis(5));
+            }
+            Err((e, _)) => return Err(e.into()),
+        }
+    }
+}
+
 /// Sends every line of `path` to `topic` (partition 0), batched.
 fn fill(broker: &str, topic: &str, path: &Path) -> anyhow::Result<u64> {
     let producer: BaseProducer = ClientConfig::new()
@@ -47,23 +72,7 @@ fn fill(broker: &str, topic: &str, path: &Path) -> anyhow::Result<u64> {
         if reader.read_until(b'\n', &mut line)? == 0 {
             break;
         }
-        let value = line.trim_ascii_end();
-        loop {
-            match producer.send(
-                BaseRecord::<[u8], [u8]>::to(topic)
-                    .partition(0)
-                    .payload(value),
-            ) {
-                Ok(()) => break,
-                Err((e, _))
-                    if e.rdkafka_error_code()
-                        == Some(rdkafka::types::RDKafkaErrorCode::QueueFull) =>
-                {
-                    producer.poll(Duration::from_millis(20));
-                }
-                Err((e, _)) => return Err(e.into()),
-            }
-        }
+        send(&producer, topic, Some(0), line.trim_ascii_end())?;
         n += 1;
     }
     producer.flush(Duration::from_secs(120))?;
@@ -107,18 +116,7 @@ fn ceiling(
             m.payload().unwrap_or_default(),
             &mut buf,
         )?;
-        loop {
-            match producer.send(BaseRecord::<[u8], [u8]>::to(out_topic).payload(&buf)) {
-                Ok(()) => break,
-                Err((e, _))
-                    if e.rdkafka_error_code()
-                        == Some(rdkafka::types::RDKafkaErrorCode::QueueFull) =>
-                {
-                    producer.poll(Duration::from_millis(5));
-                }
-                Err((e, _)) => return Err(e.into()),
-            }
-        }
+        send(&producer, out_topic, None, &buf)?;
         producer.poll(Duration::ZERO);
         n += 1;
     }

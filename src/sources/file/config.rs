@@ -17,7 +17,7 @@ use crate::config::yaml::S;
 use crate::dataflow::Source;
 use crate::format::json::JsonDecoder;
 use crate::runtime::plan::SourceFactory;
-use crate::sources::cdc::{ChangeDecoder, main_schema};
+use crate::sources::cdc::{ChangeDecoder, ChangeTables, change_tables, main_schema};
 use crate::sources::file::{DEFAULT_MAX_LINE_BYTES, FileSource, FileSourceSpec};
 
 #[derive(Debug, Deserialize)]
@@ -190,18 +190,7 @@ impl FileConfig {
             poll_interval,
             max_line_bytes,
         } = reading;
-        if let Some(f) = cx.event_time_field {
-            let field = format!("{}.event_time.field", cx.field_prefix());
-            cx.issues.at(
-                &f.referenced,
-                field,
-                "a change stream's event time is the commit time (`source.ts_ms`); remove \
-                 `field`",
-            );
-        }
-        let tables = cx.change_tables(
-            "a change stream (`format: debezium`) needs its `tables:` (port: {key, columns})",
-        );
+        let tables = change_tables(cx);
         if self.snapshot.is_empty() && self.paths.is_empty() {
             let at = cx.location;
             cx.issue(
@@ -227,23 +216,11 @@ impl FileConfig {
             cx.base_dir,
             &cx.location,
         );
-        let tables = tables?;
-        if let Err(e) = ChangeDecoder::new(cx.name, tables.clone(), 0) {
-            let (at, field) = (cx.location, format!("{}.tables", cx.field_prefix()));
-            cx.issues.at(&at, field, e.reason);
-            return None;
-        }
-        let extra_ports = ChangeDecoder::table_ports(&tables);
-        let table_keys = tables
-            .iter()
-            .enumerate()
-            .map(|(i, t)| {
-                (
-                    2 + i,
-                    t.config.key_columns.iter().map(|k| k.to_string()).collect(),
-                )
-            })
-            .collect();
+        let ChangeTables {
+            tables,
+            ports: extra_ports,
+            keys: table_keys,
+        } = tables?;
         let snapshot = read_once(cx, snapshot);
         let changes = read_once_after(cx, &snapshot, changes);
         let snapshot_files = snapshot.len();

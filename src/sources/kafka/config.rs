@@ -16,7 +16,7 @@ use crate::format::json::JsonDecoder;
 use crate::kafka::Client;
 use crate::kafka::{PropertyValue, check_client};
 use crate::runtime::plan::SourceFactory;
-use crate::sources::cdc::{ChangeDecoder, main_schema};
+use crate::sources::cdc::{ChangeDecoder, ChangeTables, change_tables, main_schema};
 use crate::sources::kafka::{
     ChangeRecords, JsonRecords, KafkaSource, KafkaSourceSpec, KeyType, MetadataColumns, Start,
     TimeType, Topics,
@@ -295,23 +295,11 @@ impl KafkaSourceConfig {
                 "a change stream's rows are its tables' columns",
             );
         }
-        if let Some(f) = cx.event_time_field {
-            let field = format!("{}.event_time.field", cx.field_prefix());
-            cx.issues.at(
-                &f.referenced,
-                field,
-                "a change stream's event time is the commit time (`source.ts_ms`); remove \
-                 `field`",
-            );
-        }
-        let tables = cx.change_tables(
-            "a change stream (`format: debezium`) needs its `tables:` (port: {key, columns})",
-        )?;
-        if let Err(e) = ChangeDecoder::new(cx.name, tables.clone(), 0) {
-            let (at, field) = (cx.location, format!("{}.tables", cx.field_prefix()));
-            cx.issues.at(&at, field, e.reason);
-            return None;
-        }
+        let ChangeTables {
+            tables,
+            ports: extra_ports,
+            keys: table_keys,
+        } = change_tables(cx)?;
         let (topics, optional) = match (topics, &self.topic_prefix) {
             (Topics::Names(names), Some(prefix)) if names.is_empty() => (
                 tables
@@ -323,17 +311,6 @@ impl KafkaSourceConfig {
             (Topics::Names(names), _) => (names, Vec::new()),
             (Topics::Pattern(_), _) => return None,
         };
-        let extra_ports = ChangeDecoder::table_ports(&tables);
-        let table_keys = tables
-            .iter()
-            .enumerate()
-            .map(|(i, t)| {
-                (
-                    2 + i,
-                    t.config.key_columns.iter().map(|k| k.to_string()).collect(),
-                )
-            })
-            .collect();
         let node = cx.name.to_string();
         let factory: SourceFactory = Arc::new(move |instance, _parallelism| {
             // A topic per table (or several tables in one): `last` ends its own topic's
