@@ -37,8 +37,8 @@
 //!
 //! # A sink's life
 //! `recover` once (with its pre-commit from the checkpoint restored, or `None`), then
-//! `write` per batch (and `flush` once written rows have waited `FLUSH_INTERVAL`, for a
-//! sink that can show them before a commit); at a barrier `pre_commit(epoch)` makes what was
+//! `write` per batch (and `flush` once its input has nothing queued or written rows have
+//! waited `FLUSH_INTERVAL`, for a sink that can show them before a commit); at a barrier `pre_commit(epoch)` makes what was
 //! written durable but
 //! not yet visible and returns what a restart needs; `commit(epoch)` after the checkpoint is
 //! durable; at the end of the input a last `pre_commit(FINAL_EPOCH)`, its `commit`, `finish`.

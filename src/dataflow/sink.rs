@@ -57,13 +57,15 @@ pub trait Sink: Send {
 
     /// Makes what was written so far visible, where the sink's guarantee allows it before
     /// a commit (a straight-through file or stdout flushes its buffer; a transactional sink
-    /// shows nothing before its commit and does nothing). The runtime calls it once written
-    /// rows have waited `FLUSH_INTERVAL`, so they do not wait for the next barrier.
+    /// shows nothing before its commit and does nothing). The runtime calls it once the
+    /// sink's input has nothing more queued, or (under load) once written rows have waited
+    /// `FLUSH_INTERVAL`, so they do not wait for the next barrier.
     fn flush(&mut self) -> Result<(), RunError> {
         Ok(())
     }
 }
 
 /// How long rows written to a sink that can show them at once (at-least-once, idempotent)
-/// may wait in its buffers before the runtime flushes them.
+/// may wait in its buffers before the runtime flushes them while more input is queued (an
+/// input with nothing queued is flushed at once).
 pub const FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);

@@ -1,6 +1,6 @@
 //! The stdout sink: JSON lines on standard output, one object per row, in schema order (or
-//! the sink's `columns`), flushed at every barrier, at the end, and whenever written lines have
-//! waited `FLUSH_INTERVAL`.
+//! the sink's `columns`), flushed at every barrier, at the end, whenever its input has nothing
+//! more queued, and under load once written lines have waited `FLUSH_INTERVAL`.
 //!
 //! Protocol: nothing printed can be taken back, so the sink is at-least-once — a restart
 //! from a checkpoint prints again what came after it. Its pre-commit is empty; `commit`
