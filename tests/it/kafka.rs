@@ -1154,3 +1154,60 @@ sinks:
     assert_eq!(windows[0]["window_start"], "2026-01-01T00:00:00.000Z");
     assert_eq!(windows[0]["records"], 2);
 }
+
+/// `pattern` with a group: every topic whose name matches is read, others are not.
+#[test]
+fn a_topic_pattern_reads_every_matching_topic() {
+    let broker = Broker::shared();
+    let prefix = watershed::testing::kafka_fixtures::unique("pat").replace('-', "_");
+    let group = watershed::testing::kafka_fixtures::unique("pattern-group");
+    let send = |topic: &str, n: usize| {
+        broker.create_topic(topic, 1);
+        let v = format!(r#"{{"ts":{},"n":{n}}}"#, T0 + n as i64);
+        broker.produce(topic, &[(0, None, Some(v.as_bytes()))]);
+    };
+    send(&format!("{prefix}.a"), 1);
+    send(&format!("{prefix}.b"), 2);
+    send(&format!("other_{prefix}.c"), 3);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.jsonl");
+    let pipeline = dir.path().join("p.yaml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            r#"name: pattern
+sources:
+  obs:
+    kafka:
+      brokers: "{}"
+      pattern: "{prefix}\\..*"
+      group: {group}
+      properties: {{session.timeout.ms: 6000, topic.metadata.refresh.interval.ms: 1000}}
+    schema: {{ts: timestamp, n: int}}
+    event_time: {{field: ts}}
+sinks:
+  out: {{input: obs, file: "{}"}}
+"#,
+            broker.addr,
+            out.display()
+        ),
+    )
+    .unwrap();
+    let count = |p: &Path| std::fs::read_to_string(p).map_or(0, |t| t.lines().count());
+    // Once both matching topics are read, a second more: the third must not come.
+    let mut both_at: Option<Instant> = None;
+    let err = run_until(&pipeline, Duration::from_secs(60), || {
+        count(&out) >= 2
+            && both_at
+                .get_or_insert_with(Instant::now)
+                .elapsed()
+                .as_secs_f64()
+                >= 1.0
+    });
+    let mut ns: Vec<i64> = lines(&out)
+        .iter()
+        .map(|r| r["n"].as_i64().unwrap())
+        .collect();
+    ns.sort_unstable();
+    assert_eq!(ns, vec![1, 2], "{err}");
+}
