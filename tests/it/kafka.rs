@@ -233,14 +233,48 @@ fn committed_once(records: Vec<(Option<Vec<u8>>, Vec<u8>)>) -> (Vec<serde_json::
     (out, set_aside)
 }
 
-#[test]
-fn kafka_to_as_of_enrichment_to_exactly_once_kafka_survives_kills_tansu_shows_aborted_records() {
+/// The enrichment job on a broker of its own: the reference table, the observations, the
+/// output topic `enriched` and the pipeline file.
+struct Job {
+    broker: Broker,
+    observations: Vec<(usize, i64, usize)>,
+    dir: tempfile::TempDir,
+    pipeline: PathBuf,
+}
+
+fn enrichment_job() -> Job {
     let broker = Broker::start();
     fill_reference(&broker);
     let observations = fill_observations(&broker, "obs");
     broker.create_topic("enriched", 1);
     let dir = tempfile::tempdir().unwrap();
     let pipeline = pipeline(&broker, "obs", "enriched", dir.path());
+    Job {
+        broker,
+        observations,
+        dir,
+        pipeline,
+    }
+}
+
+/// Waits (at most `limit`) until `enriched` holds `want` records once committed.
+fn wait_for_output(broker: &Broker, want: usize, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while committed_once(read_topic(&broker.addr, "enriched")).0.len() < want
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+#[test]
+fn kafka_to_as_of_enrichment_to_exactly_once_kafka_survives_kills_tansu_shows_aborted_records() {
+    let Job {
+        broker,
+        observations,
+        dir,
+        pipeline,
+    } = enrichment_job();
 
     let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
     let mut kills = 0;
@@ -258,14 +292,7 @@ fn kafka_to_as_of_enrichment_to_exactly_once_kafka_survives_kills_tansu_shows_ab
     // The last run: until every record is out, then a clean stop.
     let child = start(&pipeline);
     let want = observations.len();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let (got, _) = committed_once(read_topic(&broker.addr, "enriched"));
-        if got.len() >= want || Instant::now() > deadline {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    wait_for_output(&broker, want, Duration::from_secs(120));
     signal(&child, libc::SIGTERM);
     let err = stderr_of(child);
     assert!(!err.contains("panicked"), "{err}");
@@ -655,12 +682,12 @@ sinks:
 
 #[test]
 fn a_broker_paused_for_ten_seconds_loses_and_doubles_nothing() {
-    let broker = Broker::start();
-    fill_reference(&broker);
-    let observations = fill_observations(&broker, "obs");
-    broker.create_topic("enriched", 1);
-    let dir = tempfile::tempdir().unwrap();
-    let pipeline = pipeline(&broker, "obs", "enriched", dir.path());
+    let Job {
+        broker,
+        observations,
+        dir: _dir,
+        pipeline,
+    } = enrichment_job();
     let child = start(&pipeline);
     // Let it get going, then take the broker away for 10 s mid-run.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -674,13 +701,7 @@ fn a_broker_paused_for_ten_seconds_loses_and_doubles_nothing() {
     broker.pause(true);
     std::thread::sleep(Duration::from_secs(10));
     broker.pause(false);
-    let want = observations.len();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while committed_once(read_topic(&broker.addr, "enriched")).0.len() < want
-        && Instant::now() < deadline
-    {
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    wait_for_output(&broker, observations.len(), Duration::from_secs(120));
     signal(&child, libc::SIGTERM);
     let err = stderr_of(child);
     assert!(!err.contains("panicked"), "{err}");
