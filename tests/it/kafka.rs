@@ -381,8 +381,9 @@ mod event_time {
     }
 
     /// Reads the topic through the runtime's source driver into a 30 s tumbling count, on a
-    /// manual clock (100 ms steps, 90 s, one second of event time produced on partitions 0–2
-    /// per second), evaluating the alert rules every second.
+    /// manual clock (100 ms steps over 135 s, partition 3 silent for over two minutes of it;
+    /// one second of event time produced on partitions 0–2 per second), evaluating the alert
+    /// rules every second.
     fn simulate(broker: &Broker, topic: &str, idle_timeout: Option<Duration>) -> Outcome {
         let schema = Arc::new(Schema::new(vec![
             Field::new("ts", DataType::Timestamp),
@@ -465,7 +466,7 @@ mod event_time {
         };
         let producer = broker.producer();
         let mut now = T0;
-        while now <= T0 + 90_000 {
+        while now <= T0 + 135_000 {
             let mut pending: Vec<Message> = Vec::new();
             loop {
                 let mut emit = |e: Emit| {
@@ -524,7 +525,12 @@ mod event_time {
         let ends: Vec<i64> = out.fired.iter().map(|(_, e)| *e).collect();
         // Partition 3 turns idle 5 s after it was read to its end; the other three carry
         // event time on: each window fires once the live partitions pass its end.
-        assert_eq!(ends, vec![T0 + 30_000, T0 + 60_000], "{:?}", out.fired);
+        assert_eq!(
+            ends,
+            vec![T0 + 30_000, T0 + 60_000, T0 + 90_000, T0 + 120_000],
+            "{:?}",
+            out.fired
+        );
         for (at, end) in &out.fired {
             assert!(*at <= end + 5_000, "window {end} fired late, at {at}");
         }

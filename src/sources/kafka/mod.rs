@@ -510,7 +510,6 @@ pub struct KafkaSource<D: RecordDecoder> {
     mode: Mode,
     start: Start,
     r: Reader<D>,
-    index: HashMap<(String, i32), usize>,
     /// Assigned mode: the assignment is made at the first read (after `seek`).
     assigned: bool,
     /// A record of another partition than the one being returned, for the next call.
@@ -621,7 +620,6 @@ impl<D: RecordDecoder> KafkaSource<D> {
                 decoder,
                 metadata: spec.metadata,
             },
-            index: HashMap::new(),
             assigned: false,
             carry: None,
             heartbeat: None,
@@ -662,14 +660,6 @@ impl<D: RecordDecoder> KafkaSource<D> {
                     given: None,
                 }
             })
-            .collect();
-        drop(shared);
-        self.index = self
-            .r
-            .parts
-            .iter()
-            .enumerate()
-            .map(|(i, p)| ((p.topic.clone(), p.partition), i))
             .collect();
     }
 
@@ -998,8 +988,13 @@ impl<D: RecordDecoder> Source for KafkaSource<D> {
             let Ok(o) = sp.position.decode::<KafkaOffset>() else {
                 continue;
             };
-            let (Some(off), Some(_)) = (o.offset, self.index.get(&(o.topic.clone(), o.partition)))
-            else {
+            // Only partitions this instance still holds: a revoked one is another's now.
+            let held = self
+                .r
+                .parts
+                .iter()
+                .any(|p| p.partition == o.partition && p.topic == o.topic);
+            let (Some(off), true) = (o.offset, held) else {
                 continue;
             };
             let _ = tpl.add_partition_offset(&o.topic, o.partition, Offset::Offset(off));
@@ -1032,10 +1027,14 @@ impl<D: RecordDecoder> KafkaSource<D> {
         }
     }
 
+    /// The index of the partition `m` came from (no allocation: a record's lookup is on the
+    /// hot path; partitions are compared by number first).
     fn index_of(&self, m: &impl Message) -> Option<usize> {
-        self.index
-            .get(&(m.topic().to_string(), m.partition()))
-            .copied()
+        let (topic, partition) = (m.topic(), m.partition());
+        self.r
+            .parts
+            .iter()
+            .position(|p| p.partition == partition && p.topic == topic)
     }
 
     /// Group mode: whether a rebalance changed the assignment (the partition list is then
