@@ -5,9 +5,11 @@
 //! the `job` ceiling's borrowed parse and hash lookup (the table loaded from the files
 //! first), an rdkafka producer writing each joined record — measured from the first record
 //! to the last acknowledgement. The pipeline (`watershed run`: Kafka source, gated lookup
-//! enrichment, at-least-once Kafka sink) is sampled from its own counters between 20% and
-//! 80% of its output, and stopped once every record is out. Reported: events per CPU-second
-//! of each process, wall events per second, and the broker's CPU while each ran.
+//! enrichment, Kafka sink) is sampled from its own counters between 20% and 80% of its
+//! output, and stopped once every record is out: at-least-once, and exactly-once with a
+//! checkpoint every second (its steady state includes the transactions committed inside the
+//! window; its whole run, the last one too). Reported: events per CPU-second of each process
+//! (steady and whole run), wall events per second, and the broker's CPU while each ran.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -26,9 +28,12 @@ use crate::testing::services::Broker;
 
 /// What one measured run gave.
 struct Rate {
+    /// Steady state (the ceiling: its whole loop).
     per_cpu: f64,
     per_wall: f64,
     broker_cpu: f64,
+    /// The whole run, start, load and last commit included (the pipelines).
+    whole_per_cpu: f64,
 }
 
 /// Sends `value` to `topic` (to `partition`, or by the partitioner), waiting while the
@@ -125,6 +130,7 @@ fn ceiling(
     let wall = wall0.elapsed().as_secs_f64();
     Ok(Rate {
         per_cpu: n as f64 / cpu,
+        whole_per_cpu: n as f64 / cpu,
         per_wall: n as f64 / wall,
         broker_cpu: process_cpu(broker.pid())
             .zip(broker0)
@@ -132,15 +138,34 @@ fn ceiling(
     })
 }
 
-/// The pipeline, sampled between 20% and 80% of its output, stopped when all is out.
-fn pipeline(broker: &Broker, records: u64, dir: &Path, round: usize) -> anyhow::Result<Rate> {
+/// The pipeline, sampled between 20% and 80% of its output, stopped when all is out;
+/// `exactly_once`: with a checkpoint every second and the sink's transactions.
+fn pipeline(
+    broker: &Broker,
+    records: u64,
+    dir: &Path,
+    round: usize,
+    exactly_once: bool,
+) -> anyhow::Result<Rate> {
+    let (checkpoint, guarantee, name) = if exactly_once {
+        (
+            format!(
+                "checkpoint: {{interval: 1s, dir: \"{}\"}}\n",
+                dir.join(format!("kafka-checkpoints-{round}")).display()
+            ),
+            "exactly_once",
+            format!("eo-{round}"),
+        )
+    } else {
+        (String::new(), "at_least_once", format!("alo-{round}"))
+    };
     let yaml = format!(
         r#"name: bench-kafka
 parallelism: 1
-enrichment: {{strategy: gated}}
+{checkpoint}enrichment: {{strategy: gated}}
 sources:
   obs:
-    kafka: {{brokers: "{b}", topics: [obs], group: bench-{round}}}
+    kafka: {{brokers: "{b}", topics: [obs], group: bench-{name}}}
     schema: {schema}
     event_time: {{field: ts, max_out_of_orderness: 5s}}
   ref:
@@ -156,12 +181,12 @@ operators:
 sinks:
   out:
     input: join
-    kafka: {{brokers: "{b}", topic: out-{round}, properties: {{linger.ms: 5}}}}
+    kafka: {{brokers: "{b}", topic: out-{name}, guarantee: {guarantee}, properties: {{linger.ms: 5}}}}
 "#,
         b = broker.addr,
         schema = job::SCHEMA,
     );
-    let path = dir.join(format!("kafka-{round}.yaml"));
+    let path = dir.join(format!("kafka-{name}.yaml"));
     std::fs::write(&path, yaml)?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -195,13 +220,19 @@ sinks:
             break;
         }
     }
-    // SAFETY: signalling the child this bench started.
-    unsafe {
+    // SAFETY: signalling the child this bench started, then reaping it with its resource
+    // use (the whole run's CPU, the last checkpoint and commit included).
+    let whole_cpu = unsafe {
         libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
-    }
-    child.wait()?;
+        let mut status = 0;
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut usage);
+        let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+        secs(usage.ru_utime) + secs(usage.ru_stime)
+    };
     match (first, last) {
         (Some((n0, c0, t0, b0)), Some((n1, c1, t1, b1))) if n1 > n0 && c1 > c0 => Ok(Rate {
+            whole_per_cpu: records as f64 / whole_cpu,
             per_cpu: (n1 - n0) as f64 / (c1 - c0),
             per_wall: (n1 - n0) as f64 / (t1 - t0).as_secs_f64(),
             broker_cpu: (b1 - b0) / (c1 - c0),
@@ -227,11 +258,12 @@ pub(super) fn kafka_case(records: u64, rows: u64, rounds: usize, dir: &Path) -> 
         broker.addr
     );
     println!(
-        "{:<34} {:>14} {:>12} {:>16}",
-        "", "events/CPU-s", "events/s", "broker CPU/CPU-s"
+        "{:<40} {:>14} {:>12} {:>16} {:>16}",
+        "", "events/CPU-s", "events/s", "broker CPU/CPU-s", "whole run /CPU-s"
     );
     let mut ceilings = Vec::new();
     let mut pipelines = Vec::new();
+    let mut transactional = Vec::new();
     for round in 0..rounds {
         let c = ceiling(
             &broker,
@@ -240,17 +272,21 @@ pub(super) fn kafka_case(records: u64, rows: u64, rounds: usize, dir: &Path) -> 
             &stream,
             &format!("ceiling-{round}"),
         )?;
-        let p = pipeline(&broker, records, dir, round)?;
+        let p = pipeline(&broker, records, dir, round, false)?;
+        let e = pipeline(&broker, records, dir, round, true)?;
         println!(
-            "round {round}: ceiling {:>10.0} {:>12.0} | pipeline {:>10.0} {:>12.0} ({:.0}% of the ceiling)",
+            "round {round}: ceiling {:>10.0} {:>12.0} | pipeline {:>10.0} {:>12.0} ({:.0}% of the ceiling) | exactly once {:>10.0} {:>12.0}",
             c.per_cpu,
             c.per_wall,
             p.per_cpu,
             p.per_wall,
-            100.0 * p.per_cpu / c.per_cpu
+            100.0 * p.per_cpu / c.per_cpu,
+            e.per_cpu,
+            e.per_wall
         );
         ceilings.push(c);
         pipelines.push(p);
+        transactional.push(e);
     }
     let median = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
@@ -260,12 +296,19 @@ pub(super) fn kafka_case(records: u64, rows: u64, rounds: usize, dir: &Path) -> 
         let mut cpu: Vec<f64> = rates.iter().map(|r| r.per_cpu).collect();
         let mut wall: Vec<f64> = rates.iter().map(|r| r.per_wall).collect();
         let mut b: Vec<f64> = rates.iter().map(|r| r.broker_cpu).collect();
-        let (cpu, wall, b) = (median(&mut cpu), median(&mut wall), median(&mut b));
-        println!("{name:<34} {cpu:>14.0} {wall:>12.0} {b:>16.2}");
+        let mut whole: Vec<f64> = rates.iter().map(|r| r.whole_per_cpu).collect();
+        let (cpu, wall, b, whole) = (
+            median(&mut cpu),
+            median(&mut wall),
+            median(&mut b),
+            median(&mut whole),
+        );
+        println!("{name:<40} {cpu:>14.0} {wall:>12.0} {b:>16.2} {whole:>16.0}");
         cpu
     };
     let c = row("ceiling: rdkafka consume→join→produce", &ceilings);
-    let p = row("pipeline, parallelism 1", &pipelines);
+    let p = row("pipeline, parallelism 1, at_least_once", &pipelines);
+    row("pipeline, exactly_once (checkpoint 1 s)", &transactional);
     println!(
         "pipeline at {:.0}% of the ceiling per CPU-second (median of {rounds})",
         100.0 * p / c
