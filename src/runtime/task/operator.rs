@@ -27,6 +27,11 @@ pub struct OperatorDriver {
     out: Option<(Vec<PortSpec>, Vec<Batch>)>,
     status: Arc<InstanceStatus>,
     events: Vec<GateEvent>,
+    /// The merged watermark of the inputs as of the last event handled. The gate's own
+    /// state can be further on: a barrier alignment that completes replays a backlog whose
+    /// watermarks the gate has merged before the driver has handed its records over.
+    merged: Option<Watermark>,
+    merged_time: Option<crate::types::EventTime>,
     /// The watermark last forwarded downstream, and whether the operator held it back.
     forwarded: Option<Watermark>,
     forwarded_time: Option<crate::types::EventTime>,
@@ -53,6 +58,8 @@ impl OperatorDriver {
             out,
             status,
             events: Vec::new(),
+            merged: None,
+            merged_time: None,
             forwarded: None,
             forwarded_time: None,
             holding: false,
@@ -124,7 +131,9 @@ impl OperatorDriver {
                     self.op.on_input_watermark(input, watermark);
                 }
                 GateEvent::Watermark(wm) => {
+                    self.merged = Some(wm);
                     if let Watermark::EventTime(t) = wm {
+                        self.merged_time = Some(t);
                         self.call(emit, |op, out| op.on_watermark(t, out))?;
                         self.flush(emit)?;
                     }
@@ -191,19 +200,19 @@ impl OperatorDriver {
         }
     }
 
-    /// Forwards the merged watermark, capped by what the operator still holds back; never
-    /// backwards, and idle only when nothing is held back.
+    /// Forwards the merged watermark the operator has seen (never the gate's, which may be
+    /// ahead of the records handed over so far), capped by what the operator still holds
+    /// back; never backwards, and idle only when nothing is held back.
     fn forward_watermark(
         &mut self,
         emit: &mut impl FnMut(Emit) -> Result<(), RunError>,
     ) -> Result<(), RunError> {
         let hold = self.op.watermark_hold();
         self.holding = hold.is_some();
-        let merged = self.gate.watermarks();
-        let next = if merged.is_idle() && hold.is_none() {
+        let next = if self.merged == Some(Watermark::Idle) && hold.is_none() {
             Some(Watermark::Idle)
         } else {
-            merged.current().map(|t| {
+            self.merged_time.map(|t| {
                 let capped = hold.map_or(t, |h| t.min(h));
                 Watermark::EventTime(self.forwarded_time.map_or(capped, |f| f.max(capped)))
             })
@@ -302,5 +311,110 @@ impl OperatorTask {
                 return Ok(());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::StateImage;
+    use crate::status::Role;
+    use crate::types::{DataType, EventTime, Field, Schema, SchemaRef, Value};
+
+    /// Sends every row on unchanged.
+    struct PassThrough(SchemaRef);
+
+    impl Operator for PassThrough {
+        fn ports(&self) -> Vec<PortSpec> {
+            vec![PortSpec {
+                name: "main".into(),
+                schema: self.0.clone(),
+            }]
+        }
+        fn process(&mut self, _input: usize, batch: Batch, out: &mut Output) {
+            for (row, t) in batch.rows() {
+                out.port(0).push_row_from(row, t);
+            }
+        }
+        fn on_watermark(&mut self, _watermark: EventTime, _out: &mut Output) {}
+        fn snapshot(&mut self) -> Result<StateImage, crate::error::StateError> {
+            Ok(StateImage::default())
+        }
+        fn restore(&mut self, _snapshot: &StateImage) -> Result<(), crate::error::StateError> {
+            Ok(())
+        }
+    }
+
+    /// What a driver sends downstream, in order: a row's time or a watermark.
+    #[derive(Debug, PartialEq)]
+    enum Sent {
+        Row(EventTime),
+        Watermark(EventTime),
+        Barrier,
+    }
+
+    /// A barrier alignment that completes replays the early slot's backlog at once; the
+    /// watermark forwarded after each part of it is the one that part brought, never the
+    /// backlog's last (which would overtake the records still to come: they would be late).
+    #[test]
+    fn a_replayed_backlog_forwards_each_watermark_after_its_records() {
+        let schema: SchemaRef = Arc::new(Schema::new(vec![Field::new("v", DataType::Int)]));
+        let batch = |t: EventTime| {
+            let mut b = Batch::new(schema.clone());
+            b.push_row([Value::Int(t)], t);
+            b
+        };
+        let status = Arc::new(InstanceStatus::new(
+            "op",
+            0,
+            Role::Operator,
+            vec!["a#0".into(), "b#0".into()],
+            &["main".to_string()],
+            0,
+        ));
+        let mut driver =
+            OperatorDriver::new(Box::new(PassThrough(schema.clone())), vec![0, 0], status, 0);
+        let wm = |t| Message::Watermark(Watermark::EventTime(t));
+        let mut sent = Vec::new();
+        let mut feed = |driver: &mut OperatorDriver, slot: usize, msg: Message| {
+            let mut emit = |e: Emit| {
+                match e {
+                    Emit::Port(_, b) => sent.extend(b.rows().map(|(_, t)| Sent::Row(t))),
+                    Emit::Control(Message::Watermark(Watermark::EventTime(t))) => {
+                        sent.push(Sent::Watermark(t))
+                    }
+                    Emit::Control(Message::Barrier(_)) => sent.push(Sent::Barrier),
+                    Emit::Control(_) => {}
+                }
+                Ok(())
+            };
+            driver
+                .on_message(slot, msg, 0, &mut emit, &mut |_| {})
+                .unwrap();
+        };
+        feed(&mut driver, 1, wm(1_000));
+        feed(&mut driver, 0, Message::Barrier(1));
+        // Slot 0 is blocked by the alignment: its backlog waits.
+        for msg in [
+            Message::Data(batch(100)),
+            wm(200),
+            Message::Data(batch(250)),
+            wm(400),
+            Message::Data(batch(450)),
+        ] {
+            feed(&mut driver, 0, msg);
+        }
+        feed(&mut driver, 1, Message::Barrier(1));
+        assert_eq!(
+            sent,
+            vec![
+                Sent::Barrier,
+                Sent::Row(100),
+                Sent::Watermark(200),
+                Sent::Row(250),
+                Sent::Watermark(400),
+                Sent::Row(450),
+            ]
+        );
     }
 }
