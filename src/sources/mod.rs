@@ -9,3 +9,4 @@ pub mod cdc;
 pub mod file;
 pub mod generator;
 pub mod kafka;
+pub mod postgres;

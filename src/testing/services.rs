@@ -264,6 +264,17 @@ impl Postgres {
             .open(data.join("postgresql.conf"))
             .and_then(|mut f| f.write_all(conf.as_bytes()))
             .expect("postgresql.conf");
+        // Password users for the authentication tests; everyone else is trusted.
+        let hba = data.join("pg_hba.conf");
+        let trusted = std::fs::read_to_string(&hba).expect("pg_hba.conf");
+        std::fs::write(
+            &hba,
+            format!(
+                "host all scram_user 127.0.0.1/32 scram-sha-256\n\
+                 host all md5_user 127.0.0.1/32 md5\n{trusted}"
+            ),
+        )
+        .expect("pg_hba.conf");
         let log = std::fs::File::create(dir.path().join("server.log")).expect("a log");
         std::os::unix::fs::chown(dir.path().join("server.log"), Some(uid), Some(gid))
             .expect("chown");
@@ -295,7 +306,24 @@ impl Postgres {
             "CREATE ROLE cdc LOGIN REPLICATION SUPERUSER PASSWORD 'cdc'",
         );
         pg.sql("postgres", "CREATE DATABASE cdc OWNER cdc");
+        pg.sql(
+            "postgres",
+            "SET password_encryption = 'scram-sha-256'; \
+             CREATE ROLE scram_user LOGIN REPLICATION PASSWORD 'scram-secret'",
+        );
+        pg.sql(
+            "postgres",
+            "SET password_encryption = 'md5'; \
+             CREATE ROLE md5_user LOGIN PASSWORD 'md5-secret'",
+        );
         pg
+    }
+
+    /// One server for every test of a test binary that can share it (each test uses
+    /// databases, tables, slots and publications of its own names).
+    pub fn shared() -> &'static Postgres {
+        static SHARED: OnceLock<Postgres> = OnceLock::new();
+        SHARED.get_or_init(Postgres::start)
     }
 
     fn psql(&self, db: &str, sql: &str) -> std::process::Output {

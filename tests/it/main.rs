@@ -12,6 +12,7 @@ mod golden;
 mod kafka;
 mod multi_speed;
 mod partitions;
+mod postgres;
 mod restore;
 mod runtime;
 mod validate;
