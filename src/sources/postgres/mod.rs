@@ -8,5 +8,7 @@
 //! snapshot, streaming into change rows, confirmed LSNs at durable checkpoints) is not
 //! registered as a component yet.
 
+pub mod changes;
 pub mod pgoutput;
+pub mod values;
 pub mod wire;
