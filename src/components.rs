@@ -24,6 +24,7 @@ section! {
         generator: crate::sources::generator::GeneratorConfig,
         file: crate::sources::file::FileConfig,
         kafka: crate::sources::kafka::KafkaSourceConfig,
+        postgres: crate::sources::postgres::config::PostgresSourceConfig,
     }
 }
 

@@ -401,6 +401,12 @@ impl ChangeStream {
         }
     }
 
+    /// Ends the snapshot of table `table` (by index), once: a transport that reads tables one
+    /// after the other says when one is read.
+    pub fn end_table_snapshot(&mut self, table: usize, out: &mut ReadBuffers, at: i64) {
+        self.end_snapshot(table, out, at);
+    }
+
     fn end_snapshot(&mut self, table: usize, out: &mut ReadBuffers, at: i64) {
         if !self.snapshot_ended[table] {
             self.snapshot_ended[table] = true;

@@ -2,6 +2,8 @@
 //! a free loopback port: connections and authentication, the replication protocol, and the
 //! pgoutput messages of a scripted history.
 
+use std::collections::BTreeMap;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use watershed::cdc::Decoded;
@@ -294,4 +296,227 @@ fn streams_the_pgoutput_messages_of_a_scripted_history() {
         std::thread::sleep(Duration::from_millis(50));
     }
     pg.sql("cdc", "SELECT pg_drop_replication_slot('wire_slot')");
+}
+
+/// The rows of table `hosts` as the pipeline's change rows say: each change applied when its
+/// version is newer than the key's (a snapshot read only when the key has none at least as
+/// new), as the enrichment's materializer does.
+type Row = (String, String);
+
+fn materialize(rows: &[serde_json::Value]) -> BTreeMap<String, Row> {
+    let mut state: BTreeMap<String, ((i64, i64), Option<Row>)> = BTreeMap::new();
+    for r in rows {
+        let op = r["_op"].as_str().unwrap();
+        if op == "snapshot_end" {
+            continue;
+        }
+        let version = (r["_lsn"].as_i64().unwrap(), r["_ordinal"].as_i64().unwrap());
+        let host = r["host"].as_str().unwrap().to_string();
+        let value = match op {
+            "d" => None,
+            _ => Some((
+                r["owner"].as_str().unwrap().to_string(),
+                r["score"].to_string(),
+            )),
+        };
+        if state.get(&host).is_none_or(|(v, _)| *v < version) {
+            state.insert(host, (version, value));
+        }
+    }
+    state
+        .into_iter()
+        .filter_map(|(k, (_, v))| v.map(|v| (k, v)))
+        .collect()
+}
+
+fn table_now(pg: &Postgres) -> BTreeMap<String, Row> {
+    pg.sql(
+        "cdc",
+        "SELECT host || '|' || owner || '|' || score FROM pg_hosts ORDER BY host",
+    )
+    .lines()
+    .map(|l| {
+        let mut p = l.split('|');
+        let host = p.next().unwrap().to_string();
+        let owner = p.next().unwrap().to_string();
+        let score = p.next().unwrap().to_string();
+        (host, (owner, format!("\"{score}\"")))
+    })
+    .collect()
+}
+
+/// A table read by the native source through the binary: a snapshot in chunks, then
+/// changes (update, insert, delete, key change, a multi-statement transaction); the run is
+/// killed mid-stream, changes keep coming while it is down, and the restarted run resumes
+/// from its checkpoint: the change rows materialize to the table as it is, no change twice.
+#[test]
+fn a_table_snapshot_then_changes_survive_a_kill_through_the_binary() {
+    let pg = Postgres::shared();
+    pg.sql(
+        "cdc",
+        "CREATE TABLE pg_hosts (host text PRIMARY KEY, owner text NOT NULL, score numeric(4,1));
+         INSERT INTO pg_hosts SELECT 'h' || lpad(i::text, 5, '0'), 'o' || i, (i % 100) / 10.0
+         FROM generate_series(1, 2500) i;",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("hosts.jsonl");
+    let pipeline = dir.path().join("pg.yaml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            "name: pg-e2e
+checkpoint: {{interval: 500ms, dir: {ckpt}}}
+sources:
+  refdb:
+    postgres:
+      port: {port}
+      user: scram_user
+      password: ${{E2E_PG_PASSWORD}}
+      database: cdc
+      slot: e2e_slot
+      chunk_rows: 1000
+      heartbeat_interval: 1s
+    tables:
+      hosts:
+        table: public.pg_hosts
+        key: [host]
+        columns: {{host: string, owner: string, score: decimal}}
+sinks:
+  out:
+    input: refdb.hosts
+    file: {out}
+",
+            ckpt = dir.path().join("ckpt").display(),
+            port = pg.port,
+            out = out.display(),
+        ),
+    )
+    .unwrap();
+    // The source's user may replicate and read the table; the publication is made for it.
+    pg.sql(
+        "cdc",
+        "GRANT SELECT ON pg_hosts TO scram_user;
+         CREATE PUBLICATION e2e_slot FOR TABLE pg_hosts;",
+    );
+    let start = || {
+        Command::new(env!("CARGO_BIN_EXE_watershed"))
+            .args(["run", "--log", "warn", "--metrics-addr", "off"])
+            .arg(&pipeline)
+            .env("E2E_PG_PASSWORD", "scram-secret")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let rows = || -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&out)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let wait = |what: &str, done: &dyn Fn(&[serde_json::Value]) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let r = rows();
+            if done(&r) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "waiting for {what}: {} rows",
+                r.len()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let child = start();
+    wait("the snapshot", &|r| {
+        r.iter().any(|x| x["_op"] == "snapshot_end")
+    });
+    let r = rows();
+    assert_eq!(r.iter().filter(|x| x["_op"] == "r").count(), 2500);
+    let end = r.iter().position(|x| x["_op"] == "snapshot_end").unwrap();
+    assert_eq!(end, 2500, "the snapshot ends after its rows");
+
+    pg.sql(
+        "cdc",
+        "UPDATE pg_hosts SET owner = 'changed' WHERE host = 'h00001'",
+    );
+    pg.sql("cdc", "INSERT INTO pg_hosts VALUES ('h09999', 'new', 1.5)");
+    pg.sql("cdc", "DELETE FROM pg_hosts WHERE host = 'h00002'");
+    pg.sql(
+        "cdc",
+        "UPDATE pg_hosts SET host = 'h00003b' WHERE host = 'h00003'",
+    );
+    pg.sql(
+        "cdc",
+        "BEGIN; UPDATE pg_hosts SET score = score + 1 WHERE host <= 'h00100'; COMMIT;",
+    );
+    wait("the first changes", &|r| {
+        r.iter().filter(|x| x["_op"] == "u").count() >= 100
+    });
+    // Killed; the checkpoint (every 500 ms) has what it has.
+    std::thread::sleep(Duration::from_millis(1200));
+    let mut child = child;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    pg.sql(
+        "cdc",
+        "UPDATE pg_hosts SET owner = 'while-down' WHERE host = 'h00004'",
+    );
+    pg.sql("cdc", "DELETE FROM pg_hosts WHERE host = 'h00005'");
+    let child = start();
+    wait("the changes made while it was down", &|r| {
+        r.iter().any(|x| x["owner"] == "while-down")
+            && r.iter().any(|x| x["_op"] == "d" && x["host"] == "h00005")
+    });
+    // A heartbeat moves the slot's confirmed LSN while nothing changes.
+    std::thread::sleep(Duration::from_millis(1500));
+    // SAFETY: signalling a child this test started.
+    unsafe {
+        libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+    }
+    let outcome = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&outcome.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(!stderr.contains("scram-secret"), "{stderr}");
+
+    let r = rows();
+    assert_eq!(
+        r.iter().filter(|x| x["_op"] == "r").count(),
+        2500,
+        "the restarted run resumed streaming from its checkpoint, with no new snapshot"
+    );
+    eprintln!(
+        "change rows: {} ({} updates, {} deletes, {} creates)",
+        r.len(),
+        r.iter().filter(|x| x["_op"] == "u").count(),
+        r.iter().filter(|x| x["_op"] == "d").count(),
+        r.iter().filter(|x| x["_op"] == "c").count()
+    );
+    assert_eq!(
+        materialize(&r),
+        table_now(pg),
+        "the change rows give the table"
+    );
+    let mut seen = std::collections::BTreeSet::new();
+    for x in r
+        .iter()
+        .filter(|x| x["_op"] != "r" && x["_op"] != "snapshot_end")
+    {
+        let id = (
+            x["_op"].to_string(),
+            x["_lsn"].to_string(),
+            x["_ordinal"].to_string(),
+            x["host"].to_string(),
+        );
+        assert!(seen.insert(id.clone()), "a change twice: {id:?}");
+    }
+    let confirmed = pg.sql(
+        "cdc",
+        "SELECT confirmed_flush_lsn > '0/0' FROM pg_replication_slots WHERE slot_name = 'e2e_slot'",
+    );
+    assert_eq!(confirmed.trim(), "t");
+    pg.sql("cdc", "SELECT pg_drop_replication_slot('e2e_slot')");
 }

@@ -9,6 +9,8 @@
 //! registered as a component yet.
 
 pub mod changes;
+pub mod config;
 pub mod pgoutput;
+pub mod source;
 pub mod values;
 pub mod wire;

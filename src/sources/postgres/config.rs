@@ -1,0 +1,213 @@
+//! The `postgres:` block of a source: where the database is and as whom to connect (the
+//! password from the environment: `password: ${PGPASSWORD}`), the replication `slot` and the
+//! `publication` (one each for all the source's tables), whether to read a `snapshot` first,
+//! its `chunk_rows`, and the `heartbeat_interval`. The tables are the source's `tables:`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::source::{PostgresSource, PostgresSpec};
+use super::wire::ConnectOptions;
+use crate::config::component::{BuiltSource, SourceConfig, SourceContext};
+use crate::config::yaml::S;
+use crate::dataflow::Source;
+use crate::runtime::plan::SourceFactory;
+use crate::sources::cdc::{ChangeTables, change_tables, main_schema};
+
+/// A password, never shown by `Debug`.
+#[derive(Deserialize)]
+#[serde(transparent)]
+pub struct Password(pub String);
+
+impl std::fmt::Debug for Password {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresSourceConfig {
+    /// Default `127.0.0.1`.
+    pub host: Option<S<String>>,
+    /// Default 5432.
+    pub port: Option<S<u16>>,
+    pub user: S<String>,
+    /// From the environment: `${PGPASSWORD}`. Not needed for trust authentication.
+    pub password: Option<S<Password>>,
+    pub database: S<String>,
+    /// The logical replication slot (created if missing). Default `watershed_<source>`.
+    pub slot: Option<S<String>>,
+    /// The publication of the tables (created if missing). Default: the slot's name.
+    pub publication: Option<S<String>>,
+    /// `initial` (default): read the tables before streaming; `never`: stream only.
+    pub snapshot: Option<S<String>>,
+    /// Rows per snapshot query (default 10000): what a crash during a snapshot re-reads.
+    pub chunk_rows: Option<S<usize>>,
+    /// How often to write a heartbeat message into the WAL (default 10s; `off`): keeps the
+    /// slot moving and event time advancing when the tables are quiet.
+    pub heartbeat_interval: Option<S<String>>,
+    /// How long a read waits for the server when nothing is pending (default 10ms).
+    pub poll_interval: Option<S<String>>,
+    /// How long connecting may take (default 10s).
+    pub connect_timeout: Option<S<String>>,
+}
+
+/// Whether `name` is a valid replication slot name (lowercase letters, digits, underscore,
+/// at most 63).
+fn slot_name_ok(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+impl SourceConfig for PostgresSourceConfig {
+    fn build(&self, cx: &mut SourceContext<'_>) -> Option<BuiltSource> {
+        let default_slot = format!(
+            "watershed_{}",
+            cx.name
+                .to_ascii_lowercase()
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+                .collect::<String>()
+        );
+        let slot = self
+            .slot
+            .as_ref()
+            .map(|s| s.value.clone())
+            .unwrap_or(default_slot);
+        if !slot_name_ok(&slot) {
+            let at = self.slot.as_ref().map_or(cx.location, |s| s.referenced);
+            cx.issue(
+                &at,
+                "slot",
+                format!(
+                    "`{slot}` is not a replication slot name: lowercase letters, digits and \
+                     `_`, at most 63"
+                ),
+            );
+        }
+        let publication = self
+            .publication
+            .as_ref()
+            .map(|p| p.value.clone())
+            .unwrap_or_else(|| slot.clone());
+        let snapshot = match self
+            .snapshot
+            .as_ref()
+            .map(|s| (s.value.as_str(), s.referenced))
+        {
+            None | Some(("initial", _)) => true,
+            Some(("never", _)) => false,
+            Some((other, at)) => {
+                cx.issue(
+                    &at,
+                    "snapshot",
+                    format!("unknown snapshot mode `{other}`; use `initial` or `never`"),
+                );
+                true
+            }
+        };
+        let chunk_rows = match &self.chunk_rows {
+            Some(c) if c.value == 0 => {
+                cx.issue(&c.referenced, "chunk_rows", "must be at least 1");
+                1
+            }
+            Some(c) => c.value,
+            None => 10_000,
+        };
+        let mut duration = |d: &Option<S<String>>, name: &str, default: Duration| {
+            d.as_ref()
+                .and_then(|d| cx.issues.duration(d, &format!("{}.{name}", cx.field)))
+                .unwrap_or(default)
+        };
+        let heartbeat_interval = match &self.heartbeat_interval {
+            Some(h) if h.value == "off" => None,
+            h => Some(duration(h, "heartbeat_interval", Duration::from_secs(10))),
+        };
+        let poll_interval = duration(
+            &self.poll_interval,
+            "poll_interval",
+            Duration::from_millis(10),
+        );
+        let connect_timeout = duration(
+            &self.connect_timeout,
+            "connect_timeout",
+            Duration::from_secs(10),
+        );
+        let ChangeTables {
+            tables,
+            ports: extra_ports,
+            keys: table_keys,
+        } = change_tables(cx)?;
+        for (t, (_, key)) in tables.iter().zip(&table_keys) {
+            if key.is_empty() {
+                let at = cx.location;
+                cx.issue(
+                    &at,
+                    &format!("tables.{}.key", t.port),
+                    "the snapshot reads in key order: list the table's primary key columns",
+                );
+            }
+        }
+        let connect = ConnectOptions {
+            host: self
+                .host
+                .as_ref()
+                .map_or_else(|| "127.0.0.1".to_string(), |h| h.value.clone()),
+            port: self.port.as_ref().map_or(5432, |p| p.value),
+            user: self.user.value.clone(),
+            password: self.password.as_ref().map(|p| p.value.0.clone()),
+            database: self.database.value.clone(),
+            application_name: format!("watershed {}", cx.name),
+            connect_timeout,
+        };
+        let node = cx.name.to_string();
+        let factory: SourceFactory = Arc::new(move |instance, _parallelism| {
+            let source = PostgresSource::new(PostgresSpec {
+                node: node.clone(),
+                connect: connect.clone(),
+                slot: slot.clone(),
+                publication: publication.clone(),
+                tables: tables.clone(),
+                snapshot,
+                chunk_rows,
+                poll_interval,
+                status_interval: Duration::from_secs(10),
+                heartbeat_interval,
+                instance,
+            })?;
+            Ok(Box::new(source) as Box<dyn Source>)
+        });
+        Some(BuiltSource {
+            schema: main_schema(),
+            extra_ports,
+            table_keys,
+            factory,
+            dead_letters: true,
+            main_is_view: true,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slot_names() {
+        assert!(slot_name_ok("watershed_refdb_2"));
+        for bad in ["", "Upper", "with-dash", &"a".repeat(64)] {
+            assert!(!slot_name_ok(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_password_is_not_shown() {
+        assert_eq!(format!("{:?}", Password("hunter2".into())), "<redacted>");
+    }
+}

@@ -1,0 +1,899 @@
+//! `PostgresSource`: the change stream of a Postgres database's tables, read from a logical
+//! replication slot (`pgoutput`) after a snapshot of the tables, as one partition named after
+//! the slot (instance 0 reads it; other instances read nothing: reference tables are
+//! broadcast downstream).
+//!
+//! # Start
+//! A plain connection checks `wal_level`, that every table exists, and the publication
+//! (created for the tables if missing; an existing one must publish every table). The slot
+//! is created if missing (`pgoutput`, no exported snapshot); the streaming start is its
+//! consistent point, or the slot's confirmed LSN when it already existed. A restore reads
+//! its position instead (the slot must still exist: one dropped underneath loses changes,
+//! which is an error saying so).
+//!
+//! # Snapshot
+//! Table by table, in primary-key order, in chunks of `chunk_rows` (`WHERE key > last key
+//! ORDER BY key LIMIT n`, each chunk its own statement), so a crash resumes after the last
+//! chunk the checkpoint covers instead of starting over. Before each chunk the WAL insert
+//! position `L` is read; the chunk's rows are `r` changes with version `(L, 0)`. Why that is
+//! exact with streaming started at the slot's consistent point `C <= L`: a change the chunk
+//! does not show committed after the chunk's statement began, so its commit record lies
+//! after `L` and its version is above `(L, 0)` — the materializer applies it over the row;
+//! a change the chunk shows with a commit before `L` has a lower version and is ignored when
+//! it streams by; one the chunk shows with a commit after `L` applies again, harmlessly. Each
+//! table's snapshot ends (its `snapshot_end` row, which opens a gated enrichment) after its
+//! last chunk; streaming starts when every table is read.
+//!
+//! # Streaming and positions
+//! The position is the end LSN of the last transaction wholly emitted plus how many changes
+//! of the next one were emitted: a restore starts replication at that LSN (the server sends
+//! the next transaction again, whole) and skips those changes, so nothing is doubled. The
+//! LSN confirmed to the server (what lets it recycle WAL) is the position of the last
+//! *durable* checkpoint (`checkpoint_complete`), sent at once and with every status update.
+//! A heartbeat (`pg_logical_emit_message`, every `heartbeat_interval`) makes a quiet database
+//! write WAL the slot can move past, and gives event-time progress (`cdc::stream`).
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::changes::{ChangeDecoder, HEARTBEAT_PREFIX};
+use super::values::from_text;
+use super::wire::{ConnectOptions, Connection, Lsn, PgError, QueryEvent, ReplicationMessage};
+use super::wire::{quote_ident, quote_literal};
+use crate::cdc::stream::{ArrivalOrder, CdcTable};
+use crate::cdc::{Change, ChangeStream, Decoded, Op, SnapshotMarker, Version};
+use crate::dataflow::{ConnectorPosition, PortSpec, ReadBuffers, ReadStatus, Source};
+use crate::dataflow::{Position, SourcePosition};
+use crate::error::{ErrorClass, RunError};
+use crate::types::{Epoch, SchemaRef, Value};
+
+/// What a `PostgresSource` is built from.
+#[derive(Clone, Debug)]
+pub struct PostgresSpec {
+    pub node: String,
+    pub connect: ConnectOptions,
+    pub slot: String,
+    pub publication: String,
+    pub tables: Vec<CdcTable>,
+    /// Read the tables before streaming, when the slot is new (or no checkpoint says the
+    /// snapshot was read).
+    pub snapshot: bool,
+    pub chunk_rows: usize,
+    /// How long a read waits for the server when nothing is pending.
+    pub poll_interval: Duration,
+    /// How often the server is told the confirmed LSN without being asked.
+    pub status_interval: Duration,
+    pub heartbeat_interval: Option<Duration>,
+    pub instance: usize,
+}
+
+/// Where the source is; see the module documentation.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PgPosition {
+    /// The slot read (a restore into another slot is refused).
+    pub slot: String,
+    /// The end of the last transaction wholly emitted: streaming resumes here.
+    pub lsn: u64,
+    /// Changes of the transaction after `lsn` already emitted.
+    pub skip: u64,
+    /// The snapshot still to read: the table (port index) and the key of its last row read.
+    pub snapshot: Option<SnapshotPosition>,
+    /// Ports whose snapshot has ended.
+    pub ended: Vec<String>,
+    /// Ports that have received a change (for the silent-table warning).
+    pub received: Vec<String>,
+    pub arrival: ArrivalOrder,
+}
+
+/// A snapshot in progress.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotPosition {
+    pub table: usize,
+    /// The key columns' text of the last row read (`None`: the table's first chunk).
+    pub after: Option<Vec<String>>,
+}
+
+impl ConnectorPosition for PgPosition {
+    const KIND: &'static str = "postgres";
+    const VERSION: u32 = 1;
+}
+
+#[derive(Clone, Debug, PartialEq)]
+enum Phase {
+    /// Not connected yet.
+    Start,
+    Snapshot(SnapshotPosition),
+    Streaming {
+        started: bool,
+    },
+}
+
+/// A configured table as the snapshot reads it.
+#[derive(Clone, Debug)]
+struct SnapshotTable {
+    /// `"schema"."table"`.
+    relation: String,
+    /// The configured columns, quoted, in order.
+    select: String,
+    /// Row column indices of the key, and their quoted names.
+    key: Vec<usize>,
+    key_list: String,
+    schema: SchemaRef,
+}
+
+pub struct PostgresSource {
+    spec: PostgresSpec,
+    stream: ChangeStream,
+    decoder: ChangeDecoder,
+    snapshot_tables: Vec<SnapshotTable>,
+    sql: Option<Connection>,
+    repl: Option<Connection>,
+    phase: Phase,
+    /// The end of the last transaction wholly emitted.
+    lsn: Lsn,
+    /// Changes of the current transaction emitted.
+    in_tx: u64,
+    inside_tx: bool,
+    /// Changes of the first transaction to skip after a restore.
+    skip: u64,
+    /// The position of the last durable checkpoint: what the server may forget.
+    confirmed: Lsn,
+    /// The highest WAL position received.
+    received: Lsn,
+    last_status_ms: i64,
+    last_heartbeat_ms: i64,
+    restored: bool,
+    /// Connected and checked (`start`).
+    prepared: bool,
+    decoded: Vec<Decoded>,
+}
+
+fn external(node: &str, e: PgError) -> RunError {
+    let class = if e.is_transient() {
+        ErrorClass::Transient
+    } else {
+        ErrorClass::Definite
+    };
+    RunError::External {
+        component: node.to_string(),
+        message: format!("postgres: {e}"),
+        class,
+    }
+}
+
+fn definite(node: &str, message: String) -> RunError {
+    RunError::External {
+        component: node.to_string(),
+        message,
+        class: ErrorClass::Definite,
+    }
+}
+
+impl PostgresSource {
+    pub fn new(spec: PostgresSpec) -> Result<PostgresSource, RunError> {
+        let snapshot_tables = spec
+            .tables
+            .iter()
+            .map(|t| {
+                let schema = t.config.schema.clone();
+                let key: Vec<usize> = t
+                    .config
+                    .key_columns
+                    .iter()
+                    .filter_map(|k| schema.index_of(k))
+                    .collect();
+                if key.is_empty() {
+                    return Err(RunError::build(
+                        &spec.node,
+                        format!("table `{}` needs its key (the primary key columns)", t.port),
+                    ));
+                }
+                Ok(SnapshotTable {
+                    relation: format!("{}.{}", quote_ident(&t.id.schema), quote_ident(&t.id.table)),
+                    select: schema
+                        .fields
+                        .iter()
+                        .map(|f| quote_ident(&f.name))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    key_list: key
+                        .iter()
+                        .map(|&i| quote_ident(&schema.field(i).name))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    key,
+                    schema,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(PostgresSource {
+            stream: ChangeStream::new(&spec.node, spec.tables.clone()),
+            decoder: ChangeDecoder::new(
+                spec.tables.iter().map(|t| (t.id.clone(), t.config.clone())),
+            ),
+            snapshot_tables,
+            sql: None,
+            repl: None,
+            phase: Phase::Start,
+            lsn: Lsn(0),
+            in_tx: 0,
+            inside_tx: false,
+            skip: 0,
+            confirmed: Lsn(0),
+            received: Lsn(0),
+            last_status_ms: 0,
+            last_heartbeat_ms: 0,
+            restored: false,
+            prepared: false,
+            decoded: Vec::new(),
+            spec,
+        })
+    }
+
+    fn err(&self, e: PgError) -> RunError {
+        external(&self.spec.node, e)
+    }
+
+    fn sql(&mut self) -> Result<&mut Connection, RunError> {
+        if self.sql.is_none() {
+            let c = Connection::connect(&self.spec.connect, false).map_err(|e| self.err(e))?;
+            self.sql = Some(c);
+        }
+        Ok(self.sql.as_mut().expect("connected"))
+    }
+
+    /// Connects and prepares: settings, tables, publication, slot; decides where to start.
+    fn start(&mut self) -> Result<(), RunError> {
+        let node = self.spec.node.clone();
+        let tables = self.spec.tables.clone();
+        let sql = self.sql()?;
+        let wal_level = sql
+            .query("SHOW wal_level")
+            .map_err(|e| external(&node, e))?
+            .first()
+            .and_then(|r| r.get(0, "wal_level").map(str::to_string))
+            .unwrap_or_default();
+        if wal_level != "logical" {
+            return Err(definite(
+                &node,
+                format!(
+                    "postgres: wal_level is `{wal_level}`; logical replication needs \
+                     `wal_level = logical` in postgresql.conf (and a server restart)"
+                ),
+            ));
+        }
+        for t in &tables {
+            let found = sql
+                .query(&format!(
+                    "SELECT c.relreplident::text AS identity, \
+                     EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary) AS pk \
+                     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                     WHERE n.nspname = {} AND c.relname = {} AND c.relkind IN ('r', 'p')",
+                    quote_literal(&t.id.schema),
+                    quote_literal(&t.id.table)
+                ))
+                .map_err(|e| external(&node, e))?;
+            let r = &found[0];
+            if r.rows.is_empty() {
+                return Err(definite(
+                    &node,
+                    format!(
+                        "postgres: table {} (port `{}`) does not exist",
+                        t.id, t.port
+                    ),
+                ));
+            }
+            let identity = r.get(0, "identity").unwrap_or("d");
+            let pk = r.get(0, "pk") == Some("t");
+            if identity == "n" || (identity == "d" && !pk) {
+                return Err(definite(
+                    &node,
+                    format!(
+                        "postgres: table {} has no primary key and no replica identity, so its \
+                         updates and deletes cannot be read: add a primary key, or ALTER TABLE \
+                         {} REPLICA IDENTITY FULL",
+                        t.id, t.id
+                    ),
+                ));
+            }
+        }
+        self.ensure_publication()?;
+        let slot_lsn = self.ensure_slot()?;
+        self.prepared = true;
+        if !self.restored {
+            self.lsn = slot_lsn;
+            self.phase = if self.spec.snapshot && !self.spec.tables.is_empty() {
+                Phase::Snapshot(SnapshotPosition {
+                    table: 0,
+                    after: None,
+                })
+            } else {
+                Phase::Streaming { started: false }
+            };
+        }
+        Ok(())
+    }
+
+    fn ensure_publication(&mut self) -> Result<(), RunError> {
+        let node = self.spec.node.clone();
+        let publication = self.spec.publication.clone();
+        let tables: Vec<String> = self
+            .spec
+            .tables
+            .iter()
+            .map(|t| format!("{}.{}", quote_ident(&t.id.schema), quote_ident(&t.id.table)))
+            .collect();
+        let ids: Vec<(String, String)> = self
+            .spec
+            .tables
+            .iter()
+            .map(|t| (t.id.schema.clone(), t.id.table.clone()))
+            .collect();
+        let sql = self.sql()?;
+        let exists = sql
+            .query(&format!(
+                "SELECT puballtables::text AS all FROM pg_publication WHERE pubname = {}",
+                quote_literal(&publication)
+            ))
+            .map_err(|e| external(&node, e))?;
+        if exists[0].rows.is_empty() {
+            sql.query(&format!(
+                "CREATE PUBLICATION {} FOR TABLE {}",
+                quote_ident(&publication),
+                tables.join(", ")
+            ))
+            .map_err(|e| match e.code() {
+                Some("42501") => definite(
+                    &node,
+                    format!(
+                        "postgres: publication `{publication}` does not exist and this user may \
+                         not create it ({e}); create it as the tables' owner: CREATE PUBLICATION \
+                         {publication} FOR TABLE {}",
+                        tables.join(", ")
+                    ),
+                ),
+                _ => external(&node, e),
+            })?;
+            tracing::info!(source = %node, publication = %publication, "publication created");
+            return Ok(());
+        }
+        if exists[0].get(0, "all") == Some("true") {
+            return Ok(());
+        }
+        let published = sql
+            .query(&format!(
+                "SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = {}",
+                quote_literal(&publication)
+            ))
+            .map_err(|e| external(&node, e))?;
+        let have: Vec<(String, String)> = published[0]
+            .rows
+            .iter()
+            .map(|r| {
+                (
+                    r[0].clone().unwrap_or_default(),
+                    r[1].clone().unwrap_or_default(),
+                )
+            })
+            .collect();
+        let missing: Vec<String> = ids
+            .iter()
+            .filter(|id| !have.contains(id))
+            .map(|(s, t)| format!("{s}.{t}"))
+            .collect();
+        if !missing.is_empty() {
+            return Err(definite(
+                &node,
+                format!(
+                    "postgres: publication `{publication}` does not publish {}: ALTER \
+                     PUBLICATION {publication} ADD TABLE {}",
+                    missing.join(", "),
+                    missing.join(", ")
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Creates the slot if missing; returns where streaming starts for a run without a
+    /// checkpoint (the new slot's consistent point, or an existing slot's confirmed LSN).
+    fn ensure_slot(&mut self) -> Result<Lsn, RunError> {
+        let node = self.spec.node.clone();
+        let slot = self.spec.slot.clone();
+        let sql = self.sql()?;
+        let found = sql
+            .query(&format!(
+                "SELECT plugin, confirmed_flush_lsn::text AS confirmed, active::text AS active \
+                 FROM pg_replication_slots WHERE slot_name = {} AND database = current_database()",
+                quote_literal(&slot)
+            ))
+            .map_err(|e| external(&node, e))?;
+        let r = &found[0];
+        if let Some(plugin) = r.get(0, "plugin") {
+            if plugin != "pgoutput" {
+                return Err(definite(
+                    &node,
+                    format!(
+                        "postgres: replication slot `{slot}` uses the `{plugin}` plugin, not \
+                         pgoutput: give this source a slot of its own"
+                    ),
+                ));
+            }
+            let confirmed = r
+                .get(0, "confirmed")
+                .unwrap_or("0/0")
+                .parse()
+                .map_err(|e| self.err(e))?;
+            return Ok(confirmed);
+        }
+        if self.restored {
+            return Err(definite(
+                &node,
+                format!(
+                    "postgres: replication slot `{slot}` does not exist any more (dropped?): the \
+                     changes after the checkpoint's LSN {} are gone from the server. Start over \
+                     without the checkpoint (`--fresh-start`), which takes a new snapshot",
+                    self.lsn
+                ),
+            ));
+        }
+        let mut repl =
+            Connection::connect(&self.spec.connect, true).map_err(|e| match e.code() {
+                Some("42501") | Some("28000") => definite(
+                    &node,
+                    format!(
+                        "postgres: user `{}` may not replicate ({e}): ALTER ROLE {} REPLICATION \
+                         (and allow it in pg_hba.conf)",
+                        self.spec.connect.user, self.spec.connect.user
+                    ),
+                ),
+                _ => external(&node, e),
+            })?;
+        let created = repl
+            .query(&format!(
+                "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput (SNAPSHOT 'nothing')",
+                quote_ident(&slot)
+            ))
+            .map_err(|e| external(&node, e))?;
+        let point: Lsn = created[0]
+            .get(0, "consistent_point")
+            .unwrap_or("0/0")
+            .parse()
+            .map_err(|e| self.err(e))?;
+        tracing::info!(source = %node, slot = %slot, lsn = %point, "replication slot created");
+        self.repl = Some(repl);
+        Ok(point)
+    }
+
+    /// Reads one chunk of the table being snapshotted.
+    fn snapshot_chunk(
+        &mut self,
+        at: SnapshotPosition,
+        out: &mut ReadBuffers,
+        max_records: usize,
+        now_ms: i64,
+    ) -> Result<(), RunError> {
+        let node = self.spec.node.clone();
+        let table = self.snapshot_tables[at.table].clone();
+        let cdc = self.spec.tables[at.table].clone();
+        let limit = self.spec.chunk_rows.min(max_records.max(1));
+        self.sql()?;
+        let sql = self.sql.as_mut().expect("connected");
+        let mark = sql
+            .query(
+                "SELECT pg_current_wal_lsn()::text AS lsn, \
+                 (extract(epoch FROM clock_timestamp()) * 1000)::int8::text AS ms",
+            )
+            .map_err(|e| external(&node, e))?;
+        let low: Lsn = mark[0]
+            .get(0, "lsn")
+            .unwrap_or("0/0")
+            .parse()
+            .map_err(|e| external(&node, e))?;
+        let ts_ms: i64 = mark[0]
+            .get(0, "ms")
+            .and_then(|m| m.parse().ok())
+            .unwrap_or(now_ms);
+        let filter = match &at.after {
+            None => String::new(),
+            Some(keys) => format!(
+                " WHERE ({}) > ({})",
+                table.key_list,
+                keys.iter()
+                    .map(|k| quote_literal(k))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
+        let query = format!(
+            "SELECT {} FROM {}{filter} ORDER BY {} LIMIT {limit}",
+            table.select, table.relation, table.key_list
+        );
+        let mut rows = 0usize;
+        let mut last: Option<Vec<String>> = None;
+        let mut failed: Option<String> = None;
+        let stream = &mut self.stream;
+        sql.query_each(&query, |event| {
+            let QueryEvent::Row(values) = event else {
+                return Ok(());
+            };
+            rows += 1;
+            let mut after = Vec::with_capacity(values.len());
+            for (i, v) in values.iter().enumerate() {
+                let field = table.schema.field(i);
+                after.push(match v {
+                    None => Value::Null,
+                    Some(text) => match from_text(text, field.data_type) {
+                        Ok(v) => v,
+                        Err(e) => {
+                            failed.get_or_insert(format!("{}.{}: {e}", cdc.id, field.name));
+                            Value::Null
+                        }
+                    },
+                });
+            }
+            last = Some(
+                table
+                    .key
+                    .iter()
+                    .map(|&i| values[i].unwrap_or_default().to_string())
+                    .collect(),
+            );
+            let key = table
+                .key
+                .iter()
+                .map(|&i| (table.schema.field(i).name.as_str().into(), after[i].clone()))
+                .collect();
+            let change = Change {
+                table: cdc.id.clone(),
+                op: Op::Read,
+                columns: table.schema.clone(),
+                key,
+                before: None,
+                after: Some(after),
+                unavailable: Vec::new(),
+                version: Version {
+                    commit_lsn: low.0,
+                    ordinal: 0,
+                },
+                snapshot: SnapshotMarker::True,
+                tx_id: None,
+                source_ts_ms: Some(ts_ms),
+            };
+            stream.apply(0, Decoded::Change(change), out, now_ms);
+            Ok(())
+        })
+        .map_err(|e| external(&node, e))?;
+        if let Some(f) = failed {
+            // A snapshot row that does not convert is a configuration mistake (a column's
+            // type), not a record to drop: every row of the table would be lost.
+            return Err(definite(
+                &node,
+                format!("postgres: snapshot of {}: {f}", cdc.id),
+            ));
+        }
+        if rows < limit {
+            self.stream.end_table_snapshot(at.table, out, ts_ms);
+            tracing::info!(source = %node, table = %cdc.id, "table snapshot read");
+            self.phase = if at.table + 1 < self.spec.tables.len() {
+                Phase::Snapshot(SnapshotPosition {
+                    table: at.table + 1,
+                    after: None,
+                })
+            } else {
+                Phase::Streaming { started: false }
+            };
+        } else {
+            self.phase = Phase::Snapshot(SnapshotPosition {
+                table: at.table,
+                after: last,
+            });
+        }
+        Ok(())
+    }
+
+    fn start_streaming(&mut self) -> Result<(), RunError> {
+        let node = self.spec.node.clone();
+        if self.repl.is_none() {
+            let c =
+                Connection::connect(&self.spec.connect, true).map_err(|e| external(&node, e))?;
+            self.repl = Some(c);
+        }
+        let command = format!(
+            "START_REPLICATION SLOT {} LOGICAL {} (proto_version '1', publication_names {}, \
+             messages 'true')",
+            quote_ident(&self.spec.slot),
+            self.lsn,
+            quote_literal(&self.spec.publication)
+        );
+        let repl = self.repl.as_mut().expect("connected");
+        repl.start_replication(&command)
+            .map_err(|e| match e.code() {
+                Some("55006") => definite(
+                    &node,
+                    format!(
+                        "postgres: replication slot `{}` is in use by another process ({e}); \
+                     each pipeline needs a slot of its own",
+                        self.spec.slot
+                    ),
+                ),
+                _ => external(&node, e),
+            })?;
+        self.phase = Phase::Streaming { started: true };
+        tracing::info!(source = %node, slot = %self.spec.slot, lsn = %self.lsn, "streaming changes");
+        Ok(())
+    }
+
+    fn send_status(&mut self, now_ms: i64, reply: bool) -> Result<(), RunError> {
+        let (received, confirmed) = (self.received.max(self.confirmed), self.confirmed);
+        if let Some(repl) = self
+            .repl
+            .as_mut()
+            .filter(|_| self.phase == Phase::Streaming { started: true })
+        {
+            repl.send_status(received, confirmed, now_ms.saturating_mul(1000), reply)
+                .map_err(|e| external(&self.spec.node, e))?;
+            self.last_status_ms = now_ms;
+        }
+        Ok(())
+    }
+
+    /// Reads what the server has sent, up to `max_records` changes.
+    fn stream_changes(
+        &mut self,
+        out: &mut ReadBuffers,
+        max_records: usize,
+        now_ms: i64,
+    ) -> Result<ReadStatus, RunError> {
+        if let Some(every) = self.spec.heartbeat_interval
+            && now_ms - self.last_heartbeat_ms >= every.as_millis() as i64
+        {
+            self.last_heartbeat_ms = now_ms;
+            let node = self.spec.node.clone();
+            self.sql()?
+                .query(&format!(
+                    "SELECT pg_logical_emit_message(false, {}, clock_timestamp()::text)",
+                    quote_literal(HEARTBEAT_PREFIX)
+                ))
+                .map_err(|e| external(&node, e))?;
+        }
+        if now_ms - self.last_status_ms >= self.spec.status_interval.as_millis() as i64 {
+            self.send_status(now_ms, false)?;
+        }
+        let node = self.spec.node.clone();
+        let mut emitted = 0usize;
+        let mut waited = false;
+        while emitted < max_records {
+            let timeout = if emitted == 0 && !waited {
+                self.spec.poll_interval
+            } else {
+                Duration::from_millis(0)
+            };
+            waited = true;
+            let repl = self.repl.as_mut().expect("streaming");
+            let Some(msg) = repl
+                .recv_replication(timeout)
+                .map_err(|e| external(&node, e))?
+            else {
+                break;
+            };
+            match msg {
+                ReplicationMessage::Keepalive {
+                    end,
+                    sent_us,
+                    reply,
+                } => {
+                    self.received = self.received.max(end);
+                    if !self.inside_tx {
+                        // Between transactions, the server's clock is progress (as with a
+                        // Debezium heartbeat, a commit whose WAL is flushed just after the
+                        // keepalive can carry a commit time a little before it).
+                        out.progress = Some(
+                            out.progress
+                                .map_or(sent_us / 1000, |p| p.max(sent_us / 1000)),
+                        );
+                    }
+                    if reply {
+                        self.send_status(now_ms, false)?;
+                    }
+                }
+                ReplicationMessage::XLogData {
+                    start, end, data, ..
+                } => {
+                    self.received = self.received.max(end);
+                    if data.first() == Some(&b'B') {
+                        self.inside_tx = true;
+                        self.in_tx = 0;
+                    }
+                    let mut decoded = std::mem::take(&mut self.decoded);
+                    let result = self.decoder.decode(start, &data, &mut decoded);
+                    match result {
+                        Ok(commit) => {
+                            for d in decoded.drain(..) {
+                                let change = matches!(d, Decoded::Change(_));
+                                if change && self.inside_tx {
+                                    self.in_tx += 1;
+                                    if self.skip > 0 {
+                                        self.skip -= 1;
+                                        continue;
+                                    }
+                                }
+                                self.stream.apply(0, d, out, now_ms);
+                                emitted += 1;
+                            }
+                            if let Some(end) = commit {
+                                self.lsn = end;
+                                self.inside_tx = false;
+                                self.in_tx = 0;
+                                self.skip = 0;
+                            }
+                        }
+                        Err(e) => {
+                            decoded.clear();
+                            crate::dead_letter::push(
+                                &mut out.dead_letters,
+                                &node,
+                                &self.spec.slot,
+                                &format!("lsn {start}"),
+                                &e.reason,
+                                &data,
+                                now_ms,
+                            );
+                            emitted += 1;
+                        }
+                    }
+                    self.decoded = decoded;
+                }
+            }
+        }
+        if emitted == 0 && out.progress.is_none() {
+            out.caught_up.push(0);
+            return Ok(ReadStatus::Pending {
+                retry_at_ms: now_ms,
+            });
+        }
+        Ok(ReadStatus::Data { partition: 0 })
+    }
+}
+
+impl Source for PostgresSource {
+    fn schema(&self) -> SchemaRef {
+        crate::cdc::stream::main_schema()
+    }
+
+    fn partitions(&self) -> Vec<String> {
+        if self.spec.instance == 0 {
+            vec![self.spec.slot.clone()]
+        } else {
+            Vec::new()
+        }
+    }
+
+    fn extra_ports(&self) -> Vec<PortSpec> {
+        self.stream.ports()
+    }
+
+    fn connect_ports(&mut self, consumed: &[bool]) {
+        self.stream.connect_ports(consumed);
+    }
+
+    fn read(
+        &mut self,
+        out: &mut ReadBuffers,
+        max_records: usize,
+        now_ms: i64,
+    ) -> Result<ReadStatus, RunError> {
+        if self.spec.instance != 0 {
+            return Ok(ReadStatus::Finished);
+        }
+        if !self.prepared {
+            self.start()?;
+        }
+        loop {
+            match self.phase.clone() {
+                Phase::Start => {
+                    return Err(definite(&self.spec.node, "postgres: not started".into()));
+                }
+                Phase::Snapshot(at) => {
+                    self.snapshot_chunk(at, out, max_records, now_ms)?;
+                    return Ok(ReadStatus::Data { partition: 0 });
+                }
+                Phase::Streaming { started: false } => self.start_streaming()?,
+                Phase::Streaming { started: true } => {
+                    return self.stream_changes(out, max_records, now_ms);
+                }
+            }
+        }
+    }
+
+    fn positions(&self) -> Vec<SourcePosition> {
+        if self.spec.instance != 0 {
+            return Vec::new();
+        }
+        let p = PgPosition {
+            slot: self.spec.slot.clone(),
+            lsn: self.lsn.0,
+            skip: if self.inside_tx { self.in_tx } else { 0 },
+            snapshot: match &self.phase {
+                Phase::Snapshot(at) => Some(at.clone()),
+                _ => None,
+            },
+            ended: self.stream.ended_snapshots(),
+            received: self.stream.received_tables(),
+            arrival: self.stream.arrival_order().clone(),
+        };
+        vec![SourcePosition {
+            source: self.spec.node.clone(),
+            partition: self.spec.slot.clone(),
+            position: Position::of(&p),
+        }]
+    }
+
+    fn seek(&mut self, positions: &[SourcePosition]) -> Result<(), RunError> {
+        let Some(sp) = positions.iter().find(|p| p.partition == self.spec.slot) else {
+            return Ok(());
+        };
+        let p: PgPosition = sp
+            .position
+            .decode()
+            .map_err(|e| RunError::restore(&self.spec.node, e))?;
+        if p.slot != self.spec.slot {
+            return Err(RunError::restore(
+                &self.spec.node,
+                format!("the checkpoint was read from slot `{}`", p.slot),
+            ));
+        }
+        if let Some(s) = &p.snapshot {
+            let table = self.snapshot_tables.get(s.table).ok_or_else(|| {
+                RunError::restore(
+                    &self.spec.node,
+                    format!(
+                        "the snapshot position names table {}, which is not configured",
+                        s.table
+                    ),
+                )
+            })?;
+            if s.after.as_ref().is_some_and(|k| k.len() != table.key.len()) {
+                return Err(RunError::restore(
+                    &self.spec.node,
+                    "the snapshot position's key does not match the table's key columns",
+                ));
+            }
+        }
+        self.lsn = Lsn(p.lsn);
+        self.confirmed = Lsn(p.lsn);
+        self.skip = p.skip;
+        self.phase = match p.snapshot {
+            Some(at) => Phase::Snapshot(at),
+            None => Phase::Streaming { started: false },
+        };
+        self.stream.restore_ended_snapshots(&p.ended);
+        self.stream.restore_received_tables(&p.received);
+        self.stream.restore_arrival_order(p.arrival);
+        // Connecting, the checks and the slot come at the first read.
+        self.restored = true;
+        Ok(())
+    }
+
+    fn checkpoint_complete(
+        &mut self,
+        _epoch: Epoch,
+        positions: &[SourcePosition],
+    ) -> Result<(), RunError> {
+        for sp in positions {
+            if let Ok(p) = sp.position.decode::<PgPosition>()
+                && p.slot == self.spec.slot
+                && p.snapshot.is_none()
+            {
+                self.confirmed = self.confirmed.max(Lsn(p.lsn));
+            }
+        }
+        let now = self.last_status_ms;
+        self.send_status(now, false)
+    }
+
+    fn warnings(&self) -> Vec<String> {
+        self.stream.warnings()
+    }
+}
