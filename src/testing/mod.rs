@@ -7,6 +7,7 @@
 pub mod contract;
 pub mod fixtures;
 pub mod kafka_fixtures;
+pub mod postgres_fixtures;
 pub mod services;
 
 use std::collections::BTreeMap;

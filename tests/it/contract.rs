@@ -6,6 +6,7 @@ use watershed::testing::fixtures::{
     CdcFileFixture, FileJsonFixture, FileSinkFixture, GeneratorFixture, StdoutSinkFixture,
 };
 use watershed::testing::kafka_fixtures::{KafkaSinkFixture, KafkaSourceFixture};
+use watershed::testing::postgres_fixtures::PostgresSourceFixture;
 
 #[test]
 fn file_source() {
@@ -55,4 +56,9 @@ fn kafka_sink_at_least_once() {
 #[test]
 fn kafka_sink_exactly_once() {
     check_sink(&KafkaSinkFixture::exactly_once())
+}
+
+#[test]
+fn postgres_source() {
+    check_source(&PostgresSourceFixture::new())
 }

@@ -679,21 +679,11 @@ impl PostgresSource {
                 break;
             };
             match msg {
-                ReplicationMessage::Keepalive {
-                    end,
-                    sent_us,
-                    reply,
-                } => {
+                ReplicationMessage::Keepalive { end, reply, .. } => {
+                    // Not progress: the server's clock says nothing the WAL does not (a
+                    // commit flushed just after a keepalive can carry an earlier time);
+                    // heartbeats written into the WAL are.
                     self.received = self.received.max(end);
-                    if !self.inside_tx {
-                        // Between transactions, the server's clock is progress (as with a
-                        // Debezium heartbeat, a commit whose WAL is flushed just after the
-                        // keepalive can carry a commit time a little before it).
-                        out.progress = Some(
-                            out.progress
-                                .map_or(sent_us / 1000, |p| p.max(sent_us / 1000)),
-                        );
-                    }
                     if reply {
                         self.send_status(now_ms, false)?;
                     }
@@ -814,7 +804,13 @@ impl Source for PostgresSource {
         let p = PgPosition {
             slot: self.spec.slot.clone(),
             lsn: self.lsn.0,
-            skip: if self.inside_tx { self.in_tx } else { 0 },
+            // Inside a transaction, its changes read so far (skipped ones included); between
+            // transactions, what a restore still has to skip of the next one.
+            skip: if self.inside_tx {
+                self.in_tx
+            } else {
+                self.skip
+            },
             snapshot: match &self.phase {
                 Phase::Snapshot(at) => Some(at.clone()),
                 _ => None,
