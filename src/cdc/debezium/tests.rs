@@ -536,3 +536,36 @@ fn records_without_source_schema_match_by_database_or_table_name() {
     let c = change(d.decode(&bytes).unwrap());
     assert_eq!(c.table, TableId::new("", "customers"));
 }
+
+/// JSON has no NaN or infinities: Debezium writes a double column's as strings.
+#[test]
+fn float_nan_and_infinities_arrive_as_strings() {
+    let d = DebeziumDecoder::new([(
+        TableId::new("public", "m"),
+        TableConfig::new(Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int),
+            Field::new("r", DataType::Float),
+        ])))
+        .with_key(&["id"]),
+    )])
+    .unwrap();
+    for (text, check) in [
+        ("\"NaN\"", f64::is_nan as fn(f64) -> bool),
+        ("\"Infinity\"", |f: f64| f == f64::INFINITY),
+        ("\"-Infinity\"", |f: f64| f == f64::NEG_INFINITY),
+        ("0.5", |f: f64| f == 0.5),
+    ] {
+        let e = format!(
+            r#"{{"before":null,"after":{{"id":1,"r":{text}}},"source":{{"schema":"public","table":"m","lsn":1}},"op":"c"}}"#
+        );
+        let Decoded::Change(c) = d.decode(e.as_bytes()).unwrap() else {
+            panic!("a change")
+        };
+        let Some(Value::Float(f)) = c.after.unwrap().get(1).cloned() else {
+            panic!("a float")
+        };
+        assert!(check(f), "{text} gave {f}");
+    }
+    let bad = r#"{"before":null,"after":{"id":1,"r":"lots"},"source":{"schema":"public","table":"m","lsn":1},"op":"c"}"#;
+    assert!(d.decode(bad.as_bytes()).is_err());
+}

@@ -148,8 +148,12 @@ pub(super) fn convert(kind: Kind, raw: &str) -> Result<Option<Value>, String> {
             "number" => Value::Int(parse_int(raw)?),
             _ => return Err(mismatch("an integer")),
         },
-        Kind::Float => match kind_name {
-            "number" => Value::Float(parse_float(raw)?),
+        Kind::Float => match (kind_name, text.as_deref()) {
+            ("number", _) => Value::Float(parse_float(raw)?),
+            // JSON has no NaN or infinities: Debezium writes them as strings.
+            (_, Some("NaN")) => Value::Float(f64::NAN),
+            (_, Some("Infinity")) => Value::Float(f64::INFINITY),
+            (_, Some("-Infinity")) => Value::Float(f64::NEG_INFINITY),
             _ => return Err(mismatch("a number")),
         },
         Kind::Bool => match raw {

@@ -13,6 +13,9 @@
 //!   heartbeat when its prefix is `HEARTBEAT_PREFIX`.
 //! - An unchanged TOASTed value is `Null` in `after` and listed in `unavailable` (the
 //!   materializer keeps the previous value), as Debezium's placeholder is.
+//! - The old row of an update or delete under REPLICA IDENTITY DEFAULT has its key columns
+//!   and nulls (Debezium puts placeholder values in NOT NULL columns there; only the key is
+//!   read from it). `tests/it/debezium.rs` checks the records equal Debezium 3.6.3's.
 //! - Version: `(commit LSN of the transaction, LSN of the change)`: the same for every change
 //!   of a transaction, strictly increasing from one transaction to the next in commit order,
 //!   and in WAL (statement) order inside one. Event time: the commit time.
