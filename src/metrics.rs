@@ -14,6 +14,13 @@ pub const LATE_RECORDS: &str = "watershed_late_records_total";
 pub const DEAD_LETTER_RECORDS: &str = "watershed_dead_letter_records_total";
 pub const IDLE_TRANSITIONS: &str = "watershed_source_idle_transitions_total";
 pub const CDC_SKIPPED_RECORDS: &str = "watershed_cdc_skipped_records_total";
+/// WAL the server has written that a native Postgres source has not read yet.
+pub const CDC_REPLICATION_LAG_BYTES: &str = "watershed_cdc_replication_lag_bytes";
+/// How far behind the database's clock the last transaction read was committed (0 when
+/// caught up).
+pub const CDC_REPLICATION_LAG_MS: &str = "watershed_cdc_replication_lag_milliseconds";
+/// WAL the server keeps for the source's replication slot (what it may not recycle).
+pub const CDC_SLOT_RETAINED_BYTES: &str = "watershed_cdc_slot_retained_wal_bytes";
 pub const ENRICH_LOOKUPS: &str = "watershed_enrich_lookups_total";
 pub const ENRICH_MATCHED: &str = "watershed_enrich_matched_total";
 pub const ENRICH_MISSES: &str = "watershed_enrich_misses_total";

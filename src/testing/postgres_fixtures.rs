@@ -153,6 +153,7 @@ impl PostgresSourceFixture {
             poll_interval: Duration::from_millis(20),
             status_interval: Duration::from_secs(10),
             heartbeat_interval: None,
+            max_retained_wal: 1 << 30,
             instance: 0,
         })
         .expect("a Postgres source");

@@ -225,6 +225,12 @@ const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 
 impl Postgres {
     pub fn start() -> Postgres {
+        Postgres::start_with("")
+    }
+
+    /// A server with `conf` appended to its settings (a later line wins: e.g.
+    /// `wal_level=replica`).
+    pub fn start_with(conf: &str) -> Postgres {
         use std::os::unix::fs::PermissionsExt;
         let (uid, gid) = postgres_user();
         let dir = tempfile::tempdir().expect("a temp dir for Postgres");
@@ -254,8 +260,8 @@ impl Postgres {
         let port = free_port();
         let conf = format!(
             "listen_addresses='127.0.0.1'\nport={port}\nunix_socket_directories='{}'\n\
-             wal_level=logical\nmax_replication_slots=10\nmax_wal_senders=10\nfsync=off\n\
-             full_page_writes=off\n",
+             wal_level=logical\nmax_replication_slots=30\nmax_wal_senders=30\nfsync=off\n\
+             full_page_writes=off\n{conf}\n",
             dir.path().display()
         );
         use std::io::Write;

@@ -6,13 +6,19 @@ use std::collections::BTreeMap;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use watershed::cdc::Decoded;
+use std::sync::Arc;
+
+use watershed::cdc::stream::{CdcTable, TableConfig};
+use watershed::cdc::{Decoded, TableId};
+use watershed::dataflow::{ReadBuffers, ReadStatus, Source};
 use watershed::sources::postgres::changes::{ChangeDecoder, HEARTBEAT_PREFIX};
 use watershed::sources::postgres::pgoutput::{self, Message, TupleValue};
+use watershed::sources::postgres::source::{PostgresSource, PostgresSpec};
 use watershed::sources::postgres::wire::{
     ConnectOptions, Connection, Lsn, PgError, ReplicationMessage,
 };
 use watershed::testing::services::Postgres;
+use watershed::types::{DataType, Field, Schema};
 
 fn options(pg: &Postgres, user: &str, password: Option<&str>) -> ConnectOptions {
     ConnectOptions {
@@ -524,4 +530,174 @@ sinks:
     );
     assert_eq!(confirmed.trim(), "t");
     pg.sql("cdc", "SELECT pg_drop_replication_slot('e2e_slot')");
+}
+
+fn source_on(pg: &Postgres, database: &str, user: &str, slot: &str, table: &str) -> PostgresSource {
+    source_with(pg, database, user, slot, table, |_| {})
+}
+
+fn source_with(
+    pg: &Postgres,
+    database: &str,
+    user: &str,
+    slot: &str,
+    table: &str,
+    adjust: impl FnOnce(&mut PostgresSpec),
+) -> PostgresSource {
+    let password = match user {
+        "scram_user" => Some("scram-secret"),
+        "md5_user" => Some("md5-secret"),
+        _ => None,
+    };
+    let mut spec = PostgresSpec {
+        node: "refdb".into(),
+        connect: ConnectOptions {
+            database: database.into(),
+            ..options(pg, user, password)
+        },
+        slot: slot.into(),
+        publication: slot.into(),
+        tables: vec![CdcTable {
+            port: "t".into(),
+            id: TableId::new("public", table),
+            config: TableConfig::new(Arc::new(Schema::new(vec![
+                Field::new("id", DataType::Int),
+                Field::new("v", DataType::String),
+            ])))
+            .with_key(&["id"]),
+        }],
+        snapshot: true,
+        chunk_rows: 100,
+        poll_interval: Duration::from_millis(10),
+        status_interval: Duration::from_secs(10),
+        heartbeat_interval: None,
+        max_retained_wal: 1 << 30,
+        instance: 0,
+    };
+    adjust(&mut spec);
+    PostgresSource::new(spec).unwrap()
+}
+
+/// Reads until the source has streamed (its snapshot read), or fails with its error.
+fn read_until_streaming(source: &mut PostgresSource) -> Result<(), String> {
+    let mut out = ReadBuffers::for_source(&*source);
+    source.connect_ports(&[true, true, true]);
+    for _ in 0..100 {
+        match source.read(&mut out, 100, 0).map_err(|e| e.to_string())? {
+            ReadStatus::Pending { .. } => return Ok(()),
+            _ => continue,
+        }
+    }
+    Ok(())
+}
+
+/// Each operational mistake stops the source with a one-line explanation of what to do.
+#[test]
+fn operational_mistakes_are_explained() {
+    let pg = Postgres::shared();
+    pg.sql(
+        "cdc",
+        "CREATE TABLE op_ok (id int PRIMARY KEY, v text);
+         CREATE TABLE op_nokey (id int, v text);
+         CREATE TABLE op_other (id int PRIMARY KEY, v text);
+         CREATE PUBLICATION op_partial FOR TABLE op_other;
+         GRANT SELECT ON op_ok TO md5_user;",
+    );
+    let fail = |mut s: PostgresSource| read_until_streaming(&mut s).unwrap_err();
+
+    let e = fail(source_on(pg, "cdc", "cdc", "op_missing", "no_such_table"));
+    assert!(
+        e.contains("table public.no_such_table (port `t`) does not exist"),
+        "{e}"
+    );
+
+    let e = fail(source_on(pg, "cdc", "cdc", "op_nokey", "op_nokey"));
+    assert!(
+        e.contains("has no primary key and no replica identity"),
+        "{e}"
+    );
+    assert!(e.contains("REPLICA IDENTITY FULL"), "{e}");
+
+    let e = fail(source_on(pg, "cdc", "cdc", "op_partial", "op_ok"));
+    assert!(
+        e.contains("publication `op_partial` does not publish public.op_ok: ALTER PUBLICATION"),
+        "{e}"
+    );
+
+    // A user who may not create the publication, then one without REPLICATION.
+    let e = fail(source_on(pg, "cdc", "md5_user", "op_norepl", "op_ok"));
+    assert!(
+        e.contains("publication `op_norepl` does not exist and this user may not create it"),
+        "{e}"
+    );
+    pg.sql("cdc", "CREATE PUBLICATION op_norepl FOR TABLE op_ok");
+    let e = fail(source_on(pg, "cdc", "md5_user", "op_norepl", "op_ok"));
+    assert!(e.contains("may not replicate"), "{e}");
+    assert!(e.contains("ALTER ROLE md5_user REPLICATION"), "{e}");
+
+    // A slot in use by another process.
+    let mut first = source_on(pg, "cdc", "cdc", "op_busy", "op_ok");
+    read_until_streaming(&mut first).unwrap();
+    let e = fail(source_on(pg, "cdc", "cdc", "op_busy", "op_ok"));
+    assert!(e.contains("is in use by another process"), "{e}");
+    assert!(e.contains("slot of its own"), "{e}");
+
+    // A restore whose slot was dropped underneath: the changes since are gone.
+    let positions = first.positions();
+    drop(first);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pg
+        .sql(
+            "cdc",
+            "SELECT active FROM pg_replication_slots WHERE slot_name = 'op_busy'",
+        )
+        .trim()
+        == "t"
+    {
+        assert!(Instant::now() < deadline, "the slot stays active");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    pg.sql("cdc", "SELECT pg_drop_replication_slot('op_busy')");
+    let mut restored = source_on(pg, "cdc", "cdc", "op_busy", "op_ok");
+    restored.seek(&positions).unwrap();
+    let e = read_until_streaming(&mut restored).unwrap_err();
+    assert!(
+        e.contains("replication slot `op_busy` does not exist any more"),
+        "{e}"
+    );
+    assert!(e.contains("--fresh-start"), "{e}");
+
+    // A server without logical decoding.
+    let replica = Postgres::start_with("wal_level=replica");
+    replica.sql("cdc", "CREATE TABLE op_ok (id int PRIMARY KEY, v text)");
+    let e = fail(source_on(&replica, "cdc", "cdc", "op_wal", "op_ok"));
+    assert!(e.contains("wal_level is `replica`"), "{e}");
+    assert!(e.contains("wal_level = logical"), "{e}");
+}
+
+/// A slot that keeps more WAL than `max_retained_wal` is a warning in `/status`.
+#[test]
+fn a_slot_retaining_too_much_wal_is_a_warning() {
+    let pg = Postgres::shared();
+    pg.sql("cdc", "CREATE TABLE lag_t (id int PRIMARY KEY, v text)");
+    let mut s = source_with(pg, "cdc", "cdc", "lag_slot", "lag_t", |spec| {
+        spec.max_retained_wal = 0;
+        spec.status_interval = Duration::ZERO;
+    });
+    read_until_streaming(&mut s).unwrap();
+    pg.sql(
+        "cdc",
+        "INSERT INTO lag_t SELECT i, md5(i::text) FROM generate_series(1, 1000) i",
+    );
+    let mut out = ReadBuffers::for_source(&s);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while s.warnings().is_empty() {
+        assert!(Instant::now() < deadline, "no warning");
+        s.read(&mut out, 100, 1).unwrap();
+    }
+    let w = s.warnings().join("\n");
+    assert!(w.contains("replication slot `lag_slot` retains"), "{w}");
+    drop(s);
+    std::thread::sleep(Duration::from_millis(200));
+    let _ = pg.sql("cdc", "SELECT pg_drop_replication_slot('lag_slot')");
 }

@@ -61,6 +61,8 @@ struct Transaction {
 /// pgoutput → `Decoded`; see the module documentation.
 pub struct ChangeDecoder {
     configured: ahash::AHashMap<TableId, TableConfig>,
+    /// Commit time of the last transaction committed (ms).
+    last_commit_ms: Option<i64>,
     relations: ahash::AHashMap<u32, RelationPlan>,
     tx: Option<Transaction>,
     in_stream: bool,
@@ -70,6 +72,7 @@ impl ChangeDecoder {
     pub fn new(configured: impl IntoIterator<Item = (TableId, TableConfig)>) -> ChangeDecoder {
         ChangeDecoder {
             configured: configured.into_iter().collect(),
+            last_commit_ms: None,
             relations: ahash::AHashMap::new(),
             tx: None,
             in_stream: false,
@@ -99,8 +102,13 @@ impl ChangeDecoder {
                     xid,
                 });
             }
-            Message::Commit { end_lsn, .. } => {
+            Message::Commit {
+                end_lsn,
+                commit_time_us,
+                ..
+            } => {
                 self.tx = None;
+                self.last_commit_ms = Some(commit_time_us.div_euclid(1000));
                 return Ok(Some(end_lsn));
             }
             Message::Relation(r) => {
@@ -214,6 +222,11 @@ impl ChangeDecoder {
             }
         }
         Ok(None)
+    }
+
+    /// The commit time (ms) of the last transaction whose `Commit` was decoded.
+    pub fn last_commit_ms(&self) -> Option<i64> {
+        self.last_commit_ms
     }
 
     fn relation(&self, id: u32) -> Result<&RelationPlan, DecodeError> {

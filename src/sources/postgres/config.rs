@@ -53,6 +53,9 @@ pub struct PostgresSourceConfig {
     pub poll_interval: Option<S<String>>,
     /// How long connecting may take (default 10s).
     pub connect_timeout: Option<S<String>>,
+    /// MiB of WAL the slot may retain before the source warns (default 1024): the pipeline
+    /// is behind or its checkpoints do not complete, and the database's disk fills.
+    pub max_retained_wal_mb: Option<S<u64>>,
 }
 
 /// Whether `name` is a valid replication slot name (lowercase letters, digits, underscore,
@@ -166,6 +169,7 @@ impl SourceConfig for PostgresSourceConfig {
             application_name: format!("watershed {}", cx.name),
             connect_timeout,
         };
+        let max_retained_wal_mb = self.max_retained_wal_mb.as_ref().map_or(1024, |m| m.value);
         let node = cx.name.to_string();
         let factory: SourceFactory = Arc::new(move |instance, _parallelism| {
             let source = PostgresSource::new(PostgresSpec {
@@ -179,6 +183,7 @@ impl SourceConfig for PostgresSourceConfig {
                 poll_interval,
                 status_interval: Duration::from_secs(10),
                 heartbeat_interval,
+                max_retained_wal: max_retained_wal_mb << 20,
                 instance,
             })?;
             Ok(Box::new(source) as Box<dyn Source>)

@@ -65,6 +65,8 @@ pub struct PostgresSpec {
     /// How often the server is told the confirmed LSN without being asked.
     pub status_interval: Duration,
     pub heartbeat_interval: Option<Duration>,
+    /// WAL retained for the slot beyond which the source warns (`/status`, a WARN line).
+    pub max_retained_wal: u64,
     pub instance: usize,
 }
 
@@ -109,6 +111,16 @@ enum Phase {
     },
 }
 
+/// Replication lag and the WAL the slot retains, as last measured.
+#[derive(Clone, Copy, Debug, Default)]
+struct Lag {
+    bytes: u64,
+    ms: u64,
+    retained: u64,
+    /// The retained WAL was over `max_retained_wal` (warned once per crossing).
+    over: bool,
+}
+
 /// A configured table as the snapshot reads it.
 #[derive(Clone, Debug)]
 struct SnapshotTable {
@@ -144,6 +156,13 @@ pub struct PostgresSource {
     last_status_ms: i64,
     last_heartbeat_ms: i64,
     restored: bool,
+    /// Commit time of the last transaction read (database clock, ms).
+    last_commit_ms: Option<i64>,
+    /// The last read found nothing to read.
+    caught_up: bool,
+    /// The last measurement of the slot and the lag (`measure`).
+    lag: Lag,
+    last_measure_ms: i64,
     /// Connected and checked (`start`).
     prepared: bool,
     decoded: Vec<Decoded>,
@@ -225,6 +244,10 @@ impl PostgresSource {
             last_status_ms: 0,
             last_heartbeat_ms: 0,
             restored: false,
+            last_commit_ms: None,
+            caught_up: false,
+            lag: Lag::default(),
+            last_measure_ms: i64::MIN,
             prepared: false,
             decoded: Vec::new(),
             spec,
@@ -625,6 +648,63 @@ impl PostgresSource {
         Ok(())
     }
 
+    /// Measures (every status interval) how far behind the server the source is and how
+    /// much WAL its slot keeps; publishes the gauges and warns when the slot keeps more
+    /// than `max_retained_wal`.
+    fn measure(&mut self, now_ms: i64) -> Result<(), RunError> {
+        if now_ms.saturating_sub(self.last_measure_ms)
+            < self.spec.status_interval.as_millis() as i64
+        {
+            return Ok(());
+        }
+        self.last_measure_ms = now_ms;
+        let node = self.spec.node.clone();
+        // What the server has sent or filtered (a keepalive's end) counts as read.
+        let (slot, lsn) = (self.spec.slot.clone(), self.lsn.max(self.received));
+        let r = self
+            .sql()?
+            .query(&format!(
+                "SELECT (pg_current_wal_lsn() - '{lsn}'::pg_lsn)::int8::text AS lag, \
+                 (pg_current_wal_lsn() - restart_lsn)::int8::text AS retained, \
+                 (extract(epoch FROM clock_timestamp()) * 1000)::int8::text AS now \
+                 FROM pg_replication_slots WHERE slot_name = {}",
+                quote_literal(&slot)
+            ))
+            .map_err(|e| external(&node, e))?;
+        let num = |c: &str| r[0].get(0, c).and_then(|v| v.parse::<i64>().ok());
+        let (Some(lag), Some(retained), Some(db_now)) = (num("lag"), num("retained"), num("now"))
+        else {
+            return Ok(());
+        };
+        let bytes = lag.max(0) as u64;
+        let ms = match self.last_commit_ms {
+            Some(c) if bytes > 0 && !self.caught_up => (db_now - c).max(0) as u64,
+            _ => 0,
+        };
+        let retained = retained.max(0) as u64;
+        let over = retained > self.spec.max_retained_wal;
+        if over && !self.lag.over {
+            tracing::warn!(
+                source = %node,
+                slot = %slot,
+                retained_mib = retained >> 20,
+                "the replication slot retains more WAL than max_retained_wal: the pipeline is \
+                 behind or its checkpoints do not complete, and the database's disk fills"
+            );
+        }
+        self.lag = Lag {
+            bytes,
+            ms,
+            retained,
+            over,
+        };
+        let label = [(crate::metrics::LABEL_NODE, node)];
+        metrics::gauge!(crate::metrics::CDC_REPLICATION_LAG_BYTES, &label).set(bytes as f64);
+        metrics::gauge!(crate::metrics::CDC_REPLICATION_LAG_MS, &label).set(ms as f64);
+        metrics::gauge!(crate::metrics::CDC_SLOT_RETAINED_BYTES, &label).set(retained as f64);
+        Ok(())
+    }
+
     fn send_status(&mut self, now_ms: i64, reply: bool) -> Result<(), RunError> {
         let (received, confirmed) = (self.received.max(self.confirmed), self.confirmed);
         if let Some(repl) = self
@@ -661,6 +741,7 @@ impl PostgresSource {
         if now_ms - self.last_status_ms >= self.spec.status_interval.as_millis() as i64 {
             self.send_status(now_ms, false)?;
         }
+        self.measure(now_ms)?;
         let node = self.spec.node.clone();
         let mut emitted = 0usize;
         let mut waited = false;
@@ -713,6 +794,7 @@ impl PostgresSource {
                                 emitted += 1;
                             }
                             if let Some(end) = commit {
+                                self.last_commit_ms = self.decoder.last_commit_ms();
                                 self.lsn = end;
                                 self.inside_tx = false;
                                 self.in_tx = 0;
@@ -737,6 +819,7 @@ impl PostgresSource {
                 }
             }
         }
+        self.caught_up = emitted == 0;
         if emitted == 0 && out.progress.is_none() {
             out.caught_up.push(0);
             return Ok(ReadStatus::Pending {
@@ -890,6 +973,18 @@ impl Source for PostgresSource {
     }
 
     fn warnings(&self) -> Vec<String> {
-        self.stream.warnings()
+        let mut w = self.stream.warnings();
+        if self.lag.over {
+            w.push(format!(
+                "replication slot `{}` retains {} MiB of WAL (max_retained_wal {} MiB): the \
+                 pipeline is behind ({} MiB, {} ms) or its checkpoints do not complete",
+                self.spec.slot,
+                self.lag.retained >> 20,
+                self.spec.max_retained_wal >> 20,
+                self.lag.bytes >> 20,
+                self.lag.ms
+            ));
+        }
+        w
     }
 }
