@@ -903,3 +903,50 @@ fn a_lost_replication_connection_resumes_from_the_checkpoint() {
     }
     assert_eq!(id_v_state(&rows), id_v_table(pg, "cut_t"));
 }
+
+/// `watershed bootstrap` reads the tables' snapshot into a savepoint (creating the slot
+/// first); a run from the savepoint streams every change made since, not the snapshot again.
+#[test]
+fn a_bootstrap_reads_the_snapshot_and_the_run_from_it_streams_what_came_after() {
+    let pg = Postgres::shared();
+    pg.sql(
+        "cdc",
+        "CREATE TABLE boot_t (id int PRIMARY KEY, v text);
+         INSERT INTO boot_t SELECT i, 'v' || i FROM generate_series(1, 500) i;",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = id_v_pipeline(pg, dir.path(), "boot_slot", "boot_t", 100);
+    let savepoint = dir.path().join("savepoint");
+    let boot = Command::new(env!("CARGO_BIN_EXE_watershed"))
+        .args(["bootstrap", "--log", "warn"])
+        .arg(&pipeline)
+        .arg("--savepoint")
+        .arg(&savepoint)
+        .output()
+        .unwrap();
+    assert!(
+        boot.status.success(),
+        "{}",
+        String::from_utf8_lossy(&boot.stderr)
+    );
+    pg.sql("cdc", "UPDATE boot_t SET v = 'after' WHERE id <= 3");
+    let child = Command::new(env!("CARGO_BIN_EXE_watershed"))
+        .args(["run", "--log", "warn", "--metrics-addr", "off"])
+        .arg(&pipeline)
+        .arg("--from-savepoint")
+        .arg(&savepoint)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_rows(dir.path(), "the changes after the bootstrap", |r| {
+        r.iter().filter(|x| x["v"] == "after").count() == 3
+    });
+    let err = stop(child);
+    assert!(err.contains("restored from checkpoint"), "{err}");
+    let rows = out_rows(dir.path());
+    assert!(
+        rows.iter().all(|r| r["_op"] == "u"),
+        "only the changes: {rows:?}"
+    );
+}

@@ -165,6 +165,8 @@ pub struct PostgresSource {
     last_measure_ms: i64,
     /// Connected and checked (`start`).
     prepared: bool,
+    /// A bootstrap: the snapshot only, no streaming.
+    bootstrap: bool,
     decoded: Vec<Decoded>,
 }
 
@@ -249,6 +251,7 @@ impl PostgresSource {
             lag: Lag::default(),
             last_measure_ms: i64::MIN,
             prepared: false,
+            bootstrap: false,
             decoded: Vec::new(),
             spec,
         })
@@ -872,6 +875,13 @@ impl Source for PostgresSource {
                     self.snapshot_chunk(at, out, max_records, now_ms)?;
                     return Ok(ReadStatus::Data { partition: 0 });
                 }
+                Phase::Streaming { started: false } if self.bootstrap => {
+                    // The snapshot is read: a bootstrap ends here (the savepoint's position
+                    // starts streaming at the slot's start).
+                    return Ok(ReadStatus::Pending {
+                        retry_at_ms: now_ms + 100,
+                    });
+                }
                 Phase::Streaming { started: false } => self.start_streaming()?,
                 Phase::Streaming { started: true } => {
                     return self.stream_changes(out, max_records, now_ms);
@@ -970,6 +980,17 @@ impl Source for PostgresSource {
         }
         let now = self.last_status_ms;
         self.send_status(now, false)
+    }
+
+    /// A bootstrap reads the tables' snapshot (creating the slot first, so the run from the
+    /// savepoint streams every change after it).
+    fn start_bootstrap(&mut self) -> bool {
+        self.bootstrap = self.spec.instance == 0;
+        self.bootstrap
+    }
+
+    fn bootstrap_done(&self) -> bool {
+        matches!(self.phase, Phase::Streaming { .. })
     }
 
     fn warnings(&self) -> Vec<String> {
