@@ -18,7 +18,7 @@ use crate::cdc::TableId;
 use crate::cdc::stream::{CdcTable, TableConfig};
 use crate::dataflow::Source;
 use crate::sources::postgres::source::{PostgresSource, PostgresSpec};
-use crate::sources::postgres::wire::{ConnectOptions, Connection};
+use crate::sources::postgres::wire::{ConnectOptions, Connection, TlsMode};
 use crate::testing::contract::{CorruptInput, SourceFixture};
 use crate::testing::services::Postgres;
 use crate::types::{DataType, Field, Schema};
@@ -43,6 +43,8 @@ fn options(pg: &Postgres) -> ConnectOptions {
         database: DATABASE.into(),
         application_name: "watershed contract".into(),
         connect_timeout: Duration::from_secs(10),
+        tls: TlsMode::Prefer,
+        ca_file: None,
     }
 }
 

@@ -231,6 +231,23 @@ impl Postgres {
     /// A server with `conf` appended to its settings (a later line wins: e.g.
     /// `wal_level=replica`).
     pub fn start_with(conf: &str) -> Postgres {
+        Postgres::start_with_files(conf, &[])
+    }
+
+    /// A server with TLS on (`ssl = on`), its certificate for `127.0.0.1` and `localhost`
+    /// signed by a test authority; returns the authority's certificate (PEM) too.
+    pub fn start_with_tls() -> (Postgres, Vec<u8>) {
+        let (ca, cert, key) = test_certificates();
+        let pg = Postgres::start_with_files(
+            "ssl=on\nssl_cert_file='server.crt'\nssl_key_file='server.key'",
+            &[("server.crt", &cert, 0o644), ("server.key", &key, 0o600)],
+        );
+        (pg, ca)
+    }
+
+    /// A server with `conf` appended to its settings and these files (name, bytes, mode)
+    /// written into its data directory before it starts.
+    pub fn start_with_files(conf: &str, files: &[(&str, &[u8], u32)]) -> Postgres {
         use std::os::unix::fs::PermissionsExt;
         let (uid, gid) = postgres_user();
         let dir = tempfile::tempdir().expect("a temp dir for Postgres");
@@ -270,6 +287,12 @@ impl Postgres {
             .open(data.join("postgresql.conf"))
             .and_then(|mut f| f.write_all(conf.as_bytes()))
             .expect("postgresql.conf");
+        for (name, bytes, mode) in files {
+            let path = data.join(name);
+            std::fs::write(&path, bytes).expect("a file for Postgres");
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(*mode)).expect("chmod");
+            std::os::unix::fs::chown(&path, Some(uid), Some(gid)).expect("chown");
+        }
         // Password users for the authentication tests; everyone else is trusted.
         let hba = data.join("pg_hba.conf");
         let trusted = std::fs::read_to_string(&hba).expect("pg_hba.conf");
@@ -525,4 +548,67 @@ fn spawn_tied_to_process(mut command: Command) -> std::io::Result<Child> {
     result
         .recv()
         .map_err(|_| std::io::Error::other("the service keeper is gone"))?
+}
+
+/// A test certificate authority and a server certificate it signs for `127.0.0.1` and
+/// `localhost`: (authority certificate, server certificate, server key), PEM.
+pub fn test_certificates() -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+    use openssl::asn1::Asn1Time;
+    use openssl::bn::BigNum;
+    use openssl::hash::MessageDigest;
+    use openssl::pkey::PKey;
+    use openssl::rsa::Rsa;
+    use openssl::x509::extension::{BasicConstraints, SubjectAlternativeName};
+    use openssl::x509::{X509, X509NameBuilder};
+
+    let name = |cn: &str| {
+        let mut n = X509NameBuilder::new().unwrap();
+        n.append_entry_by_text("CN", cn).unwrap();
+        n.build()
+    };
+    let key = || PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap();
+    let (ca_key, server_key) = (key(), key());
+    let mut ca = X509::builder().unwrap();
+    ca.set_version(2).unwrap();
+    ca.set_serial_number(&BigNum::from_u32(1).unwrap().to_asn1_integer().unwrap())
+        .unwrap();
+    ca.set_subject_name(&name("watershed test authority"))
+        .unwrap();
+    ca.set_issuer_name(&name("watershed test authority"))
+        .unwrap();
+    ca.set_pubkey(&ca_key).unwrap();
+    ca.set_not_before(&Asn1Time::days_from_now(0).unwrap())
+        .unwrap();
+    ca.set_not_after(&Asn1Time::days_from_now(2).unwrap())
+        .unwrap();
+    ca.append_extension(BasicConstraints::new().critical().ca().build().unwrap())
+        .unwrap();
+    ca.sign(&ca_key, MessageDigest::sha256()).unwrap();
+    let ca = ca.build();
+    let mut server = X509::builder().unwrap();
+    server.set_version(2).unwrap();
+    server
+        .set_serial_number(&BigNum::from_u32(2).unwrap().to_asn1_integer().unwrap())
+        .unwrap();
+    server.set_subject_name(&name("localhost")).unwrap();
+    server.set_issuer_name(ca.subject_name()).unwrap();
+    server.set_pubkey(&server_key).unwrap();
+    server
+        .set_not_before(&Asn1Time::days_from_now(0).unwrap())
+        .unwrap();
+    server
+        .set_not_after(&Asn1Time::days_from_now(2).unwrap())
+        .unwrap();
+    let san = SubjectAlternativeName::new()
+        .dns("localhost")
+        .ip("127.0.0.1")
+        .build(&server.x509v3_context(Some(&ca), None))
+        .unwrap();
+    server.append_extension(san).unwrap();
+    server.sign(&ca_key, MessageDigest::sha256()).unwrap();
+    (
+        ca.to_pem().unwrap(),
+        server.build().to_pem().unwrap(),
+        server_key.private_key_to_pem_pkcs8().unwrap(),
+    )
 }

@@ -231,7 +231,9 @@ fn the_native_source_decodes_a_history_as_debezium_does() {
     use watershed::cdc::stream::TableConfig;
     use watershed::cdc::{DebeziumDecoder, Decoded, TableId};
     use watershed::sources::postgres::changes::ChangeDecoder;
-    use watershed::sources::postgres::wire::{ConnectOptions, Connection, Lsn, ReplicationMessage};
+    use watershed::sources::postgres::wire::{
+        ConnectOptions, Connection, Lsn, ReplicationMessage, TlsMode,
+    };
     use watershed::types::{DataType, Field, Schema};
 
     let pg = Postgres::shared();
@@ -282,6 +284,8 @@ fn the_native_source_decodes_a_history_as_debezium_does() {
         database: "diff".into(),
         application_name: "differential".into(),
         connect_timeout: Duration::from_secs(10),
+        tls: TlsMode::Prefer,
+        ca_file: None,
     };
     let mut native = Connection::connect(&options, true).unwrap();
     let slot = native

@@ -16,7 +16,7 @@ use watershed::sources::postgres::changes::{ChangeDecoder, HEARTBEAT_PREFIX};
 use watershed::sources::postgres::pgoutput::{self, Message, TupleValue};
 use watershed::sources::postgres::source::{PostgresSource, PostgresSpec};
 use watershed::sources::postgres::wire::{
-    ConnectOptions, Connection, Lsn, PgError, ReplicationMessage,
+    ConnectOptions, Connection, Lsn, PgError, ReplicationMessage, TlsMode,
 };
 use watershed::testing::services::Postgres;
 use watershed::types::{DataType, Field, Schema};
@@ -30,6 +30,8 @@ fn options(pg: &Postgres, user: &str, password: Option<&str>) -> ConnectOptions 
         database: "cdc".into(),
         application_name: "watershed-test".into(),
         connect_timeout: Duration::from_secs(10),
+        tls: TlsMode::Prefer,
+        ca_file: None,
     }
 }
 
@@ -949,4 +951,78 @@ fn a_bootstrap_reads_the_snapshot_and_the_run_from_it_streams_what_came_after() 
         rows.iter().all(|r| r["_op"] == "u"),
         "only the changes: {rows:?}"
     );
+}
+
+/// TLS as libpq's sslmode: against a server with TLS (its certificate signed by a test
+/// authority) every mode connects, and `verify-*` check the certificate; against one without,
+/// `prefer` falls back to plain and `require` refuses. Replication runs over TLS too.
+#[test]
+fn tls_modes_as_libpq_has_them() {
+    let (tls_pg, ca) = Postgres::start_with_tls();
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca).unwrap();
+    let with = |pg: &Postgres, host: &str, tls: TlsMode, ca: Option<&Path>| ConnectOptions {
+        host: host.into(),
+        tls,
+        ca_file: ca.map(Path::to_path_buf),
+        ..options(pg, "scram_user", Some("scram-secret"))
+    };
+    let ssl_in_use = |c: &mut Connection| {
+        c.query("SELECT ssl::text FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+            .unwrap()[0]
+            .rows[0][0]
+            .clone()
+            .unwrap()
+    };
+    for mode in [TlsMode::Prefer, TlsMode::Require] {
+        let mut c = Connection::connect(&with(&tls_pg, "127.0.0.1", mode, None), false).unwrap();
+        assert_eq!(ssl_in_use(&mut c), "true", "{mode:?}");
+    }
+    for host in ["127.0.0.1", "localhost"] {
+        let mut c = Connection::connect(
+            &with(&tls_pg, host, TlsMode::VerifyFull, Some(&ca_file)),
+            false,
+        )
+        .unwrap();
+        assert_eq!(ssl_in_use(&mut c), "true");
+    }
+    let mut plain =
+        Connection::connect(&with(&tls_pg, "127.0.0.1", TlsMode::Disable, None), false).unwrap();
+    assert_eq!(ssl_in_use(&mut plain), "false");
+    // An authority that did not sign the server's certificate.
+    let (other_ca, _, _) = watershed::testing::services::test_certificates();
+    let other = dir.path().join("other.pem");
+    std::fs::write(&other, other_ca).unwrap();
+    let e = Connection::connect(
+        &with(&tls_pg, "127.0.0.1", TlsMode::VerifyCa, Some(&other)),
+        false,
+    )
+    .err()
+    .expect("an unknown authority is refused");
+    assert!(e.to_string().contains("TLS with 127.0.0.1"), "{e}");
+    // Replication over TLS.
+    let mut repl = Connection::connect(
+        &ConnectOptions {
+            user: "cdc".into(),
+            password: None,
+            ..with(&tls_pg, "127.0.0.1", TlsMode::VerifyFull, Some(&ca_file))
+        },
+        true,
+    )
+    .unwrap();
+    assert!(
+        repl.query("IDENTIFY_SYSTEM").unwrap()[0]
+            .get(0, "xlogpos")
+            .is_some()
+    );
+
+    // A server without TLS: `prefer` connects plain, `require` is refused with a reason.
+    let pg = Postgres::shared();
+    let mut c = Connection::connect(&with(pg, "127.0.0.1", TlsMode::Prefer, None), false).unwrap();
+    assert_eq!(ssl_in_use(&mut c), "false");
+    let e = Connection::connect(&with(pg, "127.0.0.1", TlsMode::Require, None), false)
+        .err()
+        .expect("require without TLS is refused");
+    assert!(e.to_string().contains("does not accept TLS"), "{e}");
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::source::{PostgresSource, PostgresSpec};
-use super::wire::ConnectOptions;
+use super::wire::{ConnectOptions, TlsMode};
 use crate::config::component::{BuiltSource, SourceConfig, SourceContext};
 use crate::config::yaml::S;
 use crate::dataflow::Source;
@@ -53,6 +53,12 @@ pub struct PostgresSourceConfig {
     pub poll_interval: Option<S<String>>,
     /// How long connecting may take (default 10s).
     pub connect_timeout: Option<S<String>>,
+    /// `prefer` (default: TLS if the server offers it), `disable`, `require`, `verify-ca` or
+    /// `verify-full`, as libpq's `sslmode`.
+    pub tls: Option<S<String>>,
+    /// The authority that signs the server's certificate, for `verify-ca`/`verify-full`
+    /// (default: the system's).
+    pub ca_file: Option<S<String>>,
     /// MiB of WAL the slot may retain before the source warns (default 1024): the pipeline
     /// is behind or its checkpoints do not complete, and the database's disk fills.
     pub max_retained_wal_mb: Option<S<u64>>,
@@ -157,6 +163,32 @@ impl SourceConfig for PostgresSourceConfig {
                 );
             }
         }
+        let tls = match &self.tls {
+            None => TlsMode::Prefer,
+            Some(t) => TlsMode::parse(&t.value).unwrap_or_else(|| {
+                cx.issue(
+                    &t.referenced,
+                    "tls",
+                    format!(
+                        "unknown tls mode `{}`; use disable, prefer, require, verify-ca or \
+                         verify-full",
+                        t.value
+                    ),
+                );
+                TlsMode::Prefer
+            }),
+        };
+        let ca_file = self.ca_file.as_ref().map(|f| cx.base_dir.join(&f.value));
+        if let (Some(f), false) = (
+            &self.ca_file,
+            matches!(tls, TlsMode::VerifyCa | TlsMode::VerifyFull),
+        ) {
+            cx.issue(
+                &f.referenced,
+                "ca_file",
+                "the certificate is checked only with `tls: verify-ca` or `verify-full`",
+            );
+        }
         let connect = ConnectOptions {
             host: self
                 .host
@@ -168,6 +200,8 @@ impl SourceConfig for PostgresSourceConfig {
             database: self.database.value.clone(),
             application_name: format!("watershed {}", cx.name),
             connect_timeout,
+            tls,
+            ca_file,
         };
         let max_retained_wal_mb = self.max_retained_wal_mb.as_ref().map_or(1024, |m| m.value);
         let node = cx.name.to_string();

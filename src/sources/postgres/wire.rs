@@ -1,12 +1,14 @@
-//! One PostgreSQL connection as change capture needs it: the startup (optionally in logical
-//! replication mode), authentication (trust, cleartext, MD5, SCRAM-SHA-256), simple queries
-//! with text results, and the streaming replication sub-protocol. Frontend messages and the
+//! One PostgreSQL connection as change capture needs it: TLS as libpq's `sslmode` offers it
+//! (OpenSSL), the startup (optionally in logical replication mode), authentication (trust,
+//! cleartext, MD5, SCRAM-SHA-256), simple queries with text results, and the streaming
+//! replication sub-protocol. Frontend messages and the
 //! SCRAM/MD5 computations come from `postgres-protocol`; backend frames are read here (its
 //! parser knows no `CopyBothResponse`). Blocking I/O on a `TcpStream` with timeouts: the
 //! source's thread owns the connection.
 //!
 //! ```text
 //!  client                                              server
+//!  SSLRequest ──►         ◄── 'S' (TLS handshake follows) | 'N' (plain, or refused by `tls`)
 //!  StartupMessage(user, database[, replication=database]) ──►
 //!                         ◄── Authentication (SASL | MD5 | cleartext | Ok)
 //!                         ◄── ParameterStatus*, BackendKeyData, ReadyForQuery
@@ -121,6 +123,126 @@ fn io(context: &str, e: std::io::Error) -> PgError {
     PgError::Io(format!("{context}: {e}"))
 }
 
+/// Whether and how the connection is encrypted (libpq's `sslmode`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TlsMode {
+    /// Plain TCP.
+    Disable,
+    /// TLS if the server offers it, else plain; the certificate is not checked.
+    #[default]
+    Prefer,
+    /// TLS or no connection; the certificate is not checked.
+    Require,
+    /// TLS with a certificate signed by the trusted authority (`ca_file`, else the
+    /// system's).
+    VerifyCa,
+    /// As `VerifyCa`, and the certificate names the host connected to.
+    VerifyFull,
+}
+
+impl TlsMode {
+    pub fn parse(text: &str) -> Option<TlsMode> {
+        Some(match text {
+            "disable" => TlsMode::Disable,
+            "prefer" => TlsMode::Prefer,
+            "require" => TlsMode::Require,
+            "verify-ca" => TlsMode::VerifyCa,
+            "verify-full" => TlsMode::VerifyFull,
+            _ => return None,
+        })
+    }
+}
+
+/// The socket, plain or under TLS.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<openssl::ssl::SslStream<TcpStream>>),
+}
+
+impl Stream {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Stream::Plain(t) => t,
+            Stream::Tls(s) => s.get_ref(),
+        }
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Plain(t) => t.read(buf),
+            Stream::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Plain(t) => t.write(buf),
+            Stream::Tls(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Stream::Plain(t) => t.flush(),
+            Stream::Tls(s) => s.flush(),
+        }
+    }
+}
+
+/// Asks the server for TLS and sets it up as `opts.tls` says.
+fn negotiate(mut tcp: TcpStream, opts: &ConnectOptions) -> Result<Stream, PgError> {
+    if opts.tls == TlsMode::Disable {
+        return Ok(Stream::Plain(tcp));
+    }
+    let mut request = BytesMut::new();
+    frontend::ssl_request(&mut request);
+    tcp.write_all(&request)
+        .map_err(|e| io("asking the server for TLS", e))?;
+    let mut answer = [0u8; 1];
+    tcp.read_exact(&mut answer)
+        .map_err(|e| io("asking the server for TLS", e))?;
+    match answer[0] {
+        b'N' if opts.tls == TlsMode::Prefer => Ok(Stream::Plain(tcp)),
+        b'N' => Err(PgError::Auth(format!(
+            "the server at {}:{} does not accept TLS connections (ssl = off), and `tls` asks              for TLS",
+            opts.host, opts.port
+        ))),
+        b'S' => {
+            use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
+            let tls = |e: openssl::error::ErrorStack| PgError::Auth(format!("TLS: {e}"));
+            let mut builder = SslConnector::builder(SslMethod::tls_client()).map_err(tls)?;
+            let verify = matches!(opts.tls, TlsMode::VerifyCa | TlsMode::VerifyFull);
+            if verify {
+                if let Some(ca) = &opts.ca_file {
+                    builder.set_ca_file(ca).map_err(|e| {
+                        PgError::Auth(format!("TLS: cannot read ca_file {}: {e}", ca.display()))
+                    })?;
+                }
+                builder.set_verify(SslVerifyMode::PEER);
+            } else {
+                builder.set_verify(SslVerifyMode::NONE);
+            }
+            let mut config = builder.build().configure().map_err(tls)?;
+            config.set_verify_hostname(opts.tls == TlsMode::VerifyFull);
+            let stream = config.connect(&opts.host, tcp).map_err(|e| {
+                PgError::Auth(format!(
+                    "TLS with {}:{} failed (tls: {:?}): {e}",
+                    opts.host, opts.port, opts.tls
+                ))
+            })?;
+            Ok(Stream::Tls(Box::new(stream)))
+        }
+        other => Err(PgError::Protocol(format!(
+            "answer {:?} to the TLS request",
+            other as char
+        ))),
+    }
+}
+
 /// Where and as whom to connect.
 #[derive(Clone)]
 pub struct ConnectOptions {
@@ -131,6 +253,9 @@ pub struct ConnectOptions {
     pub database: String,
     pub application_name: String,
     pub connect_timeout: Duration,
+    pub tls: TlsMode,
+    /// The authority that signs the server's certificate (`verify-ca`, `verify-full`).
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for ConnectOptions {
@@ -141,6 +266,7 @@ impl std::fmt::Debug for ConnectOptions {
             .field("user", &self.user)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
             .field("database", &self.database)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -285,7 +411,7 @@ fn server_error(body: &[u8]) -> PgError {
 
 /// An open connection.
 pub struct Connection {
-    stream: TcpStream,
+    stream: Stream,
     /// Bytes read from the server: `rbuf[rpos..rend]` is not parsed yet.
     rbuf: Vec<u8>,
     rpos: usize,
@@ -302,17 +428,39 @@ impl Connection {
     /// Connects, authenticates and waits until the server is ready for queries; with
     /// `replication`, the connection is a walsender for logical replication on the database.
     pub fn connect(opts: &ConnectOptions, replication: bool) -> Result<Connection, PgError> {
-        let addr = (opts.host.as_str(), opts.port)
+        // Every address the host resolves to, in order (`localhost` may be ::1 first).
+        let addrs: Vec<_> = (opts.host.as_str(), opts.port)
             .to_socket_addrs()
             .map_err(|e| io(&format!("cannot resolve {}:{}", opts.host, opts.port), e))?
-            .next()
-            .ok_or_else(|| PgError::Io(format!("{} resolves to no address", opts.host)))?;
-        let stream = TcpStream::connect_timeout(&addr, opts.connect_timeout)
-            .map_err(|e| io(&format!("cannot connect to {}:{}", opts.host, opts.port), e))?;
+            .collect();
+        let mut last = None;
+        let mut connected = None;
+        for addr in &addrs {
+            match TcpStream::connect_timeout(addr, opts.connect_timeout) {
+                Ok(s) => {
+                    connected = Some(s);
+                    break;
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        let stream = match (connected, last) {
+            (Some(s), _) => s,
+            (None, Some(e)) => {
+                return Err(io(
+                    &format!("cannot connect to {}:{}", opts.host, opts.port),
+                    e,
+                ));
+            }
+            (None, None) => {
+                return Err(PgError::Io(format!("{} resolves to no address", opts.host)));
+            }
+        };
         stream.set_nodelay(true).ok();
         stream
             .set_read_timeout(Some(opts.connect_timeout))
             .map_err(|e| io("socket", e))?;
+        let stream = negotiate(stream, opts)?;
         let mut conn = Connection {
             stream,
             rbuf: vec![0; 64 * 1024],
@@ -707,6 +855,7 @@ impl Connection {
         let timeout = timeout.max(Duration::from_millis(1));
         if timeout != self.timeout {
             self.stream
+                .tcp()
                 .set_read_timeout(Some(timeout))
                 .map_err(|e| io("socket", e))?;
             self.timeout = timeout;
@@ -850,6 +999,8 @@ mod tests {
             database: "d".into(),
             application_name: "a".into(),
             connect_timeout: Duration::from_secs(1),
+            tls: TlsMode::Prefer,
+            ca_file: None,
         };
         assert!(!format!("{o:?}").contains("hunter2"));
     }
