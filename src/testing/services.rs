@@ -427,6 +427,11 @@ pub struct Debezium {
 }
 
 impl Debezium {
+    /// The process id of its JVM.
+    pub fn pid(&self) -> u32 {
+        self.child.lock().unwrap_or_else(|e| e.into_inner()).id()
+    }
+
     /// Starts the connector with `properties` (`key=value` lines; the offsets file is set
     /// here) and waits until its engine runs.
     pub fn start(properties: &str, brokers: &str) -> Debezium {

@@ -3,7 +3,8 @@
 // the Kafka topic Debezium names for it, key and value as Kafka Connect's JSON converter
 // writes them, through the brokers in args[1]: what a Kafka Connect worker running the
 // Postgres connector would put on the topics. Prints "streaming" once the engine runs;
-// stops on SIGTERM.
+// stops on SIGTERM. Connector properties named `producer.<setting>` set the Kafka producer's
+// `<setting>` (a benchmark batches; the tests keep one record per batch).
 import io.debezium.engine.ChangeEvent;
 import io.debezium.engine.DebeziumEngine;
 import io.debezium.engine.format.Json;
@@ -33,6 +34,11 @@ public class DebeziumToKafka {
         kafka.put("max.in.flight.requests.per.connection", "1");
         // One record per batch: the test broker's high watermark is exact then.
         kafka.put("batch.size", "1");
+        for (String name : connector.stringPropertyNames()) {
+            if (name.startsWith("producer.")) {
+                kafka.put(name.substring("producer.".length()), connector.getProperty(name));
+            }
+        }
         KafkaProducer<String, String> producer = new KafkaProducer<>(kafka);
         DebeziumEngine<ChangeEvent<String, String>> engine = DebeziumEngine.create(Json.class)
                 .using(connector)

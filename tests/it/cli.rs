@@ -220,6 +220,7 @@ fn readme_pipeline_examples_are_valid() {
             .arg("validate")
             .arg(&path)
             .env("KAFKA_PASSWORD", "an example")
+            .env("PGPASSWORD", "an example")
             .output()
             .unwrap();
         assert!(
@@ -230,7 +231,7 @@ fn readme_pipeline_examples_are_valid() {
         checked += 1;
         rest = &block[end..];
     }
-    assert_eq!(checked, 3, "every README pipeline example is checked");
+    assert_eq!(checked, 4, "every README pipeline example is checked");
 }
 
 #[test]

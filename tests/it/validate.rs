@@ -95,7 +95,7 @@ fn a_source_needs_exactly_one_kind() {
     expect(
         "sources:\n  s:\n    idle_timeout: 1s\n  t:\n    generator: {}\n    file: {paths: [in.jsonl]}\n",
         &[
-            "p.yaml:3:5: field `sources.s`: a source needs one kind block: `generator`, `file` or `kafka`",
+            "p.yaml:3:5: field `sources.s`: a source needs one kind block: `generator`, `file`, `kafka` or `postgres`",
             "field `sources.t`: a source has exactly one kind block, not `generator` and `file`",
         ],
     );

@@ -14,6 +14,7 @@ mod ceiling;
 mod input;
 mod job;
 mod kafka;
+mod postgres;
 mod process;
 mod report;
 mod sample;
@@ -45,7 +46,9 @@ pub struct BenchArgs {
     /// looked up in a Debezium table with updates and deletes, in `lookup` and `as_of` mode,
     /// against the strongest plain loop, whole runs and steady state) or `kafka` (that job
     /// read from and written to a Kafka-protocol broker on loopback, against a plain rdkafka
-    /// consume → join → produce loop; `--kafka-records`, the first `--reference-rows`).
+    /// consume → join → produce loop; `--kafka-records`, the first `--reference-rows`) or
+    /// `postgres` (the native Postgres source against real Debezium on one database:
+    /// snapshot, streaming, latency; `--pg-rows`, `--pg-changes`).
     #[arg(long, default_value = "all")]
     pub case: String,
     /// Reference table sizes of the enrich case.
@@ -66,6 +69,12 @@ pub struct BenchArgs {
     /// Observations of the kafka case (held in the broker's memory: about 600 bytes each).
     #[arg(long, default_value_t = 500_000)]
     pub kafka_records: u64,
+    /// Rows of the postgres case's table.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub pg_rows: u64,
+    /// Changes the postgres case streams.
+    #[arg(long, default_value_t = 200_000)]
+    pub pg_changes: u64,
     /// Another `watershed` binary whose pipelines the `job` case runs too, right after this
     /// one's in every round (an earlier build, to compare in one sitting).
     #[arg(long)]
@@ -131,6 +140,9 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     if args.case == "kafka" {
         let rows = args.reference_rows.first().copied().unwrap_or(100_000);
         kafka::kafka_case(args.kafka_records, rows, args.rounds.max(1), &dir)?;
+    }
+    if args.case == "postgres" {
+        postgres::postgres_case(args.pg_rows, args.pg_changes)?;
     }
     if args.case == "all" || args.case == "enrich" {
         for &rows in &args.reference_rows {
