@@ -380,7 +380,9 @@ impl Reading {
 /// Until when `Reader::read` reads.
 #[derive(Clone, Copy)]
 enum Until {
-    /// The reading holds this many batches (or the source finished).
+    /// The reading holds this many batches (or the source finished, or — for a source read
+    /// up to a limit, whose batches need not fall the same way on every read — the reading
+    /// holds the limit's records).
     Batches(usize),
     /// The source finished, or the reading holds this many records.
     End(Option<usize>),
@@ -402,6 +404,8 @@ struct Reader<'c> {
     partitions: Vec<String>,
     now_ms: i64,
     batch_size: usize,
+    /// The fixture's limit, for a source that never ends.
+    limit: Option<usize>,
 }
 
 impl<'c> Reader<'c> {
@@ -419,6 +423,7 @@ impl<'c> Reader<'c> {
             partitions,
             now_ms: T0,
             batch_size,
+            limit: None,
         }
     }
 
@@ -512,10 +517,19 @@ impl<'c> Reader<'c> {
                 });
                 *pending += 1;
                 if *pending > 2_000 {
-                    self.ctx.fail(
-                        "pending for 2000 reads in a row before the end of the input \
-                         (set `limit` for a source that never ends)",
-                    );
+                    let per_port: Vec<String> = into
+                        .streams
+                        .iter()
+                        .map(|((p, port), rs)| format!("{p}/{port}: {}", rs.len()))
+                        .collect();
+                    self.ctx.fail(format_args!(
+                        "pending for 2000 reads in a row before the end of the input, with {} \
+                         records read ({}) at positions {:?} (set `limit` for a source that \
+                         never ends)",
+                        into.records,
+                        per_port.join(", "),
+                        self.source.positions()
+                    ));
                 }
                 // Time moves on; a source waiting for a service gets real time too.
                 std::thread::sleep(Duration::from_millis(1));
@@ -539,7 +553,9 @@ impl<'c> Reader<'c> {
         let mut pending = 0;
         for _ in 0..1_000_000 {
             let done = match until {
-                Until::Batches(n) => into.batches >= n,
+                Until::Batches(n) => {
+                    into.batches >= n || self.limit.is_some_and(|l| into.records >= l)
+                }
                 Until::End(limit) => limit.is_some_and(|l| into.records >= l),
             };
             if done || !self.step(into, &mut pending) {
@@ -563,7 +579,9 @@ struct Input<'a> {
 
 impl Input<'_> {
     fn open<'c>(&self, ctx: &'c Ctx) -> Reader<'c> {
-        Reader::open(ctx, (self.build)(), self.batch_size)
+        let mut r = Reader::open(ctx, (self.build)(), self.batch_size);
+        r.limit = self.limit;
+        r
     }
 
     /// An uninterrupted read to the end, and the positions there.

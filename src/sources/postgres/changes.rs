@@ -224,6 +224,11 @@ impl ChangeDecoder {
         Ok(None)
     }
 
+    /// The commit time (ms) of the transaction being decoded, if inside one.
+    pub fn current_commit_ms(&self) -> Option<i64> {
+        self.tx.map(|t| t.commit_time_ms)
+    }
+
     /// The commit time (ms) of the last transaction whose `Commit` was decoded.
     pub fn last_commit_ms(&self) -> Option<i64> {
         self.last_commit_ms

@@ -500,6 +500,8 @@ impl PostgresSource {
         max_records: usize,
         now_ms: i64,
     ) -> Result<(), RunError> {
+        crate::failpoint::hit("postgres-snapshot-chunk");
+        crate::failpoint::slow("postgres-snapshot-chunk");
         let node = self.spec.node.clone();
         let table = self.snapshot_tables[at.table].clone();
         let cdc = self.spec.tables[at.table].clone();
@@ -749,10 +751,12 @@ impl PostgresSource {
         let mut emitted = 0usize;
         let mut waited = false;
         while emitted < max_records {
+            // Wait for the first message only; then take what has arrived with it, so a
+            // steady trickle is handed over at once instead of gathered into full batches.
             let timeout = if emitted == 0 && !waited {
                 self.spec.poll_interval
             } else {
-                Duration::from_millis(0)
+                Duration::ZERO
             };
             waited = true;
             let repl = self.repl.as_mut().expect("streaming");
@@ -806,6 +810,8 @@ impl PostgresSource {
                         }
                         Err(e) => {
                             decoded.clear();
+                            // At its commit time, like the change it is, when known.
+                            let at = self.decoder.current_commit_ms().unwrap_or(now_ms);
                             crate::dead_letter::push(
                                 &mut out.dead_letters,
                                 &node,
@@ -813,7 +819,7 @@ impl PostgresSource {
                                 &format!("lsn {start}"),
                                 &e.reason,
                                 &data,
-                                now_ms,
+                                at,
                             );
                             emitted += 1;
                         }

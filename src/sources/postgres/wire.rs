@@ -668,6 +668,14 @@ impl Connection {
         Ok(true)
     }
 
+    /// Whether a whole frame is already read from the socket.
+    fn frame_buffered(&self) -> bool {
+        let unread = &self.rbuf[self.rpos..self.rend];
+        unread.len() >= 5
+            && unread.len()
+                > u32::from_be_bytes([unread[1], unread[2], unread[3], unread[4]]) as usize
+    }
+
     /// The next frame, or `None` if none arrived before the read timeout.
     fn try_frame(&mut self) -> Result<Option<Frame>, PgError> {
         if !self.fill(5)? {
@@ -847,11 +855,16 @@ impl Connection {
         }
     }
 
-    /// The next replication message, waiting at most `timeout`; `None` if none came.
+    /// The next replication message, waiting at most `timeout`; `None` if none came. A zero
+    /// `timeout` takes only a message already read from the socket (no system call): a
+    /// reader that drains what arrived returns as soon as it has, however fast more comes.
     pub fn recv_replication(
         &mut self,
         timeout: Duration,
     ) -> Result<Option<ReplicationMessage>, PgError> {
+        if timeout.is_zero() && !self.frame_buffered() {
+            return Ok(None);
+        }
         let timeout = timeout.max(Duration::from_millis(1));
         if timeout != self.timeout {
             self.stream
