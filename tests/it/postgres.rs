@@ -1032,3 +1032,59 @@ fn tls_modes_as_libpq_has_them() {
         .expect("require without TLS is refused");
     assert!(e.to_string().contains("does not accept TLS"), "{e}");
 }
+
+/// A quiet table in a busy database: the server's keepalives move the source's position, and
+/// with each durable checkpoint the slot's confirmed LSN, so the server can recycle the WAL
+/// others write.
+#[test]
+fn a_quiet_slot_in_a_busy_database_lets_its_wal_go() {
+    let pg = Postgres::shared();
+    pg.sql(
+        "cdc",
+        "CREATE TABLE quiet_t (id int PRIMARY KEY, v text);
+         CREATE TABLE busy_t (id int, v text);",
+    );
+    let mut s = source_with(pg, "cdc", "cdc", "quiet_slot", "quiet_t", |spec| {
+        spec.heartbeat_interval = None;
+    });
+    read_until_streaming(&mut s).unwrap();
+    let confirmed = || -> Lsn {
+        pg.sql(
+            "cdc",
+            "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = 'quiet_slot'",
+        )
+        .trim()
+        .parse()
+        .unwrap()
+    };
+    let before = confirmed();
+    // Another table's changes (not published) write WAL.
+    pg.sql(
+        "cdc",
+        "INSERT INTO busy_t SELECT i, md5(i::text) FROM generate_series(1, 20000) i",
+    );
+    let written: Lsn = pg
+        .sql("cdc", "SELECT pg_current_wal_lsn()")
+        .trim()
+        .parse()
+        .unwrap();
+    let mut out = ReadBuffers::for_source(&s);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut epoch = 0;
+    while confirmed() < written {
+        assert!(
+            Instant::now() < deadline,
+            "confirmed {} (from {before}), WAL written to {written}",
+            confirmed()
+        );
+        s.read(&mut out, 100, 1).unwrap();
+        epoch += 1;
+        let positions = s.positions();
+        s.checkpoint_complete(epoch, &positions).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(out.extra[0].is_empty(), "no change of the quiet table");
+    drop(s);
+    std::thread::sleep(Duration::from_millis(200));
+    let _ = pg.sql("cdc", "SELECT pg_drop_replication_slot('quiet_slot')");
+}

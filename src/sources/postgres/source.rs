@@ -768,10 +768,17 @@ impl PostgresSource {
             };
             match msg {
                 ReplicationMessage::Keepalive { end, reply, .. } => {
-                    // Not progress: the server's clock says nothing the WAL does not (a
-                    // commit flushed just after a keepalive can carry an earlier time);
-                    // heartbeats written into the WAL are.
+                    // Not event-time progress: the server's clock says nothing the WAL does
+                    // not (a commit flushed just after a keepalive can carry an earlier
+                    // time); heartbeats written into the WAL are. But between transactions
+                    // everything before `end` that concerns this slot has been sent, so the
+                    // position moves there: a quiet slot in a busy cluster lets the server
+                    // recycle the WAL of others (a transaction still open commits after
+                    // `end` and is sent again from a restart there).
                     self.received = self.received.max(end);
+                    if !self.inside_tx && self.skip == 0 {
+                        self.lsn = self.lsn.max(end);
+                    }
                     if reply {
                         self.send_status(now_ms, false)?;
                     }
