@@ -48,6 +48,9 @@ use crate::dataflow::{Position, SourcePosition};
 use crate::error::{ErrorClass, RunError};
 use crate::types::{Epoch, SchemaRef, Value};
 
+/// How long one read keeps gathering changes that keep arriving.
+const GATHER: Duration = Duration::from_millis(5);
+
 /// What a `PostgresSource` is built from.
 #[derive(Clone, Debug)]
 pub struct PostgresSpec {
@@ -750,11 +753,17 @@ impl PostgresSource {
         let node = self.spec.node.clone();
         let mut emitted = 0usize;
         let mut waited = false;
+        let gathering = std::time::Instant::now();
         while emitted < max_records {
-            // Wait for the first message only; then take what has arrived with it, so a
-            // steady trickle is handed over at once instead of gathered into full batches.
+            // Wait for the first message; then gather what arrives for at most
+            // `GATHER` (larger batches under load), and after that only what has already
+            // arrived, so a steady trickle is handed over within milliseconds instead of
+            // being gathered into full batches. (How long a call gathers changes batch
+            // boundaries, never what is emitted.)
             let timeout = if emitted == 0 && !waited {
                 self.spec.poll_interval
+            } else if gathering.elapsed() < GATHER {
+                Duration::from_millis(1)
             } else {
                 Duration::ZERO
             };

@@ -67,6 +67,11 @@ impl std::str::FromStr for Lsn {
 /// Microseconds between the Unix epoch and Postgres's epoch (2000-01-01).
 pub const PG_EPOCH_OFFSET_US: i64 = 946_684_800_000_000;
 
+/// The read buffer: one read takes up to this much of what the kernel holds.
+const READ_BUFFER: usize = 1 << 20;
+/// The least room a read is given at the end of the buffer.
+const READ_AT_LEAST: usize = 64 * 1024;
+
 /// The largest frame accepted from the server (a row or a WAL message).
 const MAX_FRAME: usize = 1 << 30;
 
@@ -463,7 +468,7 @@ impl Connection {
         let stream = negotiate(stream, opts)?;
         let mut conn = Connection {
             stream,
-            rbuf: vec![0; 64 * 1024],
+            rbuf: vec![0; READ_BUFFER],
             rpos: 0,
             rend: 0,
             timeout: opts.connect_timeout,
@@ -641,8 +646,9 @@ impl Connection {
                 self.rpos = 0;
                 self.rend = 0;
             }
-            if self.rpos + n > self.rbuf.len() {
-                // Move the unread bytes to the front, and grow if a frame needs it.
+            if self.rpos + n > self.rbuf.len() || self.rbuf.len() - self.rend < READ_AT_LEAST {
+                // Move the unread bytes to the front (so that one read can take all the
+                // kernel holds), and grow if a frame needs it.
                 self.rbuf.copy_within(self.rpos..self.rend, 0);
                 self.rend -= self.rpos;
                 self.rpos = 0;
