@@ -413,12 +413,8 @@ sinks:
          CREATE PUBLICATION e2e_slot FOR TABLE pg_hosts;",
     );
     let start = || {
-        Command::new(env!("CARGO_BIN_EXE_watershed"))
-            .args(["run", "--log", "warn", "--metrics-addr", "off"])
-            .arg(&pipeline)
+        run_command(&pipeline, &[])
             .env("E2E_PG_PASSWORD", "scram-secret")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
             .spawn()
             .unwrap()
     };
@@ -514,19 +510,7 @@ sinks:
         table_now(pg),
         "the change rows give the table"
     );
-    let mut seen = std::collections::BTreeSet::new();
-    for x in r
-        .iter()
-        .filter(|x| x["_op"] != "r" && x["_op"] != "snapshot_end")
-    {
-        let id = (
-            x["_op"].to_string(),
-            x["_lsn"].to_string(),
-            x["_ordinal"].to_string(),
-            x["host"].to_string(),
-        );
-        assert!(seen.insert(id.clone()), "a change twice: {id:?}");
-    }
+    assert_no_change_twice(&r, &["_op", "_lsn", "_ordinal", "host"]);
     let confirmed = pg.sql(
         "cdc",
         "SELECT confirmed_flush_lsn > '0/0' FROM pg_replication_slots WHERE slot_name = 'e2e_slot'",
@@ -734,14 +718,31 @@ sinks:
     pipeline
 }
 
-fn spawn(pipeline: &Path) -> std::process::Child {
-    Command::new(env!("CARGO_BIN_EXE_watershed"))
-        .args(["run", "--log", "warn", "--metrics-addr", "off"])
+/// `watershed run PIPELINE`, quiet but for warnings, with these arguments added.
+fn run_command(pipeline: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_watershed"));
+    c.args(["run", "--log", "warn", "--metrics-addr", "off"])
         .arg(pipeline)
+        .args(args)
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
+        .stderr(Stdio::piped());
+    c
+}
+
+fn spawn(pipeline: &Path) -> std::process::Child {
+    run_command(pipeline, &[]).spawn().unwrap()
+}
+
+/// Every change row (snapshot reads and ends aside) is there once, identified by `columns`.
+fn assert_no_change_twice(rows: &[serde_json::Value], columns: &[&str]) {
+    let mut seen = std::collections::BTreeSet::new();
+    for x in rows
+        .iter()
+        .filter(|x| x["_op"] != "r" && x["_op"] != "snapshot_end")
+    {
+        let id: Vec<String> = columns.iter().map(|c| x[*c].to_string()).collect();
+        assert!(seen.insert(id.clone()), "a change twice: {id:?}");
+    }
 }
 
 fn out_rows(dir: &Path) -> Vec<serde_json::Value> {
@@ -824,9 +825,7 @@ fn a_snapshot_killed_half_way_resumes_from_its_last_chunk() {
     let pipeline = id_v_pipeline(pg, dir.path(), "snap_slot", "snap_t", 500);
     // The process dies at its 60th chunk of 120, each chunk taking 10 ms or more: several
     // checkpoints (every 200 ms) are complete by then.
-    let killed = Command::new(env!("CARGO_BIN_EXE_watershed"))
-        .args(["run", "--log", "warn", "--metrics-addr", "off"])
-        .arg(&pipeline)
+    let killed = run_command(&pipeline, &[])
         .env("WATERSHED_FAILPOINT", "postgres-snapshot-chunk:60")
         .env("WATERSHED_SLOW", "postgres-snapshot-chunk:10")
         .output()
@@ -897,18 +896,7 @@ fn a_lost_replication_connection_resumes_from_the_checkpoint() {
     let err = stop(child);
     assert!(err.contains("restart"), "the run restarted: {err}");
     let rows = out_rows(dir.path());
-    let mut seen = std::collections::BTreeSet::new();
-    for x in rows
-        .iter()
-        .filter(|x| x["_op"] != "r" && x["_op"] != "snapshot_end")
-    {
-        let id = (
-            x["_op"].to_string(),
-            x["_ordinal"].to_string(),
-            x["id"].to_string(),
-        );
-        assert!(seen.insert(id.clone()), "a change twice: {id:?}");
-    }
+    assert_no_change_twice(&rows, &["_op", "_ordinal", "id"]);
     assert_eq!(id_v_state(&rows), id_v_table(pg, "cut_t"));
 }
 
@@ -938,15 +926,12 @@ fn a_bootstrap_reads_the_snapshot_and_the_run_from_it_streams_what_came_after() 
         String::from_utf8_lossy(&boot.stderr)
     );
     pg.sql("cdc", "UPDATE boot_t SET v = 'after' WHERE id <= 3");
-    let child = Command::new(env!("CARGO_BIN_EXE_watershed"))
-        .args(["run", "--log", "warn", "--metrics-addr", "off"])
-        .arg(&pipeline)
-        .arg("--from-savepoint")
-        .arg(&savepoint)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = run_command(
+        &pipeline,
+        &["--from-savepoint", savepoint.to_str().unwrap()],
+    )
+    .spawn()
+    .unwrap();
     wait_rows(dir.path(), "the changes after the bootstrap", |r| {
         r.iter().filter(|x| x["v"] == "after").count() == 3
     });

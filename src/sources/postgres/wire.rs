@@ -886,12 +886,21 @@ impl Connection {
             b'd' => {
                 let mut c = Cursor::new(&f.body, "replication");
                 match c.u8()? {
-                    b'w' => Ok(Some(ReplicationMessage::XLogData {
-                        start: Lsn(c.u64()?),
-                        end: Lsn(c.u64()?),
-                        sent_us: c.i64()?.saturating_add(PG_EPOCH_OFFSET_US),
-                        data: c.rest().to_vec(),
-                    })),
+                    b'w' => {
+                        let (start, end) = (Lsn(c.u64()?), Lsn(c.u64()?));
+                        let sent_us = c.i64()?.saturating_add(PG_EPOCH_OFFSET_US);
+                        // The message is the frame's tail: the frame's buffer, its header cut
+                        // off in place (no second allocation).
+                        let header = f.body.len() - c.remaining();
+                        let mut data = f.body;
+                        data.drain(..header);
+                        Ok(Some(ReplicationMessage::XLogData {
+                            start,
+                            end,
+                            sent_us,
+                            data,
+                        }))
+                    }
                     b'k' => Ok(Some(ReplicationMessage::Keepalive {
                         end: Lsn(c.u64()?),
                         sent_us: c.i64()?.saturating_add(PG_EPOCH_OFFSET_US),
