@@ -324,6 +324,7 @@ pub fn read_topic(brokers: &str, topic: &str) -> Vec<(Option<Vec<u8>>, Vec<u8>)>
             .expect("a partition");
         consumer.assign(&tpl).expect("assign");
         let deadline = Instant::now() + Duration::from_secs(20);
+        let mut reached = false;
         loop {
             match consumer.poll(Duration::from_millis(100)) {
                 Some(Ok(m)) => {
@@ -331,9 +332,9 @@ pub fn read_topic(brokers: &str, topic: &str) -> Vec<(Option<Vec<u8>>, Vec<u8>)>
                         m.key().map(<[u8]>::to_vec),
                         m.payload().unwrap_or_default().to_vec(),
                     ));
-                    if m.offset() + 1 >= high {
-                        break;
-                    }
+                    // Not a stop: tansu's high watermark can fall short of a topic
+                    // written in batches of several records; read on until quiet.
+                    reached |= m.offset() + 1 >= high;
                 }
                 Some(Err(e)) => panic!("reading {topic}: {e}"),
                 None => {
@@ -344,7 +345,7 @@ pub fn read_topic(brokers: &str, topic: &str) -> Vec<(Option<Vec<u8>>, Vec<u8>)>
                         .find_partition(topic, p)
                         .and_then(|e| e.offset().to_raw())
                         .unwrap_or(-1);
-                    if at >= high - 1 || Instant::now() > deadline {
+                    if reached || at >= high - 1 || Instant::now() > deadline {
                         break;
                     }
                 }

@@ -227,6 +227,10 @@ sinks:
 /// change's LSN) must be equal.
 #[test]
 fn the_native_source_decodes_a_history_as_debezium_does() {
+    let ordinal = |line: &str| -> u64 {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        v["version"]["ordinal"].as_u64().unwrap()
+    };
     use std::sync::Arc;
     use watershed::cdc::stream::TableConfig;
     use watershed::cdc::{DebeziumDecoder, Decoded, TableId};
@@ -246,7 +250,11 @@ fn the_native_source_decodes_a_history_as_debezium_does() {
            doc jsonb, big text);
          CREATE TABLE full_t (id int PRIMARY KEY, v text);
          ALTER TABLE full_t REPLICA IDENTITY FULL;
-         CREATE PUBLICATION native_pub FOR TABLE dt, full_t;",
+         CREATE TYPE mood AS ENUM ('calm', 'tense, very');
+         CREATE TABLE ty (id int PRIMARY KEY, u uuid, b bytea, ints int[], tags text[], \
+           flags boolean[], m mood, t time, nums numeric[], moods mood[], ratios float8[], \
+           days date[], ats timestamptz[], docs jsonb[], reals real[], locals timestamp[], times time[]);
+         CREATE PUBLICATION native_pub FOR TABLE dt, full_t, ty;",
     );
     let tables = || {
         let t =
@@ -272,6 +280,28 @@ fn the_native_source_decodes_a_history_as_debezium_does() {
                 t(vec![
                     Field::new("id", DataType::Int),
                     Field::new("v", DataType::String),
+                ]),
+            ),
+            (
+                TableId::new("public", "ty"),
+                t(vec![
+                    Field::new("id", DataType::Int),
+                    Field::new("u", DataType::String),
+                    Field::new("b", DataType::Bytes),
+                    Field::new("ints", DataType::Json),
+                    Field::new("tags", DataType::Json),
+                    Field::new("flags", DataType::Json),
+                    Field::new("m", DataType::String),
+                    Field::new("t", DataType::Int),
+                    Field::new("nums", DataType::Json),
+                    Field::new("moods", DataType::Json),
+                    Field::new("ratios", DataType::Json),
+                    Field::new("days", DataType::Json),
+                    Field::new("ats", DataType::Json),
+                    Field::new("docs", DataType::Json),
+                    Field::new("reals", DataType::Json),
+                    Field::new("locals", DataType::Json),
+                    Field::new("times", DataType::Json),
                 ]),
             ),
         ]
@@ -301,7 +331,7 @@ fn the_native_source_decodes_a_history_as_debezium_does() {
              database.hostname=127.0.0.1\ndatabase.port={}\ndatabase.user=cdc\n\
              database.password=cdc\ndatabase.dbname=diff\n\
              plugin.name=pgoutput\nslot.name=debezium_diff\npublication.name=debezium_diff\n\
-             publication.autocreate.mode=filtered\ntable.include.list=public.dt,public.full_t\n\
+             publication.autocreate.mode=filtered\ntable.include.list=public.dt,public.full_t,public.ty\n\
              snapshot.mode=initial\nheartbeat.interval.ms=300\nskipped.operations=none\n\
              decimal.handling.mode=string\n\
              converter.schemas.enable=false\nkey.converter.schemas.enable=false\n\
@@ -314,6 +344,59 @@ fn the_native_source_decodes_a_history_as_debezium_does() {
     wait_for("Debezium streaming", Duration::from_secs(90), || {
         !read_topic(&broker.addr, "__debezium-heartbeat.diff").is_empty()
     });
+    // The native source through the binary, writing each table as Debezium events.
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = dir.path().join("native-to-debezium.yaml");
+    let sink = |table: &str| {
+        format!(
+            "  {table}_events:\n    input: refdb.{table}\n    kafka: {{brokers: \"{}\", topic: \
+             native.public.{table}, format: debezium, table: public.{table}, key: [id]}}\n",
+            broker.addr
+        )
+    };
+    std::fs::write(
+        &pipeline,
+        format!(
+            "name: native-to-debezium
+sources:
+  refdb:
+    postgres: {{port: {}, user: cdc, database: diff, slot: native_events}}
+    tables:
+      dt:
+        key: [id]
+        columns: {{id: int, name: string, amount: decimal, ratio: float, flag: bool, day: date, \
+           at: timestamp, local_at: timestamp, doc: json, big: string}}
+      full_t: {{key: [id], columns: {{id: int, v: string}}}}
+      ty:
+        key: [id]
+        columns: {{id: int, u: string, b: bytes, ints: json, tags: json, flags: json, m: string, \
+           t: int, nums: json, moods: json, ratios: json, days: json, ats: json, docs: json, \
+           reals: json, locals: json, times: json}}
+sinks:
+{}{}{}",
+            pg.port,
+            sink("dt"),
+            sink("full_t"),
+            sink("ty")
+        ),
+    )
+    .unwrap();
+    for table in ["dt", "full_t", "ty"] {
+        broker.create_topic(&format!("native.public.{table}"), 1);
+    }
+    let native_run = crate::postgres::spawn(&pipeline);
+    wait_for(
+        "the native source streaming",
+        Duration::from_secs(60),
+        || {
+            pg.sql(
+            "diff",
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'native_events' AND active",
+        )
+        .trim()
+            == "1"
+        },
+    );
     let big = "string_agg(md5(i::text), '') FROM generate_series(1, 300) i";
     for statement in [
         format!(
@@ -334,18 +417,29 @@ fn the_native_source_decodes_a_history_as_debezium_does() {
         "DELETE FROM full_t WHERE id = 2".to_string(),
         "TRUNCATE full_t".to_string(),
         "UPDATE dt SET ratio = 1e-7, flag = NULL WHERE id = 1".to_string(),
+        "INSERT INTO ty VALUES (1, 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '\\x00ff10', \
+         '{1,NULL,-3}', ARRAY['plain', 'with, comma', 'quote \"q\" and \\ slash', '', 'NULL', NULL, '{x}'], \
+         '{t,f,NULL}', 'tense, very', '10:00:00.5', '{1.50,-0.001,NULL}', '{calm,\"tense, very\"}', \
+         '{0.25,-1e-7,NaN}', '{2026-01-02,NULL}', '{\"2026-01-01 10:00:00.25+02\"}', \
+         ARRAY['{\"a\": [1, 2.50]}'::jsonb, NULL], '{0.1,1e20,-Infinity}', \
+         '{\"2026-01-01 10:00:00.25\",\"1969-12-31 23:59:59\"}', '{10:00:00.5,23:59:59}')"
+            .to_string(),
+        "INSERT INTO ty (id, ints, tags) VALUES (2, '{}', '{}')".to_string(),
+        "UPDATE ty SET m = 'calm', ints = ints || 4, b = '' WHERE id = 1".to_string(),
+        "DELETE FROM ty WHERE id = 2".to_string(),
     ] {
         pg.sql("diff", &statement);
     }
     // dt: 2 inserts, update + insert, key change (d + c), delete, update = 8;
-    // full_t: 2 inserts, update, delete, truncate = 5.
-    let want = 13;
+    // full_t: 2 inserts, update, delete, truncate = 5; ty: 2 inserts, update, delete = 4.
+    let want = 17;
 
-    let debezium_lines = || -> Vec<(String, String)> {
+    let debezium_lines = |prefix: &str| -> Vec<(String, String)> {
         let decoder = DebeziumDecoder::new(tables()).unwrap();
         let mut lines = Vec::new();
-        for topic in ["diff.public.dt", "diff.public.full_t"] {
-            for (_, value) in read_topic(&broker.addr, topic) {
+        for table in ["dt", "full_t", "ty"] {
+            let topic = format!("{prefix}.public.{table}");
+            for (_, value) in read_topic(&broker.addr, &topic) {
                 if value.is_empty() {
                     continue;
                 }
@@ -360,9 +454,9 @@ fn the_native_source_decodes_a_history_as_debezium_does() {
         lines
     };
     wait_for("Debezium's changes", Duration::from_secs(60), || {
-        debezium_lines().len() >= want
+        debezium_lines("diff").len() >= want
     });
-    let from_debezium = debezium_lines();
+    let from_debezium = debezium_lines("diff");
 
     native
         .start_replication(&format!(
@@ -410,8 +504,34 @@ fn the_native_source_decodes_a_history_as_debezium_does() {
             })
             .collect()
     };
+    // What the native source's run wrote as Debezium events reads back as exactly what the
+    // native decoding gives, versions included.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while debezium_lines("native").len() < want && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let stderr = crate::postgres::stop(native_run);
+    let mut written = debezium_lines("native");
+    written.sort_by_key(|(t, l)| (t.clone(), ordinal(l)));
+    // A table port's change rows carry no before image of an update (REPLICA IDENTITY
+    // FULL's), so neither do the events written from them.
+    let mut direct = from_native.clone();
+    direct.sort_by_key(|(t, l)| (t.clone(), ordinal(l)));
+    assert_eq!(written.len(), direct.len(), "{stderr}");
+    for ((wt, w), (dt, d)) in written.iter().zip(&direct) {
+        let w: serde_json::Value = serde_json::from_str(w).unwrap();
+        let mut d: serde_json::Value = serde_json::from_str(d).unwrap();
+        if d["op"] == "u" {
+            d["before"] = serde_json::Value::Null;
+        }
+        assert_eq!(
+            (wt, w),
+            (dt, d),
+            "written as Debezium events, then decoded directly"
+        );
+    }
     let (d, n) = (strip(from_debezium), strip(from_native));
-    for table in ["public.dt", "public.full_t"] {
+    for table in ["public.dt", "public.full_t", "public.ty"] {
         let (d, n) = (&d[table], &n[table]);
         for (i, (a, b)) in d.iter().zip(n).enumerate() {
             assert_eq!(a, b, "{table} change {i}: Debezium, then native");

@@ -729,7 +729,7 @@ fn run_command(pipeline: &Path, args: &[&str]) -> Command {
     c
 }
 
-fn spawn(pipeline: &Path) -> std::process::Child {
+pub(crate) fn spawn(pipeline: &Path) -> std::process::Child {
     run_command(pipeline, &[]).spawn().unwrap()
 }
 
@@ -799,7 +799,7 @@ fn id_v_table(pg: &Postgres, table: &str) -> BTreeMap<i64, String> {
     .collect()
 }
 
-fn stop(child: std::process::Child) -> String {
+pub(crate) fn stop(child: std::process::Child) -> String {
     // SAFETY: signalling a child this test started.
     unsafe {
         libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
@@ -1072,4 +1072,79 @@ fn a_quiet_slot_in_a_busy_database_lets_its_wal_go() {
     drop(s);
     std::thread::sleep(Duration::from_millis(200));
     let _ = pg.sql("cdc", "SELECT pg_drop_replication_slot('quiet_slot')");
+}
+
+/// A snapshot row and a streamed row with the same values give the same typed values: the
+/// snapshot query's column types pick the same conversions (arrays, times) as pgoutput's
+/// relation.
+#[test]
+fn snapshot_and_streaming_convert_arrays_and_times_alike() {
+    let pg = Postgres::shared();
+    pg.sql(
+        "cdc",
+        "CREATE TYPE arr_mood AS ENUM ('calm', 'tense, very');
+         CREATE TABLE arr_t (id int PRIMARY KEY, ints int[], moods arr_mood[], at time, \
+           days date[], ratios float8[]);
+         INSERT INTO arr_t VALUES (1, '{1,NULL,3}', '{calm,\"tense, very\"}', '10:00:00.5', \
+           '{2026-01-02}', '{0.25,1e20,NaN}');",
+    );
+    let mut s = source_with(pg, "cdc", "cdc", "arr_slot", "arr_t", |spec| {
+        spec.tables[0].config = TableConfig::new(Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int),
+            Field::new("ints", DataType::Json),
+            Field::new("moods", DataType::Json),
+            Field::new("at", DataType::Int),
+            Field::new("days", DataType::Json),
+            Field::new("ratios", DataType::Json),
+        ])))
+        .with_key(&["id"]);
+    });
+    s.connect_ports(&[true, true, true]);
+    let mut out = ReadBuffers::for_source(&s);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut rows: Vec<Vec<watershed::types::Value>> = Vec::new();
+    let mut inserted = false;
+    while rows.len() < 2 {
+        assert!(Instant::now() < deadline, "rows: {rows:?}");
+        if let ReadStatus::Pending { .. } = s.read(&mut out, 100, 1).unwrap()
+            && !inserted
+        {
+            pg.sql(
+                "cdc",
+                "INSERT INTO arr_t SELECT 2, ints, moods, at, days, ratios FROM arr_t",
+            );
+            inserted = true;
+        }
+        let id = out.extra[0].schema().index_of("id").unwrap();
+        // Change rows only (not the snapshot's end marker).
+        rows.extend(
+            out.extra[0]
+                .rows()
+                .filter(|(r, _)| !r[id].is_null())
+                .map(|(r, _)| r.to_vec()),
+        );
+        out.extra[0].clear();
+    }
+    let schema = s.extra_ports()[0].schema.clone();
+    let column = |row: &[watershed::types::Value], name: &str| {
+        row[schema.index_of(name).unwrap_or_else(|| panic!("{name}"))].clone()
+    };
+    use watershed::types::Value;
+    assert_eq!(column(&rows[0], "ints"), Value::Json("[1,null,3]".into()));
+    assert_eq!(
+        column(&rows[0], "moods"),
+        Value::Json("[\"calm\",\"tense, very\"]".into())
+    );
+    assert_eq!(column(&rows[0], "at"), Value::Int(36_000_500_000));
+    assert_eq!(column(&rows[0], "days"), Value::Json("[20455]".into()));
+    assert_eq!(
+        column(&rows[0], "ratios"),
+        Value::Json("[0.25,1.0E20,\"NaN\"]".into())
+    );
+    for name in ["ints", "moods", "at", "days", "ratios"] {
+        assert_eq!(column(&rows[0], name), column(&rows[1], name), "{name}");
+    }
+    drop(s);
+    std::thread::sleep(Duration::from_millis(200));
+    let _ = pg.sql("cdc", "SELECT pg_drop_replication_slot('arr_slot')");
 }

@@ -7,9 +7,12 @@
 //! "ts_ms":<commit time>,"snapshot":<marker>,"db":"","schema":…,"table":…,"lsn":<_ordinal>,
 //! "sequence":"[\"<_lsn>\",\"<_ordinal>\"]"},"op":…,"ts_ms":<commit time>}`
 //!
-//! - `c`, `u` and `r` carry the row as `after` (`before` null); `d` carries it as `before`
-//!   and is followed by a tombstone (the key with a null value), as Debezium does; `t`
-//!   (truncate) has neither and no key.
+//! - `c`, `u` and `r` carry the row as `after` (`before` null: change rows keep no before
+//!   image of an update); `d` carries it as `before` and is followed by a tombstone (the key
+//!   with a null value), as Debezium does; `t` (truncate) has neither and no key.
+//! - An unchanged TOASTed column (`_unavailable`) is Debezium's placeholder,
+//!   `__debezium_unavailable_value` (base64 of it for `bytes`), never a null: a null would
+//!   tell consumers the value was cleared.
 //! - `lsn` and `sequence` give back the change's version (`_lsn`, `_ordinal`), so a
 //!   Debezium reader orders the changes as this pipeline did.
 //! - `source.snapshot` is the change's own marker (`_snapshot`); a snapshot read directly
@@ -17,13 +20,15 @@
 //!   `last_in_data_collection` (the end of a snapshot read from files carries no marker of
 //!   its own). The `snapshot_end` row itself is not written.
 
-use crate::cdc::rows::{LSN, META_COLUMNS, OP, ORDINAL, SNAPSHOT, SNAPSHOT_END};
+use crate::cdc::debezium::UNAVAILABLE_VALUE;
+use crate::cdc::rows::{LSN, META_COLUMNS, OP, ORDINAL, SNAPSHOT, SNAPSHOT_END, UNAVAILABLE};
 use crate::format::json::{JsonEncoder, write_json_str};
-use crate::types::{Batch, SchemaRef, Value};
+use crate::types::{Batch, DataType, SchemaRef, Value};
 
 /// How a table port's rows become Debezium events.
 #[derive(Clone, Debug)]
 pub struct DebeziumEvents {
+    columns: SchemaRef,
     schema: String,
     table: String,
     pipeline: String,
@@ -49,6 +54,7 @@ impl DebeziumEvents {
     ) -> DebeziumEvents {
         let columns: Vec<usize> = (META_COLUMNS..schema.len()).collect();
         DebeziumEvents {
+            columns: schema.clone(),
             schema: schema_name.to_string(),
             table: table.to_string(),
             pipeline: pipeline.to_string(),
@@ -88,7 +94,10 @@ impl DebeziumEvents {
         }
         value.extend_from_slice(b",\"after\":");
         match op {
-            "c" | "u" | "r" => self.row.encode_row(row, value),
+            "c" | "u" | "r" => match self.with_placeholders(row) {
+                Some(row) => self.row.encode_row(&row, value),
+                None => self.row.encode_row(row, value),
+            },
             _ => value.extend_from_slice(b"null"),
         }
         value.extend_from_slice(
@@ -134,6 +143,27 @@ impl DebeziumEvents {
             })?;
         }
         Ok(())
+    }
+}
+
+impl DebeziumEvents {
+    /// `row` with its unchanged TOASTed columns (`_unavailable`) set to Debezium's
+    /// placeholder; `None` when it has none.
+    fn with_placeholders(&self, row: &[Value]) -> Option<Vec<Value>> {
+        let Value::Json(names) = &row[UNAVAILABLE] else {
+            return None;
+        };
+        let names: Vec<String> = serde_json::from_str(names).ok()?;
+        let mut row = row.to_vec();
+        for name in names {
+            if let Some(i) = self.columns.index_of(&name).filter(|&i| i >= META_COLUMNS) {
+                row[i] = match self.columns.field(i).data_type {
+                    DataType::Bytes => Value::Bytes(UNAVAILABLE_VALUE.as_bytes().into()),
+                    _ => Value::from(UNAVAILABLE_VALUE),
+                };
+            }
+        }
+        Some(row)
     }
 }
 
@@ -234,5 +264,50 @@ mod tests {
             text.contains(r#""after":{"id":1,"name":"a \"quoted\""}"#),
             "{text}"
         );
+    }
+
+    #[test]
+    fn an_unchanged_toasted_column_is_written_as_debezium_s_placeholder() {
+        let table = Schema::new(vec![
+            Field::new("id", DataType::Int),
+            Field::new("doc", DataType::String),
+            Field::new("blob", DataType::Bytes),
+        ]);
+        let config = TableConfig::new(Arc::new(table.clone())).with_key(&["id"]);
+        let schema = change_schema(&table);
+        let mut b = Batch::new(schema.clone());
+        b.push_row(
+            vec![
+                Value::from("u"),
+                Value::Int(20),
+                Value::Int(21),
+                Value::from("false"),
+                Value::Json("[\"doc\",\"blob\"]".into()),
+                Value::Int(1),
+                Value::Null,
+                Value::Null,
+            ],
+            2000,
+        );
+        let enc = DebeziumEvents::new(schema, "public", "docs", vec![META_COLUMNS], "p");
+        let (mut k, mut v) = (Vec::new(), Vec::new());
+        let mut value = Vec::new();
+        enc.encode(&b, 0, &mut k, &mut v, |e| {
+            value = e.value.unwrap().to_vec();
+            Ok::<(), ()>(())
+        })
+        .unwrap();
+        let text = String::from_utf8(value.clone()).unwrap();
+        assert!(
+            text.contains(
+                r#""after":{"id":1,"doc":"__debezium_unavailable_value","blob":"X19kZWJleml1bV91bmF2YWlsYWJsZV92YWx1ZQ=="}"#
+            ),
+            "{text}"
+        );
+        let decoder = DebeziumDecoder::new([(TableId::new("public", "docs"), config)]).unwrap();
+        let Decoded::Change(c) = decoder.decode(&value).unwrap() else {
+            panic!("a change")
+        };
+        assert_eq!(c.unavailable.len(), 2, "{c:?}");
     }
 }

@@ -46,6 +46,8 @@ struct RelationPlan {
     columns: SchemaRef,
     /// For each row column, the relation column it comes from.
     source: Vec<Option<usize>>,
+    /// For each row column, its Postgres type (0 when the relation lacks the column).
+    type_oids: Vec<u32>,
     /// Row columns of the key.
     key: Vec<usize>,
 }
@@ -298,7 +300,12 @@ impl ChangeDecoder {
         match self.configured.get(&table) {
             Some(config) => {
                 let columns = config.schema.clone();
-                let source = columns.fields.iter().map(|f| by_name(&f.name)).collect();
+                let source: Vec<Option<usize>> =
+                    columns.fields.iter().map(|f| by_name(&f.name)).collect();
+                let type_oids = source
+                    .iter()
+                    .map(|s| s.map_or(0, |s| r.columns[s].type_oid))
+                    .collect();
                 let key = config
                     .key_columns
                     .iter()
@@ -313,6 +320,7 @@ impl ChangeDecoder {
                     table,
                     columns,
                     source,
+                    type_oids,
                     key,
                 }
             }
@@ -326,6 +334,7 @@ impl ChangeDecoder {
                 RelationPlan {
                     table,
                     source: (0..r.columns.len()).map(Some).collect(),
+                    type_oids: r.columns.iter().map(|c| c.type_oid).collect(),
                     key: relation_key(r, |name| by_name(name)),
                     columns,
                 }
@@ -365,7 +374,7 @@ fn row(
                 unavailable.push(i);
                 Value::Null
             }
-            Some(TupleValue::Text(text)) => from_text(text, field.data_type)
+            Some(TupleValue::Text(text)) => from_text(text, field.data_type, plan.type_oids[i])
                 .map_err(|e| DecodeError::new(format!("{}.{}: {e}", plan.table, field.name)))?,
             Some(TupleValue::Binary(_)) => {
                 return Err(DecodeError::new(format!(

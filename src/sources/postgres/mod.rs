@@ -2,12 +2,15 @@
 //! without Kafka Connect. This folder owns the conversation with Postgres; what it reads
 //! becomes the same typed change rows as the Debezium decoding path (`crate::cdc`).
 //!
-//! Built so far: `wire` (one connection: startup, authentication, simple queries, the
-//! streaming replication sub-protocol, LSNs) and `pgoutput` (the logical decoding messages,
-//! protocol versions 1 and 2). The source itself (slot and publication, the resumable
-//! snapshot, streaming into change rows, confirmed LSNs at durable checkpoints) is not
-//! registered as a component yet.
+//! - `wire`: one connection (startup, TLS, authentication, simple queries, the streaming
+//!   replication sub-protocol, LSNs);
+//! - `pgoutput`: the logical decoding messages, protocol versions 1 and 2;
+//! - `values` and `arrays`: Postgres's text form of a value as the typed value Debezium gives;
+//! - `changes`: pgoutput messages as change rows with versions;
+//! - `source`: slot and publication, the resumable snapshot, streaming, confirmed LSNs at
+//!   durable checkpoints; `config`: the `postgres:` settings and the registry entry.
 
+pub mod arrays;
 pub mod changes;
 pub mod config;
 pub mod pgoutput;

@@ -545,9 +545,15 @@ impl PostgresSource {
         let mut last: Option<Vec<String>> = None;
         let mut failed: Option<String> = None;
         let stream = &mut self.stream;
+        let mut type_oids: Vec<u32> = Vec::new();
         sql.query_each(&query, |event| {
-            let QueryEvent::Row(values) = event else {
-                return Ok(());
+            let values = match event {
+                QueryEvent::Row(values) => values,
+                QueryEvent::Columns(columns) => {
+                    type_oids = columns.iter().map(|c| c.type_oid).collect();
+                    return Ok(());
+                }
+                QueryEvent::Done(_) => return Ok(()),
             };
             rows += 1;
             let mut after = Vec::with_capacity(values.len());
@@ -555,7 +561,11 @@ impl PostgresSource {
                 let field = table.schema.field(i);
                 after.push(match v {
                     None => Value::Null,
-                    Some(text) => match from_text(text, field.data_type) {
+                    Some(text) => match from_text(
+                        text,
+                        field.data_type,
+                        type_oids.get(i).copied().unwrap_or(0),
+                    ) {
                         Ok(v) => v,
                         Err(e) => {
                             failed.get_or_insert(format!("{}.{}: {e}", cdc.id, field.name));

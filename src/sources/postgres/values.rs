@@ -9,7 +9,8 @@
 //!   are the largest and smallest representable times; `date`: days since the epoch,
 //!   `infinity` likewise;
 //! - `bytes`: bytea's hex form (`\x…`); `json`: json/jsonb text, checked and compacted
-//!   (key order kept);
+//!   (key order kept), or an array as Debezium's JSON array (`arrays`); `int` of a `time`
+//!   column: microseconds since midnight;
 //! - `string`: the text as Postgres writes it (text, varchar, char, uuid, enums, inet, …).
 //!
 //! An unconfigured table's column gets a type from its Postgres type (`data_type_of`).
@@ -17,6 +18,7 @@
 
 use compact_str::CompactString;
 
+use super::arrays::{Element, array_json, element_of, time_micros};
 use crate::format::{parse_date, parse_decimal, parse_timestamp};
 use crate::types::{DataType, Value};
 
@@ -32,10 +34,13 @@ pub mod oid {
     pub const FLOAT4: u32 = 700;
     pub const FLOAT8: u32 = 701;
     pub const DATE: u32 = 1082;
+    pub const TIME: u32 = 1083;
     pub const TIMESTAMP: u32 = 1114;
     pub const TIMESTAMPTZ: u32 = 1184;
     pub const NUMERIC: u32 = 1700;
     pub const JSONB: u32 = 3802;
+    /// The first OID of objects created after bootstrap (user types, enums, their arrays).
+    pub const FIRST_NORMAL: u32 = 16384;
 }
 
 /// The type a column of Postgres type `type_oid` gets when its table is not configured.
@@ -43,21 +48,25 @@ pub fn data_type_of(type_oid: u32) -> DataType {
     match type_oid {
         oid::BOOL => DataType::Bool,
         oid::BYTEA => DataType::Bytes,
-        oid::INT2 | oid::INT4 | oid::INT8 | oid::OID => DataType::Int,
+        oid::INT2 | oid::INT4 | oid::INT8 | oid::OID | oid::TIME => DataType::Int,
         oid::FLOAT4 | oid::FLOAT8 => DataType::Float,
         oid::NUMERIC => DataType::Decimal,
         oid::DATE => DataType::Date,
         oid::TIMESTAMP | oid::TIMESTAMPTZ => DataType::Timestamp,
         oid::JSON | oid::JSONB => DataType::Json,
+        _ if element_of(type_oid).is_some() => DataType::Json,
         _ => DataType::String,
     }
 }
 
-/// Converts `text` to a value of type `ty`.
-pub fn from_text(text: &str, ty: DataType) -> Result<Value, String> {
+/// Converts `text`, a value of Postgres type `type_oid`, to a value of type `ty`.
+pub fn from_text(text: &str, ty: DataType, type_oid: u32) -> Result<Value, String> {
     let bad = |what: &str| format!("{} is not {what}", quoted(text));
     Ok(match ty {
         DataType::String => Value::Str(CompactString::from(text)),
+        DataType::Int if type_oid == oid::TIME => {
+            Value::Int(time_micros(text).ok_or_else(|| bad("a time"))?)
+        }
         DataType::Int => Value::Int(text.parse().map_err(|_| bad("an integer"))?),
         DataType::Float => Value::Float(match text {
             "NaN" => f64::NAN,
@@ -84,13 +93,26 @@ pub fn from_text(text: &str, ty: DataType) -> Result<Value, String> {
             _ => parse_date(text).ok_or_else(|| bad("a date"))?,
         }),
         DataType::Bytes => Value::Bytes(hex_bytea(text).ok_or_else(|| bad("bytea hex"))?),
-        DataType::Json => {
-            serde_json::from_str::<serde::de::IgnoredAny>(text)
-                .map_err(|e| format!("invalid json text: {e}"))?;
-            Value::Json(crate::format::json::compact_json(text))
-        }
+        DataType::Json => match element_of(type_oid) {
+            Some(element) => Value::Json(array_json(text, element)?.into()),
+            // An array of a user type (an enum) is an array; a domain over json is not.
+            None if type_oid >= oid::FIRST_NORMAL && text.starts_with('{') => {
+                match array_json(text, Element::Text) {
+                    Ok(json) => Value::Json(json.into()),
+                    Err(_) => json_text(text)?,
+                }
+            }
+            None => json_text(text)?,
+        },
         DataType::Null => Value::Null,
     })
+}
+
+/// JSON text (json, jsonb, or a text column holding JSON), checked and compacted.
+fn json_text(text: &str) -> Result<Value, String> {
+    serde_json::from_str::<serde::de::IgnoredAny>(text)
+        .map_err(|e| format!("invalid json text: {e}"))?;
+    Ok(Value::Json(crate::format::json::compact_json(text)))
 }
 
 /// A value's text for messages: at most 40 characters.
@@ -121,7 +143,7 @@ mod tests {
 
     #[test]
     fn converts_each_type_as_debezium_would() {
-        let t = |text, ty| from_text(text, ty).unwrap();
+        let t = |text, ty| from_text(text, ty, 0).unwrap();
         assert_eq!(t("-42", DataType::Int), Value::Int(-42));
         assert_eq!(t("t", DataType::Bool), Value::Bool(true));
         assert_eq!(
@@ -170,11 +192,17 @@ mod tests {
             ("\\xzz", DataType::Bytes),
             ("{", DataType::Json),
         ] {
-            let e = from_text(text, ty).unwrap_err();
+            let e = from_text(text, ty, 0).unwrap_err();
             assert!(e.contains(&text[..1]) || e.contains("json"), "{e}");
         }
         let long = "9".repeat(100);
-        assert!(from_text(&long, DataType::Int).unwrap_err().contains('…'));
+        assert!(
+            from_text(&long, DataType::Int, 0)
+                .unwrap_err()
+                .contains('…')
+        );
+        assert!(from_text("{1,x}", DataType::Json, 1007).is_err());
+        assert!(from_text("25:00:00", DataType::Int, oid::TIME).is_err());
     }
 
     #[test]
@@ -182,5 +210,32 @@ mod tests {
         assert_eq!(data_type_of(oid::NUMERIC), DataType::Decimal);
         assert_eq!(data_type_of(oid::TIMESTAMPTZ), DataType::Timestamp);
         assert_eq!(data_type_of(2950), DataType::String, "uuid");
+        assert_eq!(data_type_of(1007), DataType::Json, "int4[]");
+        assert_eq!(data_type_of(oid::TIME), DataType::Int);
+    }
+
+    #[test]
+    fn arrays_and_times_convert_by_their_postgres_type() {
+        assert_eq!(
+            from_text("{1,NULL}", DataType::Json, 1007).unwrap(),
+            Value::Json("[1,null]".into())
+        );
+        // An enum's array (a user type) and a domain over jsonb (also a user type).
+        assert_eq!(
+            from_text("{calm,\"tense, very\"}", DataType::Json, 16_400).unwrap(),
+            Value::Json("[\"calm\",\"tense, very\"]".into())
+        );
+        assert_eq!(
+            from_text("{\"a\": 1}", DataType::Json, 16_401).unwrap(),
+            Value::Json("{\"a\":1}".into())
+        );
+        assert_eq!(
+            from_text("{\"a\": 1}", DataType::Json, oid::JSONB).unwrap(),
+            Value::Json("{\"a\":1}".into())
+        );
+        assert_eq!(
+            from_text("10:00:00.5", DataType::Int, oid::TIME).unwrap(),
+            Value::Int(36_000_500_000)
+        );
     }
 }

@@ -725,7 +725,7 @@ impl Connection {
         let mut current = QueryResult::default();
         self.query_each(sql, |event| {
             match event {
-                QueryEvent::Columns(c) => current.columns = c,
+                QueryEvent::Columns(c) => current.columns = c.into_iter().map(|c| c.name).collect(),
                 QueryEvent::Row(r) => current.rows.push(
                     r.iter()
                         .map(|v| v.map(|s| s.to_string()))
@@ -766,8 +766,11 @@ impl Connection {
                     let n = c.i16()?;
                     let mut columns = Vec::with_capacity(n.max(0) as usize);
                     for _ in 0..n {
-                        columns.push(c.cstr()?.to_string());
-                        c.bytes(18)?;
+                        let name = c.cstr()?.to_string();
+                        c.bytes(6)?; // table OID, column number
+                        let type_oid = c.u32()?;
+                        c.bytes(8)?; // type size, modifier, format
+                        columns.push(ColumnInfo { name, type_oid });
                     }
                     if failed.is_none() {
                         failed = f(QueryEvent::Columns(columns)).err();
@@ -956,9 +959,16 @@ impl Drop for Connection {
 
 /// What a query hands over, in order: the columns, each row, the end of each statement.
 pub enum QueryEvent<'a> {
-    Columns(Vec<String>),
+    Columns(Vec<ColumnInfo>),
     Row(&'a [Option<&'a str>]),
     Done(&'a str),
+}
+
+/// A result column: its name and Postgres type.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ColumnInfo {
+    pub name: String,
+    pub type_oid: u32,
 }
 
 /// Quotes an identifier for SQL (`"a""b"`).
