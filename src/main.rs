@@ -140,6 +140,11 @@ enum Command {
     Validate {
         /// The pipeline file (YAML).
         pipeline: PathBuf,
+        /// Also connect to the systems the sources read (a Postgres source: wal_level, the
+        /// tables, publication, REPLICATION role, slot) and say what is not ready, changing
+        /// nothing there. Exits with 1 if something is not.
+        #[arg(long)]
+        connect: bool,
     },
     /// Explain a pipeline: its plan and, if it is running, where each node's watermark is and
     /// which source partition holds it back.
@@ -292,7 +297,7 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
         } => bootstrap(&pipeline, &savepoint, parallelism),
         Command::Checkpoints(CheckpointsCommand::List { dir }) => checkpoints_list(&dir),
         Command::Checkpoints(CheckpointsCommand::Inspect { path }) => checkpoints_inspect(&path),
-        Command::Validate { pipeline } => validate(&pipeline),
+        Command::Validate { pipeline, connect } => validate(&pipeline, connect),
         Command::Explain { pipeline, addr } => explain(&pipeline, addr),
         Command::Bench(args) => {
             watershed::cli::bench::run(&args)?;
@@ -326,7 +331,7 @@ fn cdc_decode(file: &Path) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn validate(path: &Path) -> anyhow::Result<ExitCode> {
+fn validate(path: &Path, connect: bool) -> anyhow::Result<ExitCode> {
     let compiled = config::load_and_compile(path, &Overrides::default())?;
     for w in &compiled.warnings {
         eprintln!("warning: {w}");
@@ -338,7 +343,26 @@ fn validate(path: &Path) -> anyhow::Result<ExitCode> {
         plan.name,
         plan.nodes.len()
     );
-    Ok(ExitCode::SUCCESS)
+    if !connect {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut failed = 0;
+    for (source, preflight) in &compiled.preflights {
+        for check in preflight() {
+            let mark = if check.ok { "ok  " } else { "FAIL" };
+            failed += usize::from(!check.ok);
+            println!("  {mark} source {source}: {}", check.line);
+        }
+    }
+    if compiled.preflights.is_empty() {
+        println!("  no source connects to a system `validate --connect` checks");
+    }
+    Ok(if failed > 0 {
+        println!("{failed} check(s) failed");
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn explain(path: &Path, addr: Option<SocketAddr>) -> anyhow::Result<ExitCode> {

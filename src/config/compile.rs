@@ -307,6 +307,7 @@ pub fn compile(
     // Ports left unread without a warning: a generator's dead letters, a change stream's
     // `main` view.
     let mut quiet_ports: HashSet<(usize, usize)> = HashSet::new();
+    let mut preflights = Vec::new();
     let enrichment =
         enrichment_defaults(&mut issues, file.enrichment.as_ref(), file.state.as_ref());
 
@@ -454,6 +455,9 @@ pub fn compile(
             }
             if b.main_is_view {
                 quiet_ports.insert((nodes.len(), 0));
+            }
+            if let Some(p) = &b.preflight {
+                preflights.push((name.clone(), p.clone()));
             }
         }
         add_node(
@@ -730,6 +734,7 @@ pub fn compile(
         metrics_addr,
         endpoint_limits,
         outputs,
+        preflights,
     })
 }
 

@@ -212,6 +212,19 @@ pub struct BuiltSource {
     pub dead_letters: bool,
     /// Whether `main` is only a debugging view (a change stream's): unread, no warning.
     pub main_is_view: bool,
+    /// Read-only checks of the system the source reads (`validate --connect`), if it has any.
+    pub preflight: Option<Preflight>,
+}
+
+/// Checks, creating and changing nothing, that the system a component talks to is ready for
+/// it: one line per check, each saying what was checked or what to do.
+pub type Preflight = Arc<dyn Fn() -> Vec<Check> + Send + Sync>;
+
+/// One line of `validate --connect`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Check {
+    pub ok: bool,
+    pub line: String,
 }
 
 /// One resolved input of an operator.

@@ -54,6 +54,8 @@ pub struct Compiled {
     pub endpoint_limits: crate::http::Limits,
     /// Sink name and where it writes.
     pub outputs: Vec<(String, String)>,
+    /// Read-only checks of the systems the sources read, by source name.
+    pub preflights: Vec<(String, component::Preflight)>,
 }
 
 /// Where to serve the HTTP endpoint, as the command line or the file says.

@@ -531,12 +531,18 @@ fn source_with(
     table: &str,
     adjust: impl FnOnce(&mut PostgresSpec),
 ) -> PostgresSource {
+    let mut spec = spec_on(pg, database, user, slot, table);
+    adjust(&mut spec);
+    PostgresSource::new(spec).unwrap()
+}
+
+fn spec_on(pg: &Postgres, database: &str, user: &str, slot: &str, table: &str) -> PostgresSpec {
     let password = match user {
         "scram_user" => Some("scram-secret"),
         "md5_user" => Some("md5-secret"),
         _ => None,
     };
-    let mut spec = PostgresSpec {
+    PostgresSpec {
         node: "refdb".into(),
         connect: ConnectOptions {
             database: database.into(),
@@ -560,9 +566,7 @@ fn source_with(
         heartbeat_interval: None,
         max_retained_wal: 1 << 30,
         instance: 0,
-    };
-    adjust(&mut spec);
-    PostgresSource::new(spec).unwrap()
+    }
 }
 
 /// Reads until the source has streamed (its snapshot read), or fails with its error.
@@ -1147,4 +1151,117 @@ fn snapshot_and_streaming_convert_arrays_and_times_alike() {
     drop(s);
     std::thread::sleep(Duration::from_millis(200));
     let _ = pg.sql("cdc", "SELECT pg_drop_replication_slot('arr_slot')");
+}
+
+/// `validate --connect` finds each operational mistake before a run, with the same one-line
+/// explanation, and creates nothing: no publication, no slot.
+#[test]
+fn validate_connect_explains_what_is_not_ready_and_creates_nothing() {
+    use watershed::sources::postgres::checks::preflight;
+    let pg = Postgres::shared();
+    pg.sql(
+        "cdc",
+        "CREATE TABLE pre_ok (id int PRIMARY KEY, v text);
+         CREATE TABLE pre_nokey (id int, v text);
+         CREATE TABLE pre_other (id int PRIMARY KEY, v text);
+         CREATE PUBLICATION pre_partial FOR TABLE pre_other;
+         GRANT SELECT ON pre_ok TO md5_user;",
+    );
+    let failures = |spec: &PostgresSpec| -> Vec<String> {
+        preflight(spec)
+            .into_iter()
+            .filter(|c| !c.ok)
+            .map(|c| c.line)
+            .collect()
+    };
+    let exists = |what: &str, name: &str| -> bool {
+        let sql = match what {
+            "slot" => {
+                format!("SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{name}'")
+            }
+            _ => format!("SELECT count(*) FROM pg_publication WHERE pubname = '{name}'"),
+        };
+        pg.sql("cdc", &sql).trim() == "1"
+    };
+
+    // Ready: every line is ok, and what the first run creates is still absent.
+    let ready = preflight(&spec_on(pg, "cdc", "cdc", "pre_new", "pre_ok"));
+    assert!(ready.iter().all(|c| c.ok), "{ready:#?}");
+    let lines: Vec<&str> = ready.iter().map(|c| c.line.as_str()).collect();
+    assert!(
+        lines.contains(&"publication `pre_new` will be created by the first run"),
+        "{lines:?}"
+    );
+    assert!(
+        lines.contains(&"replication slot `pre_new` will be created by the first run"),
+        "{lines:?}"
+    );
+    assert!(!exists("slot", "pre_new") && !exists("publication", "pre_new"));
+
+    let f = failures(&spec_on(pg, "cdc", "cdc", "pre_x", "pre_nokey"));
+    assert!(
+        f.len() == 1 && f[0].contains("REPLICA IDENTITY FULL"),
+        "{f:?}"
+    );
+    let f = failures(&spec_on(pg, "cdc", "cdc", "pre_x", "no_such"));
+    assert!(
+        f.len() == 1 && f[0].contains("public.no_such (port `t`) does not exist"),
+        "{f:?}"
+    );
+    let f = failures(&spec_on(pg, "cdc", "cdc", "pre_partial", "pre_ok"));
+    assert!(
+        f.len() == 1 && f[0].contains("ALTER PUBLICATION pre_partial ADD TABLE public.pre_ok"),
+        "{f:?}"
+    );
+
+    // A user who may neither create the publication nor replicate: both said at once.
+    let f = failures(&spec_on(pg, "cdc", "md5_user", "pre_md5", "pre_ok"));
+    assert_eq!(f.len(), 2, "{f:?}");
+    assert!(
+        f[0].contains("may not create it (no CREATE privilege on the database)"),
+        "{f:?}"
+    );
+    assert!(f[1].contains("ALTER ROLE md5_user REPLICATION"), "{f:?}");
+
+    // A slot another reader streams from.
+    let mut reader = source_on(pg, "cdc", "cdc", "pre_busy", "pre_ok");
+    read_until_streaming(&mut reader).unwrap();
+    let f = failures(&spec_on(pg, "cdc", "cdc", "pre_busy", "pre_ok"));
+    assert!(
+        f.len() == 1 && f[0].contains("replication slot `pre_busy` is in use by process"),
+        "{f:?}"
+    );
+    drop(reader);
+
+    // A wrong password stops at the first line.
+    let mut wrong = spec_on(pg, "cdc", "scram_user", "pre_x", "pre_ok");
+    wrong.connect.password = Some("wrong".into());
+    let checks = preflight(&wrong);
+    assert!(checks.len() == 1 && !checks[0].ok, "{checks:?}");
+    assert!(
+        checks[0].line.contains("password authentication failed"),
+        "{checks:?}"
+    );
+
+    // Through the binary: the lines, and exit code 1.
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = id_v_pipeline(pg, dir.path(), "pre_cli", "pre_nokey", 100);
+    let out = Command::new(env!("CARGO_BIN_EXE_watershed"))
+        .args(["validate", "--connect"])
+        .arg(&pipeline)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("ok   source refdb: wal_level is logical"),
+        "{text}"
+    );
+    assert!(
+        text.contains("FAIL source refdb: postgres: table public.pre_nokey has no primary key"),
+        "{text}"
+    );
+    assert!(text.contains("1 check(s) failed"), "{text}");
+    std::thread::sleep(Duration::from_millis(200));
+    let _ = pg.sql("cdc", "SELECT pg_drop_replication_slot('pre_busy')");
 }

@@ -179,6 +179,7 @@ impl FileConfig {
             factory,
             dead_letters: true,
             main_is_view: false,
+            preflight: None,
         })
     }
 
@@ -256,6 +257,7 @@ impl FileConfig {
             factory,
             dead_letters: true,
             main_is_view: true,
+            preflight: None,
         })
     }
 

@@ -74,6 +74,7 @@ impl SourceConfig for GeneratorConfig {
             factory,
             dead_letters: false,
             main_is_view: false,
+            preflight: None,
         })
     }
 }

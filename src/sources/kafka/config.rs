@@ -258,6 +258,7 @@ impl SourceConfig for KafkaSourceConfig {
             factory,
             dead_letters: true,
             main_is_view: false,
+            preflight: None,
         })
     }
 }
@@ -343,6 +344,7 @@ impl KafkaSourceConfig {
             factory,
             dead_letters: true,
             main_is_view: true,
+            preflight: None,
         })
     }
 }

@@ -205,21 +205,23 @@ impl SourceConfig for PostgresSourceConfig {
         };
         let max_retained_wal_mb = self.max_retained_wal_mb.as_ref().map_or(1024, |m| m.value);
         let node = cx.name.to_string();
+        let spec = move |instance| PostgresSpec {
+            node: node.clone(),
+            connect: connect.clone(),
+            slot: slot.clone(),
+            publication: publication.clone(),
+            tables: tables.clone(),
+            snapshot,
+            chunk_rows,
+            poll_interval,
+            status_interval: Duration::from_secs(10),
+            heartbeat_interval,
+            max_retained_wal: max_retained_wal_mb << 20,
+            instance,
+        };
+        let checked = spec(0);
         let factory: SourceFactory = Arc::new(move |instance, _parallelism| {
-            let source = PostgresSource::new(PostgresSpec {
-                node: node.clone(),
-                connect: connect.clone(),
-                slot: slot.clone(),
-                publication: publication.clone(),
-                tables: tables.clone(),
-                snapshot,
-                chunk_rows,
-                poll_interval,
-                status_interval: Duration::from_secs(10),
-                heartbeat_interval,
-                max_retained_wal: max_retained_wal_mb << 20,
-                instance,
-            })?;
+            let source = PostgresSource::new(spec(instance))?;
             Ok(Box::new(source) as Box<dyn Source>)
         });
         Some(BuiltSource {
@@ -229,6 +231,7 @@ impl SourceConfig for PostgresSourceConfig {
             factory,
             dead_letters: true,
             main_is_view: true,
+            preflight: Some(Arc::new(move || super::checks::preflight(&checked))),
         })
     }
 }

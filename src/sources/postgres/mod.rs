@@ -6,12 +6,14 @@
 //!   replication sub-protocol, LSNs);
 //! - `pgoutput`: the logical decoding messages, protocol versions 1 and 2;
 //! - `values` and `arrays`: Postgres's text form of a value as the typed value Debezium gives;
-//! - `changes`: pgoutput messages as change rows with versions;
+//! - `changes`: pgoutput messages as change rows with versions; `checks`: what the source
+//!   needs of the server, checked and explained (also read-only, for `validate --connect`);
 //! - `source`: slot and publication, the resumable snapshot, streaming, confirmed LSNs at
 //!   durable checkpoints; `config`: the `postgres:` settings and the registry entry.
 
 pub mod arrays;
 pub mod changes;
+pub mod checks;
 pub mod config;
 pub mod pgoutput;
 pub mod source;

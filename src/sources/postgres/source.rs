@@ -38,6 +38,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::changes::{ChangeDecoder, HEARTBEAT_PREFIX};
+use super::checks::{self, Fault};
 use super::values::from_text;
 use super::wire::{ConnectOptions, Connection, Lsn, PgError, QueryEvent, ReplicationMessage};
 use super::wire::{quote_ident, quote_literal};
@@ -273,60 +274,19 @@ impl PostgresSource {
     }
 
     /// Connects and prepares: settings, tables, publication, slot; decides where to start.
+    fn fault(&self, f: Fault) -> RunError {
+        match f {
+            Fault::Pg(e) => external(&self.spec.node, e),
+            Fault::Explained(m) => definite(&self.spec.node, m),
+        }
+    }
+
     fn start(&mut self) -> Result<(), RunError> {
-        let node = self.spec.node.clone();
         let tables = self.spec.tables.clone();
         let sql = self.sql()?;
-        let wal_level = sql
-            .query("SHOW wal_level")
-            .map_err(|e| external(&node, e))?
-            .first()
-            .and_then(|r| r.get(0, "wal_level").map(str::to_string))
-            .unwrap_or_default();
-        if wal_level != "logical" {
-            return Err(definite(
-                &node,
-                format!(
-                    "postgres: wal_level is `{wal_level}`; logical replication needs \
-                     `wal_level = logical` in postgresql.conf (and a server restart)"
-                ),
-            ));
-        }
-        for t in &tables {
-            let found = sql
-                .query(&format!(
-                    "SELECT c.relreplident::text AS identity, \
-                     EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary) AS pk \
-                     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-                     WHERE n.nspname = {} AND c.relname = {} AND c.relkind IN ('r', 'p')",
-                    quote_literal(&t.id.schema),
-                    quote_literal(&t.id.table)
-                ))
-                .map_err(|e| external(&node, e))?;
-            let r = &found[0];
-            if r.rows.is_empty() {
-                return Err(definite(
-                    &node,
-                    format!(
-                        "postgres: table {} (port `{}`) does not exist",
-                        t.id, t.port
-                    ),
-                ));
-            }
-            let identity = r.get(0, "identity").unwrap_or("d");
-            let pk = r.get(0, "pk") == Some("t");
-            if identity == "n" || (identity == "d" && !pk) {
-                return Err(definite(
-                    &node,
-                    format!(
-                        "postgres: table {} has no primary key and no replica identity, so its \
-                         updates and deletes cannot be read: add a primary key, or ALTER TABLE \
-                         {} REPLICA IDENTITY FULL",
-                        t.id, t.id
-                    ),
-                ));
-            }
-        }
+        let checked = checks::wal_level(sql)
+            .and_then(|()| tables.iter().try_for_each(|t| checks::table(sql, t)));
+        checked.map_err(|f| self.fault(f))?;
         self.ensure_publication()?;
         let slot_lsn = self.ensure_slot()?;
         self.prepared = true;
@@ -347,81 +307,29 @@ impl PostgresSource {
     fn ensure_publication(&mut self) -> Result<(), RunError> {
         let node = self.spec.node.clone();
         let publication = self.spec.publication.clone();
-        let tables: Vec<String> = self
-            .spec
-            .tables
-            .iter()
-            .map(|t| format!("{}.{}", quote_ident(&t.id.schema), quote_ident(&t.id.table)))
-            .collect();
-        let ids: Vec<(String, String)> = self
-            .spec
-            .tables
-            .iter()
-            .map(|t| (t.id.schema.clone(), t.id.table.clone()))
-            .collect();
+        let tables = self.spec.tables.clone();
         let sql = self.sql()?;
-        let exists = sql
-            .query(&format!(
-                "SELECT puballtables::text AS all FROM pg_publication WHERE pubname = {}",
-                quote_literal(&publication)
-            ))
-            .map_err(|e| external(&node, e))?;
-        if exists[0].rows.is_empty() {
-            sql.query(&format!(
-                "CREATE PUBLICATION {} FOR TABLE {}",
-                quote_ident(&publication),
-                tables.join(", ")
-            ))
-            .map_err(|e| match e.code() {
-                Some("42501") => definite(
-                    &node,
-                    format!(
-                        "postgres: publication `{publication}` does not exist and this user may \
-                         not create it ({e}); create it as the tables' owner: CREATE PUBLICATION \
-                         {publication} FOR TABLE {}",
-                        tables.join(", ")
-                    ),
-                ),
+        let exists = checks::publication_exists(sql, &publication, &tables);
+        if exists.map_err(|f| self.fault(f))? {
+            return Ok(());
+        }
+        let sql = self.sql()?;
+        let created = sql.query(&format!(
+            "CREATE PUBLICATION {} FOR TABLE {}",
+            quote_ident(&publication),
+            checks::relations(&tables).join(", ")
+        ));
+        if let Err(e) = created {
+            return Err(match e.code() {
+                Some("42501") => self.fault(checks::cannot_create_publication(
+                    &publication,
+                    &tables,
+                    &e.to_string(),
+                )),
                 _ => external(&node, e),
-            })?;
-            tracing::info!(source = %node, publication = %publication, "publication created");
-            return Ok(());
+            });
         }
-        if exists[0].get(0, "all") == Some("true") {
-            return Ok(());
-        }
-        let published = sql
-            .query(&format!(
-                "SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = {}",
-                quote_literal(&publication)
-            ))
-            .map_err(|e| external(&node, e))?;
-        let have: Vec<(String, String)> = published[0]
-            .rows
-            .iter()
-            .map(|r| {
-                (
-                    r[0].clone().unwrap_or_default(),
-                    r[1].clone().unwrap_or_default(),
-                )
-            })
-            .collect();
-        let missing: Vec<String> = ids
-            .iter()
-            .filter(|id| !have.contains(id))
-            .map(|(s, t)| format!("{s}.{t}"))
-            .collect();
-        if !missing.is_empty() {
-            return Err(definite(
-                &node,
-                format!(
-                    "postgres: publication `{publication}` does not publish {}: ALTER \
-                     PUBLICATION {publication} ADD TABLE {}",
-                    missing.join(", "),
-                    missing.join(", ")
-                ),
-            ));
-        }
+        tracing::info!(source = %node, publication = %publication, "publication created");
         Ok(())
     }
 
@@ -431,29 +339,8 @@ impl PostgresSource {
         let node = self.spec.node.clone();
         let slot = self.spec.slot.clone();
         let sql = self.sql()?;
-        let found = sql
-            .query(&format!(
-                "SELECT plugin, confirmed_flush_lsn::text AS confirmed, active::text AS active \
-                 FROM pg_replication_slots WHERE slot_name = {} AND database = current_database()",
-                quote_literal(&slot)
-            ))
-            .map_err(|e| external(&node, e))?;
-        let r = &found[0];
-        if let Some(plugin) = r.get(0, "plugin") {
-            if plugin != "pgoutput" {
-                return Err(definite(
-                    &node,
-                    format!(
-                        "postgres: replication slot `{slot}` uses the `{plugin}` plugin, not \
-                         pgoutput: give this source a slot of its own"
-                    ),
-                ));
-            }
-            let confirmed = r
-                .get(0, "confirmed")
-                .unwrap_or("0/0")
-                .parse()
-                .map_err(|e| self.err(e))?;
+        let found = checks::slot(sql, &slot);
+        if let checks::Slot::Present { confirmed, .. } = found.map_err(|f| self.fault(f))? {
             return Ok(confirmed);
         }
         if self.restored {
@@ -467,18 +354,13 @@ impl PostgresSource {
                 ),
             ));
         }
-        let mut repl =
-            Connection::connect(&self.spec.connect, true).map_err(|e| match e.code() {
-                Some("42501") | Some("28000") => definite(
-                    &node,
-                    format!(
-                        "postgres: user `{}` may not replicate ({e}): ALTER ROLE {} REPLICATION \
-                         (and allow it in pg_hba.conf)",
-                        self.spec.connect.user, self.spec.connect.user
-                    ),
-                ),
-                _ => external(&node, e),
-            })?;
+        let mut repl = match Connection::connect(&self.spec.connect, true) {
+            Ok(repl) => repl,
+            Err(e) if checks::is_refusal(&e) => {
+                return Err(self.fault(checks::may_not_replicate(&self.spec.connect.user, &e)));
+            }
+            Err(e) => return Err(external(&node, e)),
+        };
         let created = repl
             .query(&format!(
                 "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput (SNAPSHOT 'nothing')",
