@@ -152,6 +152,7 @@ impl PostgresSourceFixture {
             tables: Self::tables(corrupt),
             snapshot: false,
             chunk_rows: 1000,
+            snapshot_workers: 1,
             poll_interval: Duration::from_millis(20),
             status_interval: Duration::from_secs(10),
             heartbeat_interval: None,

@@ -561,6 +561,7 @@ fn spec_on(pg: &Postgres, database: &str, user: &str, slot: &str, table: &str) -
         }],
         snapshot: true,
         chunk_rows: 100,
+        snapshot_workers: 1,
         poll_interval: Duration::from_millis(10),
         status_interval: Duration::from_secs(10),
         heartbeat_interval: None,
@@ -814,8 +815,8 @@ pub(crate) fn stop(child: std::process::Child) -> String {
     err
 }
 
-/// A run killed in the middle of a large table's snapshot resumes after the last chunk its
-/// checkpoint covers: every row is read once (the output of the killed run past its
+/// A run killed in the middle of a large table's snapshot (read by three workers) resumes
+/// after the last chunk its checkpoint covers: every row is read once (the output of the killed run past its
 /// checkpoint is rolled back by the transactional file sink), and streaming follows.
 #[test]
 fn a_snapshot_killed_half_way_resumes_from_its_last_chunk() {
@@ -827,6 +828,10 @@ fn a_snapshot_killed_half_way_resumes_from_its_last_chunk() {
     );
     let dir = tempfile::tempdir().unwrap();
     let pipeline = id_v_pipeline(pg, dir.path(), "snap_slot", "snap_t", 500);
+    // Three workers read chunks ahead; they are handed on in key order.
+    let text = std::fs::read_to_string(&pipeline).unwrap();
+    let text = text.replace("chunk_rows: 500}", "chunk_rows: 500, snapshot_workers: 3}");
+    std::fs::write(&pipeline, text).unwrap();
     // The process dies at its 60th chunk of 120, each chunk taking 10 ms or more: several
     // checkpoints (every 200 ms) are complete by then.
     let killed = run_command(&pipeline, &[])
@@ -1264,4 +1269,118 @@ fn validate_connect_explains_what_is_not_ready_and_creates_nothing() {
     assert!(text.contains("1 check(s) failed"), "{text}");
     std::thread::sleep(Duration::from_millis(200));
     let _ = pg.sql("cdc", "SELECT pg_drop_replication_slot('pre_busy')");
+}
+
+/// Several workers read a snapshot's chunks at once (a composite key, chunks of 7 rows): the
+/// rows are handed on in key order, each once, the table's end after the last; a source
+/// restored from a position taken half-way goes on from there; and the table changed during
+/// the snapshot materializes to what it is afterwards.
+#[test]
+fn a_snapshot_over_several_workers_is_in_key_order_and_resumes_half_way() {
+    let pg = Postgres::shared();
+    pg.sql(
+        "cdc",
+        "CREATE TABLE par_t (a int, b text, v text, PRIMARY KEY (a, b));
+         INSERT INTO par_t SELECT i % 10, 'k' || i, md5(i::text) FROM generate_series(1, 200) i;",
+    );
+    let spec = |slot: &str| {
+        let mut spec = spec_on(pg, "cdc", "cdc", slot, "par_t");
+        spec.tables[0].config = TableConfig::new(Arc::new(Schema::new(vec![
+            Field::new("a", DataType::Int),
+            Field::new("b", DataType::String),
+            Field::new("v", DataType::String),
+        ])))
+        .with_key(&["a", "b"]);
+        spec.chunk_rows = 7;
+        spec.snapshot_workers = 3;
+        spec
+    };
+    type Key = (i64, String);
+    // Reads up to `reads` times (or until streaming), 5 records a read; the change rows
+    // (op, key, v) and whether the snapshot ended.
+    let read = |s: &mut PostgresSource, reads: usize| -> (Vec<(String, Key, String)>, bool) {
+        let mut out = ReadBuffers::for_source(&*s);
+        let mut rows = Vec::new();
+        let mut ended = false;
+        for _ in 0..reads {
+            let status = s.read(&mut out, 5, 1).unwrap();
+            for (r, _) in out.extra[0].rows() {
+                let op = r[0].as_str().unwrap_or("").to_string();
+                if op == "snapshot_end" {
+                    ended = true;
+                    continue;
+                }
+                let key = (r[5].as_i64().unwrap(), r[6].as_str().unwrap().to_string());
+                rows.push((op, key, r[7].as_str().unwrap_or("").to_string()));
+            }
+            out.extra[0].clear();
+            if ended && matches!(status, ReadStatus::Pending { .. }) {
+                break;
+            }
+        }
+        (rows, ended)
+    };
+    let mut first = PostgresSource::new(spec("par_slot")).unwrap();
+    first.connect_ports(&[true, true, true]);
+    let (head, ended) = read(&mut first, 13);
+    assert!(!ended && (30..150).contains(&head.len()), "{} rows", head.len());
+    let positions = first.positions();
+    // Changes during the snapshot: to rows read and not yet read.
+    pg.sql(
+        "cdc",
+        "UPDATE par_t SET v = 'early' WHERE a = 0 AND b = 'k10';
+         UPDATE par_t SET v = 'late' WHERE a = 9 AND b = 'k99';
+         DELETE FROM par_t WHERE a = 5 AND b = 'k5';
+         INSERT INTO par_t VALUES (4, 'new', 'inserted');",
+    );
+    let (tail_of_first, _) = read(&mut first, 500);
+    drop(first);
+    std::thread::sleep(Duration::from_millis(200));
+
+    let mut restored = PostgresSource::new(spec("par_slot")).unwrap();
+    restored.connect_ports(&[true, true, true]);
+    restored.seek(&positions).unwrap();
+    let (tail, ended) = read(&mut restored, 500);
+    assert!(ended, "the snapshot ends");
+    // The restored source hands on what the first did after the position, in key order.
+    let reads = |rows: &[(String, Key, String)]| -> Vec<Key> {
+        rows.iter()
+            .filter(|r| r.0 == "r")
+            .map(|r| r.1.clone())
+            .collect()
+    };
+    assert_eq!(reads(&tail), reads(&tail_of_first));
+    let all: Vec<Key> = reads(&head).into_iter().chain(reads(&tail)).collect();
+    let mut sorted = all.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(all, sorted, "in key order, each once");
+    assert_eq!(
+        all.len(),
+        200,
+        "the 200 rows less the deleted one, plus the inserted one"
+    );
+    // Snapshot rows, then the streamed changes, applied: the table as it is now.
+    let mut state: BTreeMap<Key, String> = BTreeMap::new();
+    for (op, key, v) in head.iter().chain(&tail) {
+        if op == "d" {
+            state.remove(key);
+        } else {
+            state.insert(key.clone(), v.clone());
+        }
+    }
+    let table: BTreeMap<Key, String> = pg
+        .sql("cdc", "SELECT a || '|' || b || '|' || v FROM par_t")
+        .lines()
+        .map(|l| {
+            let mut p = l.splitn(3, '|');
+            let a = p.next().unwrap().parse().unwrap();
+            let b = p.next().unwrap().to_string();
+            ((a, b), p.next().unwrap().to_string())
+        })
+        .collect();
+    drop(restored);
+    std::thread::sleep(Duration::from_millis(200));
+    let _ = pg.sql("cdc", "SELECT pg_drop_replication_slot('par_slot')");
+    assert_eq!(state, table);
 }

@@ -3,8 +3,8 @@
 //!
 //! A table of `--pg-rows` rows (an int8 key, text, numeric, timestamptz and a 100-character
 //! payload) is read three ways, each measured from its first row to its last:
-//! - the snapshot: the native source (in this process, one thread: its CPU is this thread's)
-//!   reading into change rows, against Debezium's initial snapshot (its JVM's CPU, from
+//! - the snapshot: the native source (in this process: its CPU is this process's) reading
+//!   into change rows, with one snapshot worker and with two, against Debezium's initial snapshot (its JVM's CPU, from
 //!   `/proc`; Debezium's output is JSON change events produced to a Kafka topic, which is
 //!   how it is deployed, so producing is part of its cost);
 //! - streaming: `--pg-changes` single-row updates committed in transactions of 1,000, read
@@ -32,15 +32,6 @@ fn wall_ms() -> i64 {
     crate::time::clock::SystemClock.now_ms()
 }
 
-/// CPU seconds of the calling thread.
-fn thread_cpu() -> f64 {
-    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: getrusage writes into the struct it is given.
-    unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut u) };
-    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    tv(u.ru_utime) + tv(u.ru_stime)
-}
-
 fn options(port: u16) -> ConnectOptions {
     ConnectOptions {
         host: "127.0.0.1".into(),
@@ -55,7 +46,12 @@ fn options(port: u16) -> ConnectOptions {
     }
 }
 
-fn source(pg: &Postgres, chunk_rows: usize) -> anyhow::Result<PostgresSource> {
+fn source(
+    pg: &Postgres,
+    slot: &str,
+    chunk_rows: usize,
+    snapshot_workers: usize,
+) -> anyhow::Result<PostgresSource> {
     let schema = std::sync::Arc::new(Schema::new(vec![
         Field::new("id", DataType::Int),
         Field::new("name", DataType::String),
@@ -66,7 +62,7 @@ fn source(pg: &Postgres, chunk_rows: usize) -> anyhow::Result<PostgresSource> {
     Ok(PostgresSource::new(PostgresSpec {
         node: "bench".into(),
         connect: options(pg.port),
-        slot: "bench_native".into(),
+        slot: slot.into(),
         publication: "bench_native".into(),
         tables: vec![CdcTable {
             port: "rows".into(),
@@ -75,6 +71,7 @@ fn source(pg: &Postgres, chunk_rows: usize) -> anyhow::Result<PostgresSource> {
         }],
         snapshot: true,
         chunk_rows,
+        snapshot_workers,
         poll_interval: Duration::from_millis(1),
         status_interval: Duration::from_secs(10),
         heartbeat_interval: None,
@@ -110,7 +107,8 @@ fn read_rows(
     want: u64,
     mut each: impl FnMut(&[Value], i64),
 ) -> anyhow::Result<Measured> {
-    let (wall0, cpu0) = (Instant::now(), thread_cpu());
+    let cpu = || process_cpu(std::process::id()).unwrap_or(0.0);
+    let (wall0, cpu0) = (Instant::now(), cpu());
     let mut got = 0u64;
     let deadline = Instant::now() + Duration::from_secs(1800);
     while got < want {
@@ -135,7 +133,7 @@ fn read_rows(
     Ok(Measured {
         rows: got,
         wall: wall0.elapsed().as_secs_f64(),
-        cpu: thread_cpu() - cpu0,
+        cpu: cpu() - cpu0,
     })
 }
 
@@ -235,8 +233,21 @@ pub(super) fn postgres_case(rows: u64, changes: u64) -> anyhow::Result<()> {
     println!("| reader | rows | wall s | CPU s | rows per CPU-second | rows per second |");
     println!("|---|---:|---:|---:|---:|---:|");
 
-    // The native source: snapshot, then the changes.
-    let mut native = source(&pg, 10_000)?;
+    // The native source's snapshot split over two workers (its slot dropped after), then
+    // the source itself: snapshot, then the changes.
+    {
+        let mut two = source(&pg, "bench_native_2w", 10_000, 2)?;
+        two.connect_ports(&[false, false, true]);
+        let mut out = ReadBuffers::for_source(&two);
+        let snap = read_rows(&mut two, &mut out, rows, |_, _| {})?;
+        println!("{}", snap.line("native, snapshot, 2 workers"));
+    }
+    let drop_slot = "SELECT pg_drop_replication_slot('bench_native_2w')";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sql.query(drop_slot).is_err() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut native = source(&pg, "bench_native", 10_000, 1)?;
     native.connect_ports(&[false, false, true]);
     let mut out = ReadBuffers::for_source(&native);
     let snap = read_rows(&mut native, &mut out, rows, |_, _| {})?;

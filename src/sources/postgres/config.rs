@@ -1,7 +1,7 @@
 //! The `postgres:` block of a source: where the database is and as whom to connect (the
 //! password from the environment: `password: ${PGPASSWORD}`), the replication `slot` and the
 //! `publication` (one each for all the source's tables), whether to read a `snapshot` first,
-//! its `chunk_rows`, and the `heartbeat_interval`. The tables are the source's `tables:`.
+//! its `chunk_rows` and `snapshot_workers`, and the `heartbeat_interval`. The tables are the source's `tables:`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,6 +46,9 @@ pub struct PostgresSourceConfig {
     pub snapshot: Option<S<String>>,
     /// Rows per snapshot query (default 10000): what a crash during a snapshot re-reads.
     pub chunk_rows: Option<S<usize>>,
+    /// Connections reading snapshot chunks at once (default 1; at most 16): a large table's
+    /// snapshot split over several server processes and cores.
+    pub snapshot_workers: Option<S<usize>>,
     /// How often to write a heartbeat message into the WAL (default 10s; `off`): keeps the
     /// slot moving and event time advancing when the tables are quiet.
     pub heartbeat_interval: Option<S<String>>,
@@ -128,6 +131,14 @@ impl SourceConfig for PostgresSourceConfig {
             }
             Some(c) => c.value,
             None => 10_000,
+        };
+        let snapshot_workers = match &self.snapshot_workers {
+            Some(w) if !(1..=16).contains(&w.value) => {
+                cx.issue(&w.referenced, "snapshot_workers", "must be from 1 to 16");
+                1
+            }
+            Some(w) => w.value,
+            None => 1,
         };
         let mut duration = |d: &Option<S<String>>, name: &str, default: Duration| {
             d.as_ref()
@@ -213,6 +224,7 @@ impl SourceConfig for PostgresSourceConfig {
             tables: tables.clone(),
             snapshot,
             chunk_rows,
+            snapshot_workers,
             poll_interval,
             status_interval: Duration::from_secs(10),
             heartbeat_interval,

@@ -16,6 +16,7 @@ pub mod changes;
 pub mod checks;
 pub mod config;
 pub mod pgoutput;
+pub mod snapshot;
 pub mod source;
 pub mod values;
 pub mod wire;

@@ -12,9 +12,10 @@
 //! which is an error saying so).
 //!
 //! # Snapshot
-//! Table by table, in primary-key order, in chunks of `chunk_rows` (`WHERE key > last key
-//! ORDER BY key LIMIT n`, each chunk its own statement), so a crash resumes after the last
-//! chunk the checkpoint covers instead of starting over. Before each chunk the WAL insert
+//! Table by table, in primary-key order, in chunks of about `chunk_rows` (each chunk its own
+//! statement, read by one of `snapshot_workers` connections: `snapshot`), handed on in key
+//! order, so a crash resumes after the last row the checkpoint covers instead of starting
+//! over. Before each chunk the WAL insert
 //! position `L` is read; the chunk's rows are `r` changes with version `(L, 0)`. Why that is
 //! exact with streaming started at the slot's consistent point `C <= L`: a change the chunk
 //! does not show committed after the chunk's statement began, so its commit record lies
@@ -33,21 +34,22 @@
 //! A heartbeat (`pg_logical_emit_message`, every `heartbeat_interval`) makes a quiet database
 //! write WAL the slot can move past, and gives event-time progress (`cdc::stream`).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
 use super::changes::{ChangeDecoder, HEARTBEAT_PREFIX};
 use super::checks::{self, Fault};
-use super::values::from_text;
-use super::wire::{ConnectOptions, Connection, Lsn, PgError, QueryEvent, ReplicationMessage};
+use super::snapshot::{Chunk, ChunkReader, SnapshotTable};
+use super::wire::{ConnectOptions, Connection, Lsn, PgError, ReplicationMessage};
 use super::wire::{quote_ident, quote_literal};
 use crate::cdc::stream::{ArrivalOrder, CdcTable};
 use crate::cdc::{Change, ChangeStream, Decoded, Op, SnapshotMarker, Version};
 use crate::dataflow::{ConnectorPosition, PortSpec, ReadBuffers, ReadStatus, Source};
 use crate::dataflow::{Position, SourcePosition};
 use crate::error::{ErrorClass, RunError};
-use crate::types::{Epoch, SchemaRef, Value};
+use crate::types::{Epoch, SchemaRef};
 
 /// How long one read keeps gathering changes that keep arriving.
 const GATHER: Duration = Duration::from_millis(5);
@@ -64,6 +66,8 @@ pub struct PostgresSpec {
     /// snapshot was read).
     pub snapshot: bool,
     pub chunk_rows: usize,
+    /// Connections reading snapshot chunks at once (`snapshot`).
+    pub snapshot_workers: usize,
     /// How long a read waits for the server when nothing is pending.
     pub poll_interval: Duration,
     /// How often the server is told the confirmed LSN without being asked.
@@ -125,24 +129,15 @@ struct Lag {
     over: bool,
 }
 
-/// A configured table as the snapshot reads it.
-#[derive(Clone, Debug)]
-struct SnapshotTable {
-    /// `"schema"."table"`.
-    relation: String,
-    /// The configured columns, quoted, in order.
-    select: String,
-    /// Row column indices of the key, and their quoted names.
-    key: Vec<usize>,
-    key_list: String,
-    schema: SchemaRef,
-}
-
 pub struct PostgresSource {
     spec: PostgresSpec,
     stream: ChangeStream,
     decoder: ChangeDecoder,
-    snapshot_tables: Vec<SnapshotTable>,
+    snapshot_tables: Vec<Arc<SnapshotTable>>,
+    /// The snapshot's workers (from the first chunk on), and the chunk being handed on with
+    /// the index of its next row.
+    chunks: Option<ChunkReader>,
+    pending: Option<(Chunk, usize)>,
     sql: Option<Connection>,
     repl: Option<Connection>,
     phase: Phase,
@@ -214,7 +209,8 @@ impl PostgresSource {
                         format!("table `{}` needs its key (the primary key columns)", t.port),
                     ));
                 }
-                Ok(SnapshotTable {
+                Ok(Arc::new(SnapshotTable {
+                    name: t.id.to_string(),
                     relation: format!("{}.{}", quote_ident(&t.id.schema), quote_ident(&t.id.table)),
                     select: schema
                         .fields
@@ -229,7 +225,7 @@ impl PostgresSource {
                         .join(", "),
                     key,
                     schema,
-                })
+                }))
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(PostgresSource {
@@ -238,6 +234,8 @@ impl PostgresSource {
                 spec.tables.iter().map(|t| (t.id.clone(), t.config.clone())),
             ),
             snapshot_tables,
+            chunks: None,
+            pending: None,
             sql: None,
             repl: None,
             phase: Phase::Start,
@@ -377,99 +375,43 @@ impl PostgresSource {
         Ok(point)
     }
 
-    /// Reads one chunk of the table being snapshotted.
-    fn snapshot_chunk(
+    /// Hands on up to `max_records` rows of the table being snapshotted, reading its next
+    /// chunk when the last one is all handed on (`snapshot`).
+    fn snapshot_rows(
         &mut self,
         at: SnapshotPosition,
         out: &mut ReadBuffers,
         max_records: usize,
         now_ms: i64,
     ) -> Result<(), RunError> {
-        crate::failpoint::hit("postgres-snapshot-chunk");
-        crate::failpoint::slow("postgres-snapshot-chunk");
-        let node = self.spec.node.clone();
+        if self.pending.is_none() {
+            crate::failpoint::hit("postgres-snapshot-chunk");
+            crate::failpoint::slow("postgres-snapshot-chunk");
+            let table = self.snapshot_tables[at.table].clone();
+            self.sql()?;
+            let spec = &self.spec;
+            let reader = self.chunks.get_or_insert_with(|| {
+                ChunkReader::new(&spec.connect, spec.snapshot_workers, spec.chunk_rows)
+            });
+            let sql = self.sql.as_mut().expect("connected");
+            let chunk = reader.next(sql, at.table, &table, &at.after);
+            let chunk = chunk.map_err(|f| self.fault(f))?;
+            self.pending = Some((chunk, 0));
+        }
         let table = self.snapshot_tables[at.table].clone();
-        let cdc = self.spec.tables[at.table].clone();
-        let limit = self.spec.chunk_rows.min(max_records.max(1));
-        self.sql()?;
-        let sql = self.sql.as_mut().expect("connected");
-        let mark = sql
-            .query(
-                "SELECT pg_current_wal_lsn()::text AS lsn, \
-                 (extract(epoch FROM clock_timestamp()) * 1000)::int8::text AS ms",
-            )
-            .map_err(|e| external(&node, e))?;
-        let low: Lsn = mark[0]
-            .get(0, "lsn")
-            .unwrap_or("0/0")
-            .parse()
-            .map_err(|e| external(&node, e))?;
-        let ts_ms: i64 = mark[0]
-            .get(0, "ms")
-            .and_then(|m| m.parse().ok())
-            .unwrap_or(now_ms);
-        let filter = match &at.after {
-            None => String::new(),
-            Some(keys) => format!(
-                " WHERE ({}) > ({})",
-                table.key_list,
-                keys.iter()
-                    .map(|k| quote_literal(k))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        };
-        let query = format!(
-            "SELECT {} FROM {}{filter} ORDER BY {} LIMIT {limit}",
-            table.select, table.relation, table.key_list
-        );
-        let mut rows = 0usize;
-        let mut last: Option<Vec<String>> = None;
-        let mut failed: Option<String> = None;
-        let stream = &mut self.stream;
-        let mut type_oids: Vec<u32> = Vec::new();
-        sql.query_each(&query, |event| {
-            let values = match event {
-                QueryEvent::Row(values) => values,
-                QueryEvent::Columns(columns) => {
-                    type_oids = columns.iter().map(|c| c.type_oid).collect();
-                    return Ok(());
-                }
-                QueryEvent::Done(_) => return Ok(()),
-            };
-            rows += 1;
-            let mut after = Vec::with_capacity(values.len());
-            for (i, v) in values.iter().enumerate() {
-                let field = table.schema.field(i);
-                after.push(match v {
-                    None => Value::Null,
-                    Some(text) => match from_text(
-                        text,
-                        field.data_type,
-                        type_oids.get(i).copied().unwrap_or(0),
-                    ) {
-                        Ok(v) => v,
-                        Err(e) => {
-                            failed.get_or_insert(format!("{}.{}: {e}", cdc.id, field.name));
-                            Value::Null
-                        }
-                    },
-                });
-            }
-            last = Some(
-                table
-                    .key
-                    .iter()
-                    .map(|&i| values[i].unwrap_or_default().to_string())
-                    .collect(),
-            );
+        let id = self.spec.tables[at.table].id.clone();
+        let (chunk, next) = self.pending.as_mut().expect("a chunk");
+        let ts_ms = chunk.ts_ms.unwrap_or(now_ms);
+        let end = (*next + max_records.max(1)).min(chunk.rows.len());
+        for i in *next..end {
+            let after = std::mem::take(&mut chunk.rows[i]);
             let key = table
                 .key
                 .iter()
-                .map(|&i| (table.schema.field(i).name.as_str().into(), after[i].clone()))
+                .map(|&k| (table.schema.field(k).name.as_str().into(), after[k].clone()))
                 .collect();
             let change = Change {
-                table: cdc.id.clone(),
+                table: id.clone(),
                 op: Op::Read,
                 columns: table.schema.clone(),
                 key,
@@ -477,42 +419,43 @@ impl PostgresSource {
                 after: Some(after),
                 unavailable: Vec::new(),
                 version: Version {
-                    commit_lsn: low.0,
+                    commit_lsn: chunk.low.0,
                     ordinal: 0,
                 },
                 snapshot: SnapshotMarker::True,
                 tx_id: None,
                 source_ts_ms: Some(ts_ms),
             };
-            stream.apply(0, Decoded::Change(change), out, now_ms);
-            Ok(())
-        })
-        .map_err(|e| external(&node, e))?;
-        if let Some(f) = failed {
-            // A snapshot row that does not convert is a configuration mistake (a column's
-            // type), not a record to drop: every row of the table would be lost.
-            return Err(definite(
-                &node,
-                format!("postgres: snapshot of {}: {f}", cdc.id),
-            ));
+            self.stream.apply(0, Decoded::Change(change), out, now_ms);
         }
-        if rows < limit {
-            self.stream.end_table_snapshot(at.table, out, ts_ms);
-            tracing::info!(source = %node, table = %cdc.id, "table snapshot read");
-            self.phase = if at.table + 1 < self.spec.tables.len() {
-                Phase::Snapshot(SnapshotPosition {
-                    table: at.table + 1,
-                    after: None,
-                })
-            } else {
-                Phase::Streaming { started: false }
-            };
-        } else {
+        let after = match end.checked_sub(1) {
+            Some(last) if end > *next => Some(chunk.keys[last].clone()),
+            _ => at.after.clone(),
+        };
+        *next = end;
+        if end < chunk.rows.len() || !chunk.last_of_table {
+            if end >= chunk.rows.len() {
+                self.pending = None;
+            }
             self.phase = Phase::Snapshot(SnapshotPosition {
                 table: at.table,
-                after: last,
+                after,
             });
+            return Ok(());
         }
+        self.pending = None;
+        self.stream.end_table_snapshot(at.table, out, ts_ms);
+        tracing::info!(source = %self.spec.node, table = %id, "table snapshot read");
+        self.phase = if at.table + 1 < self.spec.tables.len() {
+            Phase::Snapshot(SnapshotPosition {
+                table: at.table + 1,
+                after: None,
+            })
+        } else {
+            // The workers' connections are not needed any more.
+            self.chunks = None;
+            Phase::Streaming { started: false }
+        };
         Ok(())
     }
 
@@ -786,7 +729,7 @@ impl Source for PostgresSource {
                     return Err(definite(&self.spec.node, "postgres: not started".into()));
                 }
                 Phase::Snapshot(at) => {
-                    self.snapshot_chunk(at, out, max_records, now_ms)?;
+                    self.snapshot_rows(at, out, max_records, now_ms)?;
                     return Ok(ReadStatus::Data { partition: 0 });
                 }
                 Phase::Streaming { started: false } if self.bootstrap => {
@@ -867,6 +810,9 @@ impl Source for PostgresSource {
         self.lsn = Lsn(p.lsn);
         self.confirmed = Lsn(p.lsn);
         self.skip = p.skip;
+        // Chunks read ahead of the restored position are read again.
+        self.chunks = None;
+        self.pending = None;
         self.phase = match p.snapshot {
             Some(at) => Phase::Snapshot(at),
             None => Phase::Streaming { started: false },
