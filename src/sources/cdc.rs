@@ -40,6 +40,14 @@ pub fn change_tables(cx: &mut crate::config::component::SourceContext<'_>) -> Op
             "a change stream's event time is the commit time (`source.ts_ms`); remove `field`",
         );
     }
+    change_tables_with_time_column(cx)
+}
+
+/// `change_tables` for a transport whose changes can take their event time from a column
+/// (`event_time.field`, checked by the caller).
+pub fn change_tables_with_time_column(
+    cx: &mut crate::config::component::SourceContext<'_>,
+) -> Option<ChangeTables> {
     let tables = cx.change_tables(
         "a change stream (`format: debezium`) needs its `tables:` (port: {key, columns})",
     )?;

@@ -157,6 +157,8 @@ impl PostgresSourceFixture {
             status_interval: Duration::from_secs(10),
             heartbeat_interval: None,
             max_retained_wal: 1 << 30,
+            event_time_column: None,
+            until_caught_up: false,
             instance: 0,
         })
         .expect("a Postgres source");

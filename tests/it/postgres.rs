@@ -566,6 +566,8 @@ fn spec_on(pg: &Postgres, database: &str, user: &str, slot: &str, table: &str) -
         status_interval: Duration::from_secs(10),
         heartbeat_interval: None,
         max_retained_wal: 1 << 30,
+        event_time_column: None,
+        until_caught_up: false,
         instance: 0,
     }
 }
@@ -1323,7 +1325,11 @@ fn a_snapshot_over_several_workers_is_in_key_order_and_resumes_half_way() {
     let mut first = PostgresSource::new(spec("par_slot")).unwrap();
     first.connect_ports(&[true, true, true]);
     let (head, ended) = read(&mut first, 13);
-    assert!(!ended && (30..150).contains(&head.len()), "{} rows", head.len());
+    assert!(
+        !ended && (30..150).contains(&head.len()),
+        "{} rows",
+        head.len()
+    );
     let positions = first.positions();
     // Changes during the snapshot: to rows read and not yet read.
     pg.sql(
@@ -1383,4 +1389,139 @@ fn a_snapshot_over_several_workers_is_in_key_order_and_resumes_half_way() {
     std::thread::sleep(Duration::from_millis(200));
     let _ = pg.sql("cdc", "SELECT pg_drop_replication_slot('par_slot')");
     assert_eq!(state, table);
+}
+
+/// The demo's pipeline with its reference tables in Postgres (`examples/demo-postgres.yaml`,
+/// the tables loaded by `scripts/demo_postgres.py` through psql, as a user runs them) writes
+/// what the file demo writes, file by file, late rows included, and ends by itself.
+#[test]
+fn the_demo_from_postgres_equals_the_file_demo() {
+    use std::io::Write;
+    let pg = Postgres::shared();
+    pg.sql("postgres", "CREATE DATABASE demo_pg OWNER cdc");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let port = pg.port.to_string();
+    // Loaded twice: the second load (`--drop-first`) replaces the first.
+    for args in [&[][..], &["--drop-first"][..]] {
+        let sql = Command::new("python3")
+            .arg(root.join("scripts/demo_postgres.py"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            sql.status.success(),
+            "{}",
+            String::from_utf8_lossy(&sql.stderr)
+        );
+        let mut psql = Command::new("psql")
+            .args(["-h", "127.0.0.1", "-p", &port, "-U", "cdc", "-d", "demo_pg"])
+            .args(["-v", "ON_ERROR_STOP=1", "-q"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        psql.stdin.take().unwrap().write_all(&sql.stdout).unwrap();
+        let loaded = psql.wait_with_output().unwrap();
+        assert!(
+            loaded.status.success(),
+            "{}",
+            String::from_utf8_lossy(&loaded.stderr)
+        );
+    }
+
+    // Both pipelines with a quarter of the observations over the same 20 minutes of event
+    // time (the whole change history), to keep the test short.
+    let pipelines = tempfile::tempdir().unwrap();
+    let demo = root.join("examples/demo");
+    let run = |pipeline: &str, dir: &Path| {
+        let text = std::fs::read_to_string(root.join(pipeline)).unwrap();
+        let text = text
+            .replace("count: 60000", "count: 15000")
+            .replace("interval: 20ms", "interval: 80ms")
+            .replace("demo/", &format!("{}/", demo.display()));
+        let copy = pipelines
+            .path()
+            .join(Path::new(pipeline).file_name().unwrap());
+        std::fs::write(&copy, text).unwrap();
+        let mut c = Command::new(env!("CARGO_BIN_EXE_watershed"));
+        c.args(["run", "--log", "warn", "--metrics-addr", "off"])
+            .arg(&copy)
+            .current_dir(dir)
+            .envs([
+                ("PGHOST", "127.0.0.1"),
+                ("PGPORT", port.as_str()),
+                ("PGUSER", "cdc"),
+                ("PGPASSWORD", "unused-with-trust"),
+                ("PGDATABASE", "demo_pg"),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        c
+    };
+    let files = tempfile::tempdir().unwrap();
+    let done = run("examples/demo.yaml", files.path()).output().unwrap();
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    let out = |dir: &Path| -> BTreeMap<String, Vec<String>> {
+        std::fs::read_dir(dir.join("watershed-out"))
+            .map(|entries| {
+                entries
+                    .map(|e| {
+                        let path = e.unwrap().path();
+                        let mut lines: Vec<String> = std::fs::read_to_string(&path)
+                            .unwrap_or_default()
+                            .lines()
+                            .map(str::to_string)
+                            .collect();
+                        lines.sort();
+                        (
+                            path.file_name().unwrap().to_string_lossy().into_owned(),
+                            lines,
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let want = out(files.path());
+    assert!(
+        want["observations.jsonl"].len() > 100_000,
+        "the file demo ran"
+    );
+
+    // The Postgres run ends by itself too (`until: caught_up`).
+    let from_pg = tempfile::tempdir().unwrap();
+    let mut child = run("examples/demo-postgres.yaml", from_pg.path())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let stderr = stop(child);
+            panic!("the Postgres run did not end: {stderr}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let ended = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&ended.stderr);
+    assert!(ended.status.success(), "{stderr}");
+    let counts = |o: &BTreeMap<String, Vec<String>>| -> Vec<(String, usize)> {
+        o.iter().map(|(f, l)| (f.clone(), l.len())).collect()
+    };
+    let got = out(from_pg.path());
+    assert_eq!(counts(&got), counts(&want), "{stderr}");
+    for (file, lines) in &want {
+        let theirs = &got[file];
+        let differing = lines.iter().zip(theirs).position(|(a, b)| a != b);
+        assert!(
+            differing.is_none(),
+            "{file}: first difference (sorted), file demo then Postgres:\n{}\n{}",
+            lines[differing.unwrap()],
+            theirs[differing.unwrap()]
+        );
+    }
 }

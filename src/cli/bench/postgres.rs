@@ -76,6 +76,8 @@ fn source(
         status_interval: Duration::from_secs(10),
         heartbeat_interval: None,
         max_retained_wal: u64::MAX,
+        event_time_column: None,
+        until_caught_up: false,
         instance: 0,
     })?)
 }

@@ -18,7 +18,8 @@
 //!   read from it). `tests/it/debezium.rs` checks the records equal Debezium 3.6.3's.
 //! - Version: `(commit LSN of the transaction, LSN of the change)`: the same for every change
 //!   of a transaction, strictly increasing from one transaction to the next in commit order,
-//!   and in WAL (statement) order inside one. Event time: the commit time.
+//!   and in WAL (statement) order inside one. Event time: the commit time, or a column of the
+//!   row (`stamp_event_times`).
 //! - A configured table's rows have its configured columns (matched by name; a column the
 //!   table no longer has is null) and key; another table's rows have its columns with types
 //!   from Postgres (`values::data_type_of`) and the replica identity as key.
@@ -38,6 +39,68 @@ use crate::types::{Field, Schema, SchemaRef, Value};
 /// The prefix of the logical messages the source emits as heartbeats; their content is the
 /// database's clock (`now()` as text).
 pub const HEARTBEAT_PREFIX: &str = "watershed.heartbeat";
+
+/// With `event_time.field`: each change's event time is read from `column` of its row — the
+/// new row of an insert or update, the old row of a delete (which carries it only under
+/// REPLICA IDENTITY FULL), the new row for both halves of a key change — and a truncate's is
+/// `latest`, the latest event time stamped before it (0 before any). `latest` moves with each.
+/// A change of a configured table whose column is null or missing is an error saying why
+/// (the message goes to `dead_letter`); other tables' changes keep their commit time.
+pub fn stamp_event_times(
+    decoded: &mut [Decoded],
+    column: &str,
+    latest: &mut Option<i64>,
+) -> Result<(), String> {
+    let time_of = |c: &Change, row: Option<&Vec<Value>>| -> Result<Option<i64>, String> {
+        let Some(i) = c.columns.index_of(column) else {
+            return Ok(None);
+        };
+        match row.map(|r| &r[i]) {
+            Some(Value::Timestamp(us)) => Ok(Some(us.div_euclid(1000))),
+            _ => Err(format!(
+                "{}: `{column}` (event_time.field) is null in the {} row of a change{}",
+                c.table,
+                if c.op == Op::Delete { "old" } else { "new" },
+                if c.op == Op::Delete {
+                    ": a delete's old row carries it only under REPLICA IDENTITY FULL"
+                } else {
+                    ""
+                }
+            )),
+        }
+    };
+    let mut i = 0;
+    while i < decoded.len() {
+        let Decoded::Change(c) = &decoded[i] else {
+            i += 1;
+            continue;
+        };
+        let (at, halves) = match c.op {
+            Op::Message => (None, 1),
+            Op::Truncate => (Some(latest.unwrap_or(0)), 1),
+            Op::Delete => match decoded.get(i + 1) {
+                // A key change: both halves at the new row's time.
+                Some(Decoded::Change(next))
+                    if next.op == Op::Create && next.version == c.version =>
+                {
+                    (time_of(next, next.after.as_ref())?, 2)
+                }
+                _ => (time_of(c, c.before.as_ref())?, 1),
+            },
+            _ => (time_of(c, c.after.as_ref())?, 1),
+        };
+        if let Some(at) = at {
+            for d in &mut decoded[i..i + halves] {
+                if let Decoded::Change(c) = d {
+                    c.source_ts_ms = Some(at);
+                }
+            }
+            *latest = Some(latest.map_or(at, |l| l.max(at)));
+        }
+        i += halves;
+    }
+    Ok(())
+}
 
 /// How one relation's tuples become rows.
 #[derive(Clone, Debug)]
@@ -613,5 +676,96 @@ mod tests {
             "public.cve.score: \"lots\" is not an exact decimal"
         );
         assert!(out.is_empty());
+    }
+
+    /// A change of table `t (id int, at timestamp)` at WAL position `lsn`.
+    fn timed(op: Op, lsn: u64, before: Option<i64>, after: Option<i64>) -> Decoded {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", crate::types::DataType::Int),
+            Field::new("at", crate::types::DataType::Timestamp),
+        ]));
+        let row = |at: Option<i64>| {
+            vec![
+                Value::Int(1),
+                at.map_or(Value::Null, |ms| Value::Timestamp(ms * 1000)),
+            ]
+        };
+        Decoded::Change(Change {
+            table: TableId::new("public", "t"),
+            op,
+            columns: schema,
+            key: Vec::new(),
+            before: (op == Op::Delete).then(|| row(before)),
+            after: matches!(op, Op::Create | Op::Update).then(|| row(after)),
+            unavailable: Vec::new(),
+            version: Version {
+                commit_lsn: 100,
+                ordinal: lsn,
+            },
+            snapshot: SnapshotMarker::False,
+            tx_id: None,
+            source_ts_ms: Some(9_999_999),
+        })
+    }
+
+    fn times(decoded: &[Decoded]) -> Vec<Option<i64>> {
+        decoded
+            .iter()
+            .map(|d| match d {
+                Decoded::Change(c) => c.source_ts_ms,
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn event_times_come_from_the_column_of_the_row() {
+        let mut latest = None;
+        let mut decoded = vec![
+            timed(Op::Create, 1, None, Some(500)),
+            timed(Op::Update, 2, None, Some(400)),
+            // A key change: both halves at the new row's time.
+            timed(Op::Delete, 3, Some(100), None),
+            timed(Op::Create, 3, None, Some(700)),
+            // A delete under FULL: the old row's time.
+            timed(Op::Delete, 4, Some(650), None),
+            timed(Op::Truncate, 5, None, None),
+        ];
+        stamp_event_times(&mut decoded, "at", &mut latest).unwrap();
+        assert_eq!(
+            times(&decoded),
+            [
+                Some(500),
+                Some(400),
+                Some(700),
+                Some(700),
+                Some(650),
+                Some(700)
+            ]
+        );
+        assert_eq!(latest, Some(700));
+        // A truncate before any: 0; a column the table lacks: the commit time stays.
+        let mut latest = None;
+        let mut decoded = vec![timed(Op::Truncate, 1, None, None)];
+        stamp_event_times(&mut decoded, "at", &mut latest).unwrap();
+        assert_eq!(times(&decoded), [Some(0)]);
+        let mut decoded = vec![timed(Op::Create, 1, None, Some(5))];
+        stamp_event_times(&mut decoded, "other", &mut latest).unwrap();
+        assert_eq!(times(&decoded), [Some(9_999_999)]);
+    }
+
+    #[test]
+    fn a_change_without_its_event_time_is_an_error_saying_why() {
+        let mut latest = Some(10);
+        let e = stamp_event_times(&mut [timed(Op::Delete, 1, None, None)], "at", &mut latest)
+            .unwrap_err();
+        assert!(e.contains("REPLICA IDENTITY FULL"), "{e}");
+        let e = stamp_event_times(&mut [timed(Op::Update, 1, None, None)], "at", &mut latest)
+            .unwrap_err();
+        assert!(
+            e.contains("`at` (event_time.field) is null in the new row"),
+            "{e}"
+        );
+        assert_eq!(latest, Some(10), "nothing stamped");
     }
 }

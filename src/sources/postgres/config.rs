@@ -14,7 +14,8 @@ use crate::config::component::{BuiltSource, SourceConfig, SourceContext};
 use crate::config::yaml::S;
 use crate::dataflow::Source;
 use crate::runtime::plan::SourceFactory;
-use crate::sources::cdc::{ChangeTables, change_tables, main_schema};
+use crate::sources::cdc::{ChangeTables, change_tables_with_time_column, main_schema};
+use crate::types::DataType;
 
 /// A password, never shown by `Debug`.
 #[derive(Deserialize)]
@@ -52,6 +53,9 @@ pub struct PostgresSourceConfig {
     /// How often to write a heartbeat message into the WAL (default 10s; `off`): keeps the
     /// slot moving and event time advancing when the tables are quiet.
     pub heartbeat_interval: Option<S<String>>,
+    /// `caught_up`: read the changes committed before the run started (up to the server's
+    /// WAL position then), and end — a bounded run, like a file. Default: stream on.
+    pub until: Option<S<String>>,
     /// How long a read waits for the server when nothing is pending (default 10ms).
     pub poll_interval: Option<S<String>>,
     /// How long connecting may take (default 10s).
@@ -140,6 +144,21 @@ impl SourceConfig for PostgresSourceConfig {
             Some(w) => w.value,
             None => 1,
         };
+        let until_caught_up = match &self.until {
+            None => false,
+            Some(u) if u.value == "caught_up" => true,
+            Some(u) => {
+                cx.issue(
+                    &u.referenced,
+                    "until",
+                    format!(
+                        "unknown `until` `{}`; use `caught_up` (or leave it out)",
+                        u.value
+                    ),
+                );
+                false
+            }
+        };
         let mut duration = |d: &Option<S<String>>, name: &str, default: Duration| {
             d.as_ref()
                 .and_then(|d| cx.issues.duration(d, &format!("{}.{name}", cx.field)))
@@ -163,7 +182,31 @@ impl SourceConfig for PostgresSourceConfig {
             tables,
             ports: extra_ports,
             keys: table_keys,
-        } = change_tables(cx)?;
+        } = change_tables_with_time_column(cx)?;
+        // `event_time.field`: a timestamp column of every table.
+        let event_time_column = cx.event_time_field.map(|f| (f.value.clone(), f.referenced));
+        if let Some((column, at)) = &event_time_column {
+            for t in &tables {
+                let ok = t
+                    .config
+                    .schema
+                    .index_of(column)
+                    .is_some_and(|i| t.config.schema.field(i).data_type == DataType::Timestamp);
+                if !ok {
+                    let field = format!("{}.event_time.field", cx.field_prefix());
+                    cx.issues.at(
+                        at,
+                        field,
+                        format!(
+                            "the event time of every table's changes is read from `{column}`: \
+                             table `{}` needs it as a `timestamp` column",
+                            t.port
+                        ),
+                    );
+                }
+            }
+        }
+        let event_time_column = event_time_column.map(|(c, _)| c);
         for (t, (_, key)) in tables.iter().zip(&table_keys) {
             if key.is_empty() {
                 let at = cx.location;
@@ -229,6 +272,8 @@ impl SourceConfig for PostgresSourceConfig {
             status_interval: Duration::from_secs(10),
             heartbeat_interval,
             max_retained_wal: max_retained_wal_mb << 20,
+            event_time_column: event_time_column.clone(),
+            until_caught_up,
             instance,
         };
         let checked = spec(0);

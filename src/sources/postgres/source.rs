@@ -39,7 +39,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::changes::{ChangeDecoder, HEARTBEAT_PREFIX};
+use super::changes::{ChangeDecoder, HEARTBEAT_PREFIX, stamp_event_times};
 use super::checks::{self, Fault};
 use super::snapshot::{Chunk, ChunkReader, SnapshotTable};
 use super::wire::{ConnectOptions, Connection, Lsn, PgError, ReplicationMessage};
@@ -49,7 +49,8 @@ use crate::cdc::{Change, ChangeStream, Decoded, Op, SnapshotMarker, Version};
 use crate::dataflow::{ConnectorPosition, PortSpec, ReadBuffers, ReadStatus, Source};
 use crate::dataflow::{Position, SourcePosition};
 use crate::error::{ErrorClass, RunError};
-use crate::types::{Epoch, SchemaRef};
+use crate::format::DecodeError;
+use crate::types::{Epoch, SchemaRef, Value};
 
 /// How long one read keeps gathering changes that keep arriving.
 const GATHER: Duration = Duration::from_millis(5);
@@ -75,6 +76,12 @@ pub struct PostgresSpec {
     pub heartbeat_interval: Option<Duration>,
     /// WAL retained for the slot beyond which the source warns (`/status`, a WARN line).
     pub max_retained_wal: u64,
+    /// `event_time.field`: changes take their event time from this timestamp column of their
+    /// row instead of the commit time (`changes::stamp_event_times`); heartbeats then move
+    /// the slot but not event time.
+    pub event_time_column: Option<String>,
+    /// `until: caught_up`: end once every change committed before the run started is read.
+    pub until_caught_up: bool,
     pub instance: usize,
 }
 
@@ -94,6 +101,13 @@ pub struct PgPosition {
     /// Ports that have received a change (for the silent-table warning).
     pub received: Vec<String>,
     pub arrival: ArrivalOrder,
+    /// With `event_time.field`: the latest event time read from the column (a truncate's).
+    #[serde(default)]
+    pub event_time_ms: Option<i64>,
+    /// With `until: caught_up`: the WAL position the run reads up to (the server's when the
+    /// first run started streaming).
+    #[serde(default)]
+    pub until_lsn: Option<u64>,
 }
 
 /// A snapshot in progress.
@@ -167,6 +181,10 @@ pub struct PostgresSource {
     /// A bootstrap: the snapshot only, no streaming.
     bootstrap: bool,
     decoded: Vec<Decoded>,
+    /// With `event_time.field`: the latest event time read from the column.
+    latest_event_ms: Option<i64>,
+    /// With `until: caught_up`: where reading ends.
+    until_lsn: Option<Lsn>,
 }
 
 fn external(node: &str, e: PgError) -> RunError {
@@ -255,6 +273,8 @@ impl PostgresSource {
             prepared: false,
             bootstrap: false,
             decoded: Vec::new(),
+            latest_event_ms: None,
+            until_lsn: None,
             spec,
         })
     }
@@ -403,8 +423,37 @@ impl PostgresSource {
         let (chunk, next) = self.pending.as_mut().expect("a chunk");
         let ts_ms = chunk.ts_ms.unwrap_or(now_ms);
         let end = (*next + max_records.max(1)).min(chunk.rows.len());
+        let time_column = self
+            .spec
+            .event_time_column
+            .as_ref()
+            .and_then(|c| table.schema.index_of(c));
         for i in *next..end {
             let after = std::mem::take(&mut chunk.rows[i]);
+            let at = match time_column.map(|c| &after[c]) {
+                None => ts_ms,
+                Some(Value::Timestamp(us)) => us.div_euclid(1000),
+                Some(_) => {
+                    // No event time: the row goes to dead_letter, whole.
+                    let column = self.spec.event_time_column.as_deref().unwrap_or("");
+                    let mut raw = Vec::new();
+                    crate::format::json::JsonEncoder::with_columns(table.schema.clone(), None)
+                        .encode_row(&after, &mut raw);
+                    crate::dead_letter::push(
+                        &mut out.dead_letters,
+                        &self.spec.node,
+                        &self.spec.slot,
+                        &format!("snapshot of {id}, key {:?}", chunk.keys[i]),
+                        &format!("`{column}` (event_time.field) is null"),
+                        &raw,
+                        ts_ms,
+                    );
+                    continue;
+                }
+            };
+            if time_column.is_some() {
+                self.latest_event_ms = Some(self.latest_event_ms.map_or(at, |l| l.max(at)));
+            }
             let key = table
                 .key
                 .iter()
@@ -424,7 +473,7 @@ impl PostgresSource {
                 },
                 snapshot: SnapshotMarker::True,
                 tx_id: None,
-                source_ts_ms: Some(ts_ms),
+                source_ts_ms: Some(at),
             };
             self.stream.apply(0, Decoded::Change(change), out, now_ms);
         }
@@ -444,7 +493,11 @@ impl PostgresSource {
             return Ok(());
         }
         self.pending = None;
-        self.stream.end_table_snapshot(at.table, out, ts_ms);
+        let end_at = match self.spec.event_time_column {
+            Some(_) => self.latest_event_ms.unwrap_or(0),
+            None => ts_ms,
+        };
+        self.stream.end_table_snapshot(at.table, out, end_at);
         tracing::info!(source = %self.spec.node, table = %id, "table snapshot read");
         self.phase = if at.table + 1 < self.spec.tables.len() {
             Phase::Snapshot(SnapshotPosition {
@@ -461,6 +514,19 @@ impl PostgresSource {
 
     fn start_streaming(&mut self) -> Result<(), RunError> {
         let node = self.spec.node.clone();
+        if self.spec.until_caught_up && self.until_lsn.is_none() {
+            let now = self
+                .sql()?
+                .query("SELECT pg_current_wal_lsn()::text AS lsn")
+                .map_err(|e| external(&node, e))?;
+            let lsn: Lsn = now[0]
+                .get(0, "lsn")
+                .unwrap_or("0/0")
+                .parse()
+                .map_err(|e| external(&node, e))?;
+            tracing::info!(source = %node, lsn = %lsn, "reading up to the WAL position of now (until: caught_up)");
+            self.until_lsn = Some(lsn);
+        }
         if self.repl.is_none() {
             let c =
                 Connection::connect(&self.spec.connect, true).map_err(|e| external(&node, e))?;
@@ -585,6 +651,13 @@ impl PostgresSource {
             self.send_status(now_ms, false)?;
         }
         self.measure(now_ms)?;
+        if let Some(until) = self.until_lsn
+            && self.lsn >= until
+            && !self.inside_tx
+        {
+            tracing::info!(source = %self.spec.node, lsn = %self.lsn, "caught up with the WAL position of the start: the source ends");
+            return Ok(ReadStatus::Finished);
+        }
         let node = self.spec.node.clone();
         let mut emitted = 0usize;
         let mut waited = false;
@@ -636,10 +709,23 @@ impl PostgresSource {
                         self.in_tx = 0;
                     }
                     let mut decoded = std::mem::take(&mut self.decoded);
-                    let result = self.decoder.decode(start, &data, &mut decoded);
+                    let mut result = self.decoder.decode(start, &data, &mut decoded);
+                    if let (Ok(_), Some(column)) = (&result, &self.spec.event_time_column) {
+                        let mut latest = self.latest_event_ms;
+                        match stamp_event_times(&mut decoded, column, &mut latest) {
+                            Ok(()) => self.latest_event_ms = latest,
+                            Err(reason) => result = Err(DecodeError::new(reason)),
+                        }
+                    }
                     match result {
                         Ok(commit) => {
                             for d in decoded.drain(..) {
+                                if matches!(d, Decoded::Heartbeat { .. })
+                                    && self.spec.event_time_column.is_some()
+                                {
+                                    // Event time comes from the rows only.
+                                    continue;
+                                }
                                 let change = matches!(d, Decoded::Change(_));
                                 if change && self.inside_tx {
                                     self.in_tx += 1;
@@ -680,6 +766,11 @@ impl PostgresSource {
             }
         }
         self.caught_up = emitted == 0;
+        if emitted == 0 && self.until_lsn.is_some() {
+            // Ask for a keepalive: its WAL end moves the position past the end between
+            // transactions.
+            self.send_status(now_ms, true)?;
+        }
         if emitted == 0 && out.progress.is_none() {
             out.caught_up.push(0);
             return Ok(ReadStatus::Pending {
@@ -739,7 +830,14 @@ impl Source for PostgresSource {
                         retry_at_ms: now_ms + 100,
                     });
                 }
-                Phase::Streaming { started: false } => self.start_streaming()?,
+                Phase::Streaming { started: false } => {
+                    if !self.spec.snapshot {
+                        // No snapshot comes (`snapshot: never`): a gated enrichment waits
+                        // for none.
+                        self.stream.end_snapshots(out);
+                    }
+                    self.start_streaming()?
+                }
                 Phase::Streaming { started: true } => {
                     return self.stream_changes(out, max_records, now_ms);
                 }
@@ -768,6 +866,8 @@ impl Source for PostgresSource {
             ended: self.stream.ended_snapshots(),
             received: self.stream.received_tables(),
             arrival: self.stream.arrival_order().clone(),
+            event_time_ms: self.latest_event_ms,
+            until_lsn: self.until_lsn.map(|l| l.0),
         };
         vec![SourcePosition {
             source: self.spec.node.clone(),
@@ -820,6 +920,8 @@ impl Source for PostgresSource {
         self.stream.restore_ended_snapshots(&p.ended);
         self.stream.restore_received_tables(&p.received);
         self.stream.restore_arrival_order(p.arrival);
+        self.latest_event_ms = p.event_time_ms;
+        self.until_lsn = p.until_lsn.map(Lsn);
         // Connecting, the checks and the slot come at the first read.
         self.restored = true;
         Ok(())
