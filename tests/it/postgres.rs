@@ -1215,6 +1215,18 @@ fn validate_connect_explains_what_is_not_ready_and_creates_nothing() {
         f.len() == 1 && f[0].contains("public.no_such (port `t`) does not exist"),
         "{f:?}"
     );
+    let mut misspelt = spec_on(pg, "cdc", "cdc", "pre_x", "pre_ok");
+    misspelt.tables[0].config = TableConfig::new(Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int),
+        Field::new("value", DataType::String),
+    ])))
+    .with_key(&["id"]);
+    let f = failures(&misspelt);
+    assert!(
+        f.len() == 1
+            && f[0].contains("public.pre_ok has no column `value` (in `tables.t.columns`)"),
+        "{f:?}"
+    );
     let f = failures(&spec_on(pg, "cdc", "cdc", "pre_partial", "pre_ok"));
     assert!(
         f.len() == 1 && f[0].contains("ALTER PUBLICATION pre_partial ADD TABLE public.pre_ok"),

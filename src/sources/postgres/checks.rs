@@ -1,5 +1,5 @@
 //! What the Postgres source needs of the server, checked and explained: `wal_level`, each
-//! table (exists, has a key or replica identity), the publication, the REPLICATION role and
+//! table (exists, has a key or replica identity, has the configured columns), the publication, the REPLICATION role and
 //! the replication slot. The source runs these checks at start (and then creates what is
 //! missing); `preflight` runs them read-only for `watershed validate --connect`, creating
 //! nothing, so that an operator learns what to fix before the first run.
@@ -79,6 +79,45 @@ pub fn table(sql: &mut Connection, t: &CdcTable) -> Result<(), Fault> {
             "postgres: table {} has no primary key and no replica identity, so its updates and \
              deletes cannot be read: add a primary key, or ALTER TABLE {} REPLICA IDENTITY FULL",
             t.id, t.id
+        )));
+    }
+    Ok(())
+}
+
+/// Every configured column is a column of the table (a run reads one it lacks as null: a
+/// misspelt name would go unnoticed).
+pub fn columns(sql: &mut Connection, t: &CdcTable) -> Result<(), Fault> {
+    let found = sql.query(&format!(
+        "SELECT a.attname FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid \
+         JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE n.nspname = {} AND c.relname = {} AND a.attnum > 0 AND NOT a.attisdropped",
+        quote_literal(&t.id.schema),
+        quote_literal(&t.id.table)
+    ))?;
+    let have: Vec<&str> = found[0]
+        .rows
+        .iter()
+        .filter_map(|r| r[0].as_deref())
+        .collect();
+    let missing: Vec<&str> = t
+        .config
+        .schema
+        .fields
+        .iter()
+        .map(|f| f.name.as_str())
+        .filter(|name| !have.contains(name))
+        .collect();
+    if !missing.is_empty() {
+        return Err(explained(format!(
+            "postgres: table {} has no column {} (in `tables.{}.columns`): a run would read it \
+             as null; correct the name, or drop it from the columns",
+            t.id,
+            missing
+                .iter()
+                .map(|m| format!("`{m}`"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            t.port
         )));
     }
     Ok(())
@@ -265,7 +304,11 @@ pub fn preflight(spec: &PostgresSpec) -> Vec<Check> {
     )));
     note(wal_level(&mut sql).map(|()| "wal_level is logical".into()));
     for t in &spec.tables {
-        note(table(&mut sql, t).map(|()| format!("table {} can be captured", t.id)));
+        note(
+            table(&mut sql, t)
+                .and_then(|()| columns(&mut sql, t))
+                .map(|()| format!("table {} can be captured", t.id)),
+        );
     }
     let p = &spec.publication;
     note(match publication_exists(&mut sql, p, &spec.tables) {
