@@ -68,4 +68,4 @@ pub trait Sink: Send {
 /// How long rows written to a sink that can show them at once (at-least-once, idempotent)
 /// may wait in its buffers before the runtime flushes them while more input is queued (an
 /// input with nothing queued is flushed at once).
-pub const FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+pub const FLUSH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(5);

@@ -560,6 +560,7 @@ pub(super) fn job_case(
     parallelism: &[usize],
     rounds: usize,
     against: Option<&Path>,
+    latency_rate: Option<f64>,
     dir: &Path,
 ) -> anyhow::Result<usize> {
     let snapshot = dir.join(format!("job-snapshot-{rows}.jsonl"));
@@ -633,12 +634,6 @@ pub(super) fn job_case(
             }
         }
     }
-    for f in [&snapshot, &stream, &events, &out] {
-        let _ = std::fs::remove_file(f);
-    }
-    for mode in [job::Mode::Lookup, job::Mode::AsOf] {
-        let _ = std::fs::remove_file(ceiling_out(mode));
-    }
     let median = |mut v: Vec<f64>| -> Option<f64> {
         v.sort_by(f64::total_cmp);
         (!v.is_empty()).then(|| v[v.len() / 2])
@@ -647,6 +642,49 @@ pub(super) fn job_case(
     let whole_cpu = |r: &Runs| median(r.whole.iter().map(|m| m.cpu).collect()).unwrap_or(0.0);
     let whole_wall = |r: &Runs| median(r.whole.iter().map(|m| m.wall).collect()).unwrap_or(0.0);
     let per_cpu = |cpu: f64| records as f64 / cpu.max(1e-9);
+    // Latency at half the whole-run rate of this binary at parallelism 1 (or the rate
+    // asked for), per mode.
+    let mut latencies = Vec::new();
+    for mode in [job::Mode::Lookup, job::Mode::AsOf] {
+        let Some(r) = runs
+            .iter()
+            .position(|&(m, p, exe)| m == mode && p == 1 && exe == this.as_path())
+        else {
+            continue;
+        };
+        let wall = median(pipelines[r].whole.iter().map(|m| m.wall).collect()).unwrap_or(0.0);
+        if wall <= 0.0 {
+            continue;
+        }
+        let rate = latency_rate.unwrap_or(records as f64 / wall / 2.0);
+        let live = dir.join("job-live.jsonl");
+        let live_out = dir.join("job-live-out.jsonl");
+        let yaml = format!(
+            "checkpoint: {{interval: 10s}}\n{}",
+            job_yaml(mode, 1, &live, &snapshot, &stream, &live_out).replace(
+                &format!("file: {{paths: [\"{}\"]}}", live.display()),
+                &format!(
+                    "file: {{paths: [\"{}\"], follow: true, poll_interval: 2ms}}",
+                    live.display()
+                ),
+            )
+        );
+        let setup = super::latency::Setup {
+            exe: &this,
+            yaml: &yaml,
+            dir,
+            events: &events,
+            live: &live,
+            out: &live_out,
+        };
+        latencies.push((mode, super::latency::measure(&setup, rate, 10.0)?));
+    }
+    for f in [&snapshot, &stream, &events, &out] {
+        let _ = std::fs::remove_file(f);
+    }
+    for mode in [job::Mode::Lookup, job::Mode::AsOf] {
+        let _ = std::fs::remove_file(ceiling_out(mode));
+    }
     println!(
         "\n## job: {records} observations ({:.0} bytes each, ten fields declared) → `enrich` in a {rows}-row Debezium table with {} updates and {} deletes → file (median of {rounds} rounds)",
         bytes as f64 / records as f64,
@@ -701,6 +739,29 @@ pub(super) fn job_case(
         if let Some(e) = &run.failed {
             failures += 1;
             eprintln!("job, {}, parallelism {p}: {e}", mode.name());
+        }
+    }
+    if !latencies.is_empty() {
+        println!(
+            "\nevent to output, parallelism 1, events appended to a followed file (`poll_interval: 2ms`) at {} for 10 s, checkpoints every 10 s, file sink writing through (at-least-once):\n",
+            if latency_rate.is_some() {
+                "the rate asked for"
+            } else {
+                "half the whole-run rate"
+            }
+        );
+        println!("| run | events/s | events | p50 ms | p99 ms | max ms |");
+        println!("|---|---:|---:|---:|---:|---:|");
+        for (mode, l) in &latencies {
+            println!(
+                "| pipeline, `{}` | {:.0} | {} | {:.1} | {:.1} | {:.1} |",
+                mode.name(),
+                l.rate,
+                l.events,
+                l.p50,
+                l.p99,
+                l.max
+            );
         }
     }
     Ok(failures)

@@ -14,6 +14,7 @@ mod ceiling;
 mod input;
 mod job;
 mod kafka;
+mod latency;
 mod postgres;
 mod process;
 mod report;
@@ -79,6 +80,10 @@ pub struct BenchArgs {
     /// one's in every round (an earlier build, to compare in one sitting).
     #[arg(long)]
     pub against: Option<PathBuf>,
+    /// `job` case: measure latency at this many events per second (default: half the
+    /// whole-run rate).
+    #[arg(long)]
+    pub latency_rate: Option<f64>,
 }
 
 /// Runs the selected benchmarks and prints markdown tables.
@@ -133,6 +138,7 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
                 &args.parallelism,
                 args.rounds.max(1),
                 args.against.as_deref(),
+                args.latency_rate,
                 &dir,
             )?;
         }

@@ -30,8 +30,8 @@ pub(super) fn process_cpu(pid: u32) -> Option<f64> {
     Some((utime + stime) / ticks.max(1.0))
 }
 
-/// Records taken by the sinks of the pipeline serving `/status` on `port`.
-pub(super) fn sink_records(port: u16) -> Option<u64> {
+/// The `/status` document of the pipeline serving it on `port`.
+pub(super) fn status(port: u16) -> Option<serde_json::Value> {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
     write!(
@@ -42,9 +42,14 @@ pub(super) fn sink_records(port: u16) -> Option<u64> {
     let mut text = String::new();
     s.read_to_string(&mut text).ok()?;
     let (_, body) = text.split_once("\r\n\r\n")?;
-    let doc: serde_json::Value = serde_json::from_str(body).ok()?;
+    serde_json::from_str(body).ok()
+}
+
+/// Records taken by the sinks of the pipeline serving `/status` on `port`.
+pub(super) fn sink_records(port: u16) -> Option<u64> {
     Some(
-        doc.get("instances")?
+        status(port)?
+            .get("instances")?
             .as_array()?
             .iter()
             .filter(|i| i.get("role").and_then(|r| r.as_str()) == Some("sink"))
@@ -53,7 +58,7 @@ pub(super) fn sink_records(port: u16) -> Option<u64> {
     )
 }
 
-fn free_port() -> anyhow::Result<u16> {
+pub(super) fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())

@@ -13,7 +13,7 @@
 //!
 //! Without a checkpoint directory the sink writes straight through and flushes at barriers,
 //! whenever its input has nothing more queued, and under load once written lines have waited
-//! `FLUSH_INTERVAL` (100 ms): at-least-once. Its
+//! `FLUSH_INTERVAL` (5 ms): at-least-once. Its
 //! pre-commit is the output's length at the barrier; restored from a checkpoint or savepoint
 //! (`--from-savepoint`) it keeps that much and writes on after it; started without one it
 //! begins the file afresh.
