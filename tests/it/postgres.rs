@@ -519,6 +519,13 @@ sinks:
     pg.sql("cdc", "SELECT pg_drop_replication_slot('e2e_slot')");
 }
 
+/// Drops `source` (closing its replication connection) and then its slot.
+fn drop_slot(pg: &Postgres, source: PostgresSource, slot: &str) {
+    drop(source);
+    std::thread::sleep(Duration::from_millis(200));
+    let _ = pg.sql("cdc", &format!("SELECT pg_drop_replication_slot('{slot}')"));
+}
+
 fn source_on(pg: &Postgres, database: &str, user: &str, slot: &str, table: &str) -> PostgresSource {
     source_with(pg, database, user, slot, table, |_| {})
 }
@@ -691,9 +698,7 @@ fn a_slot_retaining_too_much_wal_is_a_warning() {
     }
     let w = s.warnings().join("\n");
     assert!(w.contains("replication slot `lag_slot` retains"), "{w}");
-    drop(s);
-    std::thread::sleep(Duration::from_millis(200));
-    let _ = pg.sql("cdc", "SELECT pg_drop_replication_slot('lag_slot')");
+    drop_slot(pg, s, "lag_slot");
 }
 
 /// A pipeline reading table `table` (`id int` key, `v text`) with the native source into
@@ -1080,9 +1085,7 @@ fn a_quiet_slot_in_a_busy_database_lets_its_wal_go() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(out.extra[0].is_empty(), "no change of the quiet table");
-    drop(s);
-    std::thread::sleep(Duration::from_millis(200));
-    let _ = pg.sql("cdc", "SELECT pg_drop_replication_slot('quiet_slot')");
+    drop_slot(pg, s, "quiet_slot");
 }
 
 /// A snapshot row and a streamed row with the same values give the same typed values: the
@@ -1155,9 +1158,7 @@ fn snapshot_and_streaming_convert_arrays_and_times_alike() {
     for name in ["ints", "moods", "at", "days", "ratios"] {
         assert_eq!(column(&rows[0], name), column(&rows[1], name), "{name}");
     }
-    drop(s);
-    std::thread::sleep(Duration::from_millis(200));
-    let _ = pg.sql("cdc", "SELECT pg_drop_replication_slot('arr_slot')");
+    drop_slot(pg, s, "arr_slot");
 }
 
 /// `validate --connect` finds each operational mistake before a run, with the same one-line
@@ -1397,9 +1398,7 @@ fn a_snapshot_over_several_workers_is_in_key_order_and_resumes_half_way() {
             ((a, b), p.next().unwrap().to_string())
         })
         .collect();
-    drop(restored);
-    std::thread::sleep(Duration::from_millis(200));
-    let _ = pg.sql("cdc", "SELECT pg_drop_replication_slot('par_slot')");
+    drop_slot(pg, restored, "par_slot");
     assert_eq!(state, table);
 }
 
