@@ -85,7 +85,11 @@ pub struct ChunkReader {
 }
 
 impl ChunkReader {
-    pub fn new(connect: &ConnectOptions, workers: usize, chunk_rows: usize) -> ChunkReader {
+    pub fn new(
+        connect: &ConnectOptions,
+        workers: usize,
+        chunk_rows: usize,
+    ) -> Result<ChunkReader, Fault> {
         let workers = (0..workers.max(1))
             .map(|i| {
                 let (jobs, job_rx) = channel::<Job>();
@@ -97,18 +101,20 @@ impl ChunkReader {
                 std::thread::Builder::new()
                     .name(format!("pg-snapshot-{i}"))
                     .spawn(move || work(connect, job_rx, result_tx))
-                    .expect("a snapshot worker thread");
-                Worker { jobs, results }
+                    .map_err(|e| {
+                        Fault::Explained(format!("cannot start a snapshot worker: {e}"))
+                    })?;
+                Ok(Worker { jobs, results })
             })
-            .collect();
-        ChunkReader {
+            .collect::<Result<Vec<_>, Fault>>()?;
+        Ok(ChunkReader {
             workers,
             chunk_rows: chunk_rows.max(1),
             in_flight: VecDeque::new(),
             table: None,
             next_after: None,
             all_out: false,
-        }
+        })
     }
 
     /// The next chunk of table `index` after key `after` (where the source's position is),

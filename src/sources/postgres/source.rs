@@ -409,10 +409,13 @@ impl PostgresSource {
             crate::failpoint::slow("postgres-snapshot-chunk");
             let table = self.snapshot_tables[at.table].clone();
             self.sql()?;
-            let spec = &self.spec;
-            let reader = self.chunks.get_or_insert_with(|| {
-                ChunkReader::new(&spec.connect, spec.snapshot_workers, spec.chunk_rows)
-            });
+            if self.chunks.is_none() {
+                let spec = &self.spec;
+                let reader =
+                    ChunkReader::new(&spec.connect, spec.snapshot_workers, spec.chunk_rows);
+                self.chunks = Some(reader.map_err(|f| self.fault(f))?);
+            }
+            let reader = self.chunks.as_mut().expect("made above");
             let sql = self.sql.as_mut().expect("connected");
             let chunk = reader.next(sql, at.table, &table, &at.after);
             let chunk = chunk.map_err(|f| self.fault(f))?;
