@@ -1097,10 +1097,11 @@ fn snapshot_and_streaming_convert_arrays_and_times_alike() {
     pg.sql(
         "cdc",
         "CREATE TYPE arr_mood AS ENUM ('calm', 'tense, very');
+         CREATE DOMAIN arr_meta AS jsonb;
          CREATE TABLE arr_t (id int PRIMARY KEY, ints int[], moods arr_mood[], at time, \
-           days date[], ratios float8[]);
+           days date[], ratios float8[], meta arr_meta);
          INSERT INTO arr_t VALUES (1, '{1,NULL,3}', '{calm,\"tense, very\"}', '10:00:00.5', \
-           '{2026-01-02}', '{0.25,1e20,NaN}');",
+           '{2026-01-02}', '{0.25,1e20,NaN}', '{}');",
     );
     let mut s = source_with(pg, "cdc", "cdc", "arr_slot", "arr_t", |spec| {
         spec.tables[0].config = TableConfig::new(Arc::new(Schema::new(vec![
@@ -1110,6 +1111,7 @@ fn snapshot_and_streaming_convert_arrays_and_times_alike() {
             Field::new("at", DataType::Int),
             Field::new("days", DataType::Json),
             Field::new("ratios", DataType::Json),
+            Field::new("meta", DataType::Json),
         ])))
         .with_key(&["id"]);
     });
@@ -1125,7 +1127,7 @@ fn snapshot_and_streaming_convert_arrays_and_times_alike() {
         {
             pg.sql(
                 "cdc",
-                "INSERT INTO arr_t SELECT 2, ints, moods, at, days, ratios FROM arr_t",
+                "INSERT INTO arr_t SELECT 2, ints, moods, at, days, ratios, meta FROM arr_t",
             );
             inserted = true;
         }
@@ -1155,7 +1157,9 @@ fn snapshot_and_streaming_convert_arrays_and_times_alike() {
         column(&rows[0], "ratios"),
         Value::Json("[0.25,1.0E20,\"NaN\"]".into())
     );
-    for name in ["ints", "moods", "at", "days", "ratios"] {
+    // A domain over jsonb is not an array, not even `{}`.
+    assert_eq!(column(&rows[0], "meta"), Value::Json("{}".into()));
+    for name in ["ints", "moods", "at", "days", "ratios", "meta"] {
         assert_eq!(column(&rows[0], name), column(&rows[1], name), "{name}");
     }
     drop_slot(pg, s, "arr_slot");

@@ -99,6 +99,10 @@ fn drive(
         .take((rate * seconds) as usize)
         .collect();
     let n = lines.len();
+    anyhow::ensure!(
+        n > 0,
+        "no events to send at {rate} a second for {seconds} s"
+    );
     let t0 = Instant::now();
     // Written: per event, microseconds after `t0`.
     let writer = {

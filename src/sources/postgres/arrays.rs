@@ -57,6 +57,7 @@ pub fn array_json(text: &str, element: Element) -> Result<String, String> {
     let mut parser = Parser {
         text: body,
         pos: 0,
+        depth: 0,
         out: String::with_capacity(body.len() + 2),
         element,
     };
@@ -68,9 +69,13 @@ pub fn array_json(text: &str, element: Element) -> Result<String, String> {
     Ok(parser.out)
 }
 
+/// Postgres's limit on array dimensions (`MAXDIM`).
+const MAX_DIMENSIONS: usize = 6;
+
 struct Parser<'a> {
     text: &'a str,
     pos: usize,
+    depth: usize,
     out: String,
     element: Element,
 }
@@ -97,12 +102,17 @@ impl Parser<'_> {
 
     fn array(&mut self) -> Result<(), String> {
         self.skip_space();
+        self.depth += 1;
+        if self.depth > MAX_DIMENSIONS {
+            return Err(format!("more than {MAX_DIMENSIONS} nested arrays"));
+        }
         self.expect(b'{')?;
         self.out.push('[');
         self.skip_space();
         if self.peek() == Some(b'}') {
             self.pos += 1;
             self.out.push(']');
+            self.depth -= 1;
             return Ok(());
         }
         loop {
@@ -131,6 +141,7 @@ impl Parser<'_> {
                 Some(b'}') => {
                     self.pos += 1;
                     self.out.push(']');
+                    self.depth -= 1;
                     return Ok(());
                 }
                 _ => return Err(format!("expected ',' or '}}' at byte {}", self.pos)),
@@ -228,16 +239,17 @@ impl Parser<'_> {
                 out.push_str(&time_micros(text).ok_or_else(|| bad("a time"))?.to_string())
             }
             Element::Timestamp => {
-                let micros = parse_timestamp(text).ok_or_else(|| bad("a timestamp"))?;
+                let micros = timestamp(text).ok_or_else(|| bad("a timestamp"))?;
                 out.push_str(&micros.to_string());
             }
             Element::TimestampTz => {
-                let micros = parse_timestamp(text).ok_or_else(|| bad("a timestamp"))?;
+                let micros = timestamp(text).ok_or_else(|| bad("a timestamp"))?;
                 let mut text = Vec::with_capacity(32);
                 write_timestamp(micros, &mut text);
                 // Debezium writes six fraction digits.
                 let mut text = String::from_utf8(text).map_err(|e| e.to_string())?;
-                if text.len() == "2026-01-01T08:00:00.250Z".len() {
+                let fraction = text.rfind('.').map_or(0, |dot| text.len() - dot - 2);
+                if fraction == 3 {
                     text.insert_str(text.len() - 1, "000");
                 }
                 out.push('"');
@@ -249,6 +261,16 @@ impl Parser<'_> {
             }
         }
         Ok(())
+    }
+}
+
+/// A timestamp element: `infinity` and `-infinity` are the largest and smallest times, as
+/// for a scalar column.
+fn timestamp(text: &str) -> Option<i64> {
+    match text {
+        "infinity" => Some(i64::MAX),
+        "-infinity" => Some(i64::MIN),
+        _ => parse_timestamp(text),
     }
 }
 
@@ -371,6 +393,12 @@ mod tests {
         );
         assert_eq!(json("{{1,2},{3,4}}", Element::Int), "[[1,2],[3,4]]");
         assert_eq!(json("[0:1]={1,2}", Element::Int), "[1,2]");
+        assert_eq!(json("{{{{{{1}}}}}}", Element::Int), "[[[[[[1]]]]]]");
+        assert_eq!(
+            json("{infinity,-infinity}", Element::Timestamp),
+            format!("[{},{}]", i64::MAX, i64::MIN)
+        );
+
         assert_eq!(json("{ a b , c }", Element::Text), r#"["a b","c"]"#);
     }
 
@@ -407,6 +435,7 @@ mod tests {
             ("{yes}", Element::Bool),
             ("{25:00:00}", Element::Time),
             ("{{1}", Element::Int),
+            ("{{{{{{{1}}}}}}}", Element::Int),
         ] {
             assert!(array_json(text, element).is_err(), "{text:?}");
         }

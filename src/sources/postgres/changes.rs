@@ -131,6 +131,9 @@ pub struct ChangeDecoder {
     relations: ahash::AHashMap<u32, RelationPlan>,
     tx: Option<Transaction>,
     in_stream: bool,
+    /// User-defined array types (arrays of enums, domains, composites) the server described
+    /// (`Type` messages): their values are arrays.
+    user_arrays: ahash::AHashSet<u32>,
 }
 
 impl ChangeDecoder {
@@ -141,6 +144,7 @@ impl ChangeDecoder {
             relations: ahash::AHashMap::new(),
             tx: None,
             in_stream: false,
+            user_arrays: ahash::AHashSet::new(),
         }
     }
 
@@ -180,7 +184,13 @@ impl ChangeDecoder {
                 let plan = self.plan(&r);
                 self.relations.insert(r.id, plan);
             }
-            Message::Type { .. } | Message::Origin { .. } => {}
+            Message::Type { id, name, .. } => {
+                // Array types are named after their element with a leading `_`.
+                if name.starts_with('_') {
+                    self.user_arrays.insert(id);
+                }
+            }
+            Message::Origin { .. } => {}
             Message::Insert { relation, new } => {
                 let plan = self.relation(relation)?;
                 let (after, unavailable) = row(plan, &new)?;
@@ -357,6 +367,16 @@ impl ChangeDecoder {
         }))
     }
 
+    /// The type a column's values convert as: a user-defined array type as an array of text
+    /// (`values::TEXT_ARRAY`), any other as itself.
+    fn value_type(&self, type_oid: u32) -> u32 {
+        if self.user_arrays.contains(&type_oid) {
+            super::values::oid::TEXT_ARRAY
+        } else {
+            type_oid
+        }
+    }
+
     fn plan(&self, r: &Relation) -> RelationPlan {
         let table = TableId::new(&r.namespace, &r.name);
         let by_name = |name: &str| r.columns.iter().position(|c| c.name == name);
@@ -367,7 +387,7 @@ impl ChangeDecoder {
                     columns.fields.iter().map(|f| by_name(&f.name)).collect();
                 let type_oids = source
                     .iter()
-                    .map(|s| s.map_or(0, |s| r.columns[s].type_oid))
+                    .map(|s| s.map_or(0, |s| self.value_type(r.columns[s].type_oid)))
                     .collect();
                 let key = config
                     .key_columns
@@ -391,13 +411,17 @@ impl ChangeDecoder {
                 let columns = Arc::new(Schema::new(
                     r.columns
                         .iter()
-                        .map(|c| Field::new(&c.name, data_type_of(c.type_oid)))
+                        .map(|c| Field::new(&c.name, data_type_of(self.value_type(c.type_oid))))
                         .collect(),
                 ));
                 RelationPlan {
                     table,
                     source: (0..r.columns.len()).map(Some).collect(),
-                    type_oids: r.columns.iter().map(|c| c.type_oid).collect(),
+                    type_oids: r
+                        .columns
+                        .iter()
+                        .map(|c| self.value_type(c.type_oid))
+                        .collect(),
                     key: relation_key(r, |name| by_name(name)),
                     columns,
                 }

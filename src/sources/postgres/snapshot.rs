@@ -21,7 +21,7 @@
 //! - A worker's error (connection lost, a value that does not convert) comes back in place of
 //!   its chunk; dropping the reader lets its workers end.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, Sender, channel};
 
@@ -230,11 +230,13 @@ fn filter(
 
 fn work(connect: ConnectOptions, jobs: Receiver<Job>, results: Sender<Result<Chunk, Fault>>) {
     let mut conn: Option<Connection> = None;
+    // Per table: its columns' user-defined array types (looked up once).
+    let mut arrays: HashMap<String, HashSet<u32>> = HashMap::new();
     while let Ok(job) = jobs.recv() {
         let chunk = match conn.as_mut() {
-            Some(c) => read_chunk(c, &job),
+            Some(c) => read_chunk(c, &job, &mut arrays),
             None => match Connection::connect(&connect, false) {
-                Ok(c) => read_chunk(conn.insert(c), &job),
+                Ok(c) => read_chunk(conn.insert(c), &job, &mut arrays),
                 Err(e) => Err(Fault::Pg(e)),
             },
         };
@@ -247,9 +249,35 @@ fn work(connect: ConnectOptions, jobs: Receiver<Job>, results: Sender<Result<Chu
     }
 }
 
+/// The user-defined array types of `table`'s columns (arrays of enums, of domains: their
+/// values convert as `text[]`), from the catalog.
+fn user_arrays(sql: &mut Connection, table: &SnapshotTable) -> Result<HashSet<u32>, Fault> {
+    let found = sql.query(&format!(
+        "SELECT a.atttypid::int8::text AS oid FROM pg_attribute a \
+         JOIN pg_type t ON t.oid = a.atttypid \
+         WHERE a.attrelid = {}::regclass AND a.attnum > 0 AND t.typcategory = 'A' \
+         AND a.atttypid >= 16384",
+        quote_literal(&table.relation)
+    ))?;
+    Ok(found[0]
+        .rows
+        .iter()
+        .filter_map(|r| r[0].as_deref()?.parse().ok())
+        .collect())
+}
+
 /// Reads one job's rows, converted to the table's types.
-fn read_chunk(sql: &mut Connection, job: &Job) -> Result<Chunk, Fault> {
+fn read_chunk(
+    sql: &mut Connection,
+    job: &Job,
+    arrays: &mut HashMap<String, HashSet<u32>>,
+) -> Result<Chunk, Fault> {
     let table = &job.table;
+    if !arrays.contains_key(&table.relation) {
+        let found = user_arrays(sql, table)?;
+        arrays.insert(table.relation.clone(), found);
+    }
+    let user_arrays = &arrays[&table.relation];
     let mark = sql.query(
         "SELECT pg_current_wal_lsn()::text AS lsn, \
          (extract(epoch FROM clock_timestamp()) * 1000)::int8::text AS ms",
@@ -279,7 +307,13 @@ fn read_chunk(sql: &mut Connection, job: &Job) -> Result<Chunk, Fault> {
         let values = match event {
             QueryEvent::Row(values) => values,
             QueryEvent::Columns(columns) => {
-                type_oids = columns.iter().map(|c| c.type_oid).collect();
+                type_oids = columns
+                    .iter()
+                    .map(|c| match user_arrays.contains(&c.type_oid) {
+                        true => super::values::oid::TEXT_ARRAY,
+                        false => c.type_oid,
+                    })
+                    .collect();
                 return Ok(());
             }
             QueryEvent::Done(_) => return Ok(()),

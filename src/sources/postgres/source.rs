@@ -291,7 +291,7 @@ impl PostgresSource {
         Ok(self.sql.as_mut().expect("connected"))
     }
 
-    /// Connects and prepares: settings, tables, publication, slot; decides where to start.
+    /// A check's failure as the run's error.
     fn fault(&self, f: Fault) -> RunError {
         match f {
             Fault::Pg(e) => external(&self.spec.node, e),
@@ -299,6 +299,7 @@ impl PostgresSource {
         }
     }
 
+    /// Connects and prepares: settings, tables, publication, slot; decides where to start.
     fn start(&mut self) -> Result<(), RunError> {
         let tables = self.spec.tables.clone();
         let sql = self.sql()?;
@@ -657,6 +658,7 @@ impl PostgresSource {
         if let Some(until) = self.until_lsn
             && self.lsn >= until
             && !self.inside_tx
+            && self.skip == 0
         {
             tracing::info!(source = %self.spec.node, lsn = %self.lsn, "caught up with the WAL position of the start: the source ends");
             return Ok(ReadStatus::Finished);
@@ -665,7 +667,8 @@ impl PostgresSource {
         let mut emitted = 0usize;
         let mut waited = false;
         let gathering = std::time::Instant::now();
-        while emitted < max_records {
+        let mut reached_end = false;
+        while emitted < max_records && !reached_end {
             // Wait for the first message; then gather what arrives for at most
             // `GATHER` (larger batches under load), and after that only what has already
             // arrived, so a steady trickle is handed over within milliseconds instead of
@@ -746,6 +749,11 @@ impl PostgresSource {
                                 self.inside_tx = false;
                                 self.in_tx = 0;
                                 self.skip = 0;
+                                if self.until_lsn.is_some_and(|u| self.lsn >= u) {
+                                    // The end of a bounded run: nothing of the next
+                                    // transaction is read.
+                                    reached_end = true;
+                                }
                             }
                         }
                         Err(e) => {
@@ -924,7 +932,8 @@ impl Source for PostgresSource {
         self.stream.restore_received_tables(&p.received);
         self.stream.restore_arrival_order(p.arrival);
         self.latest_event_ms = p.event_time_ms;
-        self.until_lsn = p.until_lsn.map(Lsn);
+        // A bounded run's end, while the source is still bounded.
+        self.until_lsn = p.until_lsn.filter(|_| self.spec.until_caught_up).map(Lsn);
         // Connecting, the checks and the slot come at the first read.
         self.restored = true;
         Ok(())

@@ -18,7 +18,7 @@
 
 use compact_str::CompactString;
 
-use super::arrays::{Element, array_json, element_of, time_micros};
+use super::arrays::{array_json, element_of, time_micros};
 use crate::format::{parse_date, parse_decimal, parse_timestamp};
 use crate::types::{DataType, Value};
 
@@ -39,8 +39,9 @@ pub mod oid {
     pub const TIMESTAMPTZ: u32 = 1184;
     pub const NUMERIC: u32 = 1700;
     pub const JSONB: u32 = 3802;
-    /// The first OID of objects created after bootstrap (user types, enums, their arrays).
-    pub const FIRST_NORMAL: u32 = 16384;
+    /// `text[]`: what a user-defined array type (an enum's, a domain's) converts as, its
+    /// elements as strings.
+    pub const TEXT_ARRAY: u32 = 1009;
 }
 
 /// The type a column of Postgres type `type_oid` gets when its table is not configured.
@@ -95,13 +96,6 @@ pub fn from_text(text: &str, ty: DataType, type_oid: u32) -> Result<Value, Strin
         DataType::Bytes => Value::Bytes(hex_bytea(text).ok_or_else(|| bad("bytea hex"))?),
         DataType::Json => match element_of(type_oid) {
             Some(element) => Value::Json(array_json(text, element)?.into()),
-            // An array of a user type (an enum) is an array; a domain over json is not.
-            None if type_oid >= oid::FIRST_NORMAL && text.starts_with('{') => {
-                match array_json(text, Element::Text) {
-                    Ok(json) => Value::Json(json.into()),
-                    Err(_) => json_text(text)?,
-                }
-            }
             None => json_text(text)?,
         },
         DataType::Null => Value::Null,
@@ -220,14 +214,19 @@ mod tests {
             from_text("{1,NULL}", DataType::Json, 1007).unwrap(),
             Value::Json("[1,null]".into())
         );
-        // An enum's array (a user type) and a domain over jsonb (also a user type).
+        // An enum's array (a user type the caller knows as an array: text[]) and a domain
+        // over jsonb (a user type it does not), the empty object included.
         assert_eq!(
-            from_text("{calm,\"tense, very\"}", DataType::Json, 16_400).unwrap(),
+            from_text("{calm,\"tense, very\"}", DataType::Json, oid::TEXT_ARRAY).unwrap(),
             Value::Json("[\"calm\",\"tense, very\"]".into())
         );
         assert_eq!(
             from_text("{\"a\": 1}", DataType::Json, 16_401).unwrap(),
             Value::Json("{\"a\":1}".into())
+        );
+        assert_eq!(
+            from_text("{}", DataType::Json, 16_401).unwrap(),
+            Value::Json("{}".into())
         );
         assert_eq!(
             from_text("{\"a\": 1}", DataType::Json, oid::JSONB).unwrap(),

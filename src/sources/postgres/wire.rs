@@ -486,6 +486,8 @@ impl Connection {
             ("IntervalStyle", "iso_8601"),
             ("extra_float_digits", "3"),
             ("TimeZone", "UTC"),
+            // `quote_literal` doubles quotes only: backslashes must be plain characters.
+            ("standard_conforming_strings", "on"),
         ];
         if replication {
             params.push(("replication", "database"));
