@@ -1176,6 +1176,8 @@ fn validate_connect_explains_what_is_not_ready_and_creates_nothing() {
         "CREATE TABLE pre_ok (id int PRIMARY KEY, v text);
          CREATE TABLE pre_nokey (id int, v text);
          CREATE TABLE pre_other (id int PRIMARY KEY, v text);
+         CREATE TABLE pre_full (id int, v text);
+         ALTER TABLE pre_full REPLICA IDENTITY FULL;
          CREATE PUBLICATION pre_partial FOR TABLE pre_other;
          GRANT SELECT ON pre_ok TO md5_user;",
     );
@@ -1218,6 +1220,13 @@ fn validate_connect_explains_what_is_not_ready_and_creates_nothing() {
     let f = failures(&spec_on(pg, "cdc", "cdc", "pre_x", "no_such"));
     assert!(
         f.len() == 1 && f[0].contains("public.no_such (port `t`) does not exist"),
+        "{f:?}"
+    );
+    // REPLICA IDENTITY FULL without a unique key: `id` may repeat.
+    let f = failures(&spec_on(pg, "cdc", "cdc", "pre_x", "pre_full"));
+    assert!(
+        f.len() == 1
+            && f[0].contains("the key [id] of table public.pre_full (port `t`) is neither"),
         "{f:?}"
     );
     let mut misspelt = spec_on(pg, "cdc", "cdc", "pre_x", "pre_ok");

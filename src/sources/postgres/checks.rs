@@ -81,6 +81,49 @@ pub fn table(sql: &mut Connection, t: &CdcTable) -> Result<(), Fault> {
             t.id, t.id
         )));
     }
+    unique_key(sql, t)
+}
+
+/// The configured key names one row: it is the primary key, or the columns of a unique index
+/// (no expression, no predicate) that are all NOT NULL. The snapshot reads in key order and
+/// resumes after the last key read, and changes are applied by key: a key two rows share
+/// would lose rows.
+fn unique_key(sql: &mut Connection, t: &CdcTable) -> Result<(), Fault> {
+    let mut key: Vec<String> = t.config.key_columns.iter().map(|k| k.to_string()).collect();
+    if key.is_empty() {
+        return Ok(());
+    }
+    key.sort();
+    let array = format!(
+        "ARRAY[{}]::text[]",
+        key.iter()
+            .map(|k| quote_literal(k))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let relation = quote_literal(&format!(
+        "{}.{}",
+        quote_ident(&t.id.schema),
+        quote_ident(&t.id.table)
+    ));
+    let found = sql.query(&format!(
+        "SELECT EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = {relation}::regclass \
+           AND i.indisunique AND i.indpred IS NULL AND i.indexprs IS NULL \
+           AND (SELECT array_agg(a.attname::text ORDER BY a.attname::text) FROM pg_attribute a \
+                WHERE a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)) = {array} \
+           AND NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = i.indrelid \
+                AND a.attnum = ANY(i.indkey) AND NOT a.attnotnull))::text AS unique"
+    ))?;
+    if found[0].get(0, "unique") != Some("true") {
+        return Err(explained(format!(
+            "postgres: the key [{}] of table {} (port `{}`) is neither its primary key nor a \
+             unique index of NOT NULL columns: rows sharing a key would be lost; name the \
+             primary key in `key`, or add such an index",
+            t.config.key_columns.join(", "),
+            t.id,
+            t.port
+        )));
+    }
     Ok(())
 }
 
