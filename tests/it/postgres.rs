@@ -1549,3 +1549,70 @@ fn the_demo_from_postgres_equals_the_file_demo() {
         );
     }
 }
+
+/// A bounded run (`until: caught_up`) reads what was committed before it began streaming and
+/// nothing after, however its reads fall: a transaction committed later is not read, not
+/// even in part, and the source ends.
+#[test]
+fn a_bounded_run_reads_what_was_committed_before_it_streamed_and_ends() {
+    let pg = Postgres::shared();
+    pg.sql(
+        "cdc",
+        "CREATE TABLE until_t (id int PRIMARY KEY, v text);
+         INSERT INTO until_t SELECT i, 'snap' FROM generate_series(1, 250) i;",
+    );
+    let mut s = source_with(pg, "cdc", "cdc", "until_slot", "until_t", |spec| {
+        spec.until_caught_up = true;
+    });
+    s.connect_ports(&[true, true, true]);
+    let mut out = ReadBuffers::for_source(&s);
+    let mut rows: Vec<(String, i64)> = Vec::new();
+    let take = |out: &mut ReadBuffers, rows: &mut Vec<(String, i64)>| {
+        for (r, _) in out.extra[0].rows() {
+            if let (Some(op), Some(id)) = (r[0].as_str(), r[5].as_i64()) {
+                rows.push((op.to_string(), id));
+            }
+        }
+        out.extra[0].clear();
+    };
+    // The first read creates the slot and reads a chunk; a transaction then commits during
+    // the snapshot (before streaming begins).
+    s.read(&mut out, 100, 1).unwrap();
+    take(&mut out, &mut rows);
+    pg.sql(
+        "cdc",
+        "INSERT INTO until_t SELECT i, 'before' FROM generate_series(1001, 1005) i",
+    );
+    let mut later_written = false;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(Instant::now() < deadline, "the bounded source did not end");
+        let status = s.read(&mut out, 3, 1).unwrap();
+        take(&mut out, &mut rows);
+        if matches!(status, ReadStatus::Finished) {
+            break;
+        }
+        if !later_written && rows.iter().any(|(op, _)| op == "c") {
+            // Streaming has begun: this transaction is after the end.
+            pg.sql(
+                "cdc",
+                "INSERT INTO until_t SELECT i, 'after' FROM generate_series(2001, 2010) i",
+            );
+            later_written = true;
+        }
+    }
+    assert!(later_written);
+    let created: Vec<i64> = rows
+        .iter()
+        .filter(|(op, _)| op == "c")
+        .map(|(_, id)| *id)
+        .collect();
+    assert_eq!(created, (1001..=1005).collect::<Vec<_>>(), "{rows:?}");
+    // The snapshot's last chunk, read after that transaction, shows its rows too.
+    assert_eq!(rows.iter().filter(|(op, _)| op == "r").count(), 255);
+    assert!(
+        !rows.iter().any(|(_, id)| *id > 2000),
+        "nothing after the end"
+    );
+    drop_slot(pg, s, "until_slot");
+}
