@@ -125,6 +125,17 @@ def payload(line: str):
     return record
 
 
+def changes(path: str):
+    """The change records of a Debezium file, tombstones and heartbeats left out."""
+    with open(path) as f:
+        for line in f:
+            if not line.strip():
+                continue
+            record = payload(line)
+            if record is not None and "source" in record:
+                yield record
+
+
 def qualified(table: str) -> str:
     return f"{ident(SCHEMA)}.{ident(table)}"
 
@@ -209,15 +220,9 @@ def main() -> int:
     # The snapshot, 500 rows a statement, one transaction.
     by_table: dict[str, list] = {t: [] for t in TABLES}
     snapshot_ms = None
-    with open(os.path.join(args.reference, "snapshot.jsonl")) as f:
-        for line in f:
-            if not line.strip():
-                continue
-            record = payload(line)
-            if record is None or "source" not in record:
-                continue
-            by_table[record["source"]["table"]].append(record["after"])
-            snapshot_ms = record["source"]["ts_ms"]
+    for record in changes(os.path.join(args.reference, "snapshot.jsonl")):
+        by_table[record["source"]["table"]].append(record["after"])
+        snapshot_ms = record["source"]["ts_ms"]
     w("BEGIN;")
     for table, rows in by_table.items():
         for i in range(0, len(rows), 500):
@@ -227,28 +232,22 @@ def main() -> int:
     # The changes, a transaction per source transaction, each record once.
     applied = set()
     current_tx = None
-    with open(os.path.join(args.reference, "changes.jsonl")) as f:
-        for line in f:
-            if not line.strip():
-                continue
-            record = payload(line)
-            if record is None or "source" not in record:
-                continue  # a tombstone or a heartbeat
-            source = record["source"]
-            identity = (source["table"], source.get("lsn"), record["op"], json.dumps(record.get("after")), json.dumps(record.get("before")))
-            if identity in applied:
-                continue  # a replayed record
-            applied.add(identity)
-            tx = source.get("txId")
-            if tx != current_tx:
-                if current_tx is not None:
-                    w("COMMIT;")
-                w("BEGIN;")
-                current_tx = tx
-            for statement in change_sql(
-                record["op"], source["table"], record.get("before"), record.get("after"), source["ts_ms"]
-            ):
-                w(statement)
+    for record in changes(os.path.join(args.reference, "changes.jsonl")):
+        source = record["source"]
+        identity = (source["table"], source.get("lsn"), record["op"], json.dumps(record.get("after")), json.dumps(record.get("before")))
+        if identity in applied:
+            continue  # a replayed record
+        applied.add(identity)
+        tx = source.get("txId")
+        if tx != current_tx:
+            if current_tx is not None:
+                w("COMMIT;")
+            w("BEGIN;")
+            current_tx = tx
+        for statement in change_sql(
+            record["op"], source["table"], record.get("before"), record.get("after"), source["ts_ms"]
+        ):
+            w(statement)
     if current_tx is not None:
         w("COMMIT;")
     return 0

@@ -145,21 +145,12 @@ impl PostgresSourceFixture {
     fn build_with(&self, corrupt: bool) -> Box<dyn Source> {
         self.reset_slot();
         let source = PostgresSource::new(PostgresSpec {
-            node: "contract".into(),
-            connect: options(self.pg),
-            slot: SLOT.into(),
             publication: "contract_pub".into(),
-            tables: Self::tables(corrupt),
             snapshot: false,
             chunk_rows: 1000,
-            snapshot_workers: 1,
             poll_interval: Duration::from_millis(20),
-            status_interval: Duration::from_secs(10),
             heartbeat_interval: None,
-            max_retained_wal: 1 << 30,
-            event_time_column: None,
-            until_caught_up: false,
-            instance: 0,
+            ..PostgresSpec::new("contract", options(self.pg), SLOT, Self::tables(corrupt))
         })
         .expect("a Postgres source");
         Box::new(source)

@@ -549,33 +549,23 @@ fn spec_on(pg: &Postgres, database: &str, user: &str, slot: &str, table: &str) -
         "md5_user" => Some("md5-secret"),
         _ => None,
     };
+    let connect = ConnectOptions {
+        database: database.into(),
+        ..options(pg, user, password)
+    };
+    let tables = vec![CdcTable {
+        port: "t".into(),
+        id: TableId::new("public", table),
+        config: TableConfig::new(Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int),
+            Field::new("v", DataType::String),
+        ])))
+        .with_key(&["id"]),
+    }];
     PostgresSpec {
-        node: "refdb".into(),
-        connect: ConnectOptions {
-            database: database.into(),
-            ..options(pg, user, password)
-        },
-        slot: slot.into(),
-        publication: slot.into(),
-        tables: vec![CdcTable {
-            port: "t".into(),
-            id: TableId::new("public", table),
-            config: TableConfig::new(Arc::new(Schema::new(vec![
-                Field::new("id", DataType::Int),
-                Field::new("v", DataType::String),
-            ])))
-            .with_key(&["id"]),
-        }],
-        snapshot: true,
         chunk_rows: 100,
-        snapshot_workers: 1,
-        poll_interval: Duration::from_millis(10),
-        status_interval: Duration::from_secs(10),
         heartbeat_interval: None,
-        max_retained_wal: 1 << 30,
-        event_time_column: None,
-        until_caught_up: false,
-        instance: 0,
+        ..PostgresSpec::new("refdb", connect, slot, tables)
     }
 }
 

@@ -188,16 +188,11 @@ sinks:
     );
     let path = dir.join(format!("kafka-{name}.yaml"));
     std::fs::write(&path, yaml)?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let mut child = std::process::Command::new(std::env::current_exe()?)
-        .args(["run", "--log", "error", "--metrics-addr"])
-        .arg(format!("127.0.0.1:{port}"))
-        .arg(&path)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()?;
+    let (mut child, port) = super::process::spawn_serving(
+        &std::env::current_exe()?,
+        &path,
+        std::process::Stdio::null(),
+    )?;
     let (low, high) = (records / 5, records * 4 / 5);
     let mut first: Option<(u64, f64, Instant, f64)> = None;
     let mut last = first;

@@ -49,14 +49,7 @@ pub(super) fn measure(s: &Setup<'_>, rate: f64, seconds: f64) -> anyhow::Result<
     let _ = std::fs::remove_file(out);
     let path = dir.join("job-latency.yaml");
     std::fs::write(&path, yaml)?;
-    let port = super::sample::free_port()?;
-    let mut child = std::process::Command::new(exe)
-        .args(["run", "--log", "error", "--metrics-addr"])
-        .arg(format!("127.0.0.1:{port}"))
-        .arg(&path)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()?;
+    let (mut child, port) = super::process::spawn_serving(exe, &path, std::process::Stdio::null())?;
     // Ready once every enrichment's gate is open (the reference snapshot is loaded).
     let ready = || {
         super::sample::status(port).is_some_and(|doc| {

@@ -59,26 +59,19 @@ fn source(
         Field::new("updated", DataType::Timestamp),
         Field::new("payload", DataType::String),
     ]));
+    let tables = vec![CdcTable {
+        port: "rows".into(),
+        id: TableId::new("public", "bench_rows"),
+        config: TableConfig::new(schema).with_key(&["id"]),
+    }];
     Ok(PostgresSource::new(PostgresSpec {
-        node: "bench".into(),
-        connect: options(pg.port),
-        slot: slot.into(),
         publication: "bench_native".into(),
-        tables: vec![CdcTable {
-            port: "rows".into(),
-            id: TableId::new("public", "bench_rows"),
-            config: TableConfig::new(schema).with_key(&["id"]),
-        }],
-        snapshot: true,
         chunk_rows,
         snapshot_workers,
         poll_interval: Duration::from_millis(1),
-        status_interval: Duration::from_secs(10),
         heartbeat_interval: None,
         max_retained_wal: u64::MAX,
-        event_time_column: None,
-        until_caught_up: false,
-        instance: 0,
+        ..PostgresSpec::new("bench", options(pg.port), slot, tables)
     })?)
 }
 

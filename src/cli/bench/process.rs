@@ -42,3 +42,23 @@ pub(super) fn watershed(args: &[&str]) -> anyhow::Result<String> {
     LAST_RUN_PEAK_MB.set(peak.unwrap_or(f64::NAN));
     Ok(stderr)
 }
+
+/// Starts `exe run PIPELINE`, quiet but for errors, serving `/status` on a free loopback
+/// port (returned with the child); its stderr goes where `stderr` says.
+pub(super) fn spawn_serving(
+    exe: &Path,
+    pipeline: &Path,
+    stderr: std::process::Stdio,
+) -> anyhow::Result<(std::process::Child, u16)> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let child = std::process::Command::new(exe)
+        .args(["run", "--log", "error", "--metrics-addr"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg(pipeline)
+        .stdout(std::process::Stdio::null())
+        .stderr(stderr)
+        .spawn()?;
+    Ok((child, port))
+}

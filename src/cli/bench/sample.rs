@@ -58,12 +58,6 @@ pub(super) fn sink_records(port: u16) -> Option<u64> {
     )
 }
 
-pub(super) fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
 /// Runs the pipeline `yaml` (written to `dir/<name>.yaml`) with the `watershed` binary
 /// `exe` and samples it; `expected` is the number of records its sinks take in all.
 pub(super) fn run_sampled(
@@ -75,14 +69,8 @@ pub(super) fn run_sampled(
 ) -> anyhow::Result<Sampled> {
     let path = dir.join(format!("{name}.yaml"));
     std::fs::write(&path, yaml)?;
-    let port = free_port()?;
-    let mut child = std::process::Command::new(exe)
-        .args(["run", "--log", "error", "--metrics-addr"])
-        .arg(format!("127.0.0.1:{port}"))
-        .arg(&path)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()?;
+    let (mut child, port) =
+        super::process::spawn_serving(exe, &path, std::process::Stdio::piped())?;
     let mut stderr = child.stderr.take().expect("piped");
     let drain = std::thread::spawn(move || {
         let mut text = String::new();

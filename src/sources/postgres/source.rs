@@ -85,6 +85,31 @@ pub struct PostgresSpec {
     pub instance: usize,
 }
 
+impl PostgresSpec {
+    /// A spec with the `postgres:` block's defaults: the publication named after the slot, a
+    /// snapshot in chunks of 10,000 rows by one worker, a heartbeat every 10 s, commit time
+    /// as event time, streaming on; instance 0.
+    pub fn new(node: &str, connect: ConnectOptions, slot: &str, tables: Vec<CdcTable>) -> Self {
+        PostgresSpec {
+            node: node.to_string(),
+            connect,
+            slot: slot.to_string(),
+            publication: slot.to_string(),
+            tables,
+            snapshot: true,
+            chunk_rows: 10_000,
+            snapshot_workers: 1,
+            poll_interval: Duration::from_millis(10),
+            status_interval: Duration::from_secs(10),
+            heartbeat_interval: Some(Duration::from_secs(10)),
+            max_retained_wal: 1 << 30,
+            event_time_column: None,
+            until_caught_up: false,
+            instance: 0,
+        }
+    }
+}
+
 /// Where the source is; see the module documentation.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct PgPosition {
