@@ -726,6 +726,7 @@ mod tests {
                         line: epoch,
                         decoder: None,
                         file: None,
+                        split_bytes: None,
                     }),
                 }],
                 max_event_times: vec![Some(1_000 * epoch as i64)],

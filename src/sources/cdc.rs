@@ -233,7 +233,7 @@ mod tests {
     use crate::cdc::rows::{RowOp, row_op};
     use crate::cdc::{TableConfig, TableId};
     use crate::dataflow::{ReadStatus, Source};
-    use crate::sources::file::{FileSource, FileSourceSpec};
+    use crate::sources::file::{FilePart, FileSource, FileSourceSpec};
     use crate::types::{DataType, Field, Schema};
 
     fn tables() -> Vec<CdcTable> {
@@ -291,7 +291,7 @@ mod tests {
         let mut src = FileSource::new(
             "ref",
             FileSourceSpec {
-                paths: vec![path],
+                files: FilePart::wholes(vec![path]),
                 follow: false,
                 rate: None,
                 poll_interval: Duration::from_millis(10),
@@ -345,7 +345,7 @@ mod tests {
         let mut src = FileSource::new(
             "ref",
             FileSourceSpec {
-                paths: vec![snap, changes],
+                files: FilePart::wholes(vec![snap, changes]),
                 follow: false,
                 rate: None,
                 poll_interval: Duration::from_millis(10),

@@ -15,7 +15,7 @@ use crate::format::EventTimeSource;
 use crate::format::json::JsonDecoder;
 use crate::sinks::file::JsonLinesSink;
 use crate::sources::cdc::{CdcTable, ChangeDecoder};
-use crate::sources::file::{FileSource, FileSourceSpec};
+use crate::sources::file::{FilePart, FileSource, FileSourceSpec};
 use crate::sources::generator::{GeneratorSource, GeneratorSpec};
 use crate::testing::contract::{CorruptInput, SinkFixture, SinkTarget, SourceFixture, T0};
 use crate::types::{Batch, DataType, Field, Schema, SchemaRef, Value};
@@ -95,7 +95,7 @@ impl FileJsonFixture {
         Box::new(FileSource::new(
             "file-src",
             FileSourceSpec {
-                paths: Self::FILES.iter().map(|f| dir.join(f)).collect(),
+                files: FilePart::wholes(Self::FILES.iter().map(|f| dir.join(f))),
                 follow: false,
                 rate: None,
                 poll_interval: Duration::from_millis(10),
@@ -406,7 +406,10 @@ impl CdcFileFixture {
         Box::new(FileSource::new(
             "cdc-src",
             FileSourceSpec {
-                paths: vec![dir.join("snapshot.jsonl"), dir.join("changes.jsonl")],
+                files: FilePart::wholes(vec![
+                    dir.join("snapshot.jsonl"),
+                    dir.join("changes.jsonl"),
+                ]),
                 follow: false,
                 rate: None,
                 poll_interval: Duration::from_millis(10),

@@ -15,4 +15,5 @@ mod partitions;
 mod postgres;
 mod restore;
 mod runtime;
+mod splits;
 mod validate;

@@ -74,6 +74,20 @@ fn max_line_bytes_is_bounded() {
 }
 
 #[test]
+fn split_bytes_is_bounded_and_only_for_files_read_to_their_end() {
+    expect(
+        &format!(
+            "sources:\n  f:\n    file: {{paths: [in.jsonl], split_bytes: 10}}\n{ROWS}  g:\n    file: {{paths: [in.jsonl], follow: true, split_bytes: 4096}}\n{ROWS}  c:\n    file: {{format: debezium, snapshot: [in.jsonl], split_bytes: 4096}}\n    tables:\n      t: {{key: [id], columns: {{id: int}}}}\n"
+        ),
+        &[
+            "p.yaml:3:44: field `sources.f.file.split_bytes`: must be from 1024 to 1099511627776 (bytes)",
+            "p.yaml:7:58: field `sources.g.file.split_bytes`: a followed file grows and is read whole",
+            "field `sources.c.file.split_bytes`: a change stream is one log, read in order",
+        ],
+    );
+}
+
+#[test]
 fn change_stream_settings() {
     expect(
         "sources:\n  c:\n    file: {format: debezium, snapshot: [in.jsonl]}\n    tables:\n      t: {key: [x], columns: {id: int}}\n    schema: {id: int}\n",

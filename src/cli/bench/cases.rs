@@ -530,7 +530,8 @@ pub(super) fn enrich_case(
 }
 
 /// The `job` case's pipeline: the observations (all ten fields declared) looked up in the
-/// reference table (snapshot, then its changes), gated, joined in `mode`.
+/// reference table (snapshot, then its changes), gated, joined in `mode`; the events' file
+/// is read by `parallelism` decoders (in splits when there are several).
 fn job_yaml(
     mode: job::Mode,
     parallelism: usize,
@@ -540,7 +541,7 @@ fn job_yaml(
     out: &Path,
 ) -> String {
     format!(
-        "name: bench-job\nparallelism: {parallelism}\nenrichment: {{strategy: gated}}\nsources:\n  obs:\n    file: {{paths: [\"{}\"]}}\n    schema: {}\n    event_time: {{field: ts, max_out_of_orderness: 5s}}\n  ref:\n    file: {{format: debezium, snapshot: [\"{}\"], paths: [\"{}\"]}}\n    tables:\n      hosts: {{key: [host], columns: {{host: string, owner: string, criticality: int, site: string}}}}\noperators:\n  enrich:\n    inputs: [obs, ref.hosts]\n    enrich: {{key: {{host: host}}, mode: {}}}\nsinks:\n  out: {{input: enrich, file: \"{}\"}}\n",
+        "name: bench-job\nparallelism: {parallelism}\nenrichment: {{strategy: gated}}\nsources:\n  obs:\n    file: {{paths: [\"{}\"]}}\n    parallelism: {parallelism}\n    schema: {}\n    event_time: {{field: ts, max_out_of_orderness: 5s}}\n  ref:\n    file: {{format: debezium, snapshot: [\"{}\"], paths: [\"{}\"]}}\n    tables:\n      hosts: {{key: [host], columns: {{host: string, owner: string, criticality: int, site: string}}}}\noperators:\n  enrich:\n    inputs: [obs, ref.hosts]\n    enrich: {{key: {{host: host}}, mode: {}}}\nsinks:\n  out: {{input: enrich, file: \"{}\"}}\n",
         events.display(),
         job::SCHEMA,
         snapshot.display(),

@@ -4,9 +4,11 @@
 //! `tables`: the snapshot files, then the change files, read in order as one log).
 //! Each file is read once however often it is listed or matched (compared by canonical
 //! path; a repeat is a warning), and `max_line_bytes` bounds the line held in memory.
+//! JSON files not followed are cut into byte-range splits (`split_bytes`) when the source
+//! has several instances, so one large file is decoded by all of them.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -18,7 +20,7 @@ use crate::dataflow::Source;
 use crate::format::json::JsonDecoder;
 use crate::runtime::plan::SourceFactory;
 use crate::sources::cdc::{ChangeDecoder, ChangeTables, change_tables, main_schema};
-use crate::sources::file::{DEFAULT_MAX_LINE_BYTES, FileSource, FileSourceSpec};
+use crate::sources::file::{DEFAULT_MAX_LINE_BYTES, FilePart, FileSource, FileSourceSpec};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -43,7 +45,17 @@ pub struct FileConfig {
     /// The longest line (bytes, without its newline) read whole; a longer one goes to
     /// `dead_letter` with its length and its first KiB. Default 4 MiB.
     pub max_line_bytes: Option<S<u64>>,
+    /// With `format: json`, files not followed: read a file larger than this in byte ranges
+    /// of this size, each its own partition, spread over the source's instances. Default:
+    /// `DEFAULT_SPLIT_BYTES` when the source has several instances, otherwise whole files.
+    pub split_bytes: Option<S<u64>>,
 }
+
+/// `split_bytes` when a source of several instances does not set it: 64 MiB.
+pub const DEFAULT_SPLIT_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Bounds of `split_bytes`.
+const SPLIT_BYTES_RANGE: std::ops::RangeInclusive<u64> = 1024..=(1 << 40);
 
 /// Bounds of `max_line_bytes`: a line must be able to hold a record, and a buffer of the
 /// maximum must fit in memory.
@@ -144,12 +156,16 @@ impl FileConfig {
         let event_time = cx.event_time_column(&schema);
         let rate = rate.map(|r| r / cx.parallelism as f64);
         let follow = self.follow;
+        let split_bytes = self.split_bytes(cx);
         let node = cx.name.to_string();
         let base = cx.base_dir.to_path_buf();
         let decoder_schema = schema.clone();
         let unread = cx.unread.clone();
+        // Cut once, when the first instance starts, so every instance shares one layout.
+        let layout: Arc<OnceLock<Vec<FilePart>>> = Arc::new(OnceLock::new());
         let factory: SourceFactory = Arc::new(move |inst, par| {
-            let mine = paths
+            let mine = layout
+                .get_or_init(|| FilePart::layout(&paths, split_bytes))
                 .iter()
                 .enumerate()
                 .filter(|(i, _)| i % par == inst)
@@ -160,7 +176,7 @@ impl FileConfig {
             Ok(Box::new(FileSource::new(
                 &node,
                 FileSourceSpec {
-                    paths: mine,
+                    files: mine,
                     follow,
                     rate,
                     poll_interval,
@@ -183,9 +199,45 @@ impl FileConfig {
         })
     }
 
+    /// The size files are cut at (`None`: read whole): `split_bytes`, or by default
+    /// `DEFAULT_SPLIT_BYTES` with several instances; never for followed files, which grow.
+    fn split_bytes(&self, cx: &mut SourceContext<'_>) -> Option<u64> {
+        let Some(set) = &self.split_bytes else {
+            return (cx.parallelism > 1 && !self.follow).then_some(DEFAULT_SPLIT_BYTES);
+        };
+        if self.follow {
+            cx.issue(
+                &set.referenced,
+                "split_bytes",
+                "a followed file grows and is read whole: remove `split_bytes` or `follow`",
+            );
+            return None;
+        }
+        if !SPLIT_BYTES_RANGE.contains(&set.value) {
+            cx.issue(
+                &set.referenced,
+                "split_bytes",
+                format!(
+                    "must be from {} to {} (bytes)",
+                    SPLIT_BYTES_RANGE.start(),
+                    SPLIT_BYTES_RANGE.end()
+                ),
+            );
+            return None;
+        }
+        Some(set.value)
+    }
+
     /// Debezium records of the source's `tables`: snapshot files, then change files, as one
     /// log read by one instance.
     fn change_stream(&self, cx: &mut SourceContext<'_>, reading: Reading) -> Option<BuiltSource> {
+        if let Some(set) = &self.split_bytes {
+            cx.issue(
+                &set.referenced,
+                "split_bytes",
+                "a change stream is one log, read in order: remove `split_bytes`",
+            );
+        }
         let Reading {
             rate,
             poll_interval,
@@ -238,7 +290,7 @@ impl FileConfig {
             Ok(Box::new(FileSource::new(
                 &node,
                 FileSourceSpec {
-                    paths,
+                    files: FilePart::wholes(paths.clone()),
                     follow,
                     rate,
                     poll_interval,

@@ -1,5 +1,7 @@
-//! The file source: lines from one or many files, each file its own partition with its
-//! own watermark (or, for a change log, the files read in order as one partition). Reads as fast as possible or at a given `rate`; in `follow` mode it tails
+//! The file source: lines from one or many files, each file (or byte-range split of a
+//! large file, see `split`) its own partition with its own watermark (or, for a change log,
+//! the files read in order as one partition). Reads as fast as possible or at a given
+//! `rate`; in `follow` mode it tails
 //! files that are still growing (a line counts once its newline arrives). Undecodable lines
 //! go to `dead_letter` with the file, line number and reason.
 //!
@@ -43,7 +45,10 @@ use crate::format::json::JsonDecoder;
 use crate::types::SchemaRef;
 
 pub mod config;
+mod split;
 pub use config::FileConfig;
+use split::restored_at;
+pub use split::{FilePart, FileSplit};
 
 /// Turns one line of a file into records on the source's ports.
 pub trait LineDecoder: Send {
@@ -111,8 +116,9 @@ impl LineDecoder for JsonDecoder {
 /// How a file source instance reads.
 #[derive(Clone, Debug)]
 pub struct FileSourceSpec {
-    /// Files this instance reads, already expanded from globs; one partition each.
-    pub paths: Vec<PathBuf>,
+    /// Files (or splits of files) this instance reads, already expanded from globs; one
+    /// partition each.
+    pub files: Vec<FilePart>,
     /// Keep reading as the files grow, never end.
     pub follow: bool,
     /// Records per second across this instance; `None` = as fast as possible.
@@ -148,7 +154,14 @@ struct LongLine {
 
 struct Partition {
     path: PathBuf,
+    /// The file's name in labels: its path relative to the base directory.
+    file_label: String,
+    /// `file_label`, and for a split `@` and its first byte.
     label: String,
+    /// The byte range read, for a split of the file.
+    split: Option<FileSplit>,
+    /// A split starting inside a line has not yet skipped to the first line it owns.
+    unaligned: bool,
     reader: Option<BufReader<File>>,
     offset: u64,
     line: u64,
@@ -169,6 +182,24 @@ struct Partition {
     ended: bool,
 }
 
+impl Partition {
+    /// Reads its file, or its split, from the start again.
+    fn rewind(&mut self) {
+        self.offset = self.split.map_or(0, |s| s.start);
+        self.line = 0;
+        self.unaligned = self.offset > 0;
+    }
+}
+
+/// Where a record is, for dead letters: the line of a whole file, the byte of a split.
+fn record_position(label: &str, file_label: &str, split: bool, line: u64, offset: u64) -> String {
+    if split {
+        format!("{file_label} (byte {offset})")
+    } else {
+        format!("{label}:{line} (byte {offset})")
+    }
+}
+
 /// Where a file partition is: the byte offset of the next line and the lines before it,
 /// and what the line decoder remembers (a change stream's ended snapshots), if anything.
 ///
@@ -182,6 +213,10 @@ pub struct FilePosition {
     pub decoder: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<FileIdentity>,
+    /// The split size of a split's position (its place is in the partition's name); absent
+    /// for a whole file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split_bytes: Option<u64>,
 }
 
 impl ConnectorPosition for FilePosition {
@@ -289,27 +324,38 @@ pub struct FileSource<D = JsonDecoder> {
 impl<D: LineDecoder> FileSource<D> {
     pub fn new(node: &str, spec: FileSourceSpec, decoder: D) -> FileSource<D> {
         let partitions = spec
-            .paths
+            .files
             .iter()
-            .map(|p| Partition {
-                path: p.clone(),
-                label: spec
+            .map(|part| {
+                let p = &part.path;
+                let file_label = spec
                     .base_dir
                     .as_ref()
                     .and_then(|b| p.strip_prefix(b).ok())
                     .unwrap_or(p)
                     .display()
-                    .to_string(),
-                reader: None,
-                offset: 0,
-                line: 0,
-                partial: Vec::new(),
-                long: None,
-                id: None,
-                expect: None,
-                idle: false,
-                draining: false,
-                ended: false,
+                    .to_string();
+                let start = part.split.map_or(0, |s| s.start);
+                Partition {
+                    path: p.clone(),
+                    label: match part.split {
+                        Some(s) => format!("{file_label}@{}", s.start),
+                        None => file_label.clone(),
+                    },
+                    file_label,
+                    split: part.split,
+                    unaligned: start > 0,
+                    reader: None,
+                    offset: start,
+                    line: 0,
+                    partial: Vec::new(),
+                    long: None,
+                    id: None,
+                    expect: None,
+                    idle: false,
+                    draining: false,
+                    ended: false,
+                }
             })
             .collect();
         FileSource {
@@ -355,8 +401,7 @@ impl<D: LineDecoder> FileSource<D> {
                     let id = identify(&f).map_err(|e| cannot("read", &p.path, e))?;
                     tracing::warn!(source = node, file = %p.path.display(),
                         "not the file the checkpoint read (replaced or rotated away): reading it from the start");
-                    p.offset = 0;
-                    p.line = 0;
+                    p.rewind();
                     (f, id)
                 }
             },
@@ -365,15 +410,23 @@ impl<D: LineDecoder> FileSource<D> {
         if size < p.offset {
             tracing::warn!(source = node, file = %p.path.display(), offset = p.offset, size,
                 "the file is shorter than the checkpoint's offset (truncated): reading it from the start");
-            p.offset = 0;
-            p.line = 0;
+            p.rewind();
         }
-        if p.offset > 0 {
-            f.seek(SeekFrom::Start(p.offset))
+        // A split that starts inside a line owns the lines from the next newline on: look
+        // from the byte before its start, so a line starting exactly there is its own.
+        let seek_to = if p.unaligned { p.offset - 1 } else { p.offset };
+        if seek_to > 0 {
+            f.seek(SeekFrom::Start(seek_to))
                 .map_err(|e| cannot("seek", &p.path, e))?;
         }
+        let mut reader = BufReader::with_capacity(256 * 1024, f);
+        if p.unaligned {
+            let (skipped, _) = skip_line(&mut reader).map_err(|e| cannot("read", &p.path, e))?;
+            p.offset = seek_to.saturating_add(skipped as u64);
+            p.unaligned = false;
+        }
         p.id = Some(id);
-        p.reader = Some(BufReader::with_capacity(256 * 1024, f));
+        p.reader = Some(reader);
         Ok(())
     }
 
@@ -412,8 +465,7 @@ impl<D: LineDecoder> FileSource<D> {
         p.reader = None;
         p.id = None;
         p.expect = None;
-        p.offset = 0;
-        p.line = 0;
+        p.rewind();
         p.partial.clear();
         p.long = None;
         p.draining = false;
@@ -499,10 +551,16 @@ impl<D: LineDecoder> FileSource<D> {
         let p = &mut self.partitions[i];
         Self::open(&self.node, p)?;
         let reader = p.reader.as_mut().expect("opened");
+        // A split ends once every line starting before its end is read.
+        let (split, end) = (p.split.is_some(), p.split.and_then(|s| s.end));
         let mut lines = 0;
         let limit = self.spec.max_line_bytes.max(1);
         while lines < max {
             let read_err = |e| RunError::io(format!("cannot read {}", p.path.display()), e);
+            if p.long.is_none() && p.partial.is_empty() && end.is_some_and(|e| p.offset >= e) {
+                // Every line starting in the split is read.
+                return Ok((lines, true));
+            }
             if let Some(long) = &mut p.long {
                 let (n, newline) = skip_line(reader).map_err(read_err)?;
                 long.len += n as u64;
@@ -515,7 +573,8 @@ impl<D: LineDecoder> FileSource<D> {
                 p.offset = p.offset.saturating_add(long.len);
                 p.line = p.line.saturating_add(1);
                 lines += 1;
-                let position = format!("{}:{} (byte {})", p.label, p.line, record_offset);
+                let position =
+                    record_position(&p.label, &p.file_label, split, p.line, record_offset);
                 let reason = format!(
                     "line of {} bytes is longer than max_line_bytes ({limit}); its first {} \
                      bytes are kept",
@@ -565,7 +624,8 @@ impl<D: LineDecoder> FileSource<D> {
             if !body.iter().all(|b| b.is_ascii_whitespace())
                 && let Err(e) = self.decoder.decode_line(i, body, out, now_ms)
             {
-                let position = format!("{}:{} (byte {})", p.label, p.line, record_offset);
+                let position =
+                    record_position(&p.label, &p.file_label, split, p.line, record_offset);
                 dead_letter::push(
                     &mut out.dead_letters,
                     &self.node,
@@ -735,6 +795,7 @@ impl<D: LineDecoder> Source for FileSource<D> {
                     line: p.line,
                     decoder: decoder.clone(),
                     file: p.id.or(p.expect),
+                    split_bytes: p.split.map(|s| s.split_bytes),
                 }),
             })
             .collect()
@@ -742,23 +803,25 @@ impl<D: LineDecoder> Source for FileSource<D> {
 
     fn seek(&mut self, positions: &[SourcePosition]) -> Result<(), RunError> {
         let mut decoder = None;
+        let mut decoded = Vec::new();
+        for sp in positions.iter().filter(|sp| sp.source == self.node) {
+            let at = sp
+                .position
+                .decode::<FilePosition>()
+                .map_err(|e| RunError::restore(self.node.clone(), e))?;
+            decoder = decoder.or(at.decoder.clone());
+            decoded.push((sp.partition.as_str(), at));
+        }
         for p in &mut self.partitions {
-            let found = positions
-                .iter()
-                .find(|sp| sp.source == self.node && sp.partition == p.label);
-            let (offset, line, file) = match found {
-                Some(sp) => {
-                    let at = sp
-                        .position
-                        .decode::<FilePosition>()
-                        .map_err(|e| RunError::restore(self.node.clone(), e))?;
-                    decoder = decoder.or(at.decoder);
-                    (at.offset, at.line, at.file)
-                }
-                None => (0, 0, None),
+            let (offset, line, file) = match restored_at(p, &decoded)
+                .map_err(|e| RunError::restore(self.node.clone(), e))?
+            {
+                Some(at) => at,
+                None => (p.split.map_or(0, |s| s.start), 0, None),
             };
             p.offset = offset;
             p.line = line;
+            p.unaligned = p.split.is_some_and(|s| s.start > 0 && offset == s.start);
             p.id = None;
             p.expect = file;
             p.idle = false;
@@ -791,7 +854,7 @@ mod tests {
         FileSource::new(
             "src",
             FileSourceSpec {
-                paths,
+                files: FilePart::wholes(paths),
                 follow,
                 rate: None,
                 poll_interval: Duration::from_millis(50),
@@ -879,6 +942,7 @@ mod tests {
             line: 1,
             decoder: None,
             file: None,
+            split_bytes: None,
         });
         again.seek(&first).unwrap();
         let mut out2 = buffers(&again);
@@ -1168,6 +1232,7 @@ mod tests {
                 line: 1,
                 decoder: None,
                 file: Some(file),
+                split_bytes: None,
             });
             s.seek(&positions).unwrap();
             assert_eq!(read_keys(&mut s, 0), ["a", "b"]);
