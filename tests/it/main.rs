@@ -3,6 +3,7 @@
 
 mod cdc_status;
 mod cli;
+mod clickhouse;
 mod contract;
 mod crash;
 mod debezium;

@@ -294,3 +294,25 @@ fn endpoint_settings() {
         config::MetricsAddr::At("127.0.0.1:1".parse().unwrap())
     );
 }
+
+#[test]
+fn clickhouse_sink_settings() {
+    let yaml = format!(
+        "sources:\n  f:\n    file: {{paths: [in.jsonl]}}\n{ROWS}sinks:\n  a:\n    input: f\n    clickhouse: {{url: \"http://u:p@h:8123\", table: t, key: [nope], version: host, batch_rows: 0}}\n  b:\n    input: f\n    clickhouse: {{url: \"h:8123\", table: t, create_table: true}}\n"
+    );
+    expect(
+        &yaml,
+        &[
+            "field `sinks.a.clickhouse.url`: put credentials in `user` and `password`",
+            "field `sinks.a.clickhouse.key`: `nope` is not a column of the sink's input",
+            "field `sinks.a.clickhouse.version`: `host` must be an int or timestamp column",
+            "field `sinks.a.clickhouse.batch_rows`: must be at least 1",
+            "field `sinks.b.clickhouse.url`: write the server's HTTP address",
+            "field `sinks.b.clickhouse.key`: a created table is ordered by the output's key",
+        ],
+    );
+    assert!(
+        !errors(&yaml).contains("u:p"),
+        "credentials in a URL are not repeated"
+    );
+}

@@ -54,8 +54,7 @@ impl SinkDriver {
     pub fn flush_due(&mut self, now_ms: i64) -> Result<(), RunError> {
         match self.unflushed_since {
             Some(since) if now_ms - since >= FLUSH_INTERVAL.as_millis() as i64 => {
-                self.unflushed_since = None;
-                self.sink.flush()
+                self.flush(now_ms)
             }
             _ => Ok(()),
         }
@@ -63,11 +62,22 @@ impl SinkDriver {
 
     /// Flushes the sink now if written rows wait: its input has nothing more queued, so
     /// there is nothing to batch them with, and waiting would only add latency.
-    pub fn flush_idle(&mut self) -> Result<(), RunError> {
-        match self.unflushed_since.take() {
-            Some(_) => self.sink.flush(),
+    pub fn flush_idle(&mut self, now_ms: i64) -> Result<(), RunError> {
+        match self.unflushed_since {
+            Some(_) => self.flush(now_ms),
             None => Ok(()),
         }
+    }
+
+    /// Asks the sink to show what it holds; one that still holds rows back (batching them)
+    /// is asked again after `FLUSH_INTERVAL`.
+    fn flush(&mut self, now_ms: i64) -> Result<(), RunError> {
+        self.unflushed_since = None;
+        self.sink.flush()?;
+        if self.sink.holds_rows() {
+            self.unflushed_since = Some(now_ms);
+        }
+        Ok(())
     }
 
     /// Every input has ended (its final pre-commit is acknowledged; `commit(FINAL_EPOCH)`
@@ -208,7 +218,7 @@ impl SinkTask {
                     // Under load more input is queued and rows are flushed in batches (at
                     // the latest after `FLUSH_INTERVAL`); once the queue is empty, at once.
                     if self.inbound.is_empty() {
-                        self.driver.flush_idle()?;
+                        self.driver.flush_idle(now)?;
                     } else {
                         self.driver.flush_due(now)?;
                     }

@@ -1,0 +1,532 @@
+//! The ClickHouse sink: rows into one table over HTTP (JSONEachRow), idempotent by design.
+//!
+//! - **Versions.** Every row carries `_version` (UInt64) into a `ReplacingMergeTree(_version)`
+//!   ordered by the output key, and the version only grows for a key: for a change stream's
+//!   rows, the commit LSN and the change's ordinal packed into one number
+//!   (`change_version`); for other rows, a configured column or the row's event time. A
+//!   replay after a crash writes the same rows with the same versions, so under `FINAL`
+//!   each key has one row, whatever was written twice. A change stream's deletes are rows
+//!   with `_deleted = 1`; the end of a snapshot is not a row; a truncate cannot be one and
+//!   is counted and logged.
+//! - **Batches.** Rows are encoded as they arrive and inserted when `batch_rows` or
+//!   `batch_bytes` is reached, when the oldest waited `batch_interval`, and at every
+//!   checkpoint barrier (so a completed checkpoint means its rows are in the table).
+//! - **Failures.** A transient failure (connection refused, 5xx, too many parts) is retried
+//!   with backoff for up to `retry_for`, then the run fails and restarts from its last
+//!   checkpoint; a definite one (unknown table or column, a value the column cannot take)
+//!   stops at once with the server's message. At start the table's columns are read and
+//!   every written column is checked against its type, so a mismatch names the column
+//!   before any row is written.
+//!
+//! `client` owns the HTTP interface, `table` the column types and `CREATE TABLE`.
+
+pub mod client;
+pub mod config;
+pub mod table;
+
+pub use config::ClickHouseSinkConfig;
+
+use std::time::{Duration, Instant};
+
+use crate::cdc::rows::{self as change_rows, RowOp};
+use crate::dataflow::{Guarantee, Sink};
+use crate::error::{ErrorClass, RunError};
+use crate::format::json::write_json_str;
+use crate::runtime::retry::Backoff;
+use crate::sinks::clickhouse::client::{ChError, ClickHouse, ServerVersion, quote_ident};
+use crate::sinks::clickhouse::table::{DELETED_COLUMN, Encoding, VERSION_COLUMN};
+use crate::types::{Batch, Epoch, SchemaRef, Value};
+
+/// Bits of a change's version that hold its ordinal within the transaction.
+const ORDINAL_BITS: u32 = 16;
+
+/// A change's version as one UInt64: the commit LSN above `ORDINAL_BITS` bits of ordinal.
+/// An ordinal beyond them is capped (several changes to one key inside one transaction that
+/// large keep their insertion order instead); an LSN too large to shift is an error.
+pub fn change_version(lsn: u64, ordinal: u64) -> Result<u64, String> {
+    if lsn >> (64 - ORDINAL_BITS) != 0 {
+        return Err(format!(
+            "commit LSN {lsn} does not fit a UInt64 version with {ORDINAL_BITS} bits of ordinal"
+        ));
+    }
+    Ok((lsn << ORDINAL_BITS) | ordinal.min((1 << ORDINAL_BITS) - 1))
+}
+
+/// Where a row's version comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VersionSource {
+    /// A change stream's `_lsn` and `_ordinal`.
+    Change,
+    /// A column of the row (int, or timestamp in microseconds).
+    Column(usize),
+    /// The row's event time (milliseconds).
+    EventTime,
+}
+
+/// What a ClickHouse sink instance writes, and how.
+#[derive(Clone, Debug)]
+pub struct ClickHouseSinkSpec {
+    pub node: String,
+    pub client: ClickHouse,
+    pub database: String,
+    pub table: String,
+    /// The input's schema (change rows for a change stream).
+    pub schema: SchemaRef,
+    /// The input columns written, in order (a change stream's: its table columns).
+    pub columns: Vec<usize>,
+    /// The output key (the created table's `ORDER BY`).
+    pub key: Vec<usize>,
+    pub version: VersionSource,
+    pub create_table: bool,
+    pub batch_rows: usize,
+    pub batch_bytes: usize,
+    pub batch_interval: Duration,
+    pub retry_for: Duration,
+}
+
+/// One written column: its `"name":` prefix, input column and encoding.
+struct Written {
+    prefix: Box<[u8]>,
+    column: usize,
+    encoding: Encoding,
+    /// The table's column takes null (else ClickHouse would store its default instead).
+    nullable: bool,
+}
+
+pub struct ClickHouseSink {
+    spec: ClickHouseSinkSpec,
+    /// `db`.`table`, quoted.
+    qualified: String,
+    written: Vec<Written>,
+    /// Whether the table has `_deleted` to write.
+    deletes: bool,
+    buffer: Vec<u8>,
+    rows: usize,
+    oldest: Option<Instant>,
+    truncates_seen: u64,
+    scratch: Vec<u8>,
+}
+
+impl ClickHouseSink {
+    pub fn new(spec: ClickHouseSinkSpec) -> ClickHouseSink {
+        let qualified = format!(
+            "{}.{}",
+            quote_ident(&spec.database),
+            quote_ident(&spec.table)
+        );
+        ClickHouseSink {
+            spec,
+            qualified,
+            written: Vec::new(),
+            deletes: false,
+            buffer: Vec::new(),
+            rows: 0,
+            oldest: None,
+            truncates_seen: 0,
+            scratch: Vec::new(),
+        }
+    }
+
+    fn error(&self, e: ChError) -> RunError {
+        let class = if e.is_transient() {
+            ErrorClass::Transient
+        } else {
+            ErrorClass::Definite
+        };
+        RunError::External {
+            component: self.spec.node.clone(),
+            message: format!("table {}: {e}", self.qualified),
+            class,
+        }
+    }
+
+    /// Runs `op` until it succeeds, fails definitely, or transient failures have lasted
+    /// `retry_for`.
+    fn retrying<T>(
+        &self,
+        what: &str,
+        mut op: impl FnMut(&ClickHouse) -> Result<T, ChError>,
+    ) -> Result<T, RunError> {
+        let started = Instant::now();
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        loop {
+            match op(&self.spec.client) {
+                Ok(v) => {
+                    if backoff.attempts() > 0 {
+                        tracing::info!(sink = %self.spec.node, "ClickHouse answers again: {what} done");
+                    }
+                    return Ok(v);
+                }
+                Err(e) if e.is_transient() && started.elapsed() < self.spec.retry_for => {
+                    let delay = backoff.next_delay();
+                    if backoff.attempts() == 1 {
+                        tracing::warn!(sink = %self.spec.node, error = %e, "{what} failed; retrying for up to {:?}", self.spec.retry_for);
+                    }
+                    metrics::counter!("watershed_sink_retries_total", "sink" => self.spec.node.clone()).increment(1);
+                    std::thread::sleep(delay);
+                }
+                Err(e) => return Err(self.error(e)),
+            }
+        }
+    }
+
+    /// Reads the table (creating it if asked) and decides how each column is written.
+    fn connect(&mut self) -> Result<(), RunError> {
+        let server: ServerVersion = self.retrying("connecting", |ch| ch.version())?;
+        let spec = &self.spec;
+        let change = spec.version == VersionSource::Change;
+        if spec.create_table {
+            let sql = table::create_table_sql(
+                &self.qualified,
+                &spec.schema,
+                &spec.columns,
+                &spec.key,
+                change,
+                server,
+            );
+            self.retrying("creating the table", |ch| ch.query(&sql))?;
+        }
+        let (database, name) = (spec.database.clone(), spec.table.clone());
+        let columns = self.retrying("reading the table's columns", |ch| {
+            table::describe(ch, &database, &name)
+        })?;
+        let definite = |message: String| RunError::External {
+            component: self.spec.node.clone(),
+            message: format!("table {}: {message}", self.qualified),
+            class: ErrorClass::Definite,
+        };
+        if columns.is_empty() {
+            return Err(definite(format!(
+                "no such table at {} (set `create_table: true` to create it)",
+                self.spec.client.url()
+            )));
+        }
+        let find = |name: &str| columns.iter().find(|c| c.name == name);
+        match find(VERSION_COLUMN) {
+            Some(c) if c.base.starts_with("UInt64") || c.base.starts_with("Int64") => {}
+            Some(c) => {
+                return Err(definite(format!(
+                    "column `{VERSION_COLUMN}` is {}; the sink writes a UInt64 version",
+                    c.base
+                )));
+            }
+            None => {
+                return Err(definite(format!(
+                    "has no `{VERSION_COLUMN}` column: the sink writes a version per row \
+                     (`{VERSION_COLUMN} UInt64`, engine ReplacingMergeTree({VERSION_COLUMN}))"
+                )));
+            }
+        }
+        self.deletes = find(DELETED_COLUMN).is_some();
+        if change && !self.deletes {
+            return Err(definite(format!(
+                "has no `{DELETED_COLUMN}` column: rows of a change stream carry a delete \
+                 flag (`{DELETED_COLUMN} UInt8`)"
+            )));
+        }
+        let mut written = Vec::new();
+        for (i, &c) in self.spec.columns.iter().enumerate() {
+            let field = self.spec.schema.field(c);
+            let Some(target) = find(&field.name) else {
+                return Err(definite(format!(
+                    "has no column `{}`, which the sink writes",
+                    field.name
+                )));
+            };
+            let encoding = table::encoding_for(field.data_type, &target.base)
+                .map_err(|m| definite(format!("column `{}`: {m}", field.name)))?;
+            let mut prefix = Vec::new();
+            if i > 0 {
+                prefix.push(b',');
+            }
+            write_json_str(&field.name, &mut prefix);
+            prefix.push(b':');
+            written.push(Written {
+                prefix: prefix.into_boxed_slice(),
+                column: c,
+                encoding,
+                nullable: target.nullable,
+            });
+        }
+        self.written = written;
+        Ok(())
+    }
+
+    /// Inserts what is buffered.
+    fn insert(&mut self) -> Result<(), RunError> {
+        if self.rows == 0 {
+            return Ok(());
+        }
+        let body = std::mem::take(&mut self.buffer);
+        let qualified = self.qualified.clone();
+        let result = self.retrying("inserting", |ch| ch.insert(&qualified, &body));
+        self.buffer = body;
+        result?;
+        metrics::counter!("watershed_sink_rows_total", "sink" => self.spec.node.clone())
+            .increment(self.rows as u64);
+        metrics::counter!("watershed_sink_inserts_total", "sink" => self.spec.node.clone())
+            .increment(1);
+        self.buffer.clear();
+        self.rows = 0;
+        self.oldest = None;
+        Ok(())
+    }
+
+    /// Appends row `i` of `batch` to the buffer (or skips it: the end of a snapshot, a
+    /// truncate).
+    fn encode(&mut self, batch: &Batch, i: usize) -> Result<(), RunError> {
+        let row = batch.row(i);
+        let (version, deleted) = match self.spec.version {
+            VersionSource::Change => {
+                let deleted = match change_rows::row_op(row) {
+                    RowOp::Upsert { .. } => false,
+                    RowOp::Delete => true,
+                    RowOp::SnapshotEnd => return Ok(()),
+                    RowOp::Truncate | RowOp::Unknown => {
+                        self.truncates_seen += 1;
+                        if self.truncates_seen == 1 {
+                            tracing::warn!(sink = %self.spec.node, "a truncate of the source table cannot be written as rows: the table keeps its rows (counted in watershed_sink_skipped_total)");
+                        }
+                        metrics::counter!("watershed_sink_skipped_total", "sink" => self.spec.node.clone()).increment(1);
+                        return Ok(());
+                    }
+                };
+                let v = change_rows::row_version(row);
+                let version =
+                    change_version(v.commit_lsn, v.ordinal).map_err(|m| RunError::External {
+                        component: self.spec.node.clone(),
+                        message: format!("table {}: {m}", self.qualified),
+                        class: ErrorClass::Definite,
+                    })?;
+                (version, Some(deleted))
+            }
+            VersionSource::Column(c) => {
+                let v = match &row[c] {
+                    Value::Int(n) => *n,
+                    Value::Timestamp(us) => *us,
+                    _ => 0,
+                };
+                (v.max(0) as u64, self.deletes.then_some(false))
+            }
+            VersionSource::EventTime => (
+                batch.event_time(i).max(0) as u64,
+                self.deletes.then_some(false),
+            ),
+        };
+        if let Some(w) = self
+            .written
+            .iter()
+            .find(|w| !w.nullable && row[w.column].is_null())
+        {
+            // ClickHouse would store the type's default in its place, and a key of 0 or ''
+            // would replace another row.
+            return Err(RunError::External {
+                component: self.spec.node.clone(),
+                message: format!(
+                    "table {}: a row has no value for column `{}`, which is not Nullable there                      (ClickHouse would store a default instead); filter such rows out before                      the sink or make the column Nullable",
+                    self.qualified,
+                    self.spec.schema.field(w.column).name
+                ),
+                class: ErrorClass::Definite,
+            });
+        }
+        let out = &mut self.buffer;
+        out.push(b'{');
+        for w in &self.written {
+            out.extend_from_slice(&w.prefix);
+            write_encoded(&row[w.column], w.encoding, out, &mut self.scratch);
+        }
+        if !self.written.is_empty() {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"\"_version\":");
+        out.extend_from_slice(itoa::Buffer::new().format(version).as_bytes());
+        if let Some(d) = deleted {
+            out.extend_from_slice(if d {
+                b",\"_deleted\":1"
+            } else {
+                b",\"_deleted\":0"
+            });
+        }
+        out.extend_from_slice(b"}\n");
+        self.rows += 1;
+        self.oldest.get_or_insert_with(Instant::now);
+        Ok(())
+    }
+}
+
+/// Writes `value` for a column taking `encoding`.
+fn write_encoded(value: &Value, encoding: Encoding, out: &mut Vec<u8>, scratch: &mut Vec<u8>) {
+    use crate::format::json::write_value;
+    match (value, encoding) {
+        (Value::Null, _) => out.extend_from_slice(b"null"),
+        (Value::Bool(b), Encoding::Bool01) => out.push(if *b { b'1' } else { b'0' }),
+        (Value::Float(f), _) if f.is_nan() => out.extend_from_slice(b"\"nan\""),
+        (Value::Float(f), _) if f.is_infinite() && *f > 0.0 => out.extend_from_slice(b"\"inf\""),
+        (Value::Float(f), _) if f.is_infinite() => out.extend_from_slice(b"\"-inf\""),
+        (Value::Decimal(d), Encoding::Plain) => {
+            // Unquoted: JSONEachRow of 18.16 does not read a quoted Decimal.
+            out.extend_from_slice(d.to_string().as_bytes())
+        }
+        (Value::Timestamp(us), Encoding::DateTime | Encoding::DateTime64) => {
+            scratch.clear();
+            crate::format::write_timestamp(*us, scratch);
+            // `YYYY-MM-DDTHH:MM:SS.fff[fff]Z` → `YYYY-MM-DD HH:MM:SS[.ffffff]`.
+            let text = &scratch[..];
+            let Some(dot) = text.iter().rposition(|&b| b == b'.') else {
+                write_value(value, out);
+                return;
+            };
+            out.push(b'"');
+            for &b in &text[..dot] {
+                out.push(if b == b'T' { b' ' } else { b });
+            }
+            if encoding == Encoding::DateTime64 {
+                let frac = us.rem_euclid(1_000_000);
+                out.push(b'.');
+                let digits = itoa::Buffer::new().format(frac).to_string();
+                for _ in digits.len()..6 {
+                    out.push(b'0');
+                }
+                out.extend_from_slice(digits.as_bytes());
+            }
+            out.push(b'"');
+        }
+        (Value::Timestamp(us), Encoding::Micros) => {
+            out.extend_from_slice(itoa::Buffer::new().format(*us).as_bytes())
+        }
+        (Value::Date(days), Encoding::Days) => {
+            out.extend_from_slice(itoa::Buffer::new().format(*days).as_bytes())
+        }
+        (Value::Json(text), Encoding::Text) => write_json_str(text, out),
+        (Value::Int(_) | Value::Bool(_) | Value::Decimal(_), Encoding::Text) => {
+            scratch.clear();
+            write_value(value, scratch);
+            out.push(b'"');
+            out.extend_from_slice(scratch.strip_prefix(b"\"").unwrap_or(scratch));
+            if !scratch.ends_with(b"\"") {
+                out.push(b'"');
+            }
+        }
+        // Timestamps and dates as text (RFC 3339, ISO), bytes as base64, strings as they are.
+        _ => write_value(value, out),
+    }
+}
+
+impl Sink for ClickHouseSink {
+    fn guarantee(&self) -> Guarantee {
+        Guarantee::Idempotent
+    }
+
+    fn write(&mut self, batch: &Batch) -> Result<(), RunError> {
+        for i in 0..batch.len() {
+            self.encode(batch, i)?;
+            if self.rows >= self.spec.batch_rows || self.buffer.len() >= self.spec.batch_bytes {
+                self.insert()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn pre_commit(&mut self, _epoch: Epoch) -> Result<Vec<u8>, RunError> {
+        // Rows before the barrier are in the table once the checkpoint completes; a replay
+        // from it writes later rows again, which their versions collapse.
+        self.insert()?;
+        Ok(Vec::new())
+    }
+
+    fn commit(&mut self, _epoch: Epoch) -> Result<(), RunError> {
+        Ok(())
+    }
+
+    fn recover(&mut self, _state: Option<&[u8]>) -> Result<(), RunError> {
+        // Nothing to finish: what a crash cut short is written again by the replay.
+        self.buffer.clear();
+        self.rows = 0;
+        self.oldest = None;
+        self.connect()
+    }
+
+    fn finish(&mut self) -> Result<(), RunError> {
+        self.insert()
+    }
+
+    fn flush(&mut self) -> Result<(), RunError> {
+        if self
+            .oldest
+            .is_some_and(|t| t.elapsed() >= self.spec.batch_interval)
+        {
+            self.insert()?;
+        }
+        Ok(())
+    }
+
+    fn holds_rows(&self) -> bool {
+        self.rows > 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn change_versions_grow_with_the_lsn_then_the_ordinal() {
+        let a = change_version(100, 7).unwrap();
+        let b = change_version(100, 8).unwrap();
+        let c = change_version(101, 0).unwrap();
+        assert!(a < b && b < c);
+        assert_eq!(
+            change_version(100, u64::MAX).unwrap(),
+            change_version(100, 65_535).unwrap()
+        );
+        assert!(change_version(1 << 48, 0).is_err());
+        assert!(change_version((1 << 48) - 1, 0).is_ok());
+    }
+
+    fn encoded(v: Value, e: Encoding) -> String {
+        let mut out = Vec::new();
+        write_encoded(&v, e, &mut out, &mut Vec::new());
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn values_are_written_as_their_column_reads_them() {
+        let t = 1_767_225_601_250_001; // 2026-01-01T00:00:01.250001Z
+        assert_eq!(
+            encoded(Value::Timestamp(t), Encoding::DateTime),
+            "\"2026-01-01 00:00:01\""
+        );
+        assert_eq!(
+            encoded(Value::Timestamp(t), Encoding::DateTime64),
+            "\"2026-01-01 00:00:01.250001\""
+        );
+        assert_eq!(
+            encoded(
+                Value::Timestamp(1_767_225_601_000_000),
+                Encoding::DateTime64
+            ),
+            "\"2026-01-01 00:00:01.000000\""
+        );
+        assert_eq!(
+            encoded(Value::Timestamp(t), Encoding::Micros),
+            t.to_string()
+        );
+        assert_eq!(encoded(Value::Float(f64::NAN), Encoding::Float), "\"nan\"");
+        assert_eq!(
+            encoded(Value::Float(f64::NEG_INFINITY), Encoding::Float),
+            "\"-inf\""
+        );
+        assert_eq!(encoded(Value::Bool(true), Encoding::Bool01), "1");
+        assert_eq!(
+            encoded(Value::Decimal("12.50".parse().unwrap()), Encoding::Plain),
+            "12.50"
+        );
+        assert_eq!(encoded(Value::Int(5), Encoding::Text), "\"5\"");
+        assert_eq!(
+            encoded(Value::Json("{\"a\":1}".into()), Encoding::Text),
+            "\"{\\\"a\\\":1}\""
+        );
+        assert_eq!(encoded(Value::Null, Encoding::DateTime), "null");
+    }
+}

@@ -1,0 +1,249 @@
+//! The ClickHouse sink against a real ClickHouse 18.16 server started on loopback ports
+//! (`testing::clickhouse_fixtures`), through the binary: the demo's change stream of vendor
+//! recommendations (snapshot, inserts, updates and deletes) written to a table is, under `FINAL` without the
+//! deleted keys, the same after SIGKILLs and restarts as after one uninterrupted run; the
+//! server stopped for 10 seconds mid-run loses nothing; a table that cannot take a column
+//! stops the run with a message naming the column; awkward values round-trip.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use watershed::dataflow::Sink;
+use watershed::sinks::clickhouse::client::ClickHouse;
+use watershed::sinks::clickhouse::{ClickHouseSink, ClickHouseSinkSpec, VersionSource};
+use watershed::testing::clickhouse_fixtures::{ClickHouseServer, WRITER_PASSWORD};
+use watershed::types::{Batch, DataType, Field, Schema, Value};
+
+fn demo_reference() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/demo/reference")
+}
+
+/// The demo's `vendor_recommendation` change stream (its snapshot, then the demo's changes
+/// paced at `rate` changes/s if given: inserts, updates and deletes) into table
+/// `table` of `server`, checkpointing into `dir/checkpoints`.
+fn pipeline(dir: &Path, server: &ClickHouseServer, table: &str, rate: Option<u32>) -> PathBuf {
+    let rate = rate.map_or(String::new(), |r| format!(", rate: {r}"));
+    let text = format!(
+        "name: ch-{table}\ncheckpoint: {{interval: 200ms, dir: \"{ckpt}\"}}\nsources:\n  vulndb:\n    file: {{format: debezium, snapshot: [\"{r}/snapshot.jsonl\"], paths: [\"{r}/changes.jsonl\"]{rate}}}\n    tables:\n      vendor_recommendation:\n        key: [id]\n        columns: {{id: int, cve_id: string, source: string, recommendation: string, url: string}}\nsinks:\n  rules:\n    input: vulndb.vendor_recommendation\n    clickhouse: {{url: \"{url}\", user: writer, password: \"${{CH_PASSWORD}}\", table: {table}, key: [id], create_table: true, batch_rows: 500, batch_interval: 100ms, retry_for: 2m}}\n",
+        ckpt = dir.join("checkpoints").display(),
+        r = demo_reference().display(),
+        url = server.url(),
+    );
+    let path = dir.join(format!("{table}.yaml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn run(pipeline: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_watershed"));
+    cmd.args(["run", "--log", "warn", "--metrics-addr", "off"])
+        .arg(pipeline)
+        .env("CH_PASSWORD", WRITER_PASSWORD)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+fn run_to_end(pipeline: &Path) -> String {
+    let out = run(pipeline).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "run failed: {err}");
+    err
+}
+
+/// The table's live rows under `FINAL`, sorted, with their versions.
+fn live_rows(server: &ClickHouseServer, table: &str) -> Vec<String> {
+    let text = server.sql(&format!(
+        "SELECT * FROM default.{table} FINAL WHERE _deleted = 0 ORDER BY id FORMAT JSONEachRow"
+    ));
+    text.lines().map(String::from).collect()
+}
+
+#[test]
+fn killed_runs_leave_the_same_rows_under_final_as_one_uninterrupted_run() {
+    let server = ClickHouseServer::shared();
+    let tmp = tempfile::tempdir().unwrap();
+    let (once, crashed) = (tmp.path().join("once"), tmp.path().join("crashed"));
+    std::fs::create_dir_all(&once).unwrap();
+    std::fs::create_dir_all(&crashed).unwrap();
+    run_to_end(&pipeline(&once, server, "rules_once", None));
+    let expected = live_rows(server, "rules_once");
+    assert!(expected.len() > 1700, "{} rows", expected.len());
+    let deleted: u64 = server
+        .sql("SELECT count() FROM default.rules_once FINAL WHERE _deleted = 1")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(deleted > 0, "the change stream deletes rows");
+
+    let p = pipeline(&crashed, server, "rules_crashed", Some(20));
+    let mut kills = 0;
+    for attempt in 0..4u64 {
+        let mut child = run(&p).spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(700 + 300 * attempt));
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap();
+            kills += 1;
+        }
+        child.wait().unwrap();
+    }
+    assert!(kills >= 2, "only {kills} runs were killed before the end");
+    run_to_end(&pipeline(&crashed, server, "rules_crashed", None));
+    assert_eq!(
+        live_rows(server, "rules_crashed"),
+        expected,
+        "after {kills} kills"
+    );
+    // Replays wrote some rows twice; FINAL shows each key once.
+    let total: u64 = server
+        .sql("SELECT count() FROM default.rules_crashed")
+        .trim()
+        .parse()
+        .unwrap();
+    let keys: u64 = server
+        .sql("SELECT uniqExact(id) FROM default.rules_crashed")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(total >= keys);
+}
+
+#[test]
+fn a_server_away_for_ten_seconds_loses_nothing() {
+    let server = ClickHouseServer::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let once = tmp.path().join("once");
+    std::fs::create_dir_all(&once).unwrap();
+    run_to_end(&pipeline(&once, &server, "away_once", None));
+    let expected = live_rows(&server, "away_once");
+
+    let away = tmp.path().join("away");
+    std::fs::create_dir_all(&away).unwrap();
+    let mut child = run(&pipeline(&away, &server, "away", Some(4)))
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the run ended too early"
+    );
+    server.stop();
+    std::thread::sleep(Duration::from_secs(10));
+    server.resume();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "the run failed: {err}");
+    assert!(
+        err.contains("retrying"),
+        "the sink said it was retrying: {err}"
+    );
+    assert!(!err.contains(WRITER_PASSWORD), "no password in the log");
+    assert_eq!(live_rows(&server, "away"), expected);
+}
+
+#[test]
+fn a_column_the_table_cannot_take_stops_the_run_naming_it() {
+    let server = ClickHouseServer::shared();
+    server.sql(
+        "CREATE TABLE IF NOT EXISTS default.rules_wrong (id Int64, cve_id Int64, \
+         _version UInt64, _deleted UInt8) ENGINE = ReplacingMergeTree(_version) ORDER BY id",
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let p = pipeline(tmp.path(), server, "rules_wrong", None);
+    let text = std::fs::read_to_string(&p)
+        .unwrap()
+        .replace("create_table: true", "create_table: false");
+    std::fs::write(&p, text).unwrap();
+    let out = run(&p).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("column `cve_id`: the pipeline writes string values, the table has Int64"),
+        "{err}"
+    );
+    let count = server.sql("SELECT count() FROM default.rules_wrong");
+    assert_eq!(count.trim(), "0", "nothing written");
+
+    // A table that does not exist, without create_table: a clear stop too.
+    let p2 = pipeline(tmp.path(), server, "rules_missing", None);
+    let text = std::fs::read_to_string(&p2)
+        .unwrap()
+        .replace("create_table: true", "create_table: false");
+    std::fs::write(&p2, text).unwrap();
+    let out = run(&p2).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("no such table"), "{err}");
+}
+
+#[test]
+fn awkward_values_round_trip() {
+    let server = ClickHouseServer::shared();
+    let schema = std::sync::Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int),
+        Field::new("name", DataType::String),
+        Field::new("score", DataType::Float),
+        Field::new("at", DataType::Timestamp),
+        Field::new("flag", DataType::Bool),
+    ]));
+    let rows = [
+        vec![
+            Value::Int(i64::MIN),
+            Value::from(""),
+            Value::Float(f64::NAN),
+            Value::Timestamp(0),
+            Value::Null,
+        ],
+        vec![
+            Value::Int(i64::MAX),
+            Value::from("\u{0}\u{1}\u{1f}\u{7f} \"\\/\n\r\t"),
+            Value::Float(f64::INFINITY),
+            Value::Timestamp(-1),
+            Value::Bool(true),
+        ],
+        vec![
+            Value::Int(-1),
+            Value::from("🦀 中文 \u{2028}\u{2029} \u{feff}"),
+            Value::Float(-1.5e-300),
+            Value::Timestamp(253_402_300_799_999_999),
+            Value::Bool(false),
+        ],
+    ];
+    let mut batch = Batch::new(schema.clone());
+    for (i, r) in rows.iter().enumerate() {
+        batch.push_row(r.clone(), i as i64);
+    }
+    let mut sink = ClickHouseSink::new(ClickHouseSinkSpec {
+        node: "awkward".into(),
+        client: ClickHouse::new(&server.url(), None, None, Duration::from_secs(30)),
+        database: "default".into(),
+        table: "awkward".into(),
+        schema: schema.clone(),
+        columns: (0..5).collect(),
+        key: vec![0],
+        version: VersionSource::EventTime,
+        create_table: true,
+        batch_rows: 100,
+        batch_bytes: 1 << 20,
+        batch_interval: Duration::from_secs(1),
+        retry_for: Duration::from_secs(5),
+    });
+    sink.recover(None).unwrap();
+    sink.write(&batch).unwrap();
+    sink.pre_commit(1).unwrap();
+    sink.finish().unwrap();
+    let text = server.sql(
+        "SELECT toString(id), name, toString(score), at, flag FROM default.awkward FINAL \
+         ORDER BY id FORMAT TabSeparated",
+    );
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "-9223372036854775808\t\tnan\t0\t\\N",
+            "-1\t🦀 中文 \u{2028}\u{2029} \u{feff}\t-1.5e-300\t253402300799999999\t0",
+            "9223372036854775807\t\\0\u{1}\u{1f}\u{7f} \"\\\\/\\n\\r\\t\tinf\t-1\t1",
+        ]
+    );
+}
