@@ -55,5 +55,6 @@ section! {
         stdout: crate::sinks::stdout::StdoutConfig,
         kafka: crate::sinks::kafka::KafkaSinkConfig,
         clickhouse: crate::sinks::clickhouse::ClickHouseSinkConfig,
+        postgres: crate::sinks::postgres::PostgresSinkConfig,
     }
 }

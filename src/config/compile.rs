@@ -628,6 +628,7 @@ pub fn compile(
                     checkpoint_dir: options.checkpoint_dir.clone(),
                     pipeline: &pipeline_name,
                     overrides,
+                    base_dir: &base_dir,
                 };
                 block.build(&mut cx).map(|b| {
                     if let Some(file) = &b.writes {

@@ -319,6 +319,8 @@ pub struct SinkContext<'a> {
     /// The pipeline's name (`name:`, else the file's stem).
     pub pipeline: &'a str,
     pub overrides: &'a Overrides,
+    /// The pipeline file's directory: relative paths in settings are relative to it.
+    pub base_dir: &'a Path,
 }
 
 impl SinkContext<'_> {

@@ -5,4 +5,6 @@
 pub mod clickhouse;
 pub mod file;
 pub mod kafka;
+pub mod keyed;
+pub mod postgres;
 pub mod stdout;

@@ -184,3 +184,112 @@ impl SourceFixture for PostgresSourceFixture {
         Some(2 * CHANGES)
     }
 }
+
+/// The Postgres sink writing the contract's rows into a new table (created by the sink,
+/// keyed by `id`, versioned by event time) of database `sinks` on the shared server; what is
+/// visible is the table's rows.
+pub struct PostgresSinkFixture;
+
+/// Options for database `sinks` of `pg`, as `cdc`.
+pub fn sink_options(pg: &Postgres) -> ConnectOptions {
+    static READY: OnceLock<()> = OnceLock::new();
+    READY.get_or_init(|| {
+        pg.sql("postgres", "CREATE DATABASE sinks OWNER cdc");
+    });
+    ConnectOptions {
+        database: "sinks".into(),
+        ..options(pg)
+    }
+}
+
+impl crate::testing::contract::SinkFixture for PostgresSinkFixture {
+    fn name(&self) -> &str {
+        "postgres"
+    }
+
+    fn guarantee(&self) -> crate::dataflow::Guarantee {
+        crate::dataflow::Guarantee::Idempotent
+    }
+
+    fn target(&self) -> Box<dyn crate::testing::contract::SinkTarget> {
+        let pg = Postgres::shared();
+        Box::new(PostgresTarget {
+            connect: sink_options(pg),
+            table: crate::testing::kafka_fixtures::unique("contract").replace('-', "_"),
+        })
+    }
+}
+
+struct PostgresTarget {
+    connect: ConnectOptions,
+    table: String,
+}
+
+impl crate::testing::contract::SinkTarget for PostgresTarget {
+    fn sink(&self, schema: crate::types::SchemaRef) -> Box<dyn crate::dataflow::Sink> {
+        use crate::sinks::postgres::{PostgresSink, PostgresSinkSpec};
+        let key = vec![schema.index_of("id").expect("an id column")];
+        Box::new(PostgresSink::new(PostgresSinkSpec {
+            node: "postgres".into(),
+            connect: self.connect.clone(),
+            schema_name: "public".into(),
+            table: self.table.clone(),
+            columns: (0..schema.len()).collect(),
+            schema,
+            key,
+            version: crate::sinks::keyed::VersionSource::EventTime,
+            create_table: true,
+            batch_rows: 7,
+            retry_for: Duration::from_secs(5),
+        }))
+    }
+
+    fn visible(&self, schema: &crate::types::SchemaRef) -> Vec<Vec<crate::types::Value>> {
+        use crate::types::Value;
+        let mut conn = Connection::connect(&self.connect, false).expect("connect");
+        let columns: Vec<String> = schema
+            .fields
+            .iter()
+            .map(|f| {
+                let c = crate::sources::postgres::wire::quote_ident(&f.name);
+                match f.data_type {
+                    DataType::Timestamp => {
+                        format!("(extract(epoch from {c}) * 1000000)::bigint")
+                    }
+                    _ => c,
+                }
+            })
+            .collect();
+        let result = conn
+            .query(&format!(
+                "SELECT {} FROM public.{}",
+                columns.join(", "),
+                crate::sources::postgres::wire::quote_ident(&self.table)
+            ))
+            .expect("select");
+        result[0]
+            .rows
+            .iter()
+            .map(|row| {
+                row.iter()
+                    .zip(&schema.fields)
+                    .map(|(v, f)| match (v, f.data_type) {
+                        (None, _) => Value::Null,
+                        (Some(t), DataType::Int) => t.parse().map_or(Value::Null, Value::Int),
+                        (Some(t), DataType::Timestamp) => {
+                            t.parse().map_or(Value::Null, Value::Timestamp)
+                        }
+                        (Some(t), DataType::Bool) => Value::Bool(t == "t"),
+                        (Some(t), DataType::Float) => match t.as_str() {
+                            "NaN" => Value::Float(f64::NAN),
+                            "Infinity" => Value::Float(f64::INFINITY),
+                            "-Infinity" => Value::Float(f64::NEG_INFINITY),
+                            other => other.parse().map_or(Value::Null, Value::Float),
+                        },
+                        (Some(t), _) => Value::Str(t.as_str().into()),
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+}

@@ -232,7 +232,7 @@ fn readme_pipeline_examples_are_valid() {
         checked += 1;
         rest = &block[end..];
     }
-    assert_eq!(checked, 5, "every README pipeline example is checked");
+    assert_eq!(checked, 6, "every README pipeline example is checked");
 }
 
 #[test]

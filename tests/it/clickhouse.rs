@@ -247,3 +247,143 @@ fn awkward_values_round_trip() {
         ]
     );
 }
+
+/// `examples/<name>` with what makes the demo's output depend on timing taken out (no
+/// pacing, no idle release, an out-of-orderness bound over the generator's jitter) and
+/// 20,000 observations; file sinks under `out`.
+fn timing_free_demo(name: &str, out: &Path) -> String {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let mut text = std::fs::read_to_string(root.join(name)).unwrap();
+    for (from, to) in [
+        ("demo/", format!("{}/demo/", root.display())),
+        ("watershed-out/", format!("{}/", out.display())),
+        ("      rate: 14 ", "      # no pacing ".to_string()),
+        ("    idle_timeout: 1s ", "    # ".to_string()),
+        ("    idle_timeout: 500ms ", "    # ".to_string()),
+        ("count: 60000", "count: 20000".to_string()),
+        ("rate: 12000 ", "rate: 1000000 ".to_string()),
+        (
+            "max_out_of_orderness: 3s",
+            "max_out_of_orderness: 10s".to_string(),
+        ),
+    ] {
+        text = text.replace(from, &to);
+    }
+    text
+}
+
+/// The keys of a file sink's lines: the values of `columns`, as JSON text.
+fn file_keys(path: &Path, columns: &[&str]) -> std::collections::BTreeSet<String> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            columns
+                .iter()
+                .map(|c| v[*c].to_string().trim_matches('"').to_string())
+                .collect::<Vec<_>>()
+                .join("|")
+        })
+        .collect()
+}
+
+fn table_keys(
+    server: &ClickHouseServer,
+    table: &str,
+    columns: &[&str],
+) -> std::collections::BTreeSet<String> {
+    let cols: Vec<String> = columns.iter().map(|c| format!("toString({c})")).collect();
+    server
+        .sql(&format!(
+            "SELECT {} FROM default.{table} FINAL FORMAT TabSeparated",
+            cols.join(", ")
+        ))
+        .lines()
+        .map(|l| l.replace('\t', "|"))
+        .collect()
+}
+
+#[test]
+fn the_demo_fans_out_to_clickhouse_tables_holding_what_the_file_demo_writes() {
+    let server = ClickHouseServer::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let files = tmp.path().join("files");
+    let file_demo = tmp.path().join("demo.yaml");
+    std::fs::write(&file_demo, timing_free_demo("demo.yaml", &files)).unwrap();
+    run_to_end(&file_demo);
+    let ch_demo = tmp.path().join("demo-clickhouse.yaml");
+    std::fs::write(
+        &ch_demo,
+        timing_free_demo("demo-clickhouse.yaml", tmp.path()),
+    )
+    .unwrap();
+    let out = run(&ch_demo)
+        .env("CLICKHOUSE_URL", server.url())
+        .env("CLICKHOUSE_USER", "writer")
+        .env("CLICKHOUSE_PASSWORD", WRITER_PASSWORD)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Timestamps of a created table are Int64 microseconds on 18.16: keys by id columns.
+    let kev = file_keys(
+        &files.join("kev_flags.jsonl"),
+        &["observation_id", "cve_id"],
+    );
+    assert!(kev.len() > 1000, "{} KEV flags", kev.len());
+    assert_eq!(
+        table_keys(&server, "kev_flags", &["observation_id", "cve_id"]),
+        kev
+    );
+    let advice = file_keys(
+        &files.join("vendor_recommendations.jsonl"),
+        &["cve_id", "source", "url", "host", "ts"],
+    );
+    let advice_rows: u64 = server
+        .sql("SELECT count() FROM default.vendor_recommendations FINAL")
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(advice_rows as usize, advice.len(), "vendor recommendations");
+    let details = file_keys(
+        &files.join("cve_details.jsonl"),
+        &["cve_id", "window_start"],
+    );
+    let detail_rows: u64 = server
+        .sql("SELECT count() FROM default.cve_details FINAL")
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(detail_rows as usize, details.len(), "CVE details");
+    let enriched: u64 = server
+        .sql("SELECT count() FROM default.enriched_observations FINAL")
+        .trim()
+        .parse()
+        .unwrap();
+    let matched = std::fs::read_to_string(files.join("observations.jsonl"))
+        .unwrap()
+        .lines()
+        .filter(|l| !l.contains("\"cve_id\":null"))
+        .count();
+    assert_eq!(
+        enriched as usize, matched,
+        "enriched observations with a CVE"
+    );
+    let late_rows: u64 = server
+        .sql("SELECT count() FROM default.late_observations FINAL")
+        .trim()
+        .parse()
+        .unwrap();
+    let late = file_keys(&files.join("late.jsonl"), &["observation_id", "cve_id"]);
+    assert_eq!(late_rows as usize, late.len(), "late observations");
+    let dead: u64 = server
+        .sql("SELECT count() FROM default.dead_letters FINAL")
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(dead, 0);
+}

@@ -7,7 +7,7 @@ use watershed::testing::fixtures::{
     CdcFileFixture, FileJsonFixture, FileSinkFixture, GeneratorFixture, StdoutSinkFixture,
 };
 use watershed::testing::kafka_fixtures::{KafkaSinkFixture, KafkaSourceFixture};
-use watershed::testing::postgres_fixtures::PostgresSourceFixture;
+use watershed::testing::postgres_fixtures::{PostgresSinkFixture, PostgresSourceFixture};
 
 #[test]
 fn file_source() {
@@ -67,4 +67,9 @@ fn postgres_source() {
 #[test]
 fn clickhouse_sink() {
     check_sink(&ClickHouseSinkFixture)
+}
+
+#[test]
+fn postgres_sink() {
+    check_sink(&PostgresSinkFixture)
 }

@@ -14,6 +14,7 @@ mod kafka;
 mod multi_speed;
 mod partitions;
 mod postgres;
+mod postgres_sink;
 mod restore;
 mod runtime;
 mod splits;

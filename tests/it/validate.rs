@@ -316,3 +316,19 @@ fn clickhouse_sink_settings() {
         "credentials in a URL are not repeated"
     );
 }
+
+#[test]
+fn postgres_sink_settings() {
+    let yaml = format!(
+        "sources:\n  f:\n    file: {{paths: [in.jsonl]}}\n{ROWS}sinks:\n  a:\n    input: f\n    postgres: {{user: u, database: d, table: \"x.\", tls: maybe, batch_rows: 0}}\n"
+    );
+    expect(
+        &yaml,
+        &[
+            "field `sinks.a.postgres.table`: write it as `schema.table` or `table`",
+            "field `sinks.a.postgres.key`: upserts are by the output's key",
+            "field `sinks.a.postgres.tls`: unknown tls mode `maybe`",
+            "field `sinks.a.postgres.batch_rows`: must be at least 1",
+        ],
+    );
+}

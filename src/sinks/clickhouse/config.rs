@@ -9,16 +9,15 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::cdc::rows::{META_COLUMNS, is_change_schema};
 use crate::config::component::{BuiltSink, SinkConfig, SinkContext};
 use crate::config::yaml::S;
 use crate::dataflow::{Guarantee, Sink};
 use crate::runtime::plan::SinkFactory;
 use crate::sinks::clickhouse::client::ClickHouse;
 use crate::sinks::clickhouse::table::{DELETED_COLUMN, VERSION_COLUMN};
-use crate::sinks::clickhouse::{ClickHouseSink, ClickHouseSinkSpec, VersionSource};
+use crate::sinks::clickhouse::{ClickHouseSink, ClickHouseSinkSpec};
+use crate::sinks::keyed::{at_least_one, keyed_output};
 use crate::sources::postgres::config::Password;
-use crate::types::DataType;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -73,43 +72,12 @@ impl SinkConfig for ClickHouseSinkConfig {
         if self.table.value.trim().is_empty() {
             cx.issue(&self.table.referenced, "table", "name the table to write");
         }
-        let change = is_change_schema(&cx.schema);
-        // A change stream writes its table's columns, not the change metadata.
-        let columns: Vec<usize> = match &cx.columns {
-            Some(cols) => cols.clone(),
-            None if change => (META_COLUMNS..cx.schema.len()).collect(),
-            None => (0..cx.schema.len()).collect(),
-        };
-        for &c in &columns {
-            let name = &cx.schema.field(c).name;
-            if name == VERSION_COLUMN || name == DELETED_COLUMN || (change && c < META_COLUMNS) {
-                let at = cx.location;
-                cx.issue(
-                    &at,
-                    "columns",
-                    format!(
-                        "`{name}` is the sink's own column (versions and deletes): leave it \
-                         out of `columns`"
-                    ),
-                );
-            }
-        }
-        let mut key = Vec::new();
-        for k in &self.key {
-            match cx.schema.index_of(&k.value) {
-                Some(i) if columns.contains(&i) => key.push(i),
-                Some(_) => cx.issue(
-                    &k.referenced,
-                    "key",
-                    format!("`{}` is not written: add it to `columns`", k.value),
-                ),
-                None => cx.issue(
-                    &k.referenced,
-                    "key",
-                    format!("`{}` is not a column of the sink's input", k.value),
-                ),
-            }
-        }
+        let (columns, key, version) = keyed_output(
+            cx,
+            &self.key,
+            &self.version,
+            &[VERSION_COLUMN, DELETED_COLUMN],
+        );
         if self.create_table && self.key.is_empty() {
             cx.issue(
                 &self.table.referenced,
@@ -117,47 +85,8 @@ impl SinkConfig for ClickHouseSinkConfig {
                 "a created table is ordered by the output's key: `key: [id]`",
             );
         }
-        let version = match &self.version {
-            None if change => VersionSource::Change,
-            None => VersionSource::EventTime,
-            Some(v) => match cx.schema.index_of(&v.value) {
-                Some(i)
-                    if matches!(
-                        cx.schema.field(i).data_type,
-                        DataType::Int | DataType::Timestamp
-                    ) =>
-                {
-                    VersionSource::Column(i)
-                }
-                Some(_) => {
-                    cx.issue(
-                        &v.referenced,
-                        "version",
-                        format!("`{}` must be an int or timestamp column", v.value),
-                    );
-                    VersionSource::EventTime
-                }
-                None => {
-                    cx.issue(
-                        &v.referenced,
-                        "version",
-                        format!("`{}` is not a column of the sink's input", v.value),
-                    );
-                    VersionSource::EventTime
-                }
-            },
-        };
-        let positive = |cx: &mut SinkContext<'_>, v: &Option<S<u64>>, field: &str, default| match v
-        {
-            None => default,
-            Some(n) if n.value >= 1 => n.value as usize,
-            Some(n) => {
-                cx.issue(&n.referenced, field, "must be at least 1");
-                default
-            }
-        };
-        let batch_rows = positive(cx, &self.batch_rows, "batch_rows", 10_000);
-        let batch_bytes = positive(cx, &self.batch_bytes, "batch_bytes", 8 << 20);
+        let batch_rows = at_least_one(cx, &self.batch_rows, "batch_rows", 10_000);
+        let batch_bytes = at_least_one(cx, &self.batch_bytes, "batch_bytes", 8 << 20);
         let mut duration = |d: &Option<S<String>>, field: &str, default: Duration| {
             d.as_ref()
                 .and_then(|d| cx.issues.duration(d, &format!("{}.{field}", cx.field)))

@@ -3,7 +3,7 @@
 //! - **Versions.** Every row carries `_version` (UInt64) into a `ReplacingMergeTree(_version)`
 //!   ordered by the output key, and the version only grows for a key: for a change stream's
 //!   rows, the commit LSN and the change's ordinal packed into one number
-//!   (`change_version`); for other rows, a configured column or the row's event time. A
+//!   (`sinks::keyed::change_version`); for other rows, a configured column or the row's event time. A
 //!   replay after a crash writes the same rows with the same versions, so under `FINAL`
 //!   each key has one row, whatever was written twice. A change stream's deletes are rows
 //!   with `_deleted = 1`; the end of a snapshot is not a row; a truncate cannot be one and
@@ -37,31 +37,7 @@ use crate::sinks::clickhouse::client::{ChError, ClickHouse, ServerVersion, quote
 use crate::sinks::clickhouse::table::{DELETED_COLUMN, Encoding, VERSION_COLUMN};
 use crate::types::{Batch, Epoch, SchemaRef, Value};
 
-/// Bits of a change's version that hold its ordinal within the transaction.
-const ORDINAL_BITS: u32 = 16;
-
-/// A change's version as one UInt64: the commit LSN above `ORDINAL_BITS` bits of ordinal.
-/// An ordinal beyond them is capped (several changes to one key inside one transaction that
-/// large keep their insertion order instead); an LSN too large to shift is an error.
-pub fn change_version(lsn: u64, ordinal: u64) -> Result<u64, String> {
-    if lsn >> (64 - ORDINAL_BITS) != 0 {
-        return Err(format!(
-            "commit LSN {lsn} does not fit a UInt64 version with {ORDINAL_BITS} bits of ordinal"
-        ));
-    }
-    Ok((lsn << ORDINAL_BITS) | ordinal.min((1 << ORDINAL_BITS) - 1))
-}
-
-/// Where a row's version comes from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum VersionSource {
-    /// A change stream's `_lsn` and `_ordinal`.
-    Change,
-    /// A column of the row (int, or timestamp in microseconds).
-    Column(usize),
-    /// The row's event time (milliseconds).
-    EventTime,
-}
+pub use crate::sinks::keyed::{VersionSource, change_version};
 
 /// What a ClickHouse sink instance writes, and how.
 #[derive(Clone, Debug)]
@@ -469,20 +445,6 @@ impl Sink for ClickHouseSink {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn change_versions_grow_with_the_lsn_then_the_ordinal() {
-        let a = change_version(100, 7).unwrap();
-        let b = change_version(100, 8).unwrap();
-        let c = change_version(101, 0).unwrap();
-        assert!(a < b && b < c);
-        assert_eq!(
-            change_version(100, u64::MAX).unwrap(),
-            change_version(100, 65_535).unwrap()
-        );
-        assert!(change_version(1 << 48, 0).is_err());
-        assert!(change_version((1 << 48) - 1, 0).is_ok());
-    }
 
     fn encoded(v: Value, e: Encoding) -> String {
         let mut out = Vec::new();

@@ -217,32 +217,10 @@ impl SourceConfig for PostgresSourceConfig {
                 );
             }
         }
-        let tls = match &self.tls {
-            None => TlsMode::Prefer,
-            Some(t) => TlsMode::parse(&t.value).unwrap_or_else(|| {
-                cx.issue(
-                    &t.referenced,
-                    "tls",
-                    format!(
-                        "unknown tls mode `{}`; use disable, prefer, require, verify-ca or \
-                         verify-full",
-                        t.value
-                    ),
-                );
-                TlsMode::Prefer
-            }),
-        };
-        let ca_file = self.ca_file.as_ref().map(|f| cx.base_dir.join(&f.value));
-        if let (Some(f), false) = (
-            &self.ca_file,
-            matches!(tls, TlsMode::VerifyCa | TlsMode::VerifyFull),
-        ) {
-            cx.issue(
-                &f.referenced,
-                "ca_file",
-                "the certificate is checked only with `tls: verify-ca` or `verify-full`",
-            );
-        }
+        let (tls, ca_file) =
+            tls_settings(&self.tls, &self.ca_file, cx.base_dir, &mut |at, f, m| {
+                cx.issue(at, f, m)
+            });
         let connect = ConnectOptions {
             host: self
                 .host
@@ -291,6 +269,43 @@ impl SourceConfig for PostgresSourceConfig {
             preflight: Some(Arc::new(move || super::checks::preflight(&checked))),
         })
     }
+}
+
+/// `tls` and `ca_file` of a Postgres block (source or sink): the mode, and the authority's
+/// file relative to `base_dir`; mistakes go to `issue(at, field, message)`.
+pub(crate) fn tls_settings(
+    tls: &Option<S<String>>,
+    ca_file: &Option<S<String>>,
+    base_dir: &std::path::Path,
+    issue: &mut dyn FnMut(&serde_saphyr::Location, &str, String),
+) -> (TlsMode, Option<std::path::PathBuf>) {
+    let mode = match tls {
+        None => TlsMode::Prefer,
+        Some(t) => TlsMode::parse(&t.value).unwrap_or_else(|| {
+            issue(
+                &t.referenced,
+                "tls",
+                format!(
+                    "unknown tls mode `{}`; use disable, prefer, require, verify-ca or \
+                     verify-full",
+                    t.value
+                ),
+            );
+            TlsMode::Prefer
+        }),
+    };
+    let path = ca_file.as_ref().map(|f| base_dir.join(&f.value));
+    if let (Some(f), false) = (
+        ca_file,
+        matches!(mode, TlsMode::VerifyCa | TlsMode::VerifyFull),
+    ) {
+        issue(
+            &f.referenced,
+            "ca_file",
+            "the certificate is checked only with `tls: verify-ca` or `verify-full`".to_string(),
+        );
+    }
+    (mode, path)
 }
 
 #[cfg(test)]

@@ -1,0 +1,150 @@
+//! What the keyed sinks (ClickHouse, Postgres) share: which input columns a row writes (a
+//! change stream's table columns, not its change metadata), the output key, and where each
+//! row's version comes from — a version that only grows for a key, so a replay after a crash
+//! writes nothing older over something newer and collapses to one row per key.
+
+use crate::cdc::rows::{META_COLUMNS, is_change_schema};
+use crate::config::component::SinkContext;
+use crate::config::yaml::S;
+use crate::types::DataType;
+
+/// Bits of a change's version that hold its ordinal within the transaction.
+const ORDINAL_BITS: u32 = 16;
+
+/// A change's version as one number: the commit LSN above `ORDINAL_BITS` bits of ordinal.
+/// An ordinal beyond them is capped (several changes to one key inside one transaction that
+/// large keep their insertion order instead); an LSN of 2⁴⁸ or more is an error.
+pub fn change_version(lsn: u64, ordinal: u64) -> Result<u64, String> {
+    if lsn >> (64 - ORDINAL_BITS - 1) != 0 {
+        return Err(format!(
+            "commit LSN {lsn} does not fit a 63-bit version with {ORDINAL_BITS} bits of ordinal"
+        ));
+    }
+    Ok((lsn << ORDINAL_BITS) | ordinal.min((1 << ORDINAL_BITS) - 1))
+}
+
+/// Where a row's version comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VersionSource {
+    /// A change stream's `_lsn` and `_ordinal`.
+    Change,
+    /// A column of the row (int, or timestamp in microseconds).
+    Column(usize),
+    /// The row's event time (milliseconds).
+    EventTime,
+}
+
+/// The columns, key and version of a keyed sink, from its `key:` and `version:` settings;
+/// `own` are the sink's own column names (versions, deletes), which the input must not
+/// write. Mistakes are reported on `cx`.
+pub fn keyed_output(
+    cx: &mut SinkContext<'_>,
+    key: &[S<String>],
+    version: &Option<S<String>>,
+    own: &[&str],
+) -> (Vec<usize>, Vec<usize>, VersionSource) {
+    let change = is_change_schema(&cx.schema);
+    let columns: Vec<usize> = match &cx.columns {
+        Some(cols) => cols.clone(),
+        None if change => (META_COLUMNS..cx.schema.len()).collect(),
+        None => (0..cx.schema.len()).collect(),
+    };
+    for &c in &columns {
+        let name = cx.schema.field(c).name.to_string();
+        if own.contains(&name.as_str()) || (change && c < META_COLUMNS) {
+            let at = cx.location;
+            cx.issue(
+                &at,
+                "columns",
+                format!(
+                    "`{name}` is the sink's own column (versions and deletes): leave it out \
+                     of `columns`"
+                ),
+            );
+        }
+    }
+    let mut keys = Vec::new();
+    for k in key {
+        match cx.schema.index_of(&k.value) {
+            Some(i) if columns.contains(&i) => keys.push(i),
+            Some(_) => cx.issue(
+                &k.referenced,
+                "key",
+                format!("`{}` is not written: add it to `columns`", k.value),
+            ),
+            None => cx.issue(
+                &k.referenced,
+                "key",
+                format!("`{}` is not a column of the sink's input", k.value),
+            ),
+        }
+    }
+    let version = match version {
+        None if change => VersionSource::Change,
+        None => VersionSource::EventTime,
+        Some(v) => match cx.schema.index_of(&v.value) {
+            Some(i)
+                if matches!(
+                    cx.schema.field(i).data_type,
+                    DataType::Int | DataType::Timestamp
+                ) =>
+            {
+                VersionSource::Column(i)
+            }
+            Some(_) => {
+                cx.issue(
+                    &v.referenced,
+                    "version",
+                    format!("`{}` must be an int or timestamp column", v.value),
+                );
+                VersionSource::EventTime
+            }
+            None => {
+                cx.issue(
+                    &v.referenced,
+                    "version",
+                    format!("`{}` is not a column of the sink's input", v.value),
+                );
+                VersionSource::EventTime
+            }
+        },
+    };
+    (columns, keys, version)
+}
+
+/// A count setting of at least 1, or `default`.
+pub fn at_least_one(
+    cx: &mut SinkContext<'_>,
+    v: &Option<S<u64>>,
+    field: &str,
+    default: usize,
+) -> usize {
+    match v {
+        None => default,
+        Some(n) if n.value >= 1 => n.value as usize,
+        Some(n) => {
+            cx.issue(&n.referenced, field, "must be at least 1");
+            default
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn change_versions_grow_with_the_lsn_then_the_ordinal() {
+        let a = change_version(100, 7).unwrap();
+        let b = change_version(100, 8).unwrap();
+        let c = change_version(101, 0).unwrap();
+        assert!(a < b && b < c);
+        assert_eq!(
+            change_version(100, u64::MAX).unwrap(),
+            change_version(100, 65_535).unwrap()
+        );
+        assert!(change_version(1 << 47, 0).is_err());
+        let top = change_version((1 << 47) - 1, u64::MAX).unwrap();
+        assert!(i64::try_from(top).is_ok(), "fits a bigint");
+    }
+}

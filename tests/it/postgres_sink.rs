@@ -1,0 +1,114 @@
+//! The Postgres sink against a real Postgres 15 (the test binary's shared server), through
+//! the binary: the demo's change stream of vendor recommendations (snapshot, inserts, updates
+//! and deletes) upserted into a table holds, after SIGKILLs and restarts, exactly the rows
+//! and versions of one uninterrupted run, with the deleted keys as tombstones; a table the
+//! upserts cannot use (no unique index on the key) stops the run naming it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use watershed::testing::postgres_fixtures::sink_options;
+use watershed::testing::services::Postgres;
+
+/// The demo's `vendor_recommendation` change stream (changes paced at `rate`/s if given)
+/// upserted into `table` of database `sinks`.
+fn pipeline(dir: &Path, pg: &Postgres, table: &str, rate: Option<u32>) -> PathBuf {
+    let _ = sink_options(pg); // creates database `sinks`
+    let reference = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/demo/reference");
+    let rate = rate.map_or(String::new(), |r| format!(", rate: {r}"));
+    let text = format!(
+        "name: pg-{table}\ncheckpoint: {{interval: 200ms, dir: \"{ckpt}\"}}\nsources:\n  vulndb:\n    file: {{format: debezium, snapshot: [\"{r}/snapshot.jsonl\"], paths: [\"{r}/changes.jsonl\"]{rate}}}\n    tables:\n      vendor_recommendation:\n        key: [id]\n        columns: {{id: int, cve_id: string, source: string, recommendation: string, url: string}}\nsinks:\n  rules:\n    input: vulndb.vendor_recommendation\n    postgres: {{port: {port}, user: cdc, database: sinks, table: {table}, key: [id], create_table: true, batch_rows: 300}}\n",
+        ckpt = dir.join("checkpoints").display(),
+        r = reference.display(),
+        port = pg.port,
+    );
+    let path = dir.join(format!("{table}.yaml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn run(pipeline: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_watershed"));
+    cmd.args(["run", "--log", "warn", "--metrics-addr", "off"])
+        .arg(pipeline)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+fn run_to_end(pipeline: &Path) {
+    let out = run(pipeline).output().unwrap();
+    assert!(
+        out.status.success(),
+        "run failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn rows(pg: &Postgres, table: &str) -> String {
+    pg.sql("sinks", &format!("SELECT * FROM {table} ORDER BY id"))
+}
+
+#[test]
+fn killed_runs_upsert_the_same_rows_and_versions_as_one_uninterrupted_run() {
+    let pg = Postgres::shared();
+    let tmp = tempfile::tempdir().unwrap();
+    let (once, crashed) = (tmp.path().join("once"), tmp.path().join("crashed"));
+    std::fs::create_dir_all(&once).unwrap();
+    std::fs::create_dir_all(&crashed).unwrap();
+    run_to_end(&pipeline(&once, pg, "recs_once", None));
+    let expected = rows(pg, "recs_once");
+    let live: usize = pg
+        .sql("sinks", "SELECT count(*) FROM recs_once WHERE NOT _deleted")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(live > 1700, "{live} live rows");
+    let tombstones: usize = pg
+        .sql("sinks", "SELECT count(*) FROM recs_once WHERE _deleted")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(tombstones > 0, "deletes are tombstones");
+
+    let p = pipeline(&crashed, pg, "recs_crashed", Some(20));
+    let mut kills = 0;
+    for attempt in 0..4u64 {
+        let mut child = run(&p).spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(700 + 300 * attempt));
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap();
+            kills += 1;
+        }
+        child.wait().unwrap();
+    }
+    assert!(kills >= 2, "only {kills} runs were killed before the end");
+    run_to_end(&pipeline(&crashed, pg, "recs_crashed", None));
+    assert!(
+        rows(pg, "recs_crashed") == expected,
+        "the same rows and versions after {kills} kills"
+    );
+}
+
+#[test]
+fn a_key_without_a_unique_index_stops_the_run_naming_it() {
+    let pg = Postgres::shared();
+    let tmp = tempfile::tempdir().unwrap();
+    let p = pipeline(tmp.path(), pg, "recs_no_key", None);
+    pg.sql(
+        "sinks",
+        "CREATE TABLE recs_no_key (id bigint, cve_id text, source text, recommendation text, \
+         url text, _version bigint NOT NULL, _deleted boolean NOT NULL DEFAULT false); \
+         ALTER TABLE recs_no_key OWNER TO cdc",
+    );
+    let out = run(&p).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("needs a primary key or unique index on (id)"),
+        "{err}"
+    );
+    let count = pg.sql("sinks", "SELECT count(*) FROM recs_no_key");
+    assert_eq!(count.trim(), "0");
+}
