@@ -22,6 +22,7 @@ pub mod kafka;
 pub mod metrics;
 pub mod operators;
 pub mod random;
+pub mod reconcile;
 pub mod runtime;
 pub mod savepoint;
 pub mod sinks;

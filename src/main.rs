@@ -146,6 +146,23 @@ enum Command {
         #[arg(long)]
         connect: bool,
     },
+    /// Compare what each keyed sink (ClickHouse, Postgres) holds with what its source says it
+    /// should hold: per sink and key range, expected, found, missing, extra and stale rows.
+    /// Exits with 1 on drift, so it can run as a daily job.
+    Reconcile {
+        /// The pipeline file (YAML).
+        pipeline: PathBuf,
+        /// Key ranges per sink (default 8).
+        #[arg(long, default_value_t = 8)]
+        ranges: usize,
+        /// Show every key range, not only those with drift.
+        #[arg(long)]
+        all_ranges: bool,
+        /// Also write the results as Prometheus metrics into this file (for a node
+        /// exporter's textfile collector), replacing it.
+        #[arg(long)]
+        metrics_file: Option<PathBuf>,
+    },
     /// Explain a pipeline: its plan and, if it is running, where each node's watermark is and
     /// which source partition holds it back.
     Explain {
@@ -299,6 +316,12 @@ fn dispatch(cmd: Command) -> anyhow::Result<ExitCode> {
         Command::Checkpoints(CheckpointsCommand::Inspect { path }) => checkpoints_inspect(&path),
         Command::Validate { pipeline, connect } => validate(&pipeline, connect),
         Command::Explain { pipeline, addr } => explain(&pipeline, addr),
+        Command::Reconcile {
+            pipeline,
+            ranges,
+            all_ranges,
+            metrics_file,
+        } => reconcile(&pipeline, ranges, all_ranges, metrics_file.as_deref()),
         Command::Bench(args) => {
             watershed::cli::bench::run(&args)?;
             Ok(ExitCode::SUCCESS)
@@ -359,6 +382,58 @@ fn validate(path: &Path, connect: bool) -> anyhow::Result<ExitCode> {
     }
     Ok(if failed > 0 {
         println!("{failed} check(s) failed");
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn reconcile(
+    path: &Path,
+    ranges: usize,
+    all_ranges: bool,
+    metrics_file: Option<&Path>,
+) -> anyhow::Result<ExitCode> {
+    use watershed::reconcile;
+    let compiled = config::load_and_compile(path, &Overrides::default())?;
+    if compiled.holdings.is_empty() {
+        println!("no keyed sink (clickhouse, postgres) to reconcile");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut reports = Vec::new();
+    let mut failed = 0;
+    for (sink, holdings) in &compiled.holdings {
+        let result = reconcile::expected::expected(&compiled.plan, sink, &holdings.key())
+            .and_then(|expected| Ok((expected, holdings.read()?)));
+        match result {
+            Ok((expected, found)) => reports.push(reconcile::compare(
+                sink,
+                &holdings.target(),
+                &expected,
+                &found,
+                ranges,
+            )),
+            Err(e) => {
+                failed += 1;
+                eprintln!("sink {sink}: cannot reconcile: {e}");
+            }
+        }
+    }
+    print!("{}", reconcile::render(&reports, all_ranges));
+    if let Some(file) = metrics_file {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let tmp = file.with_extension("tmp");
+        std::fs::write(&tmp, reconcile::metrics_text(&reports, now))
+            .and_then(|()| std::fs::rename(&tmp, file))
+            .with_context(|| format!("cannot write {}", file.display()))?;
+    }
+    let drift = reports.iter().filter(|r| r.total.drift()).count();
+    if drift > 0 {
+        println!("{drift} sink(s) drifted from their source");
+    }
+    Ok(if drift > 0 || failed > 0 {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS

@@ -308,6 +308,7 @@ pub fn compile(
     // `main` view.
     let mut quiet_ports: HashSet<(usize, usize)> = HashSet::new();
     let mut preflights = Vec::new();
+    let mut holdings = Vec::new();
     let enrichment =
         enrichment_defaults(&mut issues, file.enrichment.as_ref(), file.state.as_ref());
 
@@ -646,6 +647,9 @@ pub fn compile(
                         }
                     }
                     sinks_write_json &= b.writes_json;
+                    if let Some(h) = &b.holdings {
+                        holdings.push((name.clone(), h.clone()));
+                    }
                     outputs.push((name.clone(), b.target));
                     sink_guarantees.push((name.clone(), b.guarantee));
                     b.factory
@@ -736,6 +740,7 @@ pub fn compile(
         endpoint_limits,
         outputs,
         preflights,
+        holdings,
     })
 }
 

@@ -347,6 +347,8 @@ pub struct BuiltSink {
     /// Whether the sink writes JSON, taking a string column carried as its JSON text
     /// (`UnreadColumns`) as it is; `false` when it needs every value typed.
     pub writes_json: bool,
+    /// How `watershed reconcile` reads what a keyed sink holds (`None`: not keyed).
+    pub holdings: Option<std::sync::Arc<dyn crate::reconcile::SinkHoldings>>,
 }
 
 /// Declares the kinds of one section of the pipeline file: the section's node struct (the

@@ -56,6 +56,8 @@ pub struct Compiled {
     pub outputs: Vec<(String, String)>,
     /// Read-only checks of the systems the sources read, by source name.
     pub preflights: Vec<(String, component::Preflight)>,
+    /// Per keyed sink, how `watershed reconcile` reads what it holds.
+    pub holdings: Vec<(String, std::sync::Arc<dyn crate::reconcile::SinkHoldings>)>,
 }
 
 /// Where to serve the HTTP endpoint, as the command line or the file says.

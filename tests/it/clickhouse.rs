@@ -387,3 +387,101 @@ fn the_demo_fans_out_to_clickhouse_tables_holding_what_the_file_demo_writes() {
         .unwrap();
     assert_eq!(dead, 0);
 }
+
+fn reconcile(pipeline: &Path, metrics: &Path) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_watershed"))
+        .args(["reconcile", "--ranges", "4", "--metrics-file"])
+        .arg(metrics)
+        .arg(pipeline)
+        .env("CH_PASSWORD", WRITER_PASSWORD)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+/// The `all` row of a sink in a reconcile report: expected, found, missing, extra, stale,
+/// unmerged.
+fn totals(report: &str, sink: &str) -> Vec<u64> {
+    let line = report
+        .lines()
+        .find(|l| l.starts_with(sink) && l.split_whitespace().nth(1) == Some("all"))
+        .unwrap_or_else(|| panic!("no totals of {sink} in:\n{report}"));
+    line.split_whitespace()
+        .skip(2)
+        .map(|n| n.parse().unwrap())
+        .collect()
+}
+
+#[test]
+fn reconcile_reports_exactly_the_drift_injected_by_hand() {
+    let server = ClickHouseServer::shared();
+    let tmp = tempfile::tempdir().unwrap();
+    let p = pipeline(tmp.path(), server, "recon", None);
+    run_to_end(&p);
+    let metrics = tmp.path().join("reconcile.prom");
+    let (code, report) = reconcile(&p, &metrics);
+    assert_eq!(code, 0, "{report}");
+    let t = totals(&report, "rules");
+    assert!(
+        t[0] > 1700 && t[0] == t[1] && t[2..5] == [0, 0, 0],
+        "{report}"
+    );
+    let live = t[0];
+
+    // Merge what the run wrote, then drift by hand: a row deleted, a duplicate of another
+    // with an older version (hidden by FINAL, but not merged), a row of a key the source
+    // never had, and a newer version of a third key that the source does not know.
+    server.sql("OPTIMIZE TABLE default.recon FINAL");
+    let ids: Vec<i64> = server
+        .sql("SELECT id FROM default.recon FINAL WHERE _deleted = 0 ORDER BY id LIMIT 3")
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    server.sql(&format!(
+        "ALTER TABLE default.recon DELETE WHERE id = {}",
+        ids[0]
+    ));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while server
+        .sql(&format!(
+            "SELECT count() FROM default.recon WHERE id = {}",
+            ids[0]
+        ))
+        .trim()
+        != "0"
+    {
+        assert!(std::time::Instant::now() < deadline, "the delete never ran");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    server.sql(&format!(
+        "INSERT INTO default.recon (id, cve_id, _version, _deleted) VALUES ({}, 'CVE-0000-0000', 1, 0)",
+        ids[1]
+    ));
+    server.sql(
+        "INSERT INTO default.recon (id, cve_id, _version, _deleted) VALUES (999999999, 'CVE-0000-0001', 1, 0)",
+    );
+    server.sql(&format!(
+        "INSERT INTO default.recon (id, cve_id, _version, _deleted) VALUES ({}, 'CVE-0000-0002', 18446744073709551615, 0)",
+        ids[2]
+    ));
+    let (code, report) = reconcile(&p, &metrics);
+    assert_eq!(code, 1, "drift exits with 1: {report}");
+    // expected, found, missing, extra, stale, unmerged
+    assert_eq!(
+        totals(&report, "rules"),
+        [live, live, 1, 1, 1, 2],
+        "{report}"
+    );
+    assert!(report.contains(&format!("missing: {}", ids[0])), "{report}");
+    assert!(report.contains("extra: 999999999"), "{report}");
+    assert!(report.contains(&format!("stale: {}", ids[2])), "{report}");
+    let text = std::fs::read_to_string(&metrics).unwrap();
+    assert!(
+        text.contains("watershed_reconcile_rows{sink=\"rules\",kind=\"missing\"} 1")
+            && text.contains("watershed_reconcile_drift{sink=\"rules\"} 1"),
+        "{text}"
+    );
+}

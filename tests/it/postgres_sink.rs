@@ -112,3 +112,57 @@ fn a_key_without_a_unique_index_stops_the_run_naming_it() {
     let count = pg.sql("sinks", "SELECT count(*) FROM recs_no_key");
     assert_eq!(count.trim(), "0");
 }
+
+#[test]
+fn reconcile_finds_rows_changed_by_hand_in_the_table() {
+    let pg = Postgres::shared();
+    let tmp = tempfile::tempdir().unwrap();
+    let p = pipeline(tmp.path(), pg, "recs_recon", None);
+    run_to_end(&p);
+    let reconcile = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_watershed"))
+            .args(["reconcile", "--ranges", "3"])
+            .arg(&p)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let totals = |report: &str| -> Vec<u64> {
+        report
+            .lines()
+            .find(|l| l.starts_with("rules") && l.split_whitespace().nth(1) == Some("all"))
+            .unwrap_or_else(|| panic!("{report}"))
+            .split_whitespace()
+            .skip(2)
+            .map(|n| n.parse().unwrap())
+            .collect()
+    };
+    let (code, report) = reconcile();
+    assert_eq!(code, 0, "{report}");
+    let live = totals(&report)[0];
+    assert_eq!(totals(&report), [live, live, 0, 0, 0, 0]);
+    let ids: Vec<i64> = pg
+        .sql(
+            "sinks",
+            "SELECT id FROM recs_recon WHERE NOT _deleted ORDER BY id LIMIT 2",
+        )
+        .lines()
+        .map(|l| l.trim().parse().unwrap())
+        .collect();
+    pg.sql(
+        "sinks",
+        &format!(
+            "DELETE FROM recs_recon WHERE id = {}; \
+             UPDATE recs_recon SET _version = 1 WHERE id = {}; \
+             INSERT INTO recs_recon (id, _version) VALUES (999999999, 1)",
+            ids[0], ids[1]
+        ),
+    );
+    let (code, report) = reconcile();
+    assert_eq!(code, 1, "{report}");
+    assert_eq!(totals(&report), [live, live, 1, 1, 1, 0], "{report}");
+}

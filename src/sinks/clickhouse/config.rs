@@ -124,6 +124,16 @@ impl SinkConfig for ClickHouseSinkConfig {
             batch_interval,
             retry_for,
         };
+        let holdings = crate::sinks::clickhouse::holdings::ClickHouseHoldings {
+            client: spec.client.clone(),
+            database: spec.database.clone(),
+            table: spec.table.clone(),
+            key: spec
+                .key
+                .iter()
+                .map(|&k| spec.schema.field(k).name.to_string())
+                .collect(),
+        };
         let factory: SinkFactory =
             Arc::new(move |_| Ok(Box::new(ClickHouseSink::new(spec.clone())) as Box<dyn Sink>));
         Some(BuiltSink {
@@ -132,6 +142,7 @@ impl SinkConfig for ClickHouseSinkConfig {
             guarantee: Guarantee::Idempotent,
             writes: None,
             writes_json: false,
+            holdings: Some(Arc::new(holdings)),
         })
     }
 }

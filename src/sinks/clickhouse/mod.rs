@@ -22,6 +22,7 @@
 
 pub mod client;
 pub mod config;
+pub mod holdings;
 pub mod table;
 
 pub use config::ClickHouseSinkConfig;

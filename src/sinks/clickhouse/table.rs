@@ -131,7 +131,7 @@ pub fn describe(ch: &ClickHouse, database: &str, table: &str) -> Result<Vec<Tabl
 }
 
 /// A TabSeparated field's text.
-fn unescape_tsv(s: &str) -> String {
+pub(crate) fn unescape_tsv(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut chars = s.chars();
     while let Some(c) = chars.next() {

@@ -49,6 +49,7 @@ impl SinkConfig for FileSinkConfig {
                 Guarantee::AtLeastOnce
             },
             writes_json: true,
+            holdings: None,
         })
     }
 }

@@ -223,6 +223,7 @@ impl SinkConfig for KafkaSinkConfig {
             guarantee,
             writes: None,
             writes_json: true,
+            holdings: None,
         })
     }
 }

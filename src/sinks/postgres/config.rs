@@ -122,6 +122,16 @@ impl SinkConfig for PostgresSinkConfig {
             batch_rows,
             retry_for,
         };
+        let holdings = crate::sinks::postgres::holdings::PostgresHoldings {
+            connect: spec.connect.clone(),
+            schema_name: spec.schema_name.clone(),
+            table: spec.table.clone(),
+            key: spec
+                .key
+                .iter()
+                .map(|&k| spec.schema.field(k).name.to_string())
+                .collect(),
+        };
         let factory: SinkFactory =
             Arc::new(move |_| Ok(Box::new(PostgresSink::new(spec.clone())) as Box<dyn Sink>));
         Some(BuiltSink {
@@ -130,6 +140,7 @@ impl SinkConfig for PostgresSinkConfig {
             guarantee: Guarantee::Idempotent,
             writes: None,
             writes_json: false,
+            holdings: Some(Arc::new(holdings)),
         })
     }
 }

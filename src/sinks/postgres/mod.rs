@@ -22,6 +22,7 @@
 //! connection of the Postgres source (`sources::postgres::wire`).
 
 pub mod config;
+pub mod holdings;
 
 pub use config::PostgresSinkConfig;
 

@@ -36,6 +36,7 @@ impl SinkConfig for StdoutConfig {
             guarantee: Guarantee::AtLeastOnce,
             writes: None,
             writes_json: true,
+            holdings: None,
         })
     }
 }

@@ -1,0 +1,78 @@
+//! What a Postgres sink's table holds, for `watershed reconcile`: its live keys (without
+//! tombstones) with their versions.
+
+use crate::reconcile::{Holdings, KEY_SEPARATOR, KeyVersions, SinkHoldings};
+use crate::sinks::postgres::{DELETED_COLUMN, VERSION_COLUMN};
+use crate::sources::postgres::wire::{ConnectOptions, Connection, quote_ident, quote_literal};
+
+pub struct PostgresHoldings {
+    pub connect: ConnectOptions,
+    pub schema_name: String,
+    pub table: String,
+    pub key: Vec<String>,
+}
+
+impl SinkHoldings for PostgresHoldings {
+    fn target(&self) -> String {
+        format!(
+            "postgres {}:{} table {}.{}",
+            self.connect.host, self.connect.port, self.schema_name, self.table
+        )
+    }
+
+    fn key(&self) -> Vec<String> {
+        self.key.clone()
+    }
+
+    fn read(&self) -> Result<Holdings, String> {
+        let mut conn = Connection::connect(&self.connect, false).map_err(|e| e.to_string())?;
+        let qualified = format!(
+            "{}.{}",
+            quote_ident(&self.schema_name),
+            quote_ident(&self.table)
+        );
+        let has_deleted = conn
+            .query(&format!(
+                "SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass({}) AND attname = {} \
+                 AND NOT attisdropped",
+                quote_literal(&qualified),
+                quote_literal(DELETED_COLUMN)
+            ))
+            .map_err(|e| e.to_string())?
+            .first()
+            .is_some_and(|r| !r.rows.is_empty());
+        let keys: Vec<String> = self
+            .key
+            .iter()
+            .map(|k| format!("{}::text", quote_ident(k)))
+            .collect();
+        let filter = if has_deleted {
+            format!(" WHERE NOT {}", quote_ident(DELETED_COLUMN))
+        } else {
+            String::new()
+        };
+        let result = conn
+            .query(&format!(
+                "SELECT {}, {} FROM {qualified}{filter}",
+                keys.join(", "),
+                quote_ident(VERSION_COLUMN)
+            ))
+            .map_err(|e| e.to_string())?;
+        let mut live = KeyVersions::new();
+        for row in result
+            .first()
+            .map(|r| r.rows.as_slice())
+            .unwrap_or_default()
+        {
+            let Some((version, key)) = row.split_last() else {
+                continue;
+            };
+            let key: Vec<&str> = key.iter().map(|v| v.as_deref().unwrap_or("")).collect();
+            live.insert(
+                key.join(&KEY_SEPARATOR.to_string()),
+                version.as_deref().and_then(|v| v.parse().ok()),
+            );
+        }
+        Ok(Holdings { live, unmerged: 0 })
+    }
+}
