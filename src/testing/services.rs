@@ -228,6 +228,11 @@ impl Postgres {
         Postgres::start_with("")
     }
 
+    /// The postmaster's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.lock().ok().map(|c| c.id())
+    }
+
     /// A server with `conf` appended to its settings (a later line wins: e.g.
     /// `wal_level=replica`).
     pub fn start_with(conf: &str) -> Postgres {

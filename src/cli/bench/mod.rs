@@ -16,6 +16,7 @@ mod job;
 mod kafka;
 mod latency;
 mod postgres;
+mod sinks;
 mod process;
 mod report;
 mod sample;
@@ -49,7 +50,9 @@ pub struct BenchArgs {
     /// read from and written to a Kafka-protocol broker on loopback, against a plain rdkafka
     /// consume → join → produce loop; `--kafka-records`, the first `--reference-rows`) or
     /// `postgres` (the native Postgres source against real Debezium on one database:
-    /// snapshot, streaming, latency; `--pg-rows`, `--pg-changes`).
+    /// snapshot, streaming, latency; `--pg-rows`, `--pg-changes`) or `sinks` (the demo's
+    /// rows into ClickHouse and Postgres at several batch sizes, against a file;
+    /// `--sink-observations`).
     #[arg(long, default_value = "all")]
     pub case: String,
     /// Reference table sizes of the enrich case.
@@ -84,6 +87,9 @@ pub struct BenchArgs {
     /// whole-run rate).
     #[arg(long)]
     pub latency_rate: Option<f64>,
+    /// Observations of the demo in the sinks case.
+    #[arg(long, default_value_t = 60_000)]
+    pub sink_observations: u64,
 }
 
 /// Runs the selected benchmarks and prints markdown tables.
@@ -149,6 +155,9 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     }
     if args.case == "postgres" {
         postgres::postgres_case(args.pg_rows, args.pg_changes)?;
+    }
+    if args.case == "sinks" {
+        failures += sinks::sinks_case(args.sink_observations, &dir)?;
     }
     if args.case == "all" || args.case == "enrich" {
         for &rows in &args.reference_rows {
