@@ -7,6 +7,8 @@
 //! (`SinkHoldings`, built with it: a ClickHouse table under `FINAL`, a Postgres table's live
 //! rows); what it should hold comes from the source of its input (`expected`): a change
 //! stream's table read to its end and applied, key by key, with the versions the sinks write.
+//! A truncate empties the expected table while the sinks keep their rows (they cannot write
+//! one), so after a truncate of the source every row left in the sink is reported extra.
 
 pub mod expected;
 
@@ -138,11 +140,14 @@ pub fn compare(
     }
 }
 
-/// Keys in the order of their values: column by column, integers as numbers.
+/// Keys in the order of their values: column by column, integers (as numbers) before other
+/// text — a total order whatever mix of keys a column holds.
 fn key_order(a: &str, b: &str) -> std::cmp::Ordering {
     for (x, y) in a.split(KEY_SEPARATOR).zip(b.split(KEY_SEPARATOR)) {
         let o = match (x.parse::<i64>(), y.parse::<i64>()) {
             (Ok(m), Ok(n)) => m.cmp(&n),
+            (Ok(_), Err(_)) => std::cmp::Ordering::Less,
+            (Err(_), Ok(_)) => std::cmp::Ordering::Greater,
             _ => x.cmp(y),
         };
         if o.is_ne() {
@@ -273,6 +278,16 @@ mod tests {
         assert_eq!(r.ranges[1].counts.missing, 1);
         assert_eq!(r.ranges[2].counts.extra, 1);
         assert_eq!(r.examples, ["stale: 2", "missing: 3", "extra: 9"]);
+        let mixed = kv(&[
+            ("2", None),
+            ("10", None),
+            ("1a", None),
+            ("b", None),
+            ("-3", None),
+        ]);
+        let r3 = compare("s", "t", &mixed, &Holdings::default(), 5);
+        let order: Vec<&str> = r3.ranges.iter().map(|g| g.first.as_str()).collect();
+        assert_eq!(order, ["-3", "2", "10", "1a", "b"]);
         let wide = kv(&[("10", Some(1)), ("9", Some(1)), ("100", Some(1))]);
         let r2 = compare("s", "t", &wide, &Holdings::default(), 1);
         assert_eq!(

@@ -11,9 +11,10 @@ use crate::types::DataType;
 /// Bits of a change's version that hold its ordinal within the transaction.
 const ORDINAL_BITS: u32 = 16;
 
-/// A change's version as one number: the commit LSN above `ORDINAL_BITS` bits of ordinal.
-/// An ordinal beyond them is capped (several changes to one key inside one transaction that
-/// large keep their insertion order instead); an LSN of 2⁴⁸ or more is an error.
+/// A change's version as one number that fits a bigint: the commit LSN above
+/// `ORDINAL_BITS` bits of ordinal. An ordinal beyond them is capped (several changes to one
+/// key past the 65,535th change of one transaction share a version, and the later written
+/// wins, as the sinks resolve equal versions); an LSN of 2⁴⁷ or more is an error.
 pub fn change_version(lsn: u64, ordinal: u64) -> Result<u64, String> {
     if lsn >> (64 - ORDINAL_BITS - 1) != 0 {
         return Err(format!(

@@ -1,4 +1,5 @@
-//! A real ClickHouse server for tests and the ClickHouse sink's contract fixture.
+//! A real ClickHouse server for tests, a current ClickHouse engine behind a stand-in HTTP
+//! front, and the ClickHouse sink's contract fixture on both.
 //!
 //! `ClickHouseServer` is Debian's `clickhouse-server` (18.16, installed by
 //! `scripts/test.sh`), started with a config of its own in a temp dir (data, logs and users
@@ -7,6 +8,12 @@
 //! away while the sink writes). Users: `default` (no password) and `writer` (password
 //! `w-secret`). Tests share one server per test binary (`shared`) and use tables of their
 //! own names.
+//!
+//! `CurrentClickHouse` is ClickHouse 26 (chDB, `pip install chdb-core`, installed by
+//! `scripts/test.sh`) behind `tests/clickhouse/chdb_http.py`, a small HTTP front answering
+//! as ClickHouse's HTTP interface does: the transport is a stand-in, the engine (SQL, formats,
+//! `ReplacingMergeTree` with `is_deleted`, `DateTime64`) is real. Debian ships no current
+//! server.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -149,14 +156,90 @@ impl Drop for ClickHouseServer {
     }
 }
 
-/// The ClickHouse sink writing the contract's rows into a new table of the shared server,
-/// keyed by `id`, versioned by the row's event time; the table is created by the sink.
-/// What is visible is `SELECT … FINAL`.
-pub struct ClickHouseSinkFixture;
+/// ClickHouse 26 (chDB) behind the stand-in HTTP front of `tests/clickhouse/chdb_http.py`,
+/// its data in a temp dir, tied to the test process.
+pub struct CurrentClickHouse {
+    pub port: u16,
+    _dir: TempDir,
+    child: Mutex<Child>,
+}
+
+impl CurrentClickHouse {
+    pub fn start() -> CurrentClickHouse {
+        let dir = tempfile::tempdir().expect("a temp dir for chDB");
+        let port = free_port();
+        let script =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clickhouse/chdb_http.py");
+        let mut command = Command::new("python3");
+        command
+            .arg(script)
+            .arg(port.to_string())
+            .arg(dir.path().join("data"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let child = spawn_service(command).expect("python3 starts");
+        let server = CurrentClickHouse {
+            port,
+            _dir: dir,
+            child: Mutex::new(child),
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while server.client().query("SELECT 1").is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the chDB front did not answer within 60 s (is chdb-core installed? run scripts/test.sh)"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        server
+    }
+
+    /// One for every test of a test binary that can share it.
+    pub fn shared() -> &'static CurrentClickHouse {
+        static SHARED: OnceLock<CurrentClickHouse> = OnceLock::new();
+        SHARED.get_or_init(CurrentClickHouse::start)
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn client(&self) -> ClickHouse {
+        ClickHouse::new(&self.url(), None, None, Duration::from_secs(30))
+    }
+
+    /// Runs `sql`; a failure panics with the engine's message.
+    pub fn sql(&self, sql: &str) -> String {
+        self.client()
+            .query(sql)
+            .unwrap_or_else(|e| panic!("`{sql}` failed: {e}"))
+    }
+}
+
+impl Drop for CurrentClickHouse {
+    fn drop(&mut self) {
+        let child = self.child.get_mut().unwrap_or_else(|p| p.into_inner());
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// The ClickHouse sink writing the contract's rows into a new table, keyed by `id`,
+/// versioned by the row's event time; the table is created by the sink. What is visible is
+/// `SELECT … FINAL`. On Debian's 18.16 server (`debian`) or on the current engine
+/// (`current`).
+pub enum ClickHouseSinkFixture {
+    Debian,
+    Current,
+}
 
 impl SinkFixture for ClickHouseSinkFixture {
     fn name(&self) -> &str {
-        "clickhouse"
+        match self {
+            ClickHouseSinkFixture::Debian => "clickhouse 18.16",
+            ClickHouseSinkFixture::Current => "clickhouse 26 (chDB)",
+        }
     }
 
     fn guarantee(&self) -> Guarantee {
@@ -164,15 +247,26 @@ impl SinkFixture for ClickHouseSinkFixture {
     }
 
     fn target(&self) -> Box<dyn SinkTarget> {
+        let (url, password) = match self {
+            ClickHouseSinkFixture::Debian => {
+                (ClickHouseServer::shared().url(), Some(WRITER_PASSWORD))
+            }
+            ClickHouseSinkFixture::Current => (CurrentClickHouse::shared().url(), None),
+        };
         Box::new(ClickHouseTarget {
-            server: ClickHouseServer::shared(),
+            client: ClickHouse::new(
+                &url,
+                password.map(|_| "writer"),
+                password,
+                Duration::from_secs(30),
+            ),
             table: unique("contract").replace('-', "_"),
         })
     }
 }
 
 struct ClickHouseTarget {
-    server: &'static ClickHouseServer,
+    client: ClickHouse,
     table: String,
 }
 
@@ -181,12 +275,7 @@ impl SinkTarget for ClickHouseTarget {
         let key = vec![schema.index_of("id").expect("an id column")];
         Box::new(ClickHouseSink::new(ClickHouseSinkSpec {
             node: "clickhouse".into(),
-            client: ClickHouse::new(
-                &self.server.url(),
-                Some("writer"),
-                Some(WRITER_PASSWORD),
-                Duration::from_secs(30),
-            ),
+            client: self.client.clone(),
             database: "default".into(),
             table: self.table.clone(),
             columns: (0..schema.len()).collect(),
@@ -207,11 +296,15 @@ impl SinkTarget for ClickHouseTarget {
             .iter()
             .map(|f| crate::sinks::clickhouse::client::quote_ident(&f.name))
             .collect();
-        let text = self.server.sql(&format!(
+        let sql = format!(
             "SELECT {} FROM default.{} FINAL FORMAT JSONEachRow",
             names.join(", "),
             crate::sinks::clickhouse::client::quote_ident(&self.table)
-        ));
+        );
+        let text = self
+            .client
+            .query(&sql)
+            .unwrap_or_else(|e| panic!("`{sql}` failed: {e}"));
         text.lines()
             .map(|line| {
                 let obj: serde_json::Value = serde_json::from_str(line).expect("JSONEachRow");
@@ -225,8 +318,9 @@ impl SinkTarget for ClickHouseTarget {
     }
 }
 
-/// A value as ClickHouse 18.16 shows it in JSONEachRow (64-bit integers quoted; timestamps
-/// of a created table are Int64 microseconds; bools UInt8).
+/// A value as ClickHouse shows it in JSONEachRow (64-bit integers quoted or not; timestamps
+/// of a created table are Int64 microseconds on 18.16 and DateTime64 text on current
+/// servers; bools UInt8).
 fn read_value(v: &serde_json::Value, ty: DataType) -> Value {
     let int = || match v {
         serde_json::Value::String(s) => s.parse::<i64>().ok(),
@@ -235,6 +329,9 @@ fn read_value(v: &serde_json::Value, ty: DataType) -> Value {
     match (v, ty) {
         (serde_json::Value::Null, _) => Value::Null,
         (_, DataType::Int) => int().map_or(Value::Null, Value::Int),
+        (serde_json::Value::String(s), DataType::Timestamp) if s.contains(' ') => {
+            crate::format::parse_timestamp(s).map_or(Value::Null, Value::Timestamp)
+        }
         (_, DataType::Timestamp) => int().map_or(Value::Null, Value::Timestamp),
         (_, DataType::Bool) => int().map_or(Value::Null, |n| Value::Bool(n != 0)),
         (serde_json::Value::String(s), DataType::Float) => match s.as_str() {

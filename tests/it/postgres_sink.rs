@@ -166,3 +166,53 @@ fn reconcile_finds_rows_changed_by_hand_in_the_table() {
     assert_eq!(code, 1, "{report}");
     assert_eq!(totals(&report), [live, live, 1, 1, 1, 0], "{report}");
 }
+
+#[test]
+fn an_update_without_its_unchanged_toasted_value_keeps_the_table_s_and_deletes_need_only_the_key() {
+    use watershed::dataflow::Sink;
+    use watershed::sinks::keyed::VersionSource;
+    use watershed::sinks::postgres::{PostgresSink, PostgresSinkSpec};
+    let pg = Postgres::shared();
+    let connect = sink_options(pg);
+    // A table of the user's: NOT NULL columns, which a delete's key-only row cannot fill.
+    pg.sql(
+        "sinks",
+        "CREATE TABLE toast (id bigint PRIMARY KEY, doc text NOT NULL, n bigint NOT NULL, \
+         _version bigint NOT NULL, _deleted boolean NOT NULL DEFAULT false); \
+         ALTER TABLE toast OWNER TO cdc",
+    );
+    let batch = crate::clickhouse::change_batch(&[
+        ("c", 10, 1, Some("a large document"), Some(1), None),
+        ("c", 11, 2, Some("another"), Some(2), None),
+    ]);
+    let mut sink = PostgresSink::new(PostgresSinkSpec {
+        node: "toast".into(),
+        connect,
+        schema_name: "public".into(),
+        table: "toast".into(),
+        schema: batch.schema().clone(),
+        columns: (5..8).collect(),
+        key: vec![5],
+        version: VersionSource::Change,
+        create_table: false,
+        batch_rows: 100,
+        retry_for: Duration::from_secs(5),
+    });
+    sink.recover(None).unwrap();
+    sink.write(&batch).unwrap();
+    sink.pre_commit(1).unwrap();
+    sink.write(&crate::clickhouse::change_batch(&[
+        ("u", 20, 1, None, Some(5), Some("[\"doc\"]")),
+        ("d", 21, 2, None, None, None),
+    ]))
+    .unwrap();
+    sink.pre_commit(2).unwrap();
+    sink.finish().unwrap();
+    assert_eq!(
+        pg.sql(
+            "sinks",
+            "SELECT id, doc, n, _deleted FROM toast ORDER BY id"
+        ),
+        "1|a large document|5|f\n2|another|2|t\n"
+    );
+}

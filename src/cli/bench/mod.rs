@@ -16,10 +16,10 @@ mod job;
 mod kafka;
 mod latency;
 mod postgres;
-mod sinks;
 mod process;
 mod report;
 mod sample;
+mod sinks;
 
 use std::path::PathBuf;
 

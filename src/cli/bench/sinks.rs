@@ -96,10 +96,7 @@ pub(super) fn sinks_case(observations: u64, dir: &Path) -> anyhow::Result<usize>
     let mut runs = Vec::new();
     let file = dir.join("sinks-file.jsonl");
     let _ = std::fs::remove_file(&file);
-    let yaml = pipeline(
-        observations,
-        &format!("    file: \"{}\"\n", file.display()),
-    )?;
+    let yaml = pipeline(observations, &format!("    file: \"{}\"\n", file.display()))?;
     runs.push(timed(&yaml, dir, "file", None, || {
         Ok(std::fs::read_to_string(&file)?.lines().count() as u64)
     })?);

@@ -2,10 +2,11 @@
 //! body), inserts (`INSERT INTO … FORMAT JSONEachRow` in the URL, the rows as the body), the
 //! server's version, and what a failure means.
 //!
-//! A failure is `Transient` (connection refused or reset, a timeout, 5xx without a
-//! statement error, too many parts, memory limit) and worth retrying, or `Definite` (unknown
-//! table or column, a value the column cannot take, authentication, syntax): retrying cannot
-//! help and the message says what is wrong. ClickHouse 18.16 answers most errors with 500 and
+//! A failure is `Transient` (connection refused or reset, a timeout, 5xx without an error
+//! code, or a code of overload or lost connectivity: too many parts, memory limit, network
+//! errors) and worth retrying, or `Definite` (every other error code: unknown table or
+//! column, a value the column cannot take, authentication, syntax): retrying cannot help and
+//! the message says what is wrong. ClickHouse 18.16 answers most errors with 500 and
 //! no error-code header, so the code is read from the body (`Code: 60, …`).
 //!
 //! Credentials travel in an `Authorization: Basic` header (every version reads it) and never
@@ -32,33 +33,22 @@ impl ChError {
     }
 }
 
-/// Error codes of statements that will fail the same way again.
-const DEFINITE_CODES: &[u32] = &[
-    6,   // CANNOT_PARSE_TEXT
-    16,  // NO_SUCH_COLUMN_IN_TABLE
-    26,  // CANNOT_PARSE_QUOTED_STRING
-    27,  // CANNOT_PARSE_INPUT_ASSERTION_FAILED
-    38,  // CANNOT_PARSE_DATE
-    41,  // CANNOT_PARSE_DATETIME
-    43,  // ILLEGAL_TYPE_OF_ARGUMENT
-    44,  // ILLEGAL_COLUMN
-    47,  // UNKNOWN_IDENTIFIER
-    53,  // TYPE_MISMATCH
-    57,  // TABLE_ALREADY_EXISTS
-    60,  // UNKNOWN_TABLE
-    62,  // SYNTAX_ERROR
-    69,  // ARGUMENT_OUT_OF_BOUND
-    70,  // CANNOT_CONVERT_TYPE
-    72,  // CANNOT_PARSE_NUMBER
-    81,  // UNKNOWN_DATABASE
-    117, // INCORRECT_DATA
-    164, // READONLY
-    192, // UNKNOWN_USER
-    193, // WRONG_PASSWORD
-    194, // REQUIRED_PASSWORD
-    349, // CANNOT_INSERT_NULL_IN_ORDINARY_COLUMN
-    497, // ACCESS_DENIED
-    516, // AUTHENTICATION_FAILED
+/// Error codes of failures that may pass: the server is overloaded, restarting or cut off.
+/// Every other code is a statement or a value the server refuses, and will refuse again.
+const TRANSIENT_CODES: &[u32] = &[
+    3,    // UNEXPECTED_END_OF_FILE (the request was cut off)
+    159,  // TIMEOUT_EXCEEDED
+    202,  // TOO_MANY_SIMULTANEOUS_QUERIES
+    209,  // SOCKET_TIMEOUT
+    210,  // NETWORK_ERROR
+    241,  // MEMORY_LIMIT_EXCEEDED
+    242,  // TABLE_IS_READ_ONLY (a replica lost its coordination)
+    252,  // TOO_MANY_PARTS
+    285,  // TOO_FEW_LIVE_REPLICAS
+    319,  // UNKNOWN_STATUS_OF_INSERT
+    425,  // SYSTEM_ERROR
+    999,  // KEEPER_EXCEPTION
+    1000, // POCO_EXCEPTION
 ];
 
 /// The server's version, to choose features (`DateTime64`, `is_deleted`).
@@ -200,7 +190,7 @@ fn classify(status: u16, body: &str, base: &str, what: &str) -> ChError {
     let text = format!("ClickHouse at {base} refused `{what}` (HTTP {status}): {message}");
     let code = error_code(body);
     let definite = match code {
-        Some(c) => DEFINITE_CODES.contains(&c),
+        Some(c) => !TRANSIENT_CODES.contains(&c),
         None => (400..500).contains(&status) && status != 408 && status != 429,
     };
     if definite {
@@ -278,6 +268,8 @@ mod tests {
     #[test]
     fn errors_are_told_apart_by_their_code_then_their_status() {
         let unknown_table = "Code: 60, e.displayText() = DB::Exception: Table default.x doesn't exist., e.what() = DB::Exception\n";
+        let too_long = "Code: 131. DB::Exception: Too large value for FixedString(2).";
+        assert!(!classify(500, too_long, "http://h", "INSERT").is_transient());
         assert!(matches!(
             classify(500, unknown_table, "http://h", "INSERT"),
             ChError::Definite(m) if m.contains("doesn't exist")

@@ -49,17 +49,26 @@ impl SinkHoldings for ClickHouseHoldings {
             .iter()
             .map(|k| format!("toString({})", quote_ident(k)))
             .collect();
+        // FINAL in a subquery: the filter on `_deleted` must see only each key's newest row
+        // (an outer WHERE could be applied before FINAL on some versions).
         let live_filter = if deletes {
             format!(" WHERE {} = 0", quote_ident(DELETED_COLUMN))
         } else {
             String::new()
         };
+        let mut inner = self.key.iter().map(|k| quote_ident(k)).collect::<Vec<_>>();
+        inner.push(quote_ident(VERSION_COLUMN));
+        if deletes {
+            inner.push(quote_ident(DELETED_COLUMN));
+        }
         let text = self
             .client
             .query(&format!(
-                "SELECT {}, toString({}) FROM {qualified} FINAL{live_filter} FORMAT TabSeparated",
+                "SELECT {}, toString({}) FROM (SELECT {} FROM {qualified} FINAL){live_filter} \
+                 FORMAT TabSeparated",
                 keys.join(", "),
-                quote_ident(VERSION_COLUMN)
+                quote_ident(VERSION_COLUMN),
+                inner.join(", ")
             ))
             .map_err(|e| e.to_string())?;
         let mut live = crate::reconcile::KeyVersions::new();

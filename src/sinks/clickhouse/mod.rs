@@ -251,6 +251,14 @@ impl ClickHouseSink {
 
     /// Appends row `i` of `batch` to the buffer (or skips it: the end of a snapshot, a
     /// truncate).
+    fn definite(&self, message: String) -> RunError {
+        RunError::External {
+            component: self.spec.node.clone(),
+            message: format!("table {}: {message}", self.qualified),
+            class: ErrorClass::Definite,
+        }
+    }
+
     fn encode(&mut self, batch: &Batch, i: usize) -> Result<(), RunError> {
         let row = batch.row(i);
         let (version, deleted) = match self.spec.version {
@@ -270,48 +278,65 @@ impl ClickHouseSink {
                 };
                 let v = change_rows::row_version(row);
                 let version =
-                    change_version(v.commit_lsn, v.ordinal).map_err(|m| RunError::External {
-                        component: self.spec.node.clone(),
-                        message: format!("table {}: {m}", self.qualified),
-                        class: ErrorClass::Definite,
-                    })?;
+                    change_version(v.commit_lsn, v.ordinal).map_err(|m| self.definite(m))?;
                 (version, Some(deleted))
             }
             VersionSource::Column(c) => {
                 let v = match &row[c] {
                     Value::Int(n) => *n,
                     Value::Timestamp(us) => *us,
-                    _ => 0,
+                    _ => {
+                        return Err(self.definite(format!(
+                            "a row has no version in column `{}`",
+                            self.spec.schema.field(c).name
+                        )));
+                    }
                 };
-                (v.max(0) as u64, self.deletes.then_some(false))
+                (ordered_u64(v), self.deletes.then_some(false))
             }
             VersionSource::EventTime => (
-                batch.event_time(i).max(0) as u64,
+                ordered_u64(batch.event_time(i)),
                 self.deletes.then_some(false),
             ),
         };
-        if let Some(w) = self
-            .written
-            .iter()
-            .find(|w| !w.nullable && row[w.column].is_null())
-        {
+        let is_delete = deleted == Some(true);
+        // A delete carries the row before it, often only its key (default replica
+        // identity): the other columns of a tombstone do not matter.
+        if let Some(w) = self.written.iter().find(|w| {
+            !w.nullable
+                && row[w.column].is_null()
+                && (!is_delete || self.spec.key.contains(&w.column))
+        }) {
             // ClickHouse would store the type's default in its place, and a key of 0 or ''
             // would replace another row.
-            return Err(RunError::External {
-                component: self.spec.node.clone(),
-                message: format!(
-                    "table {}: a row has no value for column `{}`, which is not Nullable there                      (ClickHouse would store a default instead); filter such rows out before                      the sink or make the column Nullable",
-                    self.qualified,
-                    self.spec.schema.field(w.column).name
-                ),
-                class: ErrorClass::Definite,
-            });
+            let name = self.spec.schema.field(w.column).name.to_string();
+            return Err(self.definite(format!(
+                "a row has no value for column `{name}`, which is not Nullable there \
+                 (ClickHouse would store a default instead); filter such rows out before the \
+                 sink or make the column Nullable"
+            )));
         }
+        // Unchanged TOASTed columns of an update have no value in the change: keep the
+        // table's (a whole row replaces the older one).
+        let unavailable = if self.spec.version == VersionSource::Change && !is_delete {
+            change_rows::row_unavailable(row)
+        } else {
+            Vec::new()
+        };
+        let kept = if unavailable.is_empty() {
+            None
+        } else {
+            Some(self.current_values(row, &unavailable)?)
+        };
         let out = &mut self.buffer;
         out.push(b'{');
         for w in &self.written {
             out.extend_from_slice(&w.prefix);
-            write_encoded(&row[w.column], w.encoding, out, &mut self.scratch);
+            let name = self.spec.schema.field(w.column).name.as_str();
+            match kept.as_ref().and_then(|k| k.get(name)) {
+                Some(json) => out.extend_from_slice(json.as_bytes()),
+                None => write_encoded(&row[w.column], w.encoding, out, &mut self.scratch),
+            }
         }
         if !self.written.is_empty() {
             out.push(b',');
@@ -330,6 +355,66 @@ impl ClickHouseSink {
         self.oldest.get_or_insert_with(Instant::now);
         Ok(())
     }
+
+    /// The table's values of `columns` for `row`'s key, as JSON text by column name (none if
+    /// the key is not there): what is buffered is inserted first, so the newest is read.
+    fn current_values(
+        &mut self,
+        row: &[Value],
+        columns: &[String],
+    ) -> Result<ahash::AHashMap<String, String>, RunError> {
+        self.insert()?;
+        metrics::counter!("watershed_sink_unchanged_lookups_total", "sink" => self.spec.node.clone())
+            .increment(1);
+        let mut filter = Vec::new();
+        for &k in &self.spec.key {
+            let mut literal = Vec::new();
+            write_encoded(&row[k], Encoding::Plain, &mut literal, &mut self.scratch);
+            filter.push(format!(
+                "{} = {}",
+                quote_ident(&self.spec.schema.field(k).name),
+                json_to_sql_literal(&String::from_utf8_lossy(&literal))
+            ));
+        }
+        let wanted: Vec<&String> = columns
+            .iter()
+            .filter(|c| {
+                self.written
+                    .iter()
+                    .any(|w| self.spec.schema.field(w.column).name == **c)
+            })
+            .collect();
+        if wanted.is_empty() {
+            return Ok(ahash::AHashMap::new());
+        }
+        let select: Vec<String> = wanted.iter().map(|c| quote_ident(c)).collect();
+        let sql = format!(
+            "SELECT {} FROM {} FINAL WHERE {} FORMAT JSONEachRow",
+            select.join(", "),
+            self.qualified,
+            filter.join(" AND ")
+        );
+        let text = self.retrying("reading unchanged values", |ch| ch.query(&sql))?;
+        let Some(line) = text.lines().next() else {
+            return Ok(ahash::AHashMap::new());
+        };
+        let obj: serde_json::Map<String, serde_json::Value> = serde_json::from_str(line)
+            .map_err(|e| self.definite(format!("reading unchanged values: {e}")))?;
+        Ok(obj.into_iter().map(|(k, v)| (k, v.to_string())).collect())
+    }
+}
+
+/// An i64 as a UInt64 in the same order (negative event times before positive ones).
+fn ordered_u64(v: i64) -> u64 {
+    (v as u64) ^ (1 << 63)
+}
+
+/// A key value as JSON (a number or a string) as an SQL literal.
+fn json_to_sql_literal(json: &str) -> String {
+    match serde_json::from_str::<serde_json::Value>(json) {
+        Ok(serde_json::Value::String(s)) => client::quote_str(&s),
+        _ => json.to_string(),
+    }
 }
 
 /// Writes `value` for a column taking `encoding`.
@@ -345,29 +430,22 @@ fn write_encoded(value: &Value, encoding: Encoding, out: &mut Vec<u8>, scratch: 
             // Unquoted: JSONEachRow of 18.16 does not read a quoted Decimal.
             out.extend_from_slice(d.to_string().as_bytes())
         }
-        (Value::Timestamp(us), Encoding::DateTime | Encoding::DateTime64) => {
-            scratch.clear();
-            crate::format::write_timestamp(*us, scratch);
-            // `YYYY-MM-DDTHH:MM:SS.fff[fff]Z` → `YYYY-MM-DD HH:MM:SS[.ffffff]`.
-            let text = &scratch[..];
-            let Some(dot) = text.iter().rposition(|&b| b == b'.') else {
-                write_value(value, out);
-                return;
-            };
-            out.push(b'"');
-            for &b in &text[..dot] {
-                out.push(if b == b'T' { b' ' } else { b });
+        // Seconds since the epoch: read the same whatever the column's or server's time zone.
+        (Value::Timestamp(us), Encoding::DateTime) => out.extend_from_slice(
+            itoa::Buffer::new()
+                .format(us.div_euclid(1_000_000))
+                .as_bytes(),
+        ),
+        (Value::Timestamp(us), Encoding::DateTime64) => {
+            if *us < 0 {
+                out.push(b'-');
             }
-            if encoding == Encoding::DateTime64 {
-                let frac = us.rem_euclid(1_000_000);
-                out.push(b'.');
-                let digits = itoa::Buffer::new().format(frac).to_string();
-                for _ in digits.len()..6 {
-                    out.push(b'0');
-                }
-                out.extend_from_slice(digits.as_bytes());
-            }
-            out.push(b'"');
+            let a = us.unsigned_abs();
+            out.extend_from_slice(itoa::Buffer::new().format(a / 1_000_000).as_bytes());
+            out.push(b'.');
+            let frac = itoa::Buffer::new().format(a % 1_000_000).to_string();
+            out.extend(std::iter::repeat_n(b'0', 6 - frac.len()));
+            out.extend_from_slice(frac.as_bytes());
         }
         (Value::Timestamp(us), Encoding::Micros) => {
             out.extend_from_slice(itoa::Buffer::new().format(*us).as_bytes())
@@ -376,7 +454,7 @@ fn write_encoded(value: &Value, encoding: Encoding, out: &mut Vec<u8>, scratch: 
             out.extend_from_slice(itoa::Buffer::new().format(*days).as_bytes())
         }
         (Value::Json(text), Encoding::Text) => write_json_str(text, out),
-        (Value::Int(_) | Value::Bool(_) | Value::Decimal(_), Encoding::Text) => {
+        (Value::Int(_) | Value::Bool(_) | Value::Decimal(_) | Value::Float(_), Encoding::Text) => {
             scratch.clear();
             write_value(value, scratch);
             out.push(b'"');
@@ -458,19 +536,21 @@ mod tests {
         let t = 1_767_225_601_250_001; // 2026-01-01T00:00:01.250001Z
         assert_eq!(
             encoded(Value::Timestamp(t), Encoding::DateTime),
-            "\"2026-01-01 00:00:01\""
+            "1767225601",
+            "seconds: no time zone to misread"
         );
         assert_eq!(
             encoded(Value::Timestamp(t), Encoding::DateTime64),
-            "\"2026-01-01 00:00:01.250001\""
+            "1767225601.250001"
         );
         assert_eq!(
-            encoded(
-                Value::Timestamp(1_767_225_601_000_000),
-                Encoding::DateTime64
-            ),
-            "\"2026-01-01 00:00:01.000000\""
+            encoded(Value::Timestamp(-1_500_000), Encoding::DateTime64),
+            "-1.500000"
         );
+        assert_eq!(encoded(Value::Timestamp(-1), Encoding::DateTime), "-1");
+        assert_eq!(encoded(Value::Float(1.5), Encoding::Text), "\"1.5\"");
+        assert!(ordered_u64(-1) < ordered_u64(0) && ordered_u64(0) < ordered_u64(1));
+        assert!(ordered_u64(i64::MIN) < ordered_u64(-1));
         assert_eq!(
             encoded(Value::Timestamp(t), Encoding::Micros),
             t.to_string()

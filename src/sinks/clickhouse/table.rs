@@ -28,9 +28,10 @@ pub enum Encoding {
     Bool01,
     /// A float; NaN and infinities quoted (`"nan"`, `"inf"`, `"-inf"`).
     Float,
-    /// A timestamp as `YYYY-MM-DD hh:mm:ss` (DateTime: whole seconds).
+    /// A timestamp as seconds since the epoch (DateTime: whole seconds), which no time zone
+    /// of the column or the server can shift.
     DateTime,
-    /// A timestamp as `YYYY-MM-DD hh:mm:ss.ffffff` (DateTime64).
+    /// A timestamp as seconds since the epoch with six decimals (DateTime64).
     DateTime64,
     /// A timestamp as microseconds since the epoch (an integer column).
     Micros,
@@ -142,6 +143,11 @@ pub(crate) fn unescape_tsv(s: &str) -> String {
         match chars.next() {
             Some('t') => out.push('\t'),
             Some('n') => out.push('\n'),
+            Some('r') => out.push('\r'),
+            Some('b') => out.push('\u{8}'),
+            Some('f') => out.push('\u{c}'),
+            Some('a') => out.push('\u{7}'),
+            Some('v') => out.push('\u{b}'),
             Some('0') => out.push('\0'),
             Some(other) => out.push(other),
             None => out.push('\\'),
@@ -216,6 +222,14 @@ pub fn create_table_sql(
 mod tests {
     use super::*;
     use crate::types::Field;
+
+    #[test]
+    fn tab_separated_escapes_are_undone() {
+        assert_eq!(
+            unescape_tsv("a\\tb\\\\c\\rd\\be\\0\\'"),
+            "a\tb\\c\rd\u{8}e\0'"
+        );
+    }
 
     #[test]
     fn types_parse_through_nullable_and_low_cardinality() {

@@ -2,13 +2,15 @@
 //! transaction per checkpoint epoch.
 //!
 //! - **Upserts.** Rows are written with `INSERT … ON CONFLICT (key) DO UPDATE … WHERE
-//!   target._version < excluded._version`, batched (`batch_rows` per statement, a key once
+//!   target._version <= excluded._version`, batched (`batch_rows` per statement, a key once
 //!   per statement: its highest version). `_version` (bigint) grows for a key: a change
 //!   stream's commit LSN and ordinal (as the ClickHouse sink packs them), a configured
-//!   column, or the row's event time; so a replay after a crash changes nothing it already
-//!   wrote, and an older row never overwrites a newer one. A change stream's deletes set
-//!   `_deleted` (the row stays as a tombstone, so a replayed older insert cannot bring it
-//!   back); read live rows with `WHERE NOT _deleted`.
+//!   column, or the row's event time; so a replay after a crash writes again only what it
+//!   wrote, and an older row never overwrites a newer one. A change stream's delete marks
+//!   the key's row `_deleted` at the delete's version (a tombstone, so a replayed older
+//!   insert cannot bring it back; the rest of the row is kept, as a delete often carries
+//!   only the key); read live rows with `WHERE NOT _deleted`. An update whose unchanged
+//!   TOASTed columns carry no value leaves the table's values of those columns.
 //! - **Transactions.** The statements of one epoch run in one transaction, committed at the
 //!   epoch's barrier: readers see whole epochs. A failure inside it fails the run (a
 //!   transient one restarts it from the last checkpoint, whose replay writes the epoch
@@ -18,8 +20,10 @@
 //!   (which `ON CONFLICT` needs) stops the run naming it. `create_table` creates the table
 //!   with the key as its primary key.
 //!
-//! Values are written as literals cast to the column's type (`'…'::timestamptz`), over the
-//! connection of the Postgres source (`sources::postgres::wire`).
+//! Values are written as quoted literals cast to the column's type without its length limit
+//! (`'…'::timestamptz`, `'…'::character varying`, so that a value too long for the column is
+//! an error, not cut), over the connection of the Postgres source
+//! (`sources::postgres::wire`).
 
 pub mod config;
 pub mod holdings;
@@ -65,10 +69,12 @@ pub struct PostgresSinkSpec {
     pub retry_for: Duration,
 }
 
-/// One row waiting for its statement: its literal tuple and version.
+/// One row waiting for its statement: its literal tuple (for a delete: the key's values
+/// and the version) and version.
 struct Pending {
     tuple: String,
     version: i64,
+    delete: bool,
 }
 
 pub struct PostgresSink {
@@ -85,6 +91,10 @@ pub struct PostgresSink {
     by_key: AHashMap<String, usize>,
     statement_head: String,
     statement_tail: String,
+    /// The written columns' names (quoted), `_version` and `_deleted` included.
+    column_names: Vec<String>,
+    /// The key's names (quoted).
+    key_names: Vec<String>,
     truncates_seen: u64,
 }
 
@@ -108,14 +118,23 @@ fn literal(value: &Value, out: &mut String) {
     match value {
         Value::Null => out.push_str("NULL"),
         Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
-        Value::Int(n) => out.push_str(itoa::Buffer::new().format(*n)),
+        // Numbers quoted: a cast binds tighter than a unary minus (`-5::text` fails).
+        Value::Int(n) => {
+            out.push('\'');
+            out.push_str(itoa::Buffer::new().format(*n));
+            out.push('\'');
+        }
         Value::Float(f) if f.is_nan() => out.push_str("'NaN'"),
         Value::Float(f) if f.is_infinite() => out.push_str(if *f > 0.0 {
             "'Infinity'"
         } else {
             "'-Infinity'"
         }),
-        Value::Float(f) => out.push_str(ryu::Buffer::new().format_finite(*f)),
+        Value::Float(f) => {
+            out.push('\'');
+            out.push_str(ryu::Buffer::new().format_finite(*f));
+            out.push('\'');
+        }
         Value::Decimal(d) => {
             out.push('\'');
             out.push_str(&d.to_string());
@@ -159,6 +178,8 @@ impl PostgresSink {
             by_key: AHashMap::new(),
             statement_head: String::new(),
             statement_tail: String::new(),
+            column_names: Vec::new(),
+            key_names: Vec::new(),
             truncates_seen: 0,
         }
     }
@@ -273,7 +294,7 @@ impl PostgresSink {
     fn check_table(&mut self, change: bool) -> Result<(), RunError> {
         let relation = quote_literal(&self.qualified);
         let columns = self.run(&format!(
-            "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a \
+            "SELECT a.attname, format_type(a.atttypid, NULL) FROM pg_attribute a \
              WHERE a.attrelid = to_regclass({relation}) AND a.attnum > 0 AND NOT a.attisdropped \
              ORDER BY a.attnum"
         ))?;
@@ -367,57 +388,150 @@ impl PostgresSink {
             names.push(quote_ident(DELETED_COLUMN));
         }
         let key: Vec<String> = key_names.iter().map(|k| quote_ident(k)).collect();
-        let updates: Vec<String> = names
-            .iter()
-            .filter(|n| !key.contains(n))
-            .map(|n| format!("{n} = EXCLUDED.{n}"))
-            .collect();
         self.statement_head = format!(
             "INSERT INTO {} AS target ({}) VALUES ",
             self.qualified,
             names.join(", ")
         );
-        self.statement_tail = format!(
-            " ON CONFLICT ({}) DO UPDATE SET {} WHERE target.{v} < EXCLUDED.{v}",
-            key.join(", "),
-            updates.join(", "),
-            v = quote_ident(VERSION_COLUMN)
-        );
+        self.column_names = names;
+        self.key_names = key;
+        self.statement_tail = self.upsert_tail();
         Ok(())
     }
 
-    /// Runs the pending upsert (in the epoch's transaction).
-    fn execute(&mut self) -> Result<(), RunError> {
-        if self.pending.is_empty() {
-            return Ok(());
-        }
+    /// `ON CONFLICT … DO UPDATE` of every column but the key, when the row's version is not
+    /// older than the table's (equal versions: the later write wins, as in ClickHouse).
+    fn upsert_tail(&self) -> String {
+        let updates: Vec<String> = self
+            .column_names
+            .iter()
+            .filter(|n| !self.key_names.contains(n))
+            .map(|n| format!("{n} = EXCLUDED.{n}"))
+            .collect();
+        format!(
+            " ON CONFLICT ({}) DO UPDATE SET {} WHERE target.{v} <= EXCLUDED.{v}",
+            self.key_names.join(", "),
+            updates.join(", "),
+            v = quote_ident(VERSION_COLUMN)
+        )
+    }
+
+    fn begin(&mut self) -> Result<(), RunError> {
         if !self.in_transaction {
             self.run("BEGIN")?;
             self.in_transaction = true;
         }
-        let mut sql = String::with_capacity(
-            self.statement_head.len()
-                + self.statement_tail.len()
-                + self
-                    .pending
-                    .iter()
-                    .map(|p| p.tuple.len() + 2)
-                    .sum::<usize>(),
-        );
-        sql.push_str(&self.statement_head);
-        for (i, p) in self.pending.iter().enumerate() {
-            if i > 0 {
-                sql.push_str(", ");
-            }
-            sql.push_str(&p.tuple);
+        Ok(())
+    }
+
+    /// Runs the pending upserts and deletes (in the epoch's transaction); a key is pending
+    /// once, so their order does not matter.
+    fn execute(&mut self) -> Result<(), RunError> {
+        if self.pending.is_empty() {
+            return Ok(());
         }
-        sql.push_str(&self.statement_tail);
-        let rows = self.pending.len() as u64;
-        self.pending.clear();
+        self.begin()?;
+        let pending = std::mem::take(&mut self.pending);
         self.by_key.clear();
-        self.run(&sql)?;
+        let rows = pending.len() as u64;
+        let (deletes, upserts): (Vec<Pending>, Vec<Pending>) =
+            pending.into_iter().partition(|p| p.delete);
+        if !upserts.is_empty() {
+            let mut sql = self.statement_head.clone();
+            for (i, p) in upserts.iter().enumerate() {
+                if i > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push_str(&p.tuple);
+            }
+            sql.push_str(&self.statement_tail);
+            self.run(&sql)?;
+        }
+        if !deletes.is_empty() {
+            // A delete marks the key's row (if the table has it) as a tombstone; the rest
+            // of a deleted row is often unknown (only its key travels), so it is kept.
+            let names: Vec<&String> = self.key_names.iter().collect();
+            let on: Vec<String> = names
+                .iter()
+                .map(|k| format!("target.{k} = d.{k}"))
+                .collect();
+            let tuples: Vec<&str> = deletes.iter().map(|p| p.tuple.as_str()).collect();
+            let sql = format!(
+                "UPDATE {} AS target SET {del} = true, {v} = d.{v} FROM (VALUES {}) AS d({}, {v}) \
+                 WHERE {} AND target.{v} <= d.{v}",
+                self.qualified,
+                tuples.join(", "),
+                names
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                on.join(" AND "),
+                del = quote_ident(DELETED_COLUMN),
+                v = quote_ident(VERSION_COLUMN)
+            );
+            self.run(&sql)?;
+        }
         metrics::counter!("watershed_sink_rows_total", "sink" => self.spec.node.clone())
             .increment(rows);
+        Ok(())
+    }
+
+    /// Upserts `row` keeping the table's values of `keep` (unchanged TOASTed columns, which
+    /// the change does not carry): an update of the key's row if it is not newer, else — the
+    /// key not there — an insert with those columns null.
+    fn upsert_keeping(
+        &mut self,
+        row: &[Value],
+        version: i64,
+        keep: &[String],
+    ) -> Result<(), RunError> {
+        let schema = &self.spec.schema;
+        let mut sets = Vec::new();
+        let mut values = Vec::new();
+        let mut names = Vec::new();
+        let mut key = Vec::new();
+        for (j, &c) in self.spec.columns.iter().enumerate() {
+            let name = &schema.field(c).name;
+            let mut lit = String::new();
+            literal(&row[c], &mut lit);
+            lit.push_str("::");
+            lit.push_str(&self.casts[j]);
+            let q = quote_ident(name);
+            if self.spec.key.contains(&c) {
+                key.push(format!("target.{q} = {lit}"));
+            } else if !keep.iter().any(|k| k == name.as_str()) {
+                sets.push(format!("{q} = {lit}"));
+            }
+            names.push(q);
+            values.push(if keep.iter().any(|k| k == name.as_str()) {
+                format!("NULL::{}", self.casts[j])
+            } else {
+                lit
+            });
+        }
+        let v = quote_ident(VERSION_COLUMN);
+        sets.push(format!("{v} = {version}"));
+        names.push(v.clone());
+        values.push(version.to_string());
+        if self.deletes {
+            let d = quote_ident(DELETED_COLUMN);
+            sets.push(format!("{d} = false"));
+            names.push(d);
+            values.push("false".into());
+        }
+        let key = key.join(" AND ");
+        self.run(&format!(
+            "UPDATE {q} AS target SET {} WHERE {key} AND target.{v} <= {version}",
+            sets.join(", "),
+            q = self.qualified
+        ))?;
+        self.run(&format!(
+            "INSERT INTO {q} ({}) SELECT {} WHERE NOT EXISTS (SELECT 1 FROM {q} AS target WHERE {key})",
+            names.join(", "),
+            values.join(", "),
+            q = self.qualified
+        ))?;
         Ok(())
     }
 
@@ -441,25 +555,35 @@ impl PostgresSink {
                 let v = change_rows::row_version(row);
                 let version =
                     change_version(v.commit_lsn, v.ordinal).map_err(|m| self.definite(m))?;
-                (version, Some(deleted))
+                (Version::Change(version), Some(deleted))
             }
             VersionSource::Column(c) => {
                 let v = match &row[c] {
                     Value::Int(n) => *n,
                     Value::Timestamp(us) => *us,
-                    _ => 0,
+                    _ => {
+                        return Err(self.definite(format!(
+                            "a row has no version in column `{}`",
+                            self.spec.schema.field(c).name
+                        )));
+                    }
                 };
-                (v.max(0) as u64, self.deletes.then_some(false))
+                (Version::Signed(v), self.deletes.then_some(false))
             }
             VersionSource::EventTime => (
-                batch.event_time(i).max(0) as u64,
+                Version::Signed(batch.event_time(i)),
                 self.deletes.then_some(false),
             ),
         };
-        let version = i64::try_from(version)
-            .map_err(|_| self.definite(format!("version {version} does not fit a bigint")))?;
+        let version = match version {
+            Version::Signed(v) => v,
+            Version::Change(v) => i64::try_from(v)
+                .map_err(|_| self.definite(format!("version {v} does not fit a bigint")))?,
+        };
+        let is_delete = deleted == Some(true);
         let mut key = String::new();
-        for &k in &self.spec.key {
+        let mut key_values = String::from("(");
+        for (j, &k) in self.spec.key.iter().enumerate() {
             if row[k].is_null() {
                 return Err(self.definite(format!(
                     "a row has no value for key column `{}`; filter such rows out before the sink",
@@ -468,36 +592,74 @@ impl PostgresSink {
             }
             literal(&row[k], &mut key);
             key.push('\u{1}');
-        }
-        let mut tuple = String::from("(");
-        for (j, &c) in self.spec.columns.iter().enumerate() {
             if j > 0 {
+                key_values.push_str(", ");
+            }
+            literal(&row[k], &mut key_values);
+            key_values.push_str("::");
+            let at = self.spec.columns.iter().position(|&c| c == k).unwrap_or(0);
+            key_values.push_str(&self.casts[at]);
+        }
+        let tuple = if is_delete {
+            format!("{key_values}, {version})")
+        } else {
+            let mut tuple = String::from("(");
+            for (j, &c) in self.spec.columns.iter().enumerate() {
+                if j > 0 {
+                    tuple.push_str(", ");
+                }
+                literal(&row[c], &mut tuple);
+                tuple.push_str("::");
+                tuple.push_str(&self.casts[j]);
+            }
+            if !self.spec.columns.is_empty() {
                 tuple.push_str(", ");
             }
-            literal(&row[c], &mut tuple);
-            tuple.push_str("::");
-            tuple.push_str(&self.casts[j]);
+            tuple.push_str(itoa::Buffer::new().format(version));
+            if let Some(d) = deleted {
+                tuple.push_str(if d { ", true" } else { ", false" });
+            }
+            tuple.push(')');
+            tuple
+        };
+        // Unchanged TOASTed columns of an update carry no value: the table keeps its own.
+        // Such a row is upserted at once, alone, after what is pending (in order).
+        let unavailable = if self.spec.version == VersionSource::Change && !is_delete {
+            change_rows::row_unavailable(row)
+        } else {
+            Vec::new()
+        };
+        if !unavailable.is_empty() {
+            self.execute()?;
+            self.begin()?;
+            self.upsert_keeping(row, version, &unavailable)?;
+            metrics::counter!("watershed_sink_rows_total", "sink" => self.spec.node.clone())
+                .increment(1);
+            return Ok(());
         }
-        if !self.spec.columns.is_empty() {
-            tuple.push_str(", ");
-        }
-        tuple.push_str(itoa::Buffer::new().format(version));
-        if let Some(d) = deleted {
-            tuple.push_str(if d { ", true" } else { ", false" });
-        }
-        tuple.push(')');
         // A key once per statement (ON CONFLICT cannot touch a row twice): its highest
         // version, the later row among equals.
+        let pending = Pending {
+            tuple,
+            version,
+            delete: is_delete,
+        };
         match self.by_key.get(&key) {
             Some(&at) if self.pending[at].version > version => {}
-            Some(&at) => self.pending[at] = Pending { tuple, version },
+            Some(&at) => self.pending[at] = pending,
             None => {
                 self.by_key.insert(key, self.pending.len());
-                self.pending.push(Pending { tuple, version });
+                self.pending.push(pending);
             }
         }
         Ok(())
     }
+}
+
+/// A row's version before it is checked to fit a bigint.
+enum Version {
+    Signed(i64),
+    Change(u64),
 }
 
 impl Sink for PostgresSink {
@@ -564,6 +726,11 @@ mod tests {
         assert_eq!(lit(Value::Date(1)), "'1970-01-02'");
         assert_eq!(lit(Value::Bytes(vec![0, 255].into())), "'\\x00ff'");
         assert_eq!(lit(Value::Null), "NULL");
+        assert_eq!(
+            lit(Value::Int(-5)),
+            "'-5'",
+            "a cast binds tighter than a minus"
+        );
         assert_eq!(
             lit(Value::Json("{\"a\":\"b'c\"}".into())),
             "'{\"a\":\"b''c\"}'"

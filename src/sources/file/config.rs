@@ -4,8 +4,8 @@
 //! `tables`: the snapshot files, then the change files, read in order as one log).
 //! Each file is read once however often it is listed or matched (compared by canonical
 //! path; a repeat is a warning), and `max_line_bytes` bounds the line held in memory.
-//! JSON files not followed are cut into byte-range splits (`split_bytes`) when the source
-//! has several instances, so one large file is decoded by all of them.
+//! JSON files not followed are cut into byte-range splits (`split_bytes`, by default when
+//! the source has several instances), so one large file is decoded by all of them.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
