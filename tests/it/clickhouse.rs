@@ -564,3 +564,55 @@ fn an_update_without_its_unchanged_toasted_value_keeps_the_table_s_and_deletes_n
     );
     assert_eq!(rows, "1\ta large document\t5\t0\n2\t\\N\t\\N\t1\n");
 }
+
+/// On a current engine (ClickHouse 26 in chDB, behind a stand-in HTTP front: the transport
+/// is not a real server's, the engine is): the created table drops deleted keys from `FINAL`
+/// by itself (`ReplacingMergeTree(_version, _deleted)`), holds what 18.16 holds, and
+/// reconciles.
+#[test]
+fn on_a_current_engine_deleted_keys_leave_final_and_the_table_reconciles() {
+    use watershed::testing::clickhouse_fixtures::CurrentClickHouse;
+    let current = CurrentClickHouse::shared();
+    let debian = ClickHouseServer::shared();
+    let tmp = tempfile::tempdir().unwrap();
+    let old = pipeline(tmp.path(), debian, "recs_debian", None);
+    run_to_end(&old);
+    let text = std::fs::read_to_string(&old)
+        .unwrap()
+        .replace(&debian.url(), &current.url())
+        .replace("user: writer, password: \"${CH_PASSWORD}\", ", "")
+        .replace("recs_debian", "recs_current")
+        .replace("ch-recs_debian", "ch-recs_current")
+        .replace("/checkpoints", "/checkpoints-current");
+    let new = tmp.path().join("current.yaml");
+    std::fs::write(&new, text).unwrap();
+    run_to_end(&new);
+    let engine = current.sql(
+        "SELECT engine_full FROM system.tables WHERE database = 'default' AND name = 'recs_current'",
+    );
+    assert!(
+        engine.contains("ReplacingMergeTree(_version, _deleted)"),
+        "{engine}"
+    );
+    let all_final: u64 = current
+        .sql("SELECT count() FROM default.recs_current FINAL")
+        .trim()
+        .parse()
+        .unwrap();
+    let live_old = live_rows(debian, "recs_debian").len() as u64;
+    assert_eq!(
+        all_final, live_old,
+        "FINAL alone leaves the deleted keys out"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_watershed"))
+        .arg("reconcile")
+        .arg(&new)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
