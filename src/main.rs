@@ -403,8 +403,13 @@ fn reconcile(
     let mut reports = Vec::new();
     let mut failed = 0;
     for (sink, holdings) in &compiled.holdings {
-        let result = reconcile::expected::expected(&compiled.plan, sink, &holdings.key())
-            .and_then(|expected| Ok((expected, holdings.read()?)));
+        let result = reconcile::expected::expected(
+            &compiled.plan,
+            sink,
+            &holdings.key(),
+            &compiled.current_tables,
+        )
+        .and_then(|expected| Ok((expected, holdings.read()?)));
         match result {
             Ok((expected, found)) => reports.push(reconcile::compare(
                 sink,

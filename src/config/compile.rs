@@ -309,6 +309,7 @@ pub fn compile(
     let mut quiet_ports: HashSet<(usize, usize)> = HashSet::new();
     let mut preflights = Vec::new();
     let mut holdings = Vec::new();
+    let mut current_tables = Vec::new();
     let enrichment =
         enrichment_defaults(&mut issues, file.enrichment.as_ref(), file.state.as_ref());
 
@@ -459,6 +460,9 @@ pub fn compile(
             }
             if let Some(p) = &b.preflight {
                 preflights.push((name.clone(), p.clone()));
+            }
+            if let Some(c) = &b.current_tables {
+                current_tables.push((name.clone(), c.clone()));
             }
         }
         add_node(
@@ -741,6 +745,7 @@ pub fn compile(
         outputs,
         preflights,
         holdings,
+        current_tables,
     })
 }
 

@@ -214,7 +214,17 @@ pub struct BuiltSource {
     pub main_is_view: bool,
     /// Read-only checks of the system the source reads (`validate --connect`), if it has any.
     pub preflight: Option<Preflight>,
+    /// Reads the live keys of a table port from the system the source reads (a database's
+    /// table itself), for `watershed reconcile`; `None`: the change stream is read to its end
+    /// instead.
+    pub current_tables: Option<CurrentTables>,
 }
+
+/// The live keys of table port `port`, by the columns `key` (as text, joined as
+/// `reconcile::KEY_SEPARATOR` joins them), read from the source's system as it is now:
+/// versions are not known there.
+pub type CurrentTables =
+    Arc<dyn Fn(&str, &[String]) -> Result<crate::reconcile::KeyVersions, String> + Send + Sync>;
 
 /// Checks, creating and changing nothing, that the system a component talks to is ready for
 /// it: one line per check, each saying what was checked or what to do.

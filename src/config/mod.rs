@@ -58,6 +58,8 @@ pub struct Compiled {
     pub preflights: Vec<(String, component::Preflight)>,
     /// Per keyed sink, how `watershed reconcile` reads what it holds.
     pub holdings: Vec<(String, std::sync::Arc<dyn crate::reconcile::SinkHoldings>)>,
+    /// Per source that can read its tables as they are now, how (`watershed reconcile`).
+    pub current_tables: Vec<(String, component::CurrentTables)>,
 }
 
 /// Where to serve the HTTP endpoint, as the command line or the file says.

@@ -3,11 +3,14 @@
 //! files again — nothing is consumed or moved) and applied key by key — an insert, update
 //! or snapshot row makes the key live at the change's version, a delete removes it, a
 //! truncate empties the table. Only sources that end (files not followed) can be read so;
-//! a sink fed by an operator or by an endless source is reported as such.
+//! a source that reads a database (the native Postgres source) gives its table's keys as
+//! they are now instead (versions unknown there: stale rows are not told). A sink fed by an
+//! operator or by another endless source is reported as such.
 
 use std::time::{Duration, Instant};
 
 use crate::cdc::rows::{self as change_rows, RowOp};
+use crate::config::component::CurrentTables;
 use crate::dataflow::{ReadBuffers, ReadStatus};
 use crate::reconcile::{KEY_SEPARATOR, KeyVersions};
 use crate::runtime::plan::{NodeKind, Plan};
@@ -34,8 +37,15 @@ pub fn key_text(row: &[Value], key: &[usize]) -> Option<String> {
 }
 
 /// The live keys and versions sink `sink` (a node of `plan`) should hold, keyed by the
-/// columns named `key`.
-pub fn expected(plan: &Plan, sink: &str, key: &[String]) -> Result<KeyVersions, String> {
+/// columns named `key`: from the source's system as it is now where the source can read it
+/// (`current`, by source name: a database's table; versions unknown), else from its change
+/// stream read to its end.
+pub fn expected(
+    plan: &Plan,
+    sink: &str,
+    key: &[String],
+    current: &[(String, CurrentTables)],
+) -> Result<KeyVersions, String> {
     let node = plan
         .nodes
         .iter()
@@ -58,6 +68,9 @@ pub fn expected(plan: &Plan, sink: &str, key: &[String]) -> Result<KeyVersions, 
             "its input `{}.{}` is not a change stream's table",
             source.name, port.name
         ));
+    }
+    if let Some((_, read)) = current.iter().find(|(name, _)| *name == source.name) {
+        return read(&port.name, key);
     }
     let key_columns: Vec<usize> =
         key.iter()

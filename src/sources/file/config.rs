@@ -196,6 +196,7 @@ impl FileConfig {
             dead_letters: true,
             main_is_view: false,
             preflight: None,
+            current_tables: None,
         })
     }
 
@@ -310,6 +311,7 @@ impl FileConfig {
             dead_letters: true,
             main_is_view: true,
             preflight: None,
+            current_tables: None,
         })
     }
 

@@ -75,6 +75,7 @@ impl SourceConfig for GeneratorConfig {
             dead_letters: false,
             main_is_view: false,
             preflight: None,
+            current_tables: None,
         })
     }
 }

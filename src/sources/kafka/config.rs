@@ -259,6 +259,7 @@ impl SourceConfig for KafkaSourceConfig {
             dead_letters: true,
             main_is_view: false,
             preflight: None,
+            current_tables: None,
         })
     }
 }
@@ -345,6 +346,7 @@ impl KafkaSourceConfig {
             dead_letters: true,
             main_is_view: true,
             preflight: None,
+            current_tables: None,
         })
     }
 }

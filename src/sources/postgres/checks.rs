@@ -408,3 +408,42 @@ fn free_slot(sql: &mut Connection) -> Result<(), Fault> {
     }
     Ok(())
 }
+/// The live keys of table port `port` of `spec`, read from the table itself (for `watershed
+/// reconcile`): each key's columns as text, joined as reconcile joins them.
+pub fn current_keys(
+    spec: &PostgresSpec,
+    port: &str,
+    key: &[String],
+) -> Result<crate::reconcile::KeyVersions, String> {
+    let table = spec
+        .tables
+        .iter()
+        .find(|t| t.port == port)
+        .ok_or_else(|| format!("the source has no table `{port}`"))?;
+    let mut conn = Connection::connect(&spec.connect, false).map_err(|e| e.to_string())?;
+    let columns: Vec<String> = key
+        .iter()
+        .map(|k| format!("{}::text", quote_ident(k)))
+        .collect();
+    let result = conn
+        .query(&format!(
+            "SELECT {} FROM {}.{}",
+            columns.join(", "),
+            quote_ident(&table.id.schema),
+            quote_ident(&table.id.table)
+        ))
+        .map_err(|e| e.to_string())?;
+    let separator = crate::reconcile::KEY_SEPARATOR.to_string();
+    Ok(result
+        .first()
+        .map(|r| {
+            r.rows
+                .iter()
+                .map(|row| {
+                    let parts: Vec<&str> = row.iter().map(|v| v.as_deref().unwrap_or("")).collect();
+                    (parts.join(&separator), None)
+                })
+                .collect()
+        })
+        .unwrap_or_default())
+}

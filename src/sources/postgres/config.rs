@@ -255,6 +255,7 @@ impl SourceConfig for PostgresSourceConfig {
             instance,
         };
         let checked = spec(0);
+        let current = spec(0);
         let factory: SourceFactory = Arc::new(move |instance, _parallelism| {
             let source = PostgresSource::new(spec(instance))?;
             Ok(Box::new(source) as Box<dyn Source>)
@@ -267,6 +268,9 @@ impl SourceConfig for PostgresSourceConfig {
             dead_letters: true,
             main_is_view: true,
             preflight: Some(Arc::new(move || super::checks::preflight(&checked))),
+            current_tables: Some(Arc::new(move |port, key| {
+                super::checks::current_keys(&current, port, key)
+            })),
         })
     }
 }
