@@ -141,8 +141,9 @@ enum Command {
         /// The pipeline file (YAML).
         pipeline: PathBuf,
         /// Also connect to the systems the sources read (a Postgres source: wal_level, the
-        /// tables, publication, REPLICATION role, slot) and say what is not ready, changing
-        /// nothing there. Exits with 1 if something is not.
+        /// tables, publication, REPLICATION role, slot) and the sinks write (ClickHouse and
+        /// Postgres: the server, the table and its columns) and say what is not ready,
+        /// changing nothing there. Exits with 1 if something is not.
         #[arg(long)]
         connect: bool,
     },
@@ -370,15 +371,15 @@ fn validate(path: &Path, connect: bool) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let mut failed = 0;
-    for (source, preflight) in &compiled.preflights {
+    for (component, preflight) in &compiled.preflights {
         for check in preflight() {
             let mark = if check.ok { "ok  " } else { "FAIL" };
             failed += usize::from(!check.ok);
-            println!("  {mark} source {source}: {}", check.line);
+            println!("  {mark} {component}: {}", check.line);
         }
     }
     if compiled.preflights.is_empty() {
-        println!("  no source connects to a system `validate --connect` checks");
+        println!("  no source or sink connects to a system `validate --connect` checks");
     }
     Ok(if failed > 0 {
         println!("{failed} check(s) failed");

@@ -459,7 +459,7 @@ pub fn compile(
                 quiet_ports.insert((nodes.len(), 0));
             }
             if let Some(p) = &b.preflight {
-                preflights.push((name.clone(), p.clone()));
+                preflights.push((format!("source {name}"), p.clone()));
             }
             if let Some(c) = &b.current_tables {
                 current_tables.push((name.clone(), c.clone()));
@@ -653,6 +653,9 @@ pub fn compile(
                     sinks_write_json &= b.writes_json;
                     if let Some(h) = &b.holdings {
                         holdings.push((name.clone(), h.clone()));
+                    }
+                    if let Some(p) = &b.preflight {
+                        preflights.push((format!("sink {name}"), p.clone()));
                     }
                     outputs.push((name.clone(), b.target));
                     sink_guarantees.push((name.clone(), b.guarantee));

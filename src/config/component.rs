@@ -359,6 +359,8 @@ pub struct BuiltSink {
     pub writes_json: bool,
     /// How `watershed reconcile` reads what a keyed sink holds (`None`: not keyed).
     pub holdings: Option<std::sync::Arc<dyn crate::reconcile::SinkHoldings>>,
+    /// Read-only checks of the system the sink writes (`validate --connect`), if any.
+    pub preflight: Option<Preflight>,
 }
 
 /// Declares the kinds of one section of the pipeline file: the section's node struct (the

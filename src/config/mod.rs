@@ -54,7 +54,8 @@ pub struct Compiled {
     pub endpoint_limits: crate::http::Limits,
     /// Sink name and where it writes.
     pub outputs: Vec<(String, String)>,
-    /// Read-only checks of the systems the sources read, by source name.
+    /// Read-only checks of the systems the sources read and the sinks write, by component
+    /// (`source NAME`, `sink NAME`).
     pub preflights: Vec<(String, component::Preflight)>,
     /// Per keyed sink, how `watershed reconcile` reads what it holds.
     pub holdings: Vec<(String, std::sync::Arc<dyn crate::reconcile::SinkHoldings>)>,

@@ -282,3 +282,56 @@ fn reconcile_compares_a_postgres_table_with_its_clickhouse_copy() {
     assert_eq!(n, ["499", "499", "1", "1", "0", "0"], "{report}");
     pg.sql("cdc", "SELECT pg_drop_replication_slot('recon_slot')");
 }
+
+#[test]
+fn validate_connect_checks_the_sinks_tables_and_creates_nothing() {
+    use watershed::testing::clickhouse_fixtures::ClickHouseServer;
+    let pg = Postgres::shared();
+    let ch = ClickHouseServer::shared();
+    let _ = sink_options(pg);
+    ch.sql(
+        "CREATE TABLE IF NOT EXISTS default.vc_wrong (id Int64, cve_id Int64, _version UInt64, \
+         _deleted UInt8) ENGINE = ReplacingMergeTree(_version) ORDER BY id",
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let reference = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/demo/reference");
+    let pipeline = tmp.path().join("p.yaml");
+    std::fs::write(
+        &pipeline,
+        format!(
+            "sources:\n  vulndb:\n    file: {{format: debezium, snapshot: [\"{r}/snapshot.jsonl\"]}}\n    tables:\n      vendor_recommendation:\n        key: [id]\n        columns: {{id: int, cve_id: string, source: string, recommendation: string, url: string}}\nsinks:\n  a:\n    input: vulndb.vendor_recommendation\n    clickhouse: {{url: \"{url}\", table: vc_wrong, key: [id]}}\n  b:\n    input: vulndb.vendor_recommendation\n    clickhouse: {{url: \"{url}\", table: vc_new, key: [id], create_table: true}}\n  c:\n    input: vulndb.vendor_recommendation\n    postgres: {{port: {port}, user: cdc, database: sinks, table: vc_new, key: [id], create_table: true}}\n  d:\n    input: vulndb.vendor_recommendation\n    postgres: {{port: 1, user: cdc, database: sinks, table: vc_new, key: [id], connect_timeout: 1s}}\n",
+            r = reference.display(),
+            url = ch.url(),
+            port = pg.port,
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_watershed"))
+        .args(["validate", "--connect"])
+        .arg(&pipeline)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    for line in [
+        "ok   sink a: ClickHouse at",
+        "FAIL sink a: table `default`.`vc_wrong`: column `cve_id`: the pipeline writes string values, the table has Int64",
+        "ok   sink b: table default.vc_new does not exist yet: the sink creates it",
+        "ok   sink c: Postgres at 127.0.0.1",
+        "ok   sink c: table public.vc_new does not exist yet: the sink creates it",
+        "FAIL sink d: Postgres at 127.0.0.1:1",
+        "2 check(s) failed",
+    ] {
+        assert!(text.contains(line), "missing `{line}` in:\n{text}");
+    }
+    assert_eq!(
+        ch.sql("EXISTS TABLE default.vc_new").trim(),
+        "0",
+        "nothing created"
+    );
+    assert_eq!(
+        pg.sql("sinks", "SELECT to_regclass('public.vc_new') IS NULL")
+            .trim(),
+        "t"
+    );
+}

@@ -134,6 +134,7 @@ impl SinkConfig for ClickHouseSinkConfig {
                 .map(|&k| spec.schema.field(k).name.to_string())
                 .collect(),
         };
+        let checked = spec.clone();
         let factory: SinkFactory =
             Arc::new(move |_| Ok(Box::new(ClickHouseSink::new(spec.clone())) as Box<dyn Sink>));
         Some(BuiltSink {
@@ -143,6 +144,9 @@ impl SinkConfig for ClickHouseSinkConfig {
             writes: None,
             writes_json: false,
             holdings: Some(Arc::new(holdings)),
+            preflight: Some(Arc::new(move || {
+                crate::sinks::clickhouse::preflight(&checked)
+            })),
         })
     }
 }

@@ -468,6 +468,54 @@ fn write_encoded(value: &Value, encoding: Encoding, out: &mut Vec<u8>, scratch: 
     }
 }
 
+/// `validate --connect` of a ClickHouse sink: the server answers, and its table takes every
+/// column the sink writes (or does not exist yet and the sink creates it). Creates nothing.
+pub fn preflight(spec: &ClickHouseSinkSpec) -> Vec<crate::config::component::Check> {
+    use crate::config::component::Check;
+    let mut checks = Vec::new();
+    match spec.client.version() {
+        Ok(v) => checks.push(Check {
+            ok: true,
+            line: format!(
+                "ClickHouse at {} answers (version {}.{})",
+                spec.client.url(),
+                v.major,
+                v.minor
+            ),
+        }),
+        Err(e) => {
+            checks.push(Check {
+                ok: false,
+                line: e.to_string(),
+            });
+            return checks;
+        }
+    }
+    let mut probe = spec.clone();
+    probe.retry_for = Duration::ZERO;
+    probe.create_table = false;
+    let table = format!("{}.{}", spec.database, spec.table);
+    checks.push(match ClickHouseSink::new(probe).connect() {
+        Ok(()) => Check {
+            ok: true,
+            line: format!("table {table} takes every column the sink writes"),
+        },
+        Err(e) if spec.create_table && e.to_string().contains("no such table") => Check {
+            ok: true,
+            line: format!("table {table} does not exist yet: the sink creates it"),
+        },
+        Err(RunError::External { message, .. }) => Check {
+            ok: false,
+            line: message,
+        },
+        Err(e) => Check {
+            ok: false,
+            line: e.to_string(),
+        },
+    });
+    checks
+}
+
 impl Sink for ClickHouseSink {
     fn guarantee(&self) -> Guarantee {
         Guarantee::Idempotent

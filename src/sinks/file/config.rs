@@ -50,6 +50,7 @@ impl SinkConfig for FileSinkConfig {
             },
             writes_json: true,
             holdings: None,
+            preflight: None,
         })
     }
 }

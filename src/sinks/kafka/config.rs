@@ -224,6 +224,7 @@ impl SinkConfig for KafkaSinkConfig {
             writes: None,
             writes_json: true,
             holdings: None,
+            preflight: None,
         })
     }
 }

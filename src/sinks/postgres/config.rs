@@ -132,6 +132,7 @@ impl SinkConfig for PostgresSinkConfig {
                 .map(|&k| spec.schema.field(k).name.to_string())
                 .collect(),
         };
+        let checked = spec.clone();
         let factory: SinkFactory =
             Arc::new(move |_| Ok(Box::new(PostgresSink::new(spec.clone())) as Box<dyn Sink>));
         Some(BuiltSink {
@@ -141,6 +142,9 @@ impl SinkConfig for PostgresSinkConfig {
             writes: None,
             writes_json: false,
             holdings: Some(Arc::new(holdings)),
+            preflight: Some(Arc::new(move || {
+                crate::sinks::postgres::preflight(&checked)
+            })),
         })
     }
 }

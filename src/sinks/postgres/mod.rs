@@ -662,6 +662,81 @@ enum Version {
     Change(u64),
 }
 
+/// `validate --connect` of a Postgres sink: the server answers, and its table takes every
+/// column the sink writes with a unique index on the key (or does not exist yet, and this
+/// user may create it in its schema). Creates nothing.
+pub fn preflight(spec: &PostgresSinkSpec) -> Vec<crate::config::component::Check> {
+    use crate::config::component::Check;
+    let mut checks = Vec::new();
+    let where_ = format!(
+        "Postgres at {}:{} (database {}, user {})",
+        spec.connect.host, spec.connect.port, spec.connect.database, spec.connect.user
+    );
+    let mut conn = match Connection::connect(&spec.connect, false) {
+        Ok(c) => {
+            checks.push(Check {
+                ok: true,
+                line: format!("{where_} answers"),
+            });
+            c
+        }
+        Err(e) => {
+            checks.push(Check {
+                ok: false,
+                line: format!("{where_}: {e}"),
+            });
+            return checks;
+        }
+    };
+    let mut probe = spec.clone();
+    probe.retry_for = Duration::ZERO;
+    probe.create_table = false;
+    let table = format!("{}.{}", spec.schema_name, spec.table);
+    let mut sink = PostgresSink::new(probe);
+    checks.push(match sink.connect() {
+        Ok(()) => Check {
+            ok: true,
+            line: format!(
+                "table {table} takes every column the sink writes, with a unique index on its key"
+            ),
+        },
+        Err(e) if spec.create_table && e.to_string().contains("no such table") => {
+            let may = conn
+                .query(&format!(
+                    "SELECT has_schema_privilege({}, 'CREATE')",
+                    quote_literal(&spec.schema_name)
+                ))
+                .ok()
+                .and_then(|r| {
+                    r.first()
+                        .and_then(|r| r.get(0, "has_schema_privilege").map(|v| v == "t"))
+                })
+                .unwrap_or(false);
+            Check {
+                ok: may,
+                line: if may {
+                    format!("table {table} does not exist yet: the sink creates it")
+                } else {
+                    format!(
+                        "table {table} does not exist and user {} may not create tables in \
+                         schema {}: GRANT CREATE ON SCHEMA {} TO {}",
+                        spec.connect.user, spec.schema_name, spec.schema_name, spec.connect.user
+                    )
+                },
+            }
+        }
+        Err(RunError::External { message, .. }) => Check {
+            ok: false,
+            line: message,
+        },
+        Err(e) => Check {
+            ok: false,
+            line: e.to_string(),
+        },
+    });
+    checks
+}
+
 impl Sink for PostgresSink {
     fn guarantee(&self) -> Guarantee {
         Guarantee::Idempotent

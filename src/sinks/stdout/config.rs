@@ -37,6 +37,7 @@ impl SinkConfig for StdoutConfig {
             writes: None,
             writes_json: true,
             holdings: None,
+            preflight: None,
         })
     }
 }
