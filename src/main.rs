@@ -403,7 +403,15 @@ fn reconcile(
     }
     let mut reports = Vec::new();
     let mut failed = 0;
+    let mut rerun = Vec::new();
     for (sink, holdings) in &compiled.holdings {
+        if reconcile::expected::needs_rerun(&compiled.plan, sink) {
+            rerun.push(reconcile::rerun::Target {
+                sink: sink.clone(),
+                key: holdings.key(),
+            });
+            continue;
+        }
         let result = reconcile::expected::expected(
             &compiled.plan,
             sink,
@@ -422,6 +430,43 @@ fn reconcile(
             Err(e) => {
                 failed += 1;
                 eprintln!("sink {sink}: cannot reconcile: {e}");
+            }
+        }
+    }
+    if !rerun.is_empty() {
+        let names: Vec<&str> = rerun.iter().map(|t| t.sink.as_str()).collect();
+        eprintln!(
+            "running the pipeline again for the sinks of derived rows ({})",
+            names.join(", ")
+        );
+        match reconcile::rerun::expected_by_rerun(compiled.plan, &compiled.replayable, &rerun) {
+            Ok(mut expected) => {
+                for (sink, holdings) in &compiled.holdings {
+                    let Some(want) = expected.remove(sink) else {
+                        continue;
+                    };
+                    match holdings.read() {
+                        Ok(mut found) => {
+                            // The rerun knows no versions: compare keys only.
+                            found.live.values_mut().for_each(|v| *v = None);
+                            reports.push(reconcile::compare(
+                                sink,
+                                &holdings.target(),
+                                &want,
+                                &found,
+                                ranges,
+                            ));
+                        }
+                        Err(e) => {
+                            failed += 1;
+                            eprintln!("sink {sink}: cannot reconcile: {e}");
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                failed += rerun.len();
+                eprintln!("sinks {}: cannot reconcile: {e}", names.join(", "));
             }
         }
     }

@@ -310,6 +310,7 @@ pub fn compile(
     let mut preflights = Vec::new();
     let mut holdings = Vec::new();
     let mut current_tables = Vec::new();
+    let mut replayable = Vec::new();
     let enrichment =
         enrichment_defaults(&mut issues, file.enrichment.as_ref(), file.state.as_ref());
 
@@ -463,6 +464,9 @@ pub fn compile(
             }
             if let Some(c) = &b.current_tables {
                 current_tables.push((name.clone(), c.clone()));
+            }
+            if b.replayable {
+                replayable.push(name.clone());
             }
         }
         add_node(
@@ -749,6 +753,7 @@ pub fn compile(
         preflights,
         holdings,
         current_tables,
+        replayable,
     })
 }
 

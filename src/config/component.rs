@@ -218,6 +218,10 @@ pub struct BuiltSource {
     /// table itself), for `watershed reconcile`; `None`: the change stream is read to its end
     /// instead.
     pub current_tables: Option<CurrentTables>,
+    /// Reading the source again from its start gives the same records, ends, and changes
+    /// nothing outside (files not followed, a generator with a `count`): `watershed
+    /// reconcile` may run the pipeline again to learn what its sinks should hold.
+    pub replayable: bool,
 }
 
 /// The live keys of table port `port`, by the columns `key` (as text, joined as

@@ -61,6 +61,8 @@ pub struct Compiled {
     pub holdings: Vec<(String, std::sync::Arc<dyn crate::reconcile::SinkHoldings>)>,
     /// Per source that can read its tables as they are now, how (`watershed reconcile`).
     pub current_tables: Vec<(String, component::CurrentTables)>,
+    /// The sources that can be read again without side effects (`BuiltSource::replayable`).
+    pub replayable: Vec<String>,
 }
 
 /// Where to serve the HTTP endpoint, as the command line or the file says.

@@ -20,7 +20,8 @@ use crate::types::{Batch, DataType, Value};
 /// How long a source may have nothing to read before it is taken not to end.
 const QUIET_LIMIT: Duration = Duration::from_secs(5);
 
-/// The key text of `row`'s `key` columns, as the sinks' tables show it.
+/// The key text of `row`'s `key` columns, as the sinks' holdings render them: integers and
+/// strings as they are, timestamps as microseconds since the epoch, dates `YYYY-MM-DD`.
 pub fn key_text(row: &[Value], key: &[usize]) -> Option<String> {
     let mut out = String::new();
     for (i, &k) in key.iter().enumerate() {
@@ -28,12 +29,30 @@ pub fn key_text(row: &[Value], key: &[usize]) -> Option<String> {
             out.push(KEY_SEPARATOR);
         }
         match &row[k] {
-            Value::Int(n) => out.push_str(itoa::Buffer::new().format(*n)),
+            Value::Int(n) | Value::Timestamp(n) => out.push_str(itoa::Buffer::new().format(*n)),
             Value::Str(s) => out.push_str(s),
+            Value::Date(days) => {
+                let mut text = Vec::new();
+                crate::format::write_date(*days, &mut text);
+                out.push_str(&String::from_utf8_lossy(&text));
+            }
             _ => return None,
         }
     }
     Some(out)
+}
+
+/// Whether sink `sink` of `plan` is fed by anything but a change stream's table port (an
+/// operator's event-derived rows, a source's rows or dead letters): what it should hold is
+/// learnt by running the pipeline again (`rerun`).
+pub fn needs_rerun(plan: &Plan, sink: &str) -> bool {
+    plan.nodes.iter().find(|n| n.name == sink).is_some_and(|n| {
+        n.inputs.iter().any(|i| {
+            let up = &plan.nodes[i.node];
+            matches!(up.kind, NodeKind::Operator { .. })
+                || !change_rows::is_change_schema(&up.ports[i.port].schema)
+        })
+    })
 }
 
 /// The live keys and versions sink `sink` (a node of `plan`) should hold, keyed by the

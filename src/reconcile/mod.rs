@@ -11,6 +11,7 @@
 //! one), so after a truncate of the source every row left in the sink is reported extra.
 
 pub mod expected;
+pub mod rerun;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

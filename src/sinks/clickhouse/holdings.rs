@@ -44,10 +44,26 @@ impl SinkHoldings for ClickHouseHoldings {
             quote_ident(&self.database),
             quote_ident(&self.table)
         );
+        // Keys as `reconcile::expected::key_text` renders them: timestamps in microseconds.
         let keys: Vec<String> = self
             .key
             .iter()
-            .map(|k| format!("toString({})", quote_ident(k)))
+            .map(|k| {
+                let q = quote_ident(k);
+                match columns
+                    .iter()
+                    .find(|c| c.name == *k)
+                    .map(|c| c.base.as_str())
+                {
+                    Some(b) if b.starts_with("DateTime64") => {
+                        format!("toString(toUnixTimestamp64Micro({q}))")
+                    }
+                    Some(b) if b.starts_with("DateTime") => {
+                        format!("toString(toInt64(toUnixTimestamp({q})) * 1000000)")
+                    }
+                    _ => format!("toString({q})"),
+                }
+            })
             .collect();
         // FINAL in a subquery: the filter on `_deleted` must see only each key's newest row
         // (an outer WHERE could be applied before FINAL on some versions).

@@ -41,10 +41,34 @@ impl SinkHoldings for PostgresHoldings {
             .map_err(|e| e.to_string())?
             .first()
             .is_some_and(|r| !r.rows.is_empty());
+        // Keys as `reconcile::expected::key_text` renders them: timestamps in microseconds.
+        let types = conn
+            .query(&format!(
+                "SELECT attname, format_type(atttypid, NULL) FROM pg_attribute \
+                 WHERE attrelid = to_regclass({}) AND attnum > 0 AND NOT attisdropped",
+                quote_literal(&qualified)
+            ))
+            .map_err(|e| e.to_string())?;
+        let type_of = |k: &str| {
+            types.first().and_then(|r| {
+                r.rows
+                    .iter()
+                    .find(|row| row[0].as_deref() == Some(k))
+                    .and_then(|row| row[1].clone())
+            })
+        };
         let keys: Vec<String> = self
             .key
             .iter()
-            .map(|k| format!("{}::text", quote_ident(k)))
+            .map(|k| {
+                let q = quote_ident(k);
+                match type_of(k).as_deref() {
+                    Some(t) if t.starts_with("timestamp") => {
+                        format!("(extract(epoch from {q}) * 1000000)::bigint::text")
+                    }
+                    _ => format!("{q}::text"),
+                }
+            })
             .collect();
         let filter = if has_deleted {
             format!(" WHERE NOT {}", quote_ident(DELETED_COLUMN))

@@ -197,6 +197,7 @@ impl FileConfig {
             main_is_view: false,
             preflight: None,
             current_tables: None,
+            replayable: !follow,
         })
     }
 
@@ -312,6 +313,7 @@ impl FileConfig {
             main_is_view: true,
             preflight: None,
             current_tables: None,
+            replayable: !follow,
         })
     }
 

@@ -63,6 +63,7 @@ impl SourceConfig for GeneratorConfig {
         }
         let spec = self.spec(cx);
         let schema = schema_for(&spec);
+        let replayable = self.count.is_some();
         let node = cx.name.to_string();
         let factory: SourceFactory = Arc::new(move |inst, par| {
             Ok(Box::new(GeneratorSource::new(&node, spec.clone(), inst, par)) as Box<dyn Source>)
@@ -76,6 +77,7 @@ impl SourceConfig for GeneratorConfig {
             main_is_view: false,
             preflight: None,
             current_tables: None,
+            replayable,
         })
     }
 }

@@ -260,6 +260,7 @@ impl SourceConfig for KafkaSourceConfig {
             main_is_view: false,
             preflight: None,
             current_tables: None,
+            replayable: false,
         })
     }
 }
@@ -347,6 +348,7 @@ impl KafkaSourceConfig {
             main_is_view: true,
             preflight: None,
             current_tables: None,
+            replayable: false,
         })
     }
 }

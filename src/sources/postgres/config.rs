@@ -271,6 +271,7 @@ impl SourceConfig for PostgresSourceConfig {
             current_tables: Some(Arc::new(move |port, key| {
                 super::checks::current_keys(&current, port, key)
             })),
+            replayable: false,
         })
     }
 }
