@@ -35,6 +35,76 @@ pub enum VersionSource {
     EventTime,
 }
 
+/// A row's version, as its source gives it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Version {
+    /// A change's (`change_version`: below 2⁶³).
+    Change(u64),
+    /// A column's value or an event time (may be negative).
+    Signed(i64),
+}
+
+/// What a keyed sink does with a row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyedRow {
+    /// Nothing: the end of a table's snapshot.
+    Skip,
+    /// A truncate of the source table, which rows cannot express: counted and logged.
+    Truncate,
+    /// Write it at `version`; `deleted`: the delete flag, if the table has one.
+    Write {
+        version: Version,
+        deleted: Option<bool>,
+    },
+}
+
+/// How row `row` (at `event_time`, of `schema`) is written by a sink taking versions from
+/// `source`, into a table with a delete flag if `deletes`; an error says why it cannot be.
+pub fn keyed_row(
+    source: VersionSource,
+    row: &[crate::types::Value],
+    event_time: crate::types::EventTime,
+    schema: &crate::types::Schema,
+    deletes: bool,
+) -> Result<KeyedRow, String> {
+    use crate::cdc::rows::{self as change_rows, RowOp};
+    use crate::types::Value;
+    Ok(match source {
+        VersionSource::Change => {
+            let deleted = match change_rows::row_op(row) {
+                RowOp::Upsert { .. } => false,
+                RowOp::Delete => true,
+                RowOp::SnapshotEnd => return Ok(KeyedRow::Skip),
+                RowOp::Truncate | RowOp::Unknown => return Ok(KeyedRow::Truncate),
+            };
+            let v = change_rows::row_version(row);
+            KeyedRow::Write {
+                version: Version::Change(change_version(v.commit_lsn, v.ordinal)?),
+                deleted: Some(deleted),
+            }
+        }
+        VersionSource::Column(c) => {
+            let v = match &row[c] {
+                Value::Int(n) | Value::Timestamp(n) => *n,
+                _ => {
+                    return Err(format!(
+                        "a row has no version in column `{}`",
+                        schema.field(c).name
+                    ));
+                }
+            };
+            KeyedRow::Write {
+                version: Version::Signed(v),
+                deleted: deletes.then_some(false),
+            }
+        }
+        VersionSource::EventTime => KeyedRow::Write {
+            version: Version::Signed(event_time),
+            deleted: deletes.then_some(false),
+        },
+    })
+}
+
 /// The columns, key and version of a keyed sink, from its `key:` and `version:` settings;
 /// `own` are the sink's own column names (versions, deletes), which the input must not
 /// write. Mistakes are reported on `cx`.

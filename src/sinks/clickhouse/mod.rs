@@ -29,7 +29,7 @@ pub use config::ClickHouseSinkConfig;
 
 use std::time::{Duration, Instant};
 
-use crate::cdc::rows::{self as change_rows, RowOp};
+use crate::cdc::rows as change_rows;
 use crate::dataflow::{Guarantee, Sink};
 use crate::error::{ErrorClass, RunError};
 use crate::format::json::write_json_str;
@@ -38,6 +38,7 @@ use crate::sinks::clickhouse::client::{ChError, ClickHouse, ServerVersion, quote
 use crate::sinks::clickhouse::table::{DELETED_COLUMN, Encoding, VERSION_COLUMN};
 use crate::types::{Batch, Epoch, SchemaRef, Value};
 
+use crate::sinks::keyed::{KeyedRow, Version, keyed_row};
 pub use crate::sinks::keyed::{VersionSource, change_version};
 
 /// What a ClickHouse sink instance writes, and how.
@@ -261,43 +262,31 @@ impl ClickHouseSink {
 
     fn encode(&mut self, batch: &Batch, i: usize) -> Result<(), RunError> {
         let row = batch.row(i);
-        let (version, deleted) = match self.spec.version {
-            VersionSource::Change => {
-                let deleted = match change_rows::row_op(row) {
-                    RowOp::Upsert { .. } => false,
-                    RowOp::Delete => true,
-                    RowOp::SnapshotEnd => return Ok(()),
-                    RowOp::Truncate | RowOp::Unknown => {
-                        self.truncates_seen += 1;
-                        if self.truncates_seen == 1 {
-                            tracing::warn!(sink = %self.spec.node, "a truncate of the source table cannot be written as rows: the table keeps its rows (counted in watershed_sink_skipped_total)");
-                        }
-                        metrics::counter!("watershed_sink_skipped_total", "sink" => self.spec.node.clone()).increment(1);
-                        return Ok(());
-                    }
-                };
-                let v = change_rows::row_version(row);
-                let version =
-                    change_version(v.commit_lsn, v.ordinal).map_err(|m| self.definite(m))?;
-                (version, Some(deleted))
+        let keyed = keyed_row(
+            self.spec.version,
+            row,
+            batch.event_time(i),
+            &self.spec.schema,
+            self.deletes,
+        )
+        .map_err(|m| self.definite(m))?;
+        let (version, deleted) = match keyed {
+            KeyedRow::Skip => return Ok(()),
+            KeyedRow::Truncate => {
+                self.truncates_seen += 1;
+                if self.truncates_seen == 1 {
+                    tracing::warn!(sink = %self.spec.node, "a truncate of the source table cannot be written as rows: the table keeps its rows (counted in watershed_sink_skipped_total)");
+                }
+                metrics::counter!("watershed_sink_skipped_total", "sink" => self.spec.node.clone())
+                    .increment(1);
+                return Ok(());
             }
-            VersionSource::Column(c) => {
-                let v = match &row[c] {
-                    Value::Int(n) => *n,
-                    Value::Timestamp(us) => *us,
-                    _ => {
-                        return Err(self.definite(format!(
-                            "a row has no version in column `{}`",
-                            self.spec.schema.field(c).name
-                        )));
-                    }
-                };
-                (ordered_u64(v), self.deletes.then_some(false))
-            }
-            VersionSource::EventTime => (
-                ordered_u64(batch.event_time(i)),
-                self.deletes.then_some(false),
-            ),
+            // Change versions as they are (reconcile reads them back); others in order
+            // whatever their sign.
+            KeyedRow::Write { version, deleted } => match version {
+                Version::Change(v) => (v, deleted),
+                Version::Signed(v) => (ordered_u64(v), deleted),
+            },
         };
         let is_delete = deleted == Some(true);
         // A delete carries the row before it, often only its key (default replica

@@ -34,11 +34,11 @@ use std::time::{Duration, Instant};
 
 use ahash::AHashMap;
 
-use crate::cdc::rows::{self as change_rows, RowOp};
+use crate::cdc::rows as change_rows;
 use crate::dataflow::{Guarantee, Sink};
 use crate::error::{ErrorClass, RunError};
 use crate::runtime::retry::Backoff;
-use crate::sinks::keyed::{VersionSource, change_version};
+use crate::sinks::keyed::{KeyedRow, Version, VersionSource, keyed_row};
 use crate::sources::postgres::wire::{
     ConnectOptions, Connection, PgError, quote_ident, quote_literal,
 };
@@ -537,48 +537,33 @@ impl PostgresSink {
 
     fn encode(&mut self, batch: &Batch, i: usize) -> Result<(), RunError> {
         let row = batch.row(i);
-        let (version, deleted) = match self.spec.version {
-            VersionSource::Change => {
-                let deleted = match change_rows::row_op(row) {
-                    RowOp::Upsert { .. } => false,
-                    RowOp::Delete => true,
-                    RowOp::SnapshotEnd => return Ok(()),
-                    RowOp::Truncate | RowOp::Unknown => {
-                        self.truncates_seen += 1;
-                        if self.truncates_seen == 1 {
-                            tracing::warn!(sink = %self.spec.node, "a truncate of the source table is not applied: the table keeps its rows (counted in watershed_sink_skipped_total)");
-                        }
-                        metrics::counter!("watershed_sink_skipped_total", "sink" => self.spec.node.clone()).increment(1);
-                        return Ok(());
-                    }
-                };
-                let v = change_rows::row_version(row);
-                let version =
-                    change_version(v.commit_lsn, v.ordinal).map_err(|m| self.definite(m))?;
-                (Version::Change(version), Some(deleted))
+        let keyed = keyed_row(
+            self.spec.version,
+            row,
+            batch.event_time(i),
+            &self.spec.schema,
+            self.deletes,
+        )
+        .map_err(|m| self.definite(m))?;
+        let (version, deleted) = match keyed {
+            KeyedRow::Skip => return Ok(()),
+            KeyedRow::Truncate => {
+                self.truncates_seen += 1;
+                if self.truncates_seen == 1 {
+                    tracing::warn!(sink = %self.spec.node, "a truncate of the source table is not applied: the table keeps its rows (counted in watershed_sink_skipped_total)");
+                }
+                metrics::counter!("watershed_sink_skipped_total", "sink" => self.spec.node.clone())
+                    .increment(1);
+                return Ok(());
             }
-            VersionSource::Column(c) => {
-                let v = match &row[c] {
-                    Value::Int(n) => *n,
-                    Value::Timestamp(us) => *us,
-                    _ => {
-                        return Err(self.definite(format!(
-                            "a row has no version in column `{}`",
-                            self.spec.schema.field(c).name
-                        )));
-                    }
-                };
-                (Version::Signed(v), self.deletes.then_some(false))
-            }
-            VersionSource::EventTime => (
-                Version::Signed(batch.event_time(i)),
-                self.deletes.then_some(false),
+            KeyedRow::Write { version, deleted } => (
+                match version {
+                    Version::Signed(v) => v,
+                    Version::Change(v) => i64::try_from(v)
+                        .map_err(|_| self.definite(format!("version {v} does not fit a bigint")))?,
+                },
+                deleted,
             ),
-        };
-        let version = match version {
-            Version::Signed(v) => v,
-            Version::Change(v) => i64::try_from(v)
-                .map_err(|_| self.definite(format!("version {v} does not fit a bigint")))?,
         };
         let is_delete = deleted == Some(true);
         let mut key = String::new();
@@ -654,12 +639,6 @@ impl PostgresSink {
         }
         Ok(())
     }
-}
-
-/// A row's version before it is checked to fit a bigint.
-enum Version {
-    Signed(i64),
-    Change(u64),
 }
 
 /// `validate --connect` of a Postgres sink: the server answers, and its table takes every
