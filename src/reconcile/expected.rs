@@ -88,9 +88,6 @@ pub fn expected(
             source.name, port.name
         ));
     }
-    if let Some((_, read)) = current.iter().find(|(name, _)| *name == source.name) {
-        return read(&port.name, key);
-    }
     let key_columns: Vec<usize> =
         key.iter()
             .map(|k| {
@@ -106,6 +103,9 @@ pub fn expected(
                 }
             })
             .collect::<Result<_, String>>()?;
+    if let Some((_, read)) = current.iter().find(|(name, _)| *name == source.name) {
+        return read(&port.name, key);
+    }
     let mut state = KeyVersions::new();
     for instance in 0..source.parallelism {
         let mut s = factory(instance, source.parallelism).map_err(|e| e.to_string())?;
@@ -150,7 +150,7 @@ pub fn expected(
 }
 
 /// Applies change rows to `state`.
-fn apply(batch: &Batch, key: &[usize], state: &mut KeyVersions) -> Result<(), String> {
+pub(crate) fn apply(batch: &Batch, key: &[usize], state: &mut KeyVersions) -> Result<(), String> {
     for (row, _) in batch.rows() {
         let op = change_rows::row_op(row);
         if matches!(op, RowOp::SnapshotEnd | RowOp::Unknown) {

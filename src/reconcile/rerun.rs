@@ -25,9 +25,11 @@ pub struct Target {
     pub key: Vec<String>,
 }
 
-/// Collects the keys of the rows a sink is given.
+/// Collects the keys of the rows a sink is given (change rows — a table routed on —
+/// applied as changes: deletes remove their key).
 struct Collector {
     key: Vec<usize>,
+    changes: bool,
     keys: Arc<Mutex<KeyVersions>>,
     unkeyed: Arc<Mutex<u64>>,
 }
@@ -39,6 +41,15 @@ impl Sink for Collector {
 
     fn write(&mut self, batch: &Batch) -> Result<(), RunError> {
         let mut keys = self.keys.lock().unwrap_or_else(|p| p.into_inner());
+        if self.changes {
+            return crate::reconcile::expected::apply(batch, &self.key, &mut keys).map_err(|m| {
+                RunError::External {
+                    component: "reconcile".into(),
+                    message: m,
+                    class: crate::error::ErrorClass::Definite,
+                }
+            });
+        }
         for (row, _) in batch.rows() {
             match key_text(row, &self.key) {
                 Some(k) => {
@@ -112,6 +123,7 @@ pub fn expected_by_rerun(
                         })
                     })
                     .collect::<Result<Vec<_>, String>>()?;
+                let changes = crate::cdc::rows::is_change_schema(&schema);
                 let keys = Arc::new(Mutex::new(KeyVersions::new()));
                 let missing_key = Arc::new(Mutex::new(0u64));
                 collected.insert(t.sink.clone(), keys.clone());
@@ -119,6 +131,7 @@ pub fn expected_by_rerun(
                 *factory = Arc::new(move |_| {
                     Ok(Box::new(Collector {
                         key: key.clone(),
+                        changes,
                         keys: keys.clone(),
                         unkeyed: missing_key.clone(),
                     }) as Box<dyn Sink>)

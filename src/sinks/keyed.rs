@@ -152,6 +152,15 @@ pub fn keyed_output(
     }
     let version = match version {
         None if change => VersionSource::Change,
+        Some(v) if change => {
+            cx.issue(
+                &v.referenced,
+                "version",
+                "a change stream's rows are versioned by their commit position (and deletes \
+                 are tombstones): remove `version`",
+            );
+            VersionSource::Change
+        }
         None => VersionSource::EventTime,
         Some(v) => match cx.schema.index_of(&v.value) {
             Some(i)

@@ -335,3 +335,44 @@ fn validate_connect_checks_the_sinks_tables_and_creates_nothing() {
         "t"
     );
 }
+
+#[test]
+fn a_delete_before_its_insert_leaves_a_tombstone_the_older_insert_cannot_pass() {
+    use watershed::dataflow::Sink;
+    use watershed::sinks::keyed::VersionSource;
+    use watershed::sinks::postgres::{PostgresSink, PostgresSinkSpec};
+    let pg = Postgres::shared();
+    let first = crate::clickhouse::change_batch(&[("d", 20, 3, None, None, None)]);
+    let mut sink = PostgresSink::new(PostgresSinkSpec {
+        node: "early".into(),
+        connect: sink_options(pg),
+        schema_name: "public".into(),
+        table: "early_delete".into(),
+        schema: first.schema().clone(),
+        columns: (5..8).collect(),
+        key: vec![5],
+        version: VersionSource::Change,
+        create_table: true,
+        batch_rows: 100,
+        retry_for: Duration::from_secs(5),
+    });
+    sink.recover(None).unwrap();
+    sink.write(&first).unwrap();
+    sink.pre_commit(1).unwrap();
+    // The insert, older, arrives after the delete (another path of the pipeline).
+    sink.write(&crate::clickhouse::change_batch(&[(
+        "c",
+        10,
+        3,
+        Some("late"),
+        Some(1),
+        None,
+    )]))
+    .unwrap();
+    sink.pre_commit(2).unwrap();
+    sink.finish().unwrap();
+    assert_eq!(
+        pg.sql("sinks", "SELECT id, doc, _deleted FROM early_delete"),
+        "3||t\n"
+    );
+}

@@ -332,3 +332,13 @@ fn postgres_sink_settings() {
         ],
     );
 }
+
+#[test]
+fn a_change_stream_into_a_keyed_sink_takes_no_version_column() {
+    expect(
+        "sources:\n  c:\n    file: {format: debezium, snapshot: [in.jsonl]}\n    tables:\n      t: {key: [id], columns: {id: int, n: int}}\nsinks:\n  a:\n    input: c.t\n    clickhouse: {url: \"http://h:8123\", table: t, key: [id], version: n}\n",
+        &[
+            "field `sinks.a.clickhouse.version`: a change stream's rows are versioned by their commit position",
+        ],
+    );
+}

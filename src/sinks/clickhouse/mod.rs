@@ -181,7 +181,7 @@ impl ClickHouseSink {
         }
         let find = |name: &str| columns.iter().find(|c| c.name == name);
         match find(VERSION_COLUMN) {
-            Some(c) if c.base.starts_with("UInt64") || c.base.starts_with("Int64") => {}
+            Some(c) if c.base == "UInt64" => {}
             Some(c) => {
                 return Err(definite(format!(
                     "column `{VERSION_COLUMN}` is {}; the sink writes a UInt64 version",
@@ -289,12 +289,21 @@ impl ClickHouseSink {
             },
         };
         let is_delete = deleted == Some(true);
+        // Unchanged TOASTed columns of an update have no value in the change: keep the
+        // table's (a whole row replaces the older one).
+        let unavailable = if self.spec.version == VersionSource::Change && !is_delete {
+            change_rows::row_unavailable(row)
+        } else {
+            Vec::new()
+        };
         // A delete carries the row before it, often only its key (default replica
         // identity): the other columns of a tombstone do not matter.
         if let Some(w) = self.written.iter().find(|w| {
+            let name = self.spec.schema.field(w.column).name.as_str();
             !w.nullable
                 && row[w.column].is_null()
                 && (!is_delete || self.spec.key.contains(&w.column))
+                && !unavailable.iter().any(|u| u == name)
         }) {
             // ClickHouse would store the type's default in its place, and a key of 0 or ''
             // would replace another row.
@@ -305,13 +314,6 @@ impl ClickHouseSink {
                  sink or make the column Nullable"
             )));
         }
-        // Unchanged TOASTed columns of an update have no value in the change: keep the
-        // table's (a whole row replaces the older one).
-        let unavailable = if self.spec.version == VersionSource::Change && !is_delete {
-            change_rows::row_unavailable(row)
-        } else {
-            Vec::new()
-        };
         let kept = if unavailable.is_empty() {
             None
         } else {
@@ -357,13 +359,14 @@ impl ClickHouseSink {
             .increment(1);
         let mut filter = Vec::new();
         for &k in &self.spec.key {
-            let mut literal = Vec::new();
-            write_encoded(&row[k], Encoding::Plain, &mut literal, &mut self.scratch);
-            filter.push(format!(
-                "{} = {}",
-                quote_ident(&self.spec.schema.field(k).name),
-                json_to_sql_literal(&String::from_utf8_lossy(&literal))
-            ));
+            let encoding = self
+                .written
+                .iter()
+                .find(|w| w.column == k)
+                .map_or(Encoding::Plain, |w| w.encoding);
+            let name = quote_ident(&self.spec.schema.field(k).name);
+            let value = sql_literal(&row[k], encoding, &mut self.scratch);
+            filter.push(format!("{name} = {value}"));
         }
         let wanted: Vec<&String> = columns
             .iter()
@@ -377,8 +380,15 @@ impl ClickHouseSink {
             return Ok(ahash::AHashMap::new());
         }
         let select: Vec<String> = wanted.iter().map(|c| quote_ident(c)).collect();
+        // The key's newest row, unless it is a tombstone (FINAL in a subquery, so the filter
+        // on `_deleted` sees only that row).
+        let live = if self.deletes {
+            format!(" WHERE {} = 0", quote_ident(DELETED_COLUMN))
+        } else {
+            String::new()
+        };
         let sql = format!(
-            "SELECT {} FROM {} FINAL WHERE {} FORMAT JSONEachRow",
+            "SELECT {} FROM (SELECT * FROM {} FINAL WHERE {}){live} FORMAT JSONEachRow",
             select.join(", "),
             self.qualified,
             filter.join(" AND ")
@@ -398,11 +408,21 @@ fn ordered_u64(v: i64) -> u64 {
     (v as u64) ^ (1 << 63)
 }
 
-/// A key value as JSON (a number or a string) as an SQL literal.
-fn json_to_sql_literal(json: &str) -> String {
-    match serde_json::from_str::<serde_json::Value>(json) {
+/// `value` as an SQL literal of a column taking `encoding`: the text its JSONEachRow
+/// encoding gives, numbers as they are, the rest quoted, timestamps converted.
+fn sql_literal(value: &Value, encoding: Encoding, scratch: &mut Vec<u8>) -> String {
+    let mut json = Vec::new();
+    write_encoded(value, encoding, &mut json, scratch);
+    let text = String::from_utf8_lossy(&json).into_owned();
+    let literal = match serde_json::from_str::<serde_json::Value>(&text) {
+        Ok(serde_json::Value::Number(_)) => text.clone(),
         Ok(serde_json::Value::String(s)) => client::quote_str(&s),
-        _ => json.to_string(),
+        _ => client::quote_str(&text),
+    };
+    match encoding {
+        Encoding::DateTime => format!("toDateTime({literal})"),
+        Encoding::DateTime64 => format!("toDateTime64({literal}, 6)"),
+        _ => literal,
     }
 }
 
@@ -489,10 +509,37 @@ pub fn preflight(spec: &ClickHouseSinkSpec) -> Vec<crate::config::component::Che
             ok: true,
             line: format!("table {table} takes every column the sink writes"),
         },
-        Err(e) if spec.create_table && e.to_string().contains("no such table") => Check {
-            ok: true,
-            line: format!("table {table} does not exist yet: the sink creates it"),
-        },
+        Err(e) if spec.create_table && e.to_string().contains("no such table") => {
+            let database = spec.client.query(&format!(
+                "SELECT count() FROM system.databases WHERE name = {}",
+                client::quote_str(&spec.database)
+            ));
+            let readonly = spec
+                .client
+                .query("SELECT value FROM system.settings WHERE name = 'readonly'");
+            match (database, readonly) {
+                (Ok(d), _) if d.trim() == "0" => Check {
+                    ok: false,
+                    line: format!("database {} does not exist", spec.database),
+                },
+                (_, Ok(r)) if !matches!(r.trim(), "" | "0") => Check {
+                    ok: false,
+                    line: format!(
+                        "table {table} does not exist and this user may not create it \
+                         (readonly = {})",
+                        r.trim()
+                    ),
+                },
+                (Err(e), _) | (_, Err(e)) => Check {
+                    ok: false,
+                    line: e.to_string(),
+                },
+                _ => Check {
+                    ok: true,
+                    line: format!("table {table} does not exist yet: the sink creates it"),
+                },
+            }
+        }
         Err(RunError::External { message, .. }) => Check {
             ok: false,
             line: message,

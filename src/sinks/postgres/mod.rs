@@ -9,7 +9,8 @@
 //!   wrote, and an older row never overwrites a newer one. A change stream's delete marks
 //!   the key's row `_deleted` at the delete's version (a tombstone, so a replayed older
 //!   insert cannot bring it back; the rest of the row is kept, as a delete often carries
-//!   only the key); read live rows with `WHERE NOT _deleted`. An update whose unchanged
+//!   only the key), or inserts a tombstone of the key alone if the table does not hold it
+//!   (its other columns must then take null or have defaults); read live rows with `WHERE NOT _deleted`. An update whose unchanged
 //!   TOASTed columns carry no value leaves the table's values of those columns.
 //! - **Transactions.** The statements of one epoch run in one transaction, committed at the
 //!   epoch's barrier: readers see whole epochs. A failure inside it fails the run (a
@@ -363,7 +364,7 @@ impl PostgresSink {
             "SELECT array_to_string(ARRAY(SELECT a.attname FROM unnest(i.indkey) k \
              JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k ORDER BY a.attname), ',') \
              FROM pg_index i WHERE i.indrelid = to_regclass({relation}) AND i.indisunique \
-             AND i.indpred IS NULL"
+             AND i.indimmediate AND i.indpred IS NULL AND NOT (0 = ANY (i.indkey::int2[]))"
         ))?;
         let mut wanted = key_names.clone();
         wanted.sort();
@@ -448,25 +449,38 @@ impl PostgresSink {
             self.run(&sql)?;
         }
         if !deletes.is_empty() {
-            // A delete marks the key's row (if the table has it) as a tombstone; the rest
-            // of a deleted row is often unknown (only its key travels), so it is kept.
+            // A delete marks the key's row as a tombstone at its version (the rest of a
+            // deleted row is often unknown — only its key travels — so it is kept), or, the
+            // key not there (its insert may come later on another path), inserts a tombstone
+            // of the key alone, so that an older insert cannot bring it back.
             let names: Vec<&String> = self.key_names.iter().collect();
             let on: Vec<String> = names
                 .iter()
                 .map(|k| format!("target.{k} = d.{k}"))
                 .collect();
             let tuples: Vec<&str> = deletes.iter().map(|p| p.tuple.as_str()).collect();
-            let sql = format!(
-                "UPDATE {} AS target SET {del} = true, {v} = d.{v} FROM (VALUES {}) AS d({}, {v}) \
-                 WHERE {} AND target.{v} <= d.{v}",
-                self.qualified,
+            let columns = names
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", ");
+            let values = format!(
+                "(VALUES {}) AS d({columns}, {v})",
                 tuples.join(", "),
-                names
+                v = quote_ident(VERSION_COLUMN)
+            );
+            let sql = format!(
+                "UPDATE {q} AS target SET {del} = true, {v} = d.{v} FROM {values} \
+                 WHERE {on} AND target.{v} <= d.{v}; \
+                 INSERT INTO {q} ({columns}, {v}, {del}) SELECT {d_columns}, d.{v}, true FROM {values} \
+                 WHERE NOT EXISTS (SELECT 1 FROM {q} AS target WHERE {on}) ON CONFLICT DO NOTHING",
+                q = self.qualified,
+                on = on.join(" AND "),
+                d_columns = names
                     .iter()
-                    .map(|s| s.as_str())
+                    .map(|k| format!("d.{k}"))
                     .collect::<Vec<_>>()
                     .join(", "),
-                on.join(" AND "),
                 del = quote_ident(DELETED_COLUMN),
                 v = quote_ident(VERSION_COLUMN)
             );

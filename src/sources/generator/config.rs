@@ -63,7 +63,8 @@ impl SourceConfig for GeneratorConfig {
         }
         let spec = self.spec(cx);
         let schema = schema_for(&spec);
-        let replayable = self.count.is_some();
+        // Counted, and its times from `start`, not from the clock: a rerun gives the same rows.
+        let replayable = self.count.is_some() && self.start.is_some();
         let node = cx.name.to_string();
         let factory: SourceFactory = Arc::new(move |inst, par| {
             Ok(Box::new(GeneratorSource::new(&node, spec.clone(), inst, par)) as Box<dyn Source>)

@@ -421,9 +421,19 @@ pub fn current_keys(
         .find(|t| t.port == port)
         .ok_or_else(|| format!("the source has no table `{port}`"))?;
     let mut conn = Connection::connect(&spec.connect, false).map_err(|e| e.to_string())?;
+    // Keys as `reconcile::expected::key_text` renders them: timestamps in microseconds.
+    let schema = &table.config.schema;
     let columns: Vec<String> = key
         .iter()
-        .map(|k| format!("{}::text", quote_ident(k)))
+        .map(|k| {
+            let q = quote_ident(k);
+            match schema.index_of(k).map(|i| schema.field(i).data_type) {
+                Some(crate::types::DataType::Timestamp) => {
+                    format!("(extract(epoch from {q}) * 1000000)::bigint::text")
+                }
+                _ => format!("{q}::text"),
+            }
+        })
         .collect();
     let result = conn
         .query(&format!(
