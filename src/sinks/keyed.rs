@@ -105,6 +105,19 @@ pub fn keyed_row(
     })
 }
 
+/// A truncate of the source table, which a keyed sink cannot write as rows: the table keeps
+/// its rows. Counted (`watershed_sink_skipped_total`); the first is logged.
+pub fn skipped_truncate(sink: &str, seen: &mut u64) {
+    *seen += 1;
+    if *seen == 1 {
+        tracing::warn!(
+            sink,
+            "a truncate of the source table is not applied: the table keeps its rows (counted in watershed_sink_skipped_total)"
+        );
+    }
+    metrics::counter!("watershed_sink_skipped_total", "sink" => sink.to_string()).increment(1);
+}
+
 /// The columns, key and version of a keyed sink, from its `key:` and `version:` settings;
 /// `own` are the sink's own column names (versions, deletes), which the input must not
 /// write. Mistakes are reported on `cx`.

@@ -38,7 +38,7 @@ use crate::sinks::clickhouse::client::{ChError, ClickHouse, ServerVersion, quote
 use crate::sinks::clickhouse::table::{DELETED_COLUMN, Encoding, VERSION_COLUMN};
 use crate::types::{Batch, Epoch, SchemaRef, Value};
 
-use crate::sinks::keyed::{KeyedRow, Version, keyed_row};
+use crate::sinks::keyed::{KeyedRow, Version, keyed_row, skipped_truncate};
 pub use crate::sinks::keyed::{VersionSource, change_version};
 
 /// What a ClickHouse sink instance writes, and how.
@@ -273,12 +273,7 @@ impl ClickHouseSink {
         let (version, deleted) = match keyed {
             KeyedRow::Skip => return Ok(()),
             KeyedRow::Truncate => {
-                self.truncates_seen += 1;
-                if self.truncates_seen == 1 {
-                    tracing::warn!(sink = %self.spec.node, "a truncate of the source table cannot be written as rows: the table keeps its rows (counted in watershed_sink_skipped_total)");
-                }
-                metrics::counter!("watershed_sink_skipped_total", "sink" => self.spec.node.clone())
-                    .increment(1);
+                skipped_truncate(&self.spec.node, &mut self.truncates_seen);
                 return Ok(());
             }
             // Change versions as they are (reconcile reads them back); others in order

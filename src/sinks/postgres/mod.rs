@@ -39,7 +39,7 @@ use crate::cdc::rows as change_rows;
 use crate::dataflow::{Guarantee, Sink};
 use crate::error::{ErrorClass, RunError};
 use crate::runtime::retry::Backoff;
-use crate::sinks::keyed::{KeyedRow, Version, VersionSource, keyed_row};
+use crate::sinks::keyed::{KeyedRow, Version, VersionSource, keyed_row, skipped_truncate};
 use crate::sources::postgres::wire::{
     ConnectOptions, Connection, PgError, quote_ident, quote_literal,
 };
@@ -562,12 +562,7 @@ impl PostgresSink {
         let (version, deleted) = match keyed {
             KeyedRow::Skip => return Ok(()),
             KeyedRow::Truncate => {
-                self.truncates_seen += 1;
-                if self.truncates_seen == 1 {
-                    tracing::warn!(sink = %self.spec.node, "a truncate of the source table is not applied: the table keeps its rows (counted in watershed_sink_skipped_total)");
-                }
-                metrics::counter!("watershed_sink_skipped_total", "sink" => self.spec.node.clone())
-                    .increment(1);
+                skipped_truncate(&self.spec.node, &mut self.truncates_seen);
                 return Ok(());
             }
             KeyedRow::Write { version, deleted } => (
