@@ -241,6 +241,18 @@ pub struct Check {
     pub line: String,
 }
 
+impl Check {
+    /// A failed check saying what `error` says (without the component's name, which the
+    /// line already shows).
+    pub fn failed(error: crate::error::RunError) -> Check {
+        let line = match error {
+            crate::error::RunError::External { message, .. } => message,
+            other => other.to_string(),
+        };
+        Check { ok: false, line }
+    }
+}
+
 /// One resolved input of an operator.
 #[derive(Clone, Debug)]
 pub struct OperatorInput {

@@ -133,14 +133,13 @@ impl ClickHouse {
 
     /// Runs `sql` and returns its output.
     pub fn query(&self, sql: &str) -> Result<String, ChError> {
-        self.post(&self.base, sql.as_bytes(), sql)
+        self.post(None, sql.as_bytes(), sql)
     }
 
     /// Inserts JSONEachRow `rows` into `table` (`db.table`, quoted).
     pub fn insert(&self, table: &str, rows: &[u8]) -> Result<(), ChError> {
         let statement = format!("INSERT INTO {table} FORMAT JSONEachRow");
-        let url = format!("{}/?query={}", self.base, percent_encode(&statement));
-        self.post(&url, rows, &statement).map(|_| ())
+        self.post(Some(&statement), rows, &statement).map(|_| ())
     }
 
     /// `SELECT version()`.
@@ -155,8 +154,12 @@ impl ClickHouse {
         })
     }
 
-    fn post(&self, url: &str, body: &[u8], what: &str) -> Result<String, ChError> {
-        let mut request = self.agent.post(url);
+    /// POSTs `body` (with `query` as the URL's `query` parameter, if given).
+    fn post(&self, query: Option<&str>, body: &[u8], what: &str) -> Result<String, ChError> {
+        let mut request = self.agent.post(&self.base);
+        if let Some(q) = query {
+            request = request.query("query", q);
+        }
         if let Some(a) = &self.authorization {
             request = request.header("Authorization", a);
         }
@@ -209,19 +212,6 @@ pub fn error_code(body: &str) -> Option<u32> {
         .take_while(|c| c.is_ascii_digit())
         .collect();
     digits.parse().ok()
-}
-
-/// `s` with everything but unreserved characters percent-encoded, for a URL's query.
-fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() * 3 / 2);
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 /// `name` as a ClickHouse identifier: back-quoted, with back quotes and backslashes escaped.
@@ -288,9 +278,5 @@ mod tests {
     fn identifiers_and_strings_are_quoted() {
         assert_eq!(quote_ident("a`b\\c"), "`a\\`b\\\\c`");
         assert_eq!(quote_str("it's"), "'it\\'s'");
-        assert_eq!(
-            percent_encode("INSERT INTO `a` x"),
-            "INSERT%20INTO%20%60a%60%20x"
-        );
     }
 }

@@ -535,14 +535,7 @@ pub fn preflight(spec: &ClickHouseSinkSpec) -> Vec<crate::config::component::Che
                 },
             }
         }
-        Err(RunError::External { message, .. }) => Check {
-            ok: false,
-            line: message,
-        },
-        Err(e) => Check {
-            ok: false,
-            line: e.to_string(),
-        },
+        Err(e) => Check::failed(e),
     });
     checks
 }

@@ -14,8 +14,7 @@ use crate::dataflow::{Guarantee, Sink};
 use crate::runtime::plan::SinkFactory;
 use crate::sinks::keyed::{at_least_one, keyed_output};
 use crate::sinks::postgres::{DELETED_COLUMN, PostgresSink, PostgresSinkSpec, VERSION_COLUMN};
-use crate::sources::postgres::config::{Password, tls_settings};
-use crate::sources::postgres::wire::ConnectOptions;
+use crate::sources::postgres::config::{Password, Server, connect_options};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -88,23 +87,22 @@ impl SinkConfig for PostgresSinkConfig {
             Duration::from_secs(10),
         );
         let base_dir = cx.base_dir.to_path_buf();
-        let (tls, ca_file) = tls_settings(&self.tls, &self.ca_file, &base_dir, &mut |at, f, m| {
-            cx.issue(at, f, m)
-        });
-        let connect = ConnectOptions {
-            host: self
-                .host
-                .as_ref()
-                .map_or_else(|| "127.0.0.1".to_string(), |h| h.value.clone()),
-            port: self.port.as_ref().map_or(5432, |p| p.value),
-            user: self.user.value.clone(),
-            password: self.password.as_ref().map(|p| p.value.0.clone()),
-            database: self.database.value.clone(),
-            application_name: format!("watershed {}", cx.name),
+        let name = cx.name.to_string();
+        let connect = connect_options(
+            Server {
+                host: &self.host,
+                port: &self.port,
+                user: &self.user,
+                password: &self.password,
+                database: &self.database,
+                tls: &self.tls,
+                ca_file: &self.ca_file,
+            },
+            &name,
             connect_timeout,
-            tls,
-            ca_file,
-        };
+            &base_dir,
+            &mut |at, f, m| cx.issue(at, f, m),
+        );
         let target = format!(
             "postgres {}:{} table {schema_name}.{table}",
             connect.host, connect.port

@@ -2,8 +2,8 @@
 //! tombstones) with their versions.
 
 use crate::reconcile::{Holdings, KEY_SEPARATOR, KeyVersions, SinkHoldings};
-use crate::sinks::postgres::{DELETED_COLUMN, VERSION_COLUMN};
-use crate::sources::postgres::wire::{ConnectOptions, Connection, quote_ident, quote_literal};
+use crate::sinks::postgres::{DELETED_COLUMN, VERSION_COLUMN, table_columns};
+use crate::sources::postgres::wire::{ConnectOptions, Connection, quote_ident};
 
 pub struct PostgresHoldings {
     pub connect: ConnectOptions,
@@ -31,38 +31,21 @@ impl SinkHoldings for PostgresHoldings {
             quote_ident(&self.schema_name),
             quote_ident(&self.table)
         );
-        let has_deleted = conn
-            .query(&format!(
-                "SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass({}) AND attname = {} \
-                 AND NOT attisdropped",
-                quote_literal(&qualified),
-                quote_literal(DELETED_COLUMN)
-            ))
-            .map_err(|e| e.to_string())?
-            .first()
-            .is_some_and(|r| !r.rows.is_empty());
-        // Keys as `reconcile::expected::key_text` renders them: timestamps in microseconds.
-        let types = conn
-            .query(&format!(
-                "SELECT attname, format_type(atttypid, NULL) FROM pg_attribute \
-                 WHERE attrelid = to_regclass({}) AND attnum > 0 AND NOT attisdropped",
-                quote_literal(&qualified)
-            ))
-            .map_err(|e| e.to_string())?;
+        let columns = table_columns(&mut conn, &qualified).map_err(|e| e.to_string())?;
+        let has_deleted = columns.iter().any(|(n, _)| n == DELETED_COLUMN);
         let type_of = |k: &str| {
-            types.first().and_then(|r| {
-                r.rows
-                    .iter()
-                    .find(|row| row[0].as_deref() == Some(k))
-                    .and_then(|row| row[1].clone())
-            })
+            columns
+                .iter()
+                .find(|(n, _)| n == k)
+                .map(|(_, t)| t.as_str())
         };
+        // Keys as `reconcile::expected::key_text` renders them: timestamps in microseconds.
         let keys: Vec<String> = self
             .key
             .iter()
             .map(|k| {
                 let q = quote_ident(k);
-                match type_of(k).as_deref() {
+                match type_of(k) {
                     Some(t) if t.starts_with("timestamp") => {
                         format!("(extract(epoch from {q}) * 1000000)::bigint::text")
                     }

@@ -99,6 +99,34 @@ pub struct PostgresSink {
     truncates_seen: u64,
 }
 
+/// The columns of table `qualified` (quoted `schema.table`) and their types without length
+/// limits (`character varying`), in order; none if there is no such table.
+pub(crate) fn table_columns(
+    conn: &mut Connection,
+    qualified: &str,
+) -> Result<Vec<(String, String)>, PgError> {
+    let result = conn.query(&format!(
+        "SELECT a.attname, format_type(a.atttypid, NULL) FROM pg_attribute a \
+         WHERE a.attrelid = to_regclass({}) AND a.attnum > 0 AND NOT a.attisdropped \
+         ORDER BY a.attnum",
+        quote_literal(qualified)
+    ))?;
+    Ok(result
+        .first()
+        .map(|r| {
+            r.rows
+                .iter()
+                .map(|row| {
+                    (
+                        row[0].clone().unwrap_or_default(),
+                        row[1].clone().unwrap_or_default(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
 /// The Postgres type a created table gives a column of `ty`.
 pub fn column_type(ty: DataType) -> &'static str {
     match ty {
@@ -294,25 +322,17 @@ impl PostgresSink {
     /// Reads the table's columns and unique indexes; prepares the statement's parts.
     fn check_table(&mut self, change: bool) -> Result<(), RunError> {
         let relation = quote_literal(&self.qualified);
-        let columns = self.run(&format!(
-            "SELECT a.attname, format_type(a.atttypid, NULL) FROM pg_attribute a \
-             WHERE a.attrelid = to_regclass({relation}) AND a.attnum > 0 AND NOT a.attisdropped \
-             ORDER BY a.attnum"
-        ))?;
-        let columns: Vec<(String, String)> = columns
-            .first()
-            .map(|r| {
-                r.rows
-                    .iter()
-                    .map(|row| {
-                        (
-                            row[0].clone().unwrap_or_default(),
-                            row[1].clone().unwrap_or_default(),
-                        )
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let conn = self
+            .conn
+            .as_mut()
+            .expect("connected before the table is checked");
+        let columns = match table_columns(conn, &self.qualified) {
+            Ok(c) => c,
+            Err(e) => {
+                self.conn = None;
+                return Err(self.error(e));
+            }
+        };
         if columns.is_empty() {
             return Err(
                 self.definite("no such table (set `create_table: true` to create it)".to_string())
@@ -713,14 +733,7 @@ pub fn preflight(spec: &PostgresSinkSpec) -> Vec<crate::config::component::Check
                 },
             }
         }
-        Err(RunError::External { message, .. }) => Check {
-            ok: false,
-            line: message,
-        },
-        Err(e) => Check {
-            ok: false,
-            line: e.to_string(),
-        },
+        Err(e) => Check::failed(e),
     });
     checks
 }

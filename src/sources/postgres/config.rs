@@ -217,24 +217,21 @@ impl SourceConfig for PostgresSourceConfig {
                 );
             }
         }
-        let (tls, ca_file) =
-            tls_settings(&self.tls, &self.ca_file, cx.base_dir, &mut |at, f, m| {
-                cx.issue(at, f, m)
-            });
-        let connect = ConnectOptions {
-            host: self
-                .host
-                .as_ref()
-                .map_or_else(|| "127.0.0.1".to_string(), |h| h.value.clone()),
-            port: self.port.as_ref().map_or(5432, |p| p.value),
-            user: self.user.value.clone(),
-            password: self.password.as_ref().map(|p| p.value.0.clone()),
-            database: self.database.value.clone(),
-            application_name: format!("watershed {}", cx.name),
+        let connect = connect_options(
+            Server {
+                host: &self.host,
+                port: &self.port,
+                user: &self.user,
+                password: &self.password,
+                database: &self.database,
+                tls: &self.tls,
+                ca_file: &self.ca_file,
+            },
+            cx.name,
             connect_timeout,
-            tls,
-            ca_file,
-        };
+            cx.base_dir,
+            &mut |at, f, m| cx.issue(at, f, m),
+        );
         let max_retained_wal_mb = self.max_retained_wal_mb.as_ref().map_or(1024, |m| m.value);
         let node = cx.name.to_string();
         let spec = move |instance| PostgresSpec {
@@ -276,9 +273,46 @@ impl SourceConfig for PostgresSourceConfig {
     }
 }
 
+/// The server settings of a Postgres block (source or sink), as written.
+pub(crate) struct Server<'a> {
+    pub host: &'a Option<S<String>>,
+    pub port: &'a Option<S<u16>>,
+    pub user: &'a S<String>,
+    pub password: &'a Option<S<Password>>,
+    pub database: &'a S<String>,
+    pub tls: &'a Option<S<String>>,
+    pub ca_file: &'a Option<S<String>>,
+}
+
+/// How component `node` connects to the server of `server` (host `127.0.0.1` and port 5432
+/// unless set); mistakes go to `issue(at, field, message)`.
+pub(crate) fn connect_options(
+    server: Server<'_>,
+    node: &str,
+    connect_timeout: Duration,
+    base_dir: &std::path::Path,
+    issue: &mut dyn FnMut(&serde_saphyr::Location, &str, String),
+) -> ConnectOptions {
+    let (tls, ca_file) = tls_settings(server.tls, server.ca_file, base_dir, issue);
+    ConnectOptions {
+        host: server
+            .host
+            .as_ref()
+            .map_or_else(|| "127.0.0.1".to_string(), |h| h.value.clone()),
+        port: server.port.as_ref().map_or(5432, |p| p.value),
+        user: server.user.value.clone(),
+        password: server.password.as_ref().map(|p| p.value.0.clone()),
+        database: server.database.value.clone(),
+        application_name: format!("watershed {node}"),
+        connect_timeout,
+        tls,
+        ca_file,
+    }
+}
+
 /// `tls` and `ca_file` of a Postgres block (source or sink): the mode, and the authority's
 /// file relative to `base_dir`; mistakes go to `issue(at, field, message)`.
-pub(crate) fn tls_settings(
+fn tls_settings(
     tls: &Option<S<String>>,
     ca_file: &Option<S<String>>,
     base_dir: &std::path::Path,
