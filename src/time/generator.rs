@@ -220,6 +220,13 @@ impl PartitionWatermarks {
             .collect()
     }
 
+    /// Partition `p` continues from highest event time `t` (a restored checkpoint's).
+    pub fn restore_partition(&mut self, p: usize, t: EventTime) {
+        if let Some(part) = self.partitions.get_mut(p) {
+            part.generator.max_seen = Some(part.generator.max_seen.map_or(t, |m| m.max(t)));
+        }
+    }
+
     /// Restores what `max_event_times` returned (partitions beyond it keep theirs).
     pub fn restore_max_event_times(&mut self, times: &[Option<EventTime>]) {
         for (p, t) in self.partitions.iter_mut().zip(times) {

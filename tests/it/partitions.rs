@@ -177,3 +177,55 @@ fn partitions_come_and_go_without_moving_the_watermark_back() {
         [(1, vec!["t/0".to_string(), "t/2".to_string()])]
     );
 }
+
+/// Restored from a checkpoint before the source lists one of its partitions (a topic found
+/// later by its prefix, a late assignment): once listed, the partition continues from its
+/// highest event time in the checkpoint, instead of holding the watermark back as a
+/// partition that has told nothing (its records before the checkpoint will not come again).
+#[test]
+fn a_partition_listed_after_the_restore_takes_up_its_checkpointed_time() {
+    let source = Scripted {
+        partitions: vec!["t/0"],
+        next: vec![0],
+        script: vec![
+            Step::Assign(vec!["t/0", "hb/0"]),
+            Step::Record("t/0", 60_000),
+        ]
+        .into_iter(),
+        acknowledged: Arc::default(),
+    };
+    let status = Arc::new(InstanceStatus::new(
+        "s",
+        0,
+        Role::Source,
+        source.partitions(),
+        &["main".into(), "dead_letter".into()],
+        0,
+    ));
+    let spec = WatermarkSpec {
+        max_ahead: None,
+        max_out_of_orderness: Duration::ZERO,
+        idle_timeout: None,
+        expected_interval: None,
+    };
+    let mut driver = SourceDriver::new(Box::new(source), &spec, 10, status, 0);
+    driver
+        .restore(&watershed::checkpoint::SourceCheckpoint {
+            positions: Vec::new(),
+            max_event_times: vec![Some(10_000), Some(50_000)],
+            partitions: vec!["t/0".into(), "hb/0".into()],
+        })
+        .unwrap();
+    let mut watermarks = Vec::new();
+    let mut emit = |e: Emit| {
+        if let Emit::Control(Message::Watermark(Watermark::EventTime(t))) = e {
+            watermarks.push(t);
+        }
+        Ok(())
+    };
+    while driver.step(0, &mut emit).unwrap() != watershed::runtime::task::SourceStep::Finished {}
+    assert!(
+        watermarks.contains(&49_999),
+        "hb/0 continues from 50 s: {watermarks:?}"
+    );
+}

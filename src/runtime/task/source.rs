@@ -56,6 +56,10 @@ pub struct SourceDriver {
     poll_every_ms: i64,
     /// `event_time.max_ahead`: records further ahead of the clock are dead letters.
     max_ahead_ms: Option<i64>,
+    /// The restored checkpoint's highest event times of partitions the source did not list
+    /// yet (it learns some only later: a topic found by its prefix, an assignment), taken up
+    /// when a partition of that name is assigned.
+    restored_times: Vec<(String, crate::types::EventTime)>,
 }
 
 impl SourceDriver {
@@ -93,6 +97,7 @@ impl SourceDriver {
             max_ahead_ms: spec
                 .max_ahead
                 .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+            restored_times: Vec::new(),
         }
     }
 
@@ -123,6 +128,14 @@ impl SourceDriver {
                 .collect()
         };
         self.watermarks.restore_max_event_times(&times);
+        // Partitions the source does not list yet keep their times until it does.
+        self.restored_times = checkpoint
+            .partitions
+            .iter()
+            .zip(&checkpoint.max_event_times)
+            .filter(|(name, _)| !self.names.contains(name))
+            .filter_map(|(name, t)| t.map(|t| (name.clone(), t)))
+            .collect();
         Ok(())
     }
 
@@ -254,6 +267,16 @@ impl SourceDriver {
         self.idle = pick(&self.idle);
         self.ended = pick(&self.ended);
         self.watermarks.remap(&keep, now_ms);
+        // A new partition the restored checkpoint knew continues from its time there, as it
+        // would have had the source listed it at the restore.
+        for (i, (n, k)) in names.iter().zip(&keep).enumerate() {
+            if k.is_none()
+                && let Some(at) = self.restored_times.iter().position(|(r, _)| r == n)
+            {
+                let (_, t) = self.restored_times.swap_remove(at);
+                self.watermarks.restore_partition(i, t);
+            }
+        }
         self.status.set_partitions(&names, now_ms);
         self.names = names;
     }
