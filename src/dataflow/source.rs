@@ -131,6 +131,19 @@ pub trait Source: Send {
         true
     }
 
+    /// Counters for `/status` (a consumer group's rebalances, say), under the instance's
+    /// `stats`; published after partition changes and completed checkpoints.
+    fn stats(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
+
+    /// Whether the source waits for a checkpoint to complete, so soon that the next barrier
+    /// should not wait for the interval (a consumer group's revoked partitions are handed
+    /// over only once a checkpoint covers what was read of them). Asked after every read.
+    fn wants_checkpoint(&self) -> bool {
+        false
+    }
+
     /// Conditions an operator should see in `/status` (a change stream whose configured
     /// tables receive nothing while other tables' changes arrive); usually none.
     fn warnings(&self) -> Vec<String> {

@@ -661,6 +661,8 @@ fn supervise(
     let mut stopped_at_savepoint = false;
     let interval_ms = opts.checkpoint_interval.map(|d| d.as_millis() as i64);
     let mut next_barrier_ms = interval_ms.map(|i| start_ms + i);
+    // A source waits for a checkpoint (to hand partitions over): the next barrier comes now.
+    let mut checkpoint_wanted = false;
     let monitor_ms = opts.monitor_interval.as_millis().max(1) as i64;
     let mut next_monitor_ms = start_ms + monitor_ms;
 
@@ -687,6 +689,10 @@ fn supervise(
                 }
             }
             Ok(Report::Ack(label, ack)) => co.ack(label, ack, clock.now_ms()),
+            Ok(Report::CheckpointWanted(label)) => {
+                tracing::debug!(source = %label, "a checkpoint is wanted now");
+                checkpoint_wanted = true;
+            }
             Ok(Report::Bootstrapped(label)) => {
                 tracing::info!(source = %label, "bootstrap: read what it needs");
                 bootstrapped.insert(label, ());
@@ -792,14 +798,12 @@ fn supervise(
         }
         // One periodic checkpoint at a time: when snapshots take longer than the interval,
         // the next barrier waits for the last one instead of piling up behind it.
-        if can_inject
-            && ctx.bootstrap.is_none()
-            && !co.has_pending()
-            && let (Some(at), Some(every)) = (next_barrier_ms, interval_ms)
-            && now >= at
+        let due = next_barrier_ms.is_some_and(|at| now >= at);
+        if can_inject && ctx.bootstrap.is_none() && !co.has_pending() && (due || checkpoint_wanted)
         {
             inject(&mut co, Purpose::Periodic);
-            next_barrier_ms = Some(now + every);
+            checkpoint_wanted = false;
+            next_barrier_ms = interval_ms.map(|every| now + every);
         }
         if now >= next_monitor_ms {
             next_monitor_ms = now + monitor_ms;

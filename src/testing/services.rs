@@ -131,9 +131,16 @@ impl Broker {
 
     /// A producer to send with several times (`TestProducer::produce`).
     pub fn producer(&self) -> TestProducer {
+        TestProducer::to(&self.addr)
+    }
+}
+
+impl TestProducer {
+    /// A producer to the broker at `addr` (for a thread that does not hold the `Broker`).
+    pub fn to(addr: &str) -> TestProducer {
         TestProducer(
             ClientConfig::new()
-                .set("bootstrap.servers", &self.addr)
+                .set("bootstrap.servers", addr)
                 .set("linger.ms", "0")
                 .set("batch.num.messages", "1")
                 .set("enable.idempotence", "true")

@@ -1238,3 +1238,167 @@ sinks:
     ns.sort_unstable();
     assert_eq!(ns, vec![1, 2], "{err}");
 }
+
+// ---------------------------------------------------------------------------------------
+// Scale-out: several processes in one consumer group
+// ---------------------------------------------------------------------------------------
+
+/// The enrichment pipeline of instance `name` in group `group`, with its own checkpoints and
+/// an at-least-once sink: without the hand-over at a checkpoint, a partition that moves
+/// mid-stream would be read again from an older committed offset (doubles).
+fn group_pipeline(broker: &Broker, dir: &Path, name: &str, group: &str) -> PathBuf {
+    let b = &broker.addr;
+    let text = format!(
+        r#"name: kafka-group
+enrichment: {{strategy: gated}}
+checkpoint: {{interval: 300ms, dir: "{ckpt}"}}
+sources:
+  ref:
+    kafka: {{brokers: "{b}", format: debezium, topic_prefix: dbz}}
+    tables:
+      hosts:
+        key: [host]
+        columns: {{host: string, owner: string, zone: string}}
+  obs:
+    kafka: {{brokers: "{b}", topics: [obs], group: {group}, properties: {{session.timeout.ms: 6000}}}}
+    schema: {{ts: timestamp, host: string, n: int}}
+    event_time: {{field: ts, max_out_of_orderness: 1s}}
+    idle_timeout: 500ms
+operators:
+  owners:
+    inputs: [obs, ref.hosts]
+    enrich:
+      key: {{host: host}}
+      columns: [owner]
+      mode: as_of
+sinks:
+  out:
+    input: owners
+    kafka: {{brokers: "{b}", topic: enriched, key: [n], properties: {{linger.ms: 5}}}}
+"#,
+        ckpt = dir.join(format!("checkpoints-{name}")).display(),
+    );
+    let path = dir.join(format!("{name}.yaml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn three_instances_in_one_group_share_the_partitions_and_hand_each_over_at_a_checkpoint() {
+    let broker = Broker::start();
+    fill_reference(&broker);
+    broker.create_topic("obs", OBS_PARTITIONS);
+    broker.create_topic("enriched", 1);
+    let dir = tempfile::tempdir().unwrap();
+    let group = "scale-out";
+    // The observations arrive over about 12 s while instances join: the partitions move
+    // between instances mid-stream.
+    let producer = {
+        let broker_addr = broker.addr.clone();
+        std::thread::spawn(move || {
+            let producer = watershed::testing::services::TestProducer::to(&broker_addr);
+            let values: Vec<(i32, String)> = (0..OBS)
+                .map(|n| {
+                    let (p, ts, h) = observation(n);
+                    (p, format!(r#"{{"ts":{ts},"host":"h{h}","n":{n}}}"#))
+                })
+                .collect();
+            for wave in values.chunks(100) {
+                let records: Vec<TestRecord<'_>> = wave
+                    .iter()
+                    .map(|(p, v)| (*p, None, Some(v.as_bytes())))
+                    .collect();
+                producer.produce("obs", &records);
+                std::thread::sleep(Duration::from_millis(600));
+            }
+            let sentinels: Vec<String> = (0..OBS_PARTITIONS)
+                .map(|p| format!(r#"{{"ts":{SENTINEL_AT},"host":"h0","n":{}}}"#, 100_000 + p))
+                .collect();
+            let records: Vec<TestRecord<'_>> = sentinels
+                .iter()
+                .enumerate()
+                .map(|(p, v)| (p as i32, None, Some(v.as_bytes())))
+                .collect();
+            producer.produce("obs", &records);
+        })
+    };
+    let start_instance = |name: &str| -> (Child, PathBuf) {
+        let log = dir.path().join(format!("{name}.log"));
+        let child = Command::new(env!("CARGO_BIN_EXE_watershed"))
+            .args(["run", "--log", "info", "--metrics-addr", "off"])
+            .arg(group_pipeline(&broker, dir.path(), name, group))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        (child, log)
+    };
+    // The first instance reads every partition alone for a while; the second and third join
+    // while records flow, so partitions it has read from move to them.
+    let output_reaches = |n: usize| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while read_topic(&broker.addr, "enriched").len() < n && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let mut children = vec![start_instance("a")];
+    output_reaches(200);
+    children.push(start_instance("b"));
+    output_reaches(800);
+    children.push(start_instance("c"));
+    producer.join().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let want = OBS + OBS_PARTITIONS as usize;
+    while read_topic(&broker.addr, "enriched").len() < want && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // Give doubles, if any, a moment to show.
+    std::thread::sleep(Duration::from_secs(2));
+    let mut errs = String::new();
+    let mut hand_overs = 0;
+    for (mut child, log) in children {
+        signal(&child, libc::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let stopped = child.try_wait().unwrap().is_some();
+        if !stopped {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let err = std::fs::read_to_string(&log).unwrap_or_default();
+        let handed = err.lines().filter(|l| l.contains("handed over")).count();
+        hand_overs += handed;
+        errs.push_str(&format!("--- {} (hand-overs: {handed})\n", log.display()));
+        for line in err.lines().filter(|l| !l.contains("checkpoint completed")) {
+            errs.push_str(line);
+            errs.push('\n');
+        }
+        assert!(
+            stopped,
+            "an instance did not stop on SIGTERM within 60 s\n{errs}"
+        );
+        assert!(!err.contains("panicked"), "{errs}");
+    }
+    assert!(hand_overs > 0, "no partition was handed over\n{errs}");
+    let mut seen: BTreeMap<i64, serde_json::Value> = BTreeMap::new();
+    let mut doubled = Vec::new();
+    for (_, v) in read_topic(&broker.addr, "enriched") {
+        let v: serde_json::Value = serde_json::from_slice(&v).unwrap();
+        let n = v["n"].as_i64().unwrap();
+        if seen.insert(n, v).is_some() {
+            doubled.push(n);
+        }
+    }
+    assert!(doubled.is_empty(), "doubled: {doubled:?}\n{errs}");
+    let missing: Vec<usize> = (0..OBS)
+        .filter(|n| !seen.contains_key(&(*n as i64)))
+        .collect();
+    assert!(missing.is_empty(), "missing: {missing:?}\n{errs}");
+    for n in 0..OBS {
+        let (_, ts, h) = observation(n);
+        let got = seen[&(n as i64)]["owner"].as_str().map(str::to_string);
+        assert_eq!(got, expected_owner(ts, h), "observation {n}");
+    }
+}

@@ -85,6 +85,9 @@ pub(crate) enum Report {
     Ack(String, BarrierAck),
     /// A source has read what a bootstrap needs.
     Bootstrapped(String),
+    /// A source needs a checkpoint soon (a consumer group is waiting for it to hand
+    /// partitions over): the next barrier is injected without waiting for the interval.
+    CheckpointWanted(String),
     /// A task ended normally; a source gives where it stopped.
     Finished(String, Option<SourceCheckpoint>),
     Failed(String, RunError),

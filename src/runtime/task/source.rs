@@ -152,7 +152,9 @@ impl SourceDriver {
             self.barrier_positions = self.barrier_positions.split_off(&epoch);
             p
         };
-        self.source.checkpoint_complete(epoch, &positions)
+        let result = self.source.checkpoint_complete(epoch, &positions);
+        self.publish_stats();
+        result
     }
 
     /// Puts the source in bootstrap mode: whether it reads anything (see
@@ -164,6 +166,18 @@ impl SourceDriver {
     /// Whether the source has read (and emitted) what a bootstrap needs.
     pub fn bootstrap_done(&self) -> bool {
         self.source.bootstrap_done()
+    }
+
+    /// Publishes the driver's and the source's counters to `/status`.
+    fn publish_stats(&self) {
+        let mut stats = vec![("idle_transitions", self.idle_transition_count)];
+        stats.extend(self.source.stats());
+        self.status.set_stats(&stats);
+    }
+
+    /// Whether the source waits for a checkpoint (`Source::wants_checkpoint`).
+    pub fn wants_checkpoint(&self) -> bool {
+        self.source.wants_checkpoint()
     }
 
     /// What a checkpoint keeps of this source now.
@@ -226,6 +240,7 @@ impl SourceDriver {
             }
             ReadStatus::PartitionsChanged => {
                 self.reassign(now_ms);
+                self.publish_stats();
                 SourceStep::Continue
             }
             ReadStatus::Finished => {
@@ -400,13 +415,12 @@ impl SourceDriver {
         emit: &mut impl FnMut(Emit) -> Result<(), RunError>,
     ) -> Result<(), RunError> {
         let changed = self.watermarks.poll(now_ms);
+        let transitions = self.idle_transition_count;
         for (p, was_idle) in self.idle.iter_mut().enumerate() {
             let idle = self.watermarks.partition_is_idle(p);
             if idle && !*was_idle {
                 self.idle_transitions.increment(1);
                 self.idle_transition_count += 1;
-                self.status
-                    .set_stats(&[("idle_transitions", self.idle_transition_count)]);
                 tracing::info!(
                     source = %self.status.node,
                     partition = %self.names[p],
@@ -427,6 +441,9 @@ impl SourceDriver {
                 self.ended[p],
                 self.watermarks.last_activity_ms(p),
             );
+        }
+        if self.idle_transition_count != transitions {
+            self.publish_stats();
         }
         let emitted = self.watermarks.emitted();
         self.status.set_watermark(
@@ -458,6 +475,8 @@ pub(crate) struct SourceTask {
     /// Whether the source reads: in a bootstrap, only until it has what the bootstrap needs.
     reading: bool,
     bootstrapped: bool,
+    /// A checkpoint was asked for (`Report::CheckpointWanted`) and has not completed yet.
+    checkpoint_asked: bool,
 }
 
 /// Why a source stopped reading.
@@ -489,6 +508,7 @@ impl SourceTask {
             bootstrap,
             reading,
             bootstrapped: false,
+            checkpoint_asked: false,
         }
     }
 
@@ -525,6 +545,7 @@ impl SourceTask {
                     }
                     Control::CheckpointDone(epoch) => {
                         self.driver.checkpoint_complete(epoch)?;
+                        self.checkpoint_asked = false;
                     }
                     Control::Stop => return Ok(ReadEnd::Stopped),
                 }
@@ -550,6 +571,11 @@ impl SourceTask {
             {
                 emit(Emit::Control(Message::End))?;
                 return Ok(ReadEnd::Stopped);
+            }
+            if !self.checkpoint_asked && self.driver.wants_checkpoint() {
+                self.checkpoint_asked = true;
+                self.link
+                    .report(Report::CheckpointWanted(self.link.name.clone()));
             }
             let now = self.link.clock.now_ms();
             match self.driver.step(now, &mut emit)? {

@@ -5,7 +5,16 @@
 //! - **a consumer group** (`group`): the group's coordinator spreads the topics' partitions
 //!   over the instances of every process started with the same group; a rebalance assigns
 //!   and revokes them (`ReadStatus::PartitionsChanged`: a new partition starts without a
-//!   watermark and does not move the source's back, a revoked one stops holding it);
+//!   watermark and does not move the source's back, a revoked one stops holding it).
+//!   Rebalances are incremental (`cooperative-sticky` unless `properties` say otherwise). A
+//!   revoked partition is **handed over at a checkpoint**: it is paused at once (nothing more
+//!   of it is read or emitted), the source asks for a checkpoint (`wants_checkpoint`), and
+//!   when a durable checkpoint covers everything read of it, its offset is committed
+//!   synchronously and only then is it released to the group, so its next owner starts
+//!   exactly where this instance stopped: nothing is read twice or skipped. Partitions lost
+//!   to an expired session cannot be handed over (the next owner starts at the last
+//!   committed offset). A partition that comes back after another member owned it starts
+//!   at the group's committed offset when that is further than this instance's checkpoint;
 //! - **assigned** (no group): every partition of the topics, split over the source's
 //!   instances by index (`i % parallelism`), read from the start or from the checkpoint.
 //!
@@ -307,9 +316,21 @@ impl RecordDecoder for JsonRecords {
 struct Shared {
     restored: HashMap<(String, i32), i64>,
     changed: bool,
-    /// The partitions read so far and where (revoked ones are kept: a later assignment
-    /// goes on from there).
+    /// The partitions read so far and where. A partition handed over to another member is
+    /// forgotten (its committed offset is the truth from then on); one revoked while
+    /// nothing of it was handed over is kept, and a later assignment goes on from there.
     read_to: HashMap<(String, i32), i64>,
+    /// Revoked partitions not handed over yet: paused, still assigned, released once a
+    /// checkpoint covers what was read of them (`KafkaSource::hand_over`).
+    revoking: Vec<(String, i32)>,
+    /// The revocation was eager (the whole assignment): release it with `unassign`.
+    eager: bool,
+    /// Rebalances this member took part in (assignments and revocations).
+    rebalances: u64,
+    /// Partitions handed over to other members at a checkpoint.
+    handed_over: u64,
+    /// The source is being dropped: the consumer's close revokes everything, at once.
+    closing: bool,
 }
 
 /// The consumer's context: logs, and applies restored offsets on assignment.
@@ -342,17 +363,26 @@ impl ConsumerContext for SourceContext {
         );
         let result = match err {
             E::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
-                // Start each partition where the checkpoint (or this run) left it; others at
-                // the group's committed offset, else `auto.offset.reset`.
+                // Start each partition where this run left it (it never handed it over);
+                // else where the checkpoint left it, unless another member has committed
+                // further since (it owned the partition meanwhile); else at the group's
+                // committed offset, else `auto.offset.reset`.
                 let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+                let committed = committed_of(consumer, tpl, &shared.restored);
                 for mut e in tpl.elements() {
                     let key = (e.topic().to_string(), e.partition());
-                    let at = shared.read_to.get(&key).or(shared.restored.get(&key));
-                    if let Some(&o) = at {
+                    let at = match (shared.read_to.get(&key), shared.restored.get(&key)) {
+                        (Some(&o), _) => Some(o),
+                        (None, Some(&o)) => Some(o.max(committed.get(&key).copied().unwrap_or(o))),
+                        (None, None) => None,
+                    };
+                    if let Some(o) = at {
                         let _ = e.set_offset(Offset::Offset(o));
                     }
                 }
                 shared.changed = true;
+                shared.rebalances += 1;
+                metrics::counter!(crate::metrics::GROUP_REBALANCES, crate::metrics::LABEL_SOURCE => self.log.node.clone()).increment(1);
                 if cooperative {
                     consumer.incremental_assign(tpl)
                 } else {
@@ -360,14 +390,50 @@ impl ConsumerContext for SourceContext {
                 }
             }
             E::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
-                self.shared
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .changed = true;
-                if cooperative {
-                    consumer.incremental_unassign(tpl)
+                let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+                shared.changed = true;
+                shared.rebalances += 1;
+                metrics::counter!(crate::metrics::GROUP_REBALANCES, crate::metrics::LABEL_SOURCE => self.log.node.clone()).increment(1);
+                if shared.closing || consumer.closed() {
+                    // Closing (the run stops): what was read is in the last checkpoint, and
+                    // its offsets were committed with it; nothing waits any more.
+                    for e in tpl.elements() {
+                        shared
+                            .revoking
+                            .retain(|k| k.0 != e.topic() || k.1 != e.partition());
+                    }
+                    if cooperative {
+                        consumer.incremental_unassign(tpl)
+                    } else {
+                        consumer.unassign()
+                    }
+                } else if consumer.assignment_lost() {
+                    // The session expired: another member may read them already, from the
+                    // group's committed offset. Nothing can be handed over.
+                    tracing::warn!(node = %self.log.node, partitions = tpl.count(), "kafka: partitions lost (the session expired); another member reads them from the group's committed offsets");
+                    for e in tpl.elements() {
+                        let key = (e.topic().to_string(), e.partition());
+                        shared.read_to.remove(&key);
+                        shared.restored.remove(&key);
+                    }
+                    if cooperative {
+                        consumer.incremental_unassign(tpl)
+                    } else {
+                        consumer.unassign()
+                    }
                 } else {
-                    consumer.unassign()
+                    // Hand over at a checkpoint: read them no more from now on, and release
+                    // them once a checkpoint covers what was read of them and their offsets
+                    // are committed, so the next owner starts exactly there. The group
+                    // waits for the release (within `max.poll.interval.ms`).
+                    for e in tpl.elements() {
+                        let key = (e.topic().to_string(), e.partition());
+                        if !shared.revoking.contains(&key) {
+                            shared.revoking.push(key);
+                        }
+                    }
+                    shared.eager = !cooperative;
+                    consumer.pause(tpl)
                 }
             }
             other => {
@@ -391,6 +457,8 @@ struct Part {
     next: Option<i64>,
     /// The shared progress (heartbeat) this partition was given last.
     given: Option<EventTime>,
+    /// Revoked by the group and being handed over: read no more.
+    handing_over: bool,
 }
 
 /// What decoding needs, apart from the consumer (records borrow the consumer).
@@ -569,9 +637,13 @@ impl<D: RecordDecoder> KafkaSource<D> {
             log: LogContext::new(&node),
             shared: shared.clone(),
         };
-        let consumer: BaseConsumer<SourceContext> = spec
-            .client
-            .config(&owned)
+        let mut config = spec.client.config(&owned);
+        if config.get("partition.assignment.strategy").is_none() {
+            // Incremental rebalances: a member joining or leaving moves only the partitions
+            // that change owner, and only they wait for their hand-over.
+            config.set("partition.assignment.strategy", "cooperative-sticky");
+        }
+        let consumer: BaseConsumer<SourceContext> = config
             .create_with_context(context)
             .map_err(|e| run_error(&node, "creating the consumer", &e))?;
         let mode = match &spec.group {
@@ -658,6 +730,7 @@ impl<D: RecordDecoder> KafkaSource<D> {
                     partition,
                     next,
                     given: None,
+                    handing_over: shared.revoking.contains(&key),
                 }
             })
             .collect();
@@ -701,6 +774,9 @@ impl<D: RecordDecoder> KafkaSource<D> {
     /// position has reached the high watermark last fetched (cached, no broker call).
     fn at_end(&self, i: usize) -> bool {
         let p = &self.r.parts[i];
+        if p.handing_over {
+            return true;
+        }
         let (mut low, mut high) = (-1i64, -1i64);
         // SAFETY: a valid client pointer, a NUL-terminated topic name and two out-parameters;
         // librdkafka only reads its cache.
@@ -745,6 +821,38 @@ fn headers_json(m: &impl Message) -> Value {
         map.insert(h.key.to_string(), v);
     }
     Value::Json(serde_json::Value::Object(map).to_string().into())
+}
+
+/// The group's committed offsets of the partitions in `tpl` that have a restored position
+/// (none asked when none has: a fresh start needs no broker call).
+fn committed_of(
+    consumer: &BaseConsumer<SourceContext>,
+    tpl: &TopicPartitionList,
+    restored: &HashMap<(String, i32), i64>,
+) -> HashMap<(String, i32), i64> {
+    let mut ask = Tpl::new();
+    for e in tpl.elements() {
+        if restored.contains_key(&(e.topic().to_string(), e.partition())) {
+            ask.add_partition(e.topic(), e.partition());
+        }
+    }
+    if ask.count() == 0 {
+        return HashMap::new();
+    }
+    match consumer.committed_offsets(ask, BROKER_TIMEOUT) {
+        Ok(got) => got
+            .elements()
+            .iter()
+            .filter_map(|e| match e.offset() {
+                Offset::Offset(o) => Some(((e.topic().to_string(), e.partition()), o)),
+                _ => None,
+            })
+            .collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "kafka: reading the group's committed offsets failed; starting from the checkpoint's");
+            HashMap::new()
+        }
+    }
 }
 
 /// Every partition of `topics`, sorted; a named topic that does not exist is an error.
@@ -831,7 +939,9 @@ impl<D: RecordDecoder> Source for KafkaSource<D> {
         let mut n = 0;
         if let Some(m) = self.carry.take() {
             // A partition revoked since is another instance's now.
-            if let Some(i) = self.index_of(&m) {
+            if let Some(i) = self.index_of(&m)
+                && !self.r.parts[i].handing_over
+            {
                 self.r.take(i, &m, out, now_ms);
                 current = Some(i);
                 n += 1;
@@ -856,6 +966,10 @@ impl<D: RecordDecoder> Source for KafkaSource<D> {
                 self.carry = Some(m.detach());
                 break;
             };
+            if self.r.parts[i].handing_over {
+                // Fetched before the pause: the next owner reads it.
+                continue;
+            }
             match current {
                 None => current = Some(i),
                 Some(c) if c != i => {
@@ -975,14 +1089,37 @@ impl<D: RecordDecoder> Source for KafkaSource<D> {
         self.r.decoder.warnings()
     }
 
+    fn wants_checkpoint(&self) -> bool {
+        self.r.parts.iter().any(|p| p.handing_over)
+    }
+
+    fn stats(&self) -> Vec<(&'static str, u64)> {
+        let Mode::Group { .. } = self.mode else {
+            return Vec::new();
+        };
+        let shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+        let handing = self.r.parts.iter().filter(|p| p.handing_over).count() as u64;
+        vec![
+            ("group_rebalances", shared.rebalances),
+            (
+                "group_partitions_owned",
+                self.r.parts.len() as u64 - handing,
+            ),
+            ("group_partitions_handing_over", handing),
+            ("group_partitions_handed_over", shared.handed_over),
+        ]
+    }
+
     fn checkpoint_complete(
         &mut self,
-        _epoch: Epoch,
+        epoch: Epoch,
         positions: &[SourcePosition],
     ) -> Result<(), RunError> {
         let Mode::Group { group } = &self.mode else {
             return Ok(());
         };
+        let group = group.clone();
+        let handed = self.hand_over(epoch, positions);
         let mut tpl = Tpl::new();
         for sp in positions {
             let Ok(o) = sp.position.decode::<KafkaOffset>() else {
@@ -993,7 +1130,8 @@ impl<D: RecordDecoder> Source for KafkaSource<D> {
                 .r
                 .parts
                 .iter()
-                .any(|p| p.partition == o.partition && p.topic == o.topic);
+                .any(|p| p.partition == o.partition && p.topic == o.topic && !p.handing_over)
+                && !handed.contains(&(o.topic.clone(), o.partition));
             let (Some(off), true) = (o.offset, held) else {
                 continue;
             };
@@ -1011,7 +1149,85 @@ impl<D: RecordDecoder> Source for KafkaSource<D> {
     }
 }
 
+impl<D: RecordDecoder> Drop for KafkaSource<D> {
+    fn drop(&mut self) {
+        // The consumer closes after this: its last revocation must not wait for a hand-over
+        // (the run stopped at its last checkpoint, whose offsets are committed).
+        self.shared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .closing = true;
+    }
+}
+
 impl<D: RecordDecoder> KafkaSource<D> {
+    /// Group mode, at a durable checkpoint: hands over the revoked partitions it covers —
+    /// those read no more since before its barrier (their checkpointed offset is where
+    /// reading stopped) — by committing their offsets (synchronously: the next owner starts
+    /// there) and releasing them to the group. Returns the partitions handed over.
+    fn hand_over(&mut self, epoch: Epoch, positions: &[SourcePosition]) -> Vec<(String, i32)> {
+        let checkpointed: HashMap<(String, i32), Option<i64>> = positions
+            .iter()
+            .filter_map(|sp| sp.position.decode::<KafkaOffset>().ok())
+            .map(|o| ((o.topic, o.partition), o.offset))
+            .collect();
+        let mut ready = Vec::new();
+        let mut commit = Tpl::new();
+        for p in self.r.parts.iter().filter(|p| p.handing_over) {
+            let key = (p.topic.clone(), p.partition);
+            let covered = match checkpointed.get(&key) {
+                Some(at) => *at == p.next,
+                None => p.next.is_none(),
+            };
+            if !covered {
+                continue;
+            }
+            if let Some(o) = p.next {
+                let _ = commit.add_partition_offset(&p.topic, p.partition, Offset::Offset(o));
+            }
+            ready.push(key);
+        }
+        if ready.is_empty() {
+            return ready;
+        }
+        if commit.count() > 0
+            && let Err(e) = self.consumer.commit(&commit, CommitMode::Sync)
+        {
+            tracing::warn!(node = %self.node, epoch, error = %e, "kafka: committing the offsets of partitions handed over failed: their next owner starts at an older offset and reads some records again");
+        }
+        let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+        shared.revoking.retain(|k| !ready.contains(k));
+        let released = if shared.eager {
+            // Eager: the whole assignment was revoked; it goes back at once or not at all.
+            if shared.revoking.is_empty() {
+                self.consumer.unassign()
+            } else {
+                Ok(())
+            }
+        } else {
+            let mut tpl = Tpl::new();
+            for (t, p) in &ready {
+                tpl.add_partition(t, *p);
+            }
+            self.consumer.incremental_unassign(&tpl)
+        };
+        if let Err(e) = released {
+            tracing::warn!(node = %self.node, error = %e, "kafka: releasing partitions to the group failed");
+        }
+        for k in &ready {
+            shared.read_to.remove(k);
+            shared.restored.remove(k);
+        }
+        shared.handed_over += ready.len() as u64;
+        metrics::counter!(crate::metrics::GROUP_HANDED_OVER, crate::metrics::LABEL_SOURCE => self.node.clone())
+            .increment(ready.len() as u64);
+        shared.changed = true;
+        drop(shared);
+        let names: Vec<String> = ready.iter().map(|(t, p)| format!("{t}/{p}")).collect();
+        tracing::info!(node = %self.node, epoch, partitions = ?names, "kafka: partitions handed over at a checkpoint");
+        ready
+    }
+
     /// Queues the latest heartbeat for every partition that has nothing left to read and has
     /// not had it: one connector writes all of a change stream's topics in commit order, so
     /// a heartbeat at `t` says such a partition holds nothing before `t` either. A partition
