@@ -134,7 +134,34 @@ fn expected_owner(ts: i64, host: usize) -> Option<String> {
 
 fn pipeline(broker: &Broker, obs_topic: &str, out_topic: &str, dir: &Path) -> PathBuf {
     let b = &broker.addr;
-    let text = format!(
+    let text = enrichment_yaml(
+        broker,
+        &format!("topics: [{obs_topic}]"),
+        "",
+        &dir.join("checkpoints"),
+        &format!(
+            r#"{{brokers: "{b}", topic: {out_topic}, key: [n], guarantee: exactly_once, properties: {{linger.ms: 5}}}}
+  dead: {{inputs: [obs.dead_letter, ref.dead_letter], file: "{dead}"}}"#,
+            dead = dir.join("dead.jsonl").display()
+        ),
+    );
+    let path = dir.join("pipeline.yaml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// The enrichment pipeline: observations (`obs_kafka`: the rest of their `kafka:` block,
+/// `obs_more`: more settings of the source) joined as of their time with the hosts table,
+/// written by the Kafka sink `out` (`sink`: its `kafka:` block, and any sinks after it).
+fn enrichment_yaml(
+    broker: &Broker,
+    obs_kafka: &str,
+    obs_more: &str,
+    ckpt: &Path,
+    sink: &str,
+) -> String {
+    let b = &broker.addr;
+    format!(
         r#"name: kafka-e2e
 enrichment: {{strategy: gated}}
 checkpoint: {{interval: 300ms, dir: "{ckpt}"}}
@@ -146,9 +173,9 @@ sources:
         key: [host]
         columns: {{host: string, owner: string, zone: string}}
   obs:
-    kafka: {{brokers: "{b}", topics: [{obs_topic}]}}
+    kafka: {{brokers: "{b}", {obs_kafka}}}
     schema: {{ts: timestamp, host: string, n: int}}
-    event_time: {{field: ts, max_out_of_orderness: 1s}}
+    event_time: {{field: ts, max_out_of_orderness: 1s}}{obs_more}
 operators:
   owners:
     inputs: [obs, ref.hosts]
@@ -159,15 +186,10 @@ operators:
 sinks:
   out:
     input: owners
-    kafka: {{brokers: "{b}", topic: {out_topic}, key: [n], guarantee: exactly_once, properties: {{linger.ms: 5}}}}
-  dead: {{inputs: [obs.dead_letter, ref.dead_letter], file: "{dead}"}}
+    kafka: {sink}
 "#,
-        ckpt = dir.join("checkpoints").display(),
-        dead = dir.join("dead.jsonl").display(),
-    );
-    let path = dir.join("pipeline.yaml");
-    std::fs::write(&path, text).unwrap();
-    path
+        ckpt = ckpt.display(),
+    )
 }
 
 fn start(pipeline: &Path) -> Child {
@@ -1247,36 +1269,15 @@ sinks:
 /// an at-least-once sink: without the hand-over at a checkpoint, a partition that moves
 /// mid-stream would be read again from an older committed offset (doubles).
 fn group_pipeline(broker: &Broker, dir: &Path, name: &str, group: &str) -> PathBuf {
-    let b = &broker.addr;
-    let text = format!(
-        r#"name: kafka-group
-enrichment: {{strategy: gated}}
-checkpoint: {{interval: 300ms, dir: "{ckpt}"}}
-sources:
-  ref:
-    kafka: {{brokers: "{b}", format: debezium, topic_prefix: dbz}}
-    tables:
-      hosts:
-        key: [host]
-        columns: {{host: string, owner: string, zone: string}}
-  obs:
-    kafka: {{brokers: "{b}", topics: [obs], group: {group}, properties: {{session.timeout.ms: 6000}}}}
-    schema: {{ts: timestamp, host: string, n: int}}
-    event_time: {{field: ts, max_out_of_orderness: 1s}}
-    idle_timeout: 500ms
-operators:
-  owners:
-    inputs: [obs, ref.hosts]
-    enrich:
-      key: {{host: host}}
-      columns: [owner]
-      mode: as_of
-sinks:
-  out:
-    input: owners
-    kafka: {{brokers: "{b}", topic: enriched, key: [n], properties: {{linger.ms: 5}}}}
-"#,
-        ckpt = dir.join(format!("checkpoints-{name}")).display(),
+    let text = enrichment_yaml(
+        broker,
+        &format!("topics: [obs], group: {group}, properties: {{session.timeout.ms: 6000}}"),
+        "\n    idle_timeout: 500ms",
+        &dir.join(format!("checkpoints-{name}")),
+        &format!(
+            r#"{{brokers: "{}", topic: enriched, key: [n], properties: {{linger.ms: 5}}}}"#,
+            broker.addr
+        ),
     );
     let path = dir.join(format!("{name}.yaml"));
     std::fs::write(&path, text).unwrap();
