@@ -118,6 +118,28 @@ pub fn skipped_truncate(sink: &str, seen: &mut u64) {
     metrics::counter!("watershed_sink_skipped_total", "sink" => sink.to_string()).increment(1);
 }
 
+/// What a keyed sink writes for a row (see `keyed_row`): its version and delete flag
+/// (`None` without a delete column), or `None` for a row it leaves out (a truncate is
+/// counted, and warned of once, in `truncates_seen`).
+pub fn row_to_write(
+    sink: &str,
+    truncates_seen: &mut u64,
+    source: VersionSource,
+    row: &[crate::types::Value],
+    event_time: crate::types::EventTime,
+    schema: &crate::types::Schema,
+    deletes: bool,
+) -> Result<Option<(Version, Option<bool>)>, String> {
+    Ok(match keyed_row(source, row, event_time, schema, deletes)? {
+        KeyedRow::Skip => None,
+        KeyedRow::Truncate => {
+            skipped_truncate(sink, truncates_seen);
+            None
+        }
+        KeyedRow::Write { version, deleted } => Some((version, deleted)),
+    })
+}
+
 /// The columns, key and version of a keyed sink, from its `key:` and `version:` settings;
 /// `own` are the sink's own column names (versions, deletes), which the input must not
 /// write. Mistakes are reported on `cx`.

@@ -38,7 +38,7 @@ use crate::sinks::clickhouse::client::{ChError, ClickHouse, ServerVersion, quote
 use crate::sinks::clickhouse::table::{DELETED_COLUMN, Encoding, VERSION_COLUMN};
 use crate::types::{Batch, Epoch, SchemaRef, Value};
 
-use crate::sinks::keyed::{KeyedRow, Version, keyed_row, skipped_truncate};
+use crate::sinks::keyed::{Version, row_to_write};
 pub use crate::sinks::keyed::{VersionSource, change_version};
 
 /// What a ClickHouse sink instance writes, and how.
@@ -262,7 +262,9 @@ impl ClickHouseSink {
 
     fn encode(&mut self, batch: &Batch, i: usize) -> Result<(), RunError> {
         let row = batch.row(i);
-        let keyed = keyed_row(
+        let to_write = row_to_write(
+            &self.spec.node,
+            &mut self.truncates_seen,
             self.spec.version,
             row,
             batch.event_time(i),
@@ -270,18 +272,14 @@ impl ClickHouseSink {
             self.deletes,
         )
         .map_err(|m| self.definite(m))?;
-        let (version, deleted) = match keyed {
-            KeyedRow::Skip => return Ok(()),
-            KeyedRow::Truncate => {
-                skipped_truncate(&self.spec.node, &mut self.truncates_seen);
-                return Ok(());
-            }
-            // Change versions as they are (reconcile reads them back); others in order
-            // whatever their sign.
-            KeyedRow::Write { version, deleted } => match version {
-                Version::Change(v) => (v, deleted),
-                Version::Signed(v) => (ordered_u64(v), deleted),
-            },
+        let Some((version, deleted)) = to_write else {
+            return Ok(());
+        };
+        // Change versions as they are (reconcile reads them back); others in order whatever
+        // their sign.
+        let version = match version {
+            Version::Change(v) => v,
+            Version::Signed(v) => ordered_u64(v),
         };
         let is_delete = deleted == Some(true);
         // Unchanged TOASTed columns of an update have no value in the change: keep the

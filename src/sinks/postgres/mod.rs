@@ -39,7 +39,7 @@ use crate::cdc::rows as change_rows;
 use crate::dataflow::{Guarantee, Sink};
 use crate::error::{ErrorClass, RunError};
 use crate::runtime::retry::Backoff;
-use crate::sinks::keyed::{KeyedRow, Version, VersionSource, keyed_row, skipped_truncate};
+use crate::sinks::keyed::{Version, VersionSource, row_to_write};
 use crate::sources::postgres::wire::{
     ConnectOptions, Connection, PgError, quote_ident, quote_literal,
 };
@@ -571,7 +571,9 @@ impl PostgresSink {
 
     fn encode(&mut self, batch: &Batch, i: usize) -> Result<(), RunError> {
         let row = batch.row(i);
-        let keyed = keyed_row(
+        let to_write = row_to_write(
+            &self.spec.node,
+            &mut self.truncates_seen,
             self.spec.version,
             row,
             batch.event_time(i),
@@ -579,20 +581,13 @@ impl PostgresSink {
             self.deletes,
         )
         .map_err(|m| self.definite(m))?;
-        let (version, deleted) = match keyed {
-            KeyedRow::Skip => return Ok(()),
-            KeyedRow::Truncate => {
-                skipped_truncate(&self.spec.node, &mut self.truncates_seen);
-                return Ok(());
-            }
-            KeyedRow::Write { version, deleted } => (
-                match version {
-                    Version::Signed(v) => v,
-                    Version::Change(v) => i64::try_from(v)
-                        .map_err(|_| self.definite(format!("version {v} does not fit a bigint")))?,
-                },
-                deleted,
-            ),
+        let Some((version, deleted)) = to_write else {
+            return Ok(());
+        };
+        let version = match version {
+            Version::Signed(v) => v,
+            Version::Change(v) => i64::try_from(v)
+                .map_err(|_| self.definite(format!("version {v} does not fit a bigint")))?,
         };
         let is_delete = deleted == Some(true);
         let mut key = String::new();
