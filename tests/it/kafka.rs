@@ -1403,3 +1403,98 @@ fn three_instances_in_one_group_share_the_partitions_and_hand_each_over_at_a_che
         assert_eq!(got, expected_owner(ts, h), "observation {n}");
     }
 }
+
+#[test]
+fn a_partition_handed_over_and_given_back_is_read_again() {
+    let broker = Broker::shared();
+    let topic = watershed::testing::kafka_fixtures::unique("returning");
+    let group = watershed::testing::kafka_fixtures::unique("returning");
+    broker.create_topic(&topic, 3);
+    let send = |from: usize, to: usize| {
+        let values: Vec<(i32, String)> = (from..to)
+            .map(|i| {
+                (
+                    (i % 3) as i32,
+                    format!(r#"{{"ts":{},"n":{i}}}"#, T0 + i as i64),
+                )
+            })
+            .collect();
+        let records: Vec<TestRecord<'_>> = values
+            .iter()
+            .map(|(p, v)| (*p, None, Some(v.as_bytes())))
+            .collect();
+        broker.produce(&topic, &records);
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let instance = |name: &str| -> (Child, PathBuf) {
+        let out = dir.path().join(format!("{name}.jsonl"));
+        let path = dir.path().join(format!("{name}.yaml"));
+        std::fs::write(
+            &path,
+            format!(
+                r#"name: returning
+checkpoint: {{interval: 200ms, dir: "{}"}}
+sources:
+  obs:
+    kafka: {{brokers: "{}", topics: [{topic}], group: {group}, properties: {{session.timeout.ms: 6000}}}}
+    schema: {{ts: timestamp, n: int}}
+    event_time: {{field: ts}}
+sinks:
+  out: {{input: obs, file: "{}"}}
+"#,
+                dir.path().join(format!("checkpoints-{name}")).display(),
+                broker.addr,
+                out.display()
+            ),
+        )
+        .unwrap();
+        (start(&path), out)
+    };
+    let numbers = |files: &[&Path]| -> std::collections::BTreeSet<i64> {
+        files
+            .iter()
+            .flat_map(|f| lines(f))
+            .map(|r| r["n"].as_i64().unwrap())
+            .collect()
+    };
+    let wait_for = |files: &[&Path], n: usize| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while numbers(files).len() < n && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    // The first instance reads every partition; the second takes some of them over.
+    send(0, 300);
+    let (first, first_out) = instance("first");
+    wait_for(&[&first_out], 300);
+    let (second, second_out) = instance("second");
+    std::thread::sleep(Duration::from_secs(8));
+    send(300, 600);
+    wait_for(&[&first_out, &second_out], 600);
+    // The second stops: its partitions go back to the first, which must read them again.
+    signal(&second, libc::SIGTERM);
+    let err = stderr_of(second);
+    assert!(!err.contains("panicked"), "{err}");
+    send(600, 900);
+    wait_for(&[&first_out, &second_out], 900);
+    signal(&first, libc::SIGTERM);
+    let first_err = stderr_of(first);
+    assert!(
+        !lines(&second_out).is_empty(),
+        "the second instance read nothing: no partition moved\n{err}"
+    );
+    let missing: Vec<i64> = (0..900)
+        .filter(|n| !numbers(&[&first_out, &second_out]).contains(n))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "missing: {missing:?}\n{first_err}\n{err}"
+    );
+    // After the second stopped, every partition is the first's again.
+    let late: std::collections::BTreeSet<i64> = lines(&first_out)
+        .iter()
+        .map(|r| r["n"].as_i64().unwrap())
+        .filter(|n| *n >= 600)
+        .collect();
+    assert_eq!(late.len(), 300, "{first_err}");
+}

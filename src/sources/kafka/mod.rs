@@ -383,6 +383,11 @@ impl ConsumerContext for SourceContext {
                 shared.changed = true;
                 shared.rebalances += 1;
                 metrics::counter!(crate::metrics::GROUP_REBALANCES, crate::metrics::LABEL_SOURCE => self.log.node.clone()).increment(1);
+                // A partition handed over earlier was paused by this consumer, and librdkafka
+                // keeps an application's pause across assignments: coming back, it reads.
+                if let Err(e) = consumer.resume(tpl) {
+                    tracing::warn!(node = %self.log.node, error = %e, "kafka: resuming assigned partitions failed");
+                }
                 if cooperative {
                     consumer.incremental_assign(tpl)
                 } else {
@@ -394,27 +399,22 @@ impl ConsumerContext for SourceContext {
                 shared.changed = true;
                 shared.rebalances += 1;
                 metrics::counter!(crate::metrics::GROUP_REBALANCES, crate::metrics::LABEL_SOURCE => self.log.node.clone()).increment(1);
-                if shared.closing || consumer.closed() {
-                    // Closing (the run stops): what was read is in the last checkpoint, and
-                    // its offsets were committed with it; nothing waits any more.
-                    for e in tpl.elements() {
-                        shared
-                            .revoking
-                            .retain(|k| k.0 != e.topic() || k.1 != e.partition());
+                // Closing (the run stops): what was read is in the last checkpoint, whose
+                // offsets are committed, and nothing waits any more. Lost (the session
+                // expired): another member may read them already, from the group's committed
+                // offsets. Either way they are released at once, with no hand-over.
+                let closing = shared.closing || consumer.closed();
+                if closing || consumer.assignment_lost() {
+                    if !closing {
+                        tracing::warn!(node = %self.log.node, partitions = tpl.count(), "kafka: partitions lost (the session expired); another member reads them from the group's committed offsets");
                     }
-                    if cooperative {
-                        consumer.incremental_unassign(tpl)
-                    } else {
-                        consumer.unassign()
-                    }
-                } else if consumer.assignment_lost() {
-                    // The session expired: another member may read them already, from the
-                    // group's committed offset. Nothing can be handed over.
-                    tracing::warn!(node = %self.log.node, partitions = tpl.count(), "kafka: partitions lost (the session expired); another member reads them from the group's committed offsets");
                     for e in tpl.elements() {
                         let key = (e.topic().to_string(), e.partition());
-                        shared.read_to.remove(&key);
-                        shared.restored.remove(&key);
+                        shared.revoking.retain(|k| *k != key);
+                        if !closing {
+                            shared.read_to.remove(&key);
+                            shared.restored.remove(&key);
+                        }
                     }
                     if cooperative {
                         consumer.incremental_unassign(tpl)
