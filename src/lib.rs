@@ -18,6 +18,7 @@ pub mod error;
 pub mod failpoint;
 pub mod format;
 pub mod http;
+pub mod instance;
 pub mod kafka;
 pub mod metrics;
 pub mod operators;

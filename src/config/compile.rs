@@ -103,6 +103,7 @@ pub fn compile(
         .map(Path::to_path_buf)
         .unwrap_or_else(|| PathBuf::from("."));
     let mut warnings = Vec::new();
+    let kafka_links = std::sync::Arc::new(crate::kafka::offsets::Links::default());
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let file_parallelism = file
         .parallelism
@@ -387,6 +388,7 @@ pub fn compile(
                     location: at,
                     base_dir: &base_dir,
                     parallelism,
+                    kafka_links: kafka_links.clone(),
                     schema,
                     tables,
                     schema_used: false,
@@ -638,6 +640,7 @@ pub fn compile(
                     pipeline: &pipeline_name,
                     overrides,
                     base_dir: &base_dir,
+                    kafka_links: kafka_links.clone(),
                 };
                 block.build(&mut cx).map(|b| {
                     if let Some(file) = &b.writes {

@@ -56,6 +56,9 @@ pub struct SourceContext<'a> {
     /// The pipeline file's directory: input paths are relative to it.
     pub base_dir: &'a Path,
     pub parallelism: usize,
+    /// The pipeline's links between consumer-group sources and the sink whose transactions
+    /// carry their offsets.
+    pub kafka_links: Arc<crate::kafka::offsets::Links>,
     /// `schema:` (rows) and `tables:` (a change stream), checked; a component says which
     /// it reads with `rows` / `change_tables`, the other is reported as not applying.
     pub(crate) schema: Option<(SchemaRef, Location)>,
@@ -345,6 +348,8 @@ pub struct SinkContext<'a> {
     /// The pipeline's name (`name:`, else the file's stem).
     pub pipeline: &'a str,
     pub overrides: &'a Overrides,
+    /// See `SourceContext::kafka_links`.
+    pub kafka_links: Arc<crate::kafka::offsets::Links>,
     /// The pipeline file's directory: relative paths in settings are relative to it.
     pub base_dir: &'a Path,
 }

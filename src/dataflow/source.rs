@@ -106,6 +106,13 @@ pub trait Source: Send {
     /// position this source cannot read is an error, never a silent start over).
     fn seek(&mut self, positions: &[SourcePosition]) -> Result<(), RunError>;
 
+    /// A barrier of `epoch` goes out after everything read so far, at `positions` (what the
+    /// checkpoint will hold of this source): for a source whose upstream acknowledgement
+    /// travels with another component (a consumer group's offsets in a sink's transaction).
+    fn barrier(&mut self, epoch: Epoch, positions: &[SourcePosition]) {
+        let _ = (epoch, positions);
+    }
+
     /// The checkpoint of `epoch` is durable, and with it `positions`, what this source
     /// reported at that barrier: acknowledge them upstream (commit consumer-group offsets,
     /// confirm a replication slot's LSN). Called only after the checkpoint is durable, in

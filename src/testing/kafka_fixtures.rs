@@ -142,6 +142,7 @@ impl KafkaSourceFixture {
                 timestamp: Some((6, TimeType::Millis)),
                 ..MetadataColumns::default()
             },
+            links: None,
             instance: 0,
             parallelism: 1,
         };
@@ -231,6 +232,7 @@ impl SinkTarget for Topic {
             key: KeySpec::Column(0),
             delivery,
             debezium: None,
+            carries: None,
         }))
     }
 

@@ -422,6 +422,7 @@ mod event_time {
                 metadata: MetadataColumns::default(),
                 instance: 0,
                 parallelism: 1,
+                links: None,
             },
             JsonRecords(JsonDecoder::new(schema.clone(), EventTimeSource::Field(0))),
         )
@@ -1269,13 +1270,24 @@ sinks:
 /// an at-least-once sink: without the hand-over at a checkpoint, a partition that moves
 /// mid-stream would be read again from an older committed offset (doubles).
 fn group_pipeline(broker: &Broker, dir: &Path, name: &str, group: &str) -> PathBuf {
+    group_pipeline_to(broker, dir, name, group, "")
+}
+
+/// An instance of the group pipeline whose sink has `sink_more` in its block.
+fn group_pipeline_to(
+    broker: &Broker,
+    dir: &Path,
+    name: &str,
+    group: &str,
+    sink_more: &str,
+) -> PathBuf {
     let text = enrichment_yaml(
         broker,
         &format!("topics: [obs], group: {group}, properties: {{session.timeout.ms: 6000}}"),
         "\n    idle_timeout: 500ms",
         &dir.join(format!("checkpoints-{name}")),
         &format!(
-            r#"{{brokers: "{}", topic: enriched, key: [n], properties: {{linger.ms: 5}}}}"#,
+            r#"{{brokers: "{}", topic: enriched, key: [n]{sink_more}, properties: {{linger.ms: 5}}}}"#,
             broker.addr
         ),
     );
@@ -1497,4 +1509,144 @@ sinks:
         .filter(|n| *n >= 600)
         .collect();
     assert_eq!(late.len(), 300, "{first_err}");
+}
+
+/// Exactly-once output from instances that come, go and die: three instances share the
+/// observations, one is SIGKILLed mid-stream and a fourth joins later. Under
+/// `read_committed` every observation is in the output exactly once, enriched as a single
+/// instance enriches it: the offsets of what each epoch read commit in the transaction that
+/// holds what it wrote, so the killed instance's partitions are read again by their next
+/// owners from exactly where its last committed transaction ended.
+#[test]
+fn exactly_once_output_from_three_instances_one_killed_and_a_fourth_joining() {
+    let broker = Broker::start();
+    fill_reference(&broker);
+    broker.create_topic("obs", OBS_PARTITIONS);
+    broker.create_topic("enriched", 1);
+    let dir = tempfile::tempdir().unwrap();
+    let group = "scale-out-eo";
+    let producer = {
+        let broker_addr = broker.addr.clone();
+        std::thread::spawn(move || {
+            let producer = watershed::testing::services::TestProducer::to(&broker_addr);
+            let values: Vec<(i32, String)> = (0..OBS)
+                .map(|n| {
+                    let (p, ts, h) = observation(n);
+                    (p, format!(r#"{{"ts":{ts},"host":"h{h}","n":{n}}}"#))
+                })
+                .collect();
+            for wave in values.chunks(100) {
+                let records: Vec<TestRecord<'_>> = wave
+                    .iter()
+                    .map(|(p, v)| (*p, None, Some(v.as_bytes())))
+                    .collect();
+                producer.produce("obs", &records);
+                std::thread::sleep(Duration::from_millis(600));
+            }
+            let sentinels: Vec<String> = (0..OBS_PARTITIONS)
+                .map(|p| format!(r#"{{"ts":{SENTINEL_AT},"host":"h0","n":{}}}"#, 100_000 + p))
+                .collect();
+            let records: Vec<TestRecord<'_>> = sentinels
+                .iter()
+                .enumerate()
+                .map(|(p, v)| (p as i32, None, Some(v.as_bytes())))
+                .collect();
+            producer.produce("obs", &records);
+        })
+    };
+    let start_instance = |name: &str| -> (Child, PathBuf) {
+        let log = dir.path().join(format!("{name}.log"));
+        let child = Command::new(env!("CARGO_BIN_EXE_watershed"))
+            .args(["run", "--log", "info", "--metrics-addr", "off"])
+            .arg(group_pipeline_to(
+                &broker,
+                dir.path(),
+                name,
+                group,
+                ", guarantee: exactly_once",
+            ))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        (child, log)
+    };
+    let output_reaches = |n: usize| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while read_topic(&broker.addr, "enriched").len() < n && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let mut children = vec![start_instance("a")];
+    output_reaches(200);
+    children.push(start_instance("b"));
+    children.push(start_instance("c"));
+    output_reaches(900);
+    // Mid-stream, with partitions of its own and transactions committing every 300 ms.
+    let (mut killed, killed_log) = children.remove(1);
+    signal(&killed, libc::SIGKILL);
+    let _ = killed.wait();
+    std::thread::sleep(Duration::from_secs(3));
+    children.push(start_instance("d"));
+    producer.join().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let want = OBS + OBS_PARTITIONS as usize;
+    while read_topic(&broker.addr, "enriched").len() < want && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let mut errs = format!(
+        "--- {} (SIGKILLed)\n{}",
+        killed_log.display(),
+        std::fs::read_to_string(&killed_log).unwrap_or_default()
+    );
+    for (mut child, log) in children {
+        signal(&child, libc::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let stopped = child.try_wait().unwrap().is_some();
+        if !stopped {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let err = std::fs::read_to_string(&log).unwrap_or_default();
+        errs.push_str(&format!("--- {}\n", log.display()));
+        for line in err.lines().filter(|l| !l.contains("checkpoint completed")) {
+            errs.push_str(line);
+            errs.push('\n');
+        }
+        assert!(
+            stopped,
+            "an instance did not stop on SIGTERM within 60 s\n{errs}"
+        );
+        assert!(!err.contains("panicked"), "{errs}");
+    }
+    let mut seen: BTreeMap<i64, serde_json::Value> = BTreeMap::new();
+    let mut doubled = Vec::new();
+    for (_, v) in read_topic(&broker.addr, "enriched") {
+        let v: serde_json::Value = serde_json::from_slice(&v).unwrap();
+        let n = v["n"].as_i64().unwrap();
+        if seen.insert(n, v).is_some() {
+            doubled.push(n);
+        }
+    }
+    assert!(doubled.is_empty(), "doubled: {doubled:?}\n{errs}");
+    let missing: Vec<usize> = (0..OBS)
+        .filter(|n| !seen.contains_key(&(*n as i64)))
+        .collect();
+    assert!(missing.is_empty(), "missing: {missing:?}\n{errs}");
+    for n in 0..OBS {
+        let (_, ts, h) = observation(n);
+        let got = seen[&(n as i64)]["owner"].as_str().map(str::to_string);
+        assert_eq!(got, expected_owner(ts, h), "observation {n}");
+    }
+    // The sources commit no offsets themselves: these came with the output transactions.
+    let per_partition = (OBS / OBS_PARTITIONS as usize + 1) as i64;
+    assert_eq!(
+        committed(&broker, group, "obs", OBS_PARTITIONS),
+        vec![per_partition; OBS_PARTITIONS as usize],
+        "the group's committed offsets\n{errs}"
+    );
 }

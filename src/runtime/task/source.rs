@@ -196,6 +196,7 @@ impl SourceDriver {
         emit: &mut impl FnMut(Emit) -> Result<(), RunError>,
     ) -> Result<BarrierAck, RunError> {
         let checkpoint = self.checkpoint();
+        self.source.barrier(epoch, &checkpoint.positions);
         self.barrier_positions
             .insert(epoch, checkpoint.positions.clone());
         emit(Emit::Control(Message::Barrier(epoch)))?;

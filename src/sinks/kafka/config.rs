@@ -10,6 +10,7 @@ use serde::Deserialize;
 use crate::config::component::{BuiltSink, SinkConfig, SinkContext};
 use crate::config::yaml::S;
 use crate::dataflow::{Guarantee, Sink};
+use crate::error::RunError;
 use crate::kafka::{PropertyValue, check_client};
 use crate::runtime::plan::SinkFactory;
 use crate::sinks::kafka::{Delivery, KafkaSink, KafkaSinkSpec, KeySpec};
@@ -33,8 +34,9 @@ pub struct KafkaSinkConfig {
     pub format: Option<S<String>>,
     /// With `format: debezium`: the table the events name, `schema.table`.
     pub table: Option<S<String>>,
-    /// Prefix of the producers' transactional ids (default `watershed.<pipeline>.<sink>`);
-    /// instance `i` uses `<prefix>.<i>`. Keep it stable across restarts.
+    /// Prefix of the producers' transactional ids (default `watershed.<pipeline>.<sink>`;
+    /// sink instance `i` of the process with instance id `id` (`crate::instance`) uses
+    /// `<prefix>.<id>.<i>`). Keep it stable across restarts.
     pub transactional_id: Option<S<String>>,
 }
 
@@ -187,6 +189,8 @@ impl SinkConfig for KafkaSinkConfig {
             }
         }
         let client = client?;
+        let brokers = client.brokers().to_string();
+        let brokers = brokers.as_str();
         let prefix = self
             .transactional_id
             .as_ref()
@@ -205,15 +209,33 @@ impl SinkConfig for KafkaSinkConfig {
             key,
             delivery: Delivery::AtLeastOnce,
             debezium,
+            carries: None,
         };
         let exactly_once = guarantee == Guarantee::ExactlyOnce;
+        // The first exactly-once sink on the brokers a consumer group reads through commits
+        // the group's offsets in its transactions (its instance 0 does).
+        let carries = (exactly_once && spool_root.is_some())
+            .then(|| cx.kafka_links.claim(cx.name, brokers))
+            .filter(|claimed| !claimed.is_empty())
+            .map(|_| cx.kafka_links.clone());
+        let checkpoint_dir = cx.checkpoint_dir.clone();
         let factory: SinkFactory = Arc::new(move |instance| {
             let mut spec = spec.clone();
-            if exactly_once && let Some(root) = &spool_root {
+            if exactly_once && let (Some(root), Some(dir)) = (&spool_root, &checkpoint_dir) {
+                // This process's id among the pipeline's instances: two processes in one
+                // consumer group never share a transactional id (they would fence each
+                // other), and a restarted one has its old id (it fences what it left open).
+                let id = crate::instance::resolve(dir).map_err(|e| RunError::Build {
+                    component: spec.node.clone(),
+                    message: format!("the instance id: {e}"),
+                })?;
                 spec.delivery = Delivery::ExactlyOnce {
                     spool_dir: root.join(instance.to_string()),
-                    transactional_id: format!("{prefix}.{instance}"),
+                    transactional_id: format!("{prefix}.{id}.{instance}"),
                 };
+                if instance == 0 {
+                    spec.carries = carries.clone();
+                }
             }
             Ok(Box::new(KafkaSink::new(spec)) as Box<dyn Sink>)
         });

@@ -15,8 +15,11 @@
 //! transaction and, in the same transaction, commits offset `seq` of a marker group (named
 //! after the transactional id) on the topic's partition 0: the broker makes the records and
 //! the marker visible together or not at all. The transactional id is stable across
-//! restarts (`<transactional_id>.<instance>`), so a restarted instance fences the one that
-//! died (`init_transactions` aborts what it left open). Recovery reads the marker: spools the
+//! restarts and unique to the process (`<transactional_id>.<instance id>.<instance>`,
+//! `crate::instance`), so a restarted instance fences the one that died
+//! (`init_transactions` aborts what it left open) and the processes of one consumer group
+//! never fence each other. The sink that carries a consumer group's offsets
+//! (`crate::kafka::offsets`) adds the epoch's offsets to the same transaction. Recovery reads the marker: spools the
 //! checkpoint covers and the marker does not are sent again (the transaction that carried
 //! them was aborted or never began), spools the marker covers are removed, spools after the
 //! checkpoint are dropped (they are replayed). So every record reaches `read_committed`
@@ -29,8 +32,8 @@ use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::ClientContext;
@@ -43,6 +46,7 @@ use serde::{Deserialize, Serialize};
 use crate::dataflow::{Guarantee, Sink};
 use crate::error::{ErrorClass, RunError};
 use crate::format::json::{JsonEncoder, write_value};
+use crate::kafka::offsets::Links;
 use crate::kafka::{Client, LogContext, run_error};
 use crate::types::{Batch, Epoch, SchemaRef, Value};
 
@@ -91,6 +95,9 @@ pub struct KafkaSinkSpec {
     pub delivery: Delivery,
     /// `Some`: the input is a table port's change rows, written as Debezium events.
     pub debezium: Option<DebeziumEvents>,
+    /// Exactly-once: the consumer-group sources whose offsets this instance commits in its
+    /// transactions (`crate::kafka::offsets`).
+    pub carries: Option<Arc<Links>>,
 }
 
 /// The producer's context: logs, and counts records the broker refused for good.
@@ -415,7 +422,7 @@ impl Sink for KafkaSink {
                     _ => return Ok(()),
                 }
             };
-            self.send_spool(next)?;
+            self.send_spool(next, Some(epoch))?;
         }
     }
 
@@ -509,7 +516,7 @@ impl Sink for KafkaSink {
                 remove(&spool_path(spool_dir, seq)).map_err(|e| self.io("removing a spool", e))?;
             } else {
                 // Covered by the checkpoint, its transaction aborted or never begun.
-                self.send_spool(seq)?;
+                self.send_spool(seq, None)?;
                 marker = Some(seq);
             }
         }
@@ -547,8 +554,9 @@ impl KafkaSink {
         })
     }
 
-    /// One transaction holding spool `seq` and the marker `seq`; the spool is removed after.
-    fn send_spool(&mut self, seq: u64) -> Result<(), RunError> {
+    /// One transaction holding spool `seq` and the marker `seq` (and, committing `epoch`,
+    /// the carried groups' offsets); the spool is removed after.
+    fn send_spool(&mut self, seq: u64, epoch: Option<Epoch>) -> Result<(), RunError> {
         let node = self.spec.node.clone();
         let path = spool_path(&self.tx.as_ref().expect("transactions").dir, seq);
         let producer = self.producer()?;
@@ -581,7 +589,7 @@ impl KafkaSink {
                 }
             }
         }
-        self.commit_with_marker(seq)?;
+        self.commit_with_marker(seq, epoch)?;
         remove(&path).map_err(|e| self.io("removing a delivered spool", e))?;
         Ok(())
     }
@@ -592,11 +600,12 @@ impl KafkaSink {
         self.producer()?
             .begin_transaction()
             .map_err(|e| run_error(&node, "beginning a transaction", &e))?;
-        self.commit_with_marker(seq)
+        self.commit_with_marker(seq, None)
     }
 
-    /// Adds marker `seq` to the open transaction and commits it; on failure aborts it.
-    fn commit_with_marker(&mut self, seq: u64) -> Result<(), RunError> {
+    /// Adds marker `seq` (and, for `epoch`, the carried groups' offsets) to the open
+    /// transaction and commits it; on failure aborts it.
+    fn commit_with_marker(&mut self, seq: u64, epoch: Option<Epoch>) -> Result<(), RunError> {
         let node = self.spec.node.clone();
         let producer = self.producer()?;
         let tx = self.tx.as_ref().expect("transactions");
@@ -611,12 +620,33 @@ impl KafkaSink {
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(&self.spec.topic, 0, Offset::Offset(seq as i64))
             .map_err(|e| run_error(&node, "recording the commit marker", &e))?;
-        let result = producer
-            .send_offsets_to_transaction(&tpl, &metadata, BROKER_TIMEOUT)
-            .and_then(|()| producer.commit_transaction(BROKER_TIMEOUT));
+        let carried = match (&self.spec.carries, epoch) {
+            (Some(links), Some(e)) => links.carried_by(&node, e),
+            _ => Vec::new(),
+        };
+        let mut result = producer.send_offsets_to_transaction(&tpl, &metadata, BROKER_TIMEOUT);
+        for c in &carried {
+            // What the epoch read, committed with what it wrote; a member fenced since (an
+            // older generation) fails the transaction, and nothing of it is visible.
+            let mut offsets = TopicPartitionList::new();
+            for (t, p, o) in &c.offsets {
+                offsets
+                    .add_partition_offset(t, *p, Offset::Offset(*o))
+                    .map_err(|e| run_error(&node, "recording the consumed offsets", &e))?;
+            }
+            if offsets.count() > 0 {
+                result = result.and_then(|()| {
+                    producer.send_offsets_to_transaction(&offsets, &c.metadata, BROKER_TIMEOUT)
+                });
+            }
+        }
+        let result = result.and_then(|()| producer.commit_transaction(BROKER_TIMEOUT));
         if let Err(e) = result {
             let _ = producer.abort_transaction(BROKER_TIMEOUT);
             return Err(run_error(&node, "committing a transaction", &e));
+        }
+        if let (Some(links), Some(e)) = (&self.spec.carries, epoch) {
+            links.mark_committed(&node, e);
         }
         let failed = producer.context().failed.swap(0, Ordering::Relaxed);
         if failed > 0 {

@@ -230,6 +230,10 @@ impl SourceConfig for KafkaSourceConfig {
         let (client, topics) = (client?, topics?);
         let node = cx.name.to_string();
         let group = self.group.as_ref().map(|g| g.value.clone());
+        let links = group.as_ref().map(|_| {
+            cx.kafka_links.register_group(&node, client.brokers());
+            cx.kafka_links.clone()
+        });
         let decoder_schema = schema.clone();
         let unread = cx.unread.clone();
         let factory: SourceFactory = Arc::new(move |instance, parallelism| {
@@ -246,6 +250,7 @@ impl SourceConfig for KafkaSourceConfig {
                     metadata,
                     instance,
                     parallelism,
+                    links: links.clone(),
                 },
                 JsonRecords(decoder),
             )?;
@@ -331,6 +336,7 @@ impl KafkaSourceConfig {
                 // One instance reads every partition, in full.
                 instance: 0,
                 parallelism: 1,
+                links: None,
             };
             let source = if instance == 0 {
                 KafkaSource::new_with_optional(spec, ChangeRecords::new(decoder), &optional)?

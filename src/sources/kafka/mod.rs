@@ -24,6 +24,10 @@
 //! seeks there; the group's committed offsets are used only for partitions the checkpoint
 //! does not hold. Offsets are committed to the group only when the checkpoint holding them
 //! is durable (`checkpoint_complete`), so lag tools are truthful and a crash never skips.
+//! When the pipeline's exactly-once Kafka sink carries the group's offsets
+//! (`crate::kafka::offsets`), this source commits none: it records them at each barrier, and
+//! releases a handed-over partition (or closes) only once the transaction holding them has
+//! committed.
 //!
 //! A partition is caught up when the client's queue holds nothing for it and its position
 //! has reached the high watermark librdkafka last saw (no broker call): that, for
@@ -53,6 +57,7 @@ use crate::dataflow::{
 use crate::dead_letter;
 use crate::error::RunError;
 use crate::format::DecodeError;
+use crate::kafka::offsets::{GroupLink, Links};
 use crate::kafka::{Client, LogContext, run_error};
 use crate::types::{Epoch, EventTime, SchemaRef, Value};
 
@@ -62,6 +67,9 @@ pub use config::KafkaSourceConfig;
 /// How long metadata and assignment calls to the broker may take before they fail (and the
 /// run is retried).
 const BROKER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a closing source waits for the sink's transaction that commits its offsets.
+const CLOSE_WAIT: Duration = Duration::from_secs(30);
 
 /// A partition's position: the offset of its next record.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -337,6 +345,8 @@ struct Shared {
 struct SourceContext {
     log: LogContext,
     shared: Arc<Mutex<Shared>>,
+    /// Told the member's generation after every rebalance, when a sink carries the offsets.
+    link: Option<Arc<GroupLink>>,
 }
 
 impl ClientContext for SourceContext {
@@ -443,6 +453,9 @@ impl ConsumerContext for SourceContext {
         };
         if let Err(e) = result {
             tracing::warn!(node = %self.log.node, error = %e, "kafka: applying a rebalance failed");
+        }
+        if let Some(link) = &self.link {
+            link.set_metadata(consumer.group_metadata());
         }
     }
 }
@@ -568,6 +581,9 @@ pub struct KafkaSourceSpec {
     pub metadata: MetadataColumns,
     pub instance: usize,
     pub parallelism: usize,
+    /// Group mode: where the pipeline's exactly-once Kafka sink picks up the offsets it
+    /// commits in its transactions (`crate::kafka::offsets`).
+    pub links: Option<Arc<Links>>,
 }
 
 /// Reads Kafka records into rows.
@@ -587,6 +603,12 @@ pub struct KafkaSource<D: RecordDecoder> {
     /// Shared progress still to hand to partitions, one per call.
     progress_queue: Vec<(usize, EventTime)>,
     poll_interval_ms: i64,
+    /// Group mode with an exactly-once Kafka sink: it commits the offsets, in its
+    /// transactions; this source commits none.
+    link: Option<Arc<GroupLink>>,
+    /// Partitions ready to be released once the transaction holding the offsets of this
+    /// epoch has committed.
+    release_after: Vec<(Epoch, Vec<(String, i32)>)>,
 }
 
 impl<D: RecordDecoder> KafkaSource<D> {
@@ -633,9 +655,14 @@ impl<D: RecordDecoder> KafkaSource<D> {
         // no group that is ever joined or committed to.
         let unjoined = format!("watershed.{}.unjoined", spec.node);
         owned.push(("group.id", spec.group.as_deref().unwrap_or(&unjoined)));
+        let link = match (&spec.group, &spec.links) {
+            (Some(_), Some(links)) => Some(links.open(&node)).filter(|l| l.carried),
+            _ => None,
+        };
         let context = SourceContext {
             log: LogContext::new(&node),
             shared: shared.clone(),
+            link: link.clone(),
         };
         let mut config = spec.client.config(&owned);
         if config.get("partition.assignment.strategy").is_none() {
@@ -697,6 +724,8 @@ impl<D: RecordDecoder> KafkaSource<D> {
             heartbeat: None,
             progress_queue: Vec::new(),
             poll_interval_ms: spec.poll_interval.as_millis().max(1) as i64,
+            link,
+            release_after: Vec::new(),
         };
         if let Mode::Assigned { partitions } = &source.mode {
             let list = partitions.clone();
@@ -927,6 +956,7 @@ impl<D: RecordDecoder> Source for KafkaSource<D> {
         if !self.assigned && matches!(self.mode, Mode::Assigned { .. }) {
             self.assign()?;
         }
+        self.release_committed();
         if self.take_change()? {
             self.progress_queue.clear();
             return Ok(ReadStatus::PartitionsChanged);
@@ -1110,6 +1140,24 @@ impl<D: RecordDecoder> Source for KafkaSource<D> {
         ]
     }
 
+    fn barrier(&mut self, epoch: Epoch, positions: &[SourcePosition]) {
+        let Some(link) = &self.link else { return };
+        // Every partition still assigned, a revoked one waiting for its hand-over included:
+        // its offset commits with the epoch that hands it over.
+        let offsets = positions
+            .iter()
+            .filter_map(|sp| sp.position.decode::<KafkaOffset>().ok())
+            .filter_map(|o| Some((o.topic, o.partition, o.offset?)))
+            .filter(|(t, p, _)| {
+                self.r
+                    .parts
+                    .iter()
+                    .any(|part| part.partition == *p && part.topic == *t)
+            })
+            .collect();
+        link.record(epoch, offsets);
+    }
+
     fn checkpoint_complete(
         &mut self,
         epoch: Epoch,
@@ -1120,6 +1168,10 @@ impl<D: RecordDecoder> Source for KafkaSource<D> {
         };
         let group = group.clone();
         let handed = self.hand_over(epoch, positions);
+        if self.link.is_some() {
+            // The exactly-once sink commits the offsets, in the transaction of the epoch.
+            return Ok(());
+        }
         let mut tpl = Tpl::new();
         for sp in positions {
             let Ok(o) = sp.position.decode::<KafkaOffset>() else {
@@ -1151,6 +1203,20 @@ impl<D: RecordDecoder> Source for KafkaSource<D> {
 
 impl<D: RecordDecoder> Drop for KafkaSource<D> {
     fn drop(&mut self) {
+        // With the offsets in the sink's transactions, the last checkpoint's are committed
+        // only when its transaction is: the partitions go to their next owners after that
+        // (bounded: a sink that failed commits nothing).
+        if let Some(link) = &self.link
+            && let Some(last) = link.last_recorded()
+        {
+            let deadline = std::time::Instant::now() + CLOSE_WAIT;
+            while !link.is_committed(last) && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if !link.is_committed(last) {
+                tracing::warn!(node = %self.node, epoch = last, "kafka: closing before the transaction holding the last checkpoint's offsets committed; the next owners start at the offsets committed before");
+            }
+        }
         // The consumer closes after this: its last revocation must not wait for a hand-over
         // (the run stopped at its last checkpoint, whose offsets are committed).
         self.shared
@@ -1173,8 +1239,12 @@ impl<D: RecordDecoder> KafkaSource<D> {
             .collect();
         let mut ready = Vec::new();
         let mut commit = Tpl::new();
+        let waiting: Vec<&(String, i32)> = self.release_after.iter().flat_map(|(_, r)| r).collect();
         for p in self.r.parts.iter().filter(|p| p.handing_over) {
             let key = (p.topic.clone(), p.partition);
+            if waiting.contains(&&key) {
+                continue;
+            }
             let covered = match checkpointed.get(&key) {
                 Some(at) => *at == p.next,
                 None => p.next.is_none(),
@@ -1190,11 +1260,23 @@ impl<D: RecordDecoder> KafkaSource<D> {
         if ready.is_empty() {
             return ready;
         }
-        if commit.count() > 0
+        if let Some(link) = &self.link {
+            // The sink's transaction commits their offsets: release them once it has.
+            if !link.is_committed(epoch) {
+                self.release_after.push((epoch, ready.clone()));
+                return ready;
+            }
+        } else if commit.count() > 0
             && let Err(e) = self.consumer.commit(&commit, CommitMode::Sync)
         {
             tracing::warn!(node = %self.node, epoch, error = %e, "kafka: committing the offsets of partitions handed over failed: their next owner starts at an older offset and reads some records again");
         }
+        self.release(epoch, &ready);
+        ready
+    }
+
+    /// Releases partitions handed over to the group.
+    fn release(&mut self, epoch: Epoch, ready: &[(String, i32)]) {
         let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
         shared.revoking.retain(|k| !ready.contains(k));
         let released = if shared.eager {
@@ -1206,7 +1288,7 @@ impl<D: RecordDecoder> KafkaSource<D> {
             }
         } else {
             let mut tpl = Tpl::new();
-            for (t, p) in &ready {
+            for (t, p) in ready {
                 tpl.add_partition(t, *p);
             }
             self.consumer.incremental_unassign(&tpl)
@@ -1214,7 +1296,7 @@ impl<D: RecordDecoder> KafkaSource<D> {
         if let Err(e) = released {
             tracing::warn!(node = %self.node, error = %e, "kafka: releasing partitions to the group failed");
         }
-        for k in &ready {
+        for k in ready {
             shared.read_to.remove(k);
             shared.restored.remove(k);
         }
@@ -1225,7 +1307,21 @@ impl<D: RecordDecoder> KafkaSource<D> {
         drop(shared);
         let names: Vec<String> = ready.iter().map(|(t, p)| format!("{t}/{p}")).collect();
         tracing::info!(node = %self.node, epoch, partitions = ?names, "kafka: partitions handed over at a checkpoint");
-        ready
+    }
+
+    /// Releases the partitions waiting for a transaction that has committed since.
+    fn release_committed(&mut self) {
+        let Some(link) = self.link.clone() else {
+            return;
+        };
+        let waiting = std::mem::take(&mut self.release_after);
+        for (epoch, ready) in waiting {
+            if link.is_committed(epoch) {
+                self.release(epoch, &ready);
+            } else {
+                self.release_after.push((epoch, ready));
+            }
+        }
     }
 
     /// Queues the latest heartbeat for every partition that has nothing left to read and has
