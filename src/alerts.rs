@@ -8,7 +8,9 @@
 //! - `enrichment_gate`: a gated enrichment has been waiting for its reference table's
 //!   snapshot for longer than a threshold (events pile up behind it);
 //! - `checkpoint`: checkpoints keep failing (3 in a row), or the last complete one is older
-//!   than a threshold (a crash would replay that much).
+//!   than a threshold (a crash would replay that much);
+//! - `partition_unowned`: a partition of a consumer group's topics has had no member owning
+//!   it for longer than a threshold (instances of the pipeline are missing or stuck).
 //!
 //! Each alert fires once when it starts (a WARN line naming the source and partition that
 //! hold the watermark, and `watershed_alert_active = 1`) and resolves once when it ends.
@@ -26,6 +28,8 @@ pub struct AlertRules {
     /// Alert when the last complete checkpoint is older than this (checkpoints kept in a
     /// directory only).
     pub checkpoint_age_ms: Option<i64>,
+    /// Alert when a partition of a consumer group's topics has had no owner this long.
+    pub partition_unowned_ms: Option<i64>,
 }
 
 /// Consecutive failed checkpoints that fire the `checkpoint` alert at once.
@@ -38,6 +42,7 @@ impl Default for AlertRules {
             watermark_stall_ms: Some(60_000),
             enrichment_gate_ms: Some(300_000),
             checkpoint_age_ms: Some(600_000),
+            partition_unowned_ms: Some(60_000),
         }
     }
 }
@@ -49,6 +54,7 @@ pub enum AlertKind {
     SourceSilent,
     EnrichmentGate,
     Checkpoint,
+    PartitionUnowned,
 }
 
 impl AlertKind {
@@ -59,6 +65,7 @@ impl AlertKind {
             AlertKind::SourceSilent => "source_silent",
             AlertKind::EnrichmentGate => "enrichment_gate",
             AlertKind::Checkpoint => "checkpoint",
+            AlertKind::PartitionUnowned => "partition_unowned",
         }
     }
 }
@@ -265,6 +272,30 @@ impl AlertEvaluator {
             }
         }
 
+        if let Some(limit) = self.rules.partition_unowned_ms {
+            for inst in report.instances.iter().filter(|i| i.role == Role::Source) {
+                let Some(since) = inst.stat("group_unowned_since_ms") else {
+                    continue;
+                };
+                let waited = now.saturating_sub(since as i64);
+                if waited > limit {
+                    firing.insert(
+                        (AlertKind::PartitionUnowned, inst.node.clone()),
+                        format!(
+                            "partitions {} of consumer group `{}` have had no owner for {} \
+                             (threshold {}); the group has {} members: is an instance of \
+                             the pipeline missing or stuck?",
+                            inst.info("group_partitions_unowned").unwrap_or("?"),
+                            inst.info("group").unwrap_or("?"),
+                            format_ms(waited),
+                            format_ms(limit),
+                            inst.stat("group_members").unwrap_or(0)
+                        ),
+                    );
+                }
+            }
+        }
+
         let mut events = Vec::new();
         for (key, message) in &firing {
             if !self.active.contains_key(key) {
@@ -311,6 +342,7 @@ mod tests {
         StatusReport {
             pipeline: "p".into(),
             run_id: String::new(),
+            instance_id: None,
             now_ms,
             instances: vec![InstanceReport {
                 node: "cves".into(),
@@ -330,16 +362,51 @@ mod tests {
                     ("gate_buffered".into(), 42),
                 ],
                 warnings: Vec::new(),
+                info: Vec::new(),
             }],
             sources: Vec::new(),
             checkpoints: None,
         }
     }
 
+    fn group_member(now_ms: i64, unowned_since: Option<u64>) -> StatusReport {
+        let mut report = gated(now_ms, true);
+        let i = &mut report.instances[0];
+        i.node = "obs".into();
+        i.role = Role::Source;
+        i.stats = vec![("group_members".into(), 2)];
+        if let Some(t) = unowned_since {
+            i.stats.push(("group_unowned_since_ms".into(), t));
+            i.info = vec![
+                ("group".into(), "enrich".into()),
+                ("group_partitions_unowned".into(), "obs/3".into()),
+            ];
+        }
+        report
+    }
+
+    #[test]
+    fn a_partition_without_an_owner_past_the_threshold_fires_and_resolves() {
+        let mut e = AlertEvaluator::new(AlertRules::default());
+        assert!(e.evaluate(&group_member(100_000, Some(50_000))).is_empty());
+        let fired = e.evaluate(&group_member(110_001, Some(50_000)));
+        assert_eq!(fired.len(), 1);
+        assert!(fired[0].firing && fired[0].kind == AlertKind::PartitionUnowned);
+        assert!(
+            fired[0].message.contains("obs/3") && fired[0].message.contains("`enrich`"),
+            "{}",
+            fired[0].message
+        );
+        let resolved = e.evaluate(&group_member(120_000, None));
+        assert_eq!(resolved.len(), 1);
+        assert!(!resolved[0].firing);
+    }
+
     fn checkpointing(now_ms: i64, last_ms: Option<i64>, failures: u64) -> StatusReport {
         StatusReport {
             pipeline: "p".into(),
             run_id: String::new(),
+            instance_id: None,
             now_ms,
             instances: Vec::new(),
             sources: Vec::new(),

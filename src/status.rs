@@ -85,6 +85,9 @@ pub struct InstanceStatus {
     stats: std::sync::Mutex<Vec<(String, u64)>>,
     /// Conditions the component reports about itself (`Source::warnings`).
     warnings: Mutex<Vec<String>>,
+    /// What the component tells about itself by name (`Source::info`: a consumer group's
+    /// member id and members).
+    info: Mutex<Vec<(String, String)>>,
 }
 
 impl InstanceStatus {
@@ -123,6 +126,7 @@ impl InstanceStatus {
             finished: AtomicBool::new(false),
             stats: std::sync::Mutex::new(Vec::new()),
             warnings: Mutex::new(Vec::new()),
+            info: Mutex::new(Vec::new()),
         }
     }
 
@@ -160,6 +164,13 @@ impl InstanceStatus {
         let mut s = self.stats.lock().unwrap_or_else(|e| e.into_inner());
         s.clear();
         s.extend(stats.iter().map(|(k, v)| (k.to_string(), *v)));
+    }
+
+    /// Replaces what the component tells about itself.
+    pub fn set_info(&self, info: Vec<(&str, String)>) {
+        let mut i = self.info.lock().unwrap_or_else(|e| e.into_inner());
+        i.clear();
+        i.extend(info.into_iter().map(|(k, v)| (k.to_string(), v)));
     }
 
     /// Replaces the component's warnings.
@@ -242,6 +253,7 @@ impl InstanceStatus {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .clone(),
+            info: self.info.lock().unwrap_or_else(|e| e.into_inner()).clone(),
         }
     }
 }
@@ -261,6 +273,8 @@ pub struct StatusRegistry {
     pub pipeline: String,
     /// Random, one per process: tells a run from the next one of the same pipeline.
     pub run_id: String,
+    /// This process's id among the pipeline's instances (`crate::instance`), once known.
+    instance_id: Mutex<Option<String>>,
     instances: Mutex<Vec<Arc<InstanceStatus>>>,
     pub sources: Mutex<Vec<SourceExpectations>>,
     checkpoints: Mutex<Option<CheckpointReport>>,
@@ -281,6 +295,11 @@ impl StatusRegistry {
             run_id,
             ..StatusRegistry::default()
         })
+    }
+
+    /// Publishes this process's instance id.
+    pub fn set_instance_id(&self, id: &str) {
+        *self.instance_id.lock().unwrap_or_else(|e| e.into_inner()) = Some(id.to_string());
     }
 
     /// Publishes how checkpointing goes.
@@ -327,6 +346,11 @@ impl StatusRegistry {
         StatusReport {
             pipeline: self.pipeline.clone(),
             run_id: self.run_id.clone(),
+            instance_id: self
+                .instance_id
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
             now_ms,
             instances,
             sources: self
@@ -374,11 +398,23 @@ pub struct InstanceReport {
     /// tables receive nothing while changes of tables not configured arrive.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// What the component tells about itself by name (a consumer group's member id,
+    /// generation's members, partitions no member owns).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub info: Vec<(String, String)>,
 }
 
 impl InstanceReport {
     pub fn label(&self) -> String {
         format!("{}#{}", self.node, self.instance)
+    }
+
+    /// One of the component's own facts (`info`).
+    pub fn info(&self, name: &str) -> Option<&str> {
+        self.info
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 
     /// One of the component's own stats.
@@ -422,6 +458,9 @@ pub struct StatusReport {
     /// The run's id (`StatusRegistry::run_id`).
     #[serde(default)]
     pub run_id: String,
+    /// This process's id among the pipeline's instances (with a checkpoint directory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_id: Option<String>,
     pub now_ms: i64,
     pub instances: Vec<InstanceReport>,
     pub sources: Vec<SourceExpectations>,

@@ -267,6 +267,7 @@ mod tests {
             finished: true,
             stats: stats.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
             warnings: Vec::new(),
+            info: Vec::new(),
         }
     }
 
@@ -288,6 +289,7 @@ mod tests {
         let report = StatusReport {
             pipeline: "demo".into(),
             run_id: String::new(),
+            instance_id: None,
             now_ms: 0,
             instances: vec![
                 instance(

@@ -62,10 +62,11 @@ pub fn render(r: &StatusReport) -> String {
         out,
         "pipeline `{}`{} at {}",
         r.pipeline,
-        if r.run_id.is_empty() {
-            String::new()
-        } else {
-            format!(" (run {})", r.run_id)
+        match (r.run_id.is_empty(), &r.instance_id) {
+            (true, None) => String::new(),
+            (true, Some(id)) => format!(" (instance {id})"),
+            (false, None) => format!(" (run {})", r.run_id),
+            (false, Some(id)) => format!(" (run {}, instance {id})", r.run_id),
         },
         format_time(r.now_ms)
     );
@@ -91,6 +92,9 @@ pub fn render(r: &StatusReport) -> String {
                     .collect::<Vec<_>>()
                     .join(" ")
             );
+            if let Some(group) = i.info("group") {
+                group_lines(&mut out, i, group);
+            }
             for p in &i.partitions {
                 let _ = writeln!(
                     out,
@@ -131,4 +135,36 @@ pub fn render(r: &StatusReport) -> String {
         }
     }
     out
+}
+
+/// A consumer group as this member sees it: its identity, the members and what they own, the
+/// partitions nobody owns.
+fn group_lines(out: &mut String, i: &InstanceReport, group: &str) {
+    let _ = writeln!(
+        out,
+        "    consumer group `{group}`: member {}, generation {}, {} members{}; {} rebalances, {} partitions handed over",
+        i.info("group_member_id").unwrap_or("not joined yet"),
+        i.stat("group_generation")
+            .map_or("unknown".into(), |g| g.to_string()),
+        i.stat("group_members")
+            .map_or("unknown".into(), |n| n.to_string()),
+        i.info("group_state")
+            .map_or(String::new(), |s| format!(" ({s})")),
+        i.stat("group_rebalances").unwrap_or(0),
+        i.stat("group_partitions_handed_over").unwrap_or(0),
+    );
+    if let Some(members) = i.info("group_members") {
+        for m in members.split("; ").filter(|m| !m.is_empty()) {
+            let _ = writeln!(out, "      member {m}");
+        }
+    }
+    if let Some(a) = i.info("group_assignments") {
+        let _ = writeln!(out, "      assignments: {a}");
+    }
+    if let Some(unowned) = i.info("group_partitions_unowned") {
+        let _ = writeln!(out, "      NO OWNER: {unowned}");
+    }
+    if let Some(e) = i.info("group_describe_error") {
+        let _ = writeln!(out, "      the group could not be described: {e}");
+    }
 }

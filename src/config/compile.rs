@@ -195,6 +195,11 @@ pub fn compile(
                 &a.checkpoint_age,
                 &mut rules.checkpoint_age_ms,
             ),
+            (
+                "partition_unowned",
+                &a.partition_unowned,
+                &mut rules.partition_unowned_ms,
+            ),
         ] {
             if let Some(v) = value
                 && let Some(d) = issues.duration_or_off(v, &format!("alerts.{name}"))

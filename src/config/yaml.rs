@@ -76,6 +76,9 @@ pub struct AlertsYaml {
     pub enrichment_gate: Option<S<String>>,
     /// Alert when the last complete checkpoint is older than this (or `off`).
     pub checkpoint_age: Option<S<String>>,
+    /// Alert when a partition of a consumer group's topics has had no owner for this long
+    /// (or `off`).
+    pub partition_unowned: Option<S<String>>,
     /// How often rules are evaluated.
     pub check_interval: Option<S<String>>,
 }

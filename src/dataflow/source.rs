@@ -144,6 +144,12 @@ pub trait Source: Send {
         Vec::new()
     }
 
+    /// Facts for `/status` by name (a consumer group's member id and members), published
+    /// with `stats`.
+    fn info(&self) -> Vec<(&'static str, String)> {
+        Vec::new()
+    }
+
     /// Whether the source waits for a checkpoint to complete, so soon that the next barrier
     /// should not wait for the interval (a consumer group's revoked partitions are handed
     /// over only once a checkpoint covers what was read of them). Asked after every read.

@@ -8,6 +8,7 @@
 //! consumer group, transactions) cannot be overridden through `properties`: the block has
 //! a field for each of them, or the connector sets them because its guarantees depend on it.
 
+pub mod group;
 pub mod offsets;
 
 use std::fmt;

@@ -96,6 +96,16 @@ pub fn run(plan: Plan, ctx: RunContext) -> Result<RunSummary, RunError> {
     let start_ms = ctx.clock.now_ms();
     let bootstrap = ctx.bootstrap.is_some();
     let store = open_store(&plan, &ctx)?;
+    if let Some(dir) = &plan.options.checkpoint_dir
+        && store.is_some()
+    {
+        let id = crate::instance::resolve(dir).map_err(|e| RunError::Checkpoint {
+            message: format!("the instance id: {e}"),
+            class: crate::error::ErrorClass::Definite,
+        })?;
+        tracing::info!(instance_id = %id, "this process's instance id");
+        ctx.status.set_instance_id(&id);
+    }
     let mut restored = if bootstrap {
         None
     } else {

@@ -481,6 +481,7 @@ mod event_time {
             watermark_stall_ms: Some(20_000),
             enrichment_gate_ms: None,
             checkpoint_age_ms: None,
+            partition_unowned_ms: None,
         });
         let mut out = Outcome {
             fired: Vec::new(),
@@ -1518,7 +1519,8 @@ sinks:
 /// holds what it wrote, so the killed instance's partitions are read again by their next
 /// owners from exactly where its last committed transaction ended.
 #[test]
-fn exactly_once_output_from_three_instances_one_killed_and_a_fourth_joining() {
+fn exactly_once_output_from_three_instances_one_killed_and_a_fourth_joining_tansu_describes_no_assignments()
+ {
     let broker = Broker::start();
     fill_reference(&broker);
     broker.create_topic("obs", OBS_PARTITIONS);
@@ -1554,10 +1556,10 @@ fn exactly_once_output_from_three_instances_one_killed_and_a_fourth_joining() {
             producer.produce("obs", &records);
         })
     };
-    let start_instance = |name: &str| -> (Child, PathBuf) {
+    let start_instance = |name: &str, metrics: &str| -> (Child, PathBuf) {
         let log = dir.path().join(format!("{name}.log"));
         let child = Command::new(env!("CARGO_BIN_EXE_watershed"))
-            .args(["run", "--log", "info", "--metrics-addr", "off"])
+            .args(["run", "--log", "info", "--metrics-addr", metrics])
             .arg(group_pipeline_to(
                 &broker,
                 dir.path(),
@@ -1577,17 +1579,67 @@ fn exactly_once_output_from_three_instances_one_killed_and_a_fourth_joining() {
             std::thread::sleep(Duration::from_millis(100));
         }
     };
-    let mut children = vec![start_instance("a")];
+    let mut children = vec![start_instance("a", "off")];
     output_reaches(200);
-    children.push(start_instance("b"));
-    children.push(start_instance("c"));
+    children.push(start_instance("b", "off"));
+    let c_addr = format!("127.0.0.1:{}", watershed::testing::services::free_port());
+    children.push(start_instance("c", &c_addr));
     output_reaches(900);
+    // The third instance sees the group: three members, its generation, who owns what.
+    let c_addr: std::net::SocketAddr = c_addr.parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut group_seen = None;
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        let report = watershed::http::get_local(c_addr, "/status")
+            .ok()
+            .and_then(|b| serde_json::from_str::<watershed::status::StatusReport>(&b).ok());
+        if let Some(r) = &report
+            && let Some(i) = r.instances.iter().find(|i| i.node == "obs")
+        {
+            last = format!("{:?} {:?}", i.stats, i.info);
+        }
+        if let Some(r) = report
+            && let Some(i) = r.instances.iter().find(|i| i.node == "obs")
+            && i.stat("group_members") == Some(3)
+        {
+            group_seen = Some((r.clone(), i.clone()));
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let (report, obs) = group_seen
+        .unwrap_or_else(|| panic!("instance c never saw a stable group of three: {last}"));
+    assert!(report.instance_id.is_some_and(|id| !id.is_empty()));
+    assert!(
+        obs.stat("group_generation").is_some_and(|g| g >= 1),
+        "{obs:?}"
+    );
+    let member = obs.info("group_member_id").unwrap_or_default().to_string();
+    assert!(!member.is_empty(), "{obs:?}");
+    let members = obs.info("group_members").unwrap_or_default();
+    assert!(members.contains(&member), "{members}");
+    // tansu leaves the members' assignments out of DescribeGroups: who owns what is
+    // unknown there, and that must never read as partitions without an owner.
+    assert_eq!(obs.stat("group_partitions_unowned"), None, "{obs:?}");
+    assert!(obs.info("group_assignments").is_some(), "{obs:?}");
+    let explained = Command::new(env!("CARGO_BIN_EXE_watershed"))
+        .args(["explain", "--addr", &c_addr.to_string()])
+        .arg(dir.path().join("c.yaml"))
+        .output()
+        .unwrap();
+    let explained = String::from_utf8_lossy(&explained.stdout).to_string();
+    assert!(
+        explained.contains(&format!("consumer group `{group}`: member {member}"))
+            && explained.contains("3 members"),
+        "{explained}"
+    );
     // Mid-stream, with partitions of its own and transactions committing every 300 ms.
     let (mut killed, killed_log) = children.remove(1);
     signal(&killed, libc::SIGKILL);
     let _ = killed.wait();
     std::thread::sleep(Duration::from_secs(3));
-    children.push(start_instance("d"));
+    children.push(start_instance("d", "off"));
     producer.join().unwrap();
     let deadline = Instant::now() + Duration::from_secs(120);
     let want = OBS + OBS_PARTITIONS as usize;

@@ -120,6 +120,7 @@ fn simulate(quiet_idle_timeout: Option<Duration>, duration: Duration) -> Outcome
         watermark_stall_ms: Some(60_000),
         enrichment_gate_ms: None,
         checkpoint_age_ms: None,
+        partition_unowned_ms: None,
     });
     let mut out = Outcome {
         fired: Vec::new(),

@@ -173,6 +173,7 @@ impl SourceDriver {
         let mut stats = vec![("idle_transitions", self.idle_transition_count)];
         stats.extend(self.source.stats());
         self.status.set_stats(&stats);
+        self.status.set_info(self.source.info());
     }
 
     /// Whether the source waits for a checkpoint (`Source::wants_checkpoint`).

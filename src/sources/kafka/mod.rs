@@ -57,6 +57,7 @@ use crate::dataflow::{
 use crate::dead_letter;
 use crate::error::RunError;
 use crate::format::DecodeError;
+use crate::kafka::group;
 use crate::kafka::offsets::{GroupLink, Links};
 use crate::kafka::{Client, LogContext, run_error};
 use crate::types::{Epoch, EventTime, SchemaRef, Value};
@@ -565,9 +566,32 @@ impl<D: RecordDecoder> Reader<D> {
 /// How the source gets its partitions.
 enum Mode {
     /// A consumer group assigns them.
-    Group { group: String },
+    Group {
+        group: String,
+        /// What the source subscribed to (the topics whose partitions should have owners).
+        topics: Topics,
+        /// What this member sees of its group.
+        seen: Box<GroupSeen>,
+    },
     /// Fixed at the start: these `(topic, partition)`s.
     Assigned { partitions: Vec<(String, i32)> },
+}
+
+/// How often a group member describes its group (members, partitions without an owner).
+const GROUP_VIEW_INTERVAL_MS: i64 = 10_000;
+
+/// What a member knows of its group, refreshed every `GROUP_VIEW_INTERVAL_MS` and at
+/// rebalances.
+#[derive(Default)]
+struct GroupSeen {
+    membership: Option<group::Membership>,
+    view: Option<group::GroupView>,
+    /// When the group was last described (processing time).
+    described_ms: Option<i64>,
+    /// Since when some partition has had no owner (continuously), processing time.
+    unowned_since_ms: Option<i64>,
+    /// Why the last description failed.
+    error: Option<String>,
 }
 
 /// Everything a Kafka source instance needs to start.
@@ -691,6 +715,8 @@ impl<D: RecordDecoder> KafkaSource<D> {
                     .map_err(|e| run_error(&node, "subscribing", &e))?;
                 Mode::Group {
                     group: group.clone(),
+                    topics: spec.topics.clone(),
+                    seen: Box::default(),
                 }
             }
             None if !read => Mode::Assigned {
@@ -957,6 +983,7 @@ impl<D: RecordDecoder> Source for KafkaSource<D> {
             self.assign()?;
         }
         self.release_committed();
+        self.describe_group(now_ms);
         if self.take_change()? {
             self.progress_queue.clear();
             return Ok(ReadStatus::PartitionsChanged);
@@ -1124,12 +1151,12 @@ impl<D: RecordDecoder> Source for KafkaSource<D> {
     }
 
     fn stats(&self) -> Vec<(&'static str, u64)> {
-        let Mode::Group { .. } = self.mode else {
+        let Mode::Group { seen, .. } = &self.mode else {
             return Vec::new();
         };
         let shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
         let handing = self.r.parts.iter().filter(|p| p.handing_over).count() as u64;
-        vec![
+        let mut stats = vec![
             ("group_rebalances", shared.rebalances),
             (
                 "group_partitions_owned",
@@ -1137,7 +1164,57 @@ impl<D: RecordDecoder> Source for KafkaSource<D> {
             ),
             ("group_partitions_handing_over", handing),
             ("group_partitions_handed_over", shared.handed_over),
-        ]
+        ];
+        if let Some(m) = &seen.membership {
+            stats.push(("group_generation", m.generation.max(0) as u64));
+        }
+        if let Some(v) = &seen.view {
+            stats.push(("group_members", v.members.len() as u64));
+            if let Some(u) = &v.unowned {
+                stats.push(("group_partitions_unowned", u.len() as u64));
+            }
+        }
+        if let Some(t) = seen.unowned_since_ms {
+            stats.push(("group_unowned_since_ms", t.max(0) as u64));
+        }
+        stats
+    }
+
+    fn info(&self) -> Vec<(&'static str, String)> {
+        let Mode::Group { group, seen, .. } = &self.mode else {
+            return Vec::new();
+        };
+        let mut info = vec![("group", group.clone())];
+        if let Some(m) = &seen.membership {
+            info.push(("group_member_id", m.member_id.clone()));
+        }
+        if let Some(v) = &seen.view {
+            info.push(("group_state", v.state.clone()));
+            let members: Vec<String> = v
+                .members
+                .iter()
+                .map(|m| format!("{} ({}): {}", m.id, m.host, m.partitions.join(" ")))
+                .collect();
+            info.push(("group_members", members.join("; ")));
+            match &v.unowned {
+                Some(u) if !u.is_empty() => info.push(("group_partitions_unowned", u.join(" "))),
+                Some(_) => {}
+                None => info.push((
+                    "group_assignments",
+                    "not reported by the broker: who owns what is unknown".into(),
+                )),
+            }
+            if v.undecodable > 0 {
+                info.push((
+                    "group_assignments_undecodable",
+                    format!("{} members' assignments did not decode", v.undecodable),
+                ));
+            }
+        }
+        if let Some(e) = &seen.error {
+            info.push(("group_describe_error", e.clone()));
+        }
+        info
     }
 
     fn barrier(&mut self, epoch: Epoch, positions: &[SourcePosition]) {
@@ -1163,7 +1240,7 @@ impl<D: RecordDecoder> Source for KafkaSource<D> {
         epoch: Epoch,
         positions: &[SourcePosition],
     ) -> Result<(), RunError> {
-        let Mode::Group { group } = &self.mode else {
+        let Mode::Group { group, .. } = &self.mode else {
             return Ok(());
         };
         let group = group.clone();
@@ -1351,6 +1428,61 @@ impl<D: RecordDecoder> KafkaSource<D> {
 
     /// Group mode: whether a rebalance changed the assignment (the partition list is then
     /// updated, remembering where each partition was read to).
+    /// Group mode, when due: learns this member's generation and what the group looks like
+    /// (a broker call at most every `GROUP_VIEW_INTERVAL_MS`; a failure is kept for
+    /// `/status` and tried again at the next interval).
+    fn describe_group(&mut self, now_ms: i64) {
+        let Mode::Group {
+            group,
+            topics,
+            seen,
+        } = &mut self.mode
+        else {
+            return;
+        };
+        if seen
+            .described_ms
+            .is_some_and(|t| now_ms - t < GROUP_VIEW_INTERVAL_MS)
+        {
+            return;
+        }
+        seen.described_ms = Some(now_ms);
+        seen.membership = group::membership(&self.consumer);
+        let names: Vec<String> = match topics {
+            Topics::Names(names) => names.clone(),
+            // A pattern: the topics some member reads (a matching topic nobody reads yet
+            // is not seen here).
+            Topics::Pattern(_) => {
+                let mut t: Vec<String> = self.r.parts.iter().map(|p| p.topic.clone()).collect();
+                if let Some(v) = &seen.view {
+                    t.extend(v.members.iter().flat_map(|m| {
+                        m.partitions
+                            .iter()
+                            .filter_map(|p| p.rsplit_once('/').map(|(t, _)| t.to_string()))
+                    }));
+                }
+                t.sort();
+                t.dedup();
+                t
+            }
+        };
+        match group::describe(&self.consumer, group, &names, Duration::from_secs(5)) {
+            Ok(view) => {
+                if view.unowned.as_ref().is_none_or(Vec::is_empty) {
+                    seen.unowned_since_ms = None;
+                } else {
+                    seen.unowned_since_ms.get_or_insert(now_ms);
+                }
+                seen.view = Some(view);
+                seen.error = None;
+            }
+            Err(e) => {
+                tracing::debug!(node = %self.node, error = %e, "kafka: describing the consumer group failed");
+                seen.error = Some(e);
+            }
+        }
+    }
+
     fn take_change(&mut self) -> Result<bool, RunError> {
         let Mode::Group { .. } = self.mode else {
             return Ok(false);
@@ -1367,6 +1499,10 @@ impl<D: RecordDecoder> KafkaSource<D> {
         };
         if !changed {
             return Ok(false);
+        }
+        if let Mode::Group { seen, .. } = &mut self.mode {
+            // A new generation: describe the group again at the next read.
+            seen.described_ms = None;
         }
         let list = self.group_assignment()?;
         self.set_parts(list);
