@@ -38,6 +38,8 @@ pub const CHECKPOINT_DURATION_MS: &str = "watershed_checkpoint_last_duration_ms"
 pub const CHECKPOINT_ALIGNMENT_MS: &str = "watershed_checkpoint_last_alignment_ms";
 pub const GROUP_REBALANCES: &str = "watershed_source_group_rebalances_total";
 pub const GROUP_HANDED_OVER: &str = "watershed_source_group_partitions_handed_over_total";
+/// How long the last start took to restore its checkpoint (reading, verifying and loading).
+pub const RESTORE_MS: &str = "watershed_restore_milliseconds";
 pub const TRANSIENT_ERRORS: &str = "watershed_transient_errors_total";
 pub const RESTARTS: &str = "watershed_restarts_total";
 pub const ENDPOINT_CONNECTIONS: &str = "watershed_endpoint_connections";

@@ -144,6 +144,10 @@ pub fn run(plan: Plan, ctx: RunContext) -> Result<RunSummary, RunError> {
     .start_all()?;
 
     let restore_ms = restored.as_ref().map(|_| ctx.clock.now_ms() - start_ms);
+    if let Some(ms) = restore_ms {
+        metrics::gauge!(m::RESTORE_MS).set(ms as f64);
+        tracing::info!(restore_ms = ms, "state restored");
+    }
     // Every task has its state: the checkpoint's copy of it need not stay in memory.
     if let Some(r) = &mut restored {
         r.operators.clear();
