@@ -63,6 +63,16 @@ fn send(
 
 /// Sends every line of `path` to `topic` (partition 0), batched.
 fn fill(broker: &str, topic: &str, path: &Path) -> anyhow::Result<u64> {
+    fill_spread(broker, topic, path, 1)
+}
+
+/// Sends line `i` of `path` to partition `i % partitions` of `topic`, batched.
+pub(super) fn fill_spread(
+    broker: &str,
+    topic: &str,
+    path: &Path,
+    partitions: i32,
+) -> anyhow::Result<u64> {
     let producer: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", broker)
         .set("linger.ms", "20")
@@ -77,7 +87,8 @@ fn fill(broker: &str, topic: &str, path: &Path) -> anyhow::Result<u64> {
         if reader.read_until(b'\n', &mut line)? == 0 {
             break;
         }
-        send(&producer, topic, Some(0), line.trim_ascii_end())?;
+        let partition = (n % partitions.max(1) as u64) as i32;
+        send(&producer, topic, Some(partition), line.trim_ascii_end())?;
         n += 1;
     }
     producer.flush(Duration::from_secs(120))?;

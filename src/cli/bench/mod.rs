@@ -11,6 +11,7 @@
 
 mod cases;
 mod ceiling;
+mod group;
 mod input;
 mod job;
 mod kafka;
@@ -52,7 +53,8 @@ pub struct BenchArgs {
     /// `postgres` (the native Postgres source against real Debezium on one database:
     /// snapshot, streaming, latency; `--pg-rows`, `--pg-changes`) or `sinks` (the demo's
     /// rows into ClickHouse and Postgres at several batch sizes, against a file;
-    /// `--sink-observations`).
+    /// `--sink-observations`) or `group` (the kafka case's job run by `--instances`
+    /// processes in one consumer group, the observations on 6 partitions).
     #[arg(long, default_value = "all")]
     pub case: String,
     /// Reference table sizes of the enrich case.
@@ -87,6 +89,9 @@ pub struct BenchArgs {
     /// whole-run rate).
     #[arg(long)]
     pub latency_rate: Option<f64>,
+    /// Instance counts of the group case.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,3")]
+    pub instances: Vec<usize>,
     /// Observations of the demo in the sinks case.
     #[arg(long, default_value_t = 60_000)]
     pub sink_observations: u64,
@@ -152,6 +157,16 @@ pub fn run(args: &BenchArgs) -> anyhow::Result<()> {
     if args.case == "kafka" {
         let rows = args.reference_rows.first().copied().unwrap_or(100_000);
         kafka::kafka_case(args.kafka_records, rows, args.rounds.max(1), &dir)?;
+    }
+    if args.case == "group" {
+        let rows = args.reference_rows.first().copied().unwrap_or(100_000);
+        group::group_case(
+            args.kafka_records,
+            rows,
+            &args.instances,
+            args.rounds.max(1),
+            &dir,
+        )?;
     }
     if args.case == "postgres" {
         postgres::postgres_case(args.pg_rows, args.pg_changes)?;

@@ -872,7 +872,12 @@ impl Source for PostgresSource {
                         // for none.
                         self.stream.end_snapshots(out);
                     }
-                    self.start_streaming()?
+                    self.start_streaming()?;
+                    if out.extra.iter().any(|b| !b.is_empty()) {
+                        // The snapshots' ends go out with a `Data` status of their own: the
+                        // stream may have nothing yet, and a `Pending` carries no records.
+                        return Ok(ReadStatus::Data { partition: 0 });
+                    }
                 }
                 Phase::Streaming { started: true } => {
                     return self.stream_changes(out, max_records, now_ms);
