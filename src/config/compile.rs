@@ -736,6 +736,13 @@ pub fn compile(
             }
         }
     }
+    group_keyed_warnings(
+        path,
+        &nodes,
+        &infos,
+        &kafka_links.group_sources(),
+        &mut warnings,
+    );
     if transactional && options.checkpoint_interval.is_none() {
         warnings.push(format!(
             "{}: checkpoint.interval is off: file sinks commit only when the input ends, and a \
@@ -923,4 +930,67 @@ fn operator_order(issues: &mut Issues, file: &PipelineFile) -> Vec<String> {
         visit(name, file, &mut state, &mut order, issues);
     }
     order
+}
+
+/// Keyed operators fed by a consumer group's source: each process of the group sees only the
+/// partitions it owns, so a key's rows meet in one process only if the topic is partitioned
+/// by that key. Until Watershed repartitions through Kafka itself, say so.
+fn group_keyed_warnings(
+    path: &Path,
+    nodes: &[PlanNode],
+    infos: &HashMap<String, NodeInfo>,
+    group_sources: &[String],
+    warnings: &mut Vec<String>,
+) {
+    // Which group source each node's non-broadcast input descends from.
+    let mut fed_by: Vec<Option<String>> = nodes
+        .iter()
+        .map(|n| group_sources.contains(&n.name).then(|| n.name.clone()))
+        .collect();
+    for (i, n) in nodes.iter().enumerate() {
+        let broadcast: &[usize] = match &n.kind {
+            NodeKind::Operator {
+                broadcast_inputs, ..
+            } => broadcast_inputs,
+            _ => &[],
+        };
+        if fed_by[i].is_none() {
+            fed_by[i] = n
+                .inputs
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| !broadcast.contains(j))
+                .find_map(|(_, r)| fed_by.get(r.node).cloned().flatten());
+        }
+        let NodeKind::Operator {
+            key_columns: Some(cols),
+            ..
+        } = &n.kind
+        else {
+            continue;
+        };
+        let Some(source) = &fed_by[i] else { continue };
+        let key: Vec<String> = n
+            .inputs
+            .first()
+            .and_then(|r| nodes.get(r.node)?.ports.get(r.port))
+            .map(|p| {
+                cols.iter()
+                    .filter(|&&c| c < p.schema.len())
+                    .map(|&c| p.schema.field(c).name.to_string())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let line = infos.get(&n.name).map_or(0, |i| i.location.line());
+        warnings.push(format!(
+            "{}:{line}: operator `{}` is keyed by [{}] and reads source `{source}`, which shares \
+             its partitions with the other processes of its consumer group: each process sees \
+             only the rows of the partitions it owns, so a key's rows meet only if the topic's \
+             records are partitioned by that key (Watershed does not repartition through Kafka \
+             yet)",
+            path.display(),
+            n.name,
+            key.join(", ")
+        ));
+    }
 }

@@ -9,10 +9,108 @@
 
 use std::collections::BTreeSet;
 use std::ffi::CStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::bindings as rd;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+
+use crate::kafka::{Client, LogContext};
+
+/// How often the watcher describes the group.
+const DESCRIBE_EVERY: Duration = Duration::from_secs(10);
+
+/// Describes a group every `DESCRIBE_EVERY` on a thread of its own (with a client of its own
+/// that joins nothing), so that the broker calls never hold up reading; the source takes the
+/// latest description when it publishes its status. Stops when dropped.
+pub struct Watcher {
+    latest: Arc<Mutex<Option<Result<GroupView, String>>>>,
+    /// The topics whose partitions should have owners (a pattern's: those seen so far).
+    topics: Arc<Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+    /// Set to describe again at once (a rebalance happened).
+    again: Arc<AtomicBool>,
+}
+
+impl Watcher {
+    pub fn start(node: &str, client: &Client, group: &str, topics: Vec<String>) -> Watcher {
+        let w = Watcher {
+            latest: Arc::default(),
+            topics: Arc::new(Mutex::new(topics)),
+            stop: Arc::default(),
+            again: Arc::default(),
+        };
+        let unjoined = format!("watershed.{node}.describe");
+        let consumer: Result<BaseConsumer<LogContext>, _> = client
+            .config(&[("group.id", unjoined.as_str())])
+            .create_with_context(LogContext::new(node));
+        let consumer = match consumer {
+            Ok(c) => c,
+            Err(e) => {
+                *w.latest.lock().unwrap_or_else(|p| p.into_inner()) = Some(Err(format!(
+                    "creating the client that describes the group: {e}"
+                )));
+                return w;
+            }
+        };
+        let (latest, topics, stop, again) = (
+            w.latest.clone(),
+            w.topics.clone(),
+            w.stop.clone(),
+            w.again.clone(),
+        );
+        let group = group.to_string();
+        let spawned = std::thread::Builder::new()
+            .name(format!("{node}-group"))
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    again.store(false, Ordering::Relaxed);
+                    let names = topics.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                    let view = describe(&consumer, &group, &names, Duration::from_secs(5));
+                    *latest.lock().unwrap_or_else(|p| p.into_inner()) = Some(view);
+                    let mut slept = Duration::ZERO;
+                    while slept < DESCRIBE_EVERY
+                        && !stop.load(Ordering::Relaxed)
+                        && !again.load(Ordering::Relaxed)
+                    {
+                        std::thread::sleep(Duration::from_millis(100));
+                        slept += Duration::from_millis(100);
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            *w.latest.lock().unwrap_or_else(|p| p.into_inner()) = Some(Err(format!(
+                "starting the thread that describes the group: {e}"
+            )));
+        }
+        w
+    }
+
+    /// The latest description (or why it failed), if one was made yet.
+    pub fn latest(&self) -> Option<Result<GroupView, String>> {
+        self.latest
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The topics to look for unowned partitions in changed (a pattern matched more).
+    pub fn set_topics(&self, topics: Vec<String>) {
+        *self.topics.lock().unwrap_or_else(|p| p.into_inner()) = topics;
+    }
+
+    /// Describe again soon (a rebalance changed the group).
+    pub fn refresh(&self) {
+        self.again.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
 
 /// This member's identity in the group's current generation.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -100,6 +100,12 @@ impl Links {
         claimed
     }
 
+    /// The sources that read in a consumer group.
+    pub fn group_sources(&self) -> Vec<String> {
+        let groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());
+        groups.iter().map(|g| g.node.clone()).collect()
+    }
+
     /// The sink carrying source `node`'s offsets, if any.
     pub fn carrier_of(&self, node: &str) -> Option<String> {
         let groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());

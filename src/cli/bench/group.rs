@@ -6,7 +6,9 @@
 //! instance count: wall events per second and events per CPU-second, both over the steady
 //! part (between 20% and 80% of the output, summed over the instances' own counters and
 //! CPU) and over the whole run (from the start to the last record out, table loads and
-//! rebalances included), and the broker's CPU per CPU-second of the instances.
+//! rebalances included), and the broker's CPU per CPU-second of the instances. The group's
+//! session timeout is 6 s: tansu answers a new group's first join after about half of it
+//! (23 s with librdkafka's default of 45 s, which would dwarf the run).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -41,7 +43,7 @@ parallelism: 1
 enrichment: {{strategy: gated}}
 sources:
   obs:
-    kafka: {{brokers: "{b}", topics: [obs], group: bench-{name}}}
+    kafka: {{brokers: "{b}", topics: [obs], group: bench-{name}, properties: {{session.timeout.ms: 6000}}}}
     schema: {schema}
     event_time: {{field: ts, max_out_of_orderness: 5s}}
   ref:

@@ -577,17 +577,12 @@ enum Mode {
     Assigned { partitions: Vec<(String, i32)> },
 }
 
-/// How often a group member describes its group (members, partitions without an owner).
-const GROUP_VIEW_INTERVAL_MS: i64 = 10_000;
-
-/// What a member knows of its group, refreshed every `GROUP_VIEW_INTERVAL_MS` and at
-/// rebalances.
-#[derive(Default)]
+/// What a member knows of its group: its own generation (read at rebalances) and the
+/// group's latest description (`group::Watcher`, every 10 s and after rebalances).
 struct GroupSeen {
     membership: Option<group::Membership>,
+    watcher: group::Watcher,
     view: Option<group::GroupView>,
-    /// When the group was last described (processing time).
-    described_ms: Option<i64>,
     /// Since when some partition has had no owner (continuously), processing time.
     unowned_since_ms: Option<i64>,
     /// Why the last description failed.
@@ -713,10 +708,20 @@ impl<D: RecordDecoder> KafkaSource<D> {
                 consumer
                     .subscribe(&refs)
                     .map_err(|e| run_error(&node, "subscribing", &e))?;
+                let watched = match &spec.topics {
+                    Topics::Names(names) => names.clone(),
+                    Topics::Pattern(_) => Vec::new(),
+                };
                 Mode::Group {
                     group: group.clone(),
                     topics: spec.topics.clone(),
-                    seen: Box::default(),
+                    seen: Box::new(GroupSeen {
+                        membership: None,
+                        watcher: group::Watcher::start(&node, &spec.client, group, watched),
+                        view: None,
+                        unowned_since_ms: None,
+                        error: None,
+                    }),
                 }
             }
             None if !read => Mode::Assigned {
@@ -1428,46 +1433,15 @@ impl<D: RecordDecoder> KafkaSource<D> {
 
     /// Group mode: whether a rebalance changed the assignment (the partition list is then
     /// updated, remembering where each partition was read to).
-    /// Group mode, when due: learns this member's generation and what the group looks like
-    /// (a broker call at most every `GROUP_VIEW_INTERVAL_MS`; a failure is kept for
-    /// `/status` and tried again at the next interval).
+    /// Group mode: takes up the watcher's latest description of the group (no broker call
+    /// here), and notes since when (processing time) some partition has had no owner.
     fn describe_group(&mut self, now_ms: i64) {
-        let Mode::Group {
-            group,
-            topics,
-            seen,
-        } = &mut self.mode
-        else {
+        let Mode::Group { seen, .. } = &mut self.mode else {
             return;
         };
-        if seen
-            .described_ms
-            .is_some_and(|t| now_ms - t < GROUP_VIEW_INTERVAL_MS)
-        {
-            return;
-        }
-        seen.described_ms = Some(now_ms);
-        seen.membership = group::membership(&self.consumer);
-        let names: Vec<String> = match topics {
-            Topics::Names(names) => names.clone(),
-            // A pattern: the topics some member reads (a matching topic nobody reads yet
-            // is not seen here).
-            Topics::Pattern(_) => {
-                let mut t: Vec<String> = self.r.parts.iter().map(|p| p.topic.clone()).collect();
-                if let Some(v) = &seen.view {
-                    t.extend(v.members.iter().flat_map(|m| {
-                        m.partitions
-                            .iter()
-                            .filter_map(|p| p.rsplit_once('/').map(|(t, _)| t.to_string()))
-                    }));
-                }
-                t.sort();
-                t.dedup();
-                t
-            }
-        };
-        match group::describe(&self.consumer, group, &names, Duration::from_secs(5)) {
-            Ok(view) => {
+        match seen.watcher.latest() {
+            None => {}
+            Some(Ok(view)) => {
                 if view.unowned.as_ref().is_none_or(Vec::is_empty) {
                     seen.unowned_since_ms = None;
                 } else {
@@ -1476,10 +1450,7 @@ impl<D: RecordDecoder> KafkaSource<D> {
                 seen.view = Some(view);
                 seen.error = None;
             }
-            Err(e) => {
-                tracing::debug!(node = %self.node, error = %e, "kafka: describing the consumer group failed");
-                seen.error = Some(e);
-            }
+            Some(Err(e)) => seen.error = Some(e),
         }
     }
 
@@ -1500,9 +1471,23 @@ impl<D: RecordDecoder> KafkaSource<D> {
         if !changed {
             return Ok(false);
         }
-        if let Mode::Group { seen, .. } = &mut self.mode {
-            // A new generation: describe the group again at the next read.
-            seen.described_ms = None;
+        if let Mode::Group { seen, topics, .. } = &mut self.mode {
+            // A new generation: learn it, and have the group described again.
+            seen.membership = group::membership(&self.consumer);
+            seen.watcher.refresh();
+            if let Topics::Pattern(_) = topics {
+                let mut t: Vec<String> = self.r.parts.iter().map(|p| p.topic.clone()).collect();
+                if let Some(v) = &seen.view {
+                    t.extend(v.members.iter().flat_map(|m| {
+                        m.partitions
+                            .iter()
+                            .filter_map(|p| p.rsplit_once('/').map(|(t, _)| t.to_string()))
+                    }));
+                }
+                t.sort();
+                t.dedup();
+                seen.watcher.set_topics(t);
+            }
         }
         let list = self.group_assignment()?;
         self.set_parts(list);
