@@ -536,6 +536,20 @@ fn explain(path: &Path, addr: Option<SocketAddr>) -> anyhow::Result<ExitCode> {
         }
         println!("{line}");
     }
+    for (source, group, carrier) in compiled.kafka_links.describe() {
+        println!(
+            "  scale-out: source {source} reads in consumer group `{group}`: the processes \
+             started with this file share its partitions (a revoked one is handed over at a \
+             checkpoint); {}",
+            match carrier {
+                Some(sink) => format!(
+                    "its offsets commit in the transactions of sink {sink}, with what each \
+                     epoch wrote"
+                ),
+                None => "its offsets commit once the checkpoint holding them is durable".into(),
+            }
+        );
+    }
     let addr = client_addr(addr, &compiled);
     match watershed::http::client::status_of(addr, &plan.name) {
         Ok(report) => {

@@ -769,6 +769,7 @@ pub fn compile(
         holdings,
         current_tables,
         replayable,
+        kafka_links,
     })
 }
 

@@ -63,6 +63,8 @@ pub struct Compiled {
     pub current_tables: Vec<(String, component::CurrentTables)>,
     /// The sources that can be read again without side effects (`BuiltSource::replayable`).
     pub replayable: Vec<String>,
+    /// The sources that read in a consumer group, and the sink committing their offsets.
+    pub kafka_links: std::sync::Arc<crate::kafka::offsets::Links>,
 }
 
 /// Where to serve the HTTP endpoint, as the command line or the file says.

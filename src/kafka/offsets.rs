@@ -28,6 +28,8 @@ pub struct Links {
 }
 
 struct Group {
+    /// The consumer group's name.
+    group: String,
     brokers: String,
     node: String,
     /// Claimed by an exactly-once sink (its name).
@@ -76,9 +78,10 @@ pub struct Carried {
 
 impl Links {
     /// A group source named `node` reads through `brokers`.
-    pub fn register_group(&self, node: &str, brokers: &str) {
+    pub fn register_group(&self, node: &str, group: &str, brokers: &str) {
         let mut groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());
         groups.push(Group {
+            group: group.to_string(),
             brokers: brokers.to_string(),
             node: node.to_string(),
             carrier: None,
@@ -98,6 +101,15 @@ impl Links {
             }
         }
         claimed
+    }
+
+    /// Each group source with its group and the sink carrying its offsets, if any.
+    pub fn describe(&self) -> Vec<(String, String, Option<String>)> {
+        let groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());
+        groups
+            .iter()
+            .map(|g| (g.node.clone(), g.group.clone(), g.carrier.clone()))
+            .collect()
     }
 
     /// The sources that read in a consumer group.
@@ -212,8 +224,8 @@ mod tests {
     #[test]
     fn the_first_sink_on_the_same_brokers_carries_a_group() {
         let links = Links::default();
-        links.register_group("obs", "b:9092");
-        links.register_group("other", "elsewhere:9092");
+        links.register_group("obs", "g", "b:9092");
+        links.register_group("other", "g2", "elsewhere:9092");
         assert!(links.claim("out", "x:1").is_empty());
         assert_eq!(links.claim("out", "b:9092"), vec!["obs".to_string()]);
         assert!(links.claim("second", "b:9092").is_empty());
@@ -226,7 +238,7 @@ mod tests {
     #[test]
     fn a_commit_takes_the_latest_barrier_up_to_its_epoch() {
         let links = Links::default();
-        links.register_group("obs", "b");
+        links.register_group("obs", "g", "b");
         links.claim("out", "b");
         let link = links.open("obs");
         link.record(3, vec![("t".into(), 0, 10)]);

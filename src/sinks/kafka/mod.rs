@@ -417,12 +417,14 @@ impl Sink for KafkaSink {
                 match tx.waiting.front() {
                     Some(&(e, seq)) if e <= epoch => {
                         tx.waiting.pop_front();
-                        seq
+                        (e, seq)
                     }
                     _ => return Ok(()),
                 }
             };
-            self.send_spool(next, Some(epoch))?;
+            // Each spool with the offsets of its own barrier: a later epoch's offsets never
+            // commit before that epoch's records do.
+            self.send_spool(next.1, Some(next.0))?;
         }
     }
 

@@ -230,8 +230,8 @@ impl SourceConfig for KafkaSourceConfig {
         let (client, topics) = (client?, topics?);
         let node = cx.name.to_string();
         let group = self.group.as_ref().map(|g| g.value.clone());
-        let links = group.as_ref().map(|_| {
-            cx.kafka_links.register_group(&node, client.brokers());
+        let links = group.as_ref().map(|g| {
+            cx.kafka_links.register_group(&node, g, client.brokers());
             cx.kafka_links.clone()
         });
         let decoder_schema = schema.clone();
