@@ -1356,35 +1356,7 @@ fn three_instances_in_one_group_share_the_partitions_and_hand_each_over_at_a_che
     let group = "scale-out";
     // The observations arrive over about 12 s while instances join: the partitions move
     // between instances mid-stream.
-    let producer = {
-        let broker_addr = broker.addr.clone();
-        std::thread::spawn(move || {
-            let producer = watershed::testing::services::TestProducer::to(&broker_addr);
-            let values: Vec<(i32, String)> = (0..OBS)
-                .map(|n| {
-                    let (p, ts, h) = observation(n);
-                    (p, format!(r#"{{"ts":{ts},"host":"h{h}","n":{n}}}"#))
-                })
-                .collect();
-            for wave in values.chunks(100) {
-                let records: Vec<TestRecord<'_>> = wave
-                    .iter()
-                    .map(|(p, v)| (*p, None, Some(v.as_bytes())))
-                    .collect();
-                producer.produce("obs", &records);
-                std::thread::sleep(Duration::from_millis(600));
-            }
-            let sentinels: Vec<String> = (0..OBS_PARTITIONS)
-                .map(|p| format!(r#"{{"ts":{SENTINEL_AT},"host":"h0","n":{}}}"#, 100_000 + p))
-                .collect();
-            let records: Vec<TestRecord<'_>> = sentinels
-                .iter()
-                .enumerate()
-                .map(|(p, v)| (p as i32, None, Some(v.as_bytes())))
-                .collect();
-            producer.produce("obs", &records);
-        })
-    };
+    let producer = produce_observations_in_waves(&broker);
     let start_instance = |name: &str| -> (Child, PathBuf) {
         let log = dir.path().join(format!("{name}.log"));
         let child = Command::new(env!("CARGO_BIN_EXE_watershed"))
@@ -1398,16 +1370,10 @@ fn three_instances_in_one_group_share_the_partitions_and_hand_each_over_at_a_che
     };
     // The first instance reads every partition alone for a while; the second and third join
     // while records flow, so partitions it has read from move to them.
-    let output_reaches = |n: usize| {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while read_topic(&broker.addr, "enriched").len() < n && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    };
     let mut children = vec![start_instance("a")];
-    output_reaches(200);
+    output_reaches(&broker, 200);
     children.push(start_instance("b"));
-    output_reaches(800);
+    output_reaches(&broker, 800);
     children.push(start_instance("c"));
     producer.join().unwrap();
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -1418,7 +1384,61 @@ fn three_instances_in_one_group_share_the_partitions_and_hand_each_over_at_a_che
     // Give doubles, if any, a moment to show.
     std::thread::sleep(Duration::from_secs(2));
     let mut errs = String::new();
-    let mut hand_overs = 0;
+    let logs = stop_instances(children, &mut errs);
+    let hand_overs: usize = logs
+        .iter()
+        .map(|l| l.lines().filter(|l| l.contains("handed over")).count())
+        .sum();
+    assert!(hand_overs > 0, "no partition was handed over\n{errs}");
+    let (seen, doubled) = enriched_output(&broker);
+    assert!(doubled.is_empty(), "doubled: {doubled:?}\n{errs}");
+    every_observation_enriched(&seen, &errs);
+}
+
+/// Sends the observations in waves of 100 every 600 ms (about 12 s in all), then one
+/// sentinel per partition, on a thread: instances join and leave while records flow.
+fn produce_observations_in_waves(broker: &Broker) -> std::thread::JoinHandle<()> {
+    let broker_addr = broker.addr.clone();
+    std::thread::spawn(move || {
+        let producer = watershed::testing::services::TestProducer::to(&broker_addr);
+        let values: Vec<(i32, String)> = (0..OBS)
+            .map(|n| {
+                let (p, ts, h) = observation(n);
+                (p, format!(r#"{{"ts":{ts},"host":"h{h}","n":{n}}}"#))
+            })
+            .collect();
+        for wave in values.chunks(100) {
+            let records: Vec<TestRecord<'_>> = wave
+                .iter()
+                .map(|(p, v)| (*p, None, Some(v.as_bytes())))
+                .collect();
+            producer.produce("obs", &records);
+            std::thread::sleep(Duration::from_millis(600));
+        }
+        let sentinels: Vec<String> = (0..OBS_PARTITIONS)
+            .map(|p| format!(r#"{{"ts":{SENTINEL_AT},"host":"h0","n":{}}}"#, 100_000 + p))
+            .collect();
+        let records: Vec<TestRecord<'_>> = sentinels
+            .iter()
+            .enumerate()
+            .map(|(p, v)| (p as i32, None, Some(v.as_bytes())))
+            .collect();
+        producer.produce("obs", &records);
+    })
+}
+
+/// Waits (at most 60 s) until `enriched` holds `n` committed records.
+fn output_reaches(broker: &Broker, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while read_topic(&broker.addr, "enriched").len() < n && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Stops every instance with SIGTERM (each must stop within 60 s and must not panic) and
+/// appends its log to `errs`; returns the logs.
+fn stop_instances(children: Vec<(Child, PathBuf)>, errs: &mut String) -> Vec<String> {
+    let mut logs = Vec::new();
     for (mut child, log) in children {
         signal(&child, libc::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -1430,11 +1450,10 @@ fn three_instances_in_one_group_share_the_partitions_and_hand_each_over_at_a_che
             let _ = child.kill();
             let _ = child.wait();
         }
-        let err = std::fs::read_to_string(&log).unwrap_or_default();
-        let handed = err.lines().filter(|l| l.contains("handed over")).count();
-        hand_overs += handed;
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let handed = text.lines().filter(|l| l.contains("handed over")).count();
         errs.push_str(&format!("--- {} (hand-overs: {handed})\n", log.display()));
-        for line in err.lines().filter(|l| !l.contains("checkpoint completed")) {
+        for line in text.lines().filter(|l| !l.contains("checkpoint completed")) {
             errs.push_str(line);
             errs.push('\n');
         }
@@ -1442,9 +1461,14 @@ fn three_instances_in_one_group_share_the_partitions_and_hand_each_over_at_a_che
             stopped,
             "an instance did not stop on SIGTERM within 60 s\n{errs}"
         );
-        assert!(!err.contains("panicked"), "{errs}");
+        assert!(!text.contains("panicked"), "{errs}");
+        logs.push(text);
     }
-    assert!(hand_overs > 0, "no partition was handed over\n{errs}");
+    logs
+}
+
+/// The committed output by observation number, and the numbers seen more than once.
+fn enriched_output(broker: &Broker) -> (BTreeMap<i64, serde_json::Value>, Vec<i64>) {
     let mut seen: BTreeMap<i64, serde_json::Value> = BTreeMap::new();
     let mut doubled = Vec::new();
     for (_, v) in read_topic(&broker.addr, "enriched") {
@@ -1454,7 +1478,11 @@ fn three_instances_in_one_group_share_the_partitions_and_hand_each_over_at_a_che
             doubled.push(n);
         }
     }
-    assert!(doubled.is_empty(), "doubled: {doubled:?}\n{errs}");
+    (seen, doubled)
+}
+
+/// Every observation is in the output, with the owner a single instance gives it.
+fn every_observation_enriched(seen: &BTreeMap<i64, serde_json::Value>, errs: &str) {
     let missing: Vec<usize> = (0..OBS)
         .filter(|n| !seen.contains_key(&(*n as i64)))
         .collect();
@@ -1584,35 +1612,7 @@ fn exactly_once_output_from_three_instances_one_killed_and_replaced_tansu_shows_
     broker.create_topic("enriched", 1);
     let dir = tempfile::tempdir().unwrap();
     let group = "scale-out-eo";
-    let producer = {
-        let broker_addr = broker.addr.clone();
-        std::thread::spawn(move || {
-            let producer = watershed::testing::services::TestProducer::to(&broker_addr);
-            let values: Vec<(i32, String)> = (0..OBS)
-                .map(|n| {
-                    let (p, ts, h) = observation(n);
-                    (p, format!(r#"{{"ts":{ts},"host":"h{h}","n":{n}}}"#))
-                })
-                .collect();
-            for wave in values.chunks(100) {
-                let records: Vec<TestRecord<'_>> = wave
-                    .iter()
-                    .map(|(p, v)| (*p, None, Some(v.as_bytes())))
-                    .collect();
-                producer.produce("obs", &records);
-                std::thread::sleep(Duration::from_millis(600));
-            }
-            let sentinels: Vec<String> = (0..OBS_PARTITIONS)
-                .map(|p| format!(r#"{{"ts":{SENTINEL_AT},"host":"h0","n":{}}}"#, 100_000 + p))
-                .collect();
-            let records: Vec<TestRecord<'_>> = sentinels
-                .iter()
-                .enumerate()
-                .map(|(p, v)| (p as i32, None, Some(v.as_bytes())))
-                .collect();
-            producer.produce("obs", &records);
-        })
-    };
+    let producer = produce_observations_in_waves(&broker);
     let start_instance = |name: &str, id: &str, metrics: &str| -> (Child, PathBuf) {
         let log = dir.path().join(format!("{name}.log"));
         let child = Command::new(env!("CARGO_BIN_EXE_watershed"))
@@ -1631,18 +1631,12 @@ fn exactly_once_output_from_three_instances_one_killed_and_replaced_tansu_shows_
             .unwrap();
         (child, log)
     };
-    let output_reaches = |n: usize| {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while read_topic(&broker.addr, "enriched").len() < n && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    };
     let mut children = vec![start_instance("a", "inst-a", "off")];
-    output_reaches(200);
+    output_reaches(&broker, 200);
     children.push(start_instance("b", "inst-b", "off"));
     let c_addr = format!("127.0.0.1:{}", watershed::testing::services::free_port());
     children.push(start_instance("c", "inst-c", &c_addr));
-    output_reaches(900);
+    output_reaches(&broker, 900);
     // The third instance sees the group: three members, its generation, who owns what.
     let c_addr: std::net::SocketAddr = c_addr.parse().unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -1734,38 +1728,8 @@ fn exactly_once_output_from_three_instances_one_killed_and_replaced_tansu_shows_
         killed_log.display(),
         std::fs::read_to_string(&killed_log).unwrap_or_default()
     );
-    for (mut child, log) in children {
-        signal(&child, libc::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let stopped = child.try_wait().unwrap().is_some();
-        if !stopped {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        let err = std::fs::read_to_string(&log).unwrap_or_default();
-        errs.push_str(&format!("--- {}\n", log.display()));
-        for line in err.lines().filter(|l| !l.contains("checkpoint completed")) {
-            errs.push_str(line);
-            errs.push('\n');
-        }
-        assert!(
-            stopped,
-            "an instance did not stop on SIGTERM within 60 s\n{errs}"
-        );
-        assert!(!err.contains("panicked"), "{errs}");
-    }
-    let mut seen: BTreeMap<i64, serde_json::Value> = BTreeMap::new();
-    let mut doubled = Vec::new();
-    for (_, v) in read_topic(&broker.addr, "enriched") {
-        let v: serde_json::Value = serde_json::from_slice(&v).unwrap();
-        let n = v["n"].as_i64().unwrap();
-        if seen.insert(n, v).is_some() {
-            doubled.push(n);
-        }
-    }
+    stop_instances(children, &mut errs);
+    let (seen, doubled) = enriched_output(&broker);
     // Kafka shows `read_committed` readers no record of an aborted transaction; tansu does.
     // A record seen twice must be one the killed instance read into the transaction it left
     // open: of a partition it owned when it died.
@@ -1778,15 +1742,7 @@ fn exactly_once_output_from_three_instances_one_killed_and_replaced_tansu_shows_
         unexplained.is_empty(),
         "doubled outside the killed instance's partitions {killed_owned:?}: {unexplained:?}\n{errs}"
     );
-    let missing: Vec<usize> = (0..OBS)
-        .filter(|n| !seen.contains_key(&(*n as i64)))
-        .collect();
-    assert!(missing.is_empty(), "missing: {missing:?}\n{errs}");
-    for n in 0..OBS {
-        let (_, ts, h) = observation(n);
-        let got = seen[&(n as i64)]["owner"].as_str().map(str::to_string);
-        assert_eq!(got, expected_owner(ts, h), "observation {n}");
-    }
+    every_observation_enriched(&seen, &errs);
     // The sources commit no offsets themselves: these came with the output transactions.
     assert_eq!(
         committed(&broker, group, "obs", OBS_PARTITIONS),

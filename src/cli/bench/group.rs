@@ -13,7 +13,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use super::kafka::fill_spread;
+use super::kafka::{fill_spread, job_yaml};
 use super::sample::{process_cpu, sink_records};
 use crate::testing::services::Broker;
 
@@ -37,32 +37,12 @@ fn run_group(
     round: usize,
 ) -> anyhow::Result<Rate> {
     let name = format!("g{instances}-{round}");
-    let yaml = format!(
-        r#"name: bench-group
-parallelism: 1
-enrichment: {{strategy: gated}}
-sources:
-  obs:
-    kafka: {{brokers: "{b}", topics: [obs], group: bench-{name}, properties: {{session.timeout.ms: 6000}}}}
-    schema: {schema}
-    event_time: {{field: ts, max_out_of_orderness: 5s}}
-  ref:
-    kafka: {{brokers: "{b}", format: debezium, topic_prefix: bench}}
-    tables:
-      hosts:
-        key: [host]
-        columns: {{host: string, owner: string, criticality: int, site: string}}
-operators:
-  join:
-    inputs: [obs, ref.hosts]
-    enrich: {{key: {{host: host}}, columns: [owner, criticality, site], mode: lookup}}
-sinks:
-  out:
-    input: join
-    kafka: {{brokers: "{b}", topic: out-{name}, properties: {{linger.ms: 5}}}}
-"#,
-        b = broker.addr,
-        schema = super::job::SCHEMA,
+    let yaml = job_yaml(
+        "bench-group",
+        &broker.addr,
+        "",
+        &format!("group: bench-{name}, properties: {{session.timeout.ms: 6000}}"),
+        &format!("topic: out-{name}"),
     );
     let path = dir.join(format!("group-{name}.yaml"));
     std::fs::write(&path, yaml)?;

@@ -95,6 +95,43 @@ pub(super) fn fill_spread(
     Ok(n)
 }
 
+/// The job's pipeline through the brokers at `brokers`: `checkpoint` (a `checkpoint:` line,
+/// or nothing), the observation source's `group` settings, the Kafka sink's `sink` settings.
+pub(super) fn job_yaml(
+    pipeline: &str,
+    brokers: &str,
+    checkpoint: &str,
+    group: &str,
+    sink: &str,
+) -> String {
+    format!(
+        r#"name: {pipeline}
+parallelism: 1
+{checkpoint}enrichment: {{strategy: gated}}
+sources:
+  obs:
+    kafka: {{brokers: "{brokers}", topics: [obs], {group}}}
+    schema: {schema}
+    event_time: {{field: ts, max_out_of_orderness: 5s}}
+  ref:
+    kafka: {{brokers: "{brokers}", format: debezium, topic_prefix: bench}}
+    tables:
+      hosts:
+        key: [host]
+        columns: {{host: string, owner: string, criticality: int, site: string}}
+operators:
+  join:
+    inputs: [obs, ref.hosts]
+    enrich: {{key: {{host: host}}, columns: [owner, criticality, site], mode: lookup}}
+sinks:
+  out:
+    input: join
+    kafka: {{brokers: "{brokers}", {sink}, properties: {{linger.ms: 5}}}}
+"#,
+        schema = job::SCHEMA,
+    )
+}
+
 /// The plain consumer → join → producer loop over `records` observations.
 fn ceiling(
     broker: &Broker,
@@ -170,32 +207,12 @@ fn pipeline(
     } else {
         (String::new(), "at_least_once", format!("alo-{round}"))
     };
-    let yaml = format!(
-        r#"name: bench-kafka
-parallelism: 1
-{checkpoint}enrichment: {{strategy: gated}}
-sources:
-  obs:
-    kafka: {{brokers: "{b}", topics: [obs], group: bench-{name}}}
-    schema: {schema}
-    event_time: {{field: ts, max_out_of_orderness: 5s}}
-  ref:
-    kafka: {{brokers: "{b}", format: debezium, topic_prefix: bench}}
-    tables:
-      hosts:
-        key: [host]
-        columns: {{host: string, owner: string, criticality: int, site: string}}
-operators:
-  join:
-    inputs: [obs, ref.hosts]
-    enrich: {{key: {{host: host}}, columns: [owner, criticality, site], mode: lookup}}
-sinks:
-  out:
-    input: join
-    kafka: {{brokers: "{b}", topic: out-{name}, guarantee: {guarantee}, properties: {{linger.ms: 5}}}}
-"#,
-        b = broker.addr,
-        schema = job::SCHEMA,
+    let yaml = job_yaml(
+        "bench-kafka",
+        &broker.addr,
+        &checkpoint,
+        &format!("group: bench-{name}"),
+        &format!("topic: out-{name}, guarantee: {guarantee}"),
     );
     let path = dir.join(format!("kafka-{name}.yaml"));
     std::fs::write(&path, yaml)?;
