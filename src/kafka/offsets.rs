@@ -192,12 +192,6 @@ impl GroupLink {
         self.lock().committed.is_some_and(|c| c >= epoch)
     }
 
-    /// The highest epoch recorded at a barrier.
-    pub fn last_recorded(&self) -> Option<Epoch> {
-        let s = self.lock();
-        s.at_barrier.keys().next_back().copied().max(s.committed)
-    }
-
     fn take_up_to(self: &Arc<Self>, epoch: Epoch) -> Option<Carried> {
         let mut s = self.lock();
         let metadata = s.metadata.clone()?;
@@ -246,7 +240,6 @@ mod tests {
         link.record(6, vec![("t".into(), 0, 30)]);
         // No metadata yet (not a member): nothing to carry.
         assert!(links.carried_by("out", 4).is_empty());
-        assert_eq!(link.last_recorded(), Some(6));
         link.record(4, vec![("t".into(), 0, 20)]);
         // Metadata cannot be built without a consumer here; `is_committed` and the
         // bookkeeping are what is checked.

@@ -230,7 +230,7 @@ fn explain_and_savepoint_refuse_another_pipeline_on_the_address() {
         .unwrap()
         .to_string();
     assert!(
-        text.contains(&format!("pipeline `orders` (run {run_id})")),
+        text.contains(&format!("pipeline `orders` (run {run_id}, instance ")),
         "{text}"
     );
     assert!(status(running.addr).is_some(), "still running");

@@ -628,6 +628,9 @@ pub struct KafkaSource<D: RecordDecoder> {
     /// Partitions ready to be released once the transaction holding the offsets of this
     /// epoch has committed.
     release_after: Vec<(Epoch, Vec<(String, i32)>)>,
+    /// The last checkpoint known durable (`checkpoint_complete`): closing waits for its
+    /// transaction (a barrier after it may never complete).
+    last_complete: Option<Epoch>,
 }
 
 impl<D: RecordDecoder> KafkaSource<D> {
@@ -757,6 +760,7 @@ impl<D: RecordDecoder> KafkaSource<D> {
             poll_interval_ms: spec.poll_interval.as_millis().max(1) as i64,
             link,
             release_after: Vec::new(),
+            last_complete: None,
         };
         if let Mode::Assigned { partitions } = &source.mode {
             let list = partitions.clone();
@@ -1249,6 +1253,7 @@ impl<D: RecordDecoder> Source for KafkaSource<D> {
             return Ok(());
         };
         let group = group.clone();
+        self.last_complete = Some(epoch);
         let handed = self.hand_over(epoch, positions);
         if self.link.is_some() {
             // The exactly-once sink commits the offsets, in the transaction of the epoch.
@@ -1289,7 +1294,7 @@ impl<D: RecordDecoder> Drop for KafkaSource<D> {
         // only when its transaction is: the partitions go to their next owners after that
         // (bounded: a sink that failed commits nothing).
         if let Some(link) = &self.link
-            && let Some(last) = link.last_recorded()
+            && let Some(last) = self.last_complete
         {
             let deadline = std::time::Instant::now() + CLOSE_WAIT;
             while !link.is_committed(last) && std::time::Instant::now() < deadline {
