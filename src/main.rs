@@ -493,6 +493,11 @@ fn reconcile(
 
 fn explain(path: &Path, addr: Option<SocketAddr>) -> anyhow::Result<ExitCode> {
     let compiled = config::load_and_compile(path, &Overrides::default())?;
+    // What `validate` warns of (a keyed operator behind a consumer group, say) belongs
+    // beside the plan too.
+    for w in &compiled.warnings {
+        eprintln!("warning: {w}");
+    }
     let plan = &compiled.plan;
     println!("plan of `{}`:", plan.name);
     for n in &plan.nodes {

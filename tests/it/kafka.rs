@@ -965,6 +965,20 @@ sinks:
         grouped.contains(":9: operator `per_host` is keyed by [host] and reads source `obs`"),
         "{grouped}"
     );
+    // explain says it beside the plan (no pipeline runs at the address: the plan only).
+    let path = dir.path().join(format!("w{}.yaml", ", group: g".len()));
+    let out = Command::new(env!("CARGO_BIN_EXE_watershed"))
+        .args(["explain", "--addr", "127.0.0.1:9"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let explained =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        explained.contains("operator `per_host` is keyed by [host]")
+            && explained.contains("scale-out: source obs reads in consumer group `g`"),
+        "{explained}"
+    );
     let alone = pipeline("");
     assert!(!alone.contains("is keyed by"), "{alone}");
 }
