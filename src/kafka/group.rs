@@ -9,7 +9,7 @@
 
 use std::collections::BTreeSet;
 use std::ffi::CStr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -26,6 +26,8 @@ const DESCRIBE_EVERY: Duration = Duration::from_secs(10);
 /// latest description when it publishes its status. Stops when dropped.
 pub struct Watcher {
     latest: Arc<Mutex<Option<Result<GroupView, String>>>>,
+    /// Descriptions made so far: the reader takes one only when it is newer.
+    made: Arc<AtomicU64>,
     /// The topics whose partitions should have owners (a pattern's: those seen so far).
     topics: Arc<Mutex<Vec<String>>>,
     stop: Arc<AtomicBool>,
@@ -37,6 +39,7 @@ impl Watcher {
     pub fn start(node: &str, client: &Client, group: &str, topics: Vec<String>) -> Watcher {
         let w = Watcher {
             latest: Arc::default(),
+            made: Arc::default(),
             topics: Arc::new(Mutex::new(topics)),
             stop: Arc::default(),
             again: Arc::default(),
@@ -51,11 +54,13 @@ impl Watcher {
                 *w.latest.lock().unwrap_or_else(|p| p.into_inner()) = Some(Err(format!(
                     "creating the client that describes the group: {e}"
                 )));
+                w.made.store(1, Ordering::Release);
                 return w;
             }
         };
-        let (latest, topics, stop, again) = (
+        let (latest, made, topics, stop, again) = (
             w.latest.clone(),
+            w.made.clone(),
             w.topics.clone(),
             w.stop.clone(),
             w.again.clone(),
@@ -69,6 +74,7 @@ impl Watcher {
                     let names = topics.lock().unwrap_or_else(|p| p.into_inner()).clone();
                     let view = describe(&consumer, &group, &names, Duration::from_secs(5));
                     *latest.lock().unwrap_or_else(|p| p.into_inner()) = Some(view);
+                    made.fetch_add(1, Ordering::Release);
                     let mut slept = Duration::ZERO;
                     while slept < DESCRIBE_EVERY
                         && !stop.load(Ordering::Relaxed)
@@ -83,12 +89,20 @@ impl Watcher {
             *w.latest.lock().unwrap_or_else(|p| p.into_inner()) = Some(Err(format!(
                 "starting the thread that describes the group: {e}"
             )));
+            w.made.fetch_add(1, Ordering::Release);
         }
         w
     }
 
-    /// The latest description (or why it failed), if one was made yet.
-    pub fn latest(&self) -> Option<Result<GroupView, String>> {
+    /// The latest description (or why it failed) if it is newer than the one numbered
+    /// `seen`, which becomes its number; `None` when there is nothing new (a cheap check,
+    /// made at every read).
+    pub fn newer_than(&self, seen: &mut u64) -> Option<Result<GroupView, String>> {
+        let made = self.made.load(Ordering::Acquire);
+        if made == *seen {
+            return None;
+        }
+        *seen = made;
         self.latest
             .lock()
             .unwrap_or_else(|p| p.into_inner())

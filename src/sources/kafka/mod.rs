@@ -582,6 +582,8 @@ enum Mode {
 struct GroupSeen {
     membership: Option<group::Membership>,
     watcher: group::Watcher,
+    /// The watcher's description taken up last (`Watcher::newer_than`).
+    described: u64,
     view: Option<group::GroupView>,
     /// Since when some partition has had no owner (continuously), processing time.
     unowned_since_ms: Option<i64>,
@@ -721,6 +723,7 @@ impl<D: RecordDecoder> KafkaSource<D> {
                     seen: Box::new(GroupSeen {
                         membership: None,
                         watcher: group::Watcher::start(&node, &spec.client, group, watched),
+                        described: 0,
                         view: None,
                         unowned_since_ms: None,
                         error: None,
@@ -1402,9 +1405,16 @@ impl<D: RecordDecoder> KafkaSource<D> {
             return;
         };
         let waiting = std::mem::take(&mut self.release_after);
-        for (epoch, ready) in waiting {
+        for (epoch, mut ready) in waiting {
             if link.is_committed(epoch) {
-                self.release(epoch, &ready);
+                // A partition lost meanwhile (its session expired) was released already.
+                {
+                    let shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+                    ready.retain(|k| shared.revoking.contains(k));
+                }
+                if !ready.is_empty() {
+                    self.release(epoch, &ready);
+                }
             } else {
                 self.release_after.push((epoch, ready));
             }
@@ -1436,15 +1446,14 @@ impl<D: RecordDecoder> KafkaSource<D> {
             .position(|p| p.partition == partition && p.topic == topic)
     }
 
-    /// Group mode: whether a rebalance changed the assignment (the partition list is then
-    /// updated, remembering where each partition was read to).
-    /// Group mode: takes up the watcher's latest description of the group (no broker call
-    /// here), and notes since when (processing time) some partition has had no owner.
+    /// Group mode: takes up the watcher's latest description of the group when there is a
+    /// new one (no broker call here), and notes since when (processing time) some partition
+    /// has had no owner.
     fn describe_group(&mut self, now_ms: i64) {
         let Mode::Group { seen, .. } = &mut self.mode else {
             return;
         };
-        match seen.watcher.latest() {
+        match seen.watcher.newer_than(&mut seen.described) {
             None => {}
             Some(Ok(view)) => {
                 if view.unowned.as_ref().is_none_or(Vec::is_empty) {
@@ -1459,6 +1468,8 @@ impl<D: RecordDecoder> KafkaSource<D> {
         }
     }
 
+    /// Group mode: whether a rebalance changed the assignment (the partition list is then
+    /// updated, remembering where each partition was read to).
     fn take_change(&mut self) -> Result<bool, RunError> {
         let Mode::Group { .. } = self.mode else {
             return Ok(false);
