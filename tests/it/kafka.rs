@@ -1764,3 +1764,106 @@ fn exactly_once_output_from_three_instances_one_killed_and_replaced_tansu_shows_
         "the group's committed offsets\n{errs}"
     );
 }
+
+/// At-least-once with an idempotent keyed sink across instances: three instances upsert the
+/// enriched observations into one Postgres table keyed by `n`, one is SIGKILLed mid-stream and
+/// a fourth joins later. Its partitions are read again from the group's committed offsets
+/// (committed once each checkpoint is durable, after the upserts it covers), so some rows are
+/// written twice, which the upsert makes harmless: the table ends with every observation once,
+/// enriched as a single instance enriches it, and the offsets reach every partition's end.
+#[test]
+fn three_instances_upserting_into_postgres_one_killed_lose_nothing_and_keep_one_row_per_key() {
+    let pg = watershed::testing::services::Postgres::shared();
+    let _ = watershed::testing::postgres_fixtures::sink_options(pg); // database `sinks`
+    let broker = Broker::start();
+    fill_reference(&broker);
+    broker.create_topic("obs", OBS_PARTITIONS);
+    let dir = tempfile::tempdir().unwrap();
+    let group = "scale-out-upsert";
+    let table = "enriched_group";
+    let producer = produce_observations_in_waves(&broker);
+    let start_instance = |name: &str| -> (Child, PathBuf) {
+        let kafka_sink = group_pipeline_to(&broker, dir.path(), name, group, "");
+        let text = std::fs::read_to_string(&kafka_sink).unwrap();
+        let at = text.find("sinks:\n").unwrap();
+        let text = format!(
+            "{}sinks:\n  out:\n    input: owners\n    postgres: {{port: {}, user: cdc, database: sinks, table: {table}, key: [n], create_table: true}}\n",
+            &text[..at],
+            pg.port
+        );
+        std::fs::write(&kafka_sink, text).unwrap();
+        let log = dir.path().join(format!("{name}.log"));
+        let child = Command::new(env!("CARGO_BIN_EXE_watershed"))
+            .args(["run", "--log", "info", "--metrics-addr", "off"])
+            .arg(&kafka_sink)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        (child, log)
+    };
+    // Rows in the table, once the first instance has created it.
+    let rows = || -> usize {
+        let exists = pg.sql(
+            "sinks",
+            &format!("SELECT count(*) FROM pg_tables WHERE tablename = '{table}'"),
+        );
+        if exists.trim() != "1" {
+            return 0;
+        }
+        pg.sql("sinks", &format!("SELECT count(*) FROM {table}"))
+            .trim()
+            .parse()
+            .unwrap_or(0)
+    };
+    let rows_reach = |n: usize| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while rows() < n && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let mut children = vec![start_instance("a")];
+    rows_reach(200);
+    children.push(start_instance("b"));
+    children.push(start_instance("c"));
+    rows_reach(900);
+    let (mut killed, killed_log) = children.remove(1);
+    signal(&killed, libc::SIGKILL);
+    let _ = killed.wait();
+    std::thread::sleep(Duration::from_secs(3));
+    children.push(start_instance("d"));
+    producer.join().unwrap();
+    let per_partition = (OBS / OBS_PARTITIONS as usize + 1) as i64;
+    let done = vec![per_partition; OBS_PARTITIONS as usize];
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while committed(&broker, group, "obs", OBS_PARTITIONS) != done && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let mut errs = format!(
+        "--- {} (SIGKILLed)\n{}",
+        killed_log.display(),
+        std::fs::read_to_string(&killed_log).unwrap_or_default()
+    );
+    stop_instances(children, &mut errs);
+    let dump = pg.sql(
+        "sinks",
+        &format!("SELECT n, coalesce(owner, '-') FROM {table} ORDER BY n"),
+    );
+    let mut seen: BTreeMap<i64, serde_json::Value> = BTreeMap::new();
+    for line in dump.lines().filter(|l| !l.trim().is_empty()) {
+        let (n, owner) = line.split_once('|').unwrap_or((line, "-"));
+        let owner = owner.trim();
+        let v = if owner == "-" {
+            serde_json::json!({"owner": null})
+        } else {
+            serde_json::json!({ "owner": owner })
+        };
+        seen.insert(n.trim().parse().unwrap(), v);
+    }
+    every_observation_enriched(&seen, &errs);
+    assert_eq!(
+        committed(&broker, group, "obs", OBS_PARTITIONS),
+        done,
+        "the group's committed offsets\n{errs}"
+    );
+}
