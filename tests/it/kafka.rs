@@ -140,7 +140,7 @@ fn pipeline(broker: &Broker, obs_topic: &str, out_topic: &str, dir: &Path) -> Pa
         "",
         &dir.join("checkpoints"),
         &format!(
-            r#"{{brokers: "{b}", topic: {out_topic}, key: [n], guarantee: exactly_once, properties: {{linger.ms: 5}}}}
+            r#"kafka: {{brokers: "{b}", topic: {out_topic}, key: [n], guarantee: exactly_once, properties: {{linger.ms: 5}}}}
   dead: {{inputs: [obs.dead_letter, ref.dead_letter], file: "{dead}"}}"#,
             dead = dir.join("dead.jsonl").display()
         ),
@@ -152,7 +152,8 @@ fn pipeline(broker: &Broker, obs_topic: &str, out_topic: &str, dir: &Path) -> Pa
 
 /// The enrichment pipeline: observations (`obs_kafka`: the rest of their `kafka:` block,
 /// `obs_more`: more settings of the source) joined as of their time with the hosts table,
-/// written by the Kafka sink `out` (`sink`: its `kafka:` block, and any sinks after it).
+/// written by the sink `out` (`sink`: its kind's block, e.g. `kafka: {…}`, and any sinks
+/// after it).
 fn enrichment_yaml(
     broker: &Broker,
     obs_kafka: &str,
@@ -186,7 +187,7 @@ operators:
 sinks:
   out:
     input: owners
-    kafka: {sink}
+    {sink}
 "#,
         ckpt = ckpt.display(),
     )
@@ -1334,30 +1335,51 @@ sinks:
 /// an at-least-once sink: without the hand-over at a checkpoint, a partition that moves
 /// mid-stream would be read again from an older committed offset (doubles).
 fn group_pipeline(broker: &Broker, dir: &Path, name: &str, group: &str) -> PathBuf {
-    group_pipeline_to(broker, dir, name, group, "")
+    group_pipeline_to(broker, dir, name, group, &group_kafka_sink(broker, ""))
 }
 
-/// An instance of the group pipeline whose sink has `sink_more` in its block.
-fn group_pipeline_to(
-    broker: &Broker,
-    dir: &Path,
-    name: &str,
-    group: &str,
-    sink_more: &str,
-) -> PathBuf {
+/// The group pipeline's Kafka sink block, `more` added to its settings.
+fn group_kafka_sink(broker: &Broker, more: &str) -> String {
+    format!(
+        r#"kafka: {{brokers: "{}", topic: enriched, key: [n]{more}, properties: {{linger.ms: 5}}}}"#,
+        broker.addr
+    )
+}
+
+/// An instance of the group pipeline whose sink `out` is `sink` (its kind's block).
+fn group_pipeline_to(broker: &Broker, dir: &Path, name: &str, group: &str, sink: &str) -> PathBuf {
     let text = enrichment_yaml(
         broker,
         &format!("topics: [obs], group: {group}, properties: {{session.timeout.ms: 6000}}"),
         "\n    idle_timeout: 500ms",
         &dir.join(format!("checkpoints-{name}")),
-        &format!(
-            r#"{{brokers: "{}", topic: enriched, key: [n]{sink_more}, properties: {{linger.ms: 5}}}}"#,
-            broker.addr
-        ),
+        sink,
     );
     let path = dir.join(format!("{name}.yaml"));
     std::fs::write(&path, text).unwrap();
     path
+}
+
+/// Starts `watershed run pipeline` logging (info) to `log`, with instance id `id` if given
+/// and the endpoint at `metrics` (or `off`).
+fn spawn_instance(
+    pipeline: &Path,
+    log: PathBuf,
+    id: Option<&str>,
+    metrics: &str,
+) -> (Child, PathBuf) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_watershed"));
+    if let Some(id) = id {
+        cmd.env("WATERSHED_INSTANCE_ID", id);
+    }
+    let child = cmd
+        .args(["run", "--log", "info", "--metrics-addr", metrics])
+        .arg(pipeline)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    (child, log)
 }
 
 #[test]
@@ -1372,15 +1394,12 @@ fn three_instances_in_one_group_share_the_partitions_and_hand_each_over_at_a_che
     // between instances mid-stream.
     let producer = produce_observations_in_waves(&broker);
     let start_instance = |name: &str| -> (Child, PathBuf) {
-        let log = dir.path().join(format!("{name}.log"));
-        let child = Command::new(env!("CARGO_BIN_EXE_watershed"))
-            .args(["run", "--log", "info", "--metrics-addr", "off"])
-            .arg(group_pipeline(&broker, dir.path(), name, group))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        (child, log)
+        spawn_instance(
+            &group_pipeline(&broker, dir.path(), name, group),
+            dir.path().join(format!("{name}.log")),
+            None,
+            "off",
+        )
     };
     // The first instance reads every partition alone for a while; the second and third join
     // while records flow, so partitions it has read from move to them.
@@ -1493,6 +1512,18 @@ fn enriched_output(broker: &Broker) -> (BTreeMap<i64, serde_json::Value>, Vec<i6
         }
     }
     (seen, doubled)
+}
+
+/// Waits (at most 120 s) until `group`'s committed offsets reach the end of every partition
+/// of `obs` (every observation and sentinel consumed); returns those end offsets.
+fn offsets_reach_the_end(broker: &Broker, group: &str) -> Vec<i64> {
+    let per_partition = (OBS / OBS_PARTITIONS as usize + 1) as i64;
+    let done = vec![per_partition; OBS_PARTITIONS as usize];
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while committed(broker, group, "obs", OBS_PARTITIONS) != done && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    done
 }
 
 /// Every observation is in the output, with the owner a single instance gives it.
@@ -1628,22 +1659,13 @@ fn exactly_once_output_from_three_instances_one_killed_and_replaced_tansu_shows_
     let group = "scale-out-eo";
     let producer = produce_observations_in_waves(&broker);
     let start_instance = |name: &str, id: &str, metrics: &str| -> (Child, PathBuf) {
-        let log = dir.path().join(format!("{name}.log"));
-        let child = Command::new(env!("CARGO_BIN_EXE_watershed"))
-            .env("WATERSHED_INSTANCE_ID", id)
-            .args(["run", "--log", "info", "--metrics-addr", metrics])
-            .arg(group_pipeline_to(
-                &broker,
-                dir.path(),
-                name,
-                group,
-                ", guarantee: exactly_once",
-            ))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        (child, log)
+        let sink = group_kafka_sink(&broker, ", guarantee: exactly_once");
+        spawn_instance(
+            &group_pipeline_to(&broker, dir.path(), name, group, &sink),
+            dir.path().join(format!("{name}.log")),
+            Some(id),
+            metrics,
+        )
     };
     let mut children = vec![start_instance("a", "inst-a", "off")];
     output_reaches(&broker, 200);
@@ -1712,12 +1734,7 @@ fn exactly_once_output_from_three_instances_one_killed_and_replaced_tansu_shows_
     producer.join().unwrap();
     // Every record consumed and its offset committed with the output that holds it: the
     // killed instance's partitions go to the others once its session expires.
-    let per_partition = (OBS / OBS_PARTITIONS as usize + 1) as i64;
-    let done = vec![per_partition; OBS_PARTITIONS as usize];
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while committed(&broker, group, "obs", OBS_PARTITIONS) != done && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    let done = offsets_reach_the_end(&broker, group);
     std::thread::sleep(Duration::from_secs(1));
     // What the killed instance owned when it died: only there can tansu show records of a
     // transaction it left open, which its replacement aborted.
@@ -1782,25 +1799,17 @@ fn three_instances_upserting_into_postgres_one_killed_lose_nothing_and_keep_one_
     let group = "scale-out-upsert";
     let table = "enriched_group";
     let producer = produce_observations_in_waves(&broker);
+    let sink = format!(
+        "postgres: {{port: {}, user: cdc, database: sinks, table: {table}, key: [n], create_table: true}}",
+        pg.port
+    );
     let start_instance = |name: &str| -> (Child, PathBuf) {
-        let kafka_sink = group_pipeline_to(&broker, dir.path(), name, group, "");
-        let text = std::fs::read_to_string(&kafka_sink).unwrap();
-        let at = text.find("sinks:\n").unwrap();
-        let text = format!(
-            "{}sinks:\n  out:\n    input: owners\n    postgres: {{port: {}, user: cdc, database: sinks, table: {table}, key: [n], create_table: true}}\n",
-            &text[..at],
-            pg.port
-        );
-        std::fs::write(&kafka_sink, text).unwrap();
-        let log = dir.path().join(format!("{name}.log"));
-        let child = Command::new(env!("CARGO_BIN_EXE_watershed"))
-            .args(["run", "--log", "info", "--metrics-addr", "off"])
-            .arg(&kafka_sink)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        (child, log)
+        spawn_instance(
+            &group_pipeline_to(&broker, dir.path(), name, group, &sink),
+            dir.path().join(format!("{name}.log")),
+            None,
+            "off",
+        )
     };
     // Rows in the table, once the first instance has created it.
     let rows = || -> usize {
@@ -1833,12 +1842,7 @@ fn three_instances_upserting_into_postgres_one_killed_lose_nothing_and_keep_one_
     std::thread::sleep(Duration::from_secs(3));
     children.push(start_instance("d"));
     producer.join().unwrap();
-    let per_partition = (OBS / OBS_PARTITIONS as usize + 1) as i64;
-    let done = vec![per_partition; OBS_PARTITIONS as usize];
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while committed(&broker, group, "obs", OBS_PARTITIONS) != done && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    let done = offsets_reach_the_end(&broker, group);
     let mut errs = format!(
         "--- {} (SIGKILLed)\n{}",
         killed_log.display(),
